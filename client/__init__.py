@@ -1,0 +1,1 @@
+"""trio client library for the compositord control protocol."""

@@ -1,0 +1,3 @@
+from compositord.cli import main
+
+raise SystemExit(main())

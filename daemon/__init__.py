@@ -1,0 +1,1 @@
+"""The daemon: trio WebSocket server, durable store, render loops, sources and sinks."""

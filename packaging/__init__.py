@@ -1,0 +1,1 @@
+"""systemd unit and example configuration, shipped as package data."""

@@ -1,0 +1,1 @@
+"""Headless benchmark runner (`compositord bench`)."""

@@ -1,0 +1,1 @@
+"""GLSL programs, shipped as package data and loaded with importlib.resources."""

@@ -1,0 +1,1 @@
+"""compositord test suite and its pytest plugin (fixtures for other projects)."""
