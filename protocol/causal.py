@@ -1,0 +1,500 @@
+"""Causal consistency of edits: the rules of PROTOCOL.md section 5, both sides.
+
+Stamps
+------
+A client makes a nonce (UUID v4) for each connection, new at every
+(re)connect, and keeps a revision counter per node that starts at 0 for each
+nonce. Every tune it sends carries ``_sender`` = nonce and ``_rev`` = the
+incremented counter (:class:`Stamp`, :func:`take_stamp`).
+
+Server rules (:class:`AckBook` keeps S2, S5 and S6; the daemon keeps the rest)
+-------------------------------------------------------------------------------
+Rule S1: per node, updates are applied in the order the server receives them.
+
+Rule S2: per node and per channel (``params``: the store; ``view``: the render
+loop) the server keeps ``acks``: for each connected sender, the highest
+``_rev`` it has processed from that sender. A ``_rev`` not above the sender's
+current ack is refused with ``conflict`` (it can only be a replay).
+
+Rule S3: ``nodeparamschanged`` is emitted for every applied change, with the
+causing stamp and the whole ``acks`` map.
+
+Rule S4: the render loop latches all pending updates of a node at the start of
+a frame; it emits view data when the layout changed and after a frame that
+applied a stamped update. Each emission carries the ``acks`` as of that frame;
+``_sender``/``_rev`` name the last stamped update applied in that frame and are
+absent when the emission has no stamped cause: a server-caused emission never
+carries a stale stamp.
+
+Rule S5: a sender's entry leaves ``acks`` when its connection closes.
+
+Rule S6: a stamped message that is refused (invalid params, conflict, not
+found) still counts as processed: the sender's ack advances to its ``_rev``,
+and the sender gets an ``error`` response carrying ``_sender`` and ``_rev``.
+
+Client rule (masking; :class:`NodeMask`, :class:`ClientCausalState`)
+--------------------------------------------------------------------
+Per node and channel the client keeps the last server state it received and
+``pending``: for each value it changed locally (a JSON pointer such as
+``/layers/in_1/opacity``), the ``_rev`` of the message that carried it and the
+value. On every event:
+
+Rule C1: ``ack = _acks[my nonce]`` (0 if absent); drop every pending entry
+with rev <= ack.
+
+Rule C2: store the event's state as the server state.
+
+Rule C3: show the server state with the remaining pending values laid over it.
+
+On an ``error`` that names one of its own revs, the client drops the pending
+entries of that rev. On reconnect it has a new nonce and no acks: it resyncs
+with ``getpipeline`` and re-sends the latest pending value of each pointer under
+the new nonce.
+
+The client never looks at ``_sender``/``_rev`` of an event: only ``_acks``
+matters. That is why another client's change is never hidden (no event is
+dropped) and a layout the server caused always shows.
+
+Everything here is pure and sans-IO: plain data in, plain data out.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from compositord.protocol import pointer
+from compositord.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+
+PARAMS_CHANNEL = "params"
+VIEW_CHANNEL = "view"
+CHANNELS = (PARAMS_CHANNEL, VIEW_CHANNEL)
+
+SENDER_KEY = "_sender"
+REV_KEY = "_rev"
+ACKS_KEY = "_acks"
+SEQ_KEY = "_seq"
+
+MAX_SENDER_LENGTH = 128
+# Revs travel as JSON numbers; a browser client holds them in a double.
+MAX_REV = 2**53
+
+
+# --------------------------------------------------------------------------- stamps
+
+
+def _check_sender(sender: object, path: str) -> str:
+    if not isinstance(sender, str):
+        raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{path}: _sender must be a string", path)
+    if not 0 < len(sender) <= MAX_SENDER_LENGTH:
+        raise RemoteProtocolError(
+            ErrorCode.BAD_ENVELOPE,
+            f"{path}: _sender must have 1..{MAX_SENDER_LENGTH} characters, got {len(sender)}",
+            path,
+        )
+    return sender
+
+
+def _check_rev(rev: object, path: str) -> int:
+    # bool is an int subclass; `true` is not a revision.
+    if isinstance(rev, bool) or not isinstance(rev, int):
+        raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{path}: _rev must be an integer", path)
+    if not 1 <= rev <= MAX_REV:
+        raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{path}: _rev must be in 1..2**53, got {rev}", path)
+    return rev
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """``(_sender, _rev)`` of one tune; an invalid stamp cannot exist.
+
+    The constructor raises :class:`RemoteProtocolError` (``bad_envelope``) with
+    the path ``/_sender`` or ``/_rev``; :func:`take_stamp` prefixes the path of
+    the message the stamp came from.
+    """
+
+    sender: str
+    rev: int
+
+    def __post_init__(self) -> None:
+        _check_sender(self.sender, "/" + SENDER_KEY)
+        _check_rev(self.rev, "/" + REV_KEY)
+
+    def to_json(self) -> dict[str, Any]:
+        return {SENDER_KEY: self.sender, REV_KEY: self.rev}
+
+
+def take_stamp(message: Mapping[str, Any], *, path: str = "") -> tuple[Stamp | None, dict[str, Any]]:
+    """Split a tune message into its stamp and the rest, with every ``_`` key stripped at any depth.
+
+    ``_sender`` and ``_rev`` come together or not at all. ``path`` is the JSON
+    pointer of ``message`` inside the envelope (for example
+    ``/payload/message/PatchParams``), so errors name the exact field.
+    """
+    if not isinstance(message, Mapping):
+        raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{path or '/'}: must be an object", path)
+    has_sender = SENDER_KEY in message
+    has_rev = REV_KEY in message
+    stamp: Stamp | None = None
+    if has_sender != has_rev:
+        missing = REV_KEY if has_sender else SENDER_KEY
+        present = SENDER_KEY if has_sender else REV_KEY
+        missing_path = pointer.join(path, missing)
+        raise RemoteProtocolError(
+            ErrorCode.BAD_ENVELOPE, f"{missing_path}: {present} given without {missing}", missing_path
+        )
+    if has_sender:
+        sender = _check_sender(message[SENDER_KEY], pointer.join(path, SENDER_KEY))
+        rev = _check_rev(message[REV_KEY], pointer.join(path, REV_KEY))
+        stamp = Stamp(sender, rev)
+    return stamp, strip_private(message)
+
+
+def strip_private(value: Any) -> Any:
+    """A copy of ``value`` without keys that start with ``_``, at any depth (also inside lists).
+
+    Never mutates its input; containers are always copied, scalars shared.
+    """
+    if isinstance(value, Mapping):
+        return {
+            key: strip_private(child)
+            for key, child in value.items()
+            if not (isinstance(key, str) and key.startswith("_"))
+        }
+    if isinstance(value, list):
+        return [strip_private(item) for item in value]
+    return value
+
+
+# --------------------------------------------------------------------------- merge patch
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch; pure: returns a new document, mutates neither argument.
+
+    Subtrees of ``target`` that the patch does not touch are shared with the
+    result; values taken from ``patch`` are copied.
+    """
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def patch_leaves(patch: Mapping[str, Any]) -> dict[str, Any]:
+    """The values a merge patch sets, by JSON pointer (``None`` = delete, ``{}`` = make it an object).
+
+    The empty patch ``{}`` sets nothing and gives ``{}``.
+    """
+    if not patch:
+        return {}
+    return dict(pointer.leaves(patch))
+
+
+def leaves_to_patch(leaves: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that sets every ``pointer -> value`` of ``leaves`` (inverse of :func:`patch_leaves`)."""
+    patch: dict[str, Any] = {}
+    for ptr, value in leaves.items():
+        tokens = pointer.split(ptr)
+        if not tokens:
+            raise LocalProtocolError("the root pointer is a replace, not a patch")
+        node = patch
+        for token in tokens[:-1]:
+            node = node.setdefault(token, {})
+        node[tokens[-1]] = copy.deepcopy(value)
+    return patch
+
+
+# --------------------------------------------------------------------------- server side
+
+
+class AckBook:
+    """Server side of rules S2, S5 and S6 for one node and one channel.
+
+    ``check`` before applying a stamped update, then ``record`` once it is
+    applied, or ``refuse`` when it was refused for any reason (S6). The map
+    holds one entry per connected sender; ``forget`` on disconnect keeps it
+    bounded by the number of connections (S5).
+    """
+
+    __slots__ = ("_acks",)
+
+    def __init__(self) -> None:
+        self._acks: dict[str, int] = {}
+
+    def ack_of(self, sender: str) -> int:
+        return self._acks.get(sender, 0)
+
+    def check(self, stamp: Stamp, *, path: str = "") -> None:
+        """Raise ``conflict`` when ``stamp`` is not above its sender's ack (a replay, S2)."""
+        current = self.ack_of(stamp.sender)
+        if stamp.rev <= current:
+            rev_path = pointer.join(path, REV_KEY)
+            raise RemoteProtocolError(
+                ErrorCode.CONFLICT,
+                f"{rev_path}: _rev {stamp.rev} already processed for this sender (ack {current})",
+                rev_path,
+            )
+
+    def record(self, stamp: Stamp) -> None:
+        """The update with ``stamp`` was applied."""
+        if stamp.rev <= self.ack_of(stamp.sender):
+            raise LocalProtocolError(f"record of {stamp} without check: ack is {self.ack_of(stamp.sender)}")
+        self._acks[stamp.sender] = stamp.rev
+
+    def refuse(self, stamp: Stamp) -> None:
+        """The update with ``stamp`` was refused; it still counts as processed (S6)."""
+        if stamp.rev > self.ack_of(stamp.sender):
+            self._acks[stamp.sender] = stamp.rev
+
+    def forget(self, sender: str) -> None:
+        """The sender's connection closed (S5)."""
+        self._acks.pop(sender, None)
+
+    def as_dict(self) -> dict[str, int]:
+        """A copy of the acks map, as sent in ``_acks``."""
+        return dict(self._acks)
+
+    def __len__(self) -> int:
+        return len(self._acks)
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def _set_merging(document: Any, ptr: str, value: Any) -> Any:
+    """What a merge patch setting ``value`` at ``ptr`` does (params channel: objects only)."""
+    if ptr == "":
+        return copy.deepcopy(value)  # a replace (UpdateParams) pending at the root
+    return merge_patch(document, leaves_to_patch({ptr: value}))
+
+
+def _set_by_pointer(document: Any, ptr: str, value: Any) -> Any:
+    """Set ``value`` at ``ptr``, following list indices (view channel: layout has lists)."""
+    if value is None:
+        tokens = pointer.split(ptr)
+        if not tokens:
+            return None
+        parent_ptr = pointer.join("", *tokens[:-1])
+        parent = pointer.resolve(document, parent_ptr, None)
+        if isinstance(parent, Mapping) and tokens[-1] in parent:
+            trimmed = {k: v for k, v in parent.items() if k != tokens[-1]}
+            return pointer.with_value(document, parent_ptr, trimmed)
+        return document
+    return pointer.with_value(document, ptr, copy.deepcopy(value))
+
+
+class NodeMask:
+    """Client masking for one node and one channel (rules C1-C3).
+
+    ``pending`` maps a JSON pointer into the channel's state to ``(rev,
+    value)``: the latest local value there, and the rev of the message that
+    carried it. The pointer ``""`` is a replace of the whole document
+    (``UpdateParams``); a later pending pointer lays over it. In the params
+    channel values lay over with merge-patch semantics (``None`` deletes); in the
+    view channel pointers may go through list indices (layout ``layers``).
+    """
+
+    __slots__ = ("channel", "server_state", "pending")
+
+    def __init__(self, channel: str = PARAMS_CHANNEL, server_state: Any = None) -> None:
+        if channel not in CHANNELS:
+            raise LocalProtocolError(f"unknown channel {channel!r}; expected one of {CHANNELS}")
+        self.channel = channel
+        self.server_state: Any = {} if server_state is None else server_state
+        self.pending: dict[str, tuple[int, Any]] = {}
+
+    def edit(self, leaves: Mapping[str, Any], rev: int) -> None:
+        """Local values sent (or about to be sent) in the message with ``rev``."""
+        if isinstance(rev, bool) or not isinstance(rev, int) or rev < 1:
+            raise LocalProtocolError(f"rev must be a positive integer, got {rev!r}")
+        for ptr, value in leaves.items():
+            pointer.split(ptr)  # a bad pointer is our own bug: fail here, not at shown()
+            self.pending[ptr] = (rev, value)
+
+    def on_server_state(self, state: Any, acks: Mapping[str, int], my_sender: str) -> None:
+        """An event (or a resync) brought the server's state of this channel (C1, C2)."""
+        ack = acks.get(my_sender, 0)
+        self.pending = {ptr: entry for ptr, entry in self.pending.items() if entry[0] > ack}
+        self.server_state = strip_private(state)
+
+    def on_refused(self, rev: int) -> None:
+        """The server refused the message with ``rev``: its values fall back to the server's."""
+        self.pending = {ptr: entry for ptr, entry in self.pending.items() if entry[0] != rev}
+
+    def shown(self) -> Any:
+        """The server state with the pending values laid over it, oldest rev first (C3)."""
+        document = self.server_state
+        setter = _set_merging if self.channel == PARAMS_CHANNEL else _set_by_pointer
+        for ptr, (_rev, value) in sorted(self.pending.items(), key=lambda item: item[1][0]):
+            document = setter(document, ptr, value)
+        return document
+
+    def take_pending_for_resend(self) -> dict[str, Any]:
+        """Empty ``pending`` and return what to send again after a reconnect.
+
+        The latest value per pointer. When a replace (pointer ``""``) is
+        pending, the result is ``{"": document}``: the replaced document with
+        the later pending values laid over it, because a replace followed by
+        patches cannot be said as one patch.
+        """
+        ordered = sorted(self.pending.items(), key=lambda item: item[1][0])
+        self.pending = {}
+        result: dict[str, Any] = {}
+        for ptr, (_rev, value) in ordered:
+            if ptr == "":
+                result = {"": copy.deepcopy(value)}
+            elif "" in result:
+                result[""] = _set_merging(result[""], ptr, value)
+            else:
+                result[ptr] = value
+        return result
+
+
+def new_nonce() -> str:
+    return str(uuid.uuid4())
+
+
+def _acks_from(data: Mapping[str, Any], path: str) -> dict[str, int]:
+    acks = data.get(ACKS_KEY, {})
+    acks_path = pointer.join(path, ACKS_KEY)
+    if not isinstance(acks, Mapping):
+        raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{acks_path}: must be an object", acks_path)
+    for sender, rev in acks.items():
+        if isinstance(rev, bool) or not isinstance(rev, int):
+            rev_path = pointer.join(acks_path, sender)
+            raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{rev_path}: must be an integer", rev_path)
+    return dict(acks)
+
+
+class ClientCausalState:
+    """Everything a client keeps for section 5: its nonce, rev counters, and a mask per node and channel.
+
+    View prediction: a params patch that sets a layer's ``rect`` field
+    (``/layers/<pin>/rect/<x|y|width|height>``) is also predicted in the view
+    channel as ``/layers/<index>/<field>`` -- only when the shown params say
+    ``aspect_fit`` is ``false`` for that layer (then the layout rect is the
+    rect as given) and the last layout lists that layer. Everything else in the
+    view channel is the server's state as received.
+    """
+
+    def __init__(self, nonce: str | None = None) -> None:
+        self._nonce = nonce if nonce is not None else new_nonce()
+        _check_sender(self._nonce, "/" + SENDER_KEY)
+        self._revs: dict[str, int] = {}
+        self._masks: dict[tuple[str, str], NodeMask] = {}
+
+    @property
+    def nonce(self) -> str:
+        return self._nonce
+
+    def last_rev(self, node_id: str) -> int:
+        return self._revs.get(node_id, 0)
+
+    def stamp_for(self, node_id: str) -> Stamp:
+        """The stamp of the next message to ``node_id``."""
+        rev = self._revs.get(node_id, 0) + 1
+        self._revs[node_id] = rev
+        return Stamp(self._nonce, rev)
+
+    def mask(self, node_id: str, channel: str = PARAMS_CHANNEL) -> NodeMask:
+        key = (node_id, channel)
+        found = self._masks.get(key)
+        if found is None:
+            found = self._masks[key] = NodeMask(channel)
+        return found
+
+    def has_mask(self, node_id: str, channel: str = PARAMS_CHANNEL) -> bool:
+        return (node_id, channel) in self._masks
+
+    def shown(self, node_id: str, channel: str = PARAMS_CHANNEL) -> Any:
+        return self.mask(node_id, channel).shown()
+
+    def edit_patch(self, node_id: str, patch: Mapping[str, Any]) -> Stamp:
+        """Stamp a ``PatchParams`` and mask its values; returns the stamp to send."""
+        stamp = self.stamp_for(node_id)
+        leaves = patch_leaves(patch)
+        self._predict_view(node_id, leaves, stamp.rev)
+        self.mask(node_id, PARAMS_CHANNEL).edit(leaves, stamp.rev)
+        return stamp
+
+    def edit_replace(self, node_id: str, params: Mapping[str, Any]) -> Stamp:
+        """Stamp an ``UpdateParams`` and mask the whole document; returns the stamp to send."""
+        stamp = self.stamp_for(node_id)
+        self.mask(node_id, PARAMS_CHANNEL).edit({"": strip_private(params)}, stamp.rev)
+        return stamp
+
+    def on_event(self, node_id: str, channel: str, data: Mapping[str, Any], *, path: str = "") -> Any:
+        """An event's state (``params`` or view ``data``, with ``_acks``) arrived; returns the shown state."""
+        if not isinstance(data, Mapping):
+            raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{path or '/'}: must be an object", path)
+        acks = _acks_from(data, path)
+        mask = self.mask(node_id, channel)
+        mask.on_server_state(data, acks, self._nonce)
+        return mask.shown()
+
+    def on_refused(self, node_id: str, rev: int) -> None:
+        """An ``error`` named our ``rev`` for ``node_id``: drop its pending values in every channel."""
+        for channel in CHANNELS:
+            if (node_id, channel) in self._masks:
+                self._masks[(node_id, channel)].on_refused(rev)
+
+    def forget_node(self, node_id: str) -> None:
+        for channel in CHANNELS:
+            self._masks.pop((node_id, channel), None)
+        self._revs.pop(node_id, None)
+
+    def reconnected(self, new_nonce_value: str | None = None) -> dict[str, dict[str, Any]]:
+        """Switch to a new nonce with counters at 0; return the params values to re-send, per node.
+
+        Pending view predictions are dropped: re-sending the params predicts
+        them again. The caller resyncs (``getpipeline``) and then re-sends with
+        :meth:`edit_patch` / :meth:`edit_replace` under the new nonce.
+        """
+        nonce = new_nonce_value if new_nonce_value is not None else new_nonce()
+        _check_sender(nonce, "/" + SENDER_KEY)
+        if nonce == self._nonce:
+            raise LocalProtocolError("a reconnect needs a nonce that was not used before")
+        self._nonce = nonce
+        self._revs.clear()
+        resend: dict[str, dict[str, Any]] = {}
+        for (node_id, channel), mask in self._masks.items():
+            values = mask.take_pending_for_resend()
+            if channel == PARAMS_CHANNEL and values:
+                resend[node_id] = values
+        return resend
+
+    def _predict_view(self, node_id: str, leaves: Mapping[str, Any], rev: int) -> None:
+        if not self.has_mask(node_id, VIEW_CHANNEL):
+            return
+        layout = self.mask(node_id, VIEW_CHANNEL).server_state
+        layers = layout.get("layers") if isinstance(layout, Mapping) else None
+        if not isinstance(layers, list):
+            return
+        index_of = {layer.get("id"): i for i, layer in enumerate(layers) if isinstance(layer, Mapping)}
+        shown_params = self.mask(node_id, PARAMS_CHANNEL).shown()
+        predicted: dict[str, Any] = {}
+        for ptr, value in leaves.items():
+            tokens = pointer.split(ptr)
+            if len(tokens) != 4 or tokens[0] != "layers" or tokens[2] != "rect":
+                continue
+            pin, field = tokens[1], tokens[3]
+            if field not in ("x", "y", "width", "height") or pin not in index_of:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            aspect_fit = pointer.resolve(shown_params, pointer.join("/layers", pin, "aspect_fit"), None)
+            leaf_aspect = leaves.get(pointer.join("/layers", pin, "aspect_fit"), aspect_fit)
+            if leaf_aspect is not False:
+                continue
+            predicted[pointer.join("/layers", index_of[pin], field)] = value
+        if predicted:
+            self.mask(node_id, VIEW_CHANNEL).edit(predicted, rev)
