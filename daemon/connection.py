@@ -1,0 +1,192 @@
+"""One client connection: one nursery with a reader and one sender.
+
+The reader takes each text message through the size and rate limits and hands
+it to the dispatcher (the session logic), which answers through this
+connection's mailbox. The sender is the only task that writes to the socket:
+responses and events leave in mailbox order, one at a time, each within the
+send timeout; a client that does not read in time is closed with 1008 (policy)
+and resyncs with ``getpipeline`` when it reconnects.
+
+Closing has one seam: :meth:`Connection.close` records the close code and
+cancels the nursery; ``run`` then closes the WebSocket with that code, within
+a bounded time, whatever ended the connection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from compositord.daemon.mailbox import Mailbox, MailboxClosed, MailboxFull
+from compositord.daemon.rate_limit import TokenBucket
+from compositord.protocol.errors import ErrorCode, RemoteProtocolError
+
+log = logging.getLogger(__name__)
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+
+_connection_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_text_bytes: int = 64 * 1024
+    messages_per_second: float = 2000.0
+    send_timeout: float = 5.0
+    mailbox_capacity: int = 4096
+    close_timeout: float = 2.0
+
+
+class Dispatcher(Protocol):
+    async def handle_text(self, connection: Connection, text: str) -> None:
+        """Handle one request; every answer goes through ``connection.send``."""
+
+    def handle_binary(self, connection: Connection, data: bytes) -> None:
+        """Handle one binary message (pushed frames, PROTOCOL.md section 6)."""
+
+    def refuse(self, connection: Connection, error: RemoteProtocolError, correlation_id: str | None) -> None:
+        """Answer a message that never reached the session logic (too large, rate limited)."""
+
+    def connection_closed(self, connection: Connection) -> None:
+        """The connection is gone: forget its senders (rule S5). Must not block."""
+
+
+class Connection:
+    def __init__(self, websocket: WebSocketConnection, limits: ConnectionLimits, *, remote: str = "") -> None:
+        self.connection_id = next(_connection_ids)
+        self.remote = remote
+        self.mailbox = Mailbox(limits.mailbox_capacity)
+        # Every `_sender` nonce seen on this connection; forgotten when it closes (S5).
+        self.senders: set[str] = set()
+        self._websocket = websocket
+        self._limits = limits
+        self._bucket = TokenBucket(limits.messages_per_second)
+        self._cancel_scope: trio.CancelScope | None = None
+        self._close_code = CLOSE_NORMAL
+        self._close_reason = ""
+        self._closing = False
+        self.closed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.connection_id} {self.remote}>"
+
+    # -- used by the dispatcher and the hub (never block) --------------------
+
+    def send(self, text: str) -> None:
+        """Queue a message that must be sent in order (a response)."""
+        try:
+            self.mailbox.put(text)
+        except MailboxFull as exc:
+            self.close_for_policy(f"too slow: {exc}")
+
+    def close_for_policy(self, reason: str) -> None:
+        self.close(CLOSE_POLICY, reason)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` soon; the first reason given wins. Never blocks."""
+        if self._closing:
+            return
+        self._closing = True
+        self._close_code = code
+        self._close_reason = reason[:120]  # a close reason must fit a control frame
+        self.mailbox.close()
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    # -- the connection's own tasks -------------------------------------------
+
+    async def run(self, dispatcher: Dispatcher) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel_scope = nursery.cancel_scope
+                if self._closing:
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._send_loop)
+                await self._read_loop(dispatcher)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.mailbox.close()
+            try:
+                dispatcher.connection_closed(self)
+            finally:
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(self._limits.close_timeout):
+                        await self._websocket.aclose(self._close_code, self._close_reason or None)
+                self.closed.set()
+
+    async def _read_loop(self, dispatcher: Dispatcher) -> None:
+        while True:
+            try:
+                message = await self._websocket.get_message()
+            except ConnectionClosed:
+                return
+            if not self._bucket.try_take():
+                dispatcher.refuse(
+                    self,
+                    RemoteProtocolError(
+                        ErrorCode.RATE_LIMITED,
+                        f"more than {self._limits.messages_per_second:g} messages per second; message not processed",
+                    ),
+                    _correlation_id_of(message),
+                )
+                continue
+            if isinstance(message, str):
+                if _utf8_length_exceeds(message, self._limits.max_text_bytes):
+                    dispatcher.refuse(
+                        self,
+                        RemoteProtocolError(
+                            ErrorCode.TOO_LARGE,
+                            f"text message over {self._limits.max_text_bytes} bytes; message not processed",
+                        ),
+                        None,
+                    )
+                    continue
+                await dispatcher.handle_text(self, message)
+            else:
+                dispatcher.handle_binary(self, message)
+
+    async def _send_loop(self) -> None:
+        while True:
+            try:
+                text = await self.mailbox.get()
+            except MailboxClosed:
+                return
+            with trio.move_on_after(self._limits.send_timeout) as scope:
+                try:
+                    await self._websocket.send_message(text)
+                except ConnectionClosed:
+                    self.close(CLOSE_NORMAL, "")
+                    return
+            if scope.cancelled_caught:
+                self.close_for_policy(f"send timed out after {self._limits.send_timeout:g} s")
+                return
+
+
+def _utf8_length_exceeds(text: str, limit: int) -> bool:
+    # A str of n code points is n..4n bytes in UTF-8: encode only when unsure.
+    if len(text) > limit:
+        return True
+    if 4 * len(text) <= limit:
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def _correlation_id_of(message: str | bytes) -> str | None:
+    """Best effort, for a message that is refused unread: echo its correlation id when cheap to find."""
+    if not isinstance(message, str) or len(message) > 4096:
+        return None
+    try:
+        document = json.loads(message)
+    except ValueError:
+        return None
+    correlation_id = document.get("correlation_id") if isinstance(document, dict) else None
+    return correlation_id if isinstance(correlation_id, str) else None
