@@ -1,0 +1,258 @@
+"""Scene resolution: compositor params + current inputs -> what to draw, in order.
+
+Pure Python over plain data (no GL): the renderer only executes what this
+module decides, and every rule here is unit-tested without a GPU.
+
+Rules, in the order they apply to one layer:
+
+1. Rect: ``layers[pin].rect``, or the auto-PiP box of the pin's slot when the
+   input has no layer entry or its entry has no rect (protocol.layout).
+2. Crop: ``crop_zoom`` z >= 1 shows 1/z of the source in each direction;
+   ``crop_x`` / ``crop_y`` (0..1) pan that window from the left/top edge (0)
+   to the right/bottom edge (1); 0.5 is centred. The crop keeps the source's
+   aspect ratio.
+3. Aspect fit (``aspect_fit``, default true): the cropped source is fit into
+   the rect, centred (letterbox or pillarbox). Otherwise it is stretched.
+4. ``crop_shape: circle``: a circle of diameter min(width, height) of the
+   fitted rect, centred in it, with an anti-aliased edge.
+5. Mirror (``mirror_horizontal`` / ``mirror_vertical``) flips the content
+   inside the rect; rotation (``rotation_degrees``, clockwise on screen) turns
+   the mirrored rect about its centre; ``opacity`` scales it.
+6. Draw order: ``z_index`` ascending; ties: video layers before image
+   overlays before text overlays; then by slot (video) or list position
+   (overlays). Invisible layers and overlays are omitted (from drawing and
+   from the view-data layout).
+
+Overlays have a rect that is used as is (no aspect fit); a text overlay with
+no rect gets one of its measured size at the canvas origin.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from compositord.daemon.render.text import TextStyle, font_path_for, measure_text
+from compositord.protocol.layout import Rect, aspect_fit, auto_pip_box, parse_color, slot_of_pin
+
+LayerKind = Literal["video", "image", "text"]
+_KIND_RANK: dict[str, int] = {"video": 0, "image": 1, "text": 2}
+
+DEFAULT_CANVAS = (1280, 720)
+DEFAULT_BACKGROUND = "#000000ff"
+DEFAULT_FONT_SIZE = 32
+DEFAULT_TEXT_COLOR = "#ffffffff"
+
+
+class HasSize(Protocol):
+    width: int
+    height: int
+
+
+SourceSize = tuple[int, int] | HasSize
+
+
+@dataclass(frozen=True)
+class CropRegion:
+    """The part of the source shown, in source UV (0..1, v down), before mirroring."""
+
+    u0: float = 0.0
+    v0: float = 0.0
+    u1: float = 1.0
+    v1: float = 1.0
+
+
+@dataclass(frozen=True)
+class ResolvedLayer:
+    kind: LayerKind
+    id: str
+    order: int  # slot for video, list position for overlays
+    z_index: int
+    rect: Rect  # destination after aspect fit, before rotation, canvas pixels
+    crop: CropRegion
+    circle: bool
+    rotation_degrees: float
+    mirror_horizontal: bool
+    mirror_vertical: bool
+    opacity: float
+    source_width: int
+    source_height: int
+    asset_path: str | None = None
+    text_style: TextStyle | None = None
+    measured_text: tuple[int, int] | None = None
+
+    @property
+    def sort_key(self) -> tuple[int, int, int]:
+        return (self.z_index, _KIND_RANK[self.kind], self.order)
+
+
+@dataclass(frozen=True)
+class ResolvedScene:
+    width: int
+    height: int
+    background: tuple[float, float, float, float]  # straight alpha, 0..1
+    output_format: str
+    layers: tuple[ResolvedLayer, ...] = field(default=())  # draw order, bottom first
+
+    def layout(self) -> dict[str, Any]:
+        """The compositor's view data (PROTOCOL.md section 4): geometry only."""
+        videos = sorted((layer for layer in self.layers if layer.kind == "video"), key=lambda layer: layer.order)
+        texts = sorted((layer for layer in self.layers if layer.kind == "text"), key=lambda layer: layer.order)
+        images = sorted((layer for layer in self.layers if layer.kind == "image"), key=lambda layer: layer.order)
+        return {
+            "canvas_width": self.width,
+            "canvas_height": self.height,
+            "layers": [
+                {"id": layer.id, **layer.rect.to_dict(), "source_width": layer.source_width, "source_height": layer.source_height}
+                for layer in videos
+            ],
+            "text_overlays": [
+                {
+                    "id": layer.id,
+                    **layer.rect.to_dict(),
+                    "measured_text_width": layer.measured_text[0] if layer.measured_text else 0,
+                    "measured_text_height": layer.measured_text[1] if layer.measured_text else 0,
+                }
+                for layer in texts
+            ],
+            "image_overlays": [{"id": layer.id, **layer.rect.to_dict()} for layer in images],
+        }
+
+
+def _source_size(value: SourceSize) -> tuple[int, int]:
+    if isinstance(value, tuple):
+        return (int(value[0]), int(value[1]))
+    return (int(value.width), int(value.height))
+
+
+def crop_region(crop_zoom: float, crop_x: float, crop_y: float) -> CropRegion:
+    zoom = max(1.0, float(crop_zoom))
+    size = 1.0 / zoom
+    u0 = min(max(float(crop_x), 0.0), 1.0) * (1.0 - size)
+    v0 = min(max(float(crop_y), 0.0), 1.0) * (1.0 - size)
+    return CropRegion(u0, v0, u0 + size, v0 + size)
+
+
+def _video_layer(pin: str, size: tuple[int, int], entry: Mapping[str, Any] | None, canvas: tuple[int, int]) -> ResolvedLayer | None:
+    slot = slot_of_pin(pin)
+    entry = entry or {}
+    if not entry.get("visible", True):
+        return None
+    source_w, source_h = size
+    box = Rect.from_mapping(entry["rect"]) if entry.get("rect") else auto_pip_box(slot, *canvas)
+    crop = crop_region(entry.get("crop_zoom", 1.0), entry.get("crop_x", 0.5), entry.get("crop_y", 0.5))
+    cropped_w = source_w * (crop.u1 - crop.u0)
+    cropped_h = source_h * (crop.v1 - crop.v0)
+    rect = aspect_fit(cropped_w, cropped_h, box) if entry.get("aspect_fit", True) else box
+    return ResolvedLayer(
+        kind="video",
+        id=pin,
+        order=slot,
+        z_index=int(entry.get("z_index", slot)),
+        rect=rect,
+        crop=crop,
+        circle=entry.get("crop_shape", "rect") == "circle",
+        rotation_degrees=float(entry.get("rotation_degrees", 0.0)),
+        mirror_horizontal=bool(entry.get("mirror_horizontal", False)),
+        mirror_vertical=bool(entry.get("mirror_vertical", False)),
+        opacity=float(entry.get("opacity", 1.0)),
+        source_width=source_w,
+        source_height=source_h,
+    )
+
+
+def _overlay_common(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "z_index": int(entry.get("z_index", 0)),
+        "crop": CropRegion(),
+        "circle": False,
+        "rotation_degrees": float(entry.get("rotation_degrees", 0.0)),
+        "mirror_horizontal": False,
+        "mirror_vertical": False,
+        "opacity": float(entry.get("opacity", 1.0)),
+    }
+
+
+def _text_layer(index: int, entry: Mapping[str, Any], asset_dir: str | os.PathLike[str] | None) -> ResolvedLayer:
+    text = str(entry.get("text", ""))
+    font_size = int(entry.get("font_size", DEFAULT_FONT_SIZE))
+    font_path = font_path_for(entry.get("font"), asset_dir)
+    measured = measure_text(text, font_size, font_path)
+    if entry.get("rect"):
+        rect = Rect.from_mapping(entry["rect"])
+    else:
+        rect = Rect(0.0, 0.0, float(max(1, measured[0])), float(max(1, measured[1])))
+    style = TextStyle(
+        text=text,
+        color=str(entry.get("color", DEFAULT_TEXT_COLOR)),
+        font_size=font_size,
+        font_path=font_path,
+        width=max(1, math.ceil(rect.width - 1e-6)),
+        height=max(1, math.ceil(rect.height - 1e-6)),
+    )
+    return ResolvedLayer(
+        kind="text",
+        id=str(entry.get("id", f"text_{index}")),
+        order=index,
+        rect=rect,
+        source_width=style.width,
+        source_height=style.height,
+        text_style=style,
+        measured_text=measured,
+        **_overlay_common(entry),
+    )
+
+
+def _image_layer(index: int, entry: Mapping[str, Any]) -> ResolvedLayer:
+    if not entry.get("rect"):
+        raise ValueError(f"/image_overlays/{index}/rect: an image overlay needs a rect")
+    rect = Rect.from_mapping(entry["rect"])
+    return ResolvedLayer(
+        kind="image",
+        id=str(entry.get("id", f"image_{index}")),
+        order=index,
+        rect=rect,
+        source_width=max(1, round(rect.width)),
+        source_height=max(1, round(rect.height)),
+        asset_path=str(entry["asset_path"]),
+        **_overlay_common(entry),
+    )
+
+
+def resolve_scene(
+    params: Mapping[str, Any],
+    inputs: Mapping[str, SourceSize],
+    *,
+    asset_dir: str | os.PathLike[str] | None = None,
+) -> ResolvedScene:
+    """Resolve compositor ``params`` (with defaults applied) against the connected ``inputs``.
+
+    ``inputs`` maps input pin (``in_0``...) to its current source size, either
+    a ``(width, height)`` tuple or anything with ``width`` and ``height`` (a
+    SourceFrame). Pins with a layer entry but no input are not drawn.
+    ``asset_dir`` is needed only for text overlays whose ``font`` is a file.
+    """
+    canvas = (int(params.get("width", DEFAULT_CANVAS[0])), int(params.get("height", DEFAULT_CANVAS[1])))
+    layer_entries: Mapping[str, Any] = params.get("layers") or {}
+    resolved: list[ResolvedLayer] = []
+    for pin, source in inputs.items():
+        layer = _video_layer(pin, _source_size(source), layer_entries.get(pin), canvas)
+        if layer is not None:
+            resolved.append(layer)
+    for index, entry in enumerate(params.get("text_overlays") or ()):
+        if entry.get("visible", True):
+            resolved.append(_text_layer(index, entry, asset_dir))
+    for index, entry in enumerate(params.get("image_overlays") or ()):
+        if entry.get("visible", True):
+            resolved.append(_image_layer(index, entry))
+    resolved.sort(key=lambda layer: layer.sort_key)
+    return ResolvedScene(
+        width=canvas[0],
+        height=canvas[1],
+        background=parse_color(str(params.get("background", DEFAULT_BACKGROUND))),
+        output_format=str(params.get("output_format", "rgba8")),
+        layers=tuple(resolved),
+    )
