@@ -109,7 +109,7 @@ class ControlServer:
                 )
             )
             listener = server.listeners[0]
-            host, port = listener.socket.getsockname()[:2]  # type: ignore[union-attr]
+            host, port = str(listener.address), listener.port  # type: ignore[union-attr]
             log.info("serving ws://%s:%d%s", host, port, CONTROL_PATH)
             task_status.started((host, port))
 

@@ -1,0 +1,115 @@
+"""The per-connection mailbox: coalescing of whole-state events, order, bound, close."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from compositord.daemon.hub import Hub
+from compositord.daemon.mailbox import Mailbox, MailboxClosed, MailboxFull
+from compositord.daemon.rate_limit import TokenBucket
+
+
+def drain(mailbox: Mailbox) -> list[str]:
+    out = []
+    while True:
+        try:
+            out.append(mailbox.get_nowait())
+        except trio.WouldBlock:
+            return out
+
+
+def test_latest_event_replaces_unsent_one_of_same_key() -> None:
+    box = Mailbox()
+    box.put_coalescing(("s", "comp", "view"), "view-1")
+    box.put_coalescing(("s", "comp", "view"), "view-2")
+    box.put_coalescing(("s", "comp", "params"), "params-1")
+    box.put_coalescing(("s", "comp", "view"), "view-3")
+    assert drain(box) == ["params-1", "view-3"]
+    assert box.coalesced == 2
+
+
+def test_replacement_never_overtakes_an_ordered_message_queued_before_it() -> None:
+    box = Mailbox()
+    box.put_coalescing(("s", "pip", "params"), "params-old")
+    box.put("noderemoved pip")
+    box.put("nodeadded pip")
+    box.put_coalescing(("s", "pip", "params"), "params-new")
+    assert drain(box) == ["noderemoved pip", "nodeadded pip", "params-new"]
+
+
+def test_ordered_messages_are_all_kept_in_order() -> None:
+    box = Mailbox()
+    for i in range(100):
+        box.put(f"m{i}")
+    assert drain(box) == [f"m{i}" for i in range(100)]
+
+
+def test_bound_raises_mailbox_full_but_replacing_never_does() -> None:
+    box = Mailbox(capacity=3)
+    box.put("a")
+    box.put_coalescing("k", "k1")
+    box.put("b")
+    box.put_coalescing("k", "k2")  # replaces: the count stays 3
+    with pytest.raises(MailboxFull):
+        box.put("c")
+    with pytest.raises(MailboxFull):
+        box.put_coalescing("other", "x")
+    assert drain(box) == ["a", "b", "k2"]
+
+
+async def test_get_waits_for_a_put_and_close_ends_it() -> None:
+    box = Mailbox()
+    got: list[str] = []
+
+    async def consumer() -> None:
+        try:
+            while True:
+                got.append(await box.get())
+        except MailboxClosed:
+            got.append("<closed>")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumer)
+        await trio.testing.wait_all_tasks_blocked()
+        box.put("one")
+        await trio.testing.wait_all_tasks_blocked()
+        box.put("two")
+        box.close()
+        box.put("after close is ignored")
+    assert got == ["one", "two", "<closed>"]
+
+
+class _Subscriber:
+    def __init__(self, capacity: int) -> None:
+        self.mailbox = Mailbox(capacity)
+        self.closed_because: str | None = None
+
+    def close_for_policy(self, reason: str) -> None:
+        self.closed_because = reason
+
+
+def test_hub_delivers_to_every_subscriber_and_drops_a_full_one() -> None:
+    hub = Hub()
+    fast, slow = _Subscriber(100), _Subscriber(1)
+    hub.subscribe(fast)
+    hub.subscribe(slow)
+    hub.publish("e1")
+    hub.publish("e2")
+    assert slow.closed_because is not None and "too slow" in slow.closed_because
+    assert len(hub) == 1
+    hub.publish("e3", coalesce_key="k")
+    hub.publish("e4", coalesce_key="k")
+    assert drain(fast.mailbox) == ["e1", "e2", "e4"]
+    assert drain(slow.mailbox) == ["e1"]
+
+
+def test_token_bucket_allows_the_rate_and_refuses_beyond_it() -> None:
+    now = [0.0]
+    bucket = TokenBucket(10, clock=lambda: now[0])
+    assert sum(bucket.try_take() for _ in range(20)) == 10
+    now[0] += 0.5
+    assert sum(bucket.try_take() for _ in range(20)) == 5
+    now[0] += 100.0  # the burst is capped
+    assert sum(bucket.try_take() for _ in range(20)) == 10

@@ -1,0 +1,149 @@
+"""The handshake of PROTOCOL.md section 1: path, bearer token, Origin, connection limit, version header;
+and the limits a connected client meets (text size, binary size, rate).
+
+The session logic is replaced by a small echo dispatcher: these checks happen
+before any message reaches it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+
+from compositord.daemon.connection import Connection, ConnectionLimits
+from compositord.daemon.server import CONTROL_PATH, ControlServer, ServerOptions, check_handshake
+from compositord.protocol.errors import RemoteProtocolError
+
+
+class EchoDispatcher:
+    def __init__(self) -> None:
+        self.closed: list[Connection] = []
+
+    async def handle_text(self, connection: Connection, text: str) -> None:
+        connection.send(json.dumps({"echo": text}))
+
+    def handle_binary(self, connection: Connection, data: bytes) -> None:
+        connection.send(json.dumps({"binary": len(data)}))
+
+    def refuse(self, connection: Connection, error: RemoteProtocolError, correlation_id: str | None) -> None:
+        connection.send(json.dumps({"payload": error.to_payload(), "correlation_id": correlation_id}))
+
+    def connection_closed(self, connection: Connection) -> None:
+        self.closed.append(connection)
+
+
+@asynccontextmanager
+async def running_server(**overrides: object) -> AsyncIterator[tuple[str, ControlServer]]:
+    options = ServerOptions(host="127.0.0.1", port=0, **overrides)  # type: ignore[arg-type]
+    server = ControlServer(options, EchoDispatcher())
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(server.run)
+        yield f"ws://{host}:{port}", server
+        nursery.cancel_scope.cancel()
+
+
+async def rejected_status(url: str, headers: list[tuple[bytes, bytes]] | None = None) -> int:
+    with pytest.raises(ConnectionRejected) as info:
+        async with open_websocket_url(url, extra_headers=headers or [], connect_timeout=5):
+            pass
+    return info.value.status_code
+
+
+async def test_accepts_on_the_control_path_with_the_protocol_header() -> None:
+    async with running_server() as (base, _):
+        async with open_websocket_url(base + CONTROL_PATH) as ws:
+            assert (b"x-compositord-protocol", b"1") in [(k.lower(), v) for k, v in ws.handshake_headers]
+            await ws.send_message("hello")
+            assert json.loads(await ws.get_message()) == {"echo": "hello"}
+
+
+async def test_other_paths_are_404() -> None:
+    async with running_server() as (base, _):
+        assert await rejected_status(base + "/api/v2/control") == 404
+        assert await rejected_status(base + "/") == 404
+
+
+async def test_token_required_401_before_any_message() -> None:
+    async with running_server(token="s3cret") as (base, _):
+        url = base + CONTROL_PATH
+        assert await rejected_status(url) == 401
+        assert await rejected_status(url, [(b"Authorization", b"Bearer wrong")]) == 401
+        assert await rejected_status(url + "?token=wrong") == 401
+        assert await rejected_status(url, [(b"Authorization", b"Basic s3cret")]) == 401
+        async with open_websocket_url(url, extra_headers=[(b"Authorization", b"Bearer s3cret")]) as ws:
+            await ws.send_message("a")
+            assert json.loads(await ws.get_message()) == {"echo": "a"}
+        async with open_websocket_url(url + "?token=s3cret") as ws:
+            await ws.send_message("b")
+            assert json.loads(await ws.get_message()) == {"echo": "b"}
+
+
+async def test_origin_allowlist_403_and_no_origin_allowed() -> None:
+    async with running_server(allowed_origins=frozenset({"http://ok.example"})) as (base, _):
+        url = base + CONTROL_PATH
+        assert await rejected_status(url, [(b"Origin", b"http://evil.example")]) == 403
+        async with open_websocket_url(url, extra_headers=[(b"Origin", b"http://ok.example")]):
+            pass
+        async with open_websocket_url(url):  # a non-browser client sends no Origin
+            pass
+
+
+async def test_connection_limit_refuses_with_503() -> None:
+    async with running_server(max_connections=2) as (base, server):
+        url = base + CONTROL_PATH
+        async with open_websocket_url(url), open_websocket_url(url):
+            assert await rejected_status(url) == 503
+        with trio.fail_after(5):
+            while server.connections:
+                await trio.sleep(0.01)
+        async with open_websocket_url(url):
+            pass
+
+
+async def test_text_over_limit_gets_too_large_and_the_connection_stays_open() -> None:
+    limits = ConnectionLimits(max_text_bytes=1000)
+    async with running_server(limits=limits) as (base, _):
+        async with open_websocket_url(base + CONTROL_PATH) as ws:
+            await ws.send_message("é" * 600)  # 600 characters, 1200 bytes
+            reply = json.loads(await ws.get_message())
+            assert reply["payload"]["code"] == "too_large"
+            await ws.send_message("small")
+            assert json.loads(await ws.get_message()) == {"echo": "small"}
+
+
+async def test_binary_over_limit_closes_with_1009() -> None:
+    async with running_server(max_binary_bytes=10_000) as (base, _):
+        async with open_websocket_url(base + CONTROL_PATH, max_message_size=100_000) as ws:
+            await ws.send_message(b"\0" * 5_000)
+            assert json.loads(await ws.get_message()) == {"binary": 5000}
+            await ws.send_message(b"\0" * 20_000)
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.get_message()
+            assert info.value.reason.code == 1009
+
+
+async def test_rate_limit_answers_rate_limited_with_the_correlation_id() -> None:
+    limits = ConnectionLimits(messages_per_second=5)
+    async with running_server(limits=limits) as (base, _):
+        async with open_websocket_url(base + CONTROL_PATH) as ws:
+            for i in range(8):
+                await ws.send_message(json.dumps({"type": "request", "correlation_id": f"c{i}", "payload": {}}))
+            replies = [json.loads(await ws.get_message()) for _ in range(8)]
+            limited = [r for r in replies if "payload" in r and r["payload"].get("code") == "rate_limited"]
+            assert len(limited) >= 2
+            assert all(r["correlation_id"].startswith("c") for r in limited)
+
+
+def test_check_handshake_is_pure_and_names_the_reason() -> None:
+    options = ServerOptions(token="t")
+    refusal = check_handshake("/api/v1/control", [], options, 0)
+    assert refusal is not None and refusal.status == 401
+    assert check_handshake("/api/v1/control?token=t", [(b"authorization", b"Bearer t")], options, 0) is None
+    # the header, when present, is the one that counts
+    refusal = check_handshake("/api/v1/control?token=t", [(b"authorization", b"Bearer x")], options, 0)
+    assert refusal is not None and refusal.status == 401
