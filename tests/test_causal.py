@@ -1,0 +1,407 @@
+"""protocol/causal.py: stamps, stripping, RFC 7396, the server's acks (S2, S5, S6), client masking (C1-C3)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from compositord.protocol.causal import (
+    PARAMS_CHANNEL,
+    VIEW_CHANNEL,
+    AckBook,
+    ClientCausalState,
+    NodeMask,
+    Stamp,
+    leaves_to_patch,
+    merge_patch,
+    patch_leaves,
+    strip_private,
+    take_stamp,
+)
+from compositord.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+
+# --------------------------------------------------------------------------- RFC 7396
+
+# Every example of RFC 7396 Appendix A, verbatim (original, patch, result).
+RFC7396_APPENDIX_A = [
+    ('{"a":"b"}', '{"a":"c"}', '{"a":"c"}'),
+    ('{"a":"b"}', '{"b":"c"}', '{"a":"b","b":"c"}'),
+    ('{"a":"b"}', '{"a":null}', "{}"),
+    ('{"a":"b","b":"c"}', '{"a":null}', '{"b":"c"}'),
+    ('{"a":["b"]}', '{"a":"c"}', '{"a":"c"}'),
+    ('{"a":"c"}', '{"a":["b"]}', '{"a":["b"]}'),
+    ('{"a":{"b":"c"}}', '{"a":{"b":"d","c":null}}', '{"a":{"b":"d"}}'),
+    ('{"a":[{"b":"c"}]}', '{"a":[1]}', '{"a":[1]}'),
+    ('["a","b"]', '["c","d"]', '["c","d"]'),
+    ('{"a":"b"}', '["c"]', '["c"]'),
+    ('{"a":"foo"}', "null", "null"),
+    ('{"a":"foo"}', '"bar"', '"bar"'),
+    ('{"e":null}', '{"a":1}', '{"e":null,"a":1}'),
+    ("[1,2]", '{"a":"b","c":null}', '{"a":"b"}'),
+    ("{}", '{"a":{"bb":{"ccc":null}}}', '{"a":{"bb":{}}}'),
+]
+
+
+@pytest.mark.parametrize(("original", "patch", "result"), RFC7396_APPENDIX_A)
+def test_merge_patch_rfc7396_appendix_a(original: str, patch: str, result: str) -> None:
+    target, patch_doc = json.loads(original), json.loads(patch)
+    target_before, patch_before = copy.deepcopy(target), copy.deepcopy(patch_doc)
+    assert merge_patch(target, patch_doc) == json.loads(result)
+    assert target == target_before
+    assert patch_doc == patch_before
+
+
+def test_merge_patch_rfc7396_section_3_example() -> None:
+    target = {
+        "title": "Goodbye!",
+        "author": {"givenName": "John", "familyName": "Doe"},
+        "tags": ["example", "sample"],
+        "content": "This will be unchanged",
+    }
+    patch = {"title": "Hello!", "phoneNumber": "+01-123-456-7890", "author": {"familyName": None}, "tags": ["example"]}
+    assert merge_patch(target, patch) == {
+        "title": "Hello!",
+        "author": {"givenName": "John"},
+        "tags": ["example"],
+        "content": "This will be unchanged",
+        "phoneNumber": "+01-123-456-7890",
+    }
+
+
+def test_merge_patch_is_pure() -> None:
+    target = {"layers": {"in_1": {"opacity": 0.2, "rect": {"x": 1}}}}
+    patch = {"layers": {"in_1": {"opacity": 0.5, "tags": [1, 2]}}}
+    snapshot_target, snapshot_patch = copy.deepcopy(target), copy.deepcopy(patch)
+    result = merge_patch(target, patch)
+    result["layers"]["in_1"]["tags"].append(3)
+    assert target == snapshot_target
+    assert patch == snapshot_patch
+
+
+def test_patch_leaves_round_trip() -> None:
+    patch = {"layers": {"in_1": {"opacity": 0.4, "rect": {"x": None}}, "a/b": {}}}
+    leaves = patch_leaves(patch)
+    assert leaves == {"/layers/in_1/opacity": 0.4, "/layers/in_1/rect/x": None, "/layers/a~1b": {}}
+    assert leaves_to_patch(leaves) == patch
+    assert patch_leaves({}) == {}
+    with pytest.raises(LocalProtocolError):
+        leaves_to_patch({"": {}})
+
+
+# --------------------------------------------------------------------------- stamps
+
+
+def test_stamp_valid() -> None:
+    stamp = Stamp("a" * 128, 2**53)
+    assert stamp.to_json() == {"_sender": "a" * 128, "_rev": 2**53}
+    with pytest.raises(AttributeError):
+        stamp.rev = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("sender", "rev", "path"),
+    [
+        ("", 1, "/_sender"),
+        ("a" * 129, 1, "/_sender"),
+        (7, 1, "/_sender"),
+        ("s", 0, "/_rev"),
+        ("s", -1, "/_rev"),
+        ("s", 2**53 + 1, "/_rev"),
+        ("s", True, "/_rev"),
+        ("s", 1.0, "/_rev"),
+        ("s", "1", "/_rev"),
+    ],
+)
+def test_stamp_invalid(sender: object, rev: object, path: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        Stamp(sender, rev)  # type: ignore[arg-type]
+    assert caught.value.code is ErrorCode.BAD_ENVELOPE
+    assert caught.value.path == path
+
+
+def test_take_stamp_takes_both_and_strips_every_private_key() -> None:
+    message = {
+        "layers": {"in_1": {"opacity": 0.4, "_ui": 1}},
+        "text_overlays": [{"id": "t", "_cursor": 3}],
+        "_sender": "nonce",
+        "_rev": 12,
+        "_acks": {"x": 1},
+    }
+    snapshot = copy.deepcopy(message)
+    stamp, rest = take_stamp(message, path="/payload/message/PatchParams")
+    assert stamp == Stamp("nonce", 12)
+    assert rest == {"layers": {"in_1": {"opacity": 0.4}}, "text_overlays": [{"id": "t"}]}
+    assert message == snapshot
+
+
+def test_take_stamp_unstamped() -> None:
+    assert take_stamp({"width": 10}) == (None, {"width": 10})
+
+
+@pytest.mark.parametrize(
+    ("message", "path"),
+    [
+        ({"_sender": "s"}, "/payload/message/PatchParams/_rev"),
+        ({"_rev": 3}, "/payload/message/PatchParams/_sender"),
+        ({"_sender": "", "_rev": 3}, "/payload/message/PatchParams/_sender"),
+        ({"_sender": "s", "_rev": False}, "/payload/message/PatchParams/_rev"),
+        ({"_sender": "s", "_rev": 0}, "/payload/message/PatchParams/_rev"),
+        ([], "/payload/message/PatchParams"),
+    ],
+)
+def test_take_stamp_errors_name_the_field(message: object, path: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        take_stamp(message, path="/payload/message/PatchParams")  # type: ignore[arg-type]
+    assert caught.value.code is ErrorCode.BAD_ENVELOPE
+    assert caught.value.path == path
+    assert path in caught.value.message
+
+
+def test_strip_private_any_depth_and_never_mutates() -> None:
+    value = {"_a": 1, "b": [{"_c": 2, "d": [{"_e": 3, "f": 4}]}, 5], "g": {"_h": {"i": 1}}, 7: "int key"}
+    snapshot = copy.deepcopy(value)
+    assert strip_private(value) == {"b": [{"d": [{"f": 4}]}, 5], "g": {}, 7: "int key"}
+    assert value == snapshot
+    assert strip_private([{"_x": 1}]) == [{}]
+    assert strip_private("_scalar") == "_scalar"
+
+
+# --------------------------------------------------------------------------- server acks
+
+
+def test_ackbook_replay_is_a_conflict() -> None:
+    book = AckBook()
+    first = Stamp("a", 1)
+    book.check(first)
+    book.record(first)
+    with pytest.raises(RemoteProtocolError) as caught:
+        book.check(Stamp("a", 1), path="/payload/message/PatchParams")
+    assert caught.value.code is ErrorCode.CONFLICT
+    assert caught.value.path == "/payload/message/PatchParams/_rev"
+    book.check(Stamp("a", 5))  # gaps are fine: only order matters
+    book.check(Stamp("b", 1))  # senders are independent
+    assert book.as_dict() == {"a": 1}
+
+
+def test_ackbook_record_without_check_is_a_local_bug() -> None:
+    book = AckBook()
+    book.record(Stamp("a", 3))
+    with pytest.raises(LocalProtocolError):
+        book.record(Stamp("a", 2))
+    assert book.ack_of("a") == 3
+
+
+def test_ackbook_refused_stamp_still_advances_the_ack_s6() -> None:
+    book = AckBook()
+    book.record(Stamp("a", 2))
+    book.refuse(Stamp("a", 4))
+    assert book.ack_of("a") == 4
+    book.refuse(Stamp("a", 3))  # refusing a replay must not move the ack back
+    assert book.ack_of("a") == 4
+
+
+def test_ackbook_forget_on_disconnect_s5() -> None:
+    book = AckBook()
+    book.record(Stamp("a", 2))
+    book.record(Stamp("b", 1))
+    book.forget("a")
+    book.forget("never-seen")
+    assert book.as_dict() == {"b": 1}
+    assert len(book) == 1
+    returned = book.as_dict()
+    returned["b"] = 99
+    assert book.ack_of("b") == 1
+
+
+# --------------------------------------------------------------------------- client masking
+
+
+def test_mask_hides_stale_echo_then_follows_ack() -> None:
+    mask = NodeMask(PARAMS_CHANNEL, {"layers": {"in_1": {"opacity": 0.1}}})
+    mask.edit({"/layers/in_1/opacity": 0.4}, 1)
+    mask.edit({"/layers/in_1/opacity": 0.5}, 2)
+    # echo of rev 1: server has 0.4, acks me at 1: rev 2 stays pending
+    mask.on_server_state({"layers": {"in_1": {"opacity": 0.4}}, "_acks": {"me": 1}}, {"me": 1}, "me")
+    assert mask.shown() == {"layers": {"in_1": {"opacity": 0.5}}}
+    assert mask.server_state == {"layers": {"in_1": {"opacity": 0.4}}}
+    mask.on_server_state({"layers": {"in_1": {"opacity": 0.5}}}, {"me": 2}, "me")
+    assert mask.pending == {}
+    assert mask.shown() == {"layers": {"in_1": {"opacity": 0.5}}}
+
+
+def test_mask_shows_other_clients_values_where_nothing_is_pending() -> None:
+    mask = NodeMask()
+    mask.edit({"/layers/in_1/opacity": 0.4}, 1)
+    mask.on_server_state({"layers": {"in_1": {"opacity": 0.9, "z_index": 3}}}, {"other": 7}, "me")
+    assert mask.shown() == {"layers": {"in_1": {"opacity": 0.4, "z_index": 3}}}
+
+
+def test_mask_refused_rev_falls_back_to_server() -> None:
+    mask = NodeMask(PARAMS_CHANNEL, {"width": 100})
+    mask.edit({"/width": 200}, 1)
+    mask.edit({"/height": 50}, 2)
+    mask.on_refused(1)
+    assert mask.shown() == {"width": 100, "height": 50}
+
+
+def test_mask_delete_and_empty_object_follow_merge_patch() -> None:
+    mask = NodeMask(PARAMS_CHANNEL, {"a": {"b": 1}, "c": 2, "d": 5})
+    mask.edit(patch_leaves({"c": None, "a": {}, "d": {}}), 1)
+    assert mask.shown() == merge_patch(mask.server_state, {"c": None, "a": {}, "d": {}}) == {"a": {"b": 1}, "d": {}}
+
+
+def test_mask_replace_then_patch_lays_over_in_rev_order() -> None:
+    mask = NodeMask(PARAMS_CHANNEL, {"width": 100, "height": 50})
+    mask.edit({"/height": 60}, 1)
+    mask.edit({"": {"width": 300}}, 2)
+    mask.edit({"/fps": 25}, 3)
+    assert mask.shown() == {"width": 300, "fps": 25}
+    assert mask.take_pending_for_resend() == {"": {"width": 300, "fps": 25}}
+    assert mask.pending == {}
+
+
+def test_mask_resend_keeps_latest_value_per_pointer() -> None:
+    mask = NodeMask()
+    mask.edit({"/a": 1, "/b": 1}, 1)
+    mask.edit({"/a": 2}, 2)
+    assert mask.take_pending_for_resend() == {"/a": 2, "/b": 1}
+
+
+def test_mask_view_channel_follows_list_indices_and_deletes() -> None:
+    layout = {"layers": [{"id": "in_0", "x": 0}, {"id": "in_1", "x": 5, "extra": 1}]}
+    mask = NodeMask(VIEW_CHANNEL, layout)
+    mask.edit({"/layers/1/x": 40, "/layers/1/extra": None, "/layers/0/missing": None}, 1)
+    assert mask.shown() == {"layers": [{"id": "in_0", "x": 0}, {"id": "in_1", "x": 40}]}
+    assert layout["layers"][1] == {"id": "in_1", "x": 5, "extra": 1}
+    mask.edit({"": None}, 2)
+    assert mask.shown() is None
+
+
+def test_mask_misuse_is_local() -> None:
+    with pytest.raises(LocalProtocolError):
+        NodeMask("audio")
+    mask = NodeMask()
+    with pytest.raises(LocalProtocolError):
+        mask.edit({"/a": 1}, 0)
+    with pytest.raises(LocalProtocolError):
+        mask.edit({"/a": 1}, True)  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError):
+        mask.edit({"no-slash": 1}, 1)
+
+
+def test_client_state_stamps_per_node_and_reconnect_resets() -> None:
+    state = ClientCausalState("nonce-1")
+    assert state.stamp_for("comp") == Stamp("nonce-1", 1)
+    assert state.stamp_for("comp") == Stamp("nonce-1", 2)
+    assert state.stamp_for("bars") == Stamp("nonce-1", 1)
+    state.edit_patch("comp", {"width": 640})
+    state.edit_replace("bars", {"pattern": "smpte", "_ui": 1})
+    assert state.shown("bars") == {"pattern": "smpte"}
+    resend = state.reconnected("nonce-2")
+    assert resend == {"comp": {"/width": 640}, "bars": {"": {"pattern": "smpte"}}}
+    assert state.nonce == "nonce-2"
+    assert state.stamp_for("comp") == Stamp("nonce-2", 1)
+    with pytest.raises(LocalProtocolError):
+        state.reconnected("nonce-2")
+
+
+def test_client_state_generates_uuid4_nonces() -> None:
+    import uuid
+
+    state = ClientCausalState()
+    first = state.nonce
+    assert uuid.UUID(first).version == 4
+    state.reconnected()
+    assert state.nonce != first and uuid.UUID(state.nonce).version == 4
+
+
+def test_client_state_on_event_uses_acks_only() -> None:
+    state = ClientCausalState("me")
+    state.on_event("comp", PARAMS_CHANNEL, {"width": 100, "_acks": {}})
+    stamp = state.edit_patch("comp", {"width": 200})
+    # an event stamped with MY sender and rev, from before my edit was processed
+    # (ack still 0), carrying someone else's height: keep my width, take the height
+    shown = state.on_event(
+        "comp", PARAMS_CHANNEL, {"width": 100, "height": 9, "_sender": "me", "_rev": stamp.rev, "_acks": {"other": 3}}
+    )
+    assert shown == {"width": 200, "height": 9}
+    shown = state.on_event("comp", PARAMS_CHANNEL, {"width": 200, "height": 9, "_acks": {"me": 1}, "_seq": 4})
+    assert shown == {"width": 200, "height": 9}
+    assert state.mask("comp").pending == {}
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ([], "/payload/params"),
+        ({"_acks": []}, "/payload/params/_acks"),
+        ({"_acks": {"x": "1"}}, "/payload/params/_acks/x"),
+        ({"_acks": {"x": True}}, "/payload/params/_acks/x"),
+    ],
+)
+def test_client_state_rejects_malformed_events(data: object, path: str) -> None:
+    state = ClientCausalState("me")
+    with pytest.raises(RemoteProtocolError) as caught:
+        state.on_event("comp", PARAMS_CHANNEL, data, path="/payload/params")  # type: ignore[arg-type]
+    assert caught.value.path == path
+    assert not state.has_mask("comp", PARAMS_CHANNEL) or state.mask("comp").server_state == {}
+
+
+def test_client_state_refused_drops_pending_in_both_channels() -> None:
+    state = ClientCausalState("me")
+    state.on_event("comp", PARAMS_CHANNEL, {"layers": {"in_0": {"aspect_fit": False}}, "_acks": {}})
+    state.on_event("comp", VIEW_CHANNEL, {"layers": [{"id": "in_0", "x": 0, "y": 0}], "_acks": {}})
+    stamp = state.edit_patch("comp", {"layers": {"in_0": {"rect": {"x": 30}}}})
+    assert state.shown("comp", VIEW_CHANNEL) == {"layers": [{"id": "in_0", "x": 30, "y": 0}]}
+    state.on_refused("comp", stamp.rev)
+    assert state.shown("comp", VIEW_CHANNEL) == {"layers": [{"id": "in_0", "x": 0, "y": 0}]}
+    assert state.shown("comp") == {"layers": {"in_0": {"aspect_fit": False}}}
+    state.on_refused("unknown-node", 1)
+
+
+def test_view_prediction_only_where_the_layout_is_the_rect() -> None:
+    state = ClientCausalState("me")
+    state.on_event(
+        "comp",
+        PARAMS_CHANNEL,
+        {"layers": {"in_0": {"aspect_fit": True}, "in_1": {"aspect_fit": False}}, "_acks": {}},
+    )
+    layout = {"layers": [{"id": "in_0", "x": 0, "width": 640}, {"id": "in_1", "x": 10, "width": 320}], "_acks": {}}
+    state.on_event("comp", VIEW_CHANNEL, layout)
+    state.edit_patch(
+        "comp",
+        {
+            "layers": {
+                "in_0": {"rect": {"x": 99}},  # aspect fit: the server decides, no prediction
+                "in_1": {"rect": {"x": 50, "width": 100, "rotation": 3, "height": True}, "opacity": 0.5},
+                "in_7": {"rect": {"x": 1}},  # not in the layout
+            }
+        },
+    )
+    shown = state.shown("comp", VIEW_CHANNEL)
+    assert shown["layers"] == [{"id": "in_0", "x": 0, "width": 640}, {"id": "in_1", "x": 50, "width": 100}]
+    # turning aspect_fit off in the same patch makes the rect predictable
+    state.edit_patch("comp", {"layers": {"in_0": {"aspect_fit": False, "rect": {"y": 7}}}})
+    assert state.shown("comp", VIEW_CHANNEL)["layers"][0]["y"] == 7
+    # the render loop acks rev 2: its layout wins over the prediction
+    state.on_event("comp", VIEW_CHANNEL, {"layers": [{"id": "in_0", "y": 8}], "_acks": {"me": 2}})
+    assert state.shown("comp", VIEW_CHANNEL) == {"layers": [{"id": "in_0", "y": 8}]}
+
+
+def test_view_prediction_needs_a_layout_with_layers() -> None:
+    state = ClientCausalState("me")
+    state.edit_patch("comp", {"layers": {"in_0": {"aspect_fit": False, "rect": {"x": 1}}}})
+    assert not state.has_mask("comp", VIEW_CHANNEL)
+    state.on_event("comp", VIEW_CHANNEL, {"canvas_width": 10, "_acks": {}})
+    state.edit_patch("comp", {"layers": {"in_0": {"aspect_fit": False, "rect": {"x": 2}}}})
+    assert state.mask("comp", VIEW_CHANNEL).pending == {}
+
+
+def test_forget_node() -> None:
+    state = ClientCausalState("me")
+    state.edit_patch("comp", {"width": 1})
+    state.forget_node("comp")
+    assert not state.has_mask("comp")
+    assert state.last_rev("comp") == 0
