@@ -1,0 +1,75 @@
+"""The layer pass: one textured quad per layer (video, image or text), premultiplied alpha."""
+
+from __future__ import annotations
+
+import math
+
+import moderngl
+import numpy as np
+
+from compositord.daemon.render.scene import ResolvedLayer
+from compositord.daemon.render.shader_loader import compile_program
+
+# Unit quad as a triangle strip, (0,0) = top-left corner of the rect.
+_QUAD = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0], dtype="f4")
+
+
+def configure_sampling(texture: moderngl.Texture) -> None:
+    """Bilinear, clamped: a rect's edge never samples the opposite side of its source."""
+    texture.filter = (moderngl.LINEAR, moderngl.LINEAR)
+    texture.repeat_x = False
+    texture.repeat_y = False
+
+
+class LayerPass:
+    """Owns the layer program and its quad; ``draw`` renders one layer into the bound framebuffer."""
+
+    def __init__(self, ctx: moderngl.Context) -> None:
+        self._ctx = ctx
+        self._program = compile_program(ctx, "layer")
+        self._quad = ctx.buffer(_QUAD.tobytes())
+        self._vao = ctx.vertex_array(self._program, [(self._quad, "2f", "in_corner")])
+        self._released = False
+
+    def draw(
+        self,
+        texture: moderngl.Texture,
+        layer: ResolvedLayer,
+        canvas_size: tuple[int, int],
+        *,
+        premultiply: bool,
+        opaque_source: bool,
+    ) -> None:
+        rect = layer.rect
+        angle = math.radians(layer.rotation_degrees)
+        crop = layer.crop
+        u_origin, u_step = (crop.u1, crop.u0 - crop.u1) if layer.mirror_horizontal else (crop.u0, crop.u1 - crop.u0)
+        v_origin, v_step = (crop.v1, crop.v0 - crop.v1) if layer.mirror_vertical else (crop.v0, crop.v1 - crop.v0)
+        radius = min(rect.width, rect.height) / 2.0 if layer.circle else 0.0
+        program = self._program
+        program["u_canvas_size"].value = (float(canvas_size[0]), float(canvas_size[1]))
+        program["u_center"].value = rect.center
+        program["u_size"].value = (rect.width, rect.height)
+        program["u_rotation"].value = (math.cos(angle), math.sin(angle))
+        program["u_uv_origin"].value = (u_origin, v_origin)
+        program["u_uv_step"].value = (u_step, v_step)
+        program["u_opacity"].value = layer.opacity
+        program["u_premultiply"].value = premultiply
+        program["u_circle_radius"].value = radius
+        texture.use(location=0)
+        program["u_texture"].value = 0
+        # An opaque source at full opacity replaces what is below: no blending needed (faster on llvmpipe).
+        if opaque_source and layer.opacity >= 1.0 and not layer.circle:
+            self._ctx.disable(moderngl.BLEND)
+        else:
+            self._ctx.enable(moderngl.BLEND)
+            self._ctx.blend_func = moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA
+        self._vao.render(moderngl.TRIANGLE_STRIP)
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._vao.release()
+        self._quad.release()
+        self._program.release()

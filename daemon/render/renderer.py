@@ -1,0 +1,252 @@
+"""The GL executor: draws a ResolvedScene with the current source frames and reads the result back.
+
+Used only on the render thread (the thread that called ``create_context``)::
+
+    ctx = create_context(device_index)
+    renderer = Renderer(ctx, 1280, 720, "nv12", "bt709", asset_dir)
+    scene = resolve_scene(params_with_defaults, frames)   # frames: pin -> SourceFrame
+    output = renderer.render(scene, frames)                # OutputFrame
+    ...
+    renderer.release(); ctx.release()
+
+Per frame: the bottom layer is written straight into the render target when
+it is an opaque RGBA frame of exactly the canvas size drawn unscaled,
+unrotated and unmirrored (no clear, no draw); otherwise the target is
+cleared to the background. Each layer is then drawn in scene order with
+premultiplied-alpha blending (blending off for opaque layers). YUV output
+is converted by a shader pass; the planes are read back (``readback``).
+
+Sources are uploaded only when their ``serial`` changes; text rasters and
+image overlays are made once per distinct content and kept while a scene
+uses them. Whatever a frame no longer uses is released at the end of it.
+The canvas size and output format follow the scene: when they change, the
+targets are made again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import moderngl
+
+from compositord.daemon.render.gl_context import collect_garbage
+from compositord.daemon.render.frames import COLOR_MATRICES, OutputFrame, SourceFrame
+from compositord.daemon.render.images import AssetError, load_overlay
+from compositord.daemon.render.layer_pass import LayerPass
+from compositord.daemon.render.output_pass import OutputTargets
+from compositord.daemon.render.readback import Readback, ReadbackMode
+from compositord.daemon.render.scene import ResolvedLayer, ResolvedScene
+from compositord.daemon.render.source_textures import SourceTexture, StaticTexture, as_buffer
+from compositord.daemon.render.text import TextStyle, rasterize_text
+from compositord.daemon.render.yuv_input_pass import YuvInputPass
+
+DEFAULT_READBACK: ReadbackMode = "direct"  # measured: docs/RENDERING.md
+
+
+@dataclass
+class RenderStats:
+    frames: int = 0
+    source_uploads: int = 0
+    direct_writes: int = 0
+    text_rasterizations: int = 0
+    image_uploads: int = 0
+    last_render_ms: float = 0.0
+    leaked_objects_collected: int = 0  # dropped without release(): a bug to fix if it grows
+
+
+class Renderer:
+    def __init__(
+        self,
+        ctx: moderngl.Context,
+        width: int,
+        height: int,
+        output_format: str = "rgba8",
+        color_matrix: str = "bt709",
+        asset_dir: str | os.PathLike[str] | None = None,
+        *,
+        readback: ReadbackMode = DEFAULT_READBACK,
+    ) -> None:
+        if color_matrix not in COLOR_MATRICES:
+            raise ValueError(f"color_matrix {color_matrix!r}: expected one of {', '.join(COLOR_MATRICES)}")
+        self._ctx = ctx
+        self._color_matrix = color_matrix
+        self._asset_dir = asset_dir
+        self._readback_mode: ReadbackMode = readback
+        self._layer_pass: LayerPass | None = LayerPass(ctx)
+        self._yuv_pass: YuvInputPass | None = YuvInputPass(ctx)
+        self._targets: OutputTargets | None = None
+        self._readback: Readback | None = None
+        self._sources: dict[str, SourceTexture] = {}
+        self._texts: dict[TextStyle, StaticTexture] = {}
+        self._images: dict[str, tuple[object, StaticTexture]] = {}  # path -> (decoded pixels, texture)
+        self.stats = RenderStats()
+        self.overlay_errors: dict[str, str] = {}  # overlay id -> why it was not drawn (last frame)
+        self._allocate(width, height, output_format)
+
+    # -- targets ---------------------------------------------------------
+
+    def _allocate(self, width: int, height: int, output_format: str) -> None:
+        self._release_targets()
+        self._targets = OutputTargets(self._ctx, width, height, output_format, self._color_matrix)
+        self._readback = Readback(self._ctx, self._targets.planes, self._readback_mode)
+
+    def _release_targets(self) -> None:
+        if self._readback is not None:
+            self._readback.release()
+            self._readback = None
+        if self._targets is not None:
+            self._targets.release()
+            self._targets = None
+
+    # -- per frame -------------------------------------------------------
+
+    def render(self, scene: ResolvedScene, frames: Mapping[str, SourceFrame]) -> OutputFrame:
+        if self._layer_pass is None:
+            raise RuntimeError("Renderer.render after release()")
+        started = time.perf_counter()
+        targets = self._targets
+        assert targets is not None
+        if (targets.width, targets.height, targets.output_format) != (scene.width, scene.height, scene.output_format):
+            self._allocate(scene.width, scene.height, scene.output_format)
+            targets = self._targets
+            assert targets is not None
+        canvas = (scene.width, scene.height)
+        used_texts: set[TextStyle] = set()
+        used_images: set[str] = set()
+        self.overlay_errors = {}
+
+        layers = list(scene.layers)
+        if layers and self._can_write_directly(layers[0], frames, canvas):
+            targets.frame.write(as_buffer(frames[layers[0].id].data))
+            self.stats.direct_writes += 1
+            layers = layers[1:]
+            targets.frame_fbo.use()
+        else:
+            targets.frame_fbo.use()
+            r, g, b, a = scene.background
+            targets.frame_fbo.clear(r * a, g * a, b * a, a)
+
+        for layer in layers:
+            if layer.opacity <= 0.0 or layer.rect.width <= 0 or layer.rect.height <= 0:
+                continue
+            drawable = self._texture_for(layer, frames, used_texts, used_images)
+            if drawable is None:
+                continue
+            texture, premultiply, opaque = drawable
+            targets.frame_fbo.use()
+            self._layer_pass.draw(texture, layer, canvas, premultiply=premultiply, opaque_source=opaque)
+
+        targets.convert()
+        assert self._readback is not None
+        data = self._readback.read()
+        self._drop_unused(frames, used_texts, used_images)
+        self.stats.leaked_objects_collected += collect_garbage(self._ctx)
+        self.stats.frames += 1
+        self.stats.last_render_ms = (time.perf_counter() - started) * 1000.0
+        return OutputFrame(
+            pixel_format=targets.output_format,  # type: ignore[arg-type]
+            width=targets.width,
+            height=targets.height,
+            data=data,
+            color_matrix=self._color_matrix,  # type: ignore[arg-type]
+            frame_number=self.stats.frames,
+        )
+
+    @staticmethod
+    def _can_write_directly(layer: ResolvedLayer, frames: Mapping[str, SourceFrame], canvas: tuple[int, int]) -> bool:
+        """Opaque RGBA, exactly canvas-sized, drawn 1:1: its pixels *are* the frame's bottom."""
+        if layer.kind != "video" or layer.id not in frames:
+            return False
+        frame = frames[layer.id]
+        rect = layer.rect
+        crop = layer.crop
+        return (
+            frame.pixel_format == "rgba8"
+            and frame.opaque
+            and (frame.width, frame.height) == canvas
+            and layer.opacity >= 1.0
+            and not layer.circle
+            and not layer.mirror_horizontal
+            and not layer.mirror_vertical
+            and math.isclose(layer.rotation_degrees % 360.0, 0.0, abs_tol=1e-9)
+            and (crop.u0, crop.v0, crop.u1, crop.v1) == (0.0, 0.0, 1.0, 1.0)
+            and all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip((rect.x, rect.y, rect.width, rect.height), (0, 0, *canvas)))
+        )
+
+    def _texture_for(
+        self,
+        layer: ResolvedLayer,
+        frames: Mapping[str, SourceFrame],
+        used_texts: set[TextStyle],
+        used_images: set[str],
+    ) -> tuple[moderngl.Texture, bool, bool] | None:
+        """(texture, premultiply in shader, opaque) for the layer, uploading what changed."""
+        if layer.kind == "video":
+            frame = frames.get(layer.id)
+            if frame is None:
+                return None
+            source = self._sources.get(layer.id)
+            if source is None:
+                assert self._yuv_pass is not None
+                source = self._sources[layer.id] = SourceTexture(self._ctx, self._yuv_pass)
+            if source.update(frame):
+                self.stats.source_uploads += 1
+            assert source.rgba is not None
+            return source.rgba, not source.premultiplied, source.opaque
+        if layer.kind == "text":
+            assert layer.text_style is not None
+            style = layer.text_style
+            used_texts.add(style)
+            text = self._texts.get(style)
+            if text is None:
+                text = self._texts[style] = StaticTexture(self._ctx, rasterize_text(style))
+                self.stats.text_rasterizations += 1
+            return text.texture, False, text.opaque
+        assert layer.asset_path is not None
+        try:
+            pixels = load_overlay(self._asset_dir, layer.asset_path)
+        except AssetError as exc:
+            self.overlay_errors[layer.id] = str(exc)
+            return None
+        used_images.add(layer.asset_path)
+        cached = self._images.get(layer.asset_path)
+        if cached is None or cached[0] is not pixels:
+            if cached is not None:
+                cached[1].release()
+            cached = self._images[layer.asset_path] = (pixels, StaticTexture(self._ctx, pixels))
+            self.stats.image_uploads += 1
+        return cached[1].texture, False, cached[1].opaque
+
+    def _drop_unused(self, frames: Mapping[str, SourceFrame], used_texts: set[TextStyle], used_images: set[str]) -> None:
+        for pin in [pin for pin in self._sources if pin not in frames]:
+            self._sources.pop(pin).release()
+        for style in [style for style in self._texts if style not in used_texts]:
+            self._texts.pop(style).release()
+        for path in [path for path in self._images if path not in used_images]:
+            self._images.pop(path)[1].release()
+
+    # -- teardown --------------------------------------------------------
+
+    def release(self) -> None:
+        """Free every GL object this renderer made; safe to call twice."""
+        for source in self._sources.values():
+            source.release()
+        self._sources.clear()
+        for text in self._texts.values():
+            text.release()
+        self._texts.clear()
+        for _, image in self._images.values():
+            image.release()
+        self._images.clear()
+        self._release_targets()
+        if self._layer_pass is not None:
+            self._layer_pass.release()
+            self._layer_pass = None
+        if self._yuv_pass is not None:
+            self._yuv_pass.release()
+            self._yuv_pass = None
+        collect_garbage(self._ctx)
