@@ -47,6 +47,9 @@ class ConnectionLimits:
 
 
 class Dispatcher(Protocol):
+    def connection_opened(self, connection: Connection) -> None:
+        """A client connected: from now on it gets every event. Must not block."""
+
     async def handle_text(self, connection: Connection, text: str) -> None:
         """Handle one request; every answer goes through ``connection.send``."""
 

@@ -131,6 +131,7 @@ class ControlServer:
         if self._no_connections.is_set():
             self._no_connections = trio.Event()
         try:
+            self._dispatcher.connection_opened(connection)
             await connection.run(self._dispatcher)
         finally:
             self._connections.discard(connection)

@@ -24,6 +24,9 @@ class EchoDispatcher:
     def __init__(self) -> None:
         self.closed: list[Connection] = []
 
+    def connection_opened(self, connection: Connection) -> None:
+        pass
+
     async def handle_text(self, connection: Connection, text: str) -> None:
         connection.send(json.dumps({"echo": text}))
 
