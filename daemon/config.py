@@ -1,0 +1,198 @@
+"""Pipeline files (TOML or YAML), the embedded demo pipeline, and the daemon's settings.
+
+A pipeline file has the shape of the ``createsession`` payload's ``pipeline``
+(docs/INTERNALS.md): ``nodes`` keyed by node id, each with ``kind`` and
+``params``, and a list of ``connections``. It is validated as a whole by
+``protocol.params.validate_pipeline``; every problem is reported with the JSON
+pointer of its field.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from compositord.protocol.errors import FieldError, RemoteProtocolError
+from compositord.protocol.params import validate_pipeline
+
+if TYPE_CHECKING:
+    from compositord.daemon.server import ServerOptions
+
+TOML_SUFFIXES = (".toml",)
+YAML_SUFFIXES = (".yaml", ".yml")
+
+DEMO_SESSION_NAME = "demo"
+
+# colorbars as the background (in_0), a second, smaller source with another
+# pattern into in_1 (no layer entry, so it gets the auto-PiP rect), and a title.
+_DEMO_PIPELINE: dict[str, Any] = {
+    "nodes": {
+        "background": {
+            "kind": "video::colorbars",
+            "params": {"width": 1280, "height": 720, "pattern": "smpte", "animated": True},
+        },
+        "pip": {
+            "kind": "video::colorbars",
+            "params": {"width": 640, "height": 360, "pattern": "ramp", "animated": True, "timestamp": True},
+        },
+        "compositor": {
+            "kind": "video::compositor",
+            "params": {
+                "width": 1280,
+                "height": 720,
+                "fps": 30,
+                "num_inputs": 2,
+                "text_overlays": [
+                    {"id": "title", "text": "compositord", "rect": {"x": 40, "y": 40}, "font_size": 48},
+                ],
+            },
+        },
+    },
+    "connections": [
+        {"from_node": "background", "from_pin": "out", "to_node": "compositor", "to_pin": "in_0"},
+        {"from_node": "pip", "from_pin": "out", "to_node": "compositor", "to_pin": "in_1"},
+    ],
+}
+
+
+def demo_pipeline() -> dict[str, Any]:
+    """The embedded demo pipeline, validated and normalized (a fresh copy)."""
+    return validate_pipeline(copy.deepcopy(_DEMO_PIPELINE))
+
+
+class ConfigError(Exception):
+    """A pipeline file that cannot be used; ``errors`` names every problem by JSON pointer."""
+
+    def __init__(self, file: Path, errors: list[FieldError] | tuple[FieldError, ...]) -> None:
+        self.file = Path(file)
+        self.errors = tuple(errors)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [f"{self.file}: {error.path or '/'}: {error.message}" for error in self.errors]
+
+
+def parse_pipeline_text(text: str, file: Path) -> Any:
+    """The document in ``text``, parsed by the format ``file``'s suffix names."""
+    suffix = file.suffix.lower()
+    if suffix in TOML_SUFFIXES:
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(file, [FieldError("", f"not valid TOML: {exc}")]) from exc
+    if suffix in YAML_SUFFIXES:
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(file, [FieldError("", f"not valid YAML: {' '.join(str(exc).split())}")]) from exc
+    known = ", ".join((*TOML_SUFFIXES, *YAML_SUFFIXES))
+    raise ConfigError(file, [FieldError("", f"unknown file type {suffix or '(no suffix)'!r}; use one of {known}")])
+
+
+def load_pipeline(file: Path | str) -> dict[str, Any]:
+    """A validated, normalized pipeline from a TOML or YAML file, or ConfigError."""
+    file = Path(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, [FieldError("", f"cannot read the file: {exc}")]) from exc
+    doc = parse_pipeline_text(text, file)
+    try:
+        return validate_pipeline(doc)
+    except RemoteProtocolError as exc:
+        raise ConfigError(file, exc.errors or (FieldError(exc.path or "", exc.message),)) from exc
+
+
+def session_name_for(file: Path | str | None) -> str:
+    """The session name of a pipeline: the file's stem, or the demo's name."""
+    return DEMO_SESSION_NAME if file is None else Path(file).stem
+
+
+# ---------------------------------------------------------------------------
+# Settings
+
+
+def default_state_dir(cli_value: str | Path | None, environ: Mapping[str, str] | None = None) -> Path:
+    """``--state-dir``, else ``$STATE_DIRECTORY`` (systemd's StateDirectory=), else ``./state``."""
+    env = os.environ if environ is None else environ
+    if cli_value:
+        return Path(cli_value)
+    # systemd passes a colon-separated list when a unit names several state directories.
+    from_systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(from_systemd) if from_systemd else Path("state")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """PROTOCOL.md section 1."""
+
+    max_text_bytes: int = 64 * 1024
+    max_binary_bytes: int = 32 * 1024 * 1024
+    max_connections: int = 256
+    messages_per_second: float = 2000.0
+    send_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 4545
+    state_dir: Path = Path("state")
+    asset_dir: Path = Path("state/assets")
+    pipeline_file: Path | None = None  # None: the embedded demo pipeline
+    token: str | None = field(default=None, repr=False)  # never printed
+    allowed_origins: frozenset[str] = frozenset()
+    limits: Limits = Limits()
+
+    @classmethod
+    def from_args(cls, args: Any, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from parsed ``compositord run`` options and the environment.
+
+        The bearer token comes from ``$COMPOSITORD_TOKEN`` (not an option: the
+        command line is visible to every user in ``ps``); allowed origins from
+        ``--allow-origin`` (repeatable) or ``$COMPOSITORD_ALLOWED_ORIGINS``
+        (comma-separated). The asset directory is ``--asset-dir``, else
+        ``assets`` inside the state directory.
+        """
+        env = os.environ if environ is None else environ
+        state_dir = default_state_dir(getattr(args, "state_dir", None), env)
+        asset_dir = getattr(args, "asset_dir", None)
+        origins = getattr(args, "allow_origin", None) or [
+            o.strip() for o in env.get("COMPOSITORD_ALLOWED_ORIGINS", "").split(",") if o.strip()
+        ]
+        config = getattr(args, "config", None)
+        return cls(
+            host=getattr(args, "host", None) or cls.host,
+            port=cls.port if getattr(args, "port", None) is None else int(args.port),
+            state_dir=state_dir,
+            asset_dir=Path(asset_dir) if asset_dir else state_dir / "assets",
+            pipeline_file=Path(config) if config else None,
+            token=env.get("COMPOSITORD_TOKEN") or None,
+            allowed_origins=frozenset(origins),
+        )
+
+    def server_options(self) -> ServerOptions:
+        """The WebSocket server's options (imported here: check-config never loads the server)."""
+        from compositord.daemon.connection import ConnectionLimits
+        from compositord.daemon.server import ServerOptions
+
+        return ServerOptions(
+            host=self.host,
+            port=self.port,
+            token=self.token,
+            allowed_origins=self.allowed_origins,
+            max_connections=self.limits.max_connections,
+            max_binary_bytes=self.limits.max_binary_bytes,
+            limits=ConnectionLimits(
+                max_text_bytes=self.limits.max_text_bytes,
+                messages_per_second=self.limits.messages_per_second,
+                send_timeout=self.limits.send_timeout,
+            ),
+        )
