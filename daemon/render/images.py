@@ -93,3 +93,9 @@ def load_overlay(asset_dir: str | os.PathLike[str] | None, asset_path: str) -> n
     real = resolve_asset(asset_dir, asset_path)
     info = real.stat()
     return _load_cached(real, info.st_mtime_ns, info.st_size)
+
+
+def image_size(asset_dir: str | os.PathLike[str] | None, asset_path: str) -> tuple[int, int]:
+    """(width, height) of an overlay asset (decodes it once; the renderer reuses the decode)."""
+    pixels = load_overlay(asset_dir, asset_path)
+    return (pixels.shape[1], pixels.shape[0])

@@ -19,8 +19,9 @@ is converted by a shader pass; the planes are read back (``readback``).
 Sources are uploaded only when their ``serial`` changes; text rasters and
 image overlays are made once per distinct content and kept while a scene
 uses them. Whatever a frame no longer uses is released at the end of it.
-The canvas size and output format follow the scene: when they change, the
-targets are made again.
+The canvas size, output format and colour matrix follow the scene: when
+they change, the targets are made again (the constructor's values are only
+the first allocation).
 """
 
 from __future__ import annotations
@@ -110,7 +111,9 @@ class Renderer:
         started = time.perf_counter()
         targets = self._targets
         assert targets is not None
-        if (targets.width, targets.height, targets.output_format) != (scene.width, scene.height, scene.output_format):
+        wanted = (scene.width, scene.height, scene.output_format, scene.color_matrix)
+        if (targets.width, targets.height, targets.output_format, targets.color_matrix) != wanted:
+            self._color_matrix = scene.color_matrix
             self._allocate(scene.width, scene.height, scene.output_format)
             targets = self._targets
             assert targets is not None

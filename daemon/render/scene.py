@@ -7,9 +7,10 @@ Rules, in the order they apply to one layer:
 
 1. Rect: ``layers[pin].rect``, or the auto-PiP box of the pin's slot when the
    input has no layer entry or its entry has no rect (protocol.layout).
-2. Crop: ``crop_zoom`` z >= 1 shows 1/z of the source in each direction;
-   ``crop_x`` / ``crop_y`` (0..1) pan that window from the left/top edge (0)
-   to the right/bottom edge (1); 0.5 is centred. The crop keeps the source's
+2. Crop: ``crop_zoom`` z >= 1 shows 1/z of the source in each direction,
+   centred on (``crop_x``, ``crop_y``) (fractions of the source size, 0.5 is
+   the middle); a window that would leave the source is slid back inside
+   it, so panning to 0 or 1 shows the edge. The crop keeps the source's
    aspect ratio.
 3. Aspect fit (``aspect_fit``, default true): the cropped source is fit into
    the rect, centred (letterbox or pillarbox). Otherwise it is stretched.
@@ -23,8 +24,11 @@ Rules, in the order they apply to one layer:
    (overlays). Invisible layers and overlays are omitted (from drawing and
    from the view-data layout).
 
-Overlays have a rect that is used as is (no aspect fit); a text overlay with
-no rect gets one of its measured size at the canvas origin.
+Overlays are drawn into their rect as is (no aspect fit). A rect's
+``width`` / ``height`` left out (``None``) is the content's own size: the
+measured text, or the image's pixel size. An overlay that cannot be resolved
+(missing asset, bad font) is left out and reported in ``ResolvedScene.errors``
+as ``(id, message)``: one bad overlay never stops the frame.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from compositord.daemon.render.images import AssetError, image_size
 from compositord.daemon.render.text import TextStyle, font_path_for, measure_text
 from compositord.protocol.layout import Rect, aspect_fit, auto_pip_box, parse_color, slot_of_pin
 
@@ -42,8 +47,9 @@ LayerKind = Literal["video", "image", "text"]
 _KIND_RANK: dict[str, int] = {"video": 0, "image": 1, "text": 2}
 
 DEFAULT_CANVAS = (1280, 720)
-DEFAULT_BACKGROUND = "#000000ff"
+DEFAULT_BACKGROUND = "#000000FF"
 DEFAULT_FONT_SIZE = 32
+DEFAULT_OVERLAY_Z = 1000  # overlays above video unless told otherwise
 DEFAULT_TEXT_COLOR = "#ffffffff"
 
 
@@ -95,7 +101,9 @@ class ResolvedScene:
     height: int
     background: tuple[float, float, float, float]  # straight alpha, 0..1
     output_format: str
+    color_matrix: str = "bt709"  # of NV12 / I420 output
     layers: tuple[ResolvedLayer, ...] = field(default=())  # draw order, bottom first
+    errors: tuple[tuple[str, str], ...] = field(default=())  # (overlay id, why it is left out)
 
     def layout(self) -> dict[str, Any]:
         """The compositor's view data (PROTOCOL.md section 4): geometry only."""
@@ -129,10 +137,11 @@ def _source_size(value: SourceSize) -> tuple[int, int]:
 
 
 def crop_region(crop_zoom: float, crop_x: float, crop_y: float) -> CropRegion:
+    """The window of 1/zoom of the source centred on (crop_x, crop_y), slid back inside the source."""
     zoom = max(1.0, float(crop_zoom))
     size = 1.0 / zoom
-    u0 = min(max(float(crop_x), 0.0), 1.0) * (1.0 - size)
-    v0 = min(max(float(crop_y), 0.0), 1.0) * (1.0 - size)
+    u0 = min(max(float(crop_x) - size / 2.0, 0.0), 1.0 - size)
+    v0 = min(max(float(crop_y) - size / 2.0, 0.0), 1.0 - size)
     return CropRegion(u0, v0, u0 + size, v0 + size)
 
 
@@ -166,7 +175,7 @@ def _video_layer(pin: str, size: tuple[int, int], entry: Mapping[str, Any] | Non
 
 def _overlay_common(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "z_index": int(entry.get("z_index", 0)),
+        "z_index": int(entry.get("z_index", DEFAULT_OVERLAY_Z)),
         "crop": CropRegion(),
         "circle": False,
         "rotation_degrees": float(entry.get("rotation_degrees", 0.0)),
@@ -176,15 +185,25 @@ def _overlay_common(entry: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _overlay_rect(entry: Mapping[str, Any], content_size: tuple[int, int]) -> Rect:
+    """The overlay's rect; a missing width or height is the content's own."""
+    rect = entry.get("rect") or {}
+    width = rect.get("width")
+    height = rect.get("height")
+    return Rect(
+        float(rect.get("x") or 0.0),
+        float(rect.get("y") or 0.0),
+        float(width) if width is not None else float(max(1, content_size[0])),
+        float(height) if height is not None else float(max(1, content_size[1])),
+    )
+
+
 def _text_layer(index: int, entry: Mapping[str, Any], asset_dir: str | os.PathLike[str] | None) -> ResolvedLayer:
     text = str(entry.get("text", ""))
-    font_size = int(entry.get("font_size", DEFAULT_FONT_SIZE))
+    font_size = max(1, round(float(entry.get("font_size", DEFAULT_FONT_SIZE))))
     font_path = font_path_for(entry.get("font"), asset_dir)
     measured = measure_text(text, font_size, font_path)
-    if entry.get("rect"):
-        rect = Rect.from_mapping(entry["rect"])
-    else:
-        rect = Rect(0.0, 0.0, float(max(1, measured[0])), float(max(1, measured[1])))
+    rect = _overlay_rect(entry, measured)
     style = TextStyle(
         text=text,
         color=str(entry.get("color", DEFAULT_TEXT_COLOR)),
@@ -206,18 +225,22 @@ def _text_layer(index: int, entry: Mapping[str, Any], asset_dir: str | os.PathLi
     )
 
 
-def _image_layer(index: int, entry: Mapping[str, Any]) -> ResolvedLayer:
-    if not entry.get("rect"):
-        raise ValueError(f"/image_overlays/{index}/rect: an image overlay needs a rect")
-    rect = Rect.from_mapping(entry["rect"])
+def _image_layer(index: int, entry: Mapping[str, Any], asset_dir: str | os.PathLike[str] | None) -> ResolvedLayer:
+    asset_path = str(entry.get("asset_path", ""))
+    rect_entry = entry.get("rect") or {}
+    if rect_entry.get("width") is not None and rect_entry.get("height") is not None:
+        natural = (0, 0)  # not needed: no file access when the rect is complete
+    else:
+        natural = image_size(asset_dir, asset_path)
+    rect = _overlay_rect(entry, natural)
     return ResolvedLayer(
         kind="image",
         id=str(entry.get("id", f"image_{index}")),
         order=index,
         rect=rect,
-        source_width=max(1, round(rect.width)),
-        source_height=max(1, round(rect.height)),
-        asset_path=str(entry["asset_path"]),
+        source_width=natural[0],
+        source_height=natural[1],
+        asset_path=asset_path,
         **_overlay_common(entry),
     )
 
@@ -233,7 +256,7 @@ def resolve_scene(
     ``inputs`` maps input pin (``in_0``...) to its current source size, either
     a ``(width, height)`` tuple or anything with ``width`` and ``height`` (a
     SourceFrame). Pins with a layer entry but no input are not drawn.
-    ``asset_dir`` is needed only for text overlays whose ``font`` is a file.
+    ``asset_dir`` is where image overlays (and font files) are looked up.
     """
     canvas = (int(params.get("width", DEFAULT_CANVAS[0])), int(params.get("height", DEFAULT_CANVAS[1])))
     layer_entries: Mapping[str, Any] = params.get("layers") or {}
@@ -242,17 +265,26 @@ def resolve_scene(
         layer = _video_layer(pin, _source_size(source), layer_entries.get(pin), canvas)
         if layer is not None:
             resolved.append(layer)
+    errors: list[tuple[str, str]] = []
     for index, entry in enumerate(params.get("text_overlays") or ()):
         if entry.get("visible", True):
-            resolved.append(_text_layer(index, entry, asset_dir))
+            try:
+                resolved.append(_text_layer(index, entry, asset_dir))
+            except AssetError as exc:
+                errors.append((str(entry.get("id", f"text_{index}")), str(exc)))
     for index, entry in enumerate(params.get("image_overlays") or ()):
         if entry.get("visible", True):
-            resolved.append(_image_layer(index, entry))
+            try:
+                resolved.append(_image_layer(index, entry, asset_dir))
+            except AssetError as exc:
+                errors.append((str(entry.get("id", f"image_{index}")), str(exc)))
     resolved.sort(key=lambda layer: layer.sort_key)
     return ResolvedScene(
         width=canvas[0],
         height=canvas[1],
         background=parse_color(str(params.get("background", DEFAULT_BACKGROUND))),
         output_format=str(params.get("output_format", "rgba8")),
+        color_matrix=str(params.get("color_matrix", "bt709")),
         layers=tuple(resolved),
+        errors=tuple(errors),
     )
