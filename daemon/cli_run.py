@@ -1,9 +1,12 @@
-"""`compositord run`: start the daemon."""
+"""`compositord run`: start the daemon and serve until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+import trio
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -11,13 +14,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=4545, help="port to bind (default: 4545; 0 picks a free one)")
     parser.add_argument("--state-dir", metavar="DIR", help="state directory (default: $STATE_DIRECTORY or ./state)")
+    parser.add_argument("--asset-dir", metavar="DIR", help="images and fonts for overlays (default: STATE_DIR/assets)")
+    parser.add_argument(
+        "--allow-origin",
+        metavar="ORIGIN",
+        action="append",
+        help="a browser Origin allowed to connect (repeatable; default: $COMPOSITORD_ALLOWED_ORIGINS, else none)",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
 def main(args: argparse.Namespace) -> int:
-    pipeline = args.config or "the embedded demo pipeline (colorbars, a picture-in-picture input, a text overlay)"
-    print(
-        f"compositord run: would serve {pipeline} on ws://{args.host}:{args.port}/api/v1/control,\n"
-        "but the daemon is not built yet (issue 4: trio WebSocket server, store, render loop).",
-        file=sys.stderr,
-    )
-    return 2
+    # Imported here so that `compositord --help` stays quick.
+    from compositord.daemon.app import serve
+    from compositord.daemon.config import ConfigError, Settings
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    settings = Settings.from_args(args)
+    if settings.pipeline_file is not None:
+        from compositord.daemon.config import load_pipeline
+
+        try:
+            load_pipeline(settings.pipeline_file)  # fail before anything starts, with every error
+        except ConfigError as exc:
+            for line in exc.lines():
+                print(line, file=sys.stderr)
+            return 1
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(serve, settings)
+            shown_host = f"[{host}]" if ":" in host else host
+            print(f"compositord: serving ws://{shown_host}:{port}/api/v1/control", flush=True)
+
+    trio.run(run)
+    return 0

@@ -1,0 +1,167 @@
+"""The daemon as one trio service: store, render loops, sessions, server, sd_notify.
+
+``serve(settings, task_status=...)`` is started with ``nursery.start`` (tests,
+the pytest plugin) or run by ``compositord run``. It reports the bound
+``(host, port)`` once the listener is bound and every pipeline has rendered a
+frame, which is also when systemd gets ``READY=1``.
+
+Shutdown has one seam, as in hypercorn's ``worker_serve``: whatever ends the
+service (SIGTERM or SIGINT, or the caller cancelling it), :func:`serve` tells
+systemd ``STOPPING=1``, closes every client with 1001, stops the render loops,
+flushes the store and returns, all within ``stop_timeout``. The services run
+in a shielded scope so that a cancellation from outside still lets this drain
+happen in order; only then is that scope cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Mapping
+
+import trio
+
+from compositord.daemon.config import Settings, demo_pipeline, load_pipeline, session_name_for
+from compositord.daemon.connection import CLOSE_GOING_AWAY
+from compositord.daemon.hub import Hub
+from compositord.daemon.model import SessionRecord
+from compositord.daemon.notify import Notifier, watchdog_from_environment
+from compositord.daemon.server import ControlServer
+from compositord.daemon.sessions import RenderLoopLike, SessionService
+from compositord.daemon.store import Store
+
+log = logging.getLogger(__name__)
+
+# systemd's TimeoutStopSec in packaging/compositord.service is 15 s: drain well inside it.
+DEFAULT_STOP_TIMEOUT = 10.0
+
+
+def _render_loop_factory(settings: Settings, trio_token: trio.lowlevel.TrioToken, device_index: int | None):
+    # Imported here: the render loop pulls in moderngl; the rest of the daemon does not need it.
+    from compositord.daemon.render_loop import RenderLoop
+
+    def make(record: SessionRecord, service: SessionService) -> RenderLoopLike:
+        session_id = record.session_id
+        return RenderLoop(
+            record,
+            trio_token=trio_token,
+            on_view_data=service.on_view_data,
+            on_stats=service.on_stats,
+            on_node_error=lambda node_id, message: service.on_node_error(session_id, node_id, message),
+            asset_dir=settings.asset_dir,
+            device_index=device_index,
+        )
+
+    return make
+
+
+class _Services:
+    """Everything the daemon runs, in one shielded nursery that only :meth:`stop` ends."""
+
+    def __init__(self, settings: Settings, notifier: Notifier, environ: Mapping[str, str] | None, device_index: int | None) -> None:
+        self.settings = settings
+        self.notifier = notifier
+        self.environ = environ
+        self.device_index = device_index
+        self.store = Store(settings.state_dir)
+        self.hub = Hub()
+        self.service: SessionService | None = None
+        self.server: ControlServer | None = None
+        self._scope: trio.CancelScope | None = None
+        self._done = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with trio.CancelScope(shield=True) as scope:
+                self._scope = scope
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.store.run)
+                    factory = _render_loop_factory(self.settings, trio.lowlevel.current_trio_token(), self.device_index)
+                    self.service = SessionService(self.store, self.hub, factory)
+                    await self._open_sessions()
+                    self.server = ControlServer(self.settings.server_options(), self.service)
+                    address = await nursery.start(self.server.run)
+                    service = self.service
+                    watchdog = watchdog_from_environment(
+                        self.notifier, lambda: [loop.last_progress() for loop in service.render_loops.values()], self.environ
+                    )
+                    if watchdog is not None:
+                        await nursery.start(watchdog.run)
+                    self.notifier.ready(f"serving ws://{address[0]}:{address[1]}/api/v1/control")
+                    task_status.started(address)
+        finally:
+            self._done.set()
+
+    async def _open_sessions(self) -> None:
+        assert self.service is not None
+        stored = dict(self.store.sessions())
+        configured_id = session_name_for(self.settings.pipeline_file)
+        if configured_id not in stored:
+            pipeline = demo_pipeline() if self.settings.pipeline_file is None else load_pipeline(self.settings.pipeline_file)
+            record = SessionRecord.from_pipeline(configured_id, configured_id, pipeline)
+            await self.store.create_session(record)
+            log.info("created session %r from %s", configured_id, self.settings.pipeline_file or "the demo pipeline")
+        for session_id, record in self.store.sessions().items():
+            await self.service.open_session(record)
+            log.info("session %r: first frame rendered", session_id)
+
+    async def stop(self, timeout: float) -> None:
+        """Drain in order (clients 1001, render loops, store), then end the services; at most ``timeout`` s."""
+        deadline = trio.current_time() + timeout
+        with trio.CancelScope(shield=True):
+            with trio.move_on_at(deadline - min(1.0, timeout / 4)) as drain_scope:
+                self.notifier.stopping("closing clients")
+                if self.server is not None:
+                    await self.server.close_all(CLOSE_GOING_AWAY, "server shutting down")
+                if self.service is not None:
+                    remaining = max(0.5, deadline - trio.current_time() - 1.0)
+                    await self.service.stop_all(timeout=remaining)
+                try:
+                    await self.store.flush()
+                except Exception:  # the store may not have started; its own shutdown commits anyway
+                    log.exception("flushing the store at shutdown")
+            if drain_scope.cancelled_caught:
+                log.warning("shutdown drain did not finish within %.1f s; stopping anyway", timeout)
+            if self._scope is not None:
+                self._scope.cancel()  # the store commits what is queued as it stops
+            with trio.move_on_at(deadline + 1.0):
+                await self._done.wait()
+
+
+async def serve(
+    settings: Settings,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    handle_signals: bool = True,
+    environ: Mapping[str, str] | None = None,
+    device_index: int | None = None,
+) -> None:
+    """Run the daemon until SIGTERM/SIGINT (when ``handle_signals``) or until cancelled.
+
+    ``task_status.started((host, port))`` once bound and every pipeline has rendered a frame.
+    """
+    notifier = Notifier(environ)
+    services = _Services(settings, notifier, environ, device_index)
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                address = await nursery.start(services.run)
+                if handle_signals and threading.current_thread() is threading.main_thread():
+                    await nursery.start(_cancel_on_signal, nursery.cancel_scope)
+                task_status.started(address)
+                await trio.sleep_forever()
+            finally:
+                await services.stop(stop_timeout)
+    finally:
+        notifier.close()
+
+
+async def _cancel_on_signal(scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("%s: shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return
