@@ -338,25 +338,25 @@ class NodeMask:
             document = setter(document, ptr, value)
         return document
 
-    def take_pending_for_resend(self) -> dict[str, Any]:
-        """Empty ``pending`` and return what to send again after a reconnect.
+    def take_pending_for_resend(self) -> list[dict[str, Any]]:
+        """Empty ``pending`` and return what to send again after a reconnect, one dict per message.
 
-        The latest value per pointer. When a replace (pointer ``""``) is
-        pending, the result is ``{"": document}``: the replaced document with
-        the later pending values laid over it, because a replace followed by
-        patches cannot be said as one patch.
+        Each pointer appears once, with its latest value, in the group of the
+        message that carried that value; groups come oldest first. Keeping the
+        original grouping means a value the server refuses takes down only the
+        values it was sent with the first time, not every pending value. A
+        pending replace (pointer ``""``) makes every older group moot: the
+        replace and the groups after it remain.
         """
-        ordered = sorted(self.pending.items(), key=lambda item: item[1][0])
+        by_rev: dict[int, dict[str, Any]] = {}
+        for ptr, (rev, value) in self.pending.items():
+            by_rev.setdefault(rev, {})[ptr] = value
         self.pending = {}
-        result: dict[str, Any] = {}
-        for ptr, (_rev, value) in ordered:
-            if ptr == "":
-                result = {"": copy.deepcopy(value)}
-            elif "" in result:
-                result[""] = _set_merging(result[""], ptr, value)
-            else:
-                result[ptr] = value
-        return result
+        groups = [by_rev[rev] for rev in sorted(by_rev)]
+        replaces = [i for i, group in enumerate(groups) if "" in group]
+        if replaces:
+            groups = groups[replaces[-1] :]
+        return groups
 
 
 def new_nonce() -> str:
@@ -452,8 +452,11 @@ class ClientCausalState:
             self._masks.pop((node_id, channel), None)
         self._revs.pop(node_id, None)
 
-    def reconnected(self, new_nonce_value: str | None = None) -> dict[str, dict[str, Any]]:
+    def reconnected(self, new_nonce_value: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """Switch to a new nonce with counters at 0; return the params values to re-send, per node.
+
+        Per node, one ``{pointer: value}`` per message, oldest first (see
+        :meth:`NodeMask.take_pending_for_resend`); ``{"": document}`` is a replace.
 
         Pending view predictions are dropped: re-sending the params predicts
         them again. The caller resyncs (``getpipeline``) and then re-sends with
@@ -465,11 +468,11 @@ class ClientCausalState:
             raise LocalProtocolError("a reconnect needs a nonce that was not used before")
         self._nonce = nonce
         self._revs.clear()
-        resend: dict[str, dict[str, Any]] = {}
+        resend: dict[str, list[dict[str, Any]]] = {}
         for (node_id, channel), mask in self._masks.items():
-            values = mask.take_pending_for_resend()
-            if channel == PARAMS_CHANNEL and values:
-                resend[node_id] = values
+            groups = mask.take_pending_for_resend()
+            if channel == PARAMS_CHANNEL and groups:
+                resend[node_id] = groups
         return resend
 
     def _predict_view(self, node_id: str, leaves: Mapping[str, Any], rev: int) -> None:
