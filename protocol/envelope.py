@@ -370,10 +370,8 @@ class _Reader:
 
 def _prefixed(error: RemoteProtocolError, base: str) -> RemoteProtocolError:
     """The same error with every path moved under ``base`` (params errors are relative to the params)."""
-    errors = tuple(FieldError(base + e.path, e.message) for e in error.errors)
-    if errors:
-        return RemoteProtocolError.from_field_errors(error.code, errors)
-    return RemoteProtocolError(error.code, error.message, None if error.path is None else base + error.path)
+    # params.validate and validate_pipeline always list their field errors.
+    return RemoteProtocolError.from_field_errors(error.code, [FieldError(base + e.path, e.message) for e in error.errors])
 
 
 @dataclass(frozen=True)
