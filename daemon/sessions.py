@@ -20,20 +20,20 @@ S3, S5, S6); the view channel's acks live in the render loop.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
-from compositord.daemon import wire
 from compositord.daemon.connection import Connection
 from compositord.daemon.hub import Hub
 from compositord.daemon.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.daemon.store import AddConnection, PutNode, RemoveConnection, RemoveNode, SetParams, Store, StoreOp
-from compositord.protocol import causal, params as node_params, pointer
+from compositord.protocol import causal, envelope, pointer
+from compositord.protocol import params as node_params
 from compositord.protocol.causal import AckBook, Stamp
 from compositord.protocol.errors import ErrorCode, FieldError, LocalProtocolError, RemoteProtocolError
 
@@ -97,6 +97,14 @@ class _Refusal(Exception):
     stamps: list[tuple[str, Stamp]] = field(default_factory=list)  # (node_id, stamp)
 
 
+@dataclass(frozen=True)
+class _Tune:
+    """One tune with where it sat in the request, for error paths."""
+
+    action: envelope.TuneNode
+    body_path: str  # "/payload/message/PatchParams", "/payload/operations/3/message/UpdateParams"
+
+
 class SessionService:
     """The dispatcher of every connection: parses requests, runs actions, publishes events."""
 
@@ -135,34 +143,16 @@ class SessionService:
             return  # a late emission of a destroyed session
         layout = causal.strip_private(dict(emission.layout))
         state.last_view[emission.node_id] = layout
-        data: dict[str, Any] = dict(layout)
-        if emission.stamp is not None:
-            data.update(emission.stamp.to_json())
-        data[causal.ACKS_KEY] = dict(emission.acks)
-        data[causal.SEQ_KEY] = emission.seq
-        self._publish(
-            {
-                "event": "nodeviewdataupdated",
-                "session_id": emission.session_id,
-                "node_id": emission.node_id,
-                "data": data,
-                "timestamp": emission.timestamp,
-            },
-            (emission.session_id, emission.node_id, causal.VIEW_CHANNEL),
+        event = envelope.node_view_data_updated(
+            emission.session_id, emission.node_id, layout, emission.stamp, emission.acks, emission.seq, emission.timestamp
         )
+        self._publish(event, (emission.session_id, emission.node_id, causal.VIEW_CHANNEL))
 
     def on_stats(self, emission: Any) -> None:
         if emission.session_id not in self._sessions:
             return
-        self._publish(
-            {
-                "event": "nodestatsupdated",
-                "session_id": emission.session_id,
-                "node_id": emission.node_id,
-                "stats": dict(emission.stats),
-            },
-            (emission.session_id, emission.node_id, "stats"),
-        )
+        event = envelope.node_stats_updated(emission.session_id, emission.node_id, emission.stats)
+        self._publish(event, (emission.session_id, emission.node_id, "stats"))
 
     def on_node_error(self, session_id: str, node_id: str, message: str | None) -> None:
         if message:
@@ -170,38 +160,8 @@ class SessionService:
 
     # ------------------------------------------------------------------ the Dispatcher protocol
 
-    async def handle_text(self, connection: Connection, text: str) -> None:
-        correlation_id: str | None = None
-        try:
-            request = wire.parse_request(text)
-            correlation_id = request.correlation_id
-            result = await self._run_action(connection, request)
-        except _Refusal as refusal:
-            self._answer_refusal(connection, refusal, correlation_id, always=True)
-            return
-        except RemoteProtocolError as error:
-            if correlation_id is None:
-                correlation_id = wire.correlation_id_of(text)
-            connection.send(wire.encode_response(error.to_payload(), correlation_id))
-            return
-        except (LocalProtocolError, ValueError, KeyError, TypeError) as exc:
-            # A bug on this side must not take the connection down: the client gets `internal`.
-            log.exception("internal error handling a request")
-            error = RemoteProtocolError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
-            connection.send(wire.encode_response(error.to_payload(), correlation_id))
-            return
-        if result is not None:
-            connection.send(wire.encode_response(result, correlation_id))
-
-    def handle_binary(self, connection: Connection, data: bytes) -> None:
-        error = RemoteProtocolError(
-            ErrorCode.BAD_ENVELOPE,
-            f"binary message of {len(data)} bytes refused: no node of this daemon takes pushed frames",
-        )
-        connection.send(wire.encode_response(error.to_payload(), None))
-
-    def refuse(self, connection: Connection, error: RemoteProtocolError, correlation_id: str | None) -> None:
-        connection.send(wire.encode_response(error.to_payload(), correlation_id))
+    def connection_opened(self, connection: Connection) -> None:
+        self._hub.subscribe(connection)
 
     def connection_closed(self, connection: Connection) -> None:
         self._hub.unsubscribe(connection)
@@ -211,32 +171,70 @@ class SessionService:
                     book.forget(sender)
                 state.loop.forget_sender(sender)
 
-    def connection_opened(self, connection: Connection) -> None:
-        self._hub.subscribe(connection)
+    async def handle_text(self, connection: Connection, text: str) -> None:
+        try:
+            # The connection enforced the size limit already; the envelope checks everything else.
+            message = envelope.parse_message(text, max_bytes=len(text) * 4 + 1)
+        except RemoteProtocolError as error:
+            self._send(connection, envelope.error_response(error, _correlation_id_of(text)))
+            return
+        if not isinstance(message, envelope.Request):
+            error = RemoteProtocolError(ErrorCode.BAD_ENVELOPE, '/type: a client sends only messages of type "request"', "/type")
+            self._send(connection, envelope.error_response(error, getattr(message, "correlation_id", None)))
+            return
+        correlation_id = message.correlation_id
+        try:
+            try:
+                action = envelope.parse_action(message)
+            except RemoteProtocolError as error:
+                stamps = envelope.stamps_of(message)
+                self._refuse_stamps(connection, message.payload.get("session_id"), stamps)
+                raise _Refusal(error, stamps) from None
+            response = await self._run(connection, action, correlation_id)
+        except _Refusal as refusal:
+            self._send(connection, _refusal_response(refusal, correlation_id))
+            return
+        except RemoteProtocolError as error:
+            self._send(connection, envelope.error_response(error, correlation_id))
+            return
+        except (LocalProtocolError, ValueError, KeyError, TypeError) as exc:
+            # A bug on this side must not take the connection down: the client gets `internal`.
+            log.exception("internal error handling %s", message.action)
+            error = RemoteProtocolError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+            self._send(connection, envelope.error_response(error, correlation_id))
+            return
+        if response is not None:
+            self._send(connection, response)
+
+    def handle_binary(self, connection: Connection, data: bytes) -> None:
+        error = RemoteProtocolError(
+            ErrorCode.BAD_ENVELOPE,
+            f"binary message of {len(data)} bytes refused: no node of this daemon takes pushed frames",
+        )
+        self._send(connection, envelope.error_event(error))
+
+    def refuse(self, connection: Connection, error: RemoteProtocolError, correlation_id: str | None) -> None:
+        self._send(connection, envelope.error_response(error, correlation_id))
 
     # ------------------------------------------------------------------ actions
 
-    async def _run_action(self, connection: Connection, request: wire.Request) -> dict[str, Any] | None:
-        action = request.action
-        handler = self._handlers().get(action.name)
-        if handler is None:  # wire already refused unknown names; this is our own gap
-            raise LocalProtocolError(f"no handler for action {action.name!r}")
-        return await handler(connection, request)
-
-    def _handlers(self) -> dict[str, Callable[[Connection, wire.Request], Awaitable[dict[str, Any] | None]]]:
-        return {
-            "getpipeline": self._getpipeline,
-            "listsessions": self._listsessions,
-            "createsession": self._createsession,
-            "destroysession": self._destroysession,
-            "addnode": self._addnode,
-            "removenode": self._removenode,
-            "connect": self._connect,
-            "disconnect": self._disconnect,
-            "tunenode": self._tunenode,
-            "tunenodeasync": self._tunenode,
-            "applybatch": self._applybatch,
-        }
+    async def _run(self, connection: Connection, action: envelope.Action, cid: str | None) -> envelope.Response | None:
+        if isinstance(action, envelope.GetPipeline):
+            return self._getpipeline(action, cid)
+        if isinstance(action, envelope.ListSessions):
+            return envelope.sessions_listed(cid, self._session_list())
+        if isinstance(action, envelope.CreateSession):
+            return await self._createsession(action, cid)
+        if isinstance(action, envelope.DestroySession):
+            return await self._destroysession(action, cid)
+        if isinstance(action, envelope.TuneNode):
+            return await self._tunenode(connection, action, cid)
+        if isinstance(action, envelope.ApplyBatch):
+            return await self._applybatch(connection, action, cid)
+        if isinstance(action, (envelope.AddNode, envelope.RemoveNode, envelope.Connect, envelope.Disconnect)):
+            await self._structure(action)
+            return envelope.success(cid)
+        raise LocalProtocolError(f"no handler for {type(action).__name__}")
 
     def _session(self, session_id: str) -> tuple[SessionRecord, _SessionState]:
         record = self._store.sessions().get(session_id)
@@ -245,108 +243,63 @@ class SessionService:
             raise _not_found(f"no session {session_id!r}", "/payload/session_id")
         return record, state
 
-    async def _getpipeline(self, connection: Connection, request: wire.Request) -> dict[str, Any]:
-        record, state = self._session(request.action.fields["session_id"])
-        pipeline = record.to_pipeline()
-        return {
-            "action": "pipeline",
-            "session_id": record.session_id,
-            "name": record.name,
-            "nodes": pipeline["nodes"],
-            "connections": pipeline["connections"],
-            "view_data": {node_id: dict(view) for node_id, view in state.last_view.items() if node_id in record.nodes},
-            "seqs": {node_id: node.seq for node_id, node in record.nodes.items()},
-            "protocol_version": PROTOCOL_VERSION,
-        }
+    def _getpipeline(self, action: envelope.GetPipeline, cid: str | None) -> envelope.Response:
+        record, state = self._session(action.session_id)
+        nodes: dict[str, dict[str, Any]] = {}
+        for node_id, node in record.nodes.items():
+            entry: dict[str, Any] = {"kind": node.kind, "params": dict(node.params), "seq": node.seq}
+            if node_id in state.last_view:
+                entry["view_data"] = dict(state.last_view[node_id])
+            nodes[node_id] = entry
+        return envelope.pipeline_response(
+            cid, session_id=record.session_id, nodes=nodes, connections=[c.to_json() for c in record.connections]
+        )
 
-    async def _listsessions(self, connection: Connection, request: wire.Request) -> dict[str, Any]:
-        sessions = self._store.sessions()
-        return {
-            "action": "sessionslisted",
-            "sessions": [
-                {"session_id": s.session_id, "name": s.name, "nodes": len(s.nodes)}
-                for s in sessions.values()
-                if s.session_id in self._sessions
-            ],
-        }
+    def _session_list(self) -> list[dict[str, Any]]:
+        return [
+            {"session_id": s.session_id, "name": s.name, "nodes": len(s.nodes)}
+            for s in self._store.sessions().values()
+            if s.session_id in self._sessions
+        ]
 
-    async def _createsession(self, connection: Connection, request: wire.Request) -> dict[str, Any]:
-        fields = request.action.fields
-        name = fields["name"]
-        try:
-            pipeline = node_params.validate_pipeline(fields["pipeline"])
-        except RemoteProtocolError as error:
-            raise _prefixed(error, "/payload/pipeline") from None
+    async def _createsession(self, action: envelope.CreateSession, cid: str | None) -> envelope.Response:
         session_id = str(uuid.uuid4())
-        record = SessionRecord.from_pipeline(session_id, name, pipeline)
+        record = SessionRecord.from_pipeline(session_id, action.name, action.pipeline)
         async with self._structure_lock:
             await self._store.create_session(record)
-            stored = self._store.sessions()[session_id]
             try:
-                await self.open_session(stored)
+                await self.open_session(self._store.sessions()[session_id])
             except BaseException:
                 self._sessions.pop(session_id, None)
                 with trio.CancelScope(shield=True):
                     await self._store.destroy_session(session_id)
                 raise
-        self._publish({"event": "sessioncreated", "session_id": session_id, "name": name}, None)
-        return {"action": "sessioncreated", "session_id": session_id, "name": name}
+        self._publish(envelope.session_created_event(session_id, action.name))
+        return envelope.session_created_response(cid, session_id, action.name)
 
-    async def _destroysession(self, connection: Connection, request: wire.Request) -> dict[str, Any]:
-        session_id = request.action.fields["session_id"]
+    async def _destroysession(self, action: envelope.DestroySession, cid: str | None) -> envelope.Response:
+        session_id = action.session_id
         async with self._structure_lock:
             _, state = self._session(session_id)
             async with state.lock:
                 del self._sessions[session_id]
                 await self._store.destroy_session(session_id)
             await trio.to_thread.run_sync(state.loop.stop)
-        self._publish({"event": "sessiondestroyed", "session_id": session_id}, None)
-        return {"action": "sessiondestroyed", "session_id": session_id}
+        self._publish(envelope.session_destroyed_event(session_id))
+        return envelope.session_destroyed_response(cid, session_id)
 
     # ---- structure: addnode, removenode, connect, disconnect (each one store transaction)
 
-    async def _addnode(self, connection: Connection, request: wire.Request) -> dict[str, Any]:
-        fields = request.action.fields
-        record, state = self._session(fields["session_id"])
+    async def _structure(self, action: envelope.AddNode | envelope.RemoveNode | envelope.Connect | envelope.Disconnect) -> None:
+        _, state = self._session(action.session_id)
         async with state.lock:
-            record, _ = self._session(fields["session_id"])
+            record, _ = self._session(action.session_id)  # it may have changed while we waited for the lock
             working = _Working(record)
-            events = working.add_node(fields["node_id"], fields["kind"], fields.get("params") or {}, "/payload")
-            await self._commit_structure(record.session_id, state, working, events)
-        return {"action": "success"}
-
-    async def _removenode(self, connection: Connection, request: wire.Request) -> dict[str, Any]:
-        fields = request.action.fields
-        record, state = self._session(fields["session_id"])
-        async with state.lock:
-            record, _ = self._session(fields["session_id"])
-            working = _Working(record)
-            events = working.remove_node(fields["node_id"], "/payload")
-            await self._commit_structure(record.session_id, state, working, events)
-        return {"action": "success"}
-
-    async def _connect(self, connection: Connection, request: wire.Request) -> dict[str, Any]:
-        return await self._connection_change(request, add=True)
-
-    async def _disconnect(self, connection: Connection, request: wire.Request) -> dict[str, Any]:
-        return await self._connection_change(request, add=False)
-
-    async def _connection_change(self, request: wire.Request, *, add: bool) -> dict[str, Any]:
-        fields = request.action.fields
-        record, state = self._session(fields["session_id"])
-        conn = ConnectionRecord(fields["from_node"], fields["from_pin"], fields["to_node"], fields["to_pin"])
-        async with state.lock:
-            record, _ = self._session(fields["session_id"])
-            working = _Working(record)
-            events = working.connect(conn, "/payload") if add else working.disconnect(conn, "/payload")
-            await self._commit_structure(record.session_id, state, working, events)
-        return {"action": "success"}
-
-    async def _commit_structure(self, session_id: str, state: _SessionState, working: _Working, events: list[dict[str, Any]]) -> None:
-        await self._store.apply_atomically(working.ops, wait_durable=True)
-        self._after_structure_change(session_id, state, working)
-        for event in events:
-            self._publish(event, None)
+            events = working.apply(action, "/payload")
+            await self._store.apply_atomically(working.ops, wait_durable=True)
+            self._after_structure_change(record.session_id, state, working)
+            for event in events:
+                self._publish(event)
 
     def _after_structure_change(self, session_id: str, state: _SessionState, working: _Working) -> None:
         record = self._store.sessions()[session_id]
@@ -357,158 +310,148 @@ class SessionService:
 
     # ---- tunes
 
-    async def _tunenode(self, connection: Connection, request: wire.Request) -> dict[str, Any] | None:
-        action = request.action
-        tune = wire.tune_of(action)
-        is_async = action.name == "tunenodeasync"
-        if tune.stamp is not None:
-            connection.senders.add(tune.stamp.sender)
-        session_id = action.fields["session_id"]
+    async def _tunenode(self, connection: Connection, action: envelope.TuneNode, cid: str | None) -> envelope.Response | None:
+        tune = _Tune(action, pointer.join("/payload/message", action.variant))
+        stamps = [(action.node_id, action.stamp)] if action.stamp is not None else []
+        for _, stamp in stamps:
+            connection.senders.add(stamp.sender)
         try:
-            record, state = self._session(session_id)
+            _, state = self._session(action.session_id)
         except RemoteProtocolError as error:
-            raise _Refusal(error, [(tune.node_id, tune.stamp)] if tune.stamp else []) from None
+            raise _Refusal(error, stamps) from None
         async with state.lock:
-            record, _ = self._session(session_id)
+            record, _ = self._session(action.session_id)
             try:
-                node_id, new_params = self._resolve_tune(record, state, tune)
+                node = self._tuned_node(record.nodes, state, tune, {})
             except RemoteProtocolError as error:
-                if tune.stamp is not None and tune.node_id in record.nodes:
-                    state.book(tune.node_id).refuse(tune.stamp)  # S6
-                raise _Refusal(error, [(tune.node_id, tune.stamp)] if tune.stamp else []) from None
-            seq = await self._store.set_params(session_id, node_id, new_params, wait_durable=False)
-            if tune.stamp is not None:
-                state.book(node_id).record(tune.stamp)
-            state.loop.submit_params(node_id, new_params, tune.stamp)
-            self._publish_params(session_id, state, node_id, new_params, seq, tune.stamp)
-        if is_async:
+                self._refuse_stamps(connection, action.session_id, stamps)
+                raise _Refusal(error, stamps) from None
+            seq = await self._store.set_params(action.session_id, node.node_id, node.params, wait_durable=False)
+            if action.stamp is not None:
+                state.book(node.node_id).record(action.stamp)
+            state.loop.submit_params(node.node_id, node.params, action.stamp)
+            self._publish_params(action.session_id, state, node.node_id, node.params, seq, action.stamp)
+        if not action.sync:
             return None
         await self._store.flush()  # answered once the change is committed
-        return {"action": "success"}
+        return envelope.success(cid)
 
-    def _resolve_tune(self, record: SessionRecord, state: _SessionState, tune: wire.Tune) -> tuple[str, dict[str, Any]]:
-        """The validated params a tune results in; raises without changing anything."""
-        node = record.nodes.get(tune.node_id)
+    def _tuned_node(
+        self, nodes: Mapping[str, NodeRecord], state: _SessionState, tune: _Tune, seen: dict[tuple[str, str], int]
+    ) -> NodeRecord:
+        """The node with the params a tune results in; raises without changing anything.
+
+        ``seen`` holds the revs taken earlier in the same batch (not yet recorded in the ack book).
+        """
+        action = tune.action
+        node = nodes.get(action.node_id)
         if node is None:
-            raise _not_found(f"no node {tune.node_id!r} in session {record.session_id!r}", "/payload/node_id")
-        if tune.stamp is not None:
-            state.book(tune.node_id).check(tune.stamp, path=tune.body_path)
-        if tune.replace:
-            candidate = tune.body
-        else:
-            candidate = causal.merge_patch(node.params, tune.body)
+            node_path = pointer.join(tune.body_path.rsplit("/message/", 1)[0], "node_id")
+            raise _not_found(f"no node {action.node_id!r} in this session", node_path)
+        if action.stamp is not None:
+            key = (action.node_id, action.stamp.sender)
+            floor = max(state.book(action.node_id).ack_of(action.stamp.sender), seen.get(key, 0))
+            if action.stamp.rev <= floor:
+                rev_path = pointer.join(tune.body_path, causal.REV_KEY)
+                raise RemoteProtocolError(
+                    ErrorCode.CONFLICT, f"{rev_path}: _rev {action.stamp.rev} already processed for this sender (ack {floor})", rev_path
+                )
+            seen[key] = action.stamp.rev
+        candidate = action.params if action.mode == envelope.UPDATE else causal.merge_patch(node.params, action.params)
         try:
             validated = node_params.validate(node.kind, candidate)
         except RemoteProtocolError as error:
             raise _prefixed(error, tune.body_path) from None
-        return node.node_id, validated
+        return NodeRecord(node.node_id, node.kind, validated, node.seq + 1)
+
+    def _refuse_stamps(self, connection: Connection, session_id: Any, stamps: Sequence[tuple[str, Stamp]]) -> None:
+        """Rule S6: a refused stamped message still counts as processed (for nodes that exist)."""
+        state = self._sessions.get(session_id) if isinstance(session_id, str) else None
+        record = self._store.sessions().get(session_id) if isinstance(session_id, str) else None
+        for node_id, stamp in stamps:
+            connection.senders.add(stamp.sender)
+            if state is not None and record is not None and node_id in record.nodes:
+                state.book(node_id).refuse(stamp)
 
     def _publish_params(
         self, session_id: str, state: _SessionState, node_id: str, params: Mapping[str, Any], seq: int, stamp: Stamp | None
     ) -> None:
-        body: dict[str, Any] = dict(params)
-        if stamp is not None:
-            body.update(stamp.to_json())
-        body[causal.ACKS_KEY] = state.book(node_id).as_dict()
-        body[causal.SEQ_KEY] = seq
-        self._publish(
-            {"event": "nodeparamschanged", "session_id": session_id, "node_id": node_id, "params": body},
-            (session_id, node_id, causal.PARAMS_CHANNEL),
-        )
+        event = envelope.node_params_changed(session_id, node_id, params, stamp, state.book(node_id).as_dict(), seq)
+        self._publish(event, (session_id, node_id, causal.PARAMS_CHANNEL))
 
     # ---- applybatch: validate everything on a working copy, then one transaction and one frame
 
-    async def _applybatch(self, connection: Connection, request: wire.Request) -> dict[str, Any]:
-        fields = request.action.fields
-        session_id = fields["session_id"]
-        operations = wire.batch_operations_of(request.action)
-        stamps = [(op.tune.node_id, op.tune.stamp) for op in operations if op.tune is not None and op.tune.stamp]
+    async def _applybatch(self, connection: Connection, action: envelope.ApplyBatch, cid: str | None) -> envelope.Response:
+        session_id = action.session_id
+        stamps = [(op.node_id, op.stamp) for op in action.operations if isinstance(op, envelope.TuneNode) and op.stamp]
         for _, stamp in stamps:
             connection.senders.add(stamp.sender)
         try:
-            record, state = self._session(session_id)
+            _, state = self._session(session_id)
         except RemoteProtocolError as error:
             raise _Refusal(error, stamps) from None
         async with state.lock:
             record, _ = self._session(session_id)
             working = _Working(record)
-            events: list[dict[str, Any]] = []
+            events: list[envelope.Event] = []
             tuned: list[tuple[str, dict[str, Any], Stamp | None]] = []
+            seen: dict[tuple[str, str], int] = {}
             try:
-                seen_stamps: dict[tuple[str, str], int] = {}
-                for op in operations:
-                    if op.tune is not None:
-                        tuned.append(self._working_tune(working, state, op.tune, seen_stamps))
-                    elif op.name == "addnode":
-                        events += working.add_node(op.fields["node_id"], op.fields["kind"], op.fields.get("params") or {}, op.path)
-                    elif op.name == "removenode":
-                        events += working.remove_node(op.fields["node_id"], op.path)
-                    elif op.name in ("connect", "disconnect"):
-                        conn = ConnectionRecord(op.fields["from_node"], op.fields["from_pin"], op.fields["to_node"], op.fields["to_pin"])
-                        events += working.connect(conn, op.path) if op.name == "connect" else working.disconnect(conn, op.path)
+                for index, op in enumerate(action.operations):
+                    path = pointer.join("/payload/operations", index)
+                    if isinstance(op, envelope.TuneNode):
+                        node = self._tuned_node(working.nodes, state, _Tune(op, pointer.join(path, "message", op.variant)), seen)
+                        working.set_params(node.node_id, node.params)
+                        tuned.append((node.node_id, node.params, op.stamp))
                     else:
-                        raise RemoteProtocolError(ErrorCode.UNKNOWN_ACTION, f"{op.path}/action: {op.name!r} cannot be batched", op.path + "/action")
+                        events += working.apply(op, path)
             except RemoteProtocolError as error:
-                for node_id, stamp in stamps:
-                    if node_id in record.nodes:
-                        state.book(node_id).refuse(stamp)  # S6: every stamp of a refused batch counts as processed
+                self._refuse_stamps(connection, session_id, stamps)  # S6: every stamp of a refused batch
                 raise _Refusal(error, stamps) from None
-            seqs = await self._store.apply_atomically(working.ops, wait_durable=True)
-            # The final params per tuned node (a node tuned twice in a batch shows its last state).
-            final_params: dict[str, tuple[dict[str, Any], Stamp | None]] = {}
-            for node_id, params, stamp in tuned:
+            await self._store.apply_atomically(working.ops, wait_durable=True)
+            for node_id, _, stamp in tuned:
                 if stamp is not None:
                     state.book(node_id).record(stamp)
-                final_params[node_id] = (params, stamp)
             if working.structure_changed:
                 self._after_structure_change(session_id, state, working)
-            state.loop.submit_batch(tuned)
+            if tuned:
+                state.loop.submit_batch(tuned)
             for event in events:
-                self._publish(event, None)
-            new_record = self._store.sessions()[session_id]
-            for node_id, (params, stamp) in final_params.items():
-                if node_id in new_record.nodes:
-                    self._publish_params(session_id, state, node_id, params, new_record.nodes[node_id].seq, stamp)
-        del seqs
-        return {"action": "batchapplied", "session_id": session_id, "applied": len(operations)}
-
-    def _working_tune(
-        self, working: _Working, state: _SessionState, tune: wire.Tune, seen_stamps: dict[tuple[str, str], int]
-    ) -> tuple[str, dict[str, Any], Stamp | None]:
-        node = working.nodes.get(tune.node_id)
-        if node is None:
-            raise _not_found(f"no node {tune.node_id!r} in session {working.session_id!r}", tune.path + "/node_id")
-        if tune.stamp is not None:
-            key = (tune.node_id, tune.stamp.sender)
-            floor = max(state.book(tune.node_id).ack_of(tune.stamp.sender), seen_stamps.get(key, 0))
-            if tune.stamp.rev <= floor:
-                rev_path = tune.body_path + "/_rev"
-                raise RemoteProtocolError(
-                    ErrorCode.CONFLICT, f"{rev_path}: _rev {tune.stamp.rev} already processed for this sender (ack {floor})", rev_path
-                )
-            seen_stamps[key] = tune.stamp.rev
-        candidate = tune.body if tune.replace else causal.merge_patch(node.params, tune.body)
-        try:
-            validated = node_params.validate(node.kind, candidate)
-        except RemoteProtocolError as error:
-            raise _prefixed(error, tune.body_path) from None
-        working.set_params(tune.node_id, validated)
-        return tune.node_id, validated, tune.stamp
+                self._publish(event)
+            stored = self._store.sessions()[session_id]
+            last_stamp = {node_id: stamp for node_id, _, stamp in tuned}
+            for node_id, stamp in last_stamp.items():
+                if node_id in stored.nodes:
+                    node = stored.nodes[node_id]
+                    self._publish_params(session_id, state, node_id, node.params, node.seq, stamp)
+        return envelope.batch_applied(cid, session_id, len(action.operations))
 
     # ------------------------------------------------------------------ output
 
-    def _publish(self, payload: dict[str, Any], coalesce_key: Any) -> None:
-        self._hub.publish(wire.encode_event(payload), coalesce_key)
+    def _publish(self, event: envelope.Event, coalesce_key: Any = None) -> None:
+        self._hub.publish(envelope.serialize(event), coalesce_key)
 
-    def _answer_refusal(self, connection: Connection, refusal: _Refusal, correlation_id: str | None, *, always: bool) -> None:
-        payload = refusal.error.to_payload()
-        if refusal.stamps:
-            node_id, stamp = refusal.stamps[-1]
-            payload.update(stamp.to_json())
-            payload["node_id"] = node_id
-            if len(refusal.stamps) > 1:
-                payload["refused"] = [{"node_id": n, **s.to_json()} for n, s in refusal.stamps]
-        connection.send(wire.encode_response(payload, correlation_id))
+    @staticmethod
+    def _send(connection: Connection, message: envelope.Response | envelope.Event) -> None:
+        connection.send(envelope.serialize(message))
+
+
+def _refusal_response(refusal: _Refusal, correlation_id: str | None) -> envelope.Response:
+    if not refusal.stamps:
+        return envelope.error_response(refusal.error, correlation_id)
+    node_id, stamp = refusal.stamps[-1]
+    refused = refusal.stamps if len(refusal.stamps) > 1 else ()
+    return envelope.error_response(refusal.error, correlation_id, stamp, node_id=node_id, refused=refused)
+
+
+def _correlation_id_of(text: str) -> str | None:
+    """The correlation id of a message the envelope refused, when it can be found."""
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    value = document.get("correlation_id") if isinstance(document, dict) else None
+    return value if isinstance(value, str) and len(value) <= envelope.MAX_CORRELATION_ID else None
 
 
 class _Working:
@@ -516,82 +459,82 @@ class _Working:
 
     def __init__(self, record: SessionRecord) -> None:
         self.session_id = record.session_id
-        self.nodes: dict[str, NodeRecord] = {
-            node_id: NodeRecord(node.node_id, node.kind, node.params, node.seq) for node_id, node in record.nodes.items()
-        }
+        self.nodes: dict[str, NodeRecord] = dict(record.nodes)
         self.connections: list[ConnectionRecord] = list(record.connections)
         self.ops: list[StoreOp] = []
         self.removed_nodes: set[str] = set()
         self.structure_changed = False
+
+    def apply(self, action: Any, path: str) -> list[envelope.Event]:
+        if isinstance(action, envelope.AddNode):
+            return self.add_node(action.node_id, action.kind, dict(action.params), path)
+        if isinstance(action, envelope.RemoveNode):
+            return self.remove_node(action.node_id, path)
+        conn = ConnectionRecord(action.from_node, action.from_pin, action.to_node, action.to_pin)
+        if isinstance(action, envelope.Connect):
+            return self.connect(conn, path)
+        if isinstance(action, envelope.Disconnect):
+            return self.disconnect(conn, path)
+        raise LocalProtocolError(f"not a structure change: {type(action).__name__}")
 
     def set_params(self, node_id: str, params: dict[str, Any]) -> None:
         node = self.nodes[node_id]
         self.nodes[node_id] = NodeRecord(node_id, node.kind, params, node.seq + 1)
         self.ops.append(SetParams(self.session_id, node_id, params))
 
-    def add_node(self, node_id: Any, kind: Any, params: Any, path: str) -> list[dict[str, Any]]:
-        if not isinstance(node_id, str) or not re.fullmatch(node_params.NODE_ID_PATTERN, node_id):
-            raise RemoteProtocolError(
-                ErrorCode.INVALID_PARAMS, f"{path}/node_id: must be 1-64 letters, digits, '_', '.', '-' (not first)", path + "/node_id"
-            )
+    def add_node(self, node_id: str, kind: str, params: dict[str, Any], path: str) -> list[envelope.Event]:
+        """``params`` are validated already (the envelope validates addnode against its kind)."""
         if node_id in self.nodes:
             raise RemoteProtocolError(ErrorCode.CONFLICT, f"{path}/node_id: node {node_id!r} exists already", path + "/node_id")
         if len(self.nodes) >= node_params.MAX_NODES:
             raise RemoteProtocolError(ErrorCode.INVALID_PARAMS, f"{path}: a session has at most {node_params.MAX_NODES} nodes", path)
-        if not isinstance(kind, str) or kind not in node_params.KINDS:
-            raise RemoteProtocolError(ErrorCode.INVALID_PARAMS, f"{path}/kind: unknown node kind {kind!r}", path + "/kind")
-        try:
-            validated = node_params.validate(kind, causal.strip_private(params))
-        except RemoteProtocolError as error:
-            raise _prefixed(error, path + "/params") from None
-        node = NodeRecord(node_id, kind, validated, 0)
+        node = NodeRecord(node_id, kind, params, 0)
         self.nodes[node_id] = node
         self.removed_nodes.discard(node_id)
         self.ops.append(PutNode(self.session_id, node))
         self.structure_changed = True
-        return [{"event": "nodeadded", "session_id": self.session_id, "node_id": node_id, "kind": kind, "params": validated}]
+        return [envelope.node_added(self.session_id, node_id, kind, params)]
 
-    def remove_node(self, node_id: Any, path: str) -> list[dict[str, Any]]:
+    def remove_node(self, node_id: str, path: str) -> list[envelope.Event]:
         if node_id not in self.nodes:
             raise _not_found(f"no node {node_id!r} in session {self.session_id!r}", path + "/node_id")
-        events: list[dict[str, Any]] = []
+        events: list[envelope.Event] = []
         for conn in [c for c in self.connections if node_id in (c.from_node, c.to_node)]:
             self.connections.remove(conn)
-            events.append({"event": "connectionremoved", "session_id": self.session_id, **conn.to_json()})
+            events.append(envelope.connection_removed(self.session_id, **conn.to_json()))
         del self.nodes[node_id]
         self.removed_nodes.add(node_id)
         self.ops.append(RemoveNode(self.session_id, node_id))
         self.structure_changed = True
-        events.append({"event": "noderemoved", "session_id": self.session_id, "node_id": node_id})
+        events.append(envelope.node_removed(self.session_id, node_id))
         return events
 
-    def connect(self, conn: ConnectionRecord, path: str) -> list[dict[str, Any]]:
+    def connect(self, conn: ConnectionRecord, path: str) -> list[envelope.Event]:
         if conn in self.connections:
             raise RemoteProtocolError(ErrorCode.CONFLICT, f"{path}: this connection exists already", path)
         candidate = {
             "nodes": {n.node_id: {"kind": n.kind, "params": n.params} for n in self.nodes.values()},
             "connections": [c.to_json() for c in self.connections] + [conn.to_json()],
         }
-        new_index = len(self.connections)
+        own = f"/connections/{len(self.connections)}"
         try:
             node_params.validate_pipeline(candidate)
         except RemoteProtocolError as error:
-            own = f"/connections/{new_index}"
-            mine = [e for e in error.errors if e.path == own or e.path.startswith(own + "/")]
-            if not mine:  # a cycle, or a problem the new connection causes elsewhere
-                mine = [FieldError("", e.message) for e in error.errors]
-            raise RemoteProtocolError.from_field_errors(
-                error.code, [FieldError(path + e.path[len(own):] if e.path.startswith(own) else path, e.message) for e in mine]
-            ) from None
+            # Report the new connection's fields at their place in the request.
+            moved = [
+                FieldError(path + e.path[len(own):], e.message) if e.path == own or e.path.startswith(own + "/") else FieldError(path, e.message)
+                for e in error.errors
+            ]
+            raise RemoteProtocolError.from_field_errors(error.code, moved) from None
         self.connections.append(conn)
         self.ops.append(AddConnection(self.session_id, conn))
         self.structure_changed = True
-        return [{"event": "connectionadded", "session_id": self.session_id, **conn.to_json()}]
+        return [envelope.connection_added(self.session_id, **conn.to_json())]
 
-    def disconnect(self, conn: ConnectionRecord, path: str) -> list[dict[str, Any]]:
+    def disconnect(self, conn: ConnectionRecord, path: str) -> list[envelope.Event]:
         if conn not in self.connections:
             raise _not_found("no such connection in this session", path)
         self.connections.remove(conn)
         self.ops.append(RemoveConnection(self.session_id, conn))
         self.structure_changed = True
-        return [{"event": "connectionremoved", "session_id": self.session_id, **conn.to_json()}]
+        return [envelope.connection_removed(self.session_id, **conn.to_json())]

@@ -149,7 +149,11 @@ async def test_getpipeline_listsessions(harness: Harness) -> None:
         pipeline = await client.request({"action": "getpipeline", "session_id": "s1"})
         assert pipeline["action"] == "pipeline"
         assert pipeline["protocol_version"] == 1
-        assert pipeline["nodes"]["comp"] == {"kind": "video::compositor", "params": {"width": 320, "height": 180, "num_inputs": 2}}
+        assert pipeline["nodes"]["comp"] == {
+            "kind": "video::compositor",
+            "params": {"width": 320, "height": 180, "num_inputs": 2},
+            "seq": 0,
+        }
         assert pipeline["connections"] == PIPELINE["connections"]
         listed = await client.request({"action": "listsessions"})
         assert listed["action"] == "sessionslisted"
@@ -236,6 +240,13 @@ async def test_s6_refused_stamped_tune_advances_ack_and_names_the_stamp(harness:
         assert pipeline["nodes"]["comp"]["params"]["fps"] == 25
         changed = [e for e in client.events if e["event"] == "nodeparamschanged"]
         assert changed[-1]["params"]["_acks"] == {"n1": 4}
+        # refused by the envelope (two variants): the stamp still counts as processed
+        reply = await client.request({"action": "tunenode", "session_id": "s1", "node_id": "comp",
+                                      "message": {"PatchParams": {"fps": 30, "_sender": "n1", "_rev": 5}, "UpdateParams": {}}})
+        assert reply["code"] == "bad_envelope" and reply["path"] == "/payload/message"
+        assert (reply["_sender"], reply["_rev"], reply["node_id"]) == ("n1", 5, "comp")
+        assert (await client.tune("comp", {"fps": 30, "_sender": "n1", "_rev": 5}))["code"] == "conflict"
+        assert harness.store.sessions()["s1"].nodes["comp"].params["fps"] == 25
 
 
 async def test_replay_is_a_conflict_and_changes_nothing(harness: Harness) -> None:
@@ -273,7 +284,7 @@ async def test_structure_actions(harness: Harness) -> None:
         reply = await client.request({"action": "addnode", "session_id": "s1", "node_id": "bars2", "kind": "video::colorbars", "params": {}})
         assert reply["code"] == "conflict" and reply["path"] == "/payload/node_id"
         reply = await client.request({"action": "addnode", "session_id": "s1", "node_id": "x", "kind": "video::nope", "params": {}})
-        assert reply["code"] == "invalid_params" and reply["path"] == "/payload/kind"
+        assert reply["code"] == "bad_envelope" and reply["path"] == "/payload/kind"
         reply = await client.request({"action": "connect", "session_id": "s1", "from_node": "bars2", "from_pin": "out", "to_node": "comp", "to_pin": "in_1"})
         assert reply == {"action": "success"}
         reply = await client.request({"action": "connect", "session_id": "s1", "from_node": "bars2", "from_pin": "out", "to_node": "comp", "to_pin": "in_7"})
