@@ -77,6 +77,9 @@ class Renderer:
         self._color_matrix = color_matrix
         self._asset_dir = asset_dir
         self._readback_mode: ReadbackMode = readback
+        # moderngl re-binds "the bound framebuffer" after making a new one; if that one was
+        # released since, GL says INVALID_OPERATION. So each frame ends bound to framebuffer 0.
+        self._no_target: moderngl.Framebuffer | None = ctx.detect_framebuffer(0)
         self._layer_pass: LayerPass | None = LayerPass(ctx)
         self._yuv_pass: YuvInputPass | None = YuvInputPass(ctx)
         self._targets: OutputTargets | None = None
@@ -146,6 +149,8 @@ class Renderer:
         targets.convert()
         assert self._readback is not None
         data = self._readback.read()
+        assert self._no_target is not None
+        self._no_target.use()
         self._drop_unused(frames, used_texts, used_images)
         self.stats.leaked_objects_collected += collect_garbage(self._ctx)
         self.stats.frames += 1
@@ -236,6 +241,8 @@ class Renderer:
 
     def release(self) -> None:
         """Free every GL object this renderer made; safe to call twice."""
+        if self._no_target is not None:
+            self._no_target.use()
         for source in self._sources.values():
             source.release()
         self._sources.clear()
@@ -252,4 +259,7 @@ class Renderer:
         if self._yuv_pass is not None:
             self._yuv_pass.release()
             self._yuv_pass = None
+        if self._no_target is not None:
+            self._no_target.release()  # a wrapper of framebuffer 0: frees no GL object
+            self._no_target = None
         collect_garbage(self._ctx)
