@@ -1,0 +1,343 @@
+"""The render loop on real llvmpipe, with small canvases at high frame rates:
+first frame, S4 view data (stamped and server-caused), batches in one frame,
+pacing without catch-up, clean stop, GL only on the render thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from compositord.daemon import render_loop as render_loop_module
+from compositord.daemon.model import ConnectionRecord, NodeRecord, SessionRecord
+from compositord.daemon.render import gl_context
+from compositord.daemon.render import renderer as renderer_module
+from compositord.daemon.render.frames import SourceFrame
+from compositord.daemon.render_loop import RenderLoop, RenderLoopError, StatsEmission, ViewEmission
+from compositord.protocol.causal import Stamp
+from compositord.protocol.layout import auto_pip_rect
+
+pytestmark = pytest.mark.gl
+
+W, H = 160, 90
+
+
+def make_session(fps: int = 120, comp_params: dict[str, Any] | None = None) -> SessionRecord:
+    return SessionRecord(
+        "s1",
+        "test",
+        {
+            "bars": NodeRecord("bars", "video::colorbars", {"width": W, "height": H}),
+            "comp": NodeRecord("comp", "video::compositor", comp_params or {"width": W, "height": H, "fps": fps}),
+        },
+        [ConnectionRecord("bars", "out", "comp", "in_0")],
+    )
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.views: list[ViewEmission] = []
+        self.stats: list[StatsEmission] = []
+        self.errors: list[tuple[str, str | None]] = []
+        self.trio_thread = threading.get_ident()
+
+    def on_view(self, emission: ViewEmission) -> None:
+        assert threading.get_ident() == self.trio_thread, "callbacks run on the trio thread"
+        self.views.append(emission)
+
+    def on_stats(self, emission: StatsEmission) -> None:
+        self.stats.append(emission)
+
+    def on_error(self, node_id: str, message: str | None) -> None:
+        self.errors.append((node_id, message))
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.003)
+
+
+LoopFactory = Callable[..., "trio.lowlevel.Task"]
+
+
+@pytest.fixture
+async def start_loop(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    loops: list[RenderLoop] = []
+
+    async def start(session: SessionRecord, recorder: Recorder) -> RenderLoop:
+        loop = RenderLoop(
+            session,
+            trio_token=trio.lowlevel.current_trio_token(),
+            on_view_data=recorder.on_view,
+            on_stats=recorder.on_stats,
+            on_node_error=recorder.on_error,
+            asset_dir=tmp_path,
+        )
+        loops.append(loop)
+        loop.start()
+        try:
+            with trio.fail_after(30):
+                await loop.wait_first_frame()
+        except RenderLoopError as exc:
+            if isinstance(exc.__cause__, gl_context.GLContextError):
+                pytest.skip(f"no OpenGL 3.3 context: {exc.__cause__}")
+            raise
+        return loop
+
+    yield start
+    for loop in loops:
+        loop.stop()
+
+
+def layer(emission: ViewEmission, pin: str) -> dict[str, Any]:
+    (entry,) = [item for item in emission.layout["layers"] if item["id"] == pin]
+    return entry
+
+
+async def test_first_frame_brings_unstamped_view_data_and_an_output(start_loop: Callable[..., Any]) -> None:
+    recorder = Recorder()
+    loop = await start_loop(make_session(), recorder)
+    await wait_until(lambda: recorder.views)
+    first = recorder.views[0]
+    assert (first.session_id, first.node_id, first.stamp, first.acks, first.seq) == ("s1", "comp", None, {}, 1)
+    assert (first.layout["canvas_width"], first.layout["canvas_height"]) == (W, H)
+    assert layer(first, "in_0") == {"id": "in_0", "x": 0, "y": 0, "width": W, "height": H, "source_width": W, "source_height": H}
+    output = loop.latest_output("comp")
+    assert output is not None and (output.width, output.height, len(output.data)) == (W, H, W * H * 4)
+    # Nothing changes: the layout is emitted once, not every frame.
+    frames_then = loop.statistics().frames_rendered
+    await wait_until(lambda: loop.statistics().frames_rendered >= frames_then + 10)
+    assert len(recorder.views) == 1
+    assert loop.last_progress() > time.monotonic() - 1.0
+
+
+async def test_stamped_update_yields_view_data_with_its_stamp_and_acks(start_loop: Callable[..., Any]) -> None:
+    recorder = Recorder()
+    loop = await start_loop(make_session(), recorder)
+    await wait_until(lambda: recorder.views)
+    rect = {"x": 10, "y": 5, "width": 80, "height": 45}
+    params = {"width": W, "height": H, "fps": 120, "layers": {"in_0": {"rect": rect}}}
+    loop.submit_params("comp", params, Stamp("alice", 1))
+    await wait_until(lambda: len(recorder.views) >= 2)
+    emission = recorder.views[1]
+    assert emission.stamp == Stamp("alice", 1)
+    assert emission.acks == {"alice": 1}
+    assert emission.seq == 2
+    assert {k: layer(emission, "in_0")[k] for k in rect} == rect
+
+    # Same layout, new stamp: still emitted, so the sender gets its acknowledgement.
+    loop.submit_params("comp", params, Stamp("alice", 2))
+    loop.submit_params("comp", params, Stamp("bob", 7))
+    await wait_until(lambda: len(recorder.views) >= 3)
+    assert recorder.views[2].layout == emission.layout
+    assert recorder.views[2].stamp == Stamp("bob", 7)  # the last stamped update of the frame
+    assert recorder.views[2].acks == {"alice": 2, "bob": 7}
+
+    # S5: a closed connection leaves the acks; the next emission (server-caused) has no stamp.
+    loop.forget_sender("alice")
+    loop.submit_params("comp", {"width": W, "height": H, "fps": 120}, None)
+    await wait_until(lambda: len(recorder.views) >= 4)
+    assert (recorder.views[3].stamp, recorder.views[3].acks) == (None, {"bob": 7})
+    assert [v.seq for v in recorder.views] == [1, 2, 3, 4]
+
+
+async def test_input_added_yields_unstamped_view_data_with_auto_pip(start_loop: Callable[..., Any]) -> None:
+    recorder = Recorder()
+    session = make_session()
+    loop = await start_loop(session, recorder)
+    await wait_until(lambda: recorder.views)
+    loop.submit_params("comp", {"width": W, "height": H, "fps": 120}, Stamp("alice", 1))
+    await wait_until(lambda: len(recorder.views) >= 2)
+
+    session.nodes["pip"] = NodeRecord("pip", "video::colorbars", {"width": 64, "height": 48, "pattern": "ramp"})
+    session.connections.append(ConnectionRecord("pip", "out", "comp", "in_1"))
+    loop.submit_topology(session)
+    await wait_until(lambda: len(recorder.views) >= 3)
+    emission = recorder.views[2]
+    assert emission.stamp is None  # server-caused: never the stale stamp of alice's edit
+    assert emission.acks == {"alice": 1}
+    expected = auto_pip_rect(1, W, H, 64, 48)
+    pip = layer(emission, "in_1")
+    assert (pip["source_width"], pip["source_height"]) == (64, 48)
+    for key in ("x", "y", "width", "height"):
+        assert pip[key] == pytest.approx(getattr(expected, key), abs=1)
+    assert [item["id"] for item in emission.layout["layers"]] == ["in_0", "in_1"]
+
+
+async def test_a_batch_lands_in_one_frame(start_loop: Callable[..., Any]) -> None:
+    recorder = Recorder()
+    session = make_session(fps=240)
+    session.nodes["pip"] = NodeRecord("pip", "video::colorbars", {"width": 160, "height": 90})
+    session.connections.append(ConnectionRecord("pip", "out", "comp", "in_1"))
+    loop = await start_loop(session, recorder)
+    # Two consistent states; a frame that took half of a batch would show a third geometry.
+    state_a = ({"x": 0, "y": 0, "width": 160, "height": 90}, {"width": 160, "height": 90})
+    state_b = ({"x": 10, "y": 10, "width": 40, "height": 30}, {"width": 80, "height": 60})
+    allowed = [
+        {**state_a[0], "source_width": 160, "source_height": 90},
+        {**state_b[0], "source_width": 80, "source_height": 60},
+    ]
+    rev = 0
+    for round_number in range(30):
+        rect, pip_size = state_b if round_number % 2 == 0 else state_a
+        rev += 1
+        loop.submit_batch(
+            [
+                ("comp", {"width": W, "height": H, "fps": 240, "layers": {"in_1": {"rect": rect}}}, Stamp("alice", rev)),
+                ("pip", pip_size, None),
+            ]
+        )
+        await trio.sleep(0.004 * (round_number % 3))
+    await wait_until(lambda: recorder.views and recorder.views[-1].acks == {"alice": rev})
+    seen = [{k: v for k, v in layer(v, "in_1").items() if k != "id"} for v in recorder.views[1:]]
+    assert seen, "no view data after the batches"
+    for entry in seen:
+        assert entry in allowed
+
+
+class SlowSource:
+    """A test input whose frame() takes as long as the test says."""
+
+    def __init__(self, params: Mapping[str, Any], delays: list[float]) -> None:
+        self._delays = delays
+        self._frame = SourceFrame("rgba8", 16, 16, bytes(16 * 16 * 4), 1)
+
+    def configure(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def frame(self, t: float = 0.0) -> SourceFrame:
+        time.sleep(self._delays[0])
+        return self._frame
+
+
+async def test_pacing_counts_late_frames_and_never_catches_up(
+    start_loop: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delays = [0.0]
+    monkeypatch.setitem(render_loop_module.SOURCE_FACTORIES, "test::slow", lambda params, asset_dir: SlowSource(params, delays))
+    fps = 100
+    session = make_session(fps=fps)
+    session.nodes["slow"] = NodeRecord("slow", "test::slow", {})
+    session.connections.append(ConnectionRecord("slow", "out", "comp", "in_1"))
+    recorder = Recorder()
+    loop = await start_loop(session, recorder)
+
+    def slots() -> int:
+        stats = loop.statistics()
+        return stats.frames_rendered + stats.frames_dropped
+
+    # Every slot of the schedule is either rendered or dropped: no drift against the monotonic clock.
+    start, slots_start = time.monotonic(), slots()
+    await trio.sleep(0.3)
+    elapsed = time.monotonic() - start
+    assert abs((slots() - slots_start) - elapsed * fps) <= 4
+
+    # Frames taking 4.5 periods: each is late and 4 slots are dropped after it.
+    before = loop.statistics()
+    delays[0] = 0.045
+    await trio.sleep(0.5)
+    delays[0] = 0.0
+    during = loop.statistics()
+    slow_frames = during.frames_rendered - before.frames_rendered
+    assert 5 <= slow_frames <= 13  # about 0.5 s / 45 ms, not 50
+    assert during.frames_late - before.frames_late >= slow_frames - 1
+    assert during.frames_dropped - before.frames_dropped >= 3 * (slow_frames - 1)
+
+    # Back to fast: the normal rate at once, with no burst of missed frames.
+    await trio.sleep(0.05)
+    after_slow = loop.statistics().frames_rendered
+    await trio.sleep(0.3)
+    assert loop.statistics().frames_rendered - after_slow <= 0.3 * fps + 4
+
+    # nodestatsupdated: at most once a second, with the counters and percentiles.
+    await wait_until(lambda: recorder.stats, timeout=3)
+    stats = recorder.stats[-1].stats
+    assert recorder.stats[-1].node_id == "comp"
+    assert stats["frames_late"] >= 1 and stats["frames_dropped"] >= 3
+    assert stats["render_ms_p50"] <= stats["render_ms_p90"] <= stats["render_ms_p99"]
+    assert stats["render_ms_p99"] >= 40  # the slow frames were measured
+    assert len(recorder.stats) <= 2  # about 1.3 s since the start
+
+
+async def test_stop_is_idempotent_and_joins_the_thread(start_loop: Callable[..., Any]) -> None:
+    recorder = Recorder()
+    loop = await start_loop(make_session(), recorder)
+    assert loop.running
+    loop.stop()
+    assert not loop.running
+    progress = loop.last_progress()
+    loop.stop()
+    await trio.sleep(0.05)
+    assert loop.last_progress() == progress
+    loop.submit_params("comp", {"width": W, "height": H}, Stamp("late", 1))  # harmless after stop
+
+
+async def test_gl_is_touched_only_on_the_render_thread(
+    start_loop: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[tuple[str, int]] = []
+
+    def recorded(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            threads.append((name, threading.get_ident()))
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    original_create = gl_context.create_context
+
+    def create_context(*args: Any, **kwargs: Any) -> Any:
+        threads.append(("create_context", threading.get_ident()))
+        ctx = original_create(*args, **kwargs)
+        monkeypatch.setattr(ctx, "release", recorded("ctx.release", ctx.release), raising=False)
+        return ctx
+
+    monkeypatch.setattr(gl_context, "create_context", create_context)
+    for method in ("__init__", "render", "release"):
+        monkeypatch.setattr(renderer_module.Renderer, method, recorded(f"Renderer.{method}", getattr(renderer_module.Renderer, method)))
+
+    recorder = Recorder()
+    session = make_session()
+    loop = await start_loop(session, recorder)
+    session.nodes["comp2"] = NodeRecord("comp2", "video::compositor", {"width": 32, "height": 32, "fps": 120})
+    loop.submit_topology(session)
+    await wait_until(lambda: any(v.node_id == "comp2" for v in recorder.views))
+    del session.nodes["comp2"]
+    loop.submit_topology(session)
+    await wait_until(lambda: sum(1 for name, _ in threads if name == "Renderer.release") >= 1)
+    loop.stop()
+    names = {name for name, _ in threads}
+    assert names >= {"create_context", "Renderer.__init__", "Renderer.render", "Renderer.release", "ctx.release"}
+    render_threads = {ident for _, ident in threads}
+    assert len(render_threads) == 1
+    assert threading.get_ident() not in render_threads
+
+
+async def test_no_gl_context_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def no_context(device_index: int | None = None) -> Any:
+        raise gl_context.GLContextError("no OpenGL context: libEGL.so.1 not found")
+
+    monkeypatch.setattr(gl_context, "create_context", no_context)
+    recorder = Recorder()
+    loop = RenderLoop(
+        make_session(),
+        trio_token=trio.lowlevel.current_trio_token(),
+        on_view_data=recorder.on_view,
+        on_stats=recorder.on_stats,
+        on_node_error=recorder.on_error,
+        asset_dir=tmp_path,
+    )
+    loop.start()
+    with pytest.raises(RenderLoopError, match="libEGL"):
+        with trio.fail_after(10):
+            await loop.wait_first_frame()
+    await wait_until(lambda: recorder.errors)
+    assert recorder.errors[0][0] == "comp" and "libEGL" in (recorder.errors[0][1] or "")
+    loop.stop()
+    assert not loop.running
