@@ -203,9 +203,16 @@ class RenderLoop:
         with self._inbox_lock:
             self._put(node_id, params, stamp)
 
-    def submit_batch(self, updates: list[tuple[str, Mapping[str, Any], Stamp | None]]) -> None:
-        """Several updates that land in the same frame."""
+    def submit_batch(
+        self, updates: list[tuple[str, Mapping[str, Any], Stamp | None]], *, topology: SessionRecord | None = None
+    ) -> None:
+        """Several updates that land in the same frame; with ``topology`` (an atomic
+        applybatch that also added, removed or connected nodes) the structure
+        change lands in that same frame too."""
+        snapshot = topology.copy() if topology is not None else None
         with self._inbox_lock:
+            if snapshot is not None:
+                self._set_topology(snapshot)
             for node_id, params, stamp in updates:
                 self._put(node_id, params, stamp)
 
@@ -213,9 +220,12 @@ class RenderLoop:
         """Nodes or connections changed: the loop adopts this copy at the next frame start."""
         snapshot = session.copy()
         with self._inbox_lock:
-            self._inbox.topology = snapshot
-            # Params queued before this snapshot are in it already (the store is updated first).
-            self._inbox.params = {n: p for n, p in self._inbox.params.items() if n in snapshot.nodes}
+            self._set_topology(snapshot)
+
+    def _set_topology(self, snapshot: SessionRecord) -> None:
+        self._inbox.topology = snapshot
+        # Params queued before this snapshot are in it already (the store is updated first).
+        self._inbox.params = {n: p for n, p in self._inbox.params.items() if n in snapshot.nodes}
 
     def forget_sender(self, sender: str) -> None:
         """S5: the sender's connection closed; its entry leaves the view-channel acks."""

@@ -201,6 +201,22 @@ async def test_a_batch_lands_in_one_frame(start_loop: Callable[..., Any]) -> Non
         assert entry in allowed
 
 
+async def test_a_batch_with_a_structure_change_lands_in_one_frame(start_loop: Callable[..., Any]) -> None:
+    recorder = Recorder()
+    session = make_session(fps=240)
+    loop = await start_loop(session, recorder)
+    await wait_until(lambda: recorder.views)
+    rect = {"x": 4, "y": 4, "width": 32, "height": 18}
+    comp_params = {"width": W, "height": H, "fps": 240, "layers": {"in_1": {"rect": rect}}}
+    session.nodes["pip"] = NodeRecord("pip", "video::colorbars", {"width": 64, "height": 36})
+    session.connections.append(ConnectionRecord("pip", "out", "comp", "in_1"))
+    loop.submit_batch([("comp", comp_params, Stamp("alice", 1))], topology=session)
+    await wait_until(lambda: len(recorder.views) >= 2)
+    emission = recorder.views[1]
+    assert emission.stamp == Stamp("alice", 1)
+    assert {k: layer(emission, "in_1")[k] for k in rect} == rect  # never first shown at its auto-PiP rect
+
+
 class SlowSource:
     """A test input whose frame() takes as long as the test says."""
 
