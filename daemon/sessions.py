@@ -48,7 +48,9 @@ class RenderLoopLike(Protocol):
     def start(self) -> None: ...
     async def wait_first_frame(self) -> None: ...
     def submit_params(self, node_id: str, params: dict[str, Any], stamp: Stamp | None) -> None: ...
-    def submit_batch(self, updates: list[tuple[str, dict[str, Any], Stamp | None]]) -> None: ...
+    def submit_batch(
+        self, updates: list[tuple[str, dict[str, Any], Stamp | None]], *, topology: SessionRecord | None = None
+    ) -> None: ...
     def submit_topology(self, session: SessionRecord) -> None: ...
     def forget_sender(self, sender: str) -> None: ...
     def last_progress(self) -> float: ...
@@ -302,11 +304,14 @@ class SessionService:
                 self._publish(event)
 
     def _after_structure_change(self, session_id: str, state: _SessionState, working: _Working) -> None:
-        record = self._store.sessions()[session_id]
+        state.loop.submit_topology(self._forget_removed(session_id, state, working))
+
+    def _forget_removed(self, session_id: str, state: _SessionState, working: _Working) -> SessionRecord:
+        """Drop what the session keeps of removed nodes; the session as stored now (a copy)."""
         for node_id in working.removed_nodes:
             state.acks.pop(node_id, None)
             state.last_view.pop(node_id, None)
-        state.loop.submit_topology(record.copy())
+        return self._store.sessions()[session_id].copy()
 
     # ---- tunes
 
@@ -412,10 +417,10 @@ class SessionService:
             for node_id, _, stamp in tuned:
                 if stamp is not None:
                     state.book(node_id).record(stamp)
-            if working.structure_changed:
-                self._after_structure_change(session_id, state, working)
-            if tuned:
-                state.loop.submit_batch(tuned)
+            # One submission: the structure change and every tune land in the same frame.
+            topology = self._forget_removed(session_id, state, working) if working.structure_changed else None
+            if tuned or topology is not None:
+                state.loop.submit_batch(tuned, topology=topology)
             for event in events:
                 self._publish(event)
             stored = self._store.sessions()[session_id]

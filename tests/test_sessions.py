@@ -40,6 +40,7 @@ class RecordingLoop:
     params: list[tuple[str, dict[str, Any], Stamp | None]] = field(default_factory=list)
     batches: list[list[tuple[str, dict[str, Any], Stamp | None]]] = field(default_factory=list)
     topologies: list[SessionRecord] = field(default_factory=list)
+    batch_topologies: list[SessionRecord | None] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
     stopped: bool = False
 
@@ -52,8 +53,9 @@ class RecordingLoop:
     def submit_params(self, node_id: str, params: dict[str, Any], stamp: Stamp | None) -> None:
         self.params.append((node_id, params, stamp))
 
-    def submit_batch(self, updates: list[tuple[str, dict[str, Any], Stamp | None]]) -> None:
+    def submit_batch(self, updates: list[tuple[str, dict[str, Any], Stamp | None]], *, topology: SessionRecord | None = None) -> None:
         self.batches.append(list(updates))
+        self.batch_topologies.append(topology)
 
     def submit_topology(self, session: SessionRecord) -> None:
         self.topologies.append(session)
@@ -345,8 +347,11 @@ async def test_applybatch_is_atomic(harness: Harness) -> None:
         assert record.nodes["comp"].params["fps"] == 24
         assert record.nodes["comp"].params["layers"]["in_0"]["opacity"] == 0.5
         assert "extra" in record.nodes and len(record.connections) == 2
-        # one submit_batch carries both tunes of the batch
+        # one submit_batch carries both tunes of the batch and the new structure: one frame
         assert len(loop.batches) == 1 and [u[0] for u in loop.batches[0]] == ["comp", "comp"]
+        assert loop.topologies == []
+        topology = loop.batch_topologies[0]
+        assert topology is not None and "extra" in topology.nodes and len(topology.connections) == 2
         assert loop.batches[0][-1][1] == record.nodes["comp"].params
 
 
