@@ -39,7 +39,8 @@ from compositord.protocol.errors import ErrorCode, FieldError, LocalProtocolErro
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+# Each sender of a connection has an entry in the acks maps until the connection closes (S5).
+MAX_SENDERS_PER_CONNECTION = 16
 
 
 class RenderLoopLike(Protocol):
@@ -318,6 +319,7 @@ class SessionService:
     async def _tunenode(self, connection: Connection, action: envelope.TuneNode, cid: str | None) -> envelope.Response | None:
         tune = _Tune(action, pointer.join("/payload/message", action.variant))
         stamps = [(action.node_id, action.stamp)] if action.stamp is not None else []
+        _check_new_senders(connection, stamps, tune.body_path)
         for _, stamp in stamps:
             connection.senders.add(stamp.sender)
         try:
@@ -389,6 +391,7 @@ class SessionService:
     async def _applybatch(self, connection: Connection, action: envelope.ApplyBatch, cid: str | None) -> envelope.Response:
         session_id = action.session_id
         stamps = [(op.node_id, op.stamp) for op in action.operations if isinstance(op, envelope.TuneNode) and op.stamp]
+        _check_new_senders(connection, stamps, "/payload/operations")
         for _, stamp in stamps:
             connection.senders.add(stamp.sender)
         try:
@@ -439,6 +442,18 @@ class SessionService:
     @staticmethod
     def _send(connection: Connection, message: envelope.Response | envelope.Event) -> None:
         connection.send(envelope.serialize(message))
+
+
+def _check_new_senders(connection: Connection, stamps: Sequence[tuple[str, Stamp]], path: str) -> None:
+    """Bound the acks maps: a client makes one nonce per connection, so a few per connection is plenty."""
+    new = {stamp.sender for _, stamp in stamps} - connection.senders
+    if new and len(connection.senders) + len(new) > MAX_SENDERS_PER_CONNECTION:
+        sender_path = pointer.join(path, causal.SENDER_KEY)
+        raise RemoteProtocolError(
+            ErrorCode.BAD_ENVELOPE,
+            f"{sender_path}: more than {MAX_SENDERS_PER_CONNECTION} distinct _sender values on one connection",
+            sender_path,
+        )
 
 
 def _refusal_response(refusal: _Refusal, correlation_id: str | None) -> envelope.Response:

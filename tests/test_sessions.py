@@ -364,3 +364,16 @@ async def test_no_private_keys_reach_the_database(harness: Harness) -> None:
     stored = list(iter_stored_keys(harness.store.db_path))
     assert stored, "the scan found no keys at all: it would not notice a leak either"
     assert [k for k in stored if any(part.startswith("_") for part in k.key.split("/") if part)] == []
+
+
+async def test_distinct_senders_per_connection_are_bounded(harness: Harness) -> None:
+    from compositord.daemon.sessions import MAX_SENDERS_PER_CONNECTION
+
+    async with connected(harness) as client:
+        for i in range(MAX_SENDERS_PER_CONNECTION):
+            assert (await client.tune("comp", {"fps": 30, "_sender": f"s{i}", "_rev": 1})) == {"action": "success"}
+        reply = await client.tune("comp", {"fps": 31, "_sender": "one-too-many", "_rev": 1})
+        assert reply["code"] == "bad_envelope" and reply["path"] == "/payload/message/PatchParams/_sender"
+        assert harness.store.sessions()["s1"].nodes["comp"].params["fps"] == 30
+        # a known sender still works
+        assert (await client.tune("comp", {"fps": 32, "_sender": "s0", "_rev": 2})) == {"action": "success"}
