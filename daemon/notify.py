@@ -52,7 +52,8 @@ class Notifier:
             self._socket.setblocking(False)
         try:
             self._socket.sendto("\n".join(lines).encode(), self._address)
-        except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
+        except OSError:
+            # A full buffer, or a manager that went away: never worth crashing the daemon for.
             return False
         return True
 

@@ -429,11 +429,15 @@ class RenderLoop:
                 full = params_schema.with_defaults(COMPOSITOR_KIND, node.params)
                 fps_values.append(int(full["fps"]))
                 if node_id not in compositors:
-                    compositors[node_id] = _CompositorState(
-                        renderer_module.Renderer(
+                    try:
+                        renderer = renderer_module.Renderer(
                             ctx, full["width"], full["height"], full["output_format"], full["color_matrix"], self._asset_dir
                         )
-                    )
+                    except Exception as exc:
+                        # This compositor stays dark (retried at the next change); the others render on.
+                        self._emit("error", node_id, f"cannot set up rendering: {type(exc).__name__}: {exc}")
+                        continue
+                    compositors[node_id] = _CompositorState(renderer)
             elif node.kind in SOURCE_FACTORIES and (node_id in changed_sources or node_id not in sources):
                 self._configure_source(node_id, node, sources)
         self._fps = max(fps_values) if fps_values else IDLE_FPS
