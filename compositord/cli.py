@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 # name -> (module, help); the module provides `add_arguments(parser)` and `main(args) -> int`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("compositord.daemon.cli_run", "run the daemon (the embedded demo pipeline when no --config is given)"),
+    "render": ("compositord.daemon.render.cli_render", "render one frame of a pipeline file's compositor to PNG"),
     "check-config": ("compositord.daemon.cli_check_config", "validate a pipeline file (TOML or YAML): every error with its path"),
 }
 

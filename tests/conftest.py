@@ -33,8 +33,10 @@ def gl_ctx(_gl_session_context: Any) -> Iterator[Any]:
     if isinstance(_gl_session_context, Exception):
         pytest.skip(f"no OpenGL 3.3 context: {_gl_session_context}")
     ctx = _gl_session_context
-    # Another test may have made its own context current in this thread: make ours current again.
+    # Another context may have been made current in this thread (a test that runs the
+    # render command makes its own): each check makes ours current first.
     with ctx:
         assert ctx.error == "GL_NO_ERROR", "GL error left over before the test"
         yield ctx
-        assert ctx.error == "GL_NO_ERROR", "the test left a GL error"
+        with ctx:
+            assert ctx.error == "GL_NO_ERROR", "the test left a GL error"

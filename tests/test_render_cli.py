@@ -1,0 +1,66 @@
+"""`compositord render`: the demo scene to PNG, bad scenes refused with paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from compositord import cli
+from compositord.daemon.render.cli_render import EXIT_BAD_INPUT, EXIT_OK, EXIT_RENDER_WARNINGS
+
+DEMO = Path(__file__).resolve().parent.parent / "packaging" / "demo-scene.yaml"
+COLOR_TOLERANCE = 10  # the demo is NV12: chroma subsampling and rounding move colours a little
+
+
+def close(pixel: np.ndarray, expected: tuple[int, int, int]) -> bool:
+    return bool(np.abs(pixel[:3].astype(int) - expected).max() <= COLOR_TOLERANCE)
+
+
+@pytest.mark.gl
+def test_demo_scene_renders_every_feature(gl_ctx, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "demo.png"
+    assert cli.main(["render", str(DEMO), "--out", str(out)]) == EXIT_OK, capsys.readouterr().err
+    image = np.asarray(Image.open(out).convert("RGBA"))
+    assert image.shape == (720, 1280, 4)
+    assert close(image[30, 640], (0, 191, 0))  # bars, green, untouched by layers
+    assert close(image[70, 870], (191, 0, 191))  # inside in_3's rect, outside its circle: bars show
+    assert not close(image[180, 1040], (191, 0, 0))  # circle centre: the cropped logo, not the red bar
+    title = image[640:720, 200:700, :3].astype(int)
+    assert (np.abs(title - (255, 106, 0)).max(axis=-1) <= 30).sum() > 1000  # the orange title is there
+    pip = image[480:700, 833:1260, :3]  # in_4 auto-PiP: sea green at 0.6 over the bars
+    assert pip[..., 1].mean() > pip[..., 0].mean() + 30
+
+
+@pytest.mark.gl
+def test_toml_scene_with_missing_asset_warns_and_still_renders(gl_ctx, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    scene = tmp_path / "scene.toml"
+    scene.write_text(
+        '[nodes.bars]\nkind = "video::colorbars"\nparams = {width = 64, height = 32, pattern = "solid", color = "#FF0000FF"}\n'
+        '[nodes.comp]\nkind = "video::compositor"\n'
+        'params = {width = 64, height = 32, image_overlays = [{id = "gone", asset_path = "gone.png"}]}\n'
+        '[[connections]]\nfrom_node = "bars"\nfrom_pin = "out"\nto_node = "comp"\nto_pin = "in_0"\n'
+    )
+    out = tmp_path / "frame.png"
+    assert cli.main(["render", str(scene), "--out", str(out)]) == EXIT_RENDER_WARNINGS
+    assert "overlay gone" in capsys.readouterr().err
+    image = np.asarray(Image.open(out).convert("RGBA"))
+    assert image.shape == (32, 64, 4) and close(image[16, 32], (255, 0, 0))
+
+
+def test_invalid_scene_is_refused_with_the_field_path(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    scene = tmp_path / "bad.yaml"
+    scene.write_text('nodes:\n  comp: {kind: "video::compositor", params: {layers: {in_1: {opacity: 3}}}}\n')
+    out = tmp_path / "never.png"
+    assert cli.main(["render", str(scene), "--out", str(out)]) == EXIT_BAD_INPUT
+    assert "/nodes/comp/params/layers/in_1/opacity" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unknown_file_type_is_refused(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    scene = tmp_path / "scene.json"
+    scene.write_text("{}")
+    assert cli.main(["render", str(scene), "--out", str(tmp_path / "x.png")]) == EXIT_BAD_INPUT
+    assert "unknown file type" in capsys.readouterr().err
