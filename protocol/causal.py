@@ -412,6 +412,10 @@ class ClientCausalState:
             found = self._masks[key] = NodeMask(channel)
         return found
 
+    def node_ids(self) -> list[str]:
+        """Every node with a mask or a rev counter."""
+        return sorted({node_id for node_id, _channel in self._masks} | set(self._revs))
+
     def has_mask(self, node_id: str, channel: str = PARAMS_CHANNEL) -> bool:
         return (node_id, channel) in self._masks
 

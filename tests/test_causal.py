@@ -406,6 +406,9 @@ def test_view_prediction_needs_a_layout_with_layers() -> None:
 def test_forget_node() -> None:
     state = ClientCausalState("me")
     state.edit_patch("comp", {"width": 1})
+    state.edit_patch("bars", {"width": 1})
+    assert state.node_ids() == ["bars", "comp"]
     state.forget_node("comp")
+    assert state.node_ids() == ["bars"]
     assert not state.has_mask("comp")
     assert state.last_rev("comp") == 0
