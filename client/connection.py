@@ -1,0 +1,533 @@
+"""The trio client: one WebSocket connection at a time, reconnecting with a new nonce.
+
+::
+
+    async with open_client("ws://127.0.0.1:4545/api/v1/control") as client:
+        await client.get_pipeline("default")
+        await client.tune("default", "comp", {"layers": {"in_1": {"opacity": 0.4}}})
+        async for event in client.events():
+            print(event.name, event.shown)
+
+How it keeps PROTOCOL.md section 5:
+
+- Each connection has a new nonce (UUID v4); revs count per node from 1 for
+  each nonce. A tune is stamped and sent under one lock, so revs reach the
+  server in order (rule S2 refuses a rev that is not above the last one).
+- Every ``nodeparamschanged`` / ``nodeviewdataupdated`` goes through the
+  masking rules (:mod:`compositord.client.session_state`); an ``error`` that
+  names one of our revs drops that rev's pending values.
+- When the connection drops: callers waiting for an answer get
+  :class:`ConnectionLost`; the client reconnects (backoff), takes a new nonce,
+  re-stamps the pending values at once (so what it shows does not flicker),
+  resyncs every session it knows with ``getpipeline``, re-sends the pending
+  values (``tunenodeasync`` with a correlation id, so errors come back), and
+  only then lets new requests through.
+
+Bounded: at most ``max_in_flight`` requests wait for answers, the event buffer
+drops its oldest event when full (state events carry whole states), and the
+table of async tunes whose errors may still come back forgets its oldest entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, connect_websocket_url
+
+from compositord.client.errors import (
+    ClientClosed,
+    CompositordError,
+    ConnectFailed,
+    ConnectionLost,
+    UnexpectedResponse,
+)
+from compositord.client.events import RESYNCED, ClientEvent, EventBuffer
+from compositord.client.session_state import SessionStates
+from compositord.protocol import envelope
+from compositord.protocol.causal import PARAMS_CHANNEL, Stamp, leaves_to_patch, strip_private
+from compositord.protocol.envelope import (
+    PATCH,
+    UPDATE,
+    AddNode,
+    ApplyBatch,
+    BatchOperation,
+    Connect,
+    CreateSession,
+    DestroySession,
+    Disconnect,
+    ErrorReply,
+    Event,
+    GetPipeline,
+    ListSessions,
+    RemoveNode,
+    Request,
+    Response,
+    TuneNode,
+)
+from compositord.protocol.errors import ErrorCode, RemoteProtocolError
+
+log = logging.getLogger(__name__)
+
+CLOSE_NORMAL = 1000
+# Statuses after which trying again cannot help: wrong token, origin refused, no such endpoint.
+PERMANENT_REFUSALS = frozenset({401, 403, 404})
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    token: str | None = None
+    reconnect: bool = True
+    resend_pending: bool = True  # PROTOCOL.md section 5: re-send (default) or drop pending values on reconnect
+    connect_timeout: float = 10.0
+    request_timeout: float = 30.0
+    event_buffer: int = 1024
+    max_in_flight: int = 256
+    max_async_tracked: int = 4096
+    reconnect_delay: float = 0.05
+    reconnect_delay_max: float = 2.0
+    max_message_size: int = 32 * 1024 * 1024
+
+
+@dataclass
+class ClientStatistics:
+    connections: int = 0  # successful connects, the first one included
+    reconnect_attempts: int = 0
+    events_dropped: int = 0
+    malformed_messages: int = 0
+    resent_messages: int = 0
+
+
+@dataclass
+class _Waiter:
+    """A caller waiting for the response with one correlation id."""
+
+    session_id: str | None
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    response: Response | None = None
+    failure: BaseException | None = None
+
+
+class _Gate:
+    """Up while a connection is ready for requests; waiters wake on every change."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self._changed = trio.Event()
+
+    def set(self, up: bool) -> None:
+        self.up = up
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+
+@asynccontextmanager
+async def open_client(url: str, *, token: str | None = None, **options: Any) -> AsyncIterator[Client]:
+    """Connect to ``url`` (``ws://HOST:PORT/api/v1/control``); raises :class:`ConnectFailed` if the first connect fails.
+
+    ``options`` are the fields of :class:`ClientOptions`.
+    """
+    settings = ClientOptions(token=token, **options)
+    async with trio.open_nursery() as nursery:
+        client = Client(url, settings, nursery)
+        await client._start()
+        try:
+            yield client
+        finally:
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+class Client:
+    """Use :func:`open_client`; the constructor does no I/O."""
+
+    def __init__(self, url: str, options: ClientOptions, nursery: trio.Nursery) -> None:
+        self.url = url
+        self.options = options
+        self._nursery = nursery
+        self._states = SessionStates()
+        self._events = EventBuffer(options.event_buffer)
+        self._waiters: dict[str, _Waiter] = {}
+        self._async_tunes: OrderedDict[str, str] = OrderedDict()  # correlation id -> session id
+        self._in_flight = trio.Semaphore(options.max_in_flight)
+        self._send_lock = trio.Lock()
+        self._gate = _Gate()
+        self._ws: WebSocketConnection | None = None
+        self._correlation_ids = itertools.count(1)
+        self._closed = False
+        self._failure: BaseException | None = None
+        self.stats = ClientStatistics()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def nonce(self) -> str:
+        """The ``_sender`` of this connection's stamps (new at every reconnect)."""
+        return self._states.nonce
+
+    @property
+    def connected(self) -> bool:
+        return self._gate.up
+
+    def statistics(self) -> ClientStatistics:
+        self.stats.events_dropped = self._events.dropped
+        return dataclasses.replace(self.stats)
+
+    def shown(self, session_id: str, node_id: str, channel: str = PARAMS_CHANNEL) -> Any:
+        """What this client should show for a node: the server's state with its own pending values over it."""
+        return strip_private(self._states.shown(session_id, node_id, channel))
+
+    def pending(self, session_id: str, node_id: str, channel: str = PARAMS_CHANNEL) -> dict[str, tuple[int, Any]]:
+        """The pending values of a node: ``{pointer: (rev, value)}``."""
+        return dict(self._states.session(session_id).mask(node_id, channel).pending)
+
+    async def events(self) -> AsyncIterator[ClientEvent]:
+        """Every event, in order, with masking applied; ends when the client closes. One consumer at a time."""
+        while True:
+            try:
+                yield await self._events.get()
+            except trio.EndOfChannel:
+                return
+
+    async def get_pipeline(self, session_id: str) -> Mapping[str, Any]:
+        """The session's nodes, params, view data and connections; also resyncs what :meth:`shown` says."""
+        response = await self._request(GetPipeline(session_id), "pipeline")
+        self._states.apply_pipeline(response.payload)
+        return response.payload
+
+    async def list_sessions(self) -> list[Mapping[str, Any]]:
+        response = await self._request(ListSessions(), "sessionslisted")
+        return list(response.payload.get("sessions", []))
+
+    async def create_session(self, name: str, pipeline: Mapping[str, Any]) -> str:
+        """Create a session from a pipeline document; returns its id."""
+        response = await self._request(CreateSession(name, pipeline), "sessioncreated")
+        return str(response.payload["session_id"])
+
+    async def destroy_session(self, session_id: str) -> None:
+        await self._request(DestroySession(session_id), "sessiondestroyed")
+        self._states.forget_session(session_id)
+
+    async def add_node(self, session_id: str, node_id: str, kind: str, params: Mapping[str, Any] | None = None) -> None:
+        await self._request(AddNode(session_id, node_id, kind, dict(params or {})), "success")
+
+    async def remove_node(self, session_id: str, node_id: str) -> None:
+        await self._request(RemoveNode(session_id, node_id), "success")
+
+    async def connect(self, session_id: str, from_node: str, from_pin: str, to_node: str, to_pin: str) -> None:
+        await self._request(Connect(session_id, from_node, from_pin, to_node, to_pin), "success")
+
+    async def disconnect(self, session_id: str, from_node: str, from_pin: str, to_node: str, to_pin: str) -> None:
+        await self._request(Disconnect(session_id, from_node, from_pin, to_node, to_pin), "success")
+
+    async def tune(
+        self,
+        session_id: str,
+        node_id: str,
+        patch: Mapping[str, Any],
+        *,
+        replace: bool = False,
+        sync: bool = True,
+    ) -> Stamp:
+        """Change a node's params: a merge patch (``PatchParams``), or the whole params with ``replace=True``.
+
+        The value shows at once (masked) and the message is stamped. With
+        ``sync`` this waits until the server stored it and raises
+        :class:`CompositordError` if it refused it; without, it returns once
+        sent and a refusal only drops the pending value (and shows up as the
+        shown state falling back). Returns the stamp.
+        """
+        body = strip_private(dict(patch))
+        operation = TuneNode(session_id, node_id, UPDATE if replace else PATCH, body, None, sync)
+        stamp: Stamp = await self._request(operation, "success" if sync else None)
+        return stamp
+
+    async def apply_batch(self, session_id: str, operations: Sequence[BatchOperation], *, atomic: bool = True) -> int:
+        """Apply operations together; a :class:`TuneNode` without a stamp is stamped and masked here.
+
+        Returns the number of operations applied.
+        """
+        response = await self._request(ApplyBatch(session_id, tuple(operations), atomic), "batchapplied")
+        return int(response.payload.get("applied", len(operations)))
+
+    async def aclose(self) -> None:
+        """Close the connection (1000) and stop reconnecting; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._gate.set(False)
+        self._fail_waiters(ClientClosed("the client was closed"))
+        self._events.close()
+        ws = self._ws
+        if ws is not None:
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                try:
+                    await ws.aclose(CLOSE_NORMAL, "client closing")
+                except Exception:  # closing a broken connection: nothing left to do
+                    log.debug("closing the websocket failed", exc_info=True)
+
+    # ------------------------------------------------------------------ requests
+
+    def _correlation_id(self) -> str:
+        return f"c{next(self._correlation_ids)}"
+
+    def _stamp_operation(self, operation: Any) -> Any:
+        """Stamp and mask an unstamped tune (call with the send lock held, so revs go out in order)."""
+        if not isinstance(operation, TuneNode) or operation.stamp is not None:
+            return operation
+        state = self._states.session(operation.session_id)
+        if operation.mode == UPDATE:
+            stamp = state.edit_replace(operation.node_id, operation.params)
+        else:
+            stamp = state.edit_patch(operation.node_id, operation.params)
+        return dataclasses.replace(operation, stamp=stamp)
+
+    async def _wait_ready(self) -> WebSocketConnection:
+        while True:
+            if self._closed:
+                raise self._failure if isinstance(self._failure, ConnectFailed) else ClientClosed("the client is closed")
+            if self._gate.up and self._ws is not None:
+                return self._ws
+            await self._gate.wait_changed()
+
+    async def _request(self, action: Any, expect: str | None) -> Any:
+        """Send ``action`` with a correlation id; wait for the answer unless ``expect`` is None (async tune)."""
+        with trio.fail_after(self.options.request_timeout):
+            async with self._in_flight:
+                while True:
+                    ws = await self._wait_ready()
+                    async with self._send_lock:
+                        # the connection may have changed while we waited for the lock
+                        if not self._gate.up or ws is not self._ws:
+                            continue
+                        correlation_id = self._correlation_id()
+                        action = self._stamp_operation(action)
+                        if isinstance(action, ApplyBatch):
+                            action = dataclasses.replace(
+                                action, operations=tuple(self._stamp_operation(op) for op in action.operations)
+                            )
+                        session_id = getattr(action, "session_id", None)
+                        waiter = None
+                        if expect is not None:
+                            waiter = self._waiters[correlation_id] = _Waiter(session_id)
+                        else:
+                            self._remember_async(correlation_id, session_id)
+                        try:
+                            await ws.send_message(envelope.serialize(action.to_request(correlation_id)))
+                        except ConnectionClosed as exc:
+                            self._waiters.pop(correlation_id, None)
+                            raise ConnectionLost("the connection dropped while sending") from exc
+                        break
+                if waiter is None:
+                    return action.stamp if isinstance(action, TuneNode) else None
+                try:
+                    await waiter.done.wait()
+                finally:
+                    self._waiters.pop(correlation_id, None)
+        if waiter.failure is not None:
+            raise waiter.failure
+        response = waiter.response
+        assert response is not None
+        if response.action == "error":
+            raise CompositordError.from_reply(ErrorReply.from_response(response))
+        if response.action != expect:
+            raise UnexpectedResponse(f"expected {expect!r}, got {response.action!r}")
+        if isinstance(action, TuneNode):
+            return action.stamp
+        return response
+
+    def _remember_async(self, correlation_id: str, session_id: str | None) -> None:
+        if session_id is None:
+            return
+        self._async_tunes[correlation_id] = session_id
+        while len(self._async_tunes) > self.options.max_async_tracked:
+            self._async_tunes.popitem(last=False)
+
+    def _fail_waiters(self, failure: BaseException) -> None:
+        for waiter in self._waiters.values():
+            if not waiter.done.is_set():
+                waiter.failure = failure
+                waiter.done.set()
+
+    # ------------------------------------------------------------------ incoming
+
+    def _handle_text(self, text: str | bytes) -> None:
+        if isinstance(text, bytes):
+            return  # binary frames are pushed video (section 6): nothing a control client reads
+        try:
+            message = envelope.parse_message(text)
+            if isinstance(message, Response):
+                self._handle_response(message)
+            elif isinstance(message, Event):
+                self._handle_event(message)
+            else:
+                raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, "a server does not send requests", "/type")
+        except RemoteProtocolError as error:
+            self.stats.malformed_messages += 1
+            log.warning("ignoring a malformed message from the server: %s", error)
+
+    def _handle_response(self, response: Response) -> None:
+        correlation_id = response.correlation_id
+        waiter = self._waiters.get(correlation_id) if correlation_id is not None else None
+        session_id = waiter.session_id if waiter is not None else self._async_tunes.pop(correlation_id or "", None)
+        if response.action == "error":
+            reply = ErrorReply.from_response(response)
+            self._apply_refusal(reply, session_id)
+        if waiter is not None and not waiter.done.is_set():
+            waiter.response = response
+            waiter.done.set()
+
+    def _apply_refusal(self, reply: ErrorReply, session_id: str | None) -> None:
+        if session_id is None:
+            return
+        refused = list(reply.refused)
+        if reply.stamp is not None and reply.node_id is not None:
+            refused.append((reply.node_id, reply.stamp))
+        for node_id, stamp in refused:
+            if stamp.sender == self._states.nonce:
+                self._states.refused(session_id, node_id, stamp.rev)
+                self._events.put_nowait(
+                    ClientEvent(
+                        "refused",
+                        {"code": reply.code, "message": reply.message, "path": reply.path, "rev": stamp.rev},
+                        session_id,
+                        node_id,
+                        PARAMS_CHANNEL,
+                        self.shown(session_id, node_id),
+                    )
+                )
+
+    def _handle_event(self, event: Event) -> None:
+        session_id, node_id, channel, shown = self._states.apply_event(event)
+        self._events.put_nowait(ClientEvent(event.event, event.payload, session_id, node_id, channel, shown, event))
+
+    # ------------------------------------------------------------------ connection lifetime
+
+    async def _connect_once(self) -> WebSocketConnection:
+        headers = [(b"Authorization", f"Bearer {self.options.token}".encode())] if self.options.token else None
+        try:
+            with trio.fail_after(self.options.connect_timeout):
+                ws = await connect_websocket_url(
+                    self._nursery, self.url, extra_headers=headers, max_message_size=self.options.max_message_size
+                )
+        except ConnectionRejected as exc:
+            raise ConnectFailed(f"{self.url}: the server refused the connection (HTTP {exc.status_code})", exc.status_code) from exc
+        except (HandshakeError, OSError, trio.TooSlowError) as exc:
+            raise ConnectFailed(f"{self.url}: cannot connect: {exc!r}") from exc
+        self.stats.connections += 1
+        return ws
+
+    async def _start(self) -> None:
+        self._ws = await self._connect_once()
+        self._gate.set(True)
+        self._nursery.start_soon(self._run)
+
+    async def _run(self) -> None:
+        resend: dict[str, dict[str, list[dict[str, Any]]]] | None = None
+        while True:
+            ws = self._ws
+            assert ws is not None
+            async with trio.open_nursery() as connection_nursery:
+                connection_nursery.start_soon(self._read_loop, ws, connection_nursery.cancel_scope)
+                if resend is not None:
+                    await self._resync_and_resend(ws, resend)
+            # the read loop ended: the connection is gone
+            self._gate.set(False)
+            self._fail_waiters(ConnectionLost("the connection dropped before the answer came"))
+            if self._closed or not self.options.reconnect:
+                self._closed = True
+                self._events.close()
+                return
+            ws = await self._reconnect()
+            if ws is None:
+                return
+            self._ws = ws
+            resend = self._states.reconnected()
+            if not self.options.resend_pending:
+                resend = {}
+
+    async def _read_loop(self, ws: WebSocketConnection, cancel_scope: trio.CancelScope) -> None:
+        try:
+            while True:
+                self._handle_text(await ws.get_message())
+        except ConnectionClosed:
+            pass
+        finally:
+            cancel_scope.cancel()
+
+    async def _reconnect(self) -> WebSocketConnection | None:
+        delay = self.options.reconnect_delay
+        while not self._closed:
+            self.stats.reconnect_attempts += 1
+            try:
+                return await self._connect_once()
+            except ConnectFailed as exc:
+                if exc.status in PERMANENT_REFUSALS:
+                    log.error("giving up reconnecting: %s", exc)
+                    self._failure = exc
+                    self._closed = True
+                    self._events.close()
+                    return None
+                log.info("reconnect failed, retrying in %.2f s: %s", delay, exc)
+            await trio.sleep(delay)
+            delay = min(delay * 2, self.options.reconnect_delay_max)
+        return None
+
+    async def _resync_and_resend(self, ws: WebSocketConnection, resend: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+        """After a reconnect: re-stamp pending values now, resync every session, send them, open the gate."""
+        messages: list[TuneNode] = []
+        for session_id, nodes in resend.items():
+            state = self._states.session(session_id)
+            for node_id, groups in nodes.items():
+                for values in groups:
+                    if "" in values:
+                        document = values[""]
+                        messages.append(TuneNode(session_id, node_id, UPDATE, document, state.edit_replace(node_id, document), False))
+                        values = {ptr: value for ptr, value in values.items() if ptr != ""}
+                    if values:
+                        patch = leaves_to_patch(values)
+                        messages.append(TuneNode(session_id, node_id, PATCH, patch, state.edit_patch(node_id, patch), False))
+        try:
+            for session_id in self._states.session_ids():
+                correlation_id = self._correlation_id()
+                waiter = self._waiters[correlation_id] = _Waiter(session_id)
+                await ws.send_message(envelope.serialize(GetPipeline(session_id).to_request(correlation_id)))
+                with trio.fail_after(self.options.request_timeout):
+                    await waiter.done.wait()
+                self._waiters.pop(correlation_id, None)
+                response = waiter.response
+                if response is None:  # the connection dropped again; the next reconnect starts over
+                    return
+                if response.action == "pipeline":
+                    self._states.apply_pipeline(response.payload)
+                    self._events.put_nowait(ClientEvent(RESYNCED, response.payload, session_id))
+                else:  # the session is gone
+                    self._states.forget_session(session_id)
+                    self._events.put_nowait(ClientEvent(RESYNCED, {"session_id": session_id, "gone": True}, session_id))
+            async with self._send_lock:
+                for message in messages:
+                    if not self._states.session(message.session_id).has_mask(message.node_id):
+                        continue  # the node is gone: nothing to re-send
+                    correlation_id = self._correlation_id()
+                    self._remember_async(correlation_id, message.session_id)
+                    await ws.send_message(envelope.serialize(message.to_request(correlation_id)))
+                    self.stats.resent_messages += 1
+                self._gate.set(True)
+        except (ConnectionClosed, trio.TooSlowError):
+            await ws.aclose()
+        except RemoteProtocolError as error:
+            self.stats.malformed_messages += 1
+            log.warning("bad pipeline during resync: %s; reconnecting", error)
+            await ws.aclose()
+

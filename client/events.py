@@ -1,0 +1,78 @@
+"""Events as the client hands them to the application, and the bounded buffer they wait in."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from compositord.protocol.envelope import Event
+
+RESYNCED = "resynced"
+"""Name of the client-made event that follows a reconnect's resync of one session (``getpipeline``)."""
+
+
+@dataclass(frozen=True)
+class ClientEvent:
+    """One event from the server (or ``resynced`` from the client itself), with masking applied.
+
+    ``shown`` is the node's state on ``channel`` as this client should show it
+    (server state with its own pending values laid over it) for
+    ``nodeparamschanged`` (channel ``params``) and ``nodeviewdataupdated``
+    (channel ``view``); None for other events.
+    """
+
+    name: str
+    payload: Mapping[str, Any]
+    session_id: str | None = None
+    node_id: str | None = None
+    channel: str | None = None
+    shown: Any = None
+    raw: Event | None = None
+
+
+class EventBuffer:
+    """Bounded FIFO between the reader task and the application; full means drop the oldest and count it.
+
+    The reader never waits for a slow application (responses behind events must
+    still arrive). Dropping is safe for state events, which carry a node's whole
+    state; :meth:`Client.shown` always has the latest.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self._items: deque[ClientEvent] = deque(maxlen=capacity)
+        self._changed = trio.Event()
+        self._closed = False
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: ClientEvent) -> None:
+        if self._closed:
+            return
+        if len(self._items) == self._items.maxlen:
+            self.dropped += 1
+        self._items.append(item)
+        self._wake()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    async def get(self) -> ClientEvent:
+        """The oldest event; :class:`trio.EndOfChannel` once closed and drained."""
+        while not self._items:
+            if self._closed:
+                raise trio.EndOfChannel
+            await self._changed.wait()
+        return self._items.popleft()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
