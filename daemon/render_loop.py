@@ -493,7 +493,10 @@ class RenderLoop:
                 error = "; ".join(f"overlay {key}: {message}" for key, message in sorted(overlay_errors.items()))
             self._latest_output[node_id] = output
             for listener in self._output_listeners:
-                listener(node_id, output)
+                try:
+                    listener(node_id, output)
+                except Exception as exc:  # a sink's bug must not stop the pipeline
+                    error = f"output listener {getattr(listener, '__qualname__', listener)!s} failed: {exc}"
             layout = scene.layout()
             if layout != state.last_layout or stamp is not None:
                 state.last_layout = layout

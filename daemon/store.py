@@ -27,7 +27,6 @@ Promises (docs/DURABILITY.md says them for operators):
 
 from __future__ import annotations
 
-import copy
 import json
 import queue
 import sqlite3

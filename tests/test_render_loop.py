@@ -63,9 +63,6 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> No
             await trio.sleep(0.003)
 
 
-LoopFactory = Callable[..., "trio.lowlevel.Task"]
-
-
 @pytest.fixture
 async def start_loop(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     loops: list[RenderLoop] = []
@@ -359,3 +356,27 @@ async def test_no_gl_context_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, t
     assert recorder.errors[0][0] == "comp" and "libEGL" in (recorder.errors[0][1] or "")
     loop.stop()
     assert not loop.running
+
+
+async def test_output_listeners_get_every_frame_and_a_failing_one_is_reported(start_loop: Callable[..., Any]) -> None:
+    recorder = Recorder()
+    loop = await start_loop(make_session(), recorder)
+    received: list[tuple[str, int, int]] = []
+
+    def listener(node_id: str, frame: Any) -> None:
+        received.append((node_id, frame.frame_number, threading.get_ident()))
+
+    def broken(node_id: str, frame: Any) -> None:
+        raise OSError("disk full")
+
+    loop.add_output_listener(listener)
+    loop.add_output_listener(broken)
+    await wait_until(lambda: any(message and "disk full" in message for _, message in recorder.errors))
+    count = len(received)
+    await wait_until(lambda: len(received) >= count + 5)  # the loop renders on
+    numbers = [number for _, number, _ in received]
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+    assert {node for node, _, _ in received} == {"comp"}
+    assert threading.get_ident() not in {ident for _, _, ident in received}
+    loop.remove_output_listener(broken)
+    await wait_until(lambda: recorder.errors[-1] == ("comp", None))  # the error clears
