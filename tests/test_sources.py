@@ -72,3 +72,24 @@ def test_source_frame_checks_its_byte_count() -> None:
         SourceFrame("nv12", 4, 2, b"\0" * 11, 1)
     with pytest.raises(ValueError, match="pixel_format"):
         SourceFrame("bgra", 4, 2, b"\0" * 32, 1)  # type: ignore[arg-type]
+
+
+def test_animated_bars_move_and_get_a_new_serial_per_time() -> None:
+    source = ColorbarsSource({"width": 160, "height": 90, "pattern": "ramp", "animated": True})
+    early, late = source.frame(0.5), source.frame(1.5)
+    assert early.serial != late.serial
+    assert source.frame(1.5) is late  # same time, same frame: no upload
+    def bar_columns(frame: SourceFrame) -> set[int]:
+        pixels = np.asarray(frame.data)
+        return set(np.flatnonzero((pixels[45, :, :3] == 255).all(axis=-1)).tolist()) - {159}
+    assert bar_columns(early) and bar_columns(late) and min(bar_columns(late)) > max(bar_columns(early))
+
+
+def test_timestamp_is_burned_in_top_left() -> None:
+    source = ColorbarsSource({"width": 320, "height": 180, "pattern": "solid", "color": "#0000FFFF", "timestamp": True})
+    first, second = source.frame(1.0), source.frame(62.25)
+    corner = np.asarray(second.data)[:16, :100, :3].astype(int)
+    assert ((corner.min(axis=-1) > 200).sum()) >= 10, "light text in the corner"
+    assert (corner.max(axis=-1) == 0).sum() >= 100, "on a black box"
+    assert not np.array_equal(np.asarray(first.data)[:16, :100], np.asarray(second.data)[:16, :100])
+    assert tuple(np.asarray(second.data)[170, 300, :3]) == (0, 0, 255)  # the rest is the pattern

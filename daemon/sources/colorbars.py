@@ -1,9 +1,11 @@
 """Test patterns made once on the CPU with NumPy: SMPTE bars, a grey ramp, a solid colour.
 
-A pattern is computed when its params change and then returned as the same
-SourceFrame (same serial) every frame, so the renderer uploads it once.
-Animated or time-stamped variants would produce a new serial per frame;
-``ColorbarsSource.frame(t)`` takes the time for that reason.
+A still pattern is computed when its params change and then returned as the
+same SourceFrame (same serial) every frame, so the renderer uploads it once.
+``animated`` adds a white bar that sweeps across once every
+``SWEEP_SECONDS``; ``timestamp`` burns the frame time (``t``, seconds) into
+the top-left corner. Either makes a new frame, with a new serial, whenever
+``t`` changes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from compositord.daemon.render.frames import SourceFrame
 from compositord.protocol.layout import parse_color
 
 _serials = itertools.count(1)
+SWEEP_SECONDS = 4.0
+BAR_FRACTION = 1 / 40  # width of the moving bar, of the frame width
 
 # SMPTE ECR 1-1978 colour bars at 75 %: grey, yellow, cyan, green, magenta, red, blue.
 _TOP_BARS = [(191, 191, 191), (191, 191, 0), (0, 191, 191), (0, 191, 0), (191, 0, 191), (191, 0, 0), (0, 0, 191)]
@@ -90,8 +94,49 @@ class ColorbarsSource:
         else:
             pixels = PATTERNS[pattern](width, height)
         self._params = params
+        self._animated = bool(params.get("animated", False))
+        self._timestamp = bool(params.get("timestamp", False))
+        self._pixels = pixels
         self._frame = SourceFrame("rgba8", width, height, pixels, next(_serials), opaque=bool((pixels[..., 3] == 255).all()))
+        self._frame_time: float | None = None
 
     def frame(self, t: float = 0.0) -> SourceFrame:
         assert self._frame is not None
+        if not (self._animated or self._timestamp) or t == self._frame_time:
+            return self._frame
+        pixels = self._pixels.copy()
+        height, width = pixels.shape[:2]
+        if self._animated:
+            bar = max(1, round(width * BAR_FRACTION))
+            start = round((t % SWEEP_SECONDS) / SWEEP_SECONDS * (width - bar))
+            pixels[:, start : start + bar] = 255
+        if self._timestamp:
+            _burn_in(pixels, _format_time(t))
+        self._frame = SourceFrame("rgba8", width, height, pixels, next(_serials), opaque=self._frame.opaque)
+        self._frame_time = t
         return self._frame
+
+
+def _format_time(t: float) -> str:
+    millis = int(round(max(t, 0.0) * 1000))
+    seconds, millis = divmod(millis, 1000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}"
+
+
+def _burn_in(pixels: np.ndarray, text: str) -> None:
+    """White text on a black box at the top-left, sized to the frame height."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    height, width = pixels.shape[:2]
+    font = ImageFont.load_default(size=max(8, height // 18))
+    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
+    pad = max(2, height // 90)
+    box_w = min(width, int(right) + 2 * pad)
+    box_h = min(height, int(bottom) + 2 * pad)
+    mask = Image.new("L", (box_w, box_h), 0)
+    ImageDraw.Draw(mask).text((pad, pad), text, fill=255, font=font)
+    region = pixels[:box_h, :box_w]
+    region[..., :3] = np.asarray(mask, dtype=np.uint8)[..., None]
+    region[..., 3] = 255
