@@ -367,7 +367,8 @@ class MapOf(Spec):
         result: dict[str, Any] = {}
         for key, child in value.items():
             child_path = pointer.join(path, key)
-            if re.fullmatch(self.key_pattern, key) is None:
+            # Keys are strings in JSON, but a YAML pipeline file can give numbers.
+            if not isinstance(key, str) or re.fullmatch(self.key_pattern, key) is None:
                 errors.append(FieldError(child_path, f"key must be {self.key_doc}"))
             else:
                 result[key] = self.value.check(child, child_path, errors)

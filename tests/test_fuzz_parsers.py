@@ -32,9 +32,10 @@ json_scalars = (
     | st.text(max_size=20)
     | st.sampled_from(["in_0", "in_1", "#FFFFFF", "video::compositor", "out", "UpdateParams", "PatchParams", "_sender", "_rev", "request"])
 )
+# Integer keys: JSON text never has them (json.dumps turns them into strings), a YAML pipeline file can.
 json_docs = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12) | st.sampled_from(list(params.defaults("video::compositor"))), children, max_size=5),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12) | st.sampled_from(list(params.defaults("video::compositor"))) | st.integers(0, 20), children, max_size=5),
     max_leaves=30,
 )
 

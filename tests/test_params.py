@@ -534,6 +534,12 @@ def test_pipeline_cycle_refused() -> None:
     assert len(params.validate_pipeline(doc)["connections"]) == 2
 
 
+def test_non_string_keys_from_yaml_are_errors_not_crashes() -> None:
+    found = pipeline_errors({"nodes": {1: {"kind": "video::push"}, "ok": {"kind": "video::push", "params": {2: 1}}}})
+    assert found == {"/nodes/1": "key must be a node id (letters, digits, '_', '.', '-')", "/nodes/ok/params/2": "unknown key"}
+    assert errors_of(COMP, {"layers": {0: {}}}) == {"/layers/0": "key must be an input pin `in_N` with N < num_inputs"}
+
+
 def test_pipeline_shape_errors() -> None:
     assert pipeline_errors([]) == {"": "expected an object, got an array"}
     assert pipeline_errors({"nodes": [], "connections": {}}) == {
