@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,9 @@ from compositord.daemon.render.images import AssetError, resolve_asset
 from compositord.protocol.layout import parse_color
 
 DEFAULT_FONT_NAMES = (None, "", "default")
+# Each pipeline has its own render thread; cached FreeType faces are shared between them,
+# and a FreeType face must not be used by two threads at once.
+_FREETYPE_LOCK = threading.Lock()
 MAX_TEXT_RASTER_SIDE = 8192
 
 
@@ -65,7 +69,8 @@ def measure_text(text: str, font_size: int, font_path: Path | None = None) -> tu
     if not text:
         return (0, 0)
     draw = ImageDraw.Draw(Image.new("L", (1, 1)))
-    left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=_font(font_size, font_path))
+    with _FREETYPE_LOCK:
+        left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=_font(font_size, font_path))
     return (max(0, math.ceil(right)), max(0, math.ceil(bottom)))
 
 
@@ -75,7 +80,8 @@ def rasterize_text(style: TextStyle) -> np.ndarray:
     height = max(1, min(style.height, MAX_TEXT_RASTER_SIDE))
     coverage = Image.new("L", (width, height), 0)
     if style.text:
-        ImageDraw.Draw(coverage).multiline_text((0, 0), style.text, fill=255, font=_font(style.font_size, style.font_path))
+        with _FREETYPE_LOCK:
+            ImageDraw.Draw(coverage).multiline_text((0, 0), style.text, fill=255, font=_font(style.font_size, style.font_path))
     mask = np.asarray(coverage, dtype=np.float32) / 255.0
     r, g, b, a = parse_color(style.color)
     alpha = mask * a
