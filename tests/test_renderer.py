@@ -320,3 +320,21 @@ def test_release_is_idempotent_and_render_after_release_fails(gl_ctx) -> None:  
     renderer.release()
     with pytest.raises(RuntimeError, match="after release"):
         renderer.render(resolve_scene(full({"width": 32, "height": 32}), {}), {})
+
+
+def test_text_is_rasterized_once_until_its_params_change(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+    def scene_with(text: str):  # type: ignore[no-untyped-def]
+        return resolve_scene(full(canvas(text_overlays=[{"id": "t", "text": text, "rect": rect(4, 4, 100, 30)}])), {})
+
+    renderer = Renderer(gl_ctx, W, H)
+    try:
+        for _ in range(3):
+            renderer.render(scene_with("same"), {})
+        assert renderer.stats.text_rasterizations == 1
+        changed = renderer.render(scene_with("other"), {})
+        assert renderer.stats.text_rasterizations == 2
+        back = renderer.render(scene_with("same"), {})
+        assert renderer.stats.text_rasterizations == 3  # the unused raster was released, not kept forever
+        assert changed.data != back.data
+    finally:
+        renderer.release()
