@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, connect_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, open_websocket_url
 
 from compositord.client.errors import (
     ClientClosed,
@@ -49,7 +49,7 @@ from compositord.client.errors import (
     ConnectionLost,
     UnexpectedResponse,
 )
-from compositord.client.events import RESYNCED, ClientEvent, EventBuffer
+from compositord.client.events import RESYNCED, ClientEvent, EventBuffer, EventStream
 from compositord.client.session_state import SessionStates
 from compositord.protocol import envelope
 from compositord.protocol.causal import PARAMS_CHANNEL, Stamp, leaves_to_patch, strip_private
@@ -138,14 +138,28 @@ async def open_client(url: str, *, token: str | None = None, **options: Any) -> 
     ``options`` are the fields of :class:`ClientOptions`.
     """
     settings = ClientOptions(token=token, **options)
-    async with trio.open_nursery() as nursery:
-        client = Client(url, settings, nursery)
-        await client._start()
-        try:
-            yield client
-        finally:
-            await client.aclose()
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            client = Client(url, settings, nursery)
+            try:
+                await client._start()
+                yield client
+            finally:
+                await client.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery is ours, not the caller's: hand back the one real exception, as trio-websocket does.
+        real = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+        if len(real) == 1:
+            raise real[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 class Client:
@@ -163,6 +177,7 @@ class Client:
         self._send_lock = trio.Lock()
         self._gate = _Gate()
         self._ws: WebSocketConnection | None = None
+        self._ws_ended = trio.Event()
         self._correlation_ids = itertools.count(1)
         self._closed = False
         self._failure: BaseException | None = None
@@ -191,13 +206,12 @@ class Client:
         """The pending values of a node: ``{pointer: (rev, value)}``."""
         return dict(self._states.session(session_id).mask(node_id, channel).pending)
 
-    async def events(self) -> AsyncIterator[ClientEvent]:
-        """Every event, in order, with masking applied; ends when the client closes. One consumer at a time."""
-        while True:
-            try:
-                yield await self._events.get()
-            except trio.EndOfChannel:
-                return
+    def events(self) -> EventStream:
+        """Every event, in order, with masking applied; ends when the client closes. One consumer at a time.
+
+        Cancelling a wait for the next event loses nothing (unlike an async generator).
+        """
+        return EventStream(self._events)
 
     async def get_pipeline(self, session_id: str) -> Mapping[str, Any]:
         """The session's nodes, params, view data and connections; also resyncs what :meth:`shown` says."""
@@ -415,12 +429,9 @@ class Client:
     # ------------------------------------------------------------------ connection lifetime
 
     async def _connect_once(self) -> WebSocketConnection:
-        headers = [(b"Authorization", f"Bearer {self.options.token}".encode())] if self.options.token else None
+        """Open a connection held by its own task (so a failed handshake raises here, not in the nursery)."""
         try:
-            with trio.fail_after(self.options.connect_timeout):
-                ws = await connect_websocket_url(
-                    self._nursery, self.url, extra_headers=headers, max_message_size=self.options.max_message_size
-                )
+            ws: WebSocketConnection = await self._nursery.start(self._hold_connection)
         except ConnectionRejected as exc:
             raise ConnectFailed(f"{self.url}: the server refused the connection (HTTP {exc.status_code})", exc.status_code) from exc
         except (HandshakeError, OSError, trio.TooSlowError) as exc:
@@ -428,61 +439,78 @@ class Client:
         self.stats.connections += 1
         return ws
 
+    async def _hold_connection(self, *, task_status: trio.TaskStatus[WebSocketConnection]) -> None:
+        """One connection's lifetime: open it, read every message, and report its end."""
+        headers = [(b"Authorization", f"Bearer {self.options.token}".encode())] if self.options.token else None
+        ended = trio.Event()
+        started = False
+        try:
+            async with open_websocket_url(
+                self.url,
+                extra_headers=headers,
+                max_message_size=self.options.max_message_size,
+                connect_timeout=self.options.connect_timeout,
+                disconnect_timeout=1.0,
+            ) as ws:
+                self._ws, self._ws_ended = ws, ended
+                started = True
+                task_status.started(ws)
+                try:
+                    while True:
+                        self._handle_text(await ws.get_message())
+                except ConnectionClosed:
+                    pass
+        except Exception:
+            if not started:
+                raise
+            log.debug("the connection ended with an error", exc_info=True)  # the reconnect handles it
+        finally:
+            if started:
+                self._gate.set(False)
+                self._fail_waiters(ConnectionLost("the connection dropped before the answer came"))
+                ended.set()
+
     async def _start(self) -> None:
-        self._ws = await self._connect_once()
+        await self._connect_once()
         self._gate.set(True)
         self._nursery.start_soon(self._run)
 
     async def _run(self) -> None:
         resend: dict[str, dict[str, list[dict[str, Any]]]] | None = None
         while True:
-            ws = self._ws
+            ws, ended = self._ws, self._ws_ended
             assert ws is not None
-            async with trio.open_nursery() as connection_nursery:
-                connection_nursery.start_soon(self._read_loop, ws, connection_nursery.cancel_scope)
-                if resend is not None:
-                    await self._resync_and_resend(ws, resend)
-            # the read loop ended: the connection is gone
-            self._gate.set(False)
-            self._fail_waiters(ConnectionLost("the connection dropped before the answer came"))
+            if resend is not None:
+                await self._resync_and_resend(ws, resend)
+            await ended.wait()
             if self._closed or not self.options.reconnect:
                 self._closed = True
                 self._events.close()
                 return
-            ws = await self._reconnect()
-            if ws is None:
+            if not await self._reconnect():
                 return
-            self._ws = ws
             resend = self._states.reconnected()
             if not self.options.resend_pending:
                 resend = {}
 
-    async def _read_loop(self, ws: WebSocketConnection, cancel_scope: trio.CancelScope) -> None:
-        try:
-            while True:
-                self._handle_text(await ws.get_message())
-        except ConnectionClosed:
-            pass
-        finally:
-            cancel_scope.cancel()
-
-    async def _reconnect(self) -> WebSocketConnection | None:
+    async def _reconnect(self) -> bool:
         delay = self.options.reconnect_delay
         while not self._closed:
             self.stats.reconnect_attempts += 1
             try:
-                return await self._connect_once()
+                await self._connect_once()
+                return True
             except ConnectFailed as exc:
                 if exc.status in PERMANENT_REFUSALS:
                     log.error("giving up reconnecting: %s", exc)
                     self._failure = exc
                     self._closed = True
                     self._events.close()
-                    return None
+                    return False
                 log.info("reconnect failed, retrying in %.2f s: %s", delay, exc)
             await trio.sleep(delay)
             delay = min(delay * 2, self.options.reconnect_delay_max)
-        return None
+        return False
 
     async def _resync_and_resend(self, ws: WebSocketConnection, resend: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
         """After a reconnect: re-stamp pending values now, resync every session, send them, open the gate."""

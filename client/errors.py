@@ -23,7 +23,8 @@ class CompositordError(ClientError):
         stamp: Stamp | None = None,
         node_id: str | None = None,
     ) -> None:
-        super().__init__(f"{code}: {message}" + (f" (at {path})" if path else ""))
+        located = f" (at {path})" if path and path not in message else ""
+        super().__init__(f"{code}: {message}{located}")
         self.code = code
         self.message = message
         self.path = path

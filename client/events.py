@@ -76,3 +76,19 @@ class EventBuffer:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+
+class EventStream:
+    """``async for event in client.events()``: a cancel-safe async iterator over an :class:`EventBuffer`."""
+
+    def __init__(self, buffer: EventBuffer) -> None:
+        self._buffer = buffer
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> ClientEvent:
+        try:
+            return await self._buffer.get()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
