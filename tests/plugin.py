@@ -23,13 +23,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 import yaml
 
-from compositord.daemon.config import Settings
+if TYPE_CHECKING:
+    # Imported lazily: this plugin loads (entry point pytest11) before pytest-cov starts measuring,
+    # so a module-level import here would hide compositord's module-level lines from coverage.
+    from compositord.daemon.config import Settings
 
 SESSION_ID = "pipeline"
 
@@ -63,6 +66,8 @@ class RunningDaemon:
 
 def settings_for(state_dir: Path, pipeline: dict[str, Any], **overrides: Any) -> Settings:
     """Settings for a test daemon: port 0 on loopback, ``pipeline`` written as ``pipeline.yaml`` into ``state_dir``."""
+    from compositord.daemon.config import Settings
+
     state_dir.mkdir(parents=True, exist_ok=True)
     pipeline_file = state_dir / f"{SESSION_ID}.yaml"
     pipeline_file.write_text(yaml.safe_dump(pipeline), encoding="utf-8")
