@@ -148,11 +148,14 @@ def _parse_float(text: str) -> float:
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which duplicate wins (first, last, error): refuse the ambiguity.
     result = dict(pairs)
     if len(result) != len(pairs):
         seen: set[str] = set()
-        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
-        raise _Refused(f"duplicate key {duplicate[:64]!r} in an object")
+        for key, _ in pairs:  # pragma: no branch - a duplicate exists, so the loop never runs out
+            if key in seen:
+                raise _Refused(f"duplicate key {key[:64]!r} in an object")
+            seen.add(key)
     return result
 
 
