@@ -216,7 +216,6 @@ class Client:
     async def get_pipeline(self, session_id: str) -> Mapping[str, Any]:
         """The session's nodes, params, view data and connections; also resyncs what :meth:`shown` says."""
         response = await self._request(GetPipeline(session_id), "pipeline")
-        self._states.apply_pipeline(response.payload)
         return response.payload
 
     async def list_sessions(self) -> list[Mapping[str, Any]]:
@@ -395,9 +394,18 @@ class Client:
         correlation_id = response.correlation_id
         waiter = self._waiters.get(correlation_id) if correlation_id is not None else None
         session_id = waiter.session_id if waiter is not None else self._async_tunes.pop(correlation_id or "", None)
-        if response.action == "error":
-            reply = ErrorReply.from_response(response)
-            self._apply_refusal(reply, session_id)
+        try:
+            if response.action == "error":
+                self._apply_refusal(ErrorReply.from_response(response), session_id)
+            elif response.action == "pipeline":
+                # Applied here, in message order: a caller woken later must not lay this
+                # state over newer events that the reader has handled meanwhile.
+                self._states.apply_pipeline(response.payload)
+        except RemoteProtocolError as error:
+            if waiter is not None and not waiter.done.is_set():
+                waiter.failure = UnexpectedResponse(f"malformed {response.action!r} response: {error}")
+                waiter.done.set()
+            raise
         if waiter is not None and not waiter.done.is_set():
             waiter.response = response
             waiter.done.set()
@@ -534,11 +542,12 @@ class Client:
                 with trio.fail_after(self.options.request_timeout):
                     await waiter.done.wait()
                 self._waiters.pop(correlation_id, None)
+                if isinstance(waiter.failure, UnexpectedResponse):
+                    raise waiter.failure
                 response = waiter.response
                 if response is None:  # the connection dropped again; the next reconnect starts over
                     return
-                if response.action == "pipeline":
-                    self._states.apply_pipeline(response.payload)
+                if response.action == "pipeline":  # applied by the reader already
                     self._events.put_nowait(ClientEvent(RESYNCED, response.payload, session_id))
                 else:  # the session is gone
                     self._states.forget_session(session_id)
@@ -554,8 +563,7 @@ class Client:
                 self._gate.set(True)
         except (ConnectionClosed, trio.TooSlowError):
             await ws.aclose()
-        except RemoteProtocolError as error:
-            self.stats.malformed_messages += 1
+        except UnexpectedResponse as error:
             log.warning("bad pipeline during resync: %s; reconnecting", error)
             await ws.aclose()
 

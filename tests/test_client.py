@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from typing import Any
 
 import pytest
 import trio
@@ -14,9 +15,11 @@ from compositord.client import (
     CompositordError,
     ConnectFailed,
     ConnectionLost,
+    UnexpectedResponse,
     open_client,
 )
 from compositord.protocol.causal import VIEW_CHANNEL, Stamp
+from compositord.protocol import envelope
 from compositord.protocol.envelope import PATCH, AddNode, Request, TuneNode, serialize
 from compositord.tests import fake_server
 from compositord.tests.fake_server import FakeServer
@@ -315,3 +318,59 @@ async def test_fake_server_forgets_a_closed_connections_sender(server: FakeServe
     assert nonce not in server.acks_of("comp")
 
 
+
+
+async def test_reconnect_gives_up_on_a_permanent_refusal(server: FakeServer) -> None:
+    async with open_client(server.url, reconnect_delay=0.01) as client:
+        server.token = "now-required"
+        await server.drop_connections()
+        with trio.fail_after(5):
+            assert [e async for e in client.events()] == []
+        with pytest.raises(ConnectFailed) as caught:
+            await client.list_sessions()
+        assert caught.value.status == 401
+
+
+async def test_resync_forgets_a_session_that_went_away(server: FakeServer) -> None:
+    async with open_client(server.url, reconnect_delay=0.01) as client:
+        pipeline = {"nodes": {"c": {"kind": "video::compositor", "params": {}}}, "connections": []}
+        session_id = await client.create_session("brief", pipeline)
+        await client.get_pipeline(session_id)
+        await client.get_pipeline(S)
+        events = client.events()
+        del server.sessions[session_id]  # gone while the client is away
+        await server.drop_connections()
+        resynced = []
+        with trio.fail_after(5):
+            while len(resynced) < 2:
+                event = await events.__anext__()
+                if event.name == RESYNCED:
+                    resynced.append(event)
+        gone = {e.session_id: e.payload.get("gone", False) for e in resynced}
+        assert gone == {session_id: True, S: False}
+        assert client.shown(session_id, "c") == {}  # forgotten: a fresh, empty state
+
+
+async def test_malformed_pipeline_is_counted_and_changes_nothing(server: FakeServer) -> None:
+    async with open_client(server.url) as client:
+        await client.get_pipeline(S)
+        before = client.shown(S, "comp")
+        bad = envelope.pipeline_response(None, session_id=S, nodes={"comp": {"kind": "x", "params": []}}, connections=[])
+        for connection in server.connections:
+            connection.send(bad)
+        await until(lambda: client.statistics().malformed_messages == 1)
+        assert client.shown(S, "comp") == before
+
+
+async def test_malformed_answer_to_a_request_fails_that_request(server: FakeServer) -> None:
+    async with open_client(server.url) as client:
+        original = server._pipeline
+
+        def broken(session: Any, correlation_id: str | None) -> envelope.Response:
+            return envelope.pipeline_response(correlation_id, session_id=S, nodes={"comp": {"params": 3}}, connections=[])
+
+        server._pipeline = broken  # type: ignore[method-assign]
+        with pytest.raises(UnexpectedResponse):
+            await client.get_pipeline(S)
+        server._pipeline = original  # type: ignore[method-assign]
+        assert (await client.get_pipeline(S))["session_id"] == S
