@@ -1,0 +1,107 @@
+"""`compositord ctl`: drive a running daemon from the shell, with the client library.
+
+    compositord ctl [--url URL] [--token T] sessions
+    compositord ctl get SESSION
+    compositord ctl tune SESSION NODE JSON [--replace] [--async]
+    compositord ctl watch [SESSION]
+
+Output is JSON (``watch``: one event per line, as it arrives). A refused
+request prints the server's error (code, message, path) on stderr and exits
+with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import trio
+
+DEFAULT_URL = "ws://127.0.0.1:4545/api/v1/control"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("COMPOSITORD_URL", DEFAULT_URL), help=f"daemon URL (default: $COMPOSITORD_URL or {DEFAULT_URL})")
+    parser.add_argument("--token", default=os.environ.get("COMPOSITORD_TOKEN"), help="bearer token (default: $COMPOSITORD_TOKEN)")
+    commands = parser.add_subparsers(dest="ctl_command", metavar="SUBCOMMAND", required=True)
+    commands.add_parser("sessions", help="list the sessions")
+    get = commands.add_parser("get", help="print a session's pipeline: durable params, connections, last view data")
+    get.add_argument("session", metavar="SESSION")
+    tune = commands.add_parser("tune", help="change a node's params (a JSON merge patch unless --replace)")
+    tune.add_argument("session", metavar="SESSION")
+    tune.add_argument("node", metavar="NODE")
+    tune.add_argument("params", metavar="JSON", help='for example \'{"layers": {"in_1": {"opacity": 0.5}}}\'')
+    tune.add_argument("--replace", action="store_true", help="UpdateParams: the params become exactly JSON")
+    tune.add_argument("--async", dest="is_async", action="store_true", help="tunenodeasync: do not wait for the commit")
+    watch = commands.add_parser("watch", help="print events as JSON lines until interrupted")
+    watch.add_argument("session", metavar="SESSION", nargs="?", help="only this session's events")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.ctl_command == "tune":
+        try:
+            patch = json.loads(args.params)
+        except ValueError as exc:
+            print(f"compositord ctl tune: JSON is not valid JSON: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(patch, dict):
+            print("compositord ctl tune: JSON must be an object", file=sys.stderr)
+            return 2
+        args.patch = patch
+    try:
+        return trio.run(run, args, sys.stdout)
+    except KeyboardInterrupt:
+        return 130 if args.ctl_command != "watch" else 0
+
+
+async def run(args: argparse.Namespace, out: TextIO) -> int:
+    from compositord.client import ClientError, CompositordError, ConnectFailed, open_client
+
+    try:
+        # One-shot commands fail fast; `watch` follows the daemon through restarts.
+        async with open_client(args.url, token=args.token, reconnect=args.ctl_command == "watch") as client:
+            if args.ctl_command == "sessions":
+                _print(out, await client.list_sessions(), indent=2)
+            elif args.ctl_command == "get":
+                _print(out, await client.get_pipeline(args.session), indent=2)
+            elif args.ctl_command == "tune":
+                stamp = await client.tune(args.session, args.node, args.patch, replace=args.replace, sync=not args.is_async)
+                _print(out, {"action": "tunenodeasync" if args.is_async else "success", **stamp.to_json()})
+            elif args.ctl_command == "watch":
+                async for event in client.events():
+                    if args.session is None or event.session_id == args.session:
+                        _print(out, {"event": event.name, **event.payload})
+    except CompositordError as exc:
+        error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.path is not None:
+            error["path"] = exc.path
+        if exc.errors:
+            error["errors"] = [e.to_json() for e in exc.errors]
+        _print(sys.stderr, {"error": error})
+        return 1
+    except ConnectFailed as exc:
+        print(f"compositord ctl: cannot connect to {args.url}: {exc}", file=sys.stderr)
+        return 1
+    except ClientError as exc:
+        print(f"compositord ctl: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print(out: TextIO, value: Any, *, indent: int | None = None) -> None:
+    if isinstance(value, Mapping):
+        value = dict(value)
+    out.write(json.dumps(value, indent=indent, ensure_ascii=False, default=_jsonable) + "\n")
+    out.flush()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
