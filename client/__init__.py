@@ -13,6 +13,7 @@ from compositord.client.errors import (
     CompositordError,
     ConnectFailed,
     ConnectionLost,
+    RequestTimedOut,
     UnexpectedResponse,
 )
 from compositord.client.events import RESYNCED, ClientEvent
@@ -29,6 +30,7 @@ __all__ = [
     "CompositordError",
     "ConnectFailed",
     "ConnectionLost",
+    "RequestTimedOut",
     "SessionStates",
     "UnexpectedResponse",
     "open_client",

@@ -47,6 +47,7 @@ from compositord.client.errors import (
     CompositordError,
     ConnectFailed,
     ConnectionLost,
+    RequestTimedOut,
     UnexpectedResponse,
 )
 from compositord.client.events import RESYNCED, ClientEvent, EventBuffer, EventStream
@@ -316,6 +317,12 @@ class Client:
 
     async def _request(self, action: Any, expect: str | None) -> Any:
         """Send ``action`` with a correlation id; wait for the answer unless ``expect`` is None (async tune)."""
+        try:
+            return await self._request_once(action, expect)
+        except trio.TooSlowError as exc:
+            raise RequestTimedOut(f"no answer to {type(action).__name__} within {self.options.request_timeout} s") from exc
+
+    async def _request_once(self, action: Any, expect: str | None) -> Any:
         with trio.fail_after(self.options.request_timeout):
             async with self._in_flight:
                 while True:

@@ -59,3 +59,7 @@ class ClientClosed(ClientError):
 
 class UnexpectedResponse(ClientError):
     """The server answered with a response this request does not expect."""
+
+
+class RequestTimedOut(ClientError):
+    """No answer (or no connection to send on) within ``request_timeout``; the request may still be applied."""

@@ -15,6 +15,7 @@ from compositord.client import (
     CompositordError,
     ConnectFailed,
     ConnectionLost,
+    RequestTimedOut,
     UnexpectedResponse,
     open_client,
 )
@@ -374,3 +375,15 @@ async def test_malformed_answer_to_a_request_fails_that_request(server: FakeServ
             await client.get_pipeline(S)
         server._pipeline = original  # type: ignore[method-assign]
         assert (await client.get_pipeline(S))["session_id"] == S
+
+
+async def test_request_timeout_is_typed_and_the_value_stays_masked(server: FakeServer) -> None:
+    async with open_client(server.url, request_timeout=0.2) as client:
+        await client.get_pipeline(S)
+        server.hold_requests()
+        with pytest.raises(RequestTimedOut):
+            await client.tune(S, "comp", {"fps": 33})
+        assert client.shown(S, "comp")["fps"] == 33  # not refused: it may still land
+        server.release_requests()
+        await until(lambda: client.pending(S, "comp") == {})
+        assert server.params_of("comp")["fps"] == 33
