@@ -69,7 +69,6 @@ from compositord.protocol.envelope import (
     GetPipeline,
     ListSessions,
     RemoveNode,
-    Request,
     Response,
     TuneNode,
 )
