@@ -158,12 +158,14 @@ class Store:
         *,
         commit_interval: float = GROUP_COMMIT_INTERVAL,
         queue_capacity: int = QUEUE_CAPACITY,
+        busy_timeout: float = 5.0,
     ) -> None:
         if queue_capacity < 1:
             raise ValueError("queue_capacity must be at least 1")
         self.state_dir = Path(state_dir)
         self.db_path = database_path(self.state_dir)
         self._commit_interval = commit_interval
+        self._busy_timeout = busy_timeout  # how long the writer waits for a lock another process holds
         self._capacity = queue_capacity
         # One extra place for the stop sentinel, which must never wait for a slot.
         self._queue: queue.Queue[_WriteItem] = queue.Queue(maxsize=queue_capacity + 1)
@@ -398,6 +400,9 @@ class Store:
             raise StoreError(f"the store writer failed: {self._fatal}") from self._fatal
         await self._slots.acquire()  # push back while the writer queue is full
         try:
+            if self._stopping or self._fatal is not None:
+                # The writer ends after the stop sentinel: an item queued behind it would never commit.
+                raise StoreError("the store is shutting down; the change was not made")
             # Plan against the state as it is *now* (it may have changed while we waited),
             # and publish before any checkpoint, so queue order equals mirror order.
             working = dict(self._sessions)
@@ -428,7 +433,7 @@ class Store:
         conn: sqlite3.Connection | None = None
         try:
             try:
-                conn = open_database(self.db_path)
+                conn = open_database(self.db_path, busy_timeout=self._busy_timeout)
                 loaded_sessions.update(load_sessions(conn))
             except BaseException as exc:
                 self._fatal = exc
@@ -481,37 +486,32 @@ class Store:
                 item = None
             if item is not None and item is not _STOP:
                 self._call_soon(self._release_slot)
-                if item.statements:
-                    if not conn.in_transaction:
-                        conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        for sql, args in item.statements:
-                            conn.execute(sql, args)
-                    except BaseException as exc:
-                        # The mirror is already ahead of the disk: this is fatal, and every
-                        # sync caller in this transaction learns it.
-                        for waiting in (*uncommitted, item):
-                            self._finish(waiting, exc)
-                        raise
-                    self._stats.items_written += 1
                 uncommitted.append(item)
                 if first_uncommitted_at is None:
                     # Measured from when the caller queued it, so a backlog cannot stretch the promise.
                     first_uncommitted_at = item.queued_at
-            due = first_uncommitted_at is not None and time.monotonic() >= first_uncommitted_at + self._commit_interval
-            if uncommitted and (item is None or item is _STOP or item.done is not None or due):
-                if conn.in_transaction:
-                    try:
+            try:
+                if item is not None and item.statements:
+                    if not conn.in_transaction:
+                        conn.execute("BEGIN IMMEDIATE")
+                    for sql, args in item.statements:
+                        conn.execute(sql, args)
+                    self._stats.items_written += 1
+                due = first_uncommitted_at is not None and time.monotonic() >= first_uncommitted_at + self._commit_interval
+                if uncommitted and (item is None or item is _STOP or item.done is not None or due):
+                    if conn.in_transaction:
                         conn.execute("COMMIT")
-                    except BaseException as exc:
-                        for waiting in uncommitted:
-                            self._finish(waiting, exc)
-                        raise
-                    self._stats.commits += 1
+                        self._stats.commits += 1
+                    for waiting in uncommitted:
+                        self._finish(waiting, None)
+                    uncommitted = []
+                    first_uncommitted_at = None
+            except BaseException as exc:
+                # The mirror is already ahead of the disk: this is fatal, and every sync
+                # caller whose change was in the lost transaction learns it.
                 for waiting in uncommitted:
-                    self._finish(waiting, None)
-                uncommitted = []
-                first_uncommitted_at = None
+                    self._finish(waiting, exc)
+                raise
             if item is _STOP:
                 return
 
@@ -519,7 +519,7 @@ class Store:
 # ---- SQLite helpers (writer thread, and tools that inspect a state dir) ----
 
 
-def open_database(db_path: Path) -> sqlite3.Connection:
+def open_database(db_path: Path, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
     """Open or create the database, in WAL mode with synchronous=FULL, at the current schema."""
     db_path.parent.mkdir(parents=True, exist_ok=True)
     # isolation_level=None: transactions are explicit (BEGIN/COMMIT), so group commit is ours to decide.
@@ -529,7 +529,7 @@ def open_database(db_path: Path) -> sqlite3.Connection:
         if str(mode).lower() != "wal":
             raise StoreError(f"{db_path}: SQLite refused WAL mode (journal_mode is {mode!r})")
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             conn.execute("BEGIN IMMEDIATE")

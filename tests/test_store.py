@@ -267,3 +267,58 @@ async def test_changes_before_run_are_a_clear_error(tmp_path: Path) -> None:
     store = Store(tmp_path)
     with pytest.raises(LocalProtocolError, match="not running"):
         await store.flush()
+
+
+async def test_stop_commits_what_was_queued_and_refuses_what_was_pushed_back(tmp_path: Path) -> None:
+    results: dict[int, str] = {}
+    store = Store(tmp_path, queue_capacity=1)
+    store_scope = trio.CancelScope()
+
+    async def run_store(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with store_scope:
+            await store.run(task_status=task_status)
+
+    async def change(width: int) -> None:
+        try:
+            await store.set_params("s1", "bars", {"width": width, "height": 1}, wait_durable=True)
+            results[width] = "committed"
+        except StoreError:
+            results[width] = "refused"
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_store)
+        await store.create_session(demo_session())
+        blocker = sqlite3.connect(database_path(tmp_path), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the writer stalls on its next transaction
+        for width in (1, 2, 3):
+            nursery.start_soon(change, width)
+            await trio.sleep(0.02)
+        # 1 is with the writer, 2 in the queue, 3 pushed back; now the daemon stops.
+        store_scope.cancel()
+        await trio.sleep(0.05)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert results == {1: "committed", 2: "committed", 3: "refused"}
+    assert stored_params(tmp_path, "s1", "bars") == ({"width": 2, "height": 1}, 2)
+
+
+async def test_a_failed_write_fails_its_callers_and_ends_run(tmp_path: Path) -> None:
+    store = Store(tmp_path, busy_timeout=0.1)
+    with pytest.raises(ExceptionGroup) as caught:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            await store.create_session(demo_session())
+            # Another process holds the write lock past the busy timeout: the writer gives up.
+            blocker = sqlite3.connect(database_path(tmp_path), isolation_level=None)
+            blocker.execute("PRAGMA busy_timeout=0")
+            blocker.execute("BEGIN IMMEDIATE")
+            try:
+                with pytest.raises(StoreError, match="locked"):
+                    await store.set_params("s1", "bars", {"width": 5}, wait_durable=True)
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            await trio.sleep_forever()  # run() itself ends with the error
+    assert caught.group_contains(StoreError, match="writer stopped")
+    with pytest.raises(LocalProtocolError, match="not running"):
+        await store.flush()
