@@ -380,3 +380,22 @@ async def test_output_listeners_get_every_frame_and_a_failing_one_is_reported(st
     assert threading.get_ident() not in {ident for _, _, ident in received}
     loop.remove_output_listener(broken)
     await wait_until(lambda: recorder.errors[-1] == ("comp", None))  # the error clears
+
+
+async def test_image_input_from_the_asset_dir_and_a_missing_one_reported(start_loop: Callable[..., Any], tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGBA", (40, 30), (255, 0, 0, 255)).save(tmp_path / "logo.png")
+    session = make_session()
+    session.nodes["logo"] = NodeRecord("logo", "video::image", {"asset_path": "logo.png"})
+    session.nodes["gone"] = NodeRecord("gone", "video::image", {"asset_path": "missing.png"})
+    session.connections.append(ConnectionRecord("logo", "out", "comp", "in_1"))
+    session.nodes["comp"].params["num_inputs"] = 3
+    session.connections.append(ConnectionRecord("gone", "out", "comp", "in_2"))
+    recorder = Recorder()
+    await start_loop(session, recorder)  # the asset directory of the fixture is tmp_path
+    await wait_until(lambda: recorder.views and recorder.errors)
+    logo = layer(recorder.views[0], "in_1")
+    assert (logo["source_width"], logo["source_height"]) == (40, 30)
+    assert [item["id"] for item in recorder.views[0].layout["layers"]] == ["in_0", "in_1"]  # in_2 has no frame
+    assert recorder.errors[0][0] == "gone" and "missing.png" in (recorder.errors[0][1] or "")
