@@ -73,11 +73,22 @@ class Connection:
         self._websocket = websocket
         self._limits = limits
         self._bucket = TokenBucket(limits.messages_per_second)
-        self._cancel_scope: trio.CancelScope | None = None
+        self._nursery_scope: trio.CancelScope | None = None
+        self._reader_scope: trio.CancelScope | None = None
+        self._sending = False
         self._close_code = CLOSE_NORMAL
         self._close_reason = ""
         self._closing = False
         self.closed = trio.Event()
+
+    @property
+    def close_code(self) -> int | None:
+        """The code this side closes (or closed) with; None while open."""
+        return self._close_code if self._closing else None
+
+    @property
+    def close_reason(self) -> str:
+        return self._close_reason
 
     def __repr__(self) -> str:
         return f"<Connection {self.connection_id} {self.remote}>"
@@ -95,27 +106,38 @@ class Connection:
         self.close(CLOSE_POLICY, reason)
 
     def close(self, code: int, reason: str) -> None:
-        """Close with ``code`` soon; the first reason given wins. Never blocks."""
+        """Close with ``code`` soon; the first reason given wins. Never blocks.
+
+        The reader stops at once. A message being sent is finished first
+        (within the send timeout): cutting a frame in half would make the
+        close frame after it unreadable.
+        """
         if self._closing:
             return
         self._closing = True
         self._close_code = code
         self._close_reason = reason[:120]  # a close reason must fit a control frame
         self.mailbox.close()
-        if self._cancel_scope is not None:
-            self._cancel_scope.cancel()
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+        if not self._sending and self._nursery_scope is not None:
+            self._nursery_scope.cancel()
 
     # -- the connection's own tasks -------------------------------------------
 
     async def run(self, dispatcher: Dispatcher) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                self._cancel_scope = nursery.cancel_scope
-                if self._closing:
-                    nursery.cancel_scope.cancel()
+                self._nursery_scope = nursery.cancel_scope
                 nursery.start_soon(self._send_loop)
-                await self._read_loop(dispatcher)
-                nursery.cancel_scope.cancel()
+                with trio.CancelScope() as reader_scope:
+                    self._reader_scope = reader_scope
+                    if self._closing:
+                        reader_scope.cancel()
+                    await self._read_loop(dispatcher)
+                if not self._closing:
+                    # The peer closed: nothing more can be sent.
+                    nursery.cancel_scope.cancel()
         finally:
             self.mailbox.close()
             try:
@@ -158,17 +180,23 @@ class Connection:
                 dispatcher.handle_binary(self, message)
 
     async def _send_loop(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 text = await self.mailbox.get()
             except MailboxClosed:
                 return
-            with trio.move_on_after(self._limits.send_timeout) as scope:
-                try:
+            if self._closing:
+                return
+            self._sending = True
+            try:
+                with trio.move_on_after(self._limits.send_timeout) as scope:
                     await self._websocket.send_message(text)
-                except ConnectionClosed:
-                    self.close(CLOSE_NORMAL, "")
-                    return
+            except ConnectionClosed:
+                if self._nursery_scope is not None:
+                    self._nursery_scope.cancel()  # the peer is gone
+                return
+            finally:
+                self._sending = False
             if scope.cancelled_caught:
                 self.close_for_policy(f"send timed out after {self._limits.send_timeout:g} s")
                 return

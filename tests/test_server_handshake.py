@@ -28,6 +28,9 @@ class EchoDispatcher:
         pass
 
     async def handle_text(self, connection: Connection, text: str) -> None:
+        if text.startswith("big:"):
+            connection.send("x" * int(text[4:]))
+            return
         connection.send(json.dumps({"echo": text}))
 
     def handle_binary(self, connection: Connection, data: bytes) -> None:
@@ -41,9 +44,9 @@ class EchoDispatcher:
 
 
 @asynccontextmanager
-async def running_server(**overrides: object) -> AsyncIterator[tuple[str, ControlServer]]:
+async def running_server(dispatcher: EchoDispatcher | None = None, **overrides: object) -> AsyncIterator[tuple[str, ControlServer]]:
     options = ServerOptions(host="127.0.0.1", port=0, **overrides)  # type: ignore[arg-type]
-    server = ControlServer(options, EchoDispatcher())
+    server = ControlServer(options, dispatcher or EchoDispatcher())
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(server.run)
         yield f"ws://{host}:{port}", server
@@ -150,3 +153,21 @@ def test_check_handshake_is_pure_and_names_the_reason() -> None:
     # the header, when present, is the one that counts
     refusal = check_handshake("/api/v1/control?token=t", [(b"authorization", b"Bearer x")], options, 0)
     assert refusal is not None and refusal.status == 401
+
+
+@pytest.mark.parametrize("capacity", [4096, 4], ids=["send-timeout", "mailbox-full"])
+async def test_a_client_that_does_not_read_is_closed_with_1008(capacity: int) -> None:
+    dispatcher = EchoDispatcher()
+    limits = ConnectionLimits(send_timeout=0.3, mailbox_capacity=capacity, max_text_bytes=1000)
+    async with running_server(dispatcher, limits=limits) as (base, _):
+        async with open_websocket_url(base + CONTROL_PATH, max_message_size=64 * 1024 * 1024) as ws:
+            # ~40 MB of answers that this client never reads: socket buffers fill, the sender blocks
+            for _ in range(40):
+                await ws.send_message("big:1000000")
+            with trio.fail_after(10):
+                while not dispatcher.closed:
+                    await trio.sleep(0.05)
+            (closed,) = dispatcher.closed
+            assert closed.close_code == 1008
+            expected = "send timed out" if capacity > 40 else "too slow"
+            assert expected in closed.close_reason
