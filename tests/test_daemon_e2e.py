@@ -416,3 +416,29 @@ async def test_ctl_get_tune_watch(compositord_daemon: RunningDaemon) -> None:
 
     refused = await cli_ctl.run(args("tune", session, "comp", '{"layers": {"in_1": {"opacity": 2}}}'), io.StringIO())
     assert refused == 1
+
+
+# ----------------------------------------------------------------------------- restart
+
+
+async def test_sessions_and_params_survive_a_restart(tmp_path: Path) -> None:
+    from compositord.tests.plugin import settings_for, start_daemon
+
+    settings = settings_for(tmp_path / "state", copy.deepcopy(PIPELINE))
+    async with trio.open_nursery() as nursery:
+        daemon = await start_daemon(nursery, settings)
+        async with open_client(daemon.url) as client:
+            await client.tune(daemon.session_id, "comp", {"layers": {"in_1": {"opacity": 0.25}}})
+            await client.tune(daemon.session_id, "comp", {"fps": 50}, sync=False)  # group-committed
+            second = await client.create_session("second", {"nodes": {"b": {"kind": "video::colorbars", "params": {"width": 32, "height": 32}}}})
+        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        daemon = await start_daemon(nursery, settings)
+        async with open_client(daemon.url) as client:
+            sessions = {s["session_id"]: s["name"] for s in await client.list_sessions()}
+            assert sessions == {daemon.session_id: daemon.session_id, second: "second"}
+            params = (await client.get_pipeline(daemon.session_id))["nodes"]["comp"]["params"]
+            # the stored params, not the pipeline file's: the file only seeds a session the store lacks
+            assert params["layers"]["in_1"]["opacity"] == 0.25 and params["fps"] == 50
+            assert (await client.get_pipeline(second))["nodes"]["b"]["params"] == {"width": 32, "height": 32}
+        nursery.cancel_scope.cancel()
