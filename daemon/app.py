@@ -29,7 +29,8 @@ from compositord.daemon.model import SessionRecord
 from compositord.daemon.notify import Notifier, watchdog_from_environment
 from compositord.daemon.server import ControlServer
 from compositord.daemon.sessions import RenderLoopLike, SessionService
-from compositord.daemon.store import Store
+from compositord.daemon.store import Store, StoreError
+from compositord.protocol.errors import LocalProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,10 @@ class _Services:
                     await self.service.stop_all(timeout=remaining)
                 try:
                     await self.store.flush()
-                except Exception:  # the store may not have started; its own shutdown commits anyway
-                    log.exception("flushing the store at shutdown")
+                except LocalProtocolError:
+                    pass  # the store is not running (it failed or never started): nothing to flush
+                except StoreError as exc:
+                    log.error("flushing the store at shutdown: %s", exc)
             if drain_scope.cancelled_caught:
                 log.warning("shutdown drain did not finish within %.1f s; stopping anyway", timeout)
             if self._scope is not None:

@@ -48,5 +48,22 @@ def main(args: argparse.Namespace) -> int:
             shown_host = f"[{host}]" if ":" in host else host
             print(f"compositord: serving ws://{shown_host}:{port}/api/v1/control", flush=True)
 
-    trio.run(run)
-    return 0
+    from compositord.daemon.render_loop import RenderLoopError
+    from compositord.daemon.store import StoreError
+
+    failed = False
+    try:
+        trio.run(run)
+    except* (RenderLoopError, StoreError, OSError) as group:
+        # Expected ways to fail at start (no GL, an unusable state directory, the port taken): one line each.
+        for error in _leaves(group):
+            print(f"compositord run: {error}", file=sys.stderr)
+        failed = True
+    return 1 if failed else 0
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return found

@@ -31,7 +31,7 @@ import trio
 from compositord.daemon.connection import Connection
 from compositord.daemon.hub import Hub
 from compositord.daemon.model import ConnectionRecord, NodeRecord, SessionRecord
-from compositord.daemon.store import AddConnection, PutNode, RemoveConnection, RemoveNode, SetParams, Store, StoreOp
+from compositord.daemon.store import AddConnection, PutNode, RemoveConnection, RemoveNode, SetParams, Store, StoreError, StoreOp
 from compositord.protocol import causal, envelope, pointer
 from compositord.protocol import params as node_params
 from compositord.protocol.causal import AckBook, Stamp
@@ -200,8 +200,10 @@ class SessionService:
         except RemoteProtocolError as error:
             self._send(connection, envelope.error_response(error, correlation_id))
             return
-        except (LocalProtocolError, ValueError, KeyError, TypeError) as exc:
-            # A bug on this side must not take the connection down: the client gets `internal`.
+        except StoreError:
+            raise  # the store cannot write: the daemon stops rather than answer without durability
+        except Exception as exc:
+            # A bug on this side must not take the connection (or the daemon) down: the client gets `internal`.
             log.exception("internal error handling %s", message.action)
             error = RemoteProtocolError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
             self._send(connection, envelope.error_response(error, correlation_id))
