@@ -301,10 +301,11 @@ class SessionService:
             record, _ = self._session(action.session_id)  # it may have changed while we waited for the lock
             working = _Working(record)
             events = working.apply(action, "/payload")
-            await self._store.apply_atomically(working.ops, wait_durable=True)
+            await self._store.apply_atomically(working.ops, wait_durable=False)
             self._after_structure_change(record.session_id, state, working)
             for event in events:
                 self._publish(event)
+        await self._store.flush()  # answered once committed; the commit wait holds up no other edit
 
     def _after_structure_change(self, session_id: str, state: _SessionState, working: _Working) -> None:
         state.loop.submit_topology(self._forget_removed(session_id, state, working))
@@ -418,7 +419,7 @@ class SessionService:
             except RemoteProtocolError as error:
                 self._refuse_stamps(connection, session_id, stamps)  # S6: every stamp of a refused batch
                 raise _Refusal(error, stamps) from None
-            await self._store.apply_atomically(working.ops, wait_durable=True)
+            await self._store.apply_atomically(working.ops, wait_durable=False)
             for node_id, _, stamp in tuned:
                 if stamp is not None:
                     state.book(node_id).record(stamp)
@@ -434,6 +435,7 @@ class SessionService:
                 if node_id in stored.nodes:
                     node = stored.nodes[node_id]
                     self._publish_params(session_id, state, node_id, node.params, node.seq, stamp)
+        await self._store.flush()  # one transaction (apply_atomically), answered once committed
         return envelope.batch_applied(cid, session_id, len(action.operations))
 
     # ------------------------------------------------------------------ output
