@@ -174,6 +174,7 @@ async def test_two_clients_drag_at_60hz(
 
     # No client's shown state goes backwards for its own edits, in either channel.
     for seen in (seen_a, seen_b):
+        assert "nodestatsupdated" in seen.events  # at most once a second: at least one in 2 s
         assert len(seen.params) >= DRAG_STEPS // 2, f"too few params events seen: {len(seen.params)}"
         assert len(seen.view) >= 10, f"too few view events seen: {len(seen.view)}"
         assert never_backwards(seen.params), seen.params
