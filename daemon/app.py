@@ -150,9 +150,10 @@ async def serve(
     try:
         async with trio.open_nursery() as nursery:
             try:
-                address = await nursery.start(services.run)
+                # Signals first: a SIGTERM while the pipelines start drains just the same.
                 if handle_signals and threading.current_thread() is threading.main_thread():
                     await nursery.start(_cancel_on_signal, nursery.cancel_scope)
+                address = await nursery.start(services.run)
                 task_status.started(address)
                 await trio.sleep_forever()
             finally:
