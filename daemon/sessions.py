@@ -84,6 +84,7 @@ class _SessionState:
     lock: trio.Lock = field(default_factory=trio.Lock)
     acks: dict[str, AckBook] = field(default_factory=dict)  # params channel, per node
     last_view: dict[str, dict[str, Any]] = field(default_factory=dict)  # per node, without "_" keys
+    node_errors: dict[str, str] = field(default_factory=dict)  # nodes in the error state, with why
 
     def book(self, node_id: str) -> AckBook:
         found = self.acks.get(node_id)
@@ -158,8 +159,22 @@ class SessionService:
         self._publish(event, (emission.session_id, emission.node_id, "stats"))
 
     def on_node_error(self, session_id: str, node_id: str, message: str | None) -> None:
+        """A node entered (``message``) or left (None) its error state: remembered for
+        ``getpipeline`` and told to every client with ``nodestatechanged``."""
+        state = self._sessions.get(session_id)
+        record = self._store.sessions().get(session_id)
+        if state is None or record is None or node_id not in record.nodes:
+            return  # a late report about a session or node that is gone
         if message:
             log.warning("session %s node %s: %s", session_id, node_id, message)
+            if state.node_errors.get(node_id) == message:
+                return
+            state.node_errors[node_id] = message
+        else:
+            if state.node_errors.pop(node_id, None) is None:
+                return
+            log.info("session %s node %s: error cleared", session_id, node_id)
+        self._publish(envelope.node_state_changed(session_id, node_id, message or None), (session_id, node_id, "state"))
 
     # ------------------------------------------------------------------ the Dispatcher protocol
 
@@ -252,7 +267,12 @@ class SessionService:
         record, state = self._session(action.session_id)
         nodes: dict[str, dict[str, Any]] = {}
         for node_id, node in record.nodes.items():
-            entry: dict[str, Any] = {"kind": node.kind, "params": dict(node.params), "seq": node.seq}
+            entry: dict[str, Any] = {
+                "kind": node.kind,
+                "params": dict(node.params),
+                "seq": node.seq,
+                "state": envelope.node_state(state.node_errors.get(node_id)),
+            }
             if node_id in state.last_view:
                 entry["view_data"] = dict(state.last_view[node_id])
             nodes[node_id] = entry
@@ -315,6 +335,7 @@ class SessionService:
         for node_id in working.removed_nodes:
             state.acks.pop(node_id, None)
             state.last_view.pop(node_id, None)
+            state.node_errors.pop(node_id, None)
         return self._store.sessions()[session_id].copy()
 
     # ---- tunes

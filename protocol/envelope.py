@@ -908,6 +908,19 @@ def node_stats_updated(session_id: str, node_id: str, stats: Mapping[str, Any]) 
     return Event("nodestatsupdated", {"session_id": session_id, "node_id": node_id, "stats": dict(stats)})
 
 
+def node_state_changed(session_id: str, node_id: str, error: str | None) -> Event:
+    """``nodestatechanged``: ``state`` is ``"ok"`` or ``{"error": message}`` (a missing file, undecodable
+    data, a receiver gone...); the same value as the node's ``state`` in ``getpipeline``."""
+    if error is not None and not (isinstance(error, str) and error):
+        raise LocalProtocolError(f"node_state_changed: error must be a non-empty string or None, got {error!r}")
+    return Event("nodestatechanged", {"session_id": session_id, "node_id": node_id, "state": node_state(error)})
+
+
+def node_state(error: str | None) -> str | dict[str, str]:
+    """A node's ``state`` as clients see it: ``"ok"``, or ``{"error": message}``."""
+    return "ok" if error is None else {"error": error}
+
+
 def error_event(error: RemoteProtocolError) -> Event:
     """An ``error`` event on one connection: a refused pushed frame (section 6) has no request to answer."""
     return Event("error", {key: value for key, value in error.to_payload().items() if key != "action"})

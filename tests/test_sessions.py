@@ -155,6 +155,7 @@ async def test_getpipeline_listsessions(harness: Harness) -> None:
             "kind": "video::compositor",
             "params": {"width": 320, "height": 180, "num_inputs": 2},
             "seq": 0,
+            "state": "ok",
         }
         assert pipeline["connections"] == PIPELINE["connections"]
         listed = await client.request({"action": "listsessions"})
