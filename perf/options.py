@@ -1,0 +1,28 @@
+"""What every scenario gets from the command line, and where it prints."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+
+@dataclass
+class BenchOptions:
+    frames: int | None = None  # None: the scenario's default
+    iterations: int | None = None
+    compare: bool = False
+    quick: bool = False
+    startup_correction: bool = True
+    profile: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+
+    def say(self, *lines: Any) -> None:
+        for line in lines:
+            print(line, file=self.out, flush=True)
+
+    def frames_or(self, default: int, quick: int) -> int:
+        return self.frames if self.frames is not None else (quick if self.quick else default)
+
+    def iterations_or(self, default: int, quick: int) -> int:
+        return self.iterations if self.iterations is not None else (quick if self.quick else default)

@@ -1,0 +1,70 @@
+"""Running a peer (an FFmpeg or GStreamer command line) and timing it.
+
+A peer's wall-clock includes its process start (loading libraries and
+plugins) while ours does not include making the GL context. To compare the
+per-frame work, each peer's start-up cost is measured once with a one-frame
+run of the same command and subtracted from every timed run (the printed
+figures say so; ``--no-startup-correction`` keeps the raw times).
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class PeerFailed(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Peer:
+    """``command(frames)`` is the argv of a run that processes ``frames`` frames."""
+
+    name: str
+    command: Callable[[int], list[str]]
+
+    def run(self, frames: int) -> float:
+        argv = self.command(frames)
+        started = time.perf_counter()
+        done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            tail = done.stderr.decode(errors="replace").strip().splitlines()[-5:]
+            raise PeerFailed(f"{self.name} exited {done.returncode}: {' '.join(argv)}\n" + "\n".join(tail))
+        return wall
+
+    def startup_seconds(self, runs: int = 3) -> float:
+        """Median wall-clock of a one-frame run: process start, graph setup, one frame."""
+        return statistics.median(self.run(1) for _ in range(runs))
+
+
+def have_ffmpeg() -> bool:
+    return shutil.which("ffmpeg") is not None
+
+
+def have_gstreamer(*elements: str) -> str | None:
+    """None when gst-launch-1.0 and every element are there, else what is missing (for the printed note)."""
+    if shutil.which("gst-launch-1.0") is None or shutil.which("gst-inspect-1.0") is None:
+        return "gst-launch-1.0 not installed (apt-get install gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)"
+    missing = [
+        element
+        for element in elements
+        if subprocess.run(["gst-inspect-1.0", "--exists", element], check=False).returncode != 0
+    ]
+    return f"GStreamer elements missing: {', '.join(missing)}" if missing else None
+
+
+def ffmpeg_version() -> str:
+    out = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True, check=False).stdout
+    return out.splitlines()[0] if out else "unknown"
+
+
+def gstreamer_version() -> str:
+    out = subprocess.run(["gst-launch-1.0", "--version"], capture_output=True, text=True, check=False).stdout
+    lines = out.splitlines()
+    return lines[1] if len(lines) > 1 else (lines[0] if lines else "unknown")
