@@ -1,0 +1,42 @@
+"""``sink::file``: H.264 / VP9 / AV1 into MP4, WebM or MKV (PyAV).
+
+The container comes from the ``container`` param, else from the path's
+extension (``params.validate`` has checked that one of them names a container
+that can hold the codec). PyAV writes the file in place and ``finish``
+writes the trailer, so the file plays once the sink was closed (stop, node
+removal, new params, SIGTERM). MP4 uses ``+faststart`` (index at the front).
+"""
+
+from __future__ import annotations
+
+import os
+
+from compositord.daemon.sinks.base import SinkError
+from compositord.daemon.sinks.encoding import EncoderSink
+
+# container param -> FFmpeg muxer
+MUXERS = {"mp4": "mp4", "webm": "webm", "mkv": "matroska"}
+
+
+def container_of(params: dict) -> str:
+    container = params.get("container")
+    if container:
+        return str(container)
+    return os.path.splitext(str(params["path"]))[1].lstrip(".").lower()
+
+
+class FileSink(EncoderSink):
+    kind = "sink::file"
+
+    def target(self) -> tuple[str, str, dict[str, str]]:
+        path = str(self.params["path"])
+        container = container_of(self.params)
+        if container not in MUXERS:
+            raise SinkError(f"no container for {path!r}: set container to mp4, webm or mkv")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise SinkError(f"cannot write {path!r}: the directory {directory!r} does not exist")
+        if not os.access(directory, os.W_OK):
+            raise SinkError(f"cannot write {path!r}: the directory {directory!r} is not writable")
+        options = {"movflags": "+faststart"} if container == "mp4" else {}
+        return path, MUXERS[container], options
