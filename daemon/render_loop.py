@@ -52,6 +52,7 @@ from compositord.daemon.render import gl_context
 from compositord.daemon.render import renderer as renderer_module
 from compositord.daemon.render.frames import OutputFrame, SourceFrame
 from compositord.daemon.render.scene import resolve_scene
+from compositord.daemon.sinks.sink_set import SinkSet
 from compositord.daemon.sources.colorbars import ColorbarsSource
 from compositord.daemon.sources.image import ImageSource
 from compositord.protocol import params as params_schema
@@ -61,6 +62,7 @@ COMPOSITOR_KIND = "video::compositor"
 STATS_INTERVAL = 1.0  # seconds between nodestatsupdated emissions (at most)
 RENDER_MS_WINDOW = 1024  # render times kept for the percentiles (one stats interval at up to 240 fps, with room)
 IDLE_FPS = 1  # a pipeline with no compositor still ticks (and reports progress) this often
+SINK_CLOSE_TIMEOUT = 5.0  # seconds the render thread waits, when it ends, for sinks to finish their files
 
 
 class FrameSource(Protocol):
@@ -96,6 +98,13 @@ class StatsEmission:
     session_id: str
     node_id: str
     stats: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PreviewEmission:
+    session_id: str
+    node_id: str
+    image: Any  # sinks.preview.PreviewImage
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,7 @@ class RenderLoop:
         on_view_data: Callable[[ViewEmission], None],
         on_stats: Callable[[StatsEmission], None],
         on_node_error: Callable[[str, str | None], None] | None = None,
+        on_preview: Callable[[PreviewEmission], None] | None = None,
         asset_dir: Path,
         device_index: int | None = None,
     ) -> None:
@@ -181,6 +191,13 @@ class RenderLoop:
         self._latest_output: dict[str, OutputFrame] = {}
         self._source_errors: dict[str, str] = {}  # render thread only
         self._output_listeners: list[Callable[[str, OutputFrame], None]] = []
+        self._on_preview = on_preview
+        self._media_time = 0.0  # the current frame's slot on the loop's clock (seconds), for sink timestamps
+        # Sinks report errors and previews from their own threads through the outbox.
+        self._sinks = SinkSet(
+            lambda node_id, message: self._emit("error", node_id, message),
+            on_preview=lambda image: self._emit("preview", image.node_id, PreviewEmission(self.session_id, image.node_id, image)),
+        )
 
     # ------------------------------------------------------------------ trio side
 
@@ -255,6 +272,14 @@ class RenderLoop:
         """The last frame a compositor node rendered (for preview sinks); any thread may read it."""
         return self._latest_output.get(node_id)
 
+    def sink(self, node_id: str) -> Any:
+        """The running sink of a sink node (``daemon.sinks.base.Sink``) or None; any thread may call it."""
+        return self._sinks.get(node_id)
+
+    def preview(self, node_id: str) -> Any:
+        """The latest thumbnail of a ``sink::preview`` node (``PreviewImage``) or None."""
+        return getattr(self._sinks.get(node_id), "latest", None)
+
     def add_output_listener(self, listener: Callable[[str, OutputFrame], None]) -> None:
         """``listener(node_id, frame)`` runs on the render thread after every frame: it must not
         block (a sink hands the frame to its own thread through a bounded queue)."""
@@ -302,6 +327,8 @@ class RenderLoop:
             self._on_stats(payload)
         elif kind == "error" and self._on_node_error is not None:
             self._on_node_error(node_id, payload)
+        elif kind == "preview" and self._on_preview is not None:
+            self._on_preview(payload)
         elif kind == "first-frame":
             self._first_frame.set()
 
@@ -330,6 +357,7 @@ class RenderLoop:
                     state.renderer.release()
                 except Exception:
                     pass
+            self._sinks.close_all(SINK_CLOSE_TIMEOUT)  # files get their trailers before the loop counts as stopped
             if ctx is not None:
                 ctx.release()
             self._signal_first_frame()  # waiters learn of the failure instead of hanging
@@ -341,6 +369,7 @@ class RenderLoop:
         period = 1.0 / fps
         t0 = time.monotonic()
         n = 0  # the slot of the next frame: due at t0 + n * period
+        media_base = 0.0  # the loop's clock at t0 (sums the slots of earlier fps segments)
         next_stats = t0 + STATS_INTERVAL
         while not self._stop.is_set():
             delay = t0 + n * period - time.monotonic()
@@ -349,9 +378,11 @@ class RenderLoop:
             applied_stamps = self._latch(ctx, compositors, sources)
             if self._fps != fps:
                 # This frame's params changed the rate: the new schedule starts with this frame.
+                media_base += n * period
                 fps = self._fps
                 period = 1.0 / fps
                 t0, n = time.monotonic(), 0
+            self._media_time = media_base + n * period
             frame_time = time.monotonic() - started
             for node_id, state in compositors.items():
                 self._render_compositor(node_id, state, sources, applied_stamps.get(node_id), frame_time)
@@ -441,6 +472,7 @@ class RenderLoop:
             elif node.kind in SOURCE_FACTORIES and (node_id in changed_sources or node_id not in sources):
                 self._configure_source(node_id, node, sources)
         self._fps = max(fps_values) if fps_values else IDLE_FPS
+        self._sinks.sync(self._session, changed_sources)
 
     def _configure_source(self, node_id: str, node: NodeRecord, sources: dict[str, FrameSource]) -> None:
         try:
@@ -497,6 +529,7 @@ class RenderLoop:
                     listener(node_id, output)
                 except Exception as exc:  # a sink's bug must not stop the pipeline
                     error = f"output listener {getattr(listener, '__qualname__', listener)!s} failed: {exc}"
+            self._sinks.deliver(node_id, output, self._media_time, self._fps)
             layout = scene.layout()
             if layout != state.last_layout or stamp is not None:
                 state.last_layout = layout
@@ -524,4 +557,6 @@ class RenderLoop:
                 "render_ms_p90": round(float(p90), 3),
                 "render_ms_p99": round(float(p99), 3),
             }
+            self._emit("stats", node_id, StatsEmission(self.session_id, node_id, stats))
+        for node_id, stats in self._sinks.stats().items():
             self._emit("stats", node_id, StatsEmission(self.session_id, node_id, stats))
