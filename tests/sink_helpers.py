@@ -1,0 +1,136 @@
+"""Helpers for the sink tests: a render loop with a solid-colour source feeding sinks,
+and decoding what a sink wrote with PyAV."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+import trio
+
+from compositord.daemon.model import ConnectionRecord, NodeRecord, SessionRecord
+from compositord.daemon.render import gl_context
+from compositord.daemon.render_loop import PreviewEmission, RenderLoop, RenderLoopError, StatsEmission
+
+W, H = 160, 90
+SOLID = "#3366CC"  # the known colour of every frame (colorbars pattern "solid")
+SOLID_RGB = (0x33, 0x66, 0xCC)
+
+
+def sink_session(
+    sinks: Mapping[str, tuple[str, dict[str, Any]]],
+    *,
+    fps: int = 30,
+    output_format: str = "nv12",
+    width: int = W,
+    height: int = H,
+    pattern: str = "solid",
+) -> SessionRecord:
+    nodes = {
+        "bars": NodeRecord("bars", "video::colorbars", {"width": width, "height": height, "pattern": pattern, "color": SOLID}),
+        "comp": NodeRecord(
+            "comp", "video::compositor", {"width": width, "height": height, "fps": fps, "output_format": output_format}
+        ),
+    }
+    connections = [ConnectionRecord("bars", "out", "comp", "in_0")]
+    for node_id, (kind, params) in sinks.items():
+        nodes[node_id] = NodeRecord(node_id, kind, params)
+        connections.append(ConnectionRecord("comp", "out", node_id, "in"))
+    return SessionRecord("s1", "sinks", nodes, connections)
+
+
+@dataclass
+class Recorder:
+    errors: list[tuple[str, str | None]] = field(default_factory=list)
+    stats: list[StatsEmission] = field(default_factory=list)
+    previews: list[PreviewEmission] = field(default_factory=list)
+
+    def error_of(self, node_id: str) -> str | None:
+        """The node's current error as reported (None: none, or cleared)."""
+        current = None
+        for reported_node, message in self.errors:
+            if reported_node == node_id:
+                current = message
+        return current
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+@asynccontextmanager
+async def running_loop(session: SessionRecord, tmp_path: Path) -> AsyncIterator[tuple[RenderLoop, Recorder]]:
+    """A started render loop; stopped (sinks finished) on exit, from a worker thread like the daemon does."""
+    recorder = Recorder()
+    loop = RenderLoop(
+        session,
+        trio_token=trio.lowlevel.current_trio_token(),
+        on_view_data=lambda emission: None,
+        on_stats=recorder.stats.append,
+        on_node_error=lambda node_id, message: recorder.errors.append((node_id, message)),
+        on_preview=recorder.previews.append,
+        asset_dir=tmp_path,
+    )
+    loop.start()
+    try:
+        try:
+            with trio.fail_after(30):
+                await loop.wait_first_frame()
+        except RenderLoopError as exc:
+            if isinstance(exc.__cause__, gl_context.GLContextError):
+                pytest.skip(f"no OpenGL 3.3 context: {exc.__cause__}")
+            raise
+        yield loop, recorder
+    finally:
+        await trio.to_thread.run_sync(loop.stop, 15.0)
+
+
+async def wait_frames_written(loop: RenderLoop, node_id: str, count: int, timeout: float = 20.0) -> None:
+    await wait_until(lambda: loop.sink(node_id) is not None and loop.sink(node_id).frames_written >= count, timeout)
+
+
+@dataclass
+class Decoded:
+    width: int
+    height: int
+    pts: list[int]
+    frames: list[np.ndarray]  # RGB (h, w, 3)
+    codec: str
+    format_name: str
+
+
+def decode(path_or_url: str | Path, *, limit: int | None = None, **open_kwargs: Any) -> Decoded:
+    with av.open(str(path_or_url), **open_kwargs) as container:
+        stream = container.streams.video[0]
+        pts: list[int] = []
+        frames: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                pts.append(frame.pts)
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if limit is not None and len(frames) >= limit:
+                    break
+        except av.error.OSError:
+            pass  # a UDP stream ends with an I/O error once its timeout runs out (KNOWN-TO-WORK.md)
+        return Decoded(stream.width, stream.height, pts, frames, stream.codec_context.name, container.format.name)
+
+
+def centre_rgb(frame: np.ndarray) -> np.ndarray:
+    """Mean colour of the centre quarter (edges of a coded frame carry the most error)."""
+    h, w = frame.shape[:2]
+    return frame[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].reshape(-1, 3).mean(axis=0)
+
+
+def assert_colour(frame: np.ndarray, expected: tuple[int, int, int] = SOLID_RGB, tolerance: float = 8.0) -> None:
+    got = centre_rgb(frame)
+    assert np.all(np.abs(got - np.array(expected)) <= tolerance), f"centre colour {got.round(1)} is not within {tolerance} of {expected}"
+
+
