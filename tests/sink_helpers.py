@@ -115,7 +115,8 @@ def decode(path_or_url: str | Path, *, limit: int | None = None, **open_kwargs: 
         try:
             for frame in container.decode(stream):
                 pts.append(frame.pts)
-                frames.append(frame.to_ndarray(format="rgb24"))
+                # Every test pipeline renders BT.709 (the compositor's default); Y4M has no matrix tag.
+                frames.append(frame.reformat(format="rgb24", src_colorspace="itu709", dst_colorspace="itu709").to_ndarray())
                 if limit is not None and len(frames) >= limit:
                     break
         except av.error.OSError:

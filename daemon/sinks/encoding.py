@@ -32,6 +32,14 @@ _PRESET_SCALE = {
 }
 
 
+# AVColorSpace / AVColorPrimaries / AVColorTransferCharacteristic numbers (libavutil/pixfmt.h);
+# color_range 1 = MPEG (limited).
+COLOR_TAGS = {
+    "bt709": {"colorspace": 1, "color_primaries": 1, "color_trc": 1, "color_range": 1},
+    "bt601": {"colorspace": 6, "color_primaries": 6, "color_trc": 6, "color_range": 1},
+}
+
+
 def encoder_available(codec: str) -> bool:
     return ENCODERS[codec] in av.codecs_available
 
@@ -86,6 +94,9 @@ class EncoderSink(Sink):
         stream.bit_rate = int(self.params.get("bitrate_kbps", 4000)) * 1000
         stream.time_base = Fraction(1, fps)
         stream.codec_context.time_base = Fraction(1, fps)
+        # Tag the stream with the compositor's matrix (limited range), so players convert back as it was made.
+        for attribute, value in COLOR_TAGS[frame.color_matrix].items():
+            setattr(stream.codec_context, attribute, value)
         stream.options = encoder_options(codec, str(self.params.get("preset", "veryfast")), low_latency=self.low_latency)
         self._stream = stream
         self._size = (frame.width, frame.height)
