@@ -1,0 +1,95 @@
+"""sink::stream: MPEG-TS over UDP to a PyAV receiver on 127.0.0.1 (frame count,
+size, monotonic timestamps, colour); RTMP to a local ``ffmpeg -listen 1``
+server; SRT refused with a node error (the bundled FFmpeg has no SRT)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.sink_helpers import H, W, Decoded, assert_colour, decode, running_loop, sink_session, wait_frames_written, wait_until
+
+pytestmark = pytest.mark.gl
+
+# Same path as sink::file's H.264 (see test_sink_file.py).
+COLOUR_TOLERANCE = 8.0
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A" for line in table)
+
+
+async def test_mpegts_over_udp_reaches_a_receiver(tmp_path: Path) -> None:
+    port = free_port()
+    received: list[Decoded] = []
+    # The receiver ends 1.5 s after the last datagram (the I/O error of KNOWN-TO-WORK.md).
+    url = f"udp://127.0.0.1:{port}?timeout=1500000&overrun_nonfatal=1&fifo_size=100000"
+    receiver = threading.Thread(target=lambda: received.append(decode(url, format="mpegts")), daemon=True)
+    receiver.start()
+    await trio.sleep(0.3)  # the receiver binds its port before the first datagram leaves
+    params = {"url": f"udp://127.0.0.1:{port}?pkt_size=1316", "preset": "ultrafast", "bitrate_kbps": 1000}
+    session = sink_session({"live": ("sink::stream", params)})
+    async with running_loop(session, tmp_path) as (loop, recorder):
+        await wait_frames_written(loop, "live", 15)
+        sink = loop.sink("live")
+    await trio.to_thread.run_sync(receiver.join, 20.0)
+    assert received, "the receiver got no stream"
+    decoded = received[0]
+    assert (decoded.width, decoded.height) == (W, H)
+    assert decoded.codec == "h264"
+    assert len(decoded.frames) == sink.frames_written >= 15
+    assert decoded.pts == sorted(decoded.pts) and len(set(decoded.pts)) == len(decoded.pts)
+    assert_colour(decoded.frames[-1], tolerance=COLOUR_TOLERANCE)
+    assert recorder.error_of("live") is None
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg command line tool as the RTMP server")
+async def test_rtmp_to_a_local_server(tmp_path: Path) -> None:
+    port = free_port(socket.SOCK_STREAM)
+    recorded = tmp_path / "received.flv"
+    server = subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-listen", "1", "-i", f"rtmp://127.0.0.1:{port}/live/test", "-c", "copy", str(recorded)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with trio.fail_after(10):
+            while not listening(port):  # looked up in /proc: a probe connection would use up the one-shot server
+                await trio.sleep(0.05)
+        params = {"url": f"rtmp://127.0.0.1:{port}/live/test", "format": "flv", "preset": "ultrafast", "bitrate_kbps": 1000}
+        session = sink_session({"live": ("sink::stream", params)})
+        async with running_loop(session, tmp_path) as (loop, recorder):
+            await wait_frames_written(loop, "live", 15)
+            sink = loop.sink("live")
+        await trio.to_thread.run_sync(lambda: server.wait(timeout=20))
+    finally:
+        if server.poll() is None:
+            server.kill()
+    decoded = decode(recorded)
+    assert (decoded.width, decoded.height) == (W, H)
+    assert len(decoded.frames) == sink.frames_written >= 15
+    assert decoded.pts == sorted(decoded.pts)
+    assert_colour(decoded.frames[-1], tolerance=COLOUR_TOLERANCE)
+
+
+async def test_srt_is_refused_with_a_node_error(tmp_path: Path) -> None:
+    session = sink_session({"live": ("sink::stream", {"url": "srt://127.0.0.1:9000"})})
+    async with running_loop(session, tmp_path) as (loop, recorder):
+        await wait_until(lambda: recorder.error_of("live") is not None)
+        rendered = loop.statistics().frames_rendered
+        await wait_until(lambda: loop.statistics().frames_rendered > rendered + 5)  # the rest renders on
+    assert "srt" in recorder.error_of("live")
+    assert "no srt protocol" in recorder.error_of("live")
