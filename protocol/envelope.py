@@ -33,10 +33,11 @@ and are re-exported here.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
@@ -56,6 +57,7 @@ from compositord.protocol.frames import (  # noqa: F401  (re-exported: section 6
 )
 
 PROTOCOL_VERSION = 1
+PREVIEW_CONTENT_TYPE = "image/jpeg"
 PROTOCOL_HEADER = "X-Compositord-Protocol"
 CONTROL_PATH = "/api/v1/control"
 
@@ -521,7 +523,41 @@ class ApplyBatch:
         return Request(self.ACTION, {"session_id": self.session_id, "operations": operations, "atomic": self.atomic}, correlation_id)
 
 
-Action = Union[GetPipeline, ListSessions, CreateSession, DestroySession, AddNode, RemoveNode, Connect, Disconnect, TuneNode, ApplyBatch]
+@dataclass(frozen=True)
+class _PreviewAction:
+    """Preview requests name one ``sink::preview`` node (PROTOCOL.md section 3, previews)."""
+
+    ACTION: ClassVar[str] = ""
+    session_id: str
+    node_id: str
+
+    def to_request(self, correlation_id: str | None = None) -> Request:
+        return Request(self.ACTION, {"session_id": self.session_id, "node_id": self.node_id}, correlation_id)
+
+
+@dataclass(frozen=True)
+class GetPreview(_PreviewAction):
+    """The node's latest JPEG thumbnail, answered with ``preview``."""
+
+    ACTION: ClassVar[str] = "getpreview"
+
+
+@dataclass(frozen=True)
+class SubscribePreview(_PreviewAction):
+    """From now on this connection gets ``nodepreviewupdated`` for the node (at most its ``max_fps``)."""
+
+    ACTION: ClassVar[str] = "subscribepreview"
+
+
+@dataclass(frozen=True)
+class UnsubscribePreview(_PreviewAction):
+    ACTION: ClassVar[str] = "unsubscribepreview"
+
+
+Action = Union[
+    GetPipeline, ListSessions, CreateSession, DestroySession, AddNode, RemoveNode, Connect, Disconnect, TuneNode, ApplyBatch,
+    GetPreview, SubscribePreview, UnsubscribePreview,
+]
 
 
 def _session(reader: _Reader) -> str:
@@ -657,6 +693,16 @@ def _parse_apply_batch(payload: Mapping[str, Any], base: str) -> ApplyBatch:
     return ApplyBatch(session_id, tuple(operations), atomic)
 
 
+def _preview_parser(cls: type[_PreviewAction]) -> Callable[[Mapping[str, Any], str], _PreviewAction]:
+    def parse(payload: Mapping[str, Any], base: str) -> _PreviewAction:
+        reader = _Reader(cls.ACTION, payload, base, ("session_id", "node_id"))
+        action = cls(_session(reader), reader.node_id())
+        reader.done()
+        return action
+
+    return parse
+
+
 _PARSERS = {
     "getpipeline": _parse_get_pipeline,
     "listsessions": _parse_list_sessions,
@@ -669,6 +715,9 @@ _PARSERS = {
     "tunenode": _parse_tune,
     "tunenodeasync": _parse_tune_async,
     "applybatch": _parse_apply_batch,
+    "getpreview": _preview_parser(GetPreview),
+    "subscribepreview": _preview_parser(SubscribePreview),
+    "unsubscribepreview": _preview_parser(UnsubscribePreview),
 }
 ACTIONS: tuple[str, ...] = tuple(_PARSERS)
 
@@ -834,6 +883,30 @@ def batch_applied(correlation_id: str | None, session_id: str, applied: int) -> 
     return Response("batchapplied", {"session_id": session_id, "applied": applied}, correlation_id)
 
 
+def _preview_payload(
+    session_id: str, node_id: str, *, jpeg: bytes, width: int, height: int, frame_number: int, media_time: float, timestamp: float
+) -> dict[str, Any]:
+    if not isinstance(jpeg, (bytes, bytearray)) or not jpeg:
+        raise LocalProtocolError("a preview needs the JPEG bytes")
+    return {
+        "session_id": session_id,
+        "node_id": node_id,
+        "content_type": PREVIEW_CONTENT_TYPE,
+        "width": width,
+        "height": height,
+        "data": base64.b64encode(bytes(jpeg)).decode("ascii"),
+        "frame_number": frame_number,
+        "media_time": media_time,
+        "timestamp": timestamp,
+    }
+
+
+def preview_response(correlation_id: str | None, session_id: str, node_id: str, **image: Any) -> Response:
+    """``preview``: ``content_type`` ``image/jpeg``, ``width``, ``height``, ``data`` (base64), the
+    compositor's ``frame_number``, ``media_time`` (the frame's slot, seconds) and ``timestamp`` (encoded at, wall clock)."""
+    return Response("preview", _preview_payload(session_id, node_id, **image), correlation_id)
+
+
 # --------------------------------------------------------------------------- events
 
 
@@ -919,6 +992,11 @@ def node_state_changed(session_id: str, node_id: str, error: str | None) -> Even
 def node_state(error: str | None) -> str | dict[str, str]:
     """A node's ``state`` as clients see it: ``"ok"``, or ``{"error": message}``."""
     return "ok" if error is None else {"error": error}
+
+
+def node_preview_updated(session_id: str, node_id: str, **image: Any) -> Event:
+    """``nodepreviewupdated``: the fields of a ``preview`` response; sent only to connections that subscribed."""
+    return Event("nodepreviewupdated", _preview_payload(session_id, node_id, **image))
 
 
 def error_event(error: RemoteProtocolError) -> Event:

@@ -348,6 +348,9 @@ TYPED_ACTIONS: list[Any] = [
     E.TuneNode("s", "comp", E.UPDATE, {"width": 640}, Stamp("n", 1), True),
     E.TuneNode("s", "comp", E.PATCH, {"layers": {"in_0": None}}, None, False),
     E.ApplyBatch("s", (E.TuneNode("s", "comp", E.PATCH, {"fps": 25}, Stamp("n", 2)), E.RemoveNode("s", "b")), False),
+    E.GetPreview("s", "thumbs"),
+    E.SubscribePreview("s", "thumbs"),
+    E.UnsubscribePreview("s", "thumbs"),
 ]
 
 
@@ -573,3 +576,31 @@ def test_frame_header_accepts_memoryview() -> None:
 def test_pack_frame_header_refuses_our_own_misuse(args: tuple[Any, ...]) -> None:
     with pytest.raises(LocalProtocolError):
         E.pack_frame_header(*args)
+
+
+@pytest.mark.parametrize("action", ["getpreview", "subscribepreview", "unsubscribepreview"])
+def test_preview_actions_check_their_fields(action: str) -> None:
+    err = action_error(action, session_id="s", node_id="bad id!", extra=1)
+    assert err.code == ErrorCode.BAD_ENVELOPE
+    assert {e.path for e in err.errors} == {"/payload/node_id", "/payload/extra"}
+    assert action_error(action, node_id="thumbs").path == "/payload/session_id"
+
+
+PREVIEW_IMAGE = {"jpeg": b"\xff\xd8jpeg\xff\xd9", "width": 160, "height": 90, "frame_number": 42, "media_time": 1.4, "timestamp": 1700000000.5}
+
+
+def test_preview_response_and_event_carry_the_jpeg_in_base64() -> None:
+    import base64
+
+    response = E.preview_response("c9", "s", "thumbs", **PREVIEW_IMAGE)
+    assert response.action == "preview" and response.correlation_id == "c9"
+    payload = response.payload
+    assert (payload["content_type"], payload["width"], payload["height"]) == ("image/jpeg", 160, 90)
+    assert base64.b64decode(payload["data"]) == PREVIEW_IMAGE["jpeg"]
+    assert (payload["frame_number"], payload["media_time"], payload["timestamp"]) == (42, 1.4, 1700000000.5)
+    event = E.node_preview_updated("s", "thumbs", **PREVIEW_IMAGE)
+    assert event.event == "nodepreviewupdated"
+    assert {k: v for k, v in event.payload.items()} == payload
+    assert E.parse_message(E.serialize(event)) == event
+    with pytest.raises(LocalProtocolError):
+        E.preview_response(None, "s", "thumbs", **{**PREVIEW_IMAGE, "jpeg": b""})
