@@ -55,6 +55,8 @@ from compositord.daemon.render.scene import resolve_scene
 from compositord.daemon.sinks.sink_set import SinkSet
 from compositord.daemon.sources.colorbars import ColorbarsSource
 from compositord.daemon.sources.image import ImageSource
+from compositord.daemon.sources.push import PushInlets, PushSource
+from compositord.daemon.sources.video_file import VideoFileSource
 from compositord.protocol import params as params_schema
 from compositord.protocol.causal import AckBook, Stamp
 
@@ -66,19 +68,36 @@ SINK_CLOSE_TIMEOUT = 5.0  # seconds the render thread waits, when it ends, for s
 
 
 class FrameSource(Protocol):
-    """A compositor input made on the render thread: configure on new params, frame(t) every frame."""
+    """A compositor input made on the render thread: configure on new params, frame(t) every frame
+    (None: nothing to show yet, e.g. before a decoder's first frame).
+
+    Optional members, looked up with getattr: ``error`` (str or None, read every frame: the node's
+    error state, e.g. a file that cannot be decoded), ``stats()`` (a dict sent as the node's
+    ``nodestatsupdated``), ``close()`` (the node left the pipeline or the loop ends: stop threads).
+    """
 
     def configure(self, params: Mapping[str, Any]) -> None: ...
 
-    def frame(self, t: float = 0.0) -> SourceFrame: ...
+    def frame(self, t: float = 0.0) -> SourceFrame | None: ...
 
 
-SourceFactory = Callable[[Mapping[str, Any], Path], FrameSource]
+@dataclass(frozen=True)
+class SourceContext:
+    """What a source factory may need besides the node's params."""
 
-# Node kind -> factory. The I/O issue registers video::file and video::push here.
+    node_id: str
+    asset_dir: Path
+    push_inlets: PushInlets  # where pushed frames wait for the render thread (video::push)
+
+
+SourceFactory = Callable[[Mapping[str, Any], SourceContext], FrameSource]
+
+# Node kind -> factory, called on the render thread with the params (defaults filled in).
 SOURCE_FACTORIES: dict[str, SourceFactory] = {
-    "video::colorbars": lambda params, asset_dir: ColorbarsSource(params),
-    "video::image": lambda params, asset_dir: ImageSource(params, asset_dir),
+    "video::colorbars": lambda params, context: ColorbarsSource(params),
+    "video::image": lambda params, context: ImageSource(params, context.asset_dir),
+    "video::file": lambda params, context: VideoFileSource(params, context.asset_dir),
+    "video::push": lambda params, context: PushSource(params, context.push_inlets.slot(context.node_id)),
 }
 
 
@@ -190,6 +209,8 @@ class RenderLoop:
         self._fps = IDLE_FPS
         self._latest_output: dict[str, OutputFrame] = {}
         self._source_errors: dict[str, str] = {}  # render thread only
+        self._source_kinds: dict[str, str] = {}  # render thread only: the kind each live source was made for
+        self._push_inlets = PushInlets()
         self._output_listeners: list[Callable[[str, OutputFrame], None]] = []
         self._on_preview = on_preview
         self._media_time = 0.0  # the current frame's slot on the loop's clock (seconds), for sink timestamps
@@ -280,6 +301,11 @@ class RenderLoop:
         """The latest thumbnail of a ``sink::preview`` node (``PreviewImage``) or None."""
         return getattr(self._sinks.get(node_id), "latest", None)
 
+    def push_frame(self, node_id: str, frame: SourceFrame) -> None:
+        """A checked pushed frame for the ``video::push`` node ``node_id`` (any thread; never blocks):
+        it waits in the node's one-frame slot, replacing (and counting as dropped) one not rendered yet."""
+        self._push_inlets.slot(node_id).put(frame)
+
     def add_output_listener(self, listener: Callable[[str, OutputFrame], None]) -> None:
         """``listener(node_id, frame)`` runs on the render thread after every frame: it must not
         block (a sink hands the frame to its own thread through a bounded queue)."""
@@ -357,6 +383,8 @@ class RenderLoop:
                     state.renderer.release()
                 except Exception:
                     pass
+            for source in sources.values():
+                _close_source(source)
             self._sinks.close_all(SINK_CLOSE_TIMEOUT)  # files get their trailers before the loop counts as stopped
             if ctx is not None:
                 ctx.release()
@@ -376,6 +404,8 @@ class RenderLoop:
             if delay > 0 and self._stop.wait(delay):
                 break
             applied_stamps = self._latch(ctx, compositors, sources)
+            for source_id, source in sources.items():
+                self._set_source_error(source_id, getattr(source, "error", None))
             if self._fps != fps:
                 # This frame's params changed the rate: the new schedule starts with this frame.
                 media_base += n * period
@@ -399,6 +429,7 @@ class RenderLoop:
                 n = overran_to
             if finished >= next_stats:
                 self._emit_stats(compositors)
+                self._emit_source_stats(sources)
                 next_stats = finished + STATS_INTERVAL
 
     def _latch(
@@ -452,8 +483,12 @@ class RenderLoop:
         for node_id in [n for n in compositors if n not in nodes or nodes[n].kind != COMPOSITOR_KIND]:
             compositors.pop(node_id).renderer.release()
             self._latest_output.pop(node_id, None)
-        for node_id in [n for n in sources if n not in nodes or nodes[n].kind not in SOURCE_FACTORIES]:
-            del sources[node_id]
+        for node_id in [n for n in sources if n not in nodes or nodes[n].kind != self._source_kinds.get(n)]:
+            _close_source(sources.pop(node_id))
+            self._source_kinds.pop(node_id, None)
+        for node_id in [n for n in self._source_errors if n not in nodes]:
+            del self._source_errors[node_id]  # a node added again under this id starts without a reported error
+        self._push_inlets.retain(n for n, node in nodes.items() if node.kind == "video::push")
         fps_values = []
         for node_id, node in nodes.items():
             if node.kind == COMPOSITOR_KIND:
@@ -479,19 +514,34 @@ class RenderLoop:
             full = params_schema.with_defaults(node.kind, node.params) if node.kind in params_schema.KINDS else node.params
             source = sources.get(node_id)
             if source is None:
-                sources[node_id] = SOURCE_FACTORIES[node.kind](full, self._asset_dir)
+                source = sources[node_id] = SOURCE_FACTORIES[node.kind](full, SourceContext(node_id, self._asset_dir, self._push_inlets))
+                self._source_kinds[node_id] = node.kind
             else:
                 source.configure(full)
         except Exception as exc:
             # The input shows nothing until its params are fixed; the node says why.
-            sources.pop(node_id, None)
-            message = f"{node.kind}: {exc}"
-            if self._source_errors.get(node_id) != message:
-                self._source_errors[node_id] = message
-                self._emit("error", node_id, message)
+            _close_source(sources.pop(node_id, None))
+            self._source_kinds.pop(node_id, None)
+            self._set_source_error(node_id, f"{node.kind}: {exc}")
         else:
-            if self._source_errors.pop(node_id, None) is not None:
-                self._emit("error", node_id, None)
+            # A source that works in the background (a decoder) keeps its error until it has checked the new params.
+            self._set_source_error(node_id, getattr(source, "error", None))
+
+    def _set_source_error(self, node_id: str, message: str | None) -> None:
+        """Report a source node's error state when it changed (render thread)."""
+        if self._source_errors.get(node_id) == message:
+            return
+        if message is None:
+            del self._source_errors[node_id]
+        else:
+            self._source_errors[node_id] = message
+        self._emit("error", node_id, message)
+
+    def _emit_source_stats(self, sources: Mapping[str, FrameSource]) -> None:
+        for node_id, source in sources.items():
+            stats = getattr(source, "stats", None)
+            if stats is not None:
+                self._emit("stats", node_id, StatsEmission(self.session_id, node_id, stats()))
 
     def _render_compositor(
         self,
@@ -511,7 +561,9 @@ class RenderLoop:
             for pin, conn in sorted(self._session.inputs_of(node_id).items()):
                 source = sources.get(conn.from_node)
                 if pin in pins and source is not None:
-                    frames[pin] = source.frame(t)
+                    frame = source.frame(t)
+                    if frame is not None:  # None: nothing to show yet, the layer is left out
+                        frames[pin] = frame
             scene = resolve_scene(full, frames, asset_dir=self._asset_dir)
             output = state.renderer.render(scene, frames)
         except Exception as exc:
@@ -560,3 +612,13 @@ class RenderLoop:
             self._emit("stats", node_id, StatsEmission(self.session_id, node_id, stats))
         for node_id, stats in self._sinks.stats().items():
             self._emit("stats", node_id, StatsEmission(self.session_id, node_id, stats))
+
+
+def _close_source(source: Any) -> None:
+    """Stop a source's threads, if it has any (a bug there must not end the render loop)."""
+    close = getattr(source, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            traceback.print_exc()
