@@ -52,7 +52,7 @@ from compositord.client.errors import (
 )
 from compositord.client.events import RESYNCED, ClientEvent, EventBuffer, EventStream
 from compositord.client.session_state import SessionStates
-from compositord.protocol import envelope
+from compositord.protocol import envelope, frames
 from compositord.protocol.causal import PARAMS_CHANNEL, Stamp, leaves_to_patch, strip_private
 from compositord.protocol.envelope import (
     PATCH,
@@ -72,7 +72,7 @@ from compositord.protocol.envelope import (
     Response,
     TuneNode,
 )
-from compositord.protocol.errors import ErrorCode, RemoteProtocolError
+from compositord.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,40 @@ class Client:
         """
         response = await self._request(ApplyBatch(session_id, tuple(operations), atomic), "batchapplied")
         return int(response.payload.get("applied", len(operations)))
+
+    async def push_frame(
+        self,
+        node_id: str,
+        width: int,
+        height: int,
+        pixel_format: str,
+        data: bytes | bytearray | memoryview | Any,
+        pts_us: int = 0,
+    ) -> None:
+        """Send one frame to the ``video::push`` node ``node_id`` (PROTOCOL.md section 6); fire and forget.
+
+        The header names the node by a hash of its id only, so the frame goes to
+        that node in every session that has one. ``data`` (bytes-like or a NumPy
+        array) holds the tightly packed frame: RGBA8 (straight alpha) ``4*w*h``
+        bytes, NV12 / I420 ``w*h*3/2``. The daemon answers only a refused frame,
+        with an ``error`` event (see ``events()``); the node keeps its last good
+        frame. A shape or byte count that cannot be right raises
+        :class:`LocalProtocolError` before anything is sent.
+        """
+        header = frames.pack_frame_header(node_id, width, height, pixel_format, pts_us)
+        payload = _frame_bytes(data)
+        expected = frames.frame_size(pixel_format, width, height)
+        if len(payload) != expected:
+            raise LocalProtocolError(f"{width}x{height} {pixel_format} needs {expected} bytes, got {len(payload)}")
+        try:
+            with trio.fail_after(self.options.request_timeout):
+                ws = await self._wait_ready()
+                async with self._send_lock:
+                    await ws.send_message(header + payload)
+        except trio.TooSlowError as exc:
+            raise RequestTimedOut(f"could not send a frame within {self.options.request_timeout} s") from exc
+        except ConnectionClosed as exc:
+            raise ConnectionLost("the connection dropped while sending a frame") from exc
 
     async def aclose(self) -> None:
         """Close the connection (1000) and stop reconnecting; idempotent."""
@@ -573,3 +607,12 @@ class Client:
             log.warning("bad pipeline during resync: %s; reconnecting", error)
             await ws.aclose()
 
+
+def _frame_bytes(data: Any) -> bytes:
+    """The bytes of a frame given as bytes, a buffer or a NumPy array (copied once, contiguous)."""
+    if isinstance(data, bytes):
+        return data
+    tobytes = getattr(data, "tobytes", None)  # NumPy arrays, memoryviews: C order
+    if tobytes is not None:
+        return bytes(tobytes())
+    return bytes(data)

@@ -19,6 +19,7 @@ S3, S5, S6); the view channel's acks live in the render loop.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 import json
@@ -31,8 +32,10 @@ import trio
 from compositord.daemon.connection import Connection
 from compositord.daemon.hub import Hub
 from compositord.daemon.model import ConnectionRecord, NodeRecord, SessionRecord
+from compositord.daemon.render.frames import SourceFrame
+from compositord.daemon.sources.push import source_frame_from_message
 from compositord.daemon.store import AddConnection, PutNode, RemoveConnection, RemoveNode, SetParams, Store, StoreError, StoreOp
-from compositord.protocol import causal, envelope, pointer
+from compositord.protocol import causal, envelope, frames, pointer
 from compositord.protocol import params as node_params
 from compositord.protocol.causal import AckBook, Stamp
 from compositord.protocol.errors import ErrorCode, FieldError, LocalProtocolError, RemoteProtocolError
@@ -41,6 +44,10 @@ log = logging.getLogger(__name__)
 
 # Each sender of a connection has an entry in the acks maps until the connection closes (S5).
 MAX_SENDERS_PER_CONNECTION = 16
+PUSH_KIND = "video::push"
+
+# Pushed frames name their node by a hash of its id; hashing every node id at 30 frames a second adds up.
+_node_id_hash = functools.lru_cache(maxsize=4096)(frames.node_id_hash)
 
 
 class RenderLoopLike(Protocol):
@@ -54,6 +61,7 @@ class RenderLoopLike(Protocol):
     ) -> None: ...
     def submit_topology(self, session: SessionRecord) -> None: ...
     def forget_sender(self, sender: str) -> None: ...
+    def push_frame(self, node_id: str, frame: SourceFrame) -> None: ...
     def last_progress(self) -> float: ...
     def stop(self, timeout: float = 5.0) -> None: ...
 
@@ -227,11 +235,55 @@ class SessionService:
             self._send(connection, response)
 
     def handle_binary(self, connection: Connection, data: bytes) -> None:
-        error = RemoteProtocolError(
-            ErrorCode.BAD_ENVELOPE,
-            f"binary message of {len(data)} bytes refused: no node of this daemon takes pushed frames",
-        )
-        self._send(connection, envelope.error_event(error))
+        """A pushed frame (PROTOCOL.md section 6) for every ``video::push`` node with the header's id hash.
+
+        A refused frame (bad header, byte count, unknown node, a shape other than the node's params)
+        is an ``error`` event on this connection only; it is dropped and the node keeps its last good frame.
+        """
+        try:
+            header = frames.parse_frame_header(data)
+            targets = self._push_targets(header)
+        except RemoteProtocolError as error:
+            self._send(connection, envelope.error_event(error))
+            return
+        frame = source_frame_from_message(header, data)
+        for loop, node_id in targets:
+            loop.push_frame(node_id, frame)
+
+    def _push_targets(self, header: frames.FrameHeader) -> list[tuple[RenderLoopLike, str]]:
+        """The push nodes a frame goes to: the node id may be used in several sessions (each gets it)."""
+        targets: list[tuple[RenderLoopLike, str]] = []
+        for session_id, record in self._store.sessions().items():
+            state = self._sessions.get(session_id)
+            if state is None:
+                continue
+            for node_id, node in record.nodes.items():
+                if _node_id_hash(node_id) != header.node_id_hash:
+                    continue
+                where = f"node {node_id!r} of session {session_id!r}"
+                if node.kind != PUSH_KIND:
+                    raise RemoteProtocolError(
+                        ErrorCode.INVALID_PARAMS,
+                        f"frame header /node_id_hash: {where} is a {node.kind}; only {PUSH_KIND} nodes take pushed frames",
+                        "/node_id_hash",
+                    )
+                expected = node_params.with_defaults(PUSH_KIND, node.params)
+                for field_name, got in (("width", header.width), ("height", header.height), ("pixel_format", header.pixel_format)):
+                    if expected[field_name] != got:
+                        raise RemoteProtocolError(
+                            ErrorCode.INVALID_PARAMS,
+                            f"frame header /{field_name}: {where} takes {expected['width']}x{expected['height']} "
+                            f"{expected['pixel_format']} frames, got {header.width}x{header.height} {header.pixel_format}",
+                            f"/{field_name}",
+                        )
+                targets.append((state.loop, node_id))
+        if not targets:
+            raise RemoteProtocolError(
+                ErrorCode.NOT_FOUND,
+                f"frame header /node_id_hash: no node of a running session has the id hash {header.node_id_hash:#018x}",
+                "/node_id_hash",
+            )
+        return targets
 
     def refuse(self, connection: Connection, error: RemoteProtocolError, correlation_id: str | None) -> None:
         self._send(connection, envelope.error_response(error, correlation_id))
