@@ -1,0 +1,306 @@
+"""control_latency: the daemon at 60 fps under control traffic from many clients.
+
+For (connected clients, of which editing at 60 Hz) = (1, 1), (10, 10), (100, 10), (100, 100), every
+client reading all events, the p50 / p99 / max of:
+
+- (a) tune -> its ack in ``nodeparamschanged`` (``_acks[my nonce] >= rev``, as the editing client reads it),
+- (b) tune -> the view data (``nodeviewdataupdated``) carrying its ack,
+- (c) tune -> the first output frame that shows it: the edited layer is a small probe-coloured square
+  whose x each tune sets to a fresh value; the daemon process (``perf.latency_daemon``) reads one row of
+  every output frame and logs (time, x). A tune overtaken by a newer one before a frame latched it is
+  never shown; those are counted, not timed.
+
+and the render loop's frame intervals (from the probe log) and render times (``nodestatsupdated``),
+with the frames it dropped during the load. The daemon runs in its own process (as deployed); all
+clients share this process's trio loop. Times are ``time.monotonic()`` in both processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compositord.perf.latency_daemon import PROBE_COLOR
+from compositord.perf.measure import percentiles
+from compositord.perf.options import BenchOptions
+
+NAME = "control_latency"
+CONFIGS = ((1, 1), (10, 10), (100, 10), (100, 100))
+FPS = 60
+EDIT_HZ = 60
+WIDTH, HEIGHT = 1280, 720
+PROBE_Y, PROBE_SIZE = 600, 32
+PROBE_ROW = PROBE_Y + PROBE_SIZE // 2
+X_VALUES = 1100  # distinct probe positions; a value comes back every X_VALUES tunes
+SESSION = "latency"
+NODE = "comp"
+IDLE_SECONDS = 1.0  # the render loop alone first: its drops without control traffic
+
+
+def pipeline() -> dict[str, Any]:
+    return {
+        "nodes": {
+            "bars": {"kind": "video::colorbars", "params": {"width": WIDTH, "height": HEIGHT}},
+            "probe": {"kind": "video::colorbars", "params": {"width": 64, "height": 64, "pattern": "solid", "color": PROBE_COLOR}},
+            NODE: {
+                "kind": "video::compositor",
+                "params": {
+                    "width": WIDTH, "height": HEIGHT, "fps": FPS, "num_inputs": 2, "output_format": "rgba8",
+                    "layers": {"in_1": {"rect": _rect(0), "aspect_fit": False}},
+                    "text_overlays": [{"id": "title", "text": "compositord", "rect": {"x": 40, "y": 40}}],
+                },
+            },
+        },
+        "connections": [
+            {"from_node": "bars", "from_pin": "out", "to_node": NODE, "to_pin": "in_0"},
+            {"from_node": "probe", "from_pin": "out", "to_node": NODE, "to_pin": "in_1"},
+        ],
+    }
+
+
+def _rect(x: int) -> dict[str, int]:
+    return {"x": x, "y": PROBE_Y, "width": PROBE_SIZE, "height": PROBE_SIZE}
+
+
+@dataclass
+class Sent:
+    t: float
+    x: int
+    params_ack_t: float | None = None
+    view_ack_t: float | None = None
+
+
+@dataclass
+class EditorLog:
+    sent: dict[int, Sent] = field(default_factory=dict)  # rev -> when and what
+    params_acked: int = 0  # highest rev seen acked in nodeparamschanged
+    view_acked: int = 0
+    phase: float = 0.0  # fraction of a period: editors are spread over it
+
+
+@dataclass
+class RunLog:
+    editors: list[EditorLog] = field(default_factory=list)
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    events_read: int = 0
+    events_dropped: int = 0
+    refused: int = 0
+    window: tuple[float, float] = (0.0, 0.0)  # monotonic start and stop of the edits
+
+
+async def _client(url: str, log: RunLog, editor: EditorLog | None, x_counter: itertools.count, start_at: float, stop_at: float, stats: bool) -> None:
+    import trio
+
+    from compositord.client import open_client
+
+    async with open_client(url) as client:
+        nonce = client.nonce
+
+        async def read() -> None:
+            async for event in client.events():
+                now = time.monotonic()
+                log.events_read += 1
+                if event.name == "refused":
+                    log.refused += 1
+                if event.node_id != NODE:
+                    continue
+                payload = event.payload
+                if event.name == "nodestatsupdated" and stats:
+                    log.stats.append({"t": now, **dict(payload.get("stats", {}))})
+                if editor is None:
+                    continue
+                if event.name == "nodeparamschanged":
+                    ack = int(payload.get("params", {}).get("_acks", {}).get(nonce, 0))
+                    if ack > editor.params_acked:
+                        for rev in range(editor.params_acked + 1, ack + 1):
+                            if rev in editor.sent:
+                                editor.sent[rev].params_ack_t = now
+                        editor.params_acked = ack
+                elif event.name == "nodeviewdataupdated":
+                    ack = int(payload.get("data", {}).get("_acks", {}).get(nonce, 0))
+                    if ack > editor.view_acked:
+                        for rev in range(editor.view_acked + 1, ack + 1):
+                            if rev in editor.sent:
+                                editor.sent[rev].view_ack_t = now
+                        editor.view_acked = ack
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            if editor is not None:
+                period = 1.0 / EDIT_HZ
+                next_at = start_at + period * editor.phase
+                while next_at < stop_at:
+                    await trio.sleep(max(0.0, next_at - time.monotonic()))
+                    x = 16 + next(x_counter) % X_VALUES
+                    sent_t = time.monotonic()
+                    stamp = await client.tune(SESSION, NODE, {"layers": {"in_1": {"rect": _rect(x)}}}, sync=False)
+                    editor.sent[stamp.rev] = Sent(sent_t, x)
+                    next_at += period
+            await trio.sleep(max(0.0, stop_at - time.monotonic()) + 0.5)  # the last acks arrive
+            log.events_dropped += client.statistics().events_dropped
+            nursery.cancel_scope.cancel()
+
+
+async def _drive(url: str, clients: int, editing: int, seconds: float) -> RunLog:
+    import trio
+
+    log = RunLog()
+    counter = itertools.count()
+    start_at = time.monotonic() + 1.0 + clients * 0.02  # everyone connects first
+    stop_at = start_at + seconds
+    log.editors = [EditorLog(phase=index / max(1, editing)) for index in range(editing)]  # editors out of phase
+    log.window = (start_at, stop_at)
+    async with trio.open_nursery() as nursery:
+        for index in range(clients):
+            editor = log.editors[index] if index < editing else None
+            nursery.start_soon(_client, url, log, editor, counter, start_at, stop_at, index == 0)
+    return log
+
+
+def _frames(probe_file: Path) -> list[tuple[float, int]]:
+    rows = []
+    for line in probe_file.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            rows.append((float(parts[0]), int(parts[1])))
+    return rows
+
+
+def _shown_latencies(log: RunLog, frames: list[tuple[float, int]]) -> tuple[list[float], int]:
+    """(tune -> first frame showing its x, in ms; tunes never shown)."""
+    import bisect
+
+    times = [t for t, _ in frames]
+    latencies: list[float] = []
+    never = 0
+    horizon = 0.9 * X_VALUES / max(1.0, _tunes_per_second(log))  # before the same x is sent again
+    for editor in log.editors:
+        for sent in editor.sent.values():
+            index = bisect.bisect_left(times, sent.t)
+            found = None
+            while index < len(frames) and frames[index][0] - sent.t <= min(horizon, 2.0):
+                if frames[index][1] == sent.x:
+                    found = frames[index][0]
+                    break
+                index += 1
+            if found is None:
+                never += 1
+            else:
+                latencies.append((found - sent.t) * 1000.0)
+    return latencies, never
+
+
+def _tunes_per_second(log: RunLog) -> float:
+    sent = [s.t for e in log.editors for s in e.sent.values()]
+    if len(sent) < 2:
+        return 1.0
+    return len(sent) / max(1e-3, max(sent) - min(sent))
+
+
+def run_config(clients: int, editing: int, seconds: float) -> dict[str, Any]:
+    import trio
+    import yaml
+
+    folder = Path(tempfile.mkdtemp(prefix="compositord-latency-"))
+    try:
+        pipeline_file = folder / f"{SESSION}.yaml"
+        pipeline_file.write_text(yaml.safe_dump(pipeline()))
+        probe_file = folder / "probe.log"
+        env = dict(os.environ)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "compositord.perf.latency_daemon", str(folder / "state"), str(pipeline_file), str(probe_file), str(PROBE_ROW)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        try:
+            assert daemon.stdout is not None
+            line = daemon.stdout.readline()
+            if not line.startswith("READY"):
+                raise RuntimeError(f"latency daemon did not start: {line!r} {daemon.stderr.read() if daemon.stderr else ''}")
+            url = f"ws://127.0.0.1:{int(line.split()[1])}/api/v1/control"
+            time.sleep(IDLE_SECONDS)
+            log = trio.run(_drive, url, clients, editing, seconds)
+        finally:
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        frames = _frames(probe_file)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    start_at, stop_at = log.window
+    params_ms = [(s.params_ack_t - s.t) * 1000.0 for e in log.editors for s in e.sent.values() if s.params_ack_t is not None]
+    view_ms = [(s.view_ack_t - s.t) * 1000.0 for e in log.editors for s in e.sent.values() if s.view_ack_t is not None]
+    shown_ms, never_shown = _shown_latencies(log, frames)
+    tunes = sum(len(e.sent) for e in log.editors)
+    in_window = [t for t, _ in frames if start_at <= t <= stop_at]
+    intervals = [(b - a) * 1000.0 for a, b in zip(in_window, in_window[1:])]
+    idle = [t for t, _ in frames if t < start_at - 1.0]
+    idle_intervals = [(b - a) * 1000.0 for a, b in zip(idle, idle[1:])]
+    period_ms = 1000.0 / FPS
+    dropped_load = sum(max(0, round(i / period_ms) - 1) for i in intervals)
+    dropped_idle = sum(max(0, round(i / period_ms) - 1) for i in idle_intervals)
+    load_stats = [s for s in log.stats if start_at + 1.0 <= s["t"] <= stop_at + 0.5]
+    return {
+        "clients": clients,
+        "editing": editing,
+        "seconds": seconds,
+        "tunes_sent": tunes,
+        "tunes_per_second": round(tunes / seconds, 1),
+        "refused": log.refused,
+        "client_events_dropped": log.events_dropped,
+        "events_read": log.events_read,
+        "a_params_ack_ms": percentiles(params_ms),
+        "b_view_ack_ms": percentiles(view_ms),
+        "c_frame_shown_ms": percentiles(shown_ms),
+        "params_acks_missing": tunes - len(params_ms),
+        "view_acks_missing": tunes - len(view_ms),
+        "tunes_never_shown": never_shown,
+        "frame_interval_ms": percentiles(intervals),
+        "frames_in_window": len(in_window),
+        "frames_expected": round(seconds * FPS),
+        "frames_dropped_under_load": dropped_load,
+        "frames_dropped_idle": dropped_idle,
+        "render_ms_p50": [s.get("render_ms_p50") for s in load_stats],
+        "render_ms_p99": [s.get("render_ms_p99") for s in load_stats],
+        "b_p99_target_ms": round(2 * period_ms, 2),
+    }
+
+
+def run(options: BenchOptions) -> dict[str, Any]:
+    seconds = 2.0 if options.quick else 8.0
+    configs = CONFIGS[:1] if options.quick and options.frames is not None and options.frames <= 1 else CONFIGS
+    options.say(f"== {NAME}: daemon at {FPS} fps, {WIDTH}x{HEIGHT}; tunes at {EDIT_HZ} Hz per editing client, {seconds:.0f} s per config")
+    rows = []
+    for clients, editing in configs:
+        row = run_config(clients, editing, seconds)
+        rows.append(row)
+        options.say(format_row(row))
+    return {"rows": rows, "fps": FPS, "frame_interval_target_ms": round(1000.0 / FPS, 2)}
+
+
+def _fmt(p: dict[str, Any]) -> str:
+    if not p.get("count"):
+        return "n/a"
+    return f"p50 {p['p50']:.1f}  p99 {p['p99']:.1f}  max {p['max']:.1f} ms (n={p['count']})"
+
+
+def format_row(row: dict[str, Any]) -> str:
+    return (
+        f"-- ({row['clients']}, {row['editing']}): {row['tunes_sent']} tunes ({row['tunes_per_second']}/s), {row['events_read']} events read\n"
+        f"   (a) tune -> params ack : {_fmt(row['a_params_ack_ms'])}\n"
+        f"   (b) tune -> view ack   : {_fmt(row['b_view_ack_ms'])}   [target p99 <= {row['b_p99_target_ms']} ms]\n"
+        f"   (c) tune -> on screen  : {_fmt(row['c_frame_shown_ms'])}; overtaken before shown: {row['tunes_never_shown']}\n"
+        f"   frame interval         : {_fmt(row['frame_interval_ms'])}; frames {row['frames_in_window']}/{row['frames_expected']}, "
+        f"dropped under load {row['frames_dropped_under_load']} (idle {row['frames_dropped_idle']})\n"
+        f"   render ms p50/p99 per second: {row['render_ms_p50']} / {row['render_ms_p99']}"
+    )
