@@ -50,6 +50,7 @@ def _render_loop_factory(settings: Settings, trio_token: trio.lowlevel.TrioToken
             on_view_data=service.on_view_data,
             on_stats=service.on_stats,
             on_node_error=lambda node_id, message: service.on_node_error(session_id, node_id, message),
+            on_preview=service.on_preview,
             asset_dir=settings.asset_dir,
             device_index=device_index,
         )

@@ -31,6 +31,7 @@ import trio
 
 from compositord.daemon.connection import Connection
 from compositord.daemon.hub import Hub
+from compositord.daemon.mailbox import MailboxFull
 from compositord.daemon.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.daemon.render.frames import SourceFrame
 from compositord.daemon.sources.push import source_frame_from_message
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 # Each sender of a connection has an entry in the acks maps until the connection closes (S5).
 MAX_SENDERS_PER_CONNECTION = 16
+PREVIEW_KIND = "sink::preview"
 PUSH_KIND = "video::push"
 
 # Pushed frames name their node by a hash of its id; hashing every node id at 30 frames a second adds up.
@@ -93,6 +95,7 @@ class _SessionState:
     acks: dict[str, AckBook] = field(default_factory=dict)  # params channel, per node
     last_view: dict[str, dict[str, Any]] = field(default_factory=dict)  # per node, without "_" keys
     node_errors: dict[str, str] = field(default_factory=dict)  # nodes in the error state, with why
+    preview_subscribers: dict[str, set[Connection]] = field(default_factory=dict)  # sink::preview node -> connections
 
     def book(self, node_id: str) -> AckBook:
         found = self.acks.get(node_id)
@@ -184,6 +187,23 @@ class SessionService:
             log.info("session %s node %s: error cleared", session_id, node_id)
         self._publish(envelope.node_state_changed(session_id, node_id, message or None), (session_id, node_id, "state"))
 
+    def on_preview(self, emission: Any) -> None:
+        """A ``sink::preview`` node encoded a thumbnail: ``nodepreviewupdated`` to its subscribers only,
+        coalesced per connection (a slow client gets the latest, not a backlog)."""
+        state = self._sessions.get(emission.session_id)
+        subscribers = state.preview_subscribers.get(emission.node_id) if state is not None else None
+        if not subscribers:
+            return
+        event = envelope.node_preview_updated(emission.session_id, emission.node_id, **_preview_fields(emission.image))
+        text = envelope.serialize(event)
+        key = (emission.session_id, emission.node_id, "preview")
+        for connection in list(subscribers):
+            try:
+                connection.mailbox.put_coalescing(key, text)
+            except MailboxFull as exc:
+                subscribers.discard(connection)
+                connection.close_for_policy(f"too slow: {exc}")
+
     # ------------------------------------------------------------------ the Dispatcher protocol
 
     def connection_opened(self, connection: Connection) -> None:
@@ -191,6 +211,9 @@ class SessionService:
 
     def connection_closed(self, connection: Connection) -> None:
         self._hub.unsubscribe(connection)
+        for state in self._sessions.values():
+            for subscribers in state.preview_subscribers.values():
+                subscribers.discard(connection)
         for sender in connection.senders:  # rule S5, both channels
             for state in self._sessions.values():
                 for book in state.acks.values():
@@ -303,6 +326,8 @@ class SessionService:
             return await self._tunenode(connection, action, cid)
         if isinstance(action, envelope.ApplyBatch):
             return await self._applybatch(connection, action, cid)
+        if isinstance(action, (envelope.GetPreview, envelope.SubscribePreview, envelope.UnsubscribePreview)):
+            return self._preview_action(connection, action, cid)
         if isinstance(action, (envelope.AddNode, envelope.RemoveNode, envelope.Connect, envelope.Disconnect)):
             await self._structure(action)
             return envelope.success(cid)
@@ -331,6 +356,34 @@ class SessionService:
         return envelope.pipeline_response(
             cid, session_id=record.session_id, nodes=nodes, connections=[c.to_json() for c in record.connections]
         )
+
+    def _preview_action(
+        self,
+        connection: Connection,
+        action: envelope.GetPreview | envelope.SubscribePreview | envelope.UnsubscribePreview,
+        cid: str | None,
+    ) -> envelope.Response:
+        record, state = self._session(action.session_id)
+        node = record.nodes.get(action.node_id)
+        if node is None:
+            raise _not_found(f"no node {action.node_id!r} in this session", "/payload/node_id")
+        if node.kind != PREVIEW_KIND:
+            raise RemoteProtocolError(
+                ErrorCode.INVALID_PARAMS, f"/payload/node_id: node {action.node_id!r} is a {node.kind}, not a {PREVIEW_KIND}", "/payload/node_id"
+            )
+        if isinstance(action, envelope.SubscribePreview):
+            state.preview_subscribers.setdefault(action.node_id, set()).add(connection)
+            return envelope.success(cid)
+        if isinstance(action, envelope.UnsubscribePreview):
+            state.preview_subscribers.get(action.node_id, set()).discard(connection)
+            return envelope.success(cid)
+        preview = getattr(state.loop, "preview", None)
+        image = preview(action.node_id) if preview is not None else None
+        if image is None:
+            raise _not_found(
+                f"node {action.node_id!r} has no thumbnail yet (it makes one once a compositor feeds its input)", "/payload/node_id"
+            )
+        return envelope.preview_response(cid, action.session_id, action.node_id, **_preview_fields(image))
 
     def _session_list(self) -> list[dict[str, Any]]:
         return [
@@ -388,6 +441,7 @@ class SessionService:
             state.acks.pop(node_id, None)
             state.last_view.pop(node_id, None)
             state.node_errors.pop(node_id, None)
+            state.preview_subscribers.pop(node_id, None)
         return self._store.sessions()[session_id].copy()
 
     # ---- tunes
@@ -539,6 +593,18 @@ def _refusal_response(refusal: _Refusal, correlation_id: str | None) -> envelope
     node_id, stamp = refusal.stamps[-1]
     refused = refusal.stamps if len(refusal.stamps) > 1 else ()
     return envelope.error_response(refusal.error, correlation_id, stamp, node_id=node_id, refused=refused)
+
+
+def _preview_fields(image: Any) -> dict[str, Any]:
+    """The wire fields of a ``sinks.preview.PreviewImage``."""
+    return {
+        "jpeg": image.jpeg,
+        "width": image.width,
+        "height": image.height,
+        "frame_number": image.frame_number,
+        "media_time": round(image.media_time, 6),
+        "timestamp": image.timestamp,
+    }
 
 
 def _correlation_id_of(text: str) -> str | None:
