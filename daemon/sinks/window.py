@@ -115,6 +115,7 @@ class WindowSink(Sink):
                 self._texture.release()
             self._texture = self._ctx.texture(size, components)
             self._texture.filter = (self._ctx.LINEAR, self._ctx.LINEAR)
+            self._texture.repeat_x = self._texture.repeat_y = False  # clamp: the edges must not blend in the opposite edge
         self._texture.write(pixels)
         with _GLFW_LOCK:
             glfw.poll_events()
