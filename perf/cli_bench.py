@@ -1,0 +1,94 @@
+"""``compositord bench SCENARIO``: the headless benchmarks (perf/README.md).
+
+Each scenario prints its summary (the reference pull request's form where it
+measures throughput) and, last, one line ``BENCH {json}``. ``--compare`` runs
+the same workload in FFmpeg and GStreamer when they are installed, interleaved
+with ours (A B A B), and prints our fps over theirs per repetition.
+``all --write-readme perf/README.md`` runs everything and rewrites the results
+block of that file (between its ``results:begin`` / ``results:end`` markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from compositord.perf.options import BenchOptions
+
+SCENARIOS = ("compositor_pipeline", "compositor_only", "control_latency", "scaling")
+
+
+def _runner(name: str) -> Callable[[BenchOptions], dict[str, Any]]:
+    if name == "compositor_pipeline":
+        from compositord.perf import scenario_pipeline as module
+    elif name == "compositor_only":
+        from compositord.perf import scenario_compositor_only as module  # type: ignore[no-redef]
+    elif name == "control_latency":
+        from compositord.perf import scenario_latency as module  # type: ignore[no-redef]
+    else:
+        from compositord.perf import scenario_scaling as module  # type: ignore[no-redef]
+    return module.run
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scenario", choices=(*SCENARIOS, "all"), help="what to measure (all: every scenario in turn)")
+    parser.add_argument("--compare", action="store_true", help="also run the workload in FFmpeg / GStreamer (when installed), interleaved")
+    parser.add_argument("--quick", action="store_true", help="tiny runs (a smoke test, not a measurement)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per iteration (default: the scenario's)")
+    parser.add_argument("--iterations", type=int, default=None, help="iterations (default: the scenario's)")
+    parser.add_argument("--lp-threads", type=int, default=None, help="LP_NUM_THREADS for Mesa llvmpipe (set before the GL context exists)")
+    parser.add_argument("--profile", action="store_true", help="print a per-frame breakdown (cProfile; pyinstrument's tree when installed)")
+    parser.add_argument("--no-startup-correction", action="store_true", help="do not subtract a peer's measured process start-up time")
+    parser.add_argument("--write-readme", type=Path, default=None, metavar="FILE", help="rewrite FILE's results block with this run's figures")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.frames is not None and args.frames < 1:
+        print("compositord bench: --frames must be at least 1", file=sys.stderr)
+        return 2
+    if args.iterations is not None and args.iterations < 1:
+        print("compositord bench: --iterations must be at least 1", file=sys.stderr)
+        return 2
+    if args.write_readme is not None and not args.write_readme.is_file():
+        print(f"compositord bench: --write-readme {args.write_readme}: no such file (it must have the results markers)", file=sys.stderr)
+        return 2
+    from compositord.perf.harness import set_llvmpipe_threads
+
+    set_llvmpipe_threads(args.lp_threads)
+    options = BenchOptions(
+        frames=args.frames,
+        iterations=args.iterations,
+        compare=args.compare,
+        quick=args.quick,
+        startup_correction=not args.no_startup_correction,
+        profile=args.profile,
+    )
+    from compositord.perf.measure import json_line
+
+    names = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        result = _runner(name)(options)
+        results[name] = result
+        options.say(json_line(name, result))
+    if args.write_readme is not None:
+        from compositord.perf.readme import environment, rewrite
+
+        command = " ".join(["compositord", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else "compositord bench all --compare --profile --write-readme perf/README.md"
+        rewrite(args.write_readme, results, environment(args.lp_threads), command)
+        options.say(f"wrote the results block of {args.write_readme}")
+    return 0
+
+
+def load_results(text: str) -> dict[str, dict[str, Any]]:
+    """The ``BENCH`` lines of a run's output, by scenario (for scripts reading the output)."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("BENCH "):
+            record = json.loads(line[len("BENCH ") :])
+            found[record["scenario"]] = record
+    return found

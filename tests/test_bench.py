@@ -1,0 +1,111 @@
+"""Smoke tests of ``compositord bench``: every scenario finishes a tiny run and prints its BENCH line.
+
+These are not measurements and assert no timings: the benchmark's targets are
+checked by running it (perf/README.md), never in CI.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from compositord import cli
+from compositord.perf.cli_bench import load_results
+from compositord.perf.measure import Timing, percentiles, ratios
+
+THROUGHPUT_KEYS = {"frames", "iterations", "wall_s", "wall_mean_s", "wall_min_s", "wall_max_s", "wall_stdev_s", "fps", "ms_per_frame"}
+
+
+def run_bench(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = cli.main(["bench", *argv])
+    return code, capsys.readouterr().out
+
+
+def run_bench_err(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = cli.main(["bench", *argv])
+    return code, capsys.readouterr().err
+
+
+def test_compositor_only_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_bench(capsys, "compositor_only", "--quick", "--frames", "3")
+    assert code == 0
+    record = load_results(out)["compositor_only"]
+    assert THROUGHPUT_KEYS <= set(record["ours"])
+    assert record["ours"]["frames"] == 3 and len(record["ours"]["wall_s"]) == 1
+    assert record["ours"]["fps"] > 0
+    assert "wall-clock   :" in out and "throughput   :" in out and "per-frame    :" in out
+
+
+def test_compositor_pipeline_quick_encodes_webm(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_bench(capsys, "compositor_pipeline", "--quick", "--frames", "4", "--iterations", "2")
+    assert code == 0
+    record = load_results(out)["compositor_pipeline"]
+    assert THROUGHPUT_KEYS <= set(record["ours"])
+    assert len(record["ours"]["wall_s"]) == 2
+    assert all(size > 0 for size in record["ours"]["webm_bytes"])  # something was really encoded
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed: --compare has no peer to run")
+def test_compare_with_ffmpeg_gives_a_ratio_per_repetition(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_bench(capsys, "compositor_pipeline", "--frames", "3", "--iterations", "2", "--compare", "--no-startup-correction")
+    assert code == 0
+    peer = load_results(out)["compositor_pipeline"]["peers"]["ffmpeg"]
+    assert len(peer["ratio_per_rep"]) == 2 and all(r > 0 for r in peer["ratio_per_rep"])
+    assert "ratio compositord/ffmpeg fps per repetition" in out
+
+
+def test_control_latency_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_bench(capsys, "control_latency", "--quick")
+    assert code == 0
+    record = load_results(out)["control_latency"]
+    rows = {(row["clients"], row["editing"]): row for row in record["rows"]}
+    assert set(rows) == {(1, 1), (10, 10)}
+    for row in rows.values():
+        assert row["tunes_sent"] > 0
+        for key in ("a_params_ack_ms", "b_view_ack_ms", "c_frame_shown_ms", "frame_interval_ms"):
+            assert {"p50", "p99", "max", "count"} <= set(row[key])
+        # Every tune is acknowledged on both channels and the probe saw frames.
+        assert row["params_acks_missing"] == 0 and row["view_acks_missing"] == 0
+        assert row["a_params_ack_ms"]["count"] == row["tunes_sent"]
+        assert row["c_frame_shown_ms"]["count"] > 0
+        assert row["frames_in_window"] > 0
+
+
+def test_scaling_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_bench(capsys, "scaling", "--quick", "--frames", "2")
+    assert code == 0
+    rows = load_results(out)["scaling"]["rows"]
+    assert {(row["layers"], row["size"]) for row in rows} == {(1, "720p"), (4, "720p")}
+    assert all(row["peak_rss_mib"] > 0 and row["ms_per_frame_mean"] > 0 for row in rows)
+    assert "| 720p |" in out
+
+
+def test_write_readme_replaces_only_the_results_block(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# hand-written\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\nanalysis stays\n", encoding="utf-8")
+    code, out = run_bench(capsys, "compositor_only", "--quick", "--frames", "2", "--write-readme", str(readme))
+    assert code == 0
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("# hand-written\n") and text.endswith("analysis stays\n")
+    assert "old" not in text and "### compositor_only" in text and "| compositord |" in text
+
+
+def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, err = run_bench_err(capsys, "scaling", "--frames", "0")
+    assert code == 2 and "--frames must be at least 1" in err
+    code, err = run_bench_err(capsys, "scaling", "--write-readme", str(tmp_path / "missing.md"))
+    assert code == 2 and "missing.md: no such file" in err
+
+
+def test_summary_and_ratio_arithmetic() -> None:
+    ours = Timing("a", 100, [1.0, 2.0])
+    peer = Timing("b", 100, [2.0, 2.0])
+    assert ours.fps == pytest.approx(100 / 1.5)
+    assert ours.ms_per_frame == pytest.approx(15.0)
+    assert ours.stdev == pytest.approx(0.7071, abs=1e-4)
+    assert ratios(ours, peer) == [2.0, 1.0]
+    assert "min=1.000s  max=2.000s  σ=0.7071s" in ours.summary()
+    assert percentiles([5.0, 1.0, 3.0, 2.0, 4.0]) == {"p50": 3.0, "p99": 5.0, "max": 5.0, "count": 5}
+    assert percentiles([])["count"] == 0
