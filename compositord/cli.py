@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "render": ("compositord.daemon.render.cli_render", "render one frame of a pipeline file's compositor to PNG"),
     "check-config": ("compositord.daemon.cli_check_config", "validate a pipeline file (TOML or YAML): every error with its path"),
     "ctl": ("compositord.daemon.cli_ctl", "talk to a running daemon: get a pipeline, tune a node, watch events as JSON lines"),
+    "bench": ("compositord.perf.cli_bench", "headless benchmarks (compositor_pipeline, compositor_only, control_latency, scaling; --compare with FFmpeg/GStreamer)"),
 }
 
 
