@@ -456,6 +456,14 @@ class RenderLoop:
             self._session.nodes[node_id] = NodeRecord(node_id, node.kind, node_params, node.seq)
             changed_sources.add(node_id)
         self._sync_topology(ctx, compositors, sources, changed_sources)
+        if inbox.topology is not None:
+            # A node removed and added again between two frames looks unchanged here, but the
+            # session forgot its error with the removal: say again what is still wrong.
+            for node_id, message in self._source_errors.items():
+                self._emit("error", node_id, message)
+            for node_id, state in compositors.items():
+                if state.error is not None:
+                    self._emit("error", node_id, state.error)
         applied: dict[str, Stamp] = {}
         for node_id, senders in inbox.stamps.items():
             state = compositors.get(node_id)
