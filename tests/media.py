@@ -2,7 +2,7 @@
 
 Frame ``i`` of a clip: the top half is red on the left and blue on the right
 (orientation), the bottom half is grey at level ``grey_of(i)`` (the frame
-number, read back with ``frame_number_of``). Flat areas keep the colours
+number modulo 30, read back with ``frame_number_of``). Flat areas keep the colours
 exact through 4:2:0 chroma subsampling.
 """
 
@@ -17,11 +17,14 @@ import numpy as np
 RED = (200, 40, 40)
 BLUE = (40, 40, 200)
 GREY_BASE = 20
-GREY_STEP = 7  # levels per frame number: up to 30 frames stay below 235
+GREY_STEP = 7  # levels per frame number
+
+
+FRAME_NUMBERS = 30  # grey levels repeat after this many frames (they stay below 235)
 
 
 def grey_of(index: int) -> int:
-    return GREY_BASE + GREY_STEP * index
+    return GREY_BASE + GREY_STEP * (index % FRAME_NUMBERS)
 
 
 def pattern(index: int, width: int = 64, height: int = 48) -> np.ndarray:
@@ -85,3 +88,26 @@ def i420_to_rgb(data: np.ndarray, width: int, height: int, matrix: str = "bt601"
     b = y + 2 * (1 - kb) * cb * scale
     g = (y - kr * r - kb * b) / (1 - kr - kb)
     return np.clip(np.stack([r, g, b], axis=-1), 0, 255)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m compositord.tests.media OUT [--frames N] [--fps F] [--size WxH]``: write a test clip
+    (H.264 for .mp4 where the build has libx264, FFV1 for .mkv)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m compositord.tests.media", description=main.__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--frames", type=int, default=90)
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--size", default="640x360", help="WIDTHxHEIGHT, even numbers")
+    args = parser.parse_args(argv)
+    width, height = (int(part) for part in args.size.lower().split("x"))
+    codec = "ffv1" if args.out.suffix == ".mkv" else ("libx264" if "libx264" in av.codecs_available else "mpeg4")
+    frames = args.frames
+    write_clip(args.out, frames=frames, fps=args.fps, width=width, height=height, codec=codec)
+    print(f"{args.out}: {frames} frames {width}x{height} at {args.fps} fps ({codec})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
