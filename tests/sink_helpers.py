@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import json
+
 import av
 import numpy as np
 import pytest
@@ -135,3 +137,32 @@ def assert_colour(frame: np.ndarray, expected: tuple[int, int, int] = SOLID_RGB,
     assert np.all(np.abs(got - np.array(expected)) <= tolerance), f"centre colour {got.round(1)} is not within {tolerance} of {expected}"
 
 
+class Peer:
+    """A raw control connection (trio-websocket): requests by correlation id, events by name."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.counter = 0
+
+    async def request(self, action: str, **payload: Any) -> dict[str, Any]:
+        self.counter += 1
+        cid = f"r{self.counter}"
+        await self.ws.send_message(json.dumps({"type": "request", "correlation_id": cid, "payload": {"action": action, **payload}}))
+        with trio.fail_after(10):
+            while True:
+                message = json.loads(await self.ws.get_message())
+                if message.get("correlation_id") == cid:
+                    return message["payload"]
+
+    async def events(self, name: str, seconds: float) -> list[dict[str, Any]]:
+        """The payloads of every ``name`` event that arrives within ``seconds``."""
+        found: list[dict[str, Any]] = []
+        with trio.move_on_after(seconds):
+            while True:
+                message = json.loads(await self.ws.get_message())
+                if message["payload"].get("event") == name:
+                    found.append(message["payload"])
+        return found
+
+    async def previews(self, seconds: float) -> list[dict[str, Any]]:
+        return await self.events("nodepreviewupdated", seconds)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,7 @@ import trio
 from PIL import Image
 from trio_websocket import open_websocket_url
 
-from tests.sink_helpers import SOLID, SOLID_RGB
+from tests.sink_helpers import SOLID, SOLID_RGB, Peer
 
 pytestmark = pytest.mark.gl
 
@@ -38,31 +37,6 @@ def compositord_pipeline() -> dict[str, Any]:
             {"from_node": "comp", "from_pin": "out", "to_node": "thumbs", "to_pin": "in"},
         ],
     }
-
-
-class Peer:
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self.counter = 0
-
-    async def request(self, action: str, **payload: Any) -> dict[str, Any]:
-        self.counter += 1
-        cid = f"r{self.counter}"
-        await self.ws.send_message(json.dumps({"type": "request", "correlation_id": cid, "payload": {"action": action, **payload}}))
-        with trio.fail_after(10):
-            while True:
-                message = json.loads(await self.ws.get_message())
-                if message.get("correlation_id") == cid:
-                    return message["payload"]
-
-    async def previews(self, seconds: float) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        with trio.move_on_after(seconds):
-            while True:
-                message = json.loads(await self.ws.get_message())
-                if message["payload"].get("event") == "nodepreviewupdated":
-                    found.append(message["payload"])
-        return found
 
 
 def decode_jpeg(payload: dict[str, Any]) -> np.ndarray:

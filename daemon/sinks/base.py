@@ -190,7 +190,11 @@ class Sink:
             self._failed = True
             self.frames_dropped += len(self._queue)
             self._queue.clear()
-        self._latch.set(f"{self.kind}: {describe(exc)}")
+        message = describe(exc)
+        where = self.where()
+        if where and where not in message:
+            message = f"{where}: {message}"
+        self._latch.set(f"{self.kind}: {message}")
 
     def _finish_quietly(self) -> None:
         try:
@@ -225,6 +229,10 @@ class Sink:
                 self._cond.wait(interval)
 
     # ------------------------------------------------------------------ subclass hooks (worker thread)
+
+    def where(self) -> str | None:
+        """What the sink writes to, as error messages name it (no secrets: a stream URL's key stays out)."""
+        return None
 
     def open(self, first: SinkFrame) -> None:
         raise NotImplementedError

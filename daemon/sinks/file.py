@@ -28,6 +28,9 @@ def container_of(params: dict) -> str:
 class FileSink(EncoderSink):
     kind = "sink::file"
 
+    def where(self) -> str | None:
+        return str(self.params["path"])
+
     def target(self) -> tuple[str, str, dict[str, str]]:
         path = str(self.params["path"])
         container = container_of(self.params)

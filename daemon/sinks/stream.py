@@ -25,6 +25,12 @@ class StreamSink(EncoderSink):
     low_latency = True
     queue_capacity = 4  # live: a late frame is worth little, so keep the backlog short
 
+    def where(self) -> str | None:
+        # scheme://host:port only: an RTMP path or a query may hold a stream key.
+        url = str(self.params["url"])
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://{rest.split('/', 1)[0].split('?', 1)[0]}"
+
     def target(self) -> tuple[str, str, dict[str, str]]:
         url = str(self.params["url"])
         scheme = url.split("://", 1)[0].lower()

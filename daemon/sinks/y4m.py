@@ -35,6 +35,10 @@ class Y4MSink(Sink):
         self._owns_fd = False
         self._size: tuple[int, int] | None = None
 
+    def where(self) -> str | None:
+        path = str(self.params.get("path", STDOUT))
+        return "standard output" if path == STDOUT else path
+
     def open(self, first: SinkFrame) -> None:
         path = str(self.params.get("path", STDOUT))
         if path == STDOUT:

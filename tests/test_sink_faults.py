@@ -1,0 +1,213 @@
+"""Faults of sinks: a full disk, a reader that went away, a path that cannot be
+written. Each puts only that node into its error state (reported through the
+render loop's error channel, and by the daemon as ``nodestatechanged`` and in
+``getpipeline``); the pipeline renders on; corrected params clear the error.
+A sink that cannot keep up drops and counts frames instead of slowing the loop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from compositord.daemon.model import NodeRecord
+from compositord.daemon.sinks.base import ErrorLatch, Sink, SinkFrame
+from tests.sink_helpers import H, W, decode, running_loop, sink_session, wait_frames_written, wait_until
+
+pytestmark = pytest.mark.gl
+
+
+async def keeps_rendering(loop: Any, frames: int = 5) -> None:
+    rendered = loop.statistics().frames_rendered
+    await wait_until(lambda: loop.statistics().frames_rendered >= rendered + frames)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (needs root and mount(2)); else the test falls back on /dev/full."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tiny tmpfs (needs root): {result.stderr.decode(errors='replace').strip()}")
+    try:
+        # Leave about 4 KiB free: the encoder's first flushes fit, a later one does not.
+        (mountpoint / "filler").write_bytes(b"\0" * (60 * 1024))
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+async def test_full_disk_file_sink_errors_then_recovers(tmp_path: Path, tiny_disk: Path) -> None:
+    full_path = tiny_disk / "out.mkv"
+    params = {"path": str(full_path), "preset": "ultrafast", "bitrate_kbps": 50000}
+    # A moving picture at a high bitrate: a few frames fill the free space and FFmpeg's 32 KiB write buffer.
+    session = sink_session({"rec": ("sink::file", params)}, fps=60, pattern="smpte", width=640, height=360)
+    bars = session.nodes["bars"]
+    session.nodes["bars"] = NodeRecord("bars", bars.kind, {**bars.params, "animated": True, "timestamp": True})
+    async with running_loop(session, tmp_path) as (loop, recorder):
+        await wait_until(lambda: recorder.error_of("rec") is not None, timeout=20)
+        assert "No space left on device" in recorder.error_of("rec")
+        await keeps_rendering(loop)
+        assert loop.sink("rec").stats()["state"] == "error"
+        good = tmp_path / "recovered.mkv"
+        loop.submit_params("rec", {**params, "path": str(good)}, None)
+        await wait_until(lambda: recorder.error_of("rec") is None)
+        await wait_frames_written(loop, "rec", 5)
+        sink = loop.sink("rec")
+    assert len(decode(good).frames) == sink.frames_written
+
+
+async def test_dev_full_y4m_is_a_node_error(tmp_path: Path) -> None:
+    session = sink_session({"raw": ("sink::y4m", {"path": "/dev/full"})})
+    async with running_loop(session, tmp_path) as (loop, recorder):
+        await wait_until(lambda: recorder.error_of("raw") is not None)
+        await keeps_rendering(loop)
+    assert "No space left on device" in recorder.error_of("raw")
+
+
+async def test_fifo_reader_going_away_then_a_new_reader(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.y4m"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+
+    def read_some_then_quit() -> None:
+        with open(fifo, "rb") as reader:
+            got.append(reader.read(4096))
+
+    first_reader = threading.Thread(target=read_some_then_quit, daemon=True)
+    first_reader.start()
+    session = sink_session({"pipe": ("sink::y4m", {"path": str(fifo)})}, fps=60)
+    async with running_loop(session, tmp_path) as (loop, recorder):
+        await wait_until(lambda: recorder.error_of("pipe") is not None)
+        assert "reader went away" in recorder.error_of("pipe")
+        assert got and got[0].startswith(b"YUV4MPEG2 W160 H90 F60:1")
+        await keeps_rendering(loop)
+        # Corrected (here: the same) params again: the sink waits for the next reader, whose frames clear the error.
+        second: list[int] = []
+        stop_reading = threading.Event()
+
+        def read_until_told() -> None:
+            with open(fifo, "rb") as reader:
+                while not stop_reading.is_set():
+                    chunk = reader.read(65536)
+                    if not chunk:
+                        break
+                    second.append(len(chunk))
+
+        second_reader = threading.Thread(target=read_until_told, daemon=True)
+        second_reader.start()
+        loop.submit_params("pipe", {"path": str(fifo)}, None)
+        await wait_until(lambda: recorder.error_of("pipe") is None)
+        await wait_frames_written(loop, "pipe", 3)
+        stop_reading.set()
+    await trio.to_thread.run_sync(second_reader.join, 10.0)
+    assert sum(second) > W * H
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "expected"),
+    [
+        ("sink::file", {"path": "/nonexistent-dir/out.mp4"}, "does not exist"),
+        ("sink::y4m", {"path": "/"}, "Is a directory"),
+        ("sink::file", {"path": "/proc/out.mp4"}, "out.mp4"),
+    ],
+)
+async def test_unwritable_paths(tmp_path: Path, kind: str, params: dict[str, Any], expected: str) -> None:
+    good = tmp_path / "fine.mp4"
+    session = sink_session({"bad": (kind, params), "good": ("sink::file", {"path": str(good), "preset": "ultrafast"})})
+    async with running_loop(session, tmp_path) as (loop, recorder):
+        await wait_until(lambda: recorder.error_of("bad") is not None)
+        await wait_frames_written(loop, "good", 5)  # the other sink of the same compositor is unaffected
+    assert expected in recorder.error_of("bad"), recorder.error_of("bad")
+    assert recorder.error_of("good") is None
+
+
+class SlowSink(Sink):
+    """Takes 50 ms a frame: at 120 fps its queue overflows at once."""
+
+    kind = "sink::test-slow"
+    queue_capacity = 3
+
+    def open(self, first: SinkFrame) -> None:
+        pass
+
+    def write(self, item: SinkFrame) -> None:
+        self.sleep_unless_closed(0.05)
+
+
+async def test_a_slow_sink_drops_and_counts_instead_of_stalling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from compositord.daemon.sinks import sink_set
+
+    monkeypatch.setitem(
+        sink_set.SINK_FACTORIES, "sink::y4m", lambda node_id, params, latch, predecessor, **_: SlowSink(node_id, params, latch, predecessor)
+    )
+    session = sink_session({"slow": ("sink::y4m", {"path": "-"})}, fps=120)
+    async with running_loop(session, tmp_path) as (loop, recorder):
+        await wait_until(lambda: any(e.node_id == "slow" and e.stats["frames_dropped"] > 10 for e in recorder.stats), timeout=10)
+        stats = loop.statistics()
+        sink = loop.sink("slow")
+        assert sink.frames_written < stats.frames_rendered / 2
+        # The loop kept its pace: few late frames although the sink takes 6x a frame period per frame.
+        assert stats.frames_late <= stats.frames_rendered // 4, stats
+        emitted = [e.stats for e in recorder.stats if e.node_id == "slow"][-1]
+        assert set(emitted) >= {"frames_offered", "frames_written", "frames_dropped", "queue_depth", "queue_capacity", "state"}
+        assert emitted["queue_depth"] <= emitted["queue_capacity"] == 3
+
+
+def test_error_latch_reports_changes_only() -> None:
+    reports: list[tuple[str, str | None]] = []
+    latch = ErrorLatch("n", lambda node_id, message: reports.append((node_id, message)))
+    latch.set(None)
+    latch.set("boom")
+    latch.set("boom")
+    latch.set(None)
+    assert reports == [("n", "boom"), ("n", None)]
+
+
+@pytest.fixture
+def compositord_pipeline() -> dict[str, Any]:
+    return {
+        "nodes": {
+            "bars": {"kind": "video::colorbars", "params": {"width": W, "height": H}},
+            "comp": {"kind": "video::compositor", "params": {"width": W, "height": H, "fps": 30}},
+            "raw": {"kind": "sink::y4m", "params": {"path": "/dev/full"}},
+        },
+        "connections": [
+            {"from_node": "bars", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"},
+            {"from_node": "comp", "from_pin": "out", "to_node": "raw", "to_pin": "in"},
+        ],
+    }
+
+
+async def test_daemon_reports_the_sink_error_and_its_clearing(compositord_daemon: Any, tmp_path: Path) -> None:
+    from trio_websocket import open_websocket_url
+
+    from tests.sink_helpers import Peer
+
+    session = compositord_daemon.session_id
+    async with open_websocket_url(compositord_daemon.url) as ws:
+        peer = Peer(ws)
+        with trio.fail_after(10):
+            while True:
+                nodes = (await peer.request("getpipeline", session_id=session))["nodes"]
+                if nodes["raw"]["state"] != "ok":
+                    break
+                await trio.sleep(0.05)
+        assert "No space left on device" in nodes["raw"]["state"]["error"]
+        assert nodes["comp"]["state"] == "ok" and nodes["bars"]["state"] == "ok"
+        good = tmp_path / "fixed.y4m"
+        answer = await peer.request("tunenode", session_id=session, node_id="raw", message={"UpdateParams": {"path": str(good)}})
+        assert answer["action"] == "success"
+        changes = []
+        with trio.fail_after(10):
+            while not any(c["node_id"] == "raw" and c["state"] == "ok" for c in changes):
+                changes += await peer.events("nodestatechanged", 0.2)
+        assert (await peer.request("getpipeline", session_id=session))["nodes"]["raw"]["state"] == "ok"
+    await wait_until(lambda: good.exists() and good.stat().st_size > W * H)
