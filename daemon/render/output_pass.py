@@ -41,6 +41,9 @@ class OutputTargets:
         self.frame_fbo = self._keep(ctx.framebuffer(color_attachments=[self.frame]))
         self._passes: list[tuple[moderngl.Program, moderngl.VertexArray, moderngl.Framebuffer]] = []
         self.planes: list[PlaneTarget] = []
+        # NV12 only: the plane targets as (texture, framebuffer), which plane-by-plane compositing draws into.
+        self.luma_target: tuple[moderngl.Texture, moderngl.Framebuffer] | None = None
+        self.chroma_target: tuple[moderngl.Texture, moderngl.Framebuffer] | None = None
         if output_format == "rgba8":
             self.planes.append(PlaneTarget(self.frame_fbo, 0, 4, width, height))
             return
@@ -54,6 +57,8 @@ class OutputTargets:
             chroma_fbo = self._keep(ctx.framebuffer(color_attachments=[chroma]))
             self._add_pass("CHROMA_NV12", chroma_fbo)
             self.planes.append(PlaneTarget(chroma_fbo, 0, 2, chroma_w, chroma_h))
+            self.luma_target = (luma, luma_fbo)
+            self.chroma_target = (chroma, chroma_fbo)
         elif output_format == "i420":
             cb = self._keep(ctx.texture((chroma_w, chroma_h), 1))
             cr = self._keep(ctx.texture((chroma_w, chroma_h), 1))

@@ -39,6 +39,7 @@ from compositord.daemon.render.frames import COLOR_MATRICES, OutputFrame, Source
 from compositord.daemon.render.images import AssetError, load_overlay
 from compositord.daemon.render.layer_pass import LayerPass
 from compositord.daemon.render.output_pass import OutputTargets
+from compositord.daemon.render.plane_pass import PlaneSource, draw_planes, planes_apply
 from compositord.daemon.render.readback import Readback, ReadbackMode
 from compositord.daemon.render.scene import ResolvedLayer, ResolvedScene
 from compositord.daemon.render.source_textures import SourceTexture, StaticTexture, as_buffer
@@ -53,6 +54,7 @@ class RenderStats:
     frames: int = 0
     source_uploads: int = 0
     direct_writes: int = 0
+    plane_frames: int = 0  # NV12 frames composited plane by plane (render/plane_pass.py)
     text_rasterizations: int = 0
     image_uploads: int = 0
     last_render_ms: float = 0.0
@@ -85,6 +87,7 @@ class Renderer:
         self._targets: OutputTargets | None = None
         self._readback: Readback | None = None
         self._sources: dict[str, SourceTexture] = {}
+        self._plane_sources: dict[str, PlaneSource] = {}
         self._texts: dict[TextStyle, StaticTexture] = {}
         self._images: dict[str, tuple[object, StaticTexture]] = {}  # path -> (decoded pixels, texture)
         self.stats = RenderStats()
@@ -125,6 +128,15 @@ class Renderer:
         used_images: set[str] = set()
         self.overlay_errors = {}
 
+        if planes_apply(scene, frames) and targets.luma_target is not None and targets.chroma_target is not None:
+            uploads, direct = draw_planes(
+                self._ctx, self._layer_pass, scene, frames, self._plane_sources, targets.luma_target, targets.chroma_target
+            )
+            self.stats.source_uploads += uploads
+            self.stats.direct_writes += int(direct)
+            self.stats.plane_frames += 1
+            return self._finish(targets, frames, used_texts, used_images, started)
+
         layers = list(scene.layers)
         if layers and self._can_write_directly(layers[0], frames, canvas):
             targets.frame.write(as_buffer(frames[layers[0].id].data))
@@ -147,6 +159,17 @@ class Renderer:
             self._layer_pass.draw(texture, layer, canvas, premultiply=premultiply, opaque_source=opaque)
 
         targets.convert()
+        return self._finish(targets, frames, used_texts, used_images, started)
+
+    def _finish(
+        self,
+        targets: OutputTargets,
+        frames: Mapping[str, SourceFrame],
+        used_texts: set[TextStyle],
+        used_images: set[str],
+        started: float,
+    ) -> OutputFrame:
+        """Read the output back, then release what this frame did not use."""
         assert self._readback is not None
         data = self._readback.read()
         assert self._no_target is not None
@@ -232,6 +255,8 @@ class Renderer:
     def _drop_unused(self, frames: Mapping[str, SourceFrame], used_texts: set[TextStyle], used_images: set[str]) -> None:
         for pin in [pin for pin in self._sources if pin not in frames]:
             self._sources.pop(pin).release()
+        for pin in [pin for pin in self._plane_sources if pin not in frames]:
+            self._plane_sources.pop(pin).release()
         for style in [style for style in self._texts if style not in used_texts]:
             self._texts.pop(style).release()
         for path in [path for path in self._images if path not in used_images]:
@@ -246,6 +271,9 @@ class Renderer:
         for source in self._sources.values():
             source.release()
         self._sources.clear()
+        for plane_source in self._plane_sources.values():
+            plane_source.release()
+        self._plane_sources.clear()
         for text in self._texts.values():
             text.release()
         self._texts.clear()
