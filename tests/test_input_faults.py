@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,23 @@ async def test_a_node_removed_and_added_again_has_its_own_state(compositord_daem
     await client.remove_node(session, "clip")
     await client.add_node(session, "clip", "video::file", {"path": str(media / "good.mkv")})
     await wait_state(client, session, "clip", lambda s: s == "ok")
+
+
+def test_a_decoder_bug_is_shown_as_the_node_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from compositord.daemon.sources import video_file
+
+    def broken(frame: Any) -> Any:
+        raise RuntimeError("conversion bug")
+
+    monkeypatch.setattr(video_file, "_to_source_frame", broken)
+    clip = write_clip(tmp_path / "clip.mkv", frames=2)
+    source = video_file.VideoFileSource({"path": str(clip)})
+    try:
+        deadline = time.monotonic() + 3
+        while source.error is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert source.error is not None and "decoder failed: RuntimeError: conversion bug" in source.error
+        assert source.decoder_alive  # it waits for new params rather than ending
+    finally:
+        source.close(timeout=2)
+    assert not source.decoder_alive

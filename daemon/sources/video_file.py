@@ -24,6 +24,7 @@ one. The error clears once corrected params produce a frame.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import time
@@ -38,6 +39,7 @@ import numpy as np
 from compositord.daemon.render.frames import SourceFrame, chroma_size
 from compositord.daemon.sources.handoff import LatestFrameSlot
 
+log = logging.getLogger(__name__)
 _serials = itertools.count(1)
 
 OPEN_TIMEOUT_S = 5.0  # av.open and each read give up after this long (a path on a dead network mount)
@@ -141,8 +143,11 @@ class VideoFileSource:
                     self._play(container, generation, fresh=fresh)
                 except InputFault as fault:
                     self.error = str(fault)
-                except (av.error.FFmpegError, OSError, ValueError, RuntimeError) as exc:
+                except (av.error.FFmpegError, OSError, ValueError) as exc:
                     self.error = f"{wanted.path}: {_describe(exc)}"
+                except Exception as exc:  # a bug here: the node says so instead of going quietly dark
+                    log.exception("decoder of %s failed", wanted.path)
+                    self.error = f"{wanted.path}: decoder failed: {type(exc).__name__}: {exc}"
                 else:
                     continue  # superseded: start over with the new params
                 if container is not None:
