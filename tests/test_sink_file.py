@@ -4,10 +4,17 @@ finished on stop and when its node is removed or retuned."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import av
 import pytest
+import trio
 
 from compositord.daemon.sinks.encoding import ENCODERS
 from tests.sink_helpers import H, W, assert_colour, decode, running_loop, sink_session, wait_frames_written, wait_until
@@ -67,3 +74,78 @@ async def trio_join(sink) -> None:
     import trio
 
     await trio.to_thread.run_sync(sink.join, 10.0)
+
+
+# ---------------------------------------------------------------------------- the README's example, end to end
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "packaging" / "example-io-pipeline.yaml"
+LOGO = Path(__file__).resolve().parent.parent / "packaging" / "assets" / "logo.png"
+GREY_RGB = (130, 130, 130)  # the pushed I420 frame: Y = U = V = 128, limited range BT.709
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg command line tool as the Y4M pipe's reader")
+async def test_example_io_pipeline_records_mp4_and_feeds_a_y4m_pipe(tmp_path: Path) -> None:
+    """``compositord run --config packaging/example-io-pipeline.yaml`` as the README runs it: a looping
+    clip, the logo and a pushed frame go into the MP4 and the Y4M FIFO at once; SIGTERM finishes the MP4."""
+    import numpy as np
+    import yaml
+
+    from compositord.client import open_client
+    from compositord.tests.media import write_clip
+
+    compositord = [sys.executable, "-m", "compositord"]  # the installed CLI of this interpreter's environment
+    check = subprocess.run([*compositord, "check-config", str(EXAMPLE)], capture_output=True, text=True)
+    assert (check.returncode, check.stdout.strip()) == (0, "ok"), check.stderr
+
+    # The example as is, but its FIFO inside this test's directory.
+    document = yaml.safe_load(EXAMPLE.read_text())
+    fifo = tmp_path / "compositord-io.y4m"
+    os.mkfifo(fifo)
+    document["nodes"]["raw"]["params"]["path"] = str(fifo)
+    config = tmp_path / "example-io-pipeline.yaml"
+    config.write_text(yaml.safe_dump(document))
+    state = tmp_path / "state"
+    (state / "assets").mkdir(parents=True)
+    shutil.copy(LOGO, state / "assets" / "logo.png")
+    write_clip(state / "assets" / "clip.mp4", frames=10, fps=30, width=640, height=360, codec="ffv1")
+
+    reader = subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-nostats", "-f", "yuv4mpegpipe", "-i", str(fifo), "-f", "null", "-"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    daemon = subprocess.Popen(
+        [*compositord, "run", "--config", str(config), "--state-dir", str(state), "--port", "0", "--log-level", "WARNING"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = await trio.to_thread.run_sync(daemon.stdout.readline)
+        assert line.startswith("compositord: serving "), line + daemon.stderr.read()
+        url = line.split("serving ", 1)[1].strip()
+        camera = document["nodes"]["camera"]["params"]
+        grey = np.full(camera["width"] * camera["height"] * 3 // 2, 128, np.uint8)
+        async with open_client(url) as client:
+            await client.push_frame("camera", camera["width"], camera["height"], camera["pixel_format"], grey)
+            await trio.sleep(2.0)
+        daemon.send_signal(signal.SIGTERM)
+        assert await trio.to_thread.run_sync(lambda: daemon.wait(timeout=30)) == 0, daemon.stderr.read()
+        _, reader_log = await trio.to_thread.run_sync(lambda: reader.communicate(timeout=30))
+    finally:
+        for process in (daemon, reader):
+            if process.poll() is None:
+                process.kill()
+    reader_log = reader_log.decode(errors="replace")
+    assert reader.returncode == 0 and "1280x720" in reader_log, reader_log
+    piped = [int(n) for n in re.findall(r"frame=\s*(\d+)", reader_log)]
+    assert piped and piped[-1] >= 5, reader_log
+
+    decoded = decode(tmp_path / "example-io.mp4")  # relative to the daemon's working directory
+    assert (decoded.width, decoded.height, decoded.codec) == (1280, 720, "h264")
+    assert len(decoded.frames) >= 5
+    assert decoded.pts == sorted(decoded.pts) and len(set(decoded.pts)) == len(decoded.pts)
+    rect = document["nodes"]["compositor"]["params"]["layers"]["in_2"]["rect"]
+    last = decoded.frames[-1][rect["y"] : rect["y"] + rect["height"], rect["x"] : rect["x"] + rect["width"]]
+    assert_colour(last, GREY_RGB, tolerance=10.0)  # the pushed frame, in its layer, in the recording
