@@ -134,6 +134,10 @@ class SinkSet:
     def stats(self) -> dict[str, dict[str, Any]]:
         return {node_id: sink.stats() for node_id, sink in list(self._sinks.items())}
 
+    def standing_errors(self) -> dict[str, str]:
+        """Every sink node's current error (to report again after a topology change)."""
+        return {node_id: latch.message for node_id, latch in list(self._latches.items()) if latch.message is not None}
+
     def error_of(self, node_id: str) -> str | None:
         latch = self._latches.get(node_id)
         return latch.message if latch is not None else None
