@@ -464,6 +464,8 @@ class RenderLoop:
             for node_id, state in compositors.items():
                 if state.error is not None:
                     self._emit("error", node_id, state.error)
+            for node_id, message in self._sinks.standing_errors().items():
+                self._emit("error", node_id, message)
         applied: dict[str, Stamp] = {}
         for node_id, senders in inbox.stamps.items():
             state = compositors.get(node_id)
