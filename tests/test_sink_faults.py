@@ -211,3 +211,21 @@ async def test_daemon_reports_the_sink_error_and_its_clearing(compositord_daemon
                 changes += await peer.events("nodestatechanged", 0.2)
         assert (await peer.request("getpipeline", session_id=session))["nodes"]["raw"]["state"] == "ok"
     await wait_until(lambda: good.exists() and good.stat().st_size > W * H)
+
+
+async def test_a_sink_fed_by_a_source_says_it_needs_a_compositor(tmp_path: Path) -> None:
+    session = sink_session({})
+    session.nodes["raw"] = NodeRecord("raw", "sink::y4m", {"path": str(tmp_path / "never.y4m")})
+    from compositord.daemon.model import ConnectionRecord
+
+    session.connections.append(ConnectionRecord("bars", "out", "raw", "in"))
+    async with running_loop(session, tmp_path) as (loop, recorder):
+        await wait_until(lambda: recorder.error_of("raw") is not None)
+        assert "video::compositor" in recorder.error_of("raw")
+        await keeps_rendering(loop)
+        assert not (tmp_path / "never.y4m").exists()
+        rewired = session.copy()
+        rewired.connections = [c for c in rewired.connections if c.to_node != "raw"] + [ConnectionRecord("comp", "out", "raw", "in")]
+        loop.submit_topology(rewired)
+        await wait_until(lambda: recorder.error_of("raw") is None)
+        await wait_frames_written(loop, "raw", 2)

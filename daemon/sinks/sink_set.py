@@ -19,6 +19,8 @@ from compositord.daemon.render.frames import OutputFrame
 from compositord.daemon.sinks.base import ErrorLatch, Sink, SinkFrame
 from compositord.protocol import params as params_schema
 
+COMPOSITOR_KIND = "video::compositor"
+
 
 def _file(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, **_: Any) -> Sink:
     from compositord.daemon.sinks.file import FileSink
@@ -67,6 +69,8 @@ class SinkSet:
         self._report_error = report_error
         self._on_preview = on_preview
         self._sinks: dict[str, Sink] = {}
+        self._kinds: dict[str, str] = {}  # node -> the kind its sink was made for
+        self._miswired: set[str] = set()  # sink nodes fed by something other than a compositor
         self._latches: dict[str, ErrorLatch] = {}
         self._retiring: list[Sink] = []  # told to finish, maybe still flushing
         self._feeds: dict[str, tuple[Sink, ...]] = {}  # compositor node -> the sinks it feeds
@@ -76,8 +80,10 @@ class SinkSet:
     def sync(self, session: SessionRecord, changed: set[str]) -> None:
         """Match the session's sink nodes: start new ones, restart those in ``changed``, retire the rest."""
         nodes = session.nodes
-        for node_id in [n for n, sink in self._sinks.items() if n not in nodes or nodes[n].kind != sink.kind]:
+        for node_id in [n for n in self._sinks if n not in nodes or nodes[n].kind != self._kinds[n]]:
             self._retire(self._sinks.pop(node_id))
+            del self._kinds[node_id]
+            self._miswired.discard(node_id)
             self._latches.pop(node_id, None)
         for node_id, node in nodes.items():
             factory = SINK_FACTORIES.get(node.kind)
@@ -93,10 +99,20 @@ class SinkSet:
             sink = factory(node_id, full, latch, old, on_preview=self._on_preview)
             sink.start()
             self._sinks[node_id] = sink
+            self._kinds[node_id] = node.kind
         self._retiring = [sink for sink in self._retiring if not sink.close()]
         feeds: dict[str, list[Sink]] = {}
         for node_id, sink in self._sinks.items():
             upstream = session.inputs_of(node_id).get("in")
+            upstream_kind = nodes[upstream.from_node].kind if upstream is not None and upstream.from_node in nodes else None
+            if upstream is not None and upstream_kind != COMPOSITOR_KIND:
+                # Only compositors produce output frames; say so rather than sit idle.
+                self._miswired.add(node_id)
+                self._latches[node_id].set(f"{self._kinds[node_id]}: its input must come from a {COMPOSITOR_KIND}, not {upstream_kind}")
+                continue
+            if node_id in self._miswired:
+                self._miswired.discard(node_id)
+                self._latches[node_id].set(None)
             if upstream is not None:
                 feeds.setdefault(upstream.from_node, []).append(sink)
         self._feeds = {node_id: tuple(sinks) for node_id, sinks in feeds.items()}
