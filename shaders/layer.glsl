@@ -43,6 +43,13 @@ uniform float u_circle_radius;  // <= 0: no circle mask
 
 out vec4 out_color;
 
+#if defined PLAIN
+// The common case (premultiplied or opaque source, no circle), without the
+// uniform branches: llvmpipe's fragment code is most of a frame's cost.
+void main() {
+    out_color = texture(u_texture, v_uv) * u_opacity;
+}
+#else
 void main() {
     vec4 color = texture(u_texture, v_uv);
     if (u_premultiply) {
@@ -55,5 +62,6 @@ void main() {
     }
     out_color = color * u_opacity;
 }
+#endif
 
 #endif

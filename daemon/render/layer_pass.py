@@ -27,8 +27,11 @@ class LayerPass:
     def __init__(self, ctx: moderngl.Context) -> None:
         self._ctx = ctx
         self._program = compile_program(ctx, "layer")
+        # Branch-free variant for the common case; measured in perf/README.md.
+        self._plain_program = compile_program(ctx, "layer", ("PLAIN",))
         self._quad = ctx.buffer(_QUAD.tobytes())
         self._vao = ctx.vertex_array(self._program, [(self._quad, "2f", "in_corner")])
+        self._plain_vao = ctx.vertex_array(self._plain_program, [(self._quad, "2f", "in_corner")])
         self._released = False
 
     def draw(
@@ -46,7 +49,8 @@ class LayerPass:
         u_origin, u_step = (crop.u1, crop.u0 - crop.u1) if layer.mirror_horizontal else (crop.u0, crop.u1 - crop.u0)
         v_origin, v_step = (crop.v1, crop.v0 - crop.v1) if layer.mirror_vertical else (crop.v0, crop.v1 - crop.v0)
         radius = min(rect.width, rect.height) / 2.0 if layer.circle else 0.0
-        program = self._program
+        plain = not premultiply and not layer.circle
+        program = self._plain_program if plain else self._program
         program["u_canvas_size"].value = (float(canvas_size[0]), float(canvas_size[1]))
         program["u_center"].value = rect.center
         program["u_size"].value = (rect.width, rect.height)
@@ -54,8 +58,9 @@ class LayerPass:
         program["u_uv_origin"].value = (u_origin, v_origin)
         program["u_uv_step"].value = (u_step, v_step)
         program["u_opacity"].value = layer.opacity
-        program["u_premultiply"].value = premultiply
-        program["u_circle_radius"].value = radius
+        if not plain:
+            program["u_premultiply"].value = premultiply
+            program["u_circle_radius"].value = radius
         texture.use(location=0)
         program["u_texture"].value = 0
         # An opaque source at full opacity replaces what is below: no blending needed (faster on llvmpipe).
@@ -64,12 +69,14 @@ class LayerPass:
         else:
             self._ctx.enable(moderngl.BLEND)
             self._ctx.blend_func = moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA
-        self._vao.render(moderngl.TRIANGLE_STRIP)
+        (self._plain_vao if plain else self._vao).render(moderngl.TRIANGLE_STRIP)
 
     def release(self) -> None:
         if self._released:
             return
         self._released = True
+        self._plain_vao.release()
         self._vao.release()
         self._quad.release()
+        self._plain_program.release()
         self._program.release()
