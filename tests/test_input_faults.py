@@ -177,3 +177,23 @@ def test_a_decoder_bug_is_shown_as_the_node_error(tmp_path: Path, monkeypatch: p
     finally:
         source.close(timeout=2)
     assert not source.decoder_alive
+
+
+def test_the_same_params_again_retry_a_failed_file(tmp_path: Path) -> None:
+    from compositord.daemon.sources.video_file import VideoFileSource
+
+    params = {"path": str(tmp_path / "later.mkv"), "loop": True, "seek_seconds": 0.0}
+    source = VideoFileSource(params)
+    try:
+        deadline = time.monotonic() + 3
+        while source.error is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert source.error is not None and "No such file" in source.error
+        write_clip(tmp_path / "later.mkv", frames=3)
+        source.configure(dict(params))
+        deadline = time.monotonic() + 3
+        while source.frame() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert source.frame() is not None and source.error is None
+    finally:
+        source.close(timeout=2)

@@ -18,7 +18,8 @@ A relative ``path`` is taken from the asset directory.
 Faults (a missing file, data PyAV cannot decode, no video stream, nothing at
 or after ``seek_seconds``) put the node in the error state (``error``, polled
 by the render loop); the node keeps showing its last good frame, if it had
-one. The error clears once corrected params produce a frame.
+one. The error clears once corrected params produce a frame; params sent
+again unchanged while the node fails make it try again.
 """
 
 from __future__ import annotations
@@ -88,9 +89,11 @@ class VideoFileSource:
         wanted = _Wanted(str(params["path"]), bool(params.get("loop", True)), float(params.get("seek_seconds", 0.0)))
         with self._lock:
             old = self._wanted
-            if old == wanted:
+            failed = self.error is not None
+            if old == wanted and not failed:
                 return
-            if old is None or (old.path, old.seek_seconds) != (wanted.path, wanted.seek_seconds):
+            # The same params sent again while failing retry (the file may be there now).
+            if failed or old is None or (old.path, old.seek_seconds) != (wanted.path, wanted.seek_seconds):
                 self._generation += 1
             self._wanted = wanted
         self._wake.set()
