@@ -136,10 +136,10 @@ def test_once_holds_the_last_frame(tmp_path: Path, sources: Any) -> None:
 
 
 def test_seek_starts_at_the_position(tmp_path: Path, sources: Any) -> None:
-    clip = write_clip(tmp_path / "clip.mkv", frames=20, fps=10)  # 2 s
+    clip = write_clip(tmp_path / "clip.mkv", frames=13, fps=10)  # 1.3 s
     source = sources({"path": str(clip), "loop": False, "seek_seconds": 1.2})
     first = wait_frame(source)
-    assert frame_number_of(rgb_of(first)) == 12
+    assert frame_number_of(rgb_of(first)) == 12  # the last frame: nothing else can come before the next seek
     # A new seek position applies to the running decoder (same thread, no new source).
     decoder = source._thread
     source.configure({"path": str(clip), "loop": False, "seek_seconds": 0.5})
@@ -195,7 +195,8 @@ def test_frame_never_waits_for_the_decoder(tmp_path: Path, sources: Any) -> None
         started = time.perf_counter()
         source.frame()
         worst = max(worst, time.perf_counter() - started)
-    assert worst < 0.005, f"frame() took {worst * 1000:.1f} ms"
+    # Waiting for the decoder would take up to 0.5 s; the bound leaves room for a busy machine's scheduling.
+    assert worst < 0.05, f"frame() took {worst * 1000:.1f} ms"
 
 
 @pytest.mark.gl
