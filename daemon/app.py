@@ -70,13 +70,24 @@ class _Services:
         self.hub = Hub()
         self.service: SessionService | None = None
         self.server: ControlServer | None = None
-        self._scope: trio.CancelScope | None = None
+        # Made up front so that stop() can cancel it even before run() has entered it.
+        self._scope = trio.CancelScope(shield=True)
         self._done = trio.Event()
+        self._ready = trio.Event()
+        self._address: tuple[str, int] | None = None
 
-    async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def wait_ready(self) -> tuple[str, int]:
+        """The bound address, once every pipeline has rendered its first frame (cancellable)."""
+        await self._ready.wait()
+        assert self._address is not None
+        return self._address
+
+    async def run(self) -> None:
+        # Not started with nursery.start(): trio's task_status.started() does nothing when the
+        # caller was cancelled meanwhile (a SIGTERM during start-up), and start() would then wait
+        # forever for this shielded task, which only stop() ends: the daemon hung unkillable.
         try:
-            with trio.CancelScope(shield=True) as scope:
-                self._scope = scope
+            with self._scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.store.run)
                     factory = _render_loop_factory(self.settings, trio.lowlevel.current_trio_token(), self.device_index)
@@ -91,7 +102,8 @@ class _Services:
                     if watchdog is not None:
                         await nursery.start(watchdog.run)
                     self.notifier.ready(f"serving ws://{address[0]}:{address[1]}/api/v1/control")
-                    task_status.started(address)
+                    self._address = address
+                    self._ready.set()
         finally:
             self._done.set()
 
@@ -112,6 +124,11 @@ class _Services:
         """Drain in order (clients 1001, render loops, store), then end the services; at most ``timeout`` s."""
         deadline = trio.current_time() + timeout
         with trio.CancelScope(shield=True):
+            if not self._ready.is_set():
+                # Stopped during start-up: abandon the start first, so that no pipeline opens after the drain.
+                self._scope.cancel()
+                with trio.move_on_at(deadline - min(1.0, timeout / 4)):
+                    await self._done.wait()
             with trio.move_on_at(deadline - min(1.0, timeout / 4)) as drain_scope:
                 self.notifier.stopping("closing clients")
                 if self.server is not None:
@@ -127,8 +144,7 @@ class _Services:
                     log.error("flushing the store at shutdown: %s", exc)
             if drain_scope.cancelled_caught:
                 log.warning("shutdown drain did not finish within %.1f s; stopping anyway", timeout)
-            if self._scope is not None:
-                self._scope.cancel()  # the store commits what is queued as it stops
+            self._scope.cancel()  # the store commits what is queued as it stops
             with trio.move_on_at(deadline + 1.0):
                 await self._done.wait()
 
@@ -154,7 +170,8 @@ async def serve(
                 # Signals first: a SIGTERM while the pipelines start drains just the same.
                 if handle_signals and threading.current_thread() is threading.main_thread():
                     await nursery.start(_cancel_on_signal, nursery.cancel_scope)
-                address = await nursery.start(services.run)
+                nursery.start_soon(services.run)
+                address = await services.wait_ready()
                 task_status.started(address)
                 await trio.sleep_forever()
             finally:

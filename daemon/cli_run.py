@@ -43,10 +43,9 @@ def main(args: argparse.Namespace) -> int:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
 
     async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            host, port = await nursery.start(serve, settings)
-            shown_host = f"[{host}]" if ":" in host else host
-            print(f"compositord: serving ws://{shown_host}:{port}/api/v1/control", flush=True)
+        # serve() is awaited, not nursery.start()ed: a SIGTERM before the first frame ends it
+        # without ever reporting started, which is a clean stop here, not start()'s RuntimeError.
+        await serve(settings, task_status=_PrintAddress())
 
     from compositord.daemon.render_loop import RenderLoopError
     from compositord.daemon.store import StoreError
@@ -60,6 +59,16 @@ def main(args: argparse.Namespace) -> int:
             print(f"compositord run: {error}", file=sys.stderr)
         failed = True
     return 1 if failed else 0
+
+
+class _PrintAddress:
+    """The task status serve() reports its bound address to: the one line a supervisor waits for."""
+
+    def started(self, value: tuple[str, int] | None = None) -> None:
+        assert value is not None
+        host, port = value
+        shown_host = f"[{host}]" if ":" in host else host
+        print(f"compositord: serving ws://{shown_host}:{port}/api/v1/control", flush=True)
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
