@@ -94,6 +94,8 @@ class RunLog:
     events_dropped: int = 0
     refused: int = 0
     window: tuple[float, float] = (0.0, 0.0)  # monotonic start and stop of the edits
+    cpu: tuple[float, float] = (0.0, 0.0)  # cores used during the edits: (daemon process, this process)
+    view_delivery_ms: list[float] = field(default_factory=list)  # frame end (view data "timestamp") -> read by an editor
 
 
 async def _client(url: str, log: RunLog, editor: EditorLog | None, x_counter: itertools.count, start_at: float, stop_at: float, stats: bool) -> None:
@@ -125,6 +127,9 @@ async def _client(url: str, log: RunLog, editor: EditorLog | None, x_counter: it
                                 editor.sent[rev].params_ack_t = now
                         editor.params_acked = ack
                 elif event.name == "nodeviewdataupdated":
+                    stamp_time = payload.get("timestamp")
+                    if isinstance(stamp_time, (int, float)):
+                        log.view_delivery_ms.append((time.time() - stamp_time) * 1000.0)
                     ack = int(payload.get("data", {}).get("_acks", {}).get(nonce, 0))
                     if ack > editor.view_acked:
                         for rev in range(editor.view_acked + 1, ack + 1):
@@ -149,7 +154,18 @@ async def _client(url: str, log: RunLog, editor: EditorLog | None, x_counter: it
             nursery.cancel_scope.cancel()
 
 
-async def _drive(url: str, clients: int, editing: int, seconds: float) -> RunLog:
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (this one when None), from /proc or getrusage."""
+    if pid is None:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pid: int) -> RunLog:
     import trio
 
     log = RunLog()
@@ -158,7 +174,16 @@ async def _drive(url: str, clients: int, editing: int, seconds: float) -> RunLog
     stop_at = start_at + seconds
     log.editors = [EditorLog(phase=index / max(1, editing)) for index in range(editing)]  # editors out of phase
     log.window = (start_at, stop_at)
+
+    async def cpu_meter() -> None:
+        await trio.sleep(max(0.0, start_at - time.monotonic()))
+        before = (cpu_seconds(daemon_pid), cpu_seconds())
+        await trio.sleep(max(0.0, stop_at - time.monotonic()))
+        after = (cpu_seconds(daemon_pid), cpu_seconds())
+        log.cpu = ((after[0] - before[0]) / seconds, (after[1] - before[1]) / seconds)
+
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(cpu_meter)
         for index in range(clients):
             editor = log.editors[index] if index < editing else None
             nursery.start_soon(_client, url, log, editor, counter, start_at, stop_at, index == 0)
@@ -226,7 +251,7 @@ def run_config(clients: int, editing: int, seconds: float) -> dict[str, Any]:
                 raise RuntimeError(f"latency daemon did not start: {line!r} {daemon.stderr.read() if daemon.stderr else ''}")
             url = f"ws://127.0.0.1:{int(line.split()[1])}/api/v1/control"
             time.sleep(IDLE_SECONDS)
-            log = trio.run(_drive, url, clients, editing, seconds)
+            log = trio.run(_drive, url, clients, editing, seconds, daemon.pid)
         finally:
             daemon.terminate()
             try:
@@ -258,6 +283,8 @@ def run_config(clients: int, editing: int, seconds: float) -> dict[str, Any]:
         "tunes_per_second": round(tunes / seconds, 1),
         "refused": log.refused,
         "client_events_dropped": log.events_dropped,
+        "cpu_cores_daemon": round(log.cpu[0], 2),
+        "cpu_cores_clients": round(log.cpu[1], 2),
         "events_read": log.events_read,
         "a_params_ack_ms": percentiles(params_ms),
         "b_view_ack_ms": percentiles(view_ms),
@@ -266,6 +293,7 @@ def run_config(clients: int, editing: int, seconds: float) -> dict[str, Any]:
         "view_acks_missing": tunes - len(view_ms),
         "tunes_never_shown": never_shown,
         "frame_interval_ms": percentiles(intervals),
+        "view_delivery_ms": percentiles(log.view_delivery_ms),
         "frames_in_window": len(in_window),
         "frames_expected": round(seconds * FPS),
         "frames_dropped_under_load": dropped_load,
@@ -277,8 +305,9 @@ def run_config(clients: int, editing: int, seconds: float) -> dict[str, Any]:
 
 
 def run(options: BenchOptions) -> dict[str, Any]:
-    seconds = 2.0 if options.quick else 8.0
-    configs = CONFIGS[:1] if options.quick and options.frames is not None and options.frames <= 1 else CONFIGS
+    # --quick: a smoke test of the machinery (two small configs, one second each), not a measurement.
+    seconds = 1.0 if options.quick else 8.0
+    configs = CONFIGS[:2] if options.quick else CONFIGS
     options.say(f"== {NAME}: daemon at {FPS} fps, {WIDTH}x{HEIGHT}; tunes at {EDIT_HZ} Hz per editing client, {seconds:.0f} s per config")
     rows = []
     for clients, editing in configs:
@@ -296,9 +325,11 @@ def _fmt(p: dict[str, Any]) -> str:
 
 def format_row(row: dict[str, Any]) -> str:
     return (
-        f"-- ({row['clients']}, {row['editing']}): {row['tunes_sent']} tunes ({row['tunes_per_second']}/s), {row['events_read']} events read\n"
+        f"-- ({row['clients']}, {row['editing']}): {row['tunes_sent']} tunes ({row['tunes_per_second']}/s), {row['events_read']} events read; "
+        f"CPU cores used: daemon {row['cpu_cores_daemon']}, clients {row['cpu_cores_clients']}\n"
         f"   (a) tune -> params ack : {_fmt(row['a_params_ack_ms'])}\n"
         f"   (b) tune -> view ack   : {_fmt(row['b_view_ack_ms'])}   [target p99 <= {row['b_p99_target_ms']} ms]\n"
+        f"   view data frame -> read: {_fmt(row['view_delivery_ms'])}\n"
         f"   (c) tune -> on screen  : {_fmt(row['c_frame_shown_ms'])}; overtaken before shown: {row['tunes_never_shown']}\n"
         f"   frame interval         : {_fmt(row['frame_interval_ms'])}; frames {row['frames_in_window']}/{row['frames_expected']}, "
         f"dropped under load {row['frames_dropped_under_load']} (idle {row['frames_dropped_idle']})\n"
