@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from compositord.protocol import pointer
-from compositord.protocol.causal import PARAMS_CHANNEL, VIEW_CHANNEL, ClientCausalState, new_nonce
+from compositord.protocol.causal import ACKS_KEY, PARAMS_CHANNEL, VIEW_CHANNEL, ClientCausalState, new_nonce
 from compositord.protocol.envelope import Event
 from compositord.protocol.errors import ErrorCode, RemoteProtocolError
 
@@ -89,15 +89,21 @@ class SessionStates:
             if not isinstance(node.get("params"), Mapping):
                 path = pointer.join(base, "params")
                 raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{path}: must be an object", path)
-            if node.get("view_data") is not None and not isinstance(node["view_data"], Mapping):
-                path = pointer.join(base, "view_data")
-                raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{path}: must be an object", path)
+            for key in ("view_data", "acks", "view_acks"):
+                if node.get(key) is not None and not isinstance(node[key], Mapping):
+                    path = pointer.join(base, key)
+                    raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{path}: must be an object", path)
         state = self.session(session_id)
         for node_id, node in nodes.items():
             base = pointer.join("/payload/nodes", node_id)
-            state.on_event(node_id, PARAMS_CHANNEL, node["params"], path=pointer.join(base, "params"))
+            # The daemon sends each channel's acks beside its state ("acks", "view_acks"), keeping the
+            # exported params free of "_" keys; laid in as "_acks" they drop the pending values already processed.
+            params = {**node["params"], ACKS_KEY: node["acks"]} if node.get("acks") is not None else node["params"]
+            state.on_event(node_id, PARAMS_CHANNEL, params, path=pointer.join(base, "params"))
             view = node.get("view_data")
             if view is not None:
+                if node.get("view_acks") is not None:
+                    view = {**view, ACKS_KEY: node["view_acks"]}
                 state.on_event(node_id, VIEW_CHANNEL, view, path=pointer.join(base, "view_data"))
         for node_id in state.node_ids():
             if node_id not in nodes:

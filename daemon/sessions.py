@@ -94,6 +94,7 @@ class _SessionState:
     lock: trio.Lock = field(default_factory=trio.Lock)
     acks: dict[str, AckBook] = field(default_factory=dict)  # params channel, per node
     last_view: dict[str, dict[str, Any]] = field(default_factory=dict)  # per node, without "_" keys
+    last_view_acks: dict[str, dict[str, int]] = field(default_factory=dict)  # per node: the acks sent with last_view
     node_errors: dict[str, str] = field(default_factory=dict)  # nodes in the error state, with why
     preview_subscribers: dict[str, set[Connection]] = field(default_factory=dict)  # sink::preview node -> connections
 
@@ -158,6 +159,7 @@ class SessionService:
             return  # a late emission of a destroyed session
         layout = causal.strip_private(dict(emission.layout))
         state.last_view[emission.node_id] = layout
+        state.last_view_acks[emission.node_id] = dict(emission.acks)
         event = envelope.node_view_data_updated(
             emission.session_id, emission.node_id, layout, emission.stamp, emission.acks, emission.seq, emission.timestamp
         )
@@ -350,8 +352,12 @@ class SessionService:
                 "seq": node.seq,
                 "state": envelope.node_state(state.node_errors.get(node_id)),
             }
+            # The acks as of this state (S2), per channel: a client that resyncs drops the pending
+            # values already processed at once instead of masking them until the node's next event.
+            entry["acks"] = state.book(node_id).as_dict() if node_id in state.acks else {}
             if node_id in state.last_view:
                 entry["view_data"] = dict(state.last_view[node_id])
+                entry["view_acks"] = dict(state.last_view_acks.get(node_id, {}))
             nodes[node_id] = entry
         return envelope.pipeline_response(
             cid, session_id=record.session_id, nodes=nodes, connections=[c.to_json() for c in record.connections]
@@ -440,6 +446,7 @@ class SessionService:
         for node_id in working.removed_nodes:
             state.acks.pop(node_id, None)
             state.last_view.pop(node_id, None)
+            state.last_view_acks.pop(node_id, None)
             state.node_errors.pop(node_id, None)
             state.preview_subscribers.pop(node_id, None)
         return self._store.sessions()[session_id].copy()

@@ -156,6 +156,7 @@ async def test_getpipeline_listsessions(harness: Harness) -> None:
             "params": {"width": 320, "height": 180, "num_inputs": 2},
             "seq": 0,
             "state": "ok",
+            "acks": {},
         }
         assert pipeline["connections"] == PIPELINE["connections"]
         listed = await client.request({"action": "listsessions"})

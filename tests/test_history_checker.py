@@ -1,0 +1,106 @@
+"""PROTOCOL.md section 5 over whole histories, and the resync acks of ``getpipeline``.
+
+The history checker (tests/history_checker.py) runs K clients of the client
+library against the real daemon and checks the consequences listed in
+section 5 over everything each client saw. CI runs ``HISTORIES_IN_CI``
+seeds; ``COMPOSITORD_HISTORIES=2000`` runs more.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+from trio_websocket import open_websocket_url
+
+from compositord.client.session_state import SessionStates
+from compositord.protocol.envelope import Event
+from compositord.tests.plugin import RunningDaemon
+
+# ----------------------------------------------------------------------------- getpipeline carries the acks
+
+
+async def _ask(ws: Any, correlation_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    await ws.send_message(json.dumps({"type": "request", "correlation_id": correlation_id, "payload": payload}))
+    with trio.fail_after(10):
+        while True:
+            message = json.loads(await ws.get_message())
+            if message.get("correlation_id") == correlation_id:
+                return message["payload"]
+
+
+async def test_getpipeline_carries_the_acks_of_both_channels(compositord_daemon: RunningDaemon) -> None:
+    session = compositord_daemon.session_id
+    async with open_websocket_url(compositord_daemon.url) as ws:
+        tune = {
+            "action": "tunenode",
+            "session_id": session,
+            "node_id": "comp",
+            "message": {"PatchParams": {"layers": {"in_0": {"rect": {"x": 3, "y": 4, "width": 80, "height": 45}}}, "_sender": "s-1", "_rev": 7}},
+        }
+        assert (await _ask(ws, "t", tune))["action"] == "success"
+        # The frame that applies the stamped tune emits view data acknowledging it (S4).
+        with trio.fail_after(10):
+            while True:
+                message = json.loads(await ws.get_message())
+                payload = message["payload"]
+                if payload.get("event") == "nodeviewdataupdated" and payload["data"]["_acks"].get("s-1") == 7:
+                    break
+        pipeline = await _ask(ws, "g", {"action": "getpipeline", "session_id": session})
+    comp = pipeline["nodes"]["comp"]
+    assert comp["acks"] == {"s-1": 7}
+    assert comp["view_acks"] == {"s-1": 7}
+    assert comp["view_data"]["layers"][0]["x"] == 3
+    # The acks sit beside the state: params and view data stay free of "_" keys (they are exported as they are).
+    assert not [key for key in comp["params"] if key.startswith("_")]
+    assert not [key for key in comp["view_data"] if key.startswith("_")]
+    assert pipeline["nodes"]["bars"]["acks"] == {}
+
+
+def test_a_resync_drops_pending_values_the_pipeline_acknowledges() -> None:
+    """Known issue 2: without acks in getpipeline, a resync kept processed values masked until the next event."""
+    states = SessionStates(nonce="me")
+    params = {"width": 160, "height": 90, "layers": {"in_0": {"opacity": 1.0}}}
+    layout = {"canvas_width": 160, "canvas_height": 90, "layers": [{"id": "in_0", "x": 0, "y": 0, "width": 160, "height": 90}]}
+    states.apply_event(Event("nodeparamschanged", {"session_id": "s", "node_id": "comp", "params": {**params, "_acks": {}}}))
+    states.apply_event(Event("nodeviewdataupdated", {"session_id": "s", "node_id": "comp", "data": {**layout, "_acks": {}}}))
+    causal = states.session("s")
+    causal.edit_patch("comp", {"layers": {"in_0": {"opacity": 0.25}}})  # rev 1
+    causal.edit_patch("comp", {"layers": {"in_0": {"opacity": 0.5}}})  # rev 2
+    assert set(causal.mask("comp", "params").pending) == {"/layers/in_0/opacity"}
+
+    # The server processed rev 1 (its value is the server state) but not yet rev 2.
+    acked_params = {**params, "layers": {"in_0": {"opacity": 0.25}}}
+    pipeline = {
+        "session_id": "s",
+        "nodes": {"comp": {"kind": "video::compositor", "params": acked_params, "acks": {"me": 1}, "view_data": layout, "view_acks": {"me": 1}}},
+    }
+    states.apply_pipeline(pipeline)
+    assert causal.mask("comp", "params").pending["/layers/in_0/opacity"][0] == 2  # rev 2 still pending: shown
+    assert states.shown("s", "comp")["layers"]["in_0"]["opacity"] == 0.5
+
+    pipeline["nodes"]["comp"]["acks"] = {"me": 2}
+    pipeline["nodes"]["comp"]["params"] = {**params, "layers": {"in_0": {"opacity": 0.5}}}
+    states.apply_pipeline(pipeline)
+    assert causal.mask("comp", "params").pending == {}  # gone at the resync, not at some later event
+    assert states.shown("s", "comp") == pipeline["nodes"]["comp"]["params"]
+
+
+def test_a_resync_with_acks_clears_view_predictions() -> None:
+    states = SessionStates(nonce="me")
+    params = {"width": 160, "height": 90, "layers": {"in_0": {"aspect_fit": False, "rect": {"x": 0, "y": 0, "width": 160, "height": 90}}}}
+    layout = {"canvas_width": 160, "canvas_height": 90, "layers": [{"id": "in_0", "x": 0, "y": 0, "width": 160, "height": 90}]}
+    states.apply_event(Event("nodeparamschanged", {"session_id": "s", "node_id": "comp", "params": {**params, "_acks": {}}}))
+    states.apply_event(Event("nodeviewdataupdated", {"session_id": "s", "node_id": "comp", "data": {**layout, "_acks": {}}}))
+    causal = states.session("s")
+    causal.edit_patch("comp", {"layers": {"in_0": {"rect": {"x": 10}}}})  # rev 1, predicted in the view channel too
+    assert causal.mask("comp", "view").pending, "the client library predicts a rect x in the view channel"
+    server_layout = {**layout, "layers": [{**layout["layers"][0], "x": 10}]}
+    pipeline = {
+        "session_id": "s",
+        "nodes": {"comp": {"kind": "video::compositor", "params": params, "acks": {}, "view_data": server_layout, "view_acks": {"me": 1}}},
+    }
+    states.apply_pipeline(pipeline)
+    assert causal.mask("comp", "view").pending == {}
+    assert states.shown("s", "comp", "view") == server_layout
