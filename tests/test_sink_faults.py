@@ -30,33 +30,38 @@ async def keeps_rendering(loop: Any, frames: int = 5) -> None:
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs (needs root and mount(2)); else the test falls back on /dev/full."""
+    """A 64 KiB tmpfs (needs root and mount(2)), about half full."""
     mountpoint = tmp_path / "tiny"
     mountpoint.mkdir()
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)], capture_output=True)
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tiny tmpfs (needs root): {result.stderr.decode(errors='replace').strip()}")
     try:
-        # Leave about 4 KiB free: the encoder's first flushes fit, a later one does not.
-        (mountpoint / "filler").write_bytes(b"\0" * (60 * 1024))
+        (mountpoint / "filler").write_bytes(b"\0" * (32 * 1024))
         yield mountpoint
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 async def test_full_disk_file_sink_errors_then_recovers(tmp_path: Path, tiny_disk: Path) -> None:
-    full_path = tiny_disk / "out.mkv"
-    params = {"path": str(full_path), "preset": "ultrafast", "bitrate_kbps": 50000}
-    # A moving picture at a high bitrate: a few frames fill the free space and FFmpeg's 32 KiB write buffer.
-    session = sink_session({"rec": ("sink::file", params)}, fps=60, pattern="smpte", width=640, height=360)
+    full_path = tiny_disk / "out.mp4"  # MP4 writes each packet as it comes (Matroska holds a cluster)
+    params = {"path": str(full_path), "preset": "ultrafast"}
+    session = sink_session({"rec": ("sink::file", params)}, fps=60, pattern="smpte")
     bars = session.nodes["bars"]
     session.nodes["bars"] = NodeRecord("bars", bars.kind, {**bars.params, "animated": True, "timestamp": True})
     async with running_loop(session, tmp_path) as (loop, recorder):
+        await wait_frames_written(loop, "rec", 5)
+        assert recorder.error_of("rec") is None
+        # The disk fills up while the sink records (another writer takes the rest).
+        with open(tiny_disk / "filler", "ab", buffering=0) as filler:
+            with pytest.raises(OSError):
+                while True:
+                    filler.write(b"\0" * 1024)
         await wait_until(lambda: recorder.error_of("rec") is not None, timeout=20)
         assert "No space left on device" in recorder.error_of("rec")
         await keeps_rendering(loop)
         assert loop.sink("rec").stats()["state"] == "error"
-        good = tmp_path / "recovered.mkv"
+        good = tmp_path / "recovered.mkv"  # another container: the params are corrected whole
         loop.submit_params("rec", {**params, "path": str(good)}, None)
         await wait_until(lambda: recorder.error_of("rec") is None)
         await wait_frames_written(loop, "rec", 5)

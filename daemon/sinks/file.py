@@ -41,5 +41,9 @@ class FileSink(EncoderSink):
             raise SinkError(f"cannot write {path!r}: the directory {directory!r} does not exist")
         if not os.access(directory, os.W_OK):
             raise SinkError(f"cannot write {path!r}: the directory {directory!r} is not writable")
-        options = {"movflags": "+faststart"} if container == "mp4" else {}
+        # flush_packets: a packet the muxer writes reaches the file at once, not in 32 KiB chunks, so a
+        # full disk is noticed at the frame that hits it (MP4 writes each packet; Matroska a cluster at a time).
+        options = {"flush_packets": "1"}
+        if container == "mp4":
+            options["movflags"] = "+faststart"
         return path, MUXERS[container], options
