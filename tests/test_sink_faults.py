@@ -234,3 +234,15 @@ async def test_a_sink_fed_by_a_source_says_it_needs_a_compositor(tmp_path: Path)
         loop.submit_topology(rewired)
         await wait_until(lambda: recorder.error_of("raw") is None)
         await wait_frames_written(loop, "raw", 2)
+
+
+async def test_a_missing_encoder_is_a_node_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from compositord.daemon.sinks import encoding
+
+    monkeypatch.setitem(encoding.ENCODERS, "vp9", "libvpx-vp9-not-in-this-build")
+    session = sink_session({"rec": ("sink::file", {"path": str(tmp_path / "out.webm"), "codec": "vp9"})})
+    async with running_loop(session, tmp_path) as (loop, recorder):
+        await wait_until(lambda: recorder.error_of("rec") is not None)
+        await keeps_rendering(loop)
+    assert "no libvpx-vp9-not-in-this-build encoder" in recorder.error_of("rec")
+    assert not (tmp_path / "out.webm").exists()
