@@ -246,3 +246,27 @@ async def test_a_missing_encoder_is_a_node_error(tmp_path: Path, monkeypatch: py
         await keeps_rendering(loop)
     assert "no libvpx-vp9-not-in-this-build encoder" in recorder.error_of("rec")
     assert not (tmp_path / "out.webm").exists()
+
+
+async def test_a_reader_that_stops_reading_costs_frames_not_the_loop(tmp_path: Path) -> None:
+    import time
+
+    from compositord.daemon.sinks.y4m import STALLED_READER_TIMEOUT
+
+    fifo = tmp_path / "stalled.y4m"
+    os.mkfifo(fifo)
+    reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # opens, never reads: the pipe fills after 3 frames
+    try:
+        session = sink_session({"pipe": ("sink::y4m", {"path": str(fifo)})}, fps=60)
+        started_stop = None
+        async with running_loop(session, tmp_path) as (loop, recorder):
+            await wait_until(lambda: loop.sink("pipe") is not None and loop.sink("pipe").frames_dropped > 10)
+            sink = loop.sink("pipe")
+            assert sink.frames_written <= 4
+            await keeps_rendering(loop, 10)
+            started_stop = time.monotonic()
+        stop_took = time.monotonic() - started_stop
+        assert stop_took < STALLED_READER_TIMEOUT + 3.0, f"stopping took {stop_took:.1f} s"
+        assert "stopped reading" in (recorder.error_of("pipe") or "")
+    finally:
+        os.close(reader_fd)

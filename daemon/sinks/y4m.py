@@ -12,13 +12,16 @@ for the next reader.
 from __future__ import annotations
 
 import os
+import select
 import stat
 import sys
+import time
 
 from compositord.daemon.sinks import convert
 from compositord.daemon.sinks.base import Sink, SinkError, SinkFrame
 
 STDOUT = "-"
+STALLED_READER_TIMEOUT = 2.0  # seconds a closing sink waits for a reader that no longer reads
 
 
 def y4m_header(width: int, height: int, fps: int, color_matrix: str) -> bytes:
@@ -47,8 +50,7 @@ class Y4MSink(Sink):
             fd = self.wait_for_reader(lambda: os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
             if fd is None:
                 return  # closed before any reader came
-            os.set_blocking(fd, True)
-            self._fd, self._owns_fd = fd, True
+            self._fd, self._owns_fd = fd, True  # stays non-blocking: see _write_all
         else:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             self._owns_fd = True
@@ -65,12 +67,23 @@ class Y4MSink(Sink):
         self._write_all(b"FRAME\n" + convert.i420_bytes(frame))
 
     def _write_all(self, data: bytes) -> None:
+        """Write everything; a FIFO whose reader stops reading is waited for in short steps, so that a
+        closing sink gives up after ``STALLED_READER_TIMEOUT`` instead of hanging its thread."""
         view = memoryview(data)
+        stalled_since: float | None = None
         while view:
             try:
                 written = os.write(self._fd, view)
             except BrokenPipeError:
                 raise SinkError("the reader went away (broken pipe)") from None
+            except BlockingIOError:
+                now = time.monotonic()
+                stalled_since = stalled_since or now
+                if self.closing and now - stalled_since > STALLED_READER_TIMEOUT:
+                    raise SinkError(f"the reader stopped reading for {STALLED_READER_TIMEOUT:g} s while the sink was closing") from None
+                select.select([], [self._fd], [], 0.1)
+                continue
+            stalled_since = None
             view = view[written:]
 
     def finish(self) -> None:
