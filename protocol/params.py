@@ -599,6 +599,12 @@ def _check_sink_file_container(params: dict[str, Any], errors: list[FieldError])
         errors.append(FieldError("/codec", f"{container} cannot hold {codec}; use {' or '.join(_CONTAINER_CODECS[container])}"))
 
 
+def _check_stream_format(params: dict[str, Any], errors: list[FieldError]) -> None:
+    scheme = params["url"].split("://", 1)[0].lower()
+    if scheme in ("rtmp", "rtmps") and params.get("format", "mpegts") != "flv":
+        errors.append(FieldError("/format", f"{scheme}:// carries FLV: set format to flv"))
+
+
 KINDS: dict[str, NodeKind] = {}
 
 
@@ -718,6 +724,11 @@ _register(
             }
         ),
         "MPEG-TS over UDP / SRT / RTMP through PyAV",
+        cross_checks=(CrossCheck(("url", "format"), _check_stream_format),),
+        notes=(
+            "`srt://` validates but puts the node in the error state: the FFmpeg bundled with PyAV has no SRT protocol.",
+            "`rtmp://` and `rtmps://` need `format` `flv`.",
+        ),
     )
 )
 _register(

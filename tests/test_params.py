@@ -316,6 +316,8 @@ def test_sink_stream_url() -> None:
     assert params.validate("sink::stream", {"url": "rtmp://host/app/key", "format": "flv"})["format"] == "flv"
     assert errors_of("sink::stream", {"url": "http://x"}) == {"/url": "must be a udp://, srt://, rtmp://, rtmps:// or tcp:// URL"}
     assert errors_of("sink::stream", {}) == {"/url": "required"}
+    assert errors_of("sink::stream", {"url": "rtmp://host/app/key"}) == {"/format": "rtmp:// carries FLV: set format to flv"}
+    assert errors_of("sink::stream", {"url": "rtmps://host/app/key", "format": "mpegts"}) == {"/format": "rtmps:// carries FLV: set format to flv"}
 
 
 def test_other_kinds_ranges() -> None:
