@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lp-threads", type=int, default=None, help="LP_NUM_THREADS for Mesa llvmpipe (set before the GL context exists)")
     parser.add_argument("--profile", action="store_true", help="print a per-frame breakdown (cProfile; pyinstrument's tree when installed)")
     parser.add_argument("--no-startup-correction", action="store_true", help="do not subtract a peer's measured process start-up time")
+    parser.add_argument("--seconds", type=float, default=None, help="control_latency: seconds of edits per configuration (default 8, --quick 1)")
+    parser.add_argument("--observers", choices=("raw", "client"), default="raw",
+                        help="control_latency: watching clients parse every event (raw, default) or also run the client library's causal masking (client)")
+    parser.add_argument("--pace-params-ms", type=float, default=0.0, metavar="MS",
+                        help="control_latency EXPERIMENT: the bench daemon publishes each node's nodeparamschanged at most every MS (not the daemon's behaviour)")
     parser.add_argument("--write-readme", type=Path, default=None, metavar="FILE", help="rewrite FILE's results block with this run's figures")
 
 
@@ -52,6 +57,12 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.iterations is not None and args.iterations < 1:
         print("compositord bench: --iterations must be at least 1", file=sys.stderr)
+        return 2
+    if args.seconds is not None and args.seconds <= 0:
+        print("compositord bench: --seconds must be positive", file=sys.stderr)
+        return 2
+    if args.pace_params_ms < 0:
+        print("compositord bench: --pace-params-ms must not be negative", file=sys.stderr)
         return 2
     if args.write_readme is not None and not args.write_readme.is_file():
         print(f"compositord bench: --write-readme {args.write_readme}: no such file (it must have the results markers)", file=sys.stderr)
@@ -66,6 +77,9 @@ def main(args: argparse.Namespace) -> int:
         quick=args.quick,
         startup_correction=not args.no_startup_correction,
         profile=args.profile,
+        seconds=args.seconds,
+        observers=args.observers,
+        pace_params_ms=args.pace_params_ms,
     )
     from compositord.perf.measure import json_line
 

@@ -13,6 +13,13 @@ client reading all events, the p50 / p99 / max of:
 and the render loop's frame intervals (from the probe log) and render times (``nodestatsupdated``),
 with the frames it dropped during the load. The daemon runs in its own process (as deployed); all
 clients share this process's trio loop. Times are ``time.monotonic()`` in both processes.
+
+Editing clients use the client library (stamps, masking). Watching clients read and parse every event
+with the protocol's parser (``--observers raw``, the default) or through the client library too
+(``--observers client``): with 100 clients in one Python process on two cores, the harness's own
+per-event work competes with the daemon, and the lighter watchers keep more of the machine for it.
+The CPU each process used during the edits is part of the result, as is the time from a frame's end
+to its view data being read, so the figures say where the time went.
 """
 
 from __future__ import annotations
@@ -165,7 +172,29 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pid: int) -> RunLog:
+async def _observer(url: str, log: RunLog, stop_at: float, stats: bool) -> None:
+    """A client that only watches: every event read off the socket and parsed by the protocol's strict
+    parser (what any client does first), without the client library's causal bookkeeping, which only
+    an editing client needs."""
+    import trio
+    from trio_websocket import ConnectionClosed, open_websocket_url
+
+    from compositord.protocol.envelope import Event, parse_message
+
+    async with open_websocket_url(url, max_message_size=1 << 20, disconnect_timeout=1.0) as ws:
+        with trio.move_on_at(trio.current_time() + max(0.0, stop_at - time.monotonic()) + 0.5):
+            while True:
+                try:
+                    text = await ws.get_message()
+                except ConnectionClosed:
+                    return
+                message = parse_message(text)
+                log.events_read += 1
+                if stats and isinstance(message, Event) and message.event == "nodestatsupdated":
+                    log.stats.append({"t": time.monotonic(), **dict(message.payload.get("stats", {}))})
+
+
+async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pid: int, observers: str = "raw") -> RunLog:
     import trio
 
     log = RunLog()
@@ -186,7 +215,10 @@ async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pi
         nursery.start_soon(cpu_meter)
         for index in range(clients):
             editor = log.editors[index] if index < editing else None
-            nursery.start_soon(_client, url, log, editor, counter, start_at, stop_at, index == 0)
+            if editor is None and observers == "raw":
+                nursery.start_soon(_observer, url, log, stop_at, index == 0)
+            else:
+                nursery.start_soon(_client, url, log, editor, counter, start_at, stop_at, index == 0)
     return log
 
 
@@ -230,7 +262,7 @@ def _tunes_per_second(log: RunLog) -> float:
     return len(sent) / max(1e-3, max(sent) - min(sent))
 
 
-def run_config(clients: int, editing: int, seconds: float) -> dict[str, Any]:
+def run_config(clients: int, editing: int, seconds: float, observers: str = "raw", pace_params_ms: float = 0.0) -> dict[str, Any]:
     import trio
     import yaml
 
@@ -241,7 +273,7 @@ def run_config(clients: int, editing: int, seconds: float) -> dict[str, Any]:
         probe_file = folder / "probe.log"
         env = dict(os.environ)
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "compositord.perf.latency_daemon", str(folder / "state"), str(pipeline_file), str(probe_file), str(PROBE_ROW)],
+            [sys.executable, "-m", "compositord.perf.latency_daemon", str(folder / "state"), str(pipeline_file), str(probe_file), str(PROBE_ROW), str(pace_params_ms)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         try:
@@ -251,7 +283,7 @@ def run_config(clients: int, editing: int, seconds: float) -> dict[str, Any]:
                 raise RuntimeError(f"latency daemon did not start: {line!r} {daemon.stderr.read() if daemon.stderr else ''}")
             url = f"ws://127.0.0.1:{int(line.split()[1])}/api/v1/control"
             time.sleep(IDLE_SECONDS)
-            log = trio.run(_drive, url, clients, editing, seconds, daemon.pid)
+            log = trio.run(_drive, url, clients, editing, seconds, daemon.pid, observers)
         finally:
             daemon.terminate()
             try:
@@ -278,6 +310,8 @@ def run_config(clients: int, editing: int, seconds: float) -> dict[str, Any]:
     return {
         "clients": clients,
         "editing": editing,
+        "observers": observers,
+        "pace_params_ms": pace_params_ms,
         "seconds": seconds,
         "tunes_sent": tunes,
         "tunes_per_second": round(tunes / seconds, 1),
@@ -306,12 +340,15 @@ def run_config(clients: int, editing: int, seconds: float) -> dict[str, Any]:
 
 def run(options: BenchOptions) -> dict[str, Any]:
     # --quick: a smoke test of the machinery (two small configs, one second each), not a measurement.
-    seconds = 1.0 if options.quick else 8.0
+    seconds = options.seconds if options.seconds is not None else (1.0 if options.quick else 8.0)
     configs = CONFIGS[:2] if options.quick else CONFIGS
-    options.say(f"== {NAME}: daemon at {FPS} fps, {WIDTH}x{HEIGHT}; tunes at {EDIT_HZ} Hz per editing client, {seconds:.0f} s per config")
+    options.say(
+        f"== {NAME}: daemon at {FPS} fps, {WIDTH}x{HEIGHT}; tunes at {EDIT_HZ} Hz per editing client, {seconds:g} s per config; "
+        f"watching clients: {options.observers}" + (f"; EXPERIMENT params events paced to {options.pace_params_ms:g} ms" if options.pace_params_ms else "")
+    )
     rows = []
     for clients, editing in configs:
-        row = run_config(clients, editing, seconds)
+        row = run_config(clients, editing, seconds, options.observers, options.pace_params_ms)
         rows.append(row)
         options.say(format_row(row))
     return {"rows": rows, "fps": FPS, "frame_interval_target_ms": round(1000.0 / FPS, 2)}
