@@ -30,6 +30,7 @@ table of async tunes whose errors may still come back forgets its oldest entry.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import itertools
 import logging
@@ -242,6 +243,19 @@ class Client:
 
     async def disconnect(self, session_id: str, from_node: str, from_pin: str, to_node: str, to_pin: str) -> None:
         await self._request(Disconnect(session_id, from_node, from_pin, to_node, to_pin), "success")
+
+    async def get_preview(self, session_id: str, node_id: str) -> tuple[bytes, Mapping[str, Any]]:
+        """The latest JPEG of a ``sink::preview`` node and the ``preview`` payload (size, frame number, times)."""
+        response = await self._request(envelope.GetPreview(session_id, node_id), "preview")
+        return base64.b64decode(response.payload["data"]), response.payload
+
+    async def subscribe_preview(self, session_id: str, node_id: str) -> None:
+        """``nodepreviewupdated`` events for the node arrive in :meth:`events` (until unsubscribed or
+        disconnected: a subscription does not survive a reconnect, subscribe again on ``resynced``)."""
+        await self._request(envelope.SubscribePreview(session_id, node_id), "success")
+
+    async def unsubscribe_preview(self, session_id: str, node_id: str) -> None:
+        await self._request(envelope.UnsubscribePreview(session_id, node_id), "success")
 
     async def tune(
         self,

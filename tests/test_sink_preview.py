@@ -82,3 +82,23 @@ async def test_getpreview_and_subscription(compositord_daemon: Any) -> None:
         assert (wrong_kind["code"], wrong_kind["path"]) == ("invalid_params", "/payload/node_id")
         missing = await subscriber.request("subscribepreview", session_id=session, node_id="nope")
         assert (missing["code"], missing["path"]) == ("not_found", "/payload/node_id")
+
+
+async def test_client_library_previews(compositord_daemon: Any, compositord_client: Any) -> None:
+    client, session = compositord_client, compositord_daemon.session_id
+    with trio.fail_after(10):
+        while True:
+            try:
+                jpeg, info = await client.get_preview(session, "thumbs")
+                break
+            except Exception as exc:  # CompositordError not_found until the first thumbnail
+                assert getattr(exc, "code", None) == "not_found", exc
+                await trio.sleep(0.05)
+    assert jpeg[:2] == b"\xff\xd8" and (info["width"], info["height"]) == (160, 90)
+    await client.subscribe_preview(session, "thumbs")
+    with trio.fail_after(5):
+        async for event in client.events():
+            if event.name == "nodepreviewupdated":
+                assert event.node_id == "thumbs" and event.payload["content_type"] == "image/jpeg"
+                break
+    await client.unsubscribe_preview(session, "thumbs")
