@@ -207,6 +207,13 @@ async def test_daemon_reports_the_sink_error_and_its_clearing(compositord_daemon
                 await trio.sleep(0.05)
         assert "No space left on device" in nodes["raw"]["state"]["error"]
         assert nodes["comp"]["state"] == "ok" and nodes["bars"]["state"] == "ok"
+        # The sink's counters come with nodestatsupdated (at most once a second): frames it could not write.
+        with trio.fail_after(5):
+            stats: list[dict[str, Any]] = []
+            while not any(e["node_id"] == "raw" and e["stats"]["frames_dropped"] > 0 for e in stats):
+                stats += await peer.events("nodestatsupdated", 0.5)
+        raw_stats = [e["stats"] for e in stats if e["node_id"] == "raw"][-1]
+        assert raw_stats["state"] == "error" and raw_stats["frames_written"] == 0
         good = tmp_path / "fixed.y4m"
         answer = await peer.request("tunenode", session_id=session, node_id="raw", message={"UpdateParams": {"path": str(good)}})
         assert answer["action"] == "success"
