@@ -10,6 +10,12 @@ and resyncs with ``getpipeline`` when it reconnects.
 Closing has one seam: :meth:`Connection.close` records the close code and
 cancels the nursery; ``run`` then closes the WebSocket with that code, within
 a bounded time, whatever ended the connection.
+
+A send that times out is the exception: trio-websocket has by then written
+part of a frame, so any close frame after it would reach the client as the
+rest of that frame's payload. Such a connection is aborted instead (the TCP
+stream closed without a close frame): the client sees an abnormal closure
+(1006), reconnects and resyncs. ``close_code`` still says 1008 for the logs.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ class Connection:
         self._close_code = CLOSE_NORMAL
         self._close_reason = ""
         self._closing = False
+        self._frame_cut = False  # a send timed out mid-frame: abort the stream, no close handshake
         self.closed = trio.Event()
 
     @property
@@ -144,6 +151,8 @@ class Connection:
                 dispatcher.connection_closed(self)
             finally:
                 with trio.CancelScope(shield=True):
+                    if self._frame_cut:
+                        await _abort(self._websocket)
                     with trio.move_on_after(self._limits.close_timeout):
                         await self._websocket.aclose(self._close_code, self._close_reason or None)
                 self.closed.set()
@@ -198,8 +207,22 @@ class Connection:
             finally:
                 self._sending = False
             if scope.cancelled_caught:
+                self._frame_cut = True
                 self.close_for_policy(f"send timed out after {self._limits.send_timeout:g} s")
                 return
+
+
+async def _abort(websocket: WebSocketConnection) -> None:
+    """Close the TCP stream under ``websocket`` without a close frame (its next ``aclose`` then only cleans up).
+
+    A plain close (FIN), not a reset: the peer reads the cut frame, then the
+    end of the stream, which every WebSocket client reports as 1006. A reset
+    (SO_LINGER 0) was tried: trio-websocket's own client then hangs on exit
+    when its reader is blocked on a full message queue.
+    """
+    stream = getattr(websocket, "_stream", None)  # trio-websocket has no public accessor for its transport
+    if stream is not None:
+        await trio.aclose_forcefully(stream)
 
 
 def _utf8_length_exceeds(text: str, limit: int) -> bool:

@@ -112,3 +112,65 @@ async def test_sigterm_before_the_first_frame_exits_cleanly(tmp_path: Path) -> N
         await again.read_url()
         again.process.send_signal(signal.SIGTERM)
         assert await again.wait_exit(STOP_TIMEOUT_S + 2) == 0, again.stderr
+
+
+# ----------------------------------------------------------------------------- a client that stops reading
+
+BIG_OVERLAYS = [{"id": f"t{i}", "text": "x" * 1000, "font_size": 8, "opacity": 0.0} for i in range(32)]
+
+
+async def _answer(ws: Any, correlation_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    await ws.send_message(_request(correlation_id, payload))
+    with trio.fail_after(10):
+        while True:
+            message = json.loads(await ws.get_message())
+            if message.get("correlation_id") == correlation_id:
+                return message["payload"]
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_nobody_else_notices(tmp_path: Path) -> None:
+    """The render loop keeps its rate, another client keeps getting answers and events, and the stalled
+    client is closed after the send timeout. Known issue 3: its last frame was cut mid-way, so the daemon
+    closes the TCP stream without a close frame (which would land inside the cut frame): the client sees 1006."""
+    from compositord.daemon.config import Limits
+    from compositord.tests.plugin import settings_for, start_daemon
+
+    settings = settings_for(tmp_path / "state", SMALL_PIPELINE, limits=Limits(send_timeout=0.5))
+    async with trio.open_nursery() as nursery:
+        daemon = await start_daemon(nursery, settings)
+        session = daemon.session_id
+        async with open_websocket_url(daemon.url) as other:
+            # ~33 KB of params, so that each getpipeline answer is big and socket buffers fill quickly.
+            patch = {"action": "tunenode", "session_id": session, "node_id": "comp", "message": {"PatchParams": {"text_overlays": BIG_OVERLAYS}}}
+            assert (await _answer(other, "big", patch))["action"] == "success", "overlays refused"
+            stats_before = await _frames_rendered(other, session)
+            started = trio.current_time()
+            async with open_websocket_url(daemon.url, max_message_size=1 << 20) as stalled:
+                for i in range(400):  # ~13 MB of answers that this client never reads
+                    await stalled.send_message(_request(f"g{i}", {"action": "getpipeline", "session_id": session}))
+                # Meanwhile the other client is served: answers and events keep coming.
+                for step in range(10):
+                    reply = await _answer(other, f"o{step}", {"action": "getpipeline", "session_id": session})
+                    assert reply["action"] == "pipeline"
+                    await trio.sleep(0.1)
+                with trio.fail_after(15):
+                    while True:  # the stalled client's queue, then its socket: 1006, no close frame
+                        try:
+                            await stalled.get_message()
+                        except ConnectionClosed as closed:
+                            assert closed.reason.code == 1006, closed.reason
+                            break
+            elapsed = trio.current_time() - started
+            stats_after = await _frames_rendered(other, session)
+        fps = (stats_after - stats_before) / elapsed
+        assert fps > 20, f"the render loop slowed to {fps:.1f} fps while a client stalled (30 fps configured)"
+        nursery.cancel_scope.cancel()
+
+
+async def _frames_rendered(ws: Any, session: str) -> int:
+    """frames_rendered from the next nodestatsupdated of the compositor (at most once a second)."""
+    with trio.fail_after(5):
+        while True:
+            payload = json.loads(await ws.get_message())["payload"]
+            if payload.get("event") == "nodestatsupdated" and payload.get("node_id") == "comp":
+                return int(payload["stats"]["frames_rendered"])
