@@ -35,7 +35,8 @@ def _runner(name: str) -> Callable[[BenchOptions], dict[str, Any]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scenario", choices=(*SCENARIOS, "all"), help="what to measure (all: every scenario in turn)")
+    parser.add_argument("scenario", choices=(*SCENARIOS, "all", "soak"),
+                        help="what to measure (all: the four scenarios in turn; soak: perf/soak.py, long-running, not part of all)")
     parser.add_argument("--compare", action="store_true", help="also run the workload in FFmpeg / GStreamer (when installed), interleaved")
     parser.add_argument("--quick", action="store_true", help="tiny runs (a smoke test, not a measurement)")
     parser.add_argument("--frames", type=int, default=None, help="frames per iteration (default: the scenario's)")
@@ -48,10 +49,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="control_latency: watching clients parse every event (raw, default) or also run the client library's causal masking (client)")
     parser.add_argument("--pace-params-ms", type=float, default=0.0, metavar="MS",
                         help="control_latency EXPERIMENT: the bench daemon publishes each node's nodeparamschanged at most every MS (not the daemon's behaviour)")
+    parser.add_argument("--minutes", type=float, default=None, help="soak: how long (perf/soak.py's default when absent)")
+    parser.add_argument("--interval", type=float, default=None, help="soak: seconds between samples")
+    parser.add_argument("--clients", type=int, default=None, help="soak: clients")
     parser.add_argument("--write-readme", type=Path, default=None, metavar="FILE", help="rewrite FILE's results block with this run's figures")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.scenario == "soak":
+        from compositord.perf import soak
+
+        argv = [f"--{name}={value}" for name, value in (("minutes", args.minutes), ("interval", args.interval), ("clients", args.clients)) if value is not None]
+        return soak.main(argv)
     if args.frames is not None and args.frames < 1:
         print("compositord bench: --frames must be at least 1", file=sys.stderr)
         return 2

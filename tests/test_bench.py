@@ -99,6 +99,11 @@ def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str], tmp_path:
     assert code == 2 and "missing.md: no such file" in err
 
 
+def test_soak_is_reached_through_bench_and_checks_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_bench_err(capsys, "soak", "--minutes", "0")
+    assert code == 2 and "--minutes and --interval must be positive" in err
+
+
 def test_summary_and_ratio_arithmetic() -> None:
     ours = Timing("a", 100, [1.0, 2.0])
     peer = Timing("b", 100, [2.0, 2.0])
