@@ -1,28 +1,23 @@
 """Image overlays and image sources: files from the asset directory, nothing else.
 
-``resolve_asset`` is the one gate between a client-supplied ``asset_path`` and
-the file system. It refuses, with an :class:`AssetError` that names the path
-and the reason:
-
-- absolute paths and any ``..`` component (the client names a file *inside*
-  the asset directory, never a way out of it);
-- symbolic links whose target leaves the asset directory (the resolved real
-  path must stay under the real asset directory);
-- anything that is not a regular file (devices, FIFOs, sockets, directories),
-  and anything under /proc, /sys or /dev even when linked from inside.
+``resolve_asset`` is the gate between a client-supplied ``asset_path`` and
+the file system: ``daemon.sandbox.resolve_input`` (shared with the sinks'
+output paths) with an :class:`AssetError` that names the path and the reason:
+absolute paths, ``..``, links out of the asset directory, /proc, /sys, /dev,
+and anything that is not a regular file are refused.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from functools import lru_cache
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-_FORBIDDEN_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+from compositord.daemon.sandbox import SandboxError, resolve_input
+
 MAX_IMAGE_PIXELS = 7680 * 4320
 
 
@@ -32,31 +27,10 @@ class AssetError(ValueError):
 
 def resolve_asset(asset_dir: str | os.PathLike[str] | None, asset_path: str) -> Path:
     """The real path of ``asset_path`` inside ``asset_dir``, or :class:`AssetError`."""
-    if asset_dir is None:
-        raise AssetError(f"asset_path {asset_path!r}: no asset directory is configured")
-    if not isinstance(asset_path, str) or not asset_path:
-        raise AssetError(f"asset_path {asset_path!r}: must be a non-empty relative path")
-    if "\x00" in asset_path or "\\" in asset_path:
-        raise AssetError(f"asset_path {asset_path!r}: NUL and backslash are not allowed")
-    relative = PurePosixPath(asset_path)
-    if relative.is_absolute():
-        raise AssetError(f"asset_path {asset_path!r}: absolute paths are refused; name a file inside the asset directory")
-    if ".." in relative.parts:
-        raise AssetError(f"asset_path {asset_path!r}: '..' is refused; name a file inside the asset directory")
-    root = Path(asset_dir).resolve(strict=False)
-    candidate = root.joinpath(*relative.parts)
     try:
-        real = candidate.resolve(strict=True)
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise AssetError(f"asset_path {asset_path!r}: no such file in the asset directory") from exc
-    if not real.is_relative_to(root):
-        raise AssetError(f"asset_path {asset_path!r}: a link leads out of the asset directory")
-    if any(real.is_relative_to(forbidden) for forbidden in _FORBIDDEN_ROOTS):
-        raise AssetError(f"asset_path {asset_path!r}: device and kernel files are refused")
-    mode = real.stat().st_mode
-    if not stat.S_ISREG(mode):
-        raise AssetError(f"asset_path {asset_path!r}: not a regular file")
-    return real
+        return resolve_input(asset_dir, asset_path, field="asset_path", place="asset directory")
+    except SandboxError as exc:
+        raise AssetError(str(exc)) from exc
 
 
 def load_rgba(path: Path) -> np.ndarray:
