@@ -52,6 +52,7 @@ def _render_loop_factory(settings: Settings, trio_token: trio.lowlevel.TrioToken
             on_node_error=lambda node_id, message: service.on_node_error(session_id, node_id, message),
             on_preview=service.on_preview,
             asset_dir=settings.asset_dir,
+            output_dir=settings.output_dir,
             device_index=device_index,
         )
 

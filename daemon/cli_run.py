@@ -16,6 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", metavar="DIR", help="state directory (default: $STATE_DIRECTORY or ./state)")
     parser.add_argument("--asset-dir", metavar="DIR", help="images and fonts for overlays (default: STATE_DIR/assets)")
     parser.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="where sink::file and sink::y4m write; their paths are relative to it (default: STATE_DIR/outputs)",
+    )
+    parser.add_argument(
         "--allow-origin",
         metavar="ORIGIN",
         action="append",
@@ -68,7 +73,8 @@ class _PrintAddress:
         assert value is not None
         host, port = value
         shown_host = f"[{host}]" if ":" in host else host
-        print(f"compositord: serving ws://{shown_host}:{port}/api/v1/control", flush=True)
+        # stderr: stdout may carry a sink::y4m with path "-" (raw video for a pipe).
+        print(f"compositord: serving ws://{shown_host}:{port}/api/v1/control", file=sys.stderr, flush=True)
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

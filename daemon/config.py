@@ -146,10 +146,16 @@ class Settings:
     port: int = 4545
     state_dir: Path = Path("state")
     asset_dir: Path = Path("state/assets")
+    # Where sink::file / sink::y4m write (relative sink paths only); None: ``outputs`` in the state directory.
+    output_dir: Path | None = None
     pipeline_file: Path | None = None  # None: the embedded demo pipeline
     token: str | None = field(default=None, repr=False)  # never printed
     allowed_origins: frozenset[str] = frozenset()
     limits: Limits = Limits()
+
+    def __post_init__(self) -> None:
+        if self.output_dir is None:
+            object.__setattr__(self, "output_dir", Path(self.state_dir) / "outputs")
 
     @classmethod
     def from_args(cls, args: Any, environ: Mapping[str, str] | None = None) -> Settings:
@@ -159,11 +165,14 @@ class Settings:
         command line is visible to every user in ``ps``); allowed origins from
         ``--allow-origin`` (repeatable) or ``$COMPOSITORD_ALLOWED_ORIGINS``
         (comma-separated). The asset directory is ``--asset-dir``, else
-        ``assets`` inside the state directory.
+        ``assets`` inside the state directory; the output directory is
+        ``--output-dir``, else ``outputs`` inside the state directory (made
+        when a sink first writes).
         """
         env = os.environ if environ is None else environ
         state_dir = default_state_dir(getattr(args, "state_dir", None), env)
         asset_dir = getattr(args, "asset_dir", None)
+        output_dir = getattr(args, "output_dir", None)
         origins = getattr(args, "allow_origin", None) or [
             o.strip() for o in env.get("COMPOSITORD_ALLOWED_ORIGINS", "").split(",") if o.strip()
         ]
@@ -173,6 +182,7 @@ class Settings:
             port=cls.port if getattr(args, "port", None) is None else int(args.port),
             state_dir=state_dir,
             asset_dir=Path(asset_dir) if asset_dir else state_dir / "assets",
+            output_dir=Path(output_dir) if output_dir else state_dir / "outputs",
             pipeline_file=Path(config) if config else None,
             token=env.get("COMPOSITORD_TOKEN") or None,
             allowed_origins=frozenset(origins),

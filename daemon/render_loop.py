@@ -179,6 +179,7 @@ class RenderLoop:
         on_node_error: Callable[[str, str | None], None] | None = None,
         on_preview: Callable[[PreviewEmission], None] | None = None,
         asset_dir: Path,
+        output_dir: Path | None = None,
         device_index: int | None = None,
     ) -> None:
         self.session_id = session.session_id
@@ -217,6 +218,7 @@ class RenderLoop:
         # Sinks report errors and previews from their own threads through the outbox.
         self._sinks = SinkSet(
             lambda node_id, message: self._emit("error", node_id, message),
+            output_dir=output_dir,
             on_preview=lambda image: self._emit("preview", image.node_id, PreviewEmission(self.session_id, image.node_id, image)),
         )
 

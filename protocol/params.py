@@ -582,7 +582,7 @@ _PRESET = Enum(
     default="veryfast",
     doc="speed/quality trade-off, mapped to each encoder's own scale",
 )
-_OUTPUT_PATH = Str(4096, min_len=1, doc="file path on the daemon's host; the daemon decides where it may write")
+_OUTPUT_PATH = RelativePath(max_len=4096, doc="inside the daemon's output directory (`--output-dir`)")
 
 
 def _check_sink_file_container(params: dict[str, Any], errors: list[FieldError]) -> None:
@@ -701,7 +701,7 @@ _register(
     NodeKind(
         "sink::y4m",
         SINK,
-        Object({"path": Str(4096, min_len=1, default="-", doc='file or FIFO; "-" is standard output')}),
+        Object({"path": RelativePath(max_len=4096, default="-", doc='file or FIFO inside the output directory; "-" is standard output')}),
         "raw frames as YUV4MPEG2 to a file or FIFO",
     )
 )

@@ -70,7 +70,8 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> No
 
 @asynccontextmanager
 async def running_loop(session: SessionRecord, tmp_path: Path) -> AsyncIterator[tuple[RenderLoop, Recorder]]:
-    """A started render loop; stopped (sinks finished) on exit, from a worker thread like the daemon does."""
+    """A started render loop; stopped (sinks finished) on exit, from a worker thread like the daemon does.
+    ``tmp_path`` is its asset and its output directory: sink paths are relative to it."""
     recorder = Recorder()
     loop = RenderLoop(
         session,
@@ -80,6 +81,7 @@ async def running_loop(session: SessionRecord, tmp_path: Path) -> AsyncIterator[
         on_node_error=lambda node_id, message: recorder.errors.append((node_id, message)),
         on_preview=recorder.previews.append,
         asset_dir=tmp_path,
+        output_dir=tmp_path,
     )
     loop.start()
     try:

@@ -30,7 +30,8 @@ async def keeps_rendering(loop: Any, frames: int = 5) -> None:
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs (needs root and mount(2)), about half full."""
+    """A 64 KiB tmpfs (needs root and mount(2)), about half full, mounted inside the output directory
+    (``running_loop``'s ``tmp_path``): a full disk where a sink may write."""
     mountpoint = tmp_path / "tiny"
     mountpoint.mkdir()
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)], capture_output=True)
@@ -44,8 +45,8 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 async def test_full_disk_file_sink_errors_then_recovers(tmp_path: Path, tiny_disk: Path) -> None:
-    full_path = tiny_disk / "out.mp4"  # MP4 writes each packet as it comes (Matroska holds a cluster)
-    params = {"path": str(full_path), "preset": "ultrafast"}
+    # MP4 writes each packet as it comes (Matroska holds a cluster)
+    params = {"path": f"{tiny_disk.name}/out.mp4", "preset": "ultrafast"}
     session = sink_session({"rec": ("sink::file", params)}, fps=60, pattern="smpte")
     bars = session.nodes["bars"]
     session.nodes["bars"] = NodeRecord("bars", bars.kind, {**bars.params, "animated": True, "timestamp": True})
@@ -62,15 +63,16 @@ async def test_full_disk_file_sink_errors_then_recovers(tmp_path: Path, tiny_dis
         await keeps_rendering(loop)
         assert loop.sink("rec").stats()["state"] == "error"
         good = tmp_path / "recovered.mkv"  # another container: the params are corrected whole
-        loop.submit_params("rec", {**params, "path": str(good)}, None)
+        loop.submit_params("rec", {**params, "path": good.name}, None)
         await wait_until(lambda: recorder.error_of("rec") is None)
         await wait_frames_written(loop, "rec", 5)
         sink = loop.sink("rec")
     assert len(decode(good).frames) == sink.frames_written
 
 
-async def test_dev_full_y4m_is_a_node_error(tmp_path: Path) -> None:
-    session = sink_session({"raw": ("sink::y4m", {"path": "/dev/full"})})
+async def test_full_disk_y4m_is_a_node_error(tmp_path: Path, tiny_disk: Path) -> None:
+    # 32 KiB left; a 160x90 frame is 21 KiB, so the second frame does not fit.
+    session = sink_session({"raw": ("sink::y4m", {"path": f"{tiny_disk.name}/raw.y4m"})})
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_until(lambda: recorder.error_of("raw") is not None)
         await keeps_rendering(loop)
@@ -88,7 +90,7 @@ async def test_fifo_reader_going_away_then_a_new_reader(tmp_path: Path) -> None:
 
     first_reader = threading.Thread(target=read_some_then_quit, daemon=True)
     first_reader.start()
-    session = sink_session({"pipe": ("sink::y4m", {"path": str(fifo)})}, fps=60)
+    session = sink_session({"pipe": ("sink::y4m", {"path": fifo.name})}, fps=60)
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_until(lambda: recorder.error_of("pipe") is not None)
         assert "reader went away" in recorder.error_of("pipe")
@@ -108,7 +110,7 @@ async def test_fifo_reader_going_away_then_a_new_reader(tmp_path: Path) -> None:
 
         second_reader = threading.Thread(target=read_until_told, daemon=True)
         second_reader.start()
-        loop.submit_params("pipe", {"path": str(fifo)}, None)
+        loop.submit_params("pipe", {"path": fifo.name}, None)
         await wait_until(lambda: recorder.error_of("pipe") is None)
         await wait_frames_written(loop, "pipe", 3)
         stop_reading.set()
@@ -119,14 +121,17 @@ async def test_fifo_reader_going_away_then_a_new_reader(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kind", "params", "expected"),
     [
-        ("sink::file", {"path": "/nonexistent-dir/out.mp4"}, "does not exist"),
-        ("sink::y4m", {"path": "/"}, "Is a directory"),
-        ("sink::file", {"path": "/proc/out.mp4"}, "out.mp4"),
+        ("sink::file", {"path": "nonexistent-dir/out.mp4"}, "no such directory in the output directory"),
+        ("sink::y4m", {"path": "a-directory"}, "is a directory"),
+        # Never valid params (the schema refuses them); the sink refuses them as well (e.g. rows of an older version).
+        ("sink::file", {"path": "/proc/out.mp4"}, "absolute paths are refused"),
+        ("sink::y4m", {"path": "../escape.y4m"}, "'..' is refused"),
     ],
 )
 async def test_unwritable_paths(tmp_path: Path, kind: str, params: dict[str, Any], expected: str) -> None:
+    (tmp_path / "a-directory").mkdir()
     good = tmp_path / "fine.mp4"
-    session = sink_session({"bad": (kind, params), "good": ("sink::file", {"path": str(good), "preset": "ultrafast"})})
+    session = sink_session({"bad": (kind, params), "good": ("sink::file", {"path": good.name, "preset": "ultrafast"})})
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_until(lambda: recorder.error_of("bad") is not None)
         await wait_frames_written(loop, "good", 5)  # the other sink of the same compositor is unaffected
@@ -182,7 +187,7 @@ def compositord_pipeline() -> dict[str, Any]:
         "nodes": {
             "bars": {"kind": "video::colorbars", "params": {"width": W, "height": H}},
             "comp": {"kind": "video::compositor", "params": {"width": W, "height": H, "fps": 30}},
-            "raw": {"kind": "sink::y4m", "params": {"path": "/dev/full"}},
+            "raw": {"kind": "sink::y4m", "params": {"path": "not-made-yet/raw.y4m"}},
         },
         "connections": [
             {"from_node": "bars", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"},
@@ -205,7 +210,7 @@ async def test_daemon_reports_the_sink_error_and_its_clearing(compositord_daemon
                 if nodes["raw"]["state"] != "ok":
                     break
                 await trio.sleep(0.05)
-        assert "No space left on device" in nodes["raw"]["state"]["error"]
+        assert "no such directory in the output directory" in nodes["raw"]["state"]["error"]
         assert nodes["comp"]["state"] == "ok" and nodes["bars"]["state"] == "ok"
         # The sink's counters come with nodestatsupdated (at most once a second): frames it could not write.
         with trio.fail_after(5):
@@ -214,8 +219,8 @@ async def test_daemon_reports_the_sink_error_and_its_clearing(compositord_daemon
                 stats += await peer.events("nodestatsupdated", 0.5)
         raw_stats = [e["stats"] for e in stats if e["node_id"] == "raw"][-1]
         assert raw_stats["state"] == "error" and raw_stats["frames_written"] == 0
-        good = tmp_path / "fixed.y4m"
-        answer = await peer.request("tunenode", session_id=session, node_id="raw", message={"UpdateParams": {"path": str(good)}})
+        good = compositord_daemon.settings.output_dir / "fixed.y4m"
+        answer = await peer.request("tunenode", session_id=session, node_id="raw", message={"UpdateParams": {"path": good.name}})
         assert answer["action"] == "success"
         changes = []
         with trio.fail_after(10):
@@ -227,7 +232,7 @@ async def test_daemon_reports_the_sink_error_and_its_clearing(compositord_daemon
 
 async def test_a_sink_fed_by_a_source_says_it_needs_a_compositor(tmp_path: Path) -> None:
     session = sink_session({})
-    session.nodes["raw"] = NodeRecord("raw", "sink::y4m", {"path": str(tmp_path / "never.y4m")})
+    session.nodes["raw"] = NodeRecord("raw", "sink::y4m", {"path": "never.y4m"})
     from compositord.daemon.model import ConnectionRecord
 
     session.connections.append(ConnectionRecord("bars", "out", "raw", "in"))
@@ -247,7 +252,7 @@ async def test_a_missing_encoder_is_a_node_error(tmp_path: Path, monkeypatch: py
     from compositord.daemon.sinks import encoding
 
     monkeypatch.setitem(encoding.ENCODERS, "vp9", "libvpx-vp9-not-in-this-build")
-    session = sink_session({"rec": ("sink::file", {"path": str(tmp_path / "out.webm"), "codec": "vp9"})})
+    session = sink_session({"rec": ("sink::file", {"path": "out.webm", "codec": "vp9"})})
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_until(lambda: recorder.error_of("rec") is not None)
         await keeps_rendering(loop)
@@ -264,7 +269,7 @@ async def test_a_reader_that_stops_reading_costs_frames_not_the_loop(tmp_path: P
     os.mkfifo(fifo)
     reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # opens, never reads: the pipe fills after 3 frames
     try:
-        session = sink_session({"pipe": ("sink::y4m", {"path": str(fifo)})}, fps=60)
+        session = sink_session({"pipe": ("sink::y4m", {"path": fifo.name})}, fps=60)
         started_stop = None
         async with running_loop(session, tmp_path) as (loop, recorder):
             await wait_until(lambda: loop.sink("pipe") is not None and loop.sink("pipe").frames_dropped > 10)

@@ -38,7 +38,7 @@ async def test_encoded_file_decodes(tmp_path: Path, codec: str, name: str, outpu
     if ENCODERS[codec] not in av.codecs_available:
         pytest.skip(f"this PyAV build has no {ENCODERS[codec]} encoder")
     path = tmp_path / name
-    params = {"path": str(path), "codec": codec, "preset": "ultrafast", "bitrate_kbps": 1000}
+    params = {"path": path.name, "codec": codec, "preset": "ultrafast", "bitrate_kbps": 1000}
     session = sink_session({"rec": ("sink::file", params)}, output_format=output_format)
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_frames_written(loop, "rec", 12)
@@ -56,7 +56,7 @@ async def test_encoded_file_decodes(tmp_path: Path, codec: str, name: str, outpu
 
 async def test_removing_the_node_finishes_the_file(tmp_path: Path) -> None:
     path = tmp_path / "removed.mp4"
-    session = sink_session({"rec": ("sink::file", {"path": str(path), "preset": "ultrafast"})})
+    session = sink_session({"rec": ("sink::file", {"path": path.name, "preset": "ultrafast"})})
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_frames_written(loop, "rec", 5)
         sink = loop.sink("rec")
@@ -97,15 +97,14 @@ async def test_example_io_pipeline_records_mp4_and_feeds_a_y4m_pipe(tmp_path: Pa
     check = subprocess.run([*compositord, "check-config", str(EXAMPLE)], capture_output=True, text=True)
     assert (check.returncode, check.stdout.strip()) == (0, "ok"), check.stderr
 
-    # The example as is, but its FIFO inside this test's directory.
+    # The example as it is: its FIFO and its MP4 in the output directory, STATE/outputs.
     document = yaml.safe_load(EXAMPLE.read_text())
-    fifo = tmp_path / "compositord-io.y4m"
-    os.mkfifo(fifo)
-    document["nodes"]["raw"]["params"]["path"] = str(fifo)
-    config = tmp_path / "example-io-pipeline.yaml"
-    config.write_text(yaml.safe_dump(document))
+    config = EXAMPLE
     state = tmp_path / "state"
     (state / "assets").mkdir(parents=True)
+    (state / "outputs").mkdir()
+    fifo = state / "outputs" / document["nodes"]["raw"]["params"]["path"]
+    os.mkfifo(fifo)
     shutil.copy(LOGO, state / "assets" / "logo.png")
     write_clip(state / "assets" / "clip.mp4", frames=10, fps=30, width=640, height=360, codec="ffv1")
 
@@ -122,7 +121,9 @@ async def test_example_io_pipeline_records_mp4_and_feeds_a_y4m_pipe(tmp_path: Pa
         text=True,
     )
     try:
-        line = await trio.to_thread.run_sync(daemon.stdout.readline)
+        line = await trio.to_thread.run_sync(daemon.stderr.readline)  # run's own lines go to stderr
+        while line and not line.startswith("compositord: serving "):  # after any warning logged before it
+            line = await trio.to_thread.run_sync(daemon.stderr.readline)
         assert line.startswith("compositord: serving "), line + daemon.stderr.read()
         url = line.split("serving ", 1)[1].strip()
         camera = document["nodes"]["camera"]["params"]
@@ -142,7 +143,8 @@ async def test_example_io_pipeline_records_mp4_and_feeds_a_y4m_pipe(tmp_path: Pa
     piped = [int(n) for n in re.findall(r"frame=\s*(\d+)", reader_log)]
     assert piped and piped[-1] >= 5, reader_log
 
-    decoded = decode(tmp_path / "example-io.mp4")  # relative to the daemon's working directory
+    assert not (tmp_path / "example-io.mp4").exists()  # not the working directory: the output directory
+    decoded = decode(state / "outputs" / "example-io.mp4")
     assert (decoded.width, decoded.height, decoded.codec) == (1280, 720, "h264")
     assert len(decoded.frames) >= 5
     assert decoded.pts == sorted(decoded.pts) and len(set(decoded.pts)) == len(decoded.pts)

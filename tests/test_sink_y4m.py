@@ -28,7 +28,7 @@ def test_header() -> None:
 @pytest.mark.parametrize("output_format", ["nv12", "rgba8"])
 async def test_y4m_file_decodes(tmp_path: Path, output_format: str) -> None:
     path = tmp_path / "out.y4m"
-    session = sink_session({"raw": ("sink::y4m", {"path": str(path)})}, output_format=output_format)
+    session = sink_session({"raw": ("sink::y4m", {"path": path.name})}, output_format=output_format)
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_frames_written(loop, "raw", 6)
         sink = loop.sink("raw")
@@ -48,7 +48,7 @@ async def test_y4m_file_decodes(tmp_path: Path, output_format: str) -> None:
 async def test_fifo_into_ffmpeg(tmp_path: Path) -> None:
     fifo = tmp_path / "out.y4m"
     os.mkfifo(fifo)
-    session = sink_session({"pipe": ("sink::y4m", {"path": str(fifo)})}, fps=60)
+    session = sink_session({"pipe": ("sink::y4m", {"path": fifo.name})}, fps=60)
     async with running_loop(session, tmp_path) as (loop, recorder):
         # No reader yet: the loop renders on, the sink waits and drops (counted).
         rendered = loop.statistics().frames_rendered

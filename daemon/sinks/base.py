@@ -14,6 +14,7 @@ open twice); its first written frame clears the error.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compositord.daemon.render.frames import OutputFrame
+from compositord.daemon.sandbox import OutputTarget, SandboxError, resolve_output
 
 DEFAULT_QUEUE_CAPACITY = 8  # frames; at 30 fps about a quarter of a second of slack for an encoder
 
@@ -86,8 +88,17 @@ class Sink:
     # True: the new frame replaces the oldest (previews and windows want the latest only).
     keep_latest = False
 
-    def __init__(self, node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None = None) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        params: Mapping[str, Any],
+        latch: ErrorLatch,
+        predecessor: Sink | None = None,
+        *,
+        output_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.node_id = node_id
+        self.output_dir = output_dir  # sinks that write files resolve their path inside it (daemon.sandbox)
         self.params = dict(params)
         self._latch = latch
         self._predecessor = predecessor
@@ -229,6 +240,13 @@ class Sink:
                 self._cond.wait(interval)
 
     # ------------------------------------------------------------------ subclass hooks (worker thread)
+
+    def output_target(self, path: str) -> OutputTarget:
+        """Where ``path`` (relative to the output directory) really is; a SinkError when it is not allowed."""
+        try:
+            return resolve_output(self.output_dir, path)
+        except SandboxError as exc:
+            raise SinkError(str(exc)) from None
 
     def where(self) -> str | None:
         """What the sink writes to, as error messages name it (no secrets: a stream URL's key stays out)."""

@@ -2,7 +2,8 @@
 
 The container comes from the ``container`` param, else from the path's
 extension (``params.validate`` has checked that one of them names a container
-that can hold the codec). PyAV writes the file in place and ``finish``
+that can hold the codec). The path is relative to the output directory
+(``daemon.sandbox.resolve_output``: no way out of it). PyAV writes the file in place and ``finish``
 writes the trailer, so the file plays once the sink was closed (stop, node
 removal, new params, SIGTERM). MP4 uses ``+faststart`` (index at the front).
 """
@@ -36,14 +37,12 @@ class FileSink(EncoderSink):
         container = container_of(self.params)
         if container not in MUXERS:
             raise SinkError(f"no container for {path!r}: set container to mp4, webm or mkv")
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise SinkError(f"cannot write {path!r}: the directory {directory!r} does not exist")
-        if not os.access(directory, os.W_OK):
-            raise SinkError(f"cannot write {path!r}: the directory {directory!r} is not writable")
+        real = self.output_target(path).path
+        if not os.access(real.parent, os.W_OK):
+            raise SinkError(f"cannot write {path!r}: its directory in the output directory is not writable")
         # flush_packets: a packet the muxer writes reaches the file at once, not in 32 KiB chunks, so a
         # full disk is noticed at the frame that hits it (MP4 writes each packet; Matroska a cluster at a time).
         options = {"flush_packets": "1"}
         if container == "mp4":
             options["movflags"] = "+faststart"
-        return path, MUXERS[container], options
+        return str(real), MUXERS[container], options

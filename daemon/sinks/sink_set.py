@@ -11,7 +11,9 @@ is finished before the process exits.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from compositord.daemon.model import SessionRecord
@@ -22,16 +24,20 @@ from compositord.protocol import params as params_schema
 COMPOSITOR_KIND = "video::compositor"
 
 
-def _file(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, **_: Any) -> Sink:
+def _file(
+    node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, *, output_dir: Path | None = None, **_: Any
+) -> Sink:
     from compositord.daemon.sinks.file import FileSink
 
-    return FileSink(node_id, params, latch, predecessor)
+    return FileSink(node_id, params, latch, predecessor, output_dir=output_dir)
 
 
-def _y4m(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, **_: Any) -> Sink:
+def _y4m(
+    node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, *, output_dir: Path | None = None, **_: Any
+) -> Sink:
     from compositord.daemon.sinks.y4m import Y4MSink
 
-    return Y4MSink(node_id, params, latch, predecessor)
+    return Y4MSink(node_id, params, latch, predecessor, output_dir=output_dir)
 
 
 def _stream(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, **_: Any) -> Sink:
@@ -54,7 +60,7 @@ def _preview(
     return PreviewSink(node_id, params, latch, predecessor, on_image=on_preview)
 
 
-# Node kind -> factory(node_id, full params, latch, predecessor, on_preview=...).
+# Node kind -> factory(node_id, full params, latch, predecessor, on_preview=..., output_dir=...).
 SINK_FACTORIES: dict[str, Callable[..., Sink]] = {
     "sink::file": _file,
     "sink::y4m": _y4m,
@@ -65,9 +71,16 @@ SINK_FACTORIES: dict[str, Callable[..., Sink]] = {
 
 
 class SinkSet:
-    def __init__(self, report_error: Callable[[str, str | None], None], on_preview: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        report_error: Callable[[str, str | None], None],
+        on_preview: Callable[[Any], None] | None = None,
+        *,
+        output_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self._report_error = report_error
         self._on_preview = on_preview
+        self._output_dir = Path(output_dir) if output_dir is not None else None  # None: file outputs are refused
         self._sinks: dict[str, Sink] = {}
         self._kinds: dict[str, str] = {}  # node -> the kind its sink was made for
         self._miswired: set[str] = set()  # sink nodes fed by something other than a compositor
@@ -96,7 +109,7 @@ class SinkSet:
             if latch is None:
                 latch = self._latches[node_id] = ErrorLatch(node_id, self._report_error)
             full = params_schema.with_defaults(node.kind, node.params)
-            sink = factory(node_id, full, latch, old, on_preview=self._on_preview)
+            sink = factory(node_id, full, latch, old, on_preview=self._on_preview, output_dir=self._output_dir)
             sink.start()
             self._sinks[node_id] = sink
             self._kinds[node_id] = node.kind

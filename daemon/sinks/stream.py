@@ -18,6 +18,10 @@ from compositord.daemon.sinks.encoding import EncoderSink
 # Output protocols the bundled FFmpeg lacks (PyAV lists none; it fails only at the first write, with
 # "Protocol not found"): refused up front so the node says why.
 MISSING_PROTOCOLS = frozenset({"srt"})
+# Network protocols only: FFmpeg would as gladly write ``file:``, ``pipe:`` or ``cache:`` URLs, which would
+# bypass the output directory. The schema's pattern refuses them already; this holds for params that never
+# passed it (rows stored by an older version).
+NETWORK_SCHEMES = frozenset({"udp", "tcp", "rtmp", "rtmps", "srt"})
 
 
 class StreamSink(EncoderSink):
@@ -33,7 +37,10 @@ class StreamSink(EncoderSink):
 
     def target(self) -> tuple[str, str, dict[str, str]]:
         url = str(self.params["url"])
-        scheme = url.split("://", 1)[0].lower()
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in NETWORK_SCHEMES:
+            shown = scheme or url.split(":", 1)[0][:16]
+            raise SinkError(f"{shown!r} is not a network protocol: use udp://, tcp://, rtmp:// or rtmps://; files go through sink::file or sink::y4m")
         if scheme in MISSING_PROTOCOLS:
             raise SinkError(f"this build of PyAV cannot send {scheme}:// (no {scheme} protocol in its FFmpeg); use udp://, tcp:// or rtmp://")
         format_name = str(self.params.get("format", "mpegts"))

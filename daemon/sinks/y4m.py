@@ -1,5 +1,10 @@
 """``sink::y4m``: YUV4MPEG2 (4:2:0, limited range) to a file, a FIFO or standard output.
 
+A file or FIFO path is relative to the output directory
+(``daemon.sandbox.resolve_output``); a FIFO must be one the operator made
+there (``mkfifo <output_dir>/out.y4m``). ``"-"`` is the daemon's standard
+output (``compositord run`` prints its own lines on standard error).
+
 Opening a FIFO for writing blocks until a reader opens it, so the sink thread
 probes with ``O_NONBLOCK`` (``ENXIO`` while nobody reads) until a reader comes
 or the sink is closed; frames offered meanwhile are dropped and counted. Once
@@ -13,7 +18,6 @@ from __future__ import annotations
 
 import os
 import select
-import stat
 import sys
 import time
 
@@ -46,14 +50,19 @@ class Y4MSink(Sink):
         path = str(self.params.get("path", STDOUT))
         if path == STDOUT:
             self._fd, self._owns_fd = sys.stdout.fileno(), False
-        elif _is_fifo(path):
-            fd = self.wait_for_reader(lambda: os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
-            if fd is None:
-                return  # closed before any reader came
-            self._fd, self._owns_fd = fd, True  # stays non-blocking: see _write_all
         else:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            self._owns_fd = True
+            target = self.output_target(path)
+            # O_NOFOLLOW: the real path has no link left; one swapped in since is refused, not followed.
+            if target.is_fifo:
+                flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
+                fd = self.wait_for_reader(lambda: os.open(target.path, flags))
+                if fd is None:
+                    return  # closed before any reader came
+                self._fd, self._owns_fd = fd, True  # stays non-blocking: see _write_all
+            else:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+                self._fd = os.open(target.path, flags, 0o644)
+                self._owns_fd = True
         frame = first.frame
         self._size = (frame.width, frame.height)
         self._write_all(y4m_header(frame.width, frame.height, max(1, int(first.fps)), frame.color_matrix))
@@ -90,10 +99,3 @@ class Y4MSink(Sink):
         fd, self._fd = self._fd, None
         if fd is not None and self._owns_fd:
             os.close(fd)
-
-
-def _is_fifo(path: str) -> bool:
-    try:
-        return stat.S_ISFIFO(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return False
