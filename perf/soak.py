@@ -178,13 +178,18 @@ async def soak(minutes: float, interval: float, clients: int, out: Any) -> dict[
     with tempfile.TemporaryDirectory(prefix="compositord-soak-") as tmp:
         config = Path(tmp) / f"{SESSION}.yaml"
         config.write_text(yaml.safe_dump(soak_pipeline()))
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "compositord", "run", "--port", "0", "--state-dir", str(Path(tmp) / "state"), "--config", str(config), "--log-level", "WARNING"],
-            stdout=subprocess.PIPE,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
+        # `compositord run` prints its serving line (and logs) on stderr: into a file, so a long soak never
+        # fills an undrained pipe.
+        stderr_path = Path(tmp) / "daemon-stderr.txt"
+        with stderr_path.open("wb") as stderr:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "compositord", "run", "--port", "0", "--state-dir", str(Path(tmp) / "state"), "--config", str(config), "--log-level", "WARNING"],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            )
         try:
-            url = await _read_url(process)
+            url = await _read_url(process, stderr_path)
             port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
             totals = Totals()
             samples: list[dict[str, Any]] = []
@@ -261,16 +266,16 @@ def _fmt(value: Any, width: int = 6) -> str:
     return f"{value:{width}.1f}" if isinstance(value, float) else f"{value:{width}d}"
 
 
-async def _read_url(process: trio.Process) -> str:
-    assert process.stdout is not None
-    buffer = b""
+async def _read_url(process: trio.Process, stderr_path: Path) -> str:
     with trio.fail_after(60):
-        while b"\n" not in buffer:
-            chunk = await process.stdout.receive_some(4096)
-            if not chunk:
-                raise RuntimeError(f"the daemon exited before serving (status {process.poll()})")
-            buffer += chunk
-    return buffer.split(b"\n", 1)[0].decode().split("serving ", 1)[1].strip()
+        while True:
+            text = stderr_path.read_text(errors="replace")
+            lines = [line for line in text.splitlines() if line.startswith("compositord: serving ")]
+            if lines:
+                return lines[0].split("serving ", 1)[1].strip()
+            if process.poll() is not None:
+                raise RuntimeError(f"the daemon exited before serving (status {process.poll()}):\n{text}")
+            await trio.sleep(0.05)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,9 +35,10 @@ STOP_TIMEOUT_S = 10.0  # DEFAULT_STOP_TIMEOUT of daemon/app.py, what `compositor
 
 
 class DaemonProcess:
-    def __init__(self, process: trio.Process, state_dir: Path, stderr_path: Path) -> None:
+    def __init__(self, process: trio.Process, state_dir: Path, stdout_path: Path, stderr_path: Path) -> None:
         self.process = process
         self.state_dir = state_dir
+        self.stdout_path = stdout_path
         self.stderr_path = stderr_path
         self.url = ""
 
@@ -46,18 +47,17 @@ class DaemonProcess:
         return self.stderr_path.read_text(errors="replace")
 
     async def read_url(self) -> str:
-        assert self.process.stdout is not None
-        buffer = b""
+        """The ``compositord: serving ws://...`` line, from stdout or stderr (both go to files: no pipe to fill)."""
         with trio.fail_after(60):
-            while b"\n" not in buffer:
-                chunk = await self.process.stdout.receive_some(4096)
-                if not chunk:
-                    raise AssertionError(f"the daemon exited before printing its URL:\n{self.stderr}")
-                buffer += chunk
-        line = buffer.split(b"\n", 1)[0].decode()
-        assert line.startswith("compositord: serving ws://"), line
-        self.url = line.split("serving ", 1)[1].strip()
-        return self.url
+            while True:
+                for path in (self.stdout_path, self.stderr_path):
+                    for line in path.read_text(errors="replace").splitlines():
+                        if line.startswith("compositord: serving ws://"):
+                            self.url = line.split("serving ", 1)[1].strip()
+                            return self.url
+                if self.process.poll() is not None:
+                    raise AssertionError(f"the daemon exited before serving:\n{self.stderr}")
+                await trio.sleep(0.02)
 
     async def wait_exit(self, timeout: float) -> int:
         with trio.fail_after(timeout):
@@ -69,18 +69,19 @@ async def daemon_process(tmp_path: Path, state_dir: Path | None = None, *, log_l
     state_dir = state_dir or tmp_path / "state"
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump(SMALL_PIPELINE))
-    stderr_path = tmp_path / f"stderr-{time.monotonic_ns()}.txt"
+    stamp = time.monotonic_ns()
+    stdout_path, stderr_path = tmp_path / f"stdout-{stamp}.txt", tmp_path / f"stderr-{stamp}.txt"
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     env.pop("NOTIFY_SOCKET", None)
-    with stderr_path.open("wb") as stderr:
+    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "compositord", "run", "--port", "0", "--state-dir", str(state_dir), "--config", str(config), "--log-level", log_level],
-            stdout=subprocess.PIPE,
+            stdout=stdout,
             stderr=stderr,
             env=env,
         )
     try:
-        yield DaemonProcess(process, state_dir, stderr_path)
+        yield DaemonProcess(process, state_dir, stdout_path, stderr_path)
     finally:
         if process.poll() is None:
             process.kill()

@@ -31,18 +31,17 @@ from compositord.tests.plugin import SMALL_PIPELINE
 STOP_BUDGET_S = 10.0  # the daemon's stop timeout; systemd's TimeoutStopSec is 15 s
 
 
-async def _read_url(process: trio.Process) -> str:
-    assert process.stdout is not None
-    buffer = b""
+async def _read_url(process: trio.Process, stderr_path: Path) -> str:
+    """The URL from the serving line `compositord run` prints on stderr (written to ``stderr_path``)."""
     with trio.fail_after(60):
-        while b"\n" not in buffer:
-            chunk = await process.stdout.receive_some(4096)
-            if not chunk:
-                raise AssertionError(f"the daemon exited before printing its URL (status {process.poll()})")
-            buffer += chunk
-    line = buffer.split(b"\n", 1)[0].decode()
-    assert line.startswith("compositord: serving ws://"), line
-    return line.split("serving ", 1)[1].strip()
+        while True:
+            text = stderr_path.read_text(errors="replace")
+            lines = [line for line in text.splitlines() if line.startswith("compositord: serving ws://")]
+            if lines:
+                return lines[0].split("serving ", 1)[1].strip()
+            if process.poll() is not None:
+                raise AssertionError(f"the daemon exited before printing its URL (status {process.poll()}):\n{text}")
+            await trio.sleep(0.02)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -61,15 +60,18 @@ async def test_signal_drains_clients_flushes_store_and_notifies(tmp_path: Path, 
         while True:
             notifications.extend((await receiver.recv(4096)).decode().splitlines())
 
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "compositord", "run", "--port", "0", "--state-dir", str(state_dir), "--config", str(config), "--log-level", "WARNING"],
-        stdout=subprocess.PIPE,
-        env=env,
-    )
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("wb") as stderr:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "compositord", "run", "--port", "0", "--state-dir", str(state_dir), "--config", str(config), "--log-level", "WARNING"],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
+        )
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect)
-            url = await _read_url(process)
+            url = await _read_url(process, stderr_path)
             assert "READY=1" in notifications or await _wait_for(notifications, "READY=1")
             async with open_websocket_url(url) as ws:
                 tune = {
