@@ -1,0 +1,139 @@
+"""Sink outputs stay inside the output directory, through the render loop, the daemon and `compositord run`.
+
+- paths the schema cannot judge (links out, a FIFO elsewhere, a device node)
+  are node errors; nothing outside changes and the other sinks write on;
+- paths the schema can judge (absolute, '..') are invalid_params with their
+  JSON pointer, and change nothing;
+- `compositord run` keeps its own lines off standard output, so a
+  ``sink::y4m`` with path ``"-"`` is a clean YUV4MPEG2 stream.
+
+Runtime: ~6 s (a render loop, a daemon, a daemon process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import yaml
+
+from tests.sink_helpers import H, W, Peer, running_loop, sink_session, wait_frames_written, wait_until
+
+pytestmark = pytest.mark.gl
+
+
+async def test_links_out_fifos_elsewhere_and_devices_are_node_errors(tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    outside = tmp_path / "home"
+    outside.mkdir()
+    bashrc = outside / ".bashrc"
+    bashrc.write_text("keep me\n")
+    os.mkfifo(outside / "pipe")
+    (outputs / "bashrc.y4m").symlink_to(bashrc)
+    (outputs / "new.mkv").symlink_to(outside / "created.mkv")
+    (outputs / "pipe.y4m").symlink_to(outside / "pipe")
+    (outputs / "full.y4m").symlink_to("/dev/full")
+    bad = {
+        "bashrc": ("sink::y4m", {"path": "bashrc.y4m"}, "a link leads out of the output directory"),
+        "created": ("sink::file", {"path": "new.mkv", "preset": "ultrafast"}, "a link leads out of the output directory"),
+        "fifo": ("sink::y4m", {"path": "pipe.y4m"}, "a link leads out of the output directory"),
+        "full": ("sink::y4m", {"path": "full.y4m"}, "a link leads out of the output directory"),
+    }
+    if os.geteuid() == 0:  # a device node made inside the directory (mknod needs CAP_MKNOD)
+        os.mknod(outputs / "null.y4m", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        bad["device"] = ("sink::y4m", {"path": "null.y4m"}, "device files and sockets are refused")
+    sinks = {node: (kind, params) for node, (kind, params, _) in bad.items()}
+    session = sink_session({**sinks, "good": ("sink::y4m", {"path": "good.y4m"})})
+    async with running_loop(session, outputs) as (loop, recorder):
+        await wait_until(lambda: all(recorder.error_of(node) is not None for node in bad))
+        await wait_frames_written(loop, "good", 3)  # the compositor's other sink is unaffected
+    for node, (kind, _, reason) in bad.items():
+        assert recorder.error_of(node).startswith(f"{kind}: "), recorder.error_of(node)
+        assert reason in recorder.error_of(node), (node, recorder.error_of(node))
+    assert bashrc.read_text() == "keep me\n" and not (outside / "created.mkv").exists()
+    assert (outputs / "good.y4m").read_bytes().startswith(b"YUV4MPEG2 W160 H90")
+
+
+@pytest.fixture
+def compositord_pipeline() -> dict[str, Any]:
+    return {
+        "nodes": {
+            "bars": {"kind": "video::colorbars", "params": {"width": W, "height": H}},
+            "comp": {"kind": "video::compositor", "params": {"width": W, "height": H, "fps": 30}},
+            "raw": {"kind": "sink::y4m", "params": {"path": "raw.y4m"}},
+        },
+        "connections": [
+            {"from_node": "bars", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"},
+            {"from_node": "comp", "from_pin": "out", "to_node": "raw", "to_pin": "in"},
+        ],
+    }
+
+
+async def test_the_daemon_refuses_absolute_and_dotdot_paths_as_invalid_params(compositord_daemon: Any, tmp_path: Path) -> None:
+    from trio_websocket import open_websocket_url
+
+    session = compositord_daemon.session_id
+    output_dir = compositord_daemon.settings.output_dir
+    victim = tmp_path / "victim.y4m"
+    async with open_websocket_url(compositord_daemon.url) as ws:
+        peer = Peer(ws)
+        before = await peer.request("getpipeline", session_id=session)
+        tuned = await peer.request("tunenode", session_id=session, node_id="raw", message={"UpdateParams": {"path": str(victim)}})
+        assert (tuned["action"], tuned["code"], tuned["path"]) == ("error", "invalid_params", "/payload/message/UpdateParams/path"), tuned
+        patched = await peer.request("tunenode", session_id=session, node_id="raw", message={"PatchParams": {"path": "../victim.y4m"}})
+        assert (patched["code"], patched["path"]) == ("invalid_params", "/payload/message/PatchParams/path"), patched
+        added = await peer.request(
+            "addnode", session_id=session, node_id="rec", kind="sink::file", params={"path": str(tmp_path / "victim.mp4")}
+        )
+        assert (added["code"], added["path"]) == ("invalid_params", "/payload/params/path"), added
+        assert "must be a relative path" in added["message"], added
+        after = await peer.request("getpipeline", session_id=session)
+    assert after["nodes"] == before["nodes"]  # nothing changed
+    assert not victim.exists() and not (tmp_path / "victim.mp4").exists()
+    await wait_until(lambda: (output_dir / "raw.y4m").exists())  # the valid relative path landed in the output directory
+
+
+async def test_run_keeps_stdout_for_a_y4m_dash_sink(tmp_path: Path) -> None:
+    """`compositord run ... | ffmpeg -f yuv4mpegpipe -i -`: the first bytes on stdout are the Y4M header."""
+    pipeline = {
+        "nodes": {
+            "bars": {"kind": "video::colorbars", "params": {"width": W, "height": H}},
+            "comp": {"kind": "video::compositor", "params": {"width": W, "height": H, "fps": 30}},
+            "raw": {"kind": "sink::y4m", "params": {"path": "-"}},
+        },
+        "connections": [
+            {"from_node": "bars", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"},
+            {"from_node": "comp", "from_pin": "out", "to_node": "raw", "to_pin": "in"},
+        ],
+    }
+    config = tmp_path / "stdout.yaml"
+    config.write_text(yaml.safe_dump(pipeline))
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("wb") as stderr:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "compositord", "run", "--config", str(config), "--state-dir", str(tmp_path / "state"), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+    try:
+        frame_bytes = W * H * 3 // 2
+        head = await trio.to_thread.run_sync(lambda: daemon.stdout.read(64 + 2 * (6 + frame_bytes)))
+        header, _, rest = head.partition(b"\n")
+        assert header.startswith(b"YUV4MPEG2 W160 H90 F30:1"), head[:200]
+        assert rest.startswith(b"FRAME\n") and rest[6 + frame_bytes :].startswith(b"FRAME\n")
+        daemon.stdout.close()  # the reader goes away: a node error, the daemon runs on and stops cleanly
+        await wait_until(lambda: "compositord: serving ws://" in stderr_path.read_text(errors="replace"), timeout=30)
+        daemon.send_signal(signal.SIGTERM)
+        status = await trio.to_thread.run_sync(lambda: daemon.wait(timeout=30))
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert status == 0, stderr_path.read_text(errors="replace")
