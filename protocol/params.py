@@ -659,7 +659,7 @@ _register(
         SOURCE,
         Object(
             {
-                "path": Str(4096, min_len=1, doc="video file on the daemon's host"),
+                "path": RelativePath(max_len=4096, doc="video file inside the asset directory"),
                 "loop": Bool(default=True),
                 "seek_seconds": Number(0, 7 * 24 * 3600, default=0.0, doc="start position"),
             }

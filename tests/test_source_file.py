@@ -29,11 +29,11 @@ TOLERANCE = 3.0
 
 
 @pytest.fixture
-def sources() -> Any:
+def sources(tmp_path: Path) -> Any:
     made: list[VideoFileSource] = []
 
-    def make(params: dict[str, Any], asset_dir: Path | None = None) -> VideoFileSource:
-        source = VideoFileSource(params, asset_dir)
+    def make(params: dict[str, Any]) -> VideoFileSource:
+        source = VideoFileSource(params, tmp_path)  # the clips are written into tmp_path, the asset directory
         made.append(source)
         return source
 
@@ -74,7 +74,7 @@ def watch(source: VideoFileSource, seconds: float) -> list[tuple[int, float]]:
 
 def test_decoded_frame_has_the_known_pixels(tmp_path: Path, sources: Any) -> None:
     clip = write_clip(tmp_path / "clip.mkv", frames=3, fps=30)
-    source = sources({"path": str(clip), "loop": False})
+    source = sources({"path": clip.name, "loop": False})
     frame = wait_frame(source, lambda f: frame_number_of(rgb_of(f)) == 2)
     assert (frame.pixel_format, frame.width, frame.height, frame.opaque) == ("i420", 64, 48, True)
     assert np.asarray(frame.data).nbytes == 64 * 48 * 3 // 2  # tightly packed planes
@@ -92,7 +92,7 @@ def test_row_padding_is_cut_off(tmp_path: Path, sources: Any) -> None:
     with av.open(str(clip)) as container:
         decoded = next(container.decode(video=0))
         assert any(plane.line_size > plane.width for plane in decoded.planes), "the test needs a padded layout"
-    source = sources({"path": str(clip), "loop": False})
+    source = sources({"path": clip.name, "loop": False})
     frame = wait_frame(source)
     assert (frame.width, frame.height) == (66, 50)
     assert np.asarray(frame.data).nbytes == 66 * 50 + 2 * 33 * 25
@@ -105,7 +105,7 @@ def test_row_padding_is_cut_off(tmp_path: Path, sources: Any) -> None:
 
 def test_plays_at_the_file_rate_and_loops(tmp_path: Path, sources: Any) -> None:
     clip = write_clip(tmp_path / "clip.mkv", frames=10, fps=30)  # one pass: 1/3 s
-    source = sources({"path": str(clip)})  # loop defaults to true
+    source = sources({"path": clip.name})  # loop defaults to true
     seen = watch(source, 1.0)
     numbers = [n for n, _ in seen]
     # 30 frames a second for 1 s: never faster than the file (the upper bound is the point); a loaded
@@ -125,24 +125,24 @@ def test_plays_at_the_file_rate_and_loops(tmp_path: Path, sources: Any) -> None:
 
 def test_once_holds_the_last_frame(tmp_path: Path, sources: Any) -> None:
     clip = write_clip(tmp_path / "clip.mkv", frames=6, fps=30)
-    source = sources({"path": str(clip), "loop": False})
+    source = sources({"path": clip.name, "loop": False})
     last = wait_frame(source, lambda f: frame_number_of(rgb_of(f)) == 5, timeout=3.0)
     time.sleep(0.4)  # past the end: nothing more comes, the last frame stays (same serial: no re-upload)
     assert source.frame() is last
     assert source.stats()["frames_decoded"] == 6
     # Looping switched on later starts again from the beginning.
-    source.configure({"path": str(clip), "loop": True, "seek_seconds": 0.0})
+    source.configure({"path": clip.name, "loop": True, "seek_seconds": 0.0})
     assert frame_number_of(rgb_of(wait_frame(source, lambda f: f.serial != last.serial))) == 0
 
 
 def test_seek_starts_at_the_position(tmp_path: Path, sources: Any) -> None:
     clip = write_clip(tmp_path / "clip.mkv", frames=13, fps=10)  # 1.3 s
-    source = sources({"path": str(clip), "loop": False, "seek_seconds": 1.2})
+    source = sources({"path": clip.name, "loop": False, "seek_seconds": 1.2})
     first = wait_frame(source)
     assert frame_number_of(rgb_of(first)) == 12  # the last frame: nothing else can come before the next seek
     # A new seek position applies to the running decoder (same thread, no new source).
     decoder = source._thread
-    source.configure({"path": str(clip), "loop": False, "seek_seconds": 0.5})
+    source.configure({"path": clip.name, "loop": False, "seek_seconds": 0.5})
     moved = wait_frame(source, lambda f: f.serial != first.serial)
     assert frame_number_of(rgb_of(moved)) == 5
     assert source._thread is decoder and decoder.is_alive()
@@ -151,7 +151,7 @@ def test_seek_starts_at_the_position(tmp_path: Path, sources: Any) -> None:
 @pytest.mark.skipif("libx264" not in av.codecs_available, reason="this PyAV build has no libx264 encoder")
 def test_seek_in_h264_skips_to_the_frame_after_the_key_frame(tmp_path: Path, sources: Any) -> None:
     clip = write_clip(tmp_path / "clip.mp4", frames=15, fps=10, codec="libx264")  # key frames at 0, 5, 10
-    source = sources({"path": str(clip), "loop": False, "seek_seconds": 0.7})
+    source = sources({"path": clip.name, "loop": False, "seek_seconds": 0.7})
     first = wait_frame(source)
     assert frame_number_of(rgb_of(first)) == 7
     rgb = rgb_of(first)
@@ -160,13 +160,13 @@ def test_seek_in_h264_skips_to_the_frame_after_the_key_frame(tmp_path: Path, sou
 
 def test_a_seek_past_the_end_is_an_error_until_corrected(tmp_path: Path, sources: Any) -> None:
     clip = write_clip(tmp_path / "clip.mkv", frames=5, fps=10)
-    source = sources({"path": str(clip), "loop": True, "seek_seconds": 30.0})
+    source = sources({"path": clip.name, "loop": True, "seek_seconds": 30.0})
     deadline = time.monotonic() + 3
     while source.error is None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert source.error is not None and "seek_seconds 30" in source.error
     assert source.frame() is None
-    source.configure({"path": str(clip), "loop": True, "seek_seconds": 0.2})
+    source.configure({"path": clip.name, "loop": True, "seek_seconds": 0.2})
     assert frame_number_of(rgb_of(wait_frame(source))) == 2
     assert source.error is None
 
@@ -174,10 +174,10 @@ def test_a_seek_past_the_end_is_an_error_until_corrected(tmp_path: Path, sources
 def test_a_new_path_plays_without_a_new_decoder(tmp_path: Path, sources: Any) -> None:
     first_clip = write_clip(tmp_path / "a.mkv", frames=10, fps=30)
     second_clip = write_clip(tmp_path / "b.mkv", frames=10, fps=30, first_number=20)
-    source = sources({"path": "a.mkv"}, tmp_path)  # relative: from the asset directory
+    source = sources({"path": "a.mkv"})
     wait_frame(source)
     decoder = source._thread
-    source.configure({"path": str(second_clip), "loop": True, "seek_seconds": 0.0})
+    source.configure({"path": second_clip.name, "loop": True, "seek_seconds": 0.0})
     frame = wait_frame(source, lambda f: frame_number_of(rgb_of(f)) >= 20)
     assert frame_number_of(rgb_of(frame)) in range(20, 30)
     assert source._thread is decoder and decoder.is_alive()
@@ -188,7 +188,7 @@ def test_a_new_path_plays_without_a_new_decoder(tmp_path: Path, sources: Any) ->
 
 def test_frame_never_waits_for_the_decoder(tmp_path: Path, sources: Any) -> None:
     clip = write_clip(tmp_path / "slow.mkv", frames=4, fps=2)  # the decoder sleeps 0.5 s between frames
-    source = sources({"path": str(clip)})
+    source = sources({"path": clip.name})
     wait_frame(source)
     worst = 0.0
     for _ in range(300):

@@ -13,7 +13,7 @@ Params apply without restarting the pipeline: ``configure`` (render thread)
 records what is wanted and wakes the decoder; a new ``path`` reopens the file,
 a new ``seek_seconds`` seeks, ``loop`` is read at the end of the file.
 ``seek_seconds`` is the start position of playback and of every loop pass.
-A relative ``path`` is taken from the asset directory.
+``path`` names a regular file inside the asset directory (``daemon.sandbox``).
 
 Faults (a missing file, data PyAV cannot decode, no video stream, nothing at
 or after ``seek_seconds``) put the node in the error state (``error``, polled
@@ -38,6 +38,7 @@ import av
 import numpy as np
 
 from compositord.daemon.render.frames import SourceFrame, chroma_size
+from compositord.daemon.sandbox import SandboxError, resolve_input
 from compositord.daemon.sources.handoff import LatestFrameSlot
 
 log = logging.getLogger(__name__)
@@ -161,13 +162,13 @@ class VideoFileSource:
             if container is not None:
                 container.close()
 
-    def _resolve(self, path: str) -> str:
-        if self._asset_dir is not None and not os.path.isabs(path):
-            return str(self._asset_dir / path)
-        return path
-
     def _open(self, path: str) -> Any:
-        real = self._resolve(path)
+        try:
+            # The asset sandbox: a regular file inside the asset directory, never a FIFO or a device
+            # (either could hold the decoder forever), never a link out.
+            real = str(resolve_input(self._asset_dir, path, field="path"))
+        except SandboxError as exc:
+            raise InputFault(f"cannot open {exc}") from exc
         try:
             container = av.open(real, timeout=OPEN_TIMEOUT_S)
         except (av.error.FFmpegError, OSError) as exc:
