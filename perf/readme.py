@@ -27,6 +27,8 @@ def environment(lp_threads: int | None) -> dict[str, str]:
         "cpu": _cpu_model(),
         "cores": str(os.cpu_count()),
         "python": platform.python_version(),
+        # The machine is shared: how busy it was says how much the absolute figures mean.
+        "load average (1, 5, 15 min) when the run ended": ", ".join(f"{value:.2f}" for value in os.getloadavg()),
         "LP_NUM_THREADS": os.environ.get("LP_NUM_THREADS", "unset (llvmpipe default)") if lp_threads is None else str(lp_threads),
     }
     try:
@@ -104,20 +106,25 @@ def block(results: dict[str, dict[str, Any]], env: dict[str, str], command: str)
             profile = result["profile"]
             out += ["", f"Per-frame breakdown (cProfile over {profile['frames']} frames, ms/frame, profiler overhead included):", ""]
             out += ["| where | ms/frame |", "| --- | --- |"]
-            out += [f"| {label_} | {ms:.3f} |" for label_, ms in profile["ms_per_frame"].items() if ms >= 0.005]
+            ordered = sorted(profile["ms_per_frame"].items(), key=lambda item: -item[1])
+            out += [f"| {label_} | {ms:.3f} |" for label_, ms in ordered if ms >= 0.005]
             out.append(f"| total | {profile['total_ms_per_frame']:.3f} |")
     if lat.get("rows"):
         out += ["", f"### control_latency (daemon at {lat['fps']} fps; ms; p50 / p99 / max)", ""]
-        out += ["| (clients, editing) | tunes/s | (a) params ack | (b) view ack | (c) on screen | shown / overtaken | frame interval | dropped load (idle) | render ms p99 per s |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        out += ["Percentiles are over the tunes acknowledged before the run ended (n); the rest (missing) had"
+                " waited longer still, so where n < tunes the true p99 is higher.", ""]
+        out += ["| (clients, editing) | tunes/s | (a) params ack | (b) view ack | missing (a) / (b) | (c) on screen | shown / overtaken | frame interval | frame end -> view read | dropped load (idle) | render ms p99 per s | CPU cores daemon / clients |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in lat["rows"]:
             def f(p: dict[str, Any]) -> str:
                 return "n/a" if not p.get("count") else f"{p['p50']:.1f} / {p['p99']:.1f} / {p['max']:.1f}"
 
             out.append(
                 f"| ({row['clients']}, {row['editing']}) | {row['tunes_per_second']} | {f(row['a_params_ack_ms'])} | {f(row['b_view_ack_ms'])} | "
+                f"{row['params_acks_missing']} / {row['view_acks_missing']} | "
                 f"{f(row['c_frame_shown_ms'])} | {row['c_frame_shown_ms'].get('count', 0)} / {row['tunes_never_shown']} | {f(row['frame_interval_ms'])} | "
-                f"{row['frames_dropped_under_load']} ({row['frames_dropped_idle']}) | {max((v for v in row['render_ms_p99'] if v is not None), default='n/a')} |"
+                f"{f(row['view_delivery_ms'])} | {row['frames_dropped_under_load']} ({row['frames_dropped_idle']}) | "
+                f"{max((v for v in row['render_ms_p99'] if v is not None), default='n/a')} | {row['cpu_cores_daemon']} / {row['cpu_cores_clients']} |"
             )
     scaling = results.get("scaling")
     if scaling:
