@@ -99,6 +99,19 @@ def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str], tmp_path:
     assert code == 2 and "missing.md: no such file" in err
 
 
+def test_nv12_to_yuv420p_matches_libswscale() -> None:
+    import av
+    import numpy as np
+
+    from compositord.perf import scenario_pipeline, sources
+
+    nv12 = sources.rgba_to_nv12(sources.rgba_cycle(scenario_pipeline.WIDTH, scenario_pipeline.HEIGHT, count=1)[0])
+    ours = scenario_pipeline.nv12_to_yuv420p_frame(nv12).to_ndarray()
+    reference = av.VideoFrame.from_ndarray(nv12.reshape(-1, scenario_pipeline.WIDTH), format="nv12").reformat(format="yuv420p").to_ndarray()
+    assert np.array_equal(ours, reference)
+    assert len(np.unique(ours[scenario_pipeline.HEIGHT :])) > 2  # the chroma rows carry the bars, not a constant
+
+
 def test_soak_is_reached_through_bench_and_checks_its_options(capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run_bench_err(capsys, "soak", "--minutes", "0")
     assert code == 2 and "--minutes and --interval must be positive" in err
