@@ -111,8 +111,8 @@ def block(results: dict[str, dict[str, Any]], env: dict[str, str], command: str)
             out.append(f"| total | {profile['total_ms_per_frame']:.3f} |")
     if lat.get("rows"):
         out += ["", f"### control_latency (daemon at {lat['fps']} fps; ms; p50 / p99 / max)", ""]
-        out += ["Percentiles are over the tunes acknowledged before the run ended (n); the rest (missing) had"
-                " waited longer still, so where n < tunes the true p99 is higher.", ""]
+        out += ["Percentiles are over the tunes acknowledged (n); after the edits the run waits up to 30 s for the"
+                " last acks, and those still missing then had waited longer still, so where n < tunes the true p99 is higher.", ""]
         out += ["| (clients, editing) | tunes/s | (a) params ack | (b) view ack | missing (a) / (b) | (c) on screen | shown / overtaken | frame interval | frame end -> view read | dropped load (idle) | render ms p99 per s | CPU cores daemon / clients |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in lat["rows"]:

@@ -50,6 +50,7 @@ X_VALUES = 1100  # distinct probe positions; a value comes back every X_VALUES t
 SESSION = "latency"
 NODE = "comp"
 IDLE_SECONDS = 1.0  # the render loop alone first: its drops without control traffic
+ACK_WAIT_SECONDS = 30.0  # after the edits, how long the last acks may take before they count as missing
 
 
 def pipeline() -> dict[str, Any]:
@@ -103,6 +104,7 @@ class RunLog:
     window: tuple[float, float] = (0.0, 0.0)  # monotonic start and stop of the edits
     cpu: tuple[float, float] = (0.0, 0.0)  # cores used during the edits: (daemon process, this process)
     view_delivery_ms: list[float] = field(default_factory=list)  # frame end (view data "timestamp") -> read by an editor
+    finished: Any = None  # trio.Event: the run is over (edits done, last acks in or given up)
 
 
 async def _client(url: str, log: RunLog, editor: EditorLog | None, x_counter: itertools.count, start_at: float, stop_at: float, stats: bool) -> None:
@@ -156,7 +158,7 @@ async def _client(url: str, log: RunLog, editor: EditorLog | None, x_counter: it
                     stamp = await client.tune(SESSION, NODE, {"layers": {"in_1": {"rect": _rect(x)}}}, sync=False)
                     editor.sent[stamp.rev] = Sent(sent_t, x)
                     next_at += period
-            await trio.sleep(max(0.0, stop_at - time.monotonic()) + 0.5)  # the last acks arrive
+            await log.finished.wait()  # every editor's last acks arrived (or ACK_WAIT_SECONDS passed)
             log.events_dropped += client.statistics().events_dropped
             nursery.cancel_scope.cancel()
 
@@ -172,7 +174,7 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _observer(url: str, log: RunLog, stop_at: float, stats: bool) -> None:
+async def _observer(url: str, log: RunLog, stats: bool) -> None:
     """A client that only watches: every event read off the socket and parsed by the protocol's strict
     parser (what any client does first), without the client library's causal bookkeeping, which only
     an editing client needs."""
@@ -181,17 +183,22 @@ async def _observer(url: str, log: RunLog, stop_at: float, stats: bool) -> None:
 
     from compositord.protocol.envelope import Event, parse_message
 
+    async def read(ws: Any) -> None:
+        while True:
+            try:
+                text = await ws.get_message()
+            except ConnectionClosed:
+                return
+            message = parse_message(text)
+            log.events_read += 1
+            if stats and isinstance(message, Event) and message.event == "nodestatsupdated":
+                log.stats.append({"t": time.monotonic(), **dict(message.payload.get("stats", {}))})
+
     async with open_websocket_url(url, max_message_size=1 << 20, disconnect_timeout=1.0) as ws:
-        with trio.move_on_at(trio.current_time() + max(0.0, stop_at - time.monotonic()) + 0.5):
-            while True:
-                try:
-                    text = await ws.get_message()
-                except ConnectionClosed:
-                    return
-                message = parse_message(text)
-                log.events_read += 1
-                if stats and isinstance(message, Event) and message.event == "nodestatsupdated":
-                    log.stats.append({"t": time.monotonic(), **dict(message.payload.get("stats", {}))})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read, ws)
+            await log.finished.wait()
+            nursery.cancel_scope.cancel()
 
 
 async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pid: int, observers: str = "raw") -> RunLog:
@@ -211,12 +218,23 @@ async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pi
         after = (cpu_seconds(daemon_pid), cpu_seconds())
         log.cpu = ((after[0] - before[0]) / seconds, (after[1] - before[1]) / seconds)
 
+    async def finish() -> None:
+        """After the edits, wait (bounded) until every editor has both acks of its last tune."""
+        await trio.sleep(max(0.0, stop_at - time.monotonic()))
+        with trio.move_on_after(ACK_WAIT_SECONDS):
+            while not all(e.params_acked >= max(e.sent, default=0) and e.view_acked >= max(e.sent, default=0) for e in log.editors):
+                await trio.sleep(0.02)
+        await trio.sleep(0.2)  # a little more for the watchers' stats
+        log.finished.set()
+
+    log.finished = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(cpu_meter)
+        nursery.start_soon(finish)
         for index in range(clients):
             editor = log.editors[index] if index < editing else None
             if editor is None and observers == "raw":
-                nursery.start_soon(_observer, url, log, stop_at, index == 0)
+                nursery.start_soon(_observer, url, log, index == 0)
             else:
                 nursery.start_soon(_client, url, log, editor, counter, start_at, stop_at, index == 0)
     return log
