@@ -1,4 +1,4 @@
-"""Soak mode: ``python -m compositord.perf.soak --minutes N`` (to become ``compositord bench soak --minutes N``).
+"""Soak mode: ``compositord bench soak --minutes N`` (also ``python -m compositord.perf.soak``).
 
 Runs ``compositord run`` as a subprocess (a 640x360 compositor at 30 fps:
 colorbars, a second input in auto-PiP, a text overlay) and 20 clients of the
