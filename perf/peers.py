@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 class PeerFailed(RuntimeError):
@@ -68,3 +69,42 @@ def gstreamer_version() -> str:
     out = subprocess.run(["gst-launch-1.0", "--version"], capture_output=True, text=True, check=False).stdout
     lines = out.splitlines()
     return lines[1] if len(lines) > 1 else (lines[0] if lines else "unknown")
+
+
+class PeerRuns:
+    """The peers of one scenario: start-up measured once, then one timed run each per repetition.
+
+    A peer that fails (missing filter, a build without freetype...) is dropped with a note
+    instead of ending the benchmark; the others go on.
+    """
+
+    def __init__(self, peers: list[Peer], frames: int, *, startup_correction: bool, notes: list[str]) -> None:
+        from compositord.perf.measure import Timing
+
+        self.frames = frames
+        self.notes = notes
+        self.startup: dict[str, float] = {}
+        self.timings: dict[str, Timing] = {}
+        self._active: list[Peer] = []
+        for peer in peers:
+            try:
+                self.startup[peer.name] = peer.startup_seconds() if startup_correction else 0.0
+            except PeerFailed as exc:
+                notes.append(f"{peer.name} left out: {exc}")
+                continue
+            self.timings[peer.name] = Timing(peer.name, frames)
+            self._active.append(peer)
+
+    def run_once(self) -> None:
+        for peer in list(self._active):
+            try:
+                wall = peer.run(self.frames)
+            except PeerFailed as exc:
+                self.notes.append(f"{peer.name} left out: {exc}")
+                self._active.remove(peer)
+                continue
+            self.timings[peer.name].walls.append(max(1e-6, wall - self.startup[peer.name]))
+
+    def finished(self) -> dict[str, Any]:
+        """name -> Timing, for the peers with at least one timed run."""
+        return {name: timing for name, timing in self.timings.items() if timing.walls}

@@ -116,10 +116,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
             peer_list.append(_ffmpeg([str(joined) for joined, _ in written]))
         else:
             notes.append("ffmpeg not installed")
-    peer_timings = {peer.name: Timing(peer.name, frames) for peer in peer_list}
-    startup = {}
-    for peer in peer_list:
-        startup[peer.name] = peer.startup_seconds() if options.startup_correction else 0.0
+    peer_runs = peers.PeerRuns(peer_list, frames, startup_correction=options.startup_correction, notes=notes)
+    startup = peer_runs.startup
 
     with gl_context() as ctx:
         run_ = CompositorRun(
@@ -136,8 +134,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
                 for _ in range(frames):
                     run_.frame()
                 ours.walls.append(time.perf_counter() - started)
-                for peer in peer_list:  # interleaved: A B C A B C
-                    peer_timings[peer.name].walls.append(max(1e-6, peer.run(frames) - startup[peer.name]))
+                peer_runs.run_once()  # interleaved: A B C A B C
         finally:
             run_.release()
     if scratch is not None:
@@ -147,7 +144,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
 
     options.say(ours.summary())
     result: dict[str, Any] = {"ours": ours.as_dict(), "peers": {}, "notes": notes}
-    for name, timing in peer_timings.items():
+    for name, timing in peer_runs.finished().items():
         per_rep = ratios(ours, timing)
         options.say(f"-- peer {name} (start-up {startup[name]:.3f}s subtracted)", timing.summary(),
                     f"ratio compositord/{name} fps per repetition: {per_rep}")

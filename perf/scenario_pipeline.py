@@ -158,8 +158,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
         else:
             notes.append("ffmpeg not installed")
     ours = Timing("compositord", frames)
-    peer_timings = {peer.name: Timing(peer.name, frames) for peer in peer_list}
-    startup = {peer.name: (peer.startup_seconds() if options.startup_correction else 0.0) for peer in peer_list}
+    peer_runs = peers.PeerRuns(peer_list, frames, startup_correction=options.startup_correction, notes=notes)
+    startup = peer_runs.startup
     sizes: list[int] = []
     params = compositor_params({"width": WIDTH, "height": HEIGHT, "num_inputs": 2, "output_format": "nv12"})
     with gl_context() as ctx:
@@ -186,8 +186,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
                     encoder.put(run_.frame().data)
                 sizes.append(encoder.finish())
                 ours.walls.append(time.perf_counter() - started)
-                for peer in peer_list:
-                    peer_timings[peer.name].walls.append(max(1e-6, peer.run(frames) - startup[peer.name]))
+                peer_runs.run_once()  # interleaved: A B C A B C
         finally:
             run_.release()
     if scratch is not None:
@@ -196,7 +195,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         shutil.rmtree(scratch, ignore_errors=True)
     options.say(ours.summary(), f"webm bytes per iteration: {sizes}")
     result: dict[str, Any] = {"ours": {**ours.as_dict(), "webm_bytes": sizes}, "peers": {}, "notes": notes}
-    for name, timing in peer_timings.items():
+    for name, timing in peer_runs.finished().items():
         per_rep = ratios(ours, timing)
         options.say(f"-- peer {name} (start-up {startup[name]:.3f}s subtracted)", timing.summary(),
                     f"ratio compositord/{name} fps per repetition: {per_rep}")

@@ -7,6 +7,7 @@ checked by running it (perf/README.md), never in CI.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,22 @@ def test_nv12_to_yuv420p_matches_libswscale() -> None:
     reference = av.VideoFrame.from_ndarray(nv12.reshape(-1, scenario_pipeline.WIDTH), format="nv12").reformat(format="yuv420p").to_ndarray()
     assert np.array_equal(ours, reference)
     assert len(np.unique(ours[scenario_pipeline.HEIGHT :])) > 2  # the chroma rows carry the bars, not a constant
+
+
+def test_a_failing_peer_is_left_out_with_a_note_and_the_others_run() -> None:
+    from compositord.perf.peers import Peer, PeerRuns
+
+    notes: list[str] = []
+    runs = PeerRuns(
+        [Peer("broken", lambda frames: [sys.executable, "-c", "import sys; sys.exit(3)"]), Peer("fine", lambda frames: [sys.executable, "-c", "pass"])],
+        10,
+        startup_correction=False,
+        notes=notes,
+    )
+    runs.run_once()
+    runs.run_once()
+    assert list(runs.finished()) == ["fine"] and len(runs.finished()["fine"].walls) == 2
+    assert len(notes) == 1 and notes[0].startswith("broken left out: broken exited 3")
 
 
 def test_soak_is_reached_through_bench_and_checks_its_options(capsys: pytest.CaptureFixture[str]) -> None:
