@@ -17,11 +17,13 @@ How it keeps PROTOCOL.md section 5:
   masking rules (:mod:`compositord.client.session_state`); an ``error`` that
   names one of our revs drops that rev's pending values.
 - When the connection drops: callers waiting for an answer get
-  :class:`ConnectionLost`; the client reconnects (backoff), takes a new nonce,
-  re-stamps the pending values at once (so what it shows does not flicker),
-  resyncs every session it knows with ``getpipeline``, re-sends the pending
-  values (``tunenodeasync`` with a correlation id, so errors come back), and
-  only then lets new requests through.
+  :class:`ConnectionLost`; the client reconnects (backoff), takes a new nonce
+  (pending values stay masked under the old one, so what it shows does not
+  flicker), resyncs every session it knows with ``getpipeline`` FIRST, drops
+  the pending values the server had processed under the old nonce (its
+  ``acks``/``retired_acks``, rule C4 in :mod:`compositord.protocol.causal`),
+  re-stamps and re-sends only the rest (``tunenodeasync`` with a correlation
+  id, so errors come back), and only then lets new requests through.
 
 Bounded: at most ``max_in_flight`` requests wait for answers, the event buffer
 drops its oldest event when full (state events carry whole states), and the
@@ -538,12 +540,12 @@ class Client:
         self._nursery.start_soon(self._run)
 
     async def _run(self) -> None:
-        resend: dict[str, dict[str, list[dict[str, Any]]]] | None = None
+        reconnected = False
         while True:
             ws, ended = self._ws, self._ws_ended
             assert ws is not None
-            if resend is not None:
-                await self._resync_and_resend(ws, resend)
+            if reconnected:
+                await self._resync_and_resend(ws)
             await ended.wait()
             if self._closed or not self.options.reconnect:
                 self._closed = True
@@ -551,9 +553,8 @@ class Client:
                 return
             if not await self._reconnect():
                 return
-            resend = self._states.reconnected()
-            if not self.options.resend_pending:
-                resend = {}
+            self._states.reconnected()
+            reconnected = True
 
     async def _reconnect(self) -> bool:
         delay = self.options.reconnect_delay
@@ -574,20 +575,8 @@ class Client:
             delay = min(delay * 2, self.options.reconnect_delay_max)
         return False
 
-    async def _resync_and_resend(self, ws: WebSocketConnection, resend: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
-        """After a reconnect: re-stamp pending values now, resync every session, send them, open the gate."""
-        messages: list[TuneNode] = []
-        for session_id, nodes in resend.items():
-            state = self._states.session(session_id)
-            for node_id, groups in nodes.items():
-                for values in groups:
-                    if "" in values:
-                        document = values[""]
-                        messages.append(TuneNode(session_id, node_id, UPDATE, document, state.edit_replace(node_id, document), False))
-                        values = {ptr: value for ptr, value in values.items() if ptr != ""}
-                    if values:
-                        patch = leaves_to_patch(values)
-                        messages.append(TuneNode(session_id, node_id, PATCH, patch, state.edit_patch(node_id, patch), False))
+    async def _resync_and_resend(self, ws: WebSocketConnection) -> None:
+        """After a reconnect: resync every session, re-send what the server had not processed, open the gate (C4)."""
         try:
             for session_id in self._states.session_ids():
                 correlation_id = self._correlation_id()
@@ -607,9 +596,11 @@ class Client:
                     self._states.forget_session(session_id)
                     self._events.put_nowait(ClientEvent(RESYNCED, {"session_id": session_id, "gone": True}, session_id))
             async with self._send_lock:
-                for message in messages:
-                    if not self._states.session(message.session_id).has_mask(message.node_id):
-                        continue  # the node is gone: nothing to re-send
+                # Only now, with every session resynced: what the old nonce's acks do not cover.
+                resend = self._states.take_resend()
+                if not self.options.resend_pending:
+                    resend = {}  # dropped: what they showed falls back to the server's state
+                for message in self._restamp(resend):
                     correlation_id = self._correlation_id()
                     self._remember_async(correlation_id, message.session_id)
                     await ws.send_message(envelope.serialize(message.to_request(correlation_id)))
@@ -620,6 +611,22 @@ class Client:
         except UnexpectedResponse as error:
             log.warning("bad pipeline during resync: %s; reconnecting", error)
             await ws.aclose()
+
+    def _restamp(self, resend: dict[str, dict[str, list[dict[str, Any]]]]) -> list[TuneNode]:
+        """Stamp (and mask) the values to re-send under the current nonce, one message per original group."""
+        messages: list[TuneNode] = []
+        for session_id, nodes in resend.items():
+            state = self._states.session(session_id)
+            for node_id, groups in nodes.items():
+                for values in groups:
+                    if "" in values:
+                        document = values[""]
+                        messages.append(TuneNode(session_id, node_id, UPDATE, document, state.edit_replace(node_id, document), False))
+                        values = {ptr: value for ptr, value in values.items() if ptr != ""}
+                    if values:
+                        patch = leaves_to_patch(values)
+                        messages.append(TuneNode(session_id, node_id, PATCH, patch, state.edit_patch(node_id, patch), False))
+        return messages
 
 
 def _frame_bytes(data: Any) -> bytes:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from compositord.protocol import pointer
-from compositord.protocol.causal import ACKS_KEY, PARAMS_CHANNEL, VIEW_CHANNEL, ClientCausalState, new_nonce
+from compositord.protocol.causal import ACKS_KEY, PARAMS_CHANNEL, VIEW_CHANNEL, ClientCausalState, ack_map, new_nonce
 from compositord.protocol.envelope import Event
 from compositord.protocol.errors import ErrorCode, RemoteProtocolError
 
@@ -75,7 +75,8 @@ class SessionStates:
         """Feed a ``pipeline`` response (a resync): every node's params and view data; returns the session id.
 
         Nodes the session no longer has are forgotten. Pending values stay: the
-        pipeline's acks (when it carries them) drop those already processed.
+        pipeline's acks (when it carries them) drop those already processed, and
+        its ``retired_acks`` those of earlier nonces (rule C4, after a reconnect).
         """
         session_id = _string(payload, "session_id")
         nodes = payload.get("nodes")
@@ -93,13 +94,17 @@ class SessionStates:
                 if node.get(key) is not None and not isinstance(node[key], Mapping):
                     path = pointer.join(base, key)
                     raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{path}: must be an object", path)
+            if node.get("retired_acks") is not None:
+                ack_map(node["retired_acks"], pointer.join(base, "retired_acks"))
         state = self.session(session_id)
         for node_id, node in nodes.items():
             base = pointer.join("/payload/nodes", node_id)
             # The daemon sends each channel's acks beside its state ("acks", "view_acks"), keeping the
             # exported params free of "_" keys; laid in as "_acks" they drop the pending values already processed.
             params = {**node["params"], ACKS_KEY: node["acks"]} if node.get("acks") is not None else node["params"]
-            state.on_event(node_id, PARAMS_CHANNEL, params, path=pointer.join(base, "params"))
+            state.on_event(
+                node_id, PARAMS_CHANNEL, params, path=pointer.join(base, "params"), retired_acks=node.get("retired_acks")
+            )
             view = node.get("view_data")
             if view is not None:
                 if node.get("view_acks") is not None:
@@ -114,7 +119,13 @@ class SessionStates:
         if session_id in self._sessions:
             self._sessions[session_id].on_refused(node_id, rev)
 
-    def reconnected(self, nonce: str | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
-        """A new connection: the new nonce everywhere; returns ``{session: {node: [values per message]}}`` to re-send."""
+    def reconnected(self, nonce: str | None = None) -> None:
+        """A new connection: the new nonce everywhere; pending values wait, masked, for the resync (rule C4)."""
         self._nonce = nonce if nonce is not None else new_nonce()
-        return {session_id: state.reconnected(self._nonce) for session_id, state in self._sessions.items()}
+        for state in self._sessions.values():
+            state.reconnected(self._nonce)
+
+    def take_resend(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """After the resync: ``{session: {node: [values per message]}}`` the server had not processed, to re-send."""
+        resend = {session_id: state.take_resend() for session_id, state in self._sessions.items()}
+        return {session_id: nodes for session_id, nodes in resend.items() if nodes}

@@ -23,6 +23,7 @@ import functools
 import logging
 import uuid
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -216,10 +217,11 @@ class SessionService:
         for state in self._sessions.values():
             for subscribers in state.preview_subscribers.values():
                 subscribers.discard(connection)
-        for sender in connection.senders:  # rule S5, both channels
+        now = time.monotonic()
+        for sender in connection.senders:  # rule S5, both channels; S7 keeps the params acks as retired acks
             for state in self._sessions.values():
                 for book in state.acks.values():
-                    book.forget(sender)
+                    book.retire(sender, now)
                 state.loop.forget_sender(sender)
 
     async def handle_text(self, connection: Connection, text: str) -> None:
@@ -345,6 +347,7 @@ class SessionService:
     def _getpipeline(self, action: envelope.GetPipeline, cid: str | None) -> envelope.Response:
         record, state = self._session(action.session_id)
         nodes: dict[str, dict[str, Any]] = {}
+        now = time.monotonic()
         for node_id, node in record.nodes.items():
             entry: dict[str, Any] = {
                 "kind": node.kind,
@@ -355,6 +358,8 @@ class SessionService:
             # The acks as of this state (S2), per channel: a client that resyncs drops the pending
             # values already processed at once instead of masking them until the node's next event.
             entry["acks"] = state.book(node_id).as_dict() if node_id in state.acks else {}
+            # S7: the acks of closed connections, so a reconnecting client re-sends only what was not processed.
+            entry["retired_acks"] = state.book(node_id).retired_as_dict(now) if node_id in state.acks else {}
             if node_id in state.last_view:
                 entry["view_data"] = dict(state.last_view[node_id])
                 entry["view_acks"] = dict(state.last_view_acks.get(node_id, {}))

@@ -28,6 +28,12 @@ carries a stale stamp.
 
 Rule S5: a sender's entry leaves ``acks`` when its connection closes.
 
+Rule S7 (extension, docs/PROTOCOL-EXTENSIONS.md): in the params channel the
+entry S5 removes is kept as a *retired ack* (sender -> highest processed rev)
+for a grace period (:data:`RETIRED_ACKS_GRACE_S`), at most
+:data:`MAX_RETIRED_ACKS` per node, oldest evicted first. Events never carry
+it; ``getpipeline`` node entries carry it as ``retired_acks``.
+
 Rule S6: a stamped message that is refused (invalid params, conflict, not
 found) still counts as processed: the sender's ack advances to its ``_rev``,
 and the sender gets an ``error`` response carrying ``_sender`` and ``_rev``.
@@ -47,9 +53,17 @@ Rule C2: store the event's state as the server state.
 Rule C3: show the server state with the remaining pending values laid over it.
 
 On an ``error`` that names one of its own revs, the client drops the pending
-entries of that rev. On reconnect it has a new nonce and no acks: it resyncs
-with ``getpipeline`` and re-sends the latest pending value of each pointer under
-the new nonce.
+entries of that rev.
+
+Rule C4 (reconnect; extension, docs/PROTOCOL-EXTENSIONS.md): on reconnect the
+client takes a new nonce, and its pending values stay masked, kept under the
+old nonce (:meth:`NodeMask.retire_pending`). It resyncs with ``getpipeline``
+FIRST; per node, the old nonce's ack there (the larger of ``acks`` and
+``retired_acks``; 0 if absent) drops every entry with rev <= it: the server
+processed those (applied or refused), and applying one again would overwrite
+newer edits of other clients. Only then it re-sends the rest, the latest value
+of each pointer, under the new nonce. A server without S7 sends no
+``retired_acks``: everything is re-sent, as PROTOCOL.md section 5 says.
 
 The client never looks at ``_sender``/``_rev`` of an event: only ``_acks``
 matters. That is why another client's change is never hidden (no event is
@@ -62,6 +76,7 @@ from __future__ import annotations
 
 import copy
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +94,9 @@ ACKS_KEY = "_acks"
 SEQ_KEY = "_seq"
 
 MAX_SENDER_LENGTH = 128
+# Rule S7: how long (seconds) and how many per node a closed connection's params acks are kept.
+RETIRED_ACKS_GRACE_S = 300.0
+MAX_RETIRED_ACKS = 4096
 # Revs travel as JSON numbers; a browser client holds them in a double.
 MAX_REV = 2**53
 
@@ -217,18 +235,27 @@ def leaves_to_patch(leaves: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class AckBook:
-    """Server side of rules S2, S5 and S6 for one node and one channel.
+    """Server side of rules S2, S5, S6 and S7 for one node and one channel.
 
     ``check`` before applying a stamped update, then ``record`` once it is
     applied, or ``refuse`` when it was refused for any reason (S6). The map
-    holds one entry per connected sender; ``forget`` on disconnect keeps it
-    bounded by the number of connections (S5).
+    holds one entry per connected sender; ``forget`` (or ``retire``, which also
+    keeps the entry as a retired ack, S7) on disconnect keeps it bounded by the
+    number of connections (S5). Times are the caller's monotonic clock.
     """
 
-    __slots__ = ("_acks",)
+    __slots__ = ("_acks", "_retired", "_retired_grace_s", "_max_retired")
 
-    def __init__(self) -> None:
+    def __init__(self, *, retired_grace_s: float = RETIRED_ACKS_GRACE_S, max_retired: int = MAX_RETIRED_ACKS) -> None:
+        if not retired_grace_s > 0:
+            raise LocalProtocolError(f"retired_grace_s must be positive, got {retired_grace_s!r}")
+        if isinstance(max_retired, bool) or not isinstance(max_retired, int) or max_retired < 1:
+            raise LocalProtocolError(f"max_retired must be a positive integer, got {max_retired!r}")
         self._acks: dict[str, int] = {}
+        # sender -> (ack, when retired); insertion order is retirement order, so expiry pops from the front.
+        self._retired: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._retired_grace_s = retired_grace_s
+        self._max_retired = max_retired
 
     def ack_of(self, sender: str) -> int:
         return self._acks.get(sender, 0)
@@ -256,8 +283,31 @@ class AckBook:
             self._acks[stamp.sender] = stamp.rev
 
     def forget(self, sender: str) -> None:
-        """The sender's connection closed (S5)."""
+        """The sender's connection closed (S5), and nobody asks for its retired ack (the view channel)."""
         self._acks.pop(sender, None)
+
+    def retire(self, sender: str, now: float) -> None:
+        """The sender's connection closed (S5); keep its ack as a retired ack for the grace period (S7)."""
+        rev = self._acks.pop(sender, None)
+        if rev is None:
+            return
+        self._retired.pop(sender, None)
+        self._retired[sender] = (rev, now)
+        self._expire(now)
+        while len(self._retired) > self._max_retired:
+            self._retired.popitem(last=False)
+
+    def retired_as_dict(self, now: float) -> dict[str, int]:
+        """The retired acks still within the grace period, as sent in ``retired_acks`` (S7)."""
+        self._expire(now)
+        return {sender: rev for sender, (rev, _when) in self._retired.items()}
+
+    def _expire(self, now: float) -> None:
+        while self._retired:
+            _sender, (_rev, when) = next(iter(self._retired.items()))
+            if now - when < self._retired_grace_s:
+                return
+            self._retired.popitem(last=False)
 
     def as_dict(self) -> dict[str, int]:
         """A copy of the acks map, as sent in ``_acks``."""
@@ -303,7 +353,7 @@ class NodeMask:
     view channel pointers may go through list indices (layout ``layers``).
     """
 
-    __slots__ = ("channel", "server_state", "pending")
+    __slots__ = ("channel", "server_state", "pending", "retired")
 
     def __init__(self, channel: str = PARAMS_CHANNEL, server_state: Any = None) -> None:
         if channel not in CHANNELS:
@@ -311,6 +361,8 @@ class NodeMask:
         self.channel = channel
         self.server_state: Any = {} if server_state is None else server_state
         self.pending: dict[str, tuple[int, Any]] = {}
+        # Rule C4: pending values of earlier nonces, oldest nonce first, until a resync decides them.
+        self.retired: list[tuple[str, dict[str, tuple[int, Any]]]] = []
 
     def edit(self, leaves: Mapping[str, Any], rev: int) -> None:
         """Local values sent (or about to be sent) in the message with ``rev``."""
@@ -320,10 +372,23 @@ class NodeMask:
             pointer.split(ptr)  # a bad pointer is our own bug: fail here, not at shown()
             self.pending[ptr] = (rev, value)
 
-    def on_server_state(self, state: Any, acks: Mapping[str, int], my_sender: str) -> None:
-        """An event (or a resync) brought the server's state of this channel (C1, C2)."""
+    def on_server_state(
+        self,
+        state: Any,
+        acks: Mapping[str, int],
+        my_sender: str,
+        retired_acks: Mapping[str, int] | None = None,
+    ) -> None:
+        """An event (or a resync) brought the server's state of this channel (C1, C2; C4 with ``retired_acks``)."""
         ack = acks.get(my_sender, 0)
         self.pending = {ptr: entry for ptr, entry in self.pending.items() if entry[0] > ack}
+        still_retired = []
+        for sender, entries in self.retired:
+            old_ack = max(acks.get(sender, 0), (retired_acks or {}).get(sender, 0))
+            kept = {ptr: entry for ptr, entry in entries.items() if entry[0] > old_ack}
+            if kept:
+                still_retired.append((sender, kept))
+        self.retired = still_retired
         self.server_state = strip_private(state)
 
     def on_refused(self, rev: int) -> None:
@@ -331,28 +396,49 @@ class NodeMask:
         self.pending = {ptr: entry for ptr, entry in self.pending.items() if entry[0] != rev}
 
     def shown(self) -> Any:
-        """The server state with the pending values laid over it, oldest rev first (C3)."""
+        """The server state with the retired, then the pending values laid over it, oldest rev first (C3)."""
         document = self.server_state
         setter = _set_merging if self.channel == PARAMS_CHANNEL else _set_by_pointer
-        for ptr, (_rev, value) in sorted(self.pending.items(), key=lambda item: item[1][0]):
-            document = setter(document, ptr, value)
+        for entries in [entries for _sender, entries in self.retired] + [self.pending]:
+            for ptr, (_rev, value) in sorted(entries.items(), key=lambda item: item[1][0]):
+                document = setter(document, ptr, value)
         return document
 
+    def retire_pending(self, old_sender: str) -> None:
+        """A reconnect: the pending values of ``old_sender`` wait, still shown, for the resync (C4)."""
+        if self.pending:
+            # A value of a later nonce supersedes an older nonce's value at its pointer (a replace, all
+            # of them): re-sending the older one, undecided, could overwrite the later one, processed.
+            newer = self.pending
+            self.retired = [
+                (sender, kept)
+                for sender, entries in self.retired
+                if "" not in newer
+                and (kept := {ptr: entry for ptr, entry in entries.items() if ptr not in newer})
+            ]
+            self.retired.append((old_sender, newer))
+        self.pending = {}
+
     def take_pending_for_resend(self) -> list[dict[str, Any]]:
-        """Empty ``pending`` and return what to send again after a reconnect, one dict per message.
+        """Empty ``retired`` and return what to send again after a reconnect's resync, one dict per message.
 
         Each pointer appears once, with its latest value, in the group of the
         message that carried that value; groups come oldest first. Keeping the
         original grouping means a value the server refuses takes down only the
         values it was sent with the first time, not every pending value. A
         pending replace (pointer ``""``) makes every older group moot: the
-        replace and the groups after it remain.
+        replace and the groups after it remain. ``pending`` (values of the
+        current nonce, already sent) stays as it is.
         """
-        by_rev: dict[int, dict[str, Any]] = {}
-        for ptr, (rev, value) in self.pending.items():
-            by_rev.setdefault(rev, {})[ptr] = value
-        self.pending = {}
-        groups = [by_rev[rev] for rev in sorted(by_rev)]
+        latest: dict[str, tuple[tuple[int, int], Any]] = {}
+        for generation, (_sender, entries) in enumerate(self.retired):
+            for ptr, (rev, value) in entries.items():
+                latest[ptr] = ((generation, rev), value)
+        self.retired = []
+        by_message: dict[tuple[int, int], dict[str, Any]] = {}
+        for ptr, (message, value) in latest.items():
+            by_message.setdefault(message, {})[ptr] = value
+        groups = [by_message[message] for message in sorted(by_message)]
         replaces = [i for i, group in enumerate(groups) if "" in group]
         if replaces:
             groups = groups[replaces[-1] :]
@@ -364,8 +450,11 @@ def new_nonce() -> str:
 
 
 def _acks_from(data: Mapping[str, Any], path: str) -> dict[str, int]:
-    acks = data.get(ACKS_KEY, {})
-    acks_path = pointer.join(path, ACKS_KEY)
+    return ack_map(data.get(ACKS_KEY, {}), pointer.join(path, ACKS_KEY))
+
+
+def ack_map(acks: Any, acks_path: str) -> dict[str, int]:
+    """A checked ``{sender: rev}`` map as the server sends it (``_acks``, ``acks``, ``retired_acks``)."""
     if not isinstance(acks, Mapping):
         raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{acks_path}: must be an object", acks_path)
     for sender, rev in acks.items():
@@ -436,13 +525,24 @@ class ClientCausalState:
         self.mask(node_id, PARAMS_CHANNEL).edit({"": strip_private(params)}, stamp.rev)
         return stamp
 
-    def on_event(self, node_id: str, channel: str, data: Mapping[str, Any], *, path: str = "") -> Any:
-        """An event's state (``params`` or view ``data``, with ``_acks``) arrived; returns the shown state."""
+    def on_event(
+        self,
+        node_id: str,
+        channel: str,
+        data: Mapping[str, Any],
+        *,
+        path: str = "",
+        retired_acks: Mapping[str, int] | None = None,
+    ) -> Any:
+        """An event's state (``params`` or view ``data``, with ``_acks``) arrived; returns the shown state.
+
+        A resync passes the node's ``retired_acks`` too (rule C4; checked by the caller, see :func:`ack_map`).
+        """
         if not isinstance(data, Mapping):
             raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{path or '/'}: must be an object", path)
         acks = _acks_from(data, path)
         mask = self.mask(node_id, channel)
-        mask.on_server_state(data, acks, self._nonce)
+        mask.on_server_state(data, acks, self._nonce, retired_acks)
         return mask.shown()
 
     def on_refused(self, node_id: str, rev: int) -> None:
@@ -456,22 +556,29 @@ class ClientCausalState:
             self._masks.pop((node_id, channel), None)
         self._revs.pop(node_id, None)
 
-    def reconnected(self, new_nonce_value: str | None = None) -> dict[str, list[dict[str, Any]]]:
-        """Switch to a new nonce with counters at 0; return the params values to re-send, per node.
+    def reconnected(self, new_nonce_value: str | None = None) -> None:
+        """Switch to a new nonce with counters at 0; pending values stay masked under the old nonce (C4).
 
-        Per node, one ``{pointer: value}`` per message, oldest first (see
-        :meth:`NodeMask.take_pending_for_resend`); ``{"": document}`` is a replace.
-
-        Pending view predictions are dropped: re-sending the params predicts
-        them again. The caller resyncs (``getpipeline``) and then re-sends with
+        The caller resyncs (``getpipeline``, feeding each node's ``retired_acks``
+        to :meth:`on_event`), then calls :meth:`take_resend` and re-sends with
         :meth:`edit_patch` / :meth:`edit_replace` under the new nonce.
         """
         nonce = new_nonce_value if new_nonce_value is not None else new_nonce()
         _check_sender(nonce, "/" + SENDER_KEY)
         if nonce == self._nonce:
             raise LocalProtocolError("a reconnect needs a nonce that was not used before")
-        self._nonce = nonce
+        old_nonce, self._nonce = self._nonce, nonce
         self._revs.clear()
+        for mask in self._masks.values():
+            mask.retire_pending(old_nonce)
+
+    def take_resend(self) -> dict[str, list[dict[str, Any]]]:
+        """After the resync: the params values still undecided, per node, to re-send (C4).
+
+        Per node, one ``{pointer: value}`` per message, oldest first (see
+        :meth:`NodeMask.take_pending_for_resend`); ``{"": document}`` is a replace.
+        Retired view predictions are dropped: re-sending the params predicts them again.
+        """
         resend: dict[str, list[dict[str, Any]]] = {}
         for (node_id, channel), mask in self._masks.items():
             groups = mask.take_pending_for_resend()

@@ -18,6 +18,8 @@ Use::
 
 Test hooks: :meth:`FakeServer.drop_connections` (the network goes away),
 ``drop_before_next_tune`` (the next tune is lost in flight with its connection),
+``drop_after_next_tune`` (the next tune is applied, then the connection drops
+before its answer and events leave: the client cannot know it was applied),
 :meth:`FakeServer.hold_requests` / ``release_requests`` (requests pile up
 unread, so their echoes arrive after the client has moved on).
 """
@@ -102,8 +104,11 @@ class FakeConnection:
         self.ws = ws
         self._send, self._receive = trio.open_memory_channel[str](OUTBOX_CAPACITY)
         self.senders: set[str] = set()
+        self.muted = False
 
     def send(self, message: envelope.Message) -> None:
+        if self.muted:
+            return
         try:
             self._send.send_nowait(envelope.serialize(message))
         except (trio.WouldBlock, trio.ClosedResourceError):
@@ -197,6 +202,7 @@ class FakeServer:
         self.sessions: dict[str, FakeSession] = {}
         self.connections: set[FakeConnection] = set()
         self.drop_before_next_tune = False
+        self.drop_after_next_tune = False
         self.requests_handled = 0
         self._held: trio.Event | None = None
         self._ids = itertools.count(1)
@@ -268,16 +274,23 @@ class FakeServer:
                             self.drop_before_next_tune = False
                             await ws.aclose(CLOSE_GOING_AWAY, "fake server lost a tune in flight")
                             break
+                        if self.drop_after_next_tune and '"tunenode' in str(text):
+                            self.drop_after_next_tune = False
+                            connection.muted = True  # applied, but nothing about it reaches this client
+                            self._handle_text(connection, text)
+                            await ws.aclose(CLOSE_GOING_AWAY, "fake server lost the answer to a tune")
+                            break
                         self._handle_text(connection, text)
                 except ConnectionClosed:
                     pass
                 nursery.cancel_scope.cancel()
         finally:
             self.connections.discard(connection)
-            for session in self.sessions.values():  # S5
+            now = time.monotonic()
+            for session in self.sessions.values():  # S5, and S7 for the params channel
                 for node in session.nodes.values():
                     for sender in connection.senders:
-                        node.params_acks.forget(sender)
+                        node.params_acks.retire(sender, now)
                         node.view_acks.forget(sender)
 
     def _broadcast(self, message: envelope.Message) -> None:
@@ -385,6 +398,7 @@ class FakeServer:
             entry: dict[str, Any] = {
                 "kind": node.kind,
                 "params": {**node.params, "_acks": node.params_acks.as_dict(), "_seq": node.params_seq},
+                "retired_acks": node.params_acks.retired_as_dict(time.monotonic()),  # S7
             }
             if node.layout is not None:
                 entry["view_data"] = {**node.layout, "_acks": node.view_acks.as_dict(), "_seq": node.view_seq}

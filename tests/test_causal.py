@@ -258,9 +258,11 @@ def test_mask_replace_then_patch_lays_over_in_rev_order() -> None:
     mask.edit({"": {"width": 300}}, 2)
     mask.edit({"/fps": 25}, 3)
     assert mask.shown() == {"width": 300, "fps": 25}
+    mask.retire_pending("old")
+    assert mask.pending == {} and mask.shown() == {"width": 300, "fps": 25}  # still masked until the resync
     # the patch of rev 1 is moot after the replace of rev 2
     assert mask.take_pending_for_resend() == [{"": {"width": 300}}, {"/fps": 25}]
-    assert mask.pending == {}
+    assert mask.retired == []
 
 
 def test_mask_resend_keeps_latest_value_per_pointer_in_its_message() -> None:
@@ -268,6 +270,7 @@ def test_mask_resend_keeps_latest_value_per_pointer_in_its_message() -> None:
     mask.edit({"/a": 1, "/b": 1}, 1)
     mask.edit({"/a": 2, "/c": -1}, 2)
     mask.edit({"/d": 4}, 5)
+    mask.retire_pending("old")
     # /c (perhaps refused by the server) travels with /a as the first time, not with /b or /d
     assert mask.take_pending_for_resend() == [{"/b": 1}, {"/a": 2, "/c": -1}, {"/d": 4}]
     assert mask.take_pending_for_resend() == []
@@ -303,7 +306,9 @@ def test_client_state_stamps_per_node_and_reconnect_resets() -> None:
     state.edit_patch("comp", {"width": 640})
     state.edit_replace("bars", {"pattern": "smpte", "_ui": 1})
     assert state.shown("bars") == {"pattern": "smpte"}
-    resend = state.reconnected("nonce-2")
+    state.reconnected("nonce-2")
+    assert state.shown("bars") == {"pattern": "smpte"}  # masked until the resync decides (C4)
+    resend = state.take_resend()
     assert resend == {"comp": [{"/width": 640}], "bars": [{"": {"pattern": "smpte"}}]}
     assert state.nonce == "nonce-2"
     assert state.stamp_for("comp") == Stamp("nonce-2", 1)
@@ -412,3 +417,112 @@ def test_forget_node() -> None:
     assert state.node_ids() == ["bars"]
     assert not state.has_mask("comp")
     assert state.last_rev("comp") == 0
+
+
+# --------------------------------------------------------------------------- retired acks and reconnects (S7, C4)
+
+
+def test_ackbook_retire_keeps_the_ack_out_of_acks_for_the_grace_period_s7() -> None:
+    book = AckBook(retired_grace_s=10.0)
+    book.record(Stamp("a", 3))
+    book.refuse(Stamp("b", 2))
+    book.retire("a", 100.0)
+    book.retire("never-seen", 100.0)
+    assert book.as_dict() == {"b": 2}  # S5: events never carry it again
+    assert book.ack_of("a") == 0
+    assert book.retired_as_dict(105.0) == {"a": 3}
+    book.retire("b", 106.0)
+    assert book.retired_as_dict(109.9) == {"a": 3, "b": 2}
+    assert book.retired_as_dict(110.0) == {"b": 2}  # a's grace ended; b's not yet
+    assert book.retired_as_dict(116.0) == {}
+    book.forget("b")  # the view channel forgets without retiring
+    assert book.retired_as_dict(116.0) == {}
+
+
+def test_ackbook_retired_acks_are_bounded_oldest_evicted_first() -> None:
+    book = AckBook(max_retired=2)
+    for index, sender in enumerate("abc"):
+        book.record(Stamp(sender, index + 1))
+        book.retire(sender, float(index))
+    assert book.retired_as_dict(3.0) == {"b": 2, "c": 3}
+
+
+def test_ackbook_retired_settings_are_checked() -> None:
+    with pytest.raises(LocalProtocolError, match="retired_grace_s"):
+        AckBook(retired_grace_s=0)
+    with pytest.raises(LocalProtocolError, match="max_retired"):
+        AckBook(max_retired=0)
+    with pytest.raises(LocalProtocolError, match="max_retired"):
+        AckBook(max_retired=True)  # type: ignore[arg-type]
+
+
+def test_reconnect_resync_drops_what_the_old_nonce_had_processed_c4() -> None:
+    state = ClientCausalState("old")
+    state.on_event("comp", PARAMS_CHANNEL, {"width": 1, "height": 1, "_acks": {}})
+    state.edit_patch("comp", {"width": 10})  # rev 1: the server applied it, the ack was lost with the connection
+    state.edit_patch("comp", {"height": 20})  # rev 2: lost in flight
+    state.edit_patch("comp", {"fps": -1})  # rev 3: refused (S6), the error lost
+    state.reconnected("new")
+    assert state.shown("comp") == {"width": 10, "height": 20, "fps": -1}  # no flicker before the resync
+    # another client overwrote width after rev 1; the resync brings that and the old nonce's retired ack
+    shown = state.on_event(
+        "comp", PARAMS_CHANNEL, {"width": 99, "height": 1, "_acks": {"other": 4}}, retired_acks={"old": 1, "x": 7}
+    )
+    assert shown == {"width": 99, "height": 20, "fps": -1}
+    assert state.take_resend() == {"comp": [{"/height": 20}, {"/fps": -1}]}  # never width 10 over 99
+    assert state.mask("comp").retired == []
+
+
+def test_reconnect_resync_also_reads_the_old_nonce_in_acks() -> None:
+    # The server may not have seen the close yet (S5 not run): the old nonce is still in acks.
+    state = ClientCausalState("old")
+    state.edit_patch("comp", {"width": 10})
+    state.edit_patch("comp", {"width": 11})
+    state.reconnected("new")
+    state.on_event("comp", PARAMS_CHANNEL, {"width": 11, "_acks": {"old": 2}}, retired_acks={"old": 1})
+    assert state.take_resend() == {}
+
+
+def test_reconnect_without_retired_acks_resends_everything() -> None:
+    # A server without S7 (PROTOCOL.md section 5 only): nothing decides, everything is re-sent.
+    state = ClientCausalState("old")
+    state.edit_patch("comp", {"width": 10})
+    state.reconnected("new")
+    state.on_event("comp", PARAMS_CHANNEL, {"width": 10, "_acks": {}})
+    assert state.take_resend() == {"comp": [{"/width": 10}]}
+
+
+def test_two_reconnects_before_a_resync_keep_each_nonce_apart() -> None:
+    state = ClientCausalState("n1")
+    state.edit_patch("comp", {"a": 1})  # n1 rev 1
+    state.edit_patch("comp", {"b": 1})  # n1 rev 2
+    state.reconnected("n2")
+    state.edit_patch("comp", {"b": 2})  # n2 rev 1 (a partial re-send before the next drop)
+    state.edit_patch("comp", {"c": 2})  # n2 rev 2
+    state.reconnected("n3")
+    assert state.shown("comp") == {"a": 1, "b": 2, "c": 2}
+    state.on_event("comp", PARAMS_CHANNEL, {"_acks": {}}, retired_acks={"n1": 1, "n2": 1})
+    # n1 rev 1 (a) and n2 rev 1 (b=2) processed; b's newest value came from n2, so n1's b=1 is moot
+    assert state.take_resend() == {"comp": [{"/c": 2}]}
+
+
+def test_a_later_replace_supersedes_every_older_retired_value() -> None:
+    state = ClientCausalState("n1")
+    state.edit_patch("comp", {"a": 1})
+    state.reconnected("n2")
+    state.edit_replace("comp", {"b": 2})
+    state.reconnected("n3")
+    assert [sender for sender, _entries in state.mask("comp").retired] == ["n2"]
+    assert state.take_resend() == {"comp": [{"": {"b": 2}}]}
+
+
+def test_retired_view_predictions_show_until_the_resend() -> None:
+    state = ClientCausalState("old")
+    state.on_event("comp", VIEW_CHANNEL, {"layers": [{"id": "in_0", "x": 0}], "_acks": {}})
+    state.on_event("comp", PARAMS_CHANNEL, {"layers": {"in_0": {"aspect_fit": False}}, "_acks": {}})
+    state.edit_patch("comp", {"layers": {"in_0": {"rect": {"x": 5}}}})
+    state.reconnected("new")
+    assert state.shown("comp", VIEW_CHANNEL)["layers"][0]["x"] == 5
+    resend = state.take_resend()
+    assert resend == {"comp": [{"/layers/in_0/rect/x": 5}]}
+    assert state.mask("comp", VIEW_CHANNEL).retired == []  # re-sending the params predicts it again

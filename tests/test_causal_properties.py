@@ -17,6 +17,10 @@ Properties checked for the masking client after every delivery and at the end:
 3. after quiescence every client shows exactly the server's state, params and
    view, with nothing pending, and the last value each client wrote at each
    pointer reached the server (a reconnect re-sends, it does not lose edits);
+   and the server never applied a value twice with another value written at
+   that pointer in between (a reconnect that re-sends a value the server had
+   processed would overwrite a newer edit: rule C4 with the retired acks of
+   S7 prevents it, also when messages in flight are lost either way);
 4. a value the server clamps (or refuses) converges on the server's value once
    the edit is acknowledged (checked by 2 and 3 in histories that clamp).
 
@@ -111,6 +115,7 @@ class ErrorMsg:
 class PipelineMsg:
     params: dict[str, Any]
     view: dict[str, Any]
+    retired_acks: dict[str, int] = field(default_factory=dict)  # S7; the seed's server has none
 
 
 ToServer = Tune | GetPipeline
@@ -128,6 +133,7 @@ class SimServer:
 
     def __init__(self, *, sticky_view_stamp: bool = False) -> None:
         self.params: dict[str, Any] = {}
+        self.clock = 0.0  # S7's grace period never ends within a history
         self.inputs = 1
         self.params_acks = AckBook()
         self.view_acks = AckBook()
@@ -137,6 +143,8 @@ class SimServer:
         self.last_view_stamp: Stamp | None = None
         self.outboxes: dict[int, list[ToClient]] = {}
         self.applied: set[tuple[str, Any]] = set()  # every (pointer, value) a stamped tune brought in
+        self.last_written: dict[str, Any] = {}  # per pointer, the value the last applied tune wrote
+        self.lost_updates: list[str] = []
 
     def view(self) -> dict[str, Any]:
         return {"canvas_width": self.params.get("width", 0), "num_layers": self.inputs}
@@ -146,14 +154,15 @@ class SimServer:
 
     def close(self, conn: int, sender: str) -> None:
         del self.outboxes[conn]
-        self.params_acks.forget(sender)  # S5
+        self.params_acks.retire(sender, self.clock)  # S5, S7
         self.view_acks.forget(sender)
 
     def receive(self, conn: int, message: ToServer) -> None:
         if isinstance(message, GetPipeline):
             self.outboxes[conn].append(
                 PipelineMsg(self._data(self.params, None, self.params_acks, self.params_seq),
-                            self._data(self.view(), None, self.view_acks, self.view_seq))
+                            self._data(self.view(), None, self.view_acks, self.view_seq),
+                            self.params_acks.retired_as_dict(self.clock))
             )
             return
         stamp, body = take_stamp(message.wire_message())
@@ -167,6 +176,10 @@ class SimServer:
             self.outboxes[conn].append(ErrorMsg(stamp))
             return
         self.params = candidate  # S1: in arrival order
+        for ptr, value in pointer.leaves(body):
+            if (ptr, value) in self.applied and self.last_written.get(ptr) != value:
+                self.lost_updates.append(f"{ptr}={value} applied again over {self.last_written.get(ptr)} ({stamp})")
+            self.last_written[ptr] = value
         self.applied.update(pointer.leaves(body))
         self.params_acks.record(stamp)
         self.params_seq += 1
@@ -224,7 +237,10 @@ class SimClient(Protocol):
 
     def connected(self, first: bool) -> list[ToServer]: ...
 
-    def receive(self, message: ToClient) -> None: ...
+    def receive(self, message: ToClient) -> list[ToServer]: ...
+
+    @property
+    def ready(self) -> bool: ...
 
     def shown_params(self) -> Any: ...
 
@@ -238,6 +254,7 @@ class MaskingClient:
         self.index = index
         self.generation = 0
         self.causal = ClientCausalState(self._nonce_of(0))
+        self.resyncing = False
 
     def _nonce_of(self, generation: int) -> str:
         return f"client{self.index}-{generation}"  # deterministic stand-in for uuid4
@@ -250,13 +267,22 @@ class MaskingClient:
         patch = leaves_to_patch(leaves)
         return Tune(self.causal.edit_patch(NODE, patch), patch)
 
+    @property
+    def ready(self) -> bool:
+        """False from a reconnect until the resync: the client library holds new edits back (its gate)."""
+        return not self.resyncing
+
     def connected(self, first: bool) -> list[ToServer]:
         if first:
             return [GetPipeline()]
         self.generation += 1
-        resend = self.causal.reconnected(self._nonce_of(self.generation))
-        messages: list[ToServer] = [GetPipeline()]
-        for node_id, groups in resend.items():
+        self.causal.reconnected(self._nonce_of(self.generation))
+        self.resyncing = True
+        return [GetPipeline()]  # rule C4: resync first, re-send after
+
+    def _resend(self) -> list[ToServer]:
+        messages: list[ToServer] = []
+        for node_id, groups in self.causal.take_resend().items():
             for values in groups:
                 if "" in values:
                     document = values[""]
@@ -267,15 +293,19 @@ class MaskingClient:
                     messages.append(Tune(self.causal.edit_patch(node_id, patch), patch))
         return messages
 
-    def receive(self, message: ToClient) -> None:
+    def receive(self, message: ToClient) -> list[ToServer]:
         if isinstance(message, EventMsg):
             self.causal.on_event(NODE, message.channel, message.data)
         elif isinstance(message, ErrorMsg):
             if message.stamp.sender == self.nonce:
                 self.causal.on_refused(NODE, message.stamp.rev)
         else:
-            self.causal.on_event(NODE, PARAMS_CHANNEL, message.params)
+            self.causal.on_event(NODE, PARAMS_CHANNEL, message.params, retired_acks=message.retired_acks)
             self.causal.on_event(NODE, VIEW_CHANNEL, message.view)
+            if self.resyncing:
+                self.resyncing = False
+                return self._resend()
+        return []
 
     def shown_params(self) -> Any:
         return self.causal.shown(NODE, PARAMS_CHANNEL)
@@ -284,7 +314,20 @@ class MaskingClient:
         return self.causal.shown(NODE, VIEW_CHANNEL)
 
     def pending(self) -> dict[str, tuple[int, Any]]:
+        """The pending values of the current nonce."""
         return self.causal.mask(NODE, PARAMS_CHANNEL).pending
+
+    def retired(self) -> list[tuple[str, dict[str, tuple[int, Any]]]]:
+        """Pending values of earlier nonces, waiting for the resync (rule C4)."""
+        return self.causal.mask(NODE, PARAMS_CHANNEL).retired
+
+    def masked(self) -> dict[str, Any]:
+        """Every value laid over the server's state, by pointer: retired ones, then pending ones."""
+        values: dict[str, Any] = {}
+        for _sender, entries in self.retired():
+            values.update({ptr: value for ptr, (_rev, value) in entries.items()})
+        values.update({ptr: value for ptr, (_rev, value) in self.pending().items()})
+        return values
 
 
 class SeedGateClient:
@@ -317,13 +360,17 @@ class SeedGateClient:
             self.counter = 0
         return [GetPipeline()]
 
+    @property
+    def ready(self) -> bool:
+        return True
+
     def _gated(self, data: dict[str, Any]) -> bool:
         return data.get("_sender") == self._nonce and data.get("_rev", 0) <= self.counter
 
     def receive(self, message: ToClient) -> None:
         if isinstance(message, EventMsg):
             if self._gated(message.data):
-                return
+                return []
             if message.channel == PARAMS_CHANNEL:
                 self.params = strip_private(message.data)
             else:
@@ -331,6 +378,7 @@ class SeedGateClient:
         elif isinstance(message, PipelineMsg):
             self.params = strip_private(message.params)
             self.view = strip_private(message.view)
+        return []
 
     def shown_params(self) -> Any:
         return self.params
@@ -386,6 +434,8 @@ class World:
     # -- actions
 
     def edit(self, index: int, pointers: Iterable[str], value_kind: str = "plain") -> None:
+        if not self.clients[index].ready:
+            return  # the library's gate holds edits back during a resync; the user edits later
         leaves: dict[str, Any] = {}
         for ptr in pointers:
             unique = (index + 1) * 10**6 + next(self._values)
@@ -408,7 +458,7 @@ class World:
             return False
         message = outbox.pop(0)
         client = self.clients[index]
-        client.receive(message)
+        self.to_server[index].extend(client.receive(message))
         if self.check and isinstance(client, MaskingClient):
             self._check_after_delivery(client, message)
         return True
@@ -457,6 +507,7 @@ class World:
     def _check_after_delivery(self, client: MaskingClient, message: ToClient) -> None:
         shown = client.shown_params()
         pending = client.pending()
+        masked = client.masked()
         # property 1: never an older value of my own at a pointer I wrote (unless the server changed it by clamping/refusing)
         for ptr, values in self.own_writes[client.index].items():
             if ptr in self.tainted[client.index]:
@@ -476,22 +527,27 @@ class World:
         ack = data["_acks"].get(client.nonce, 0)
         for rev, _value in pending.values():
             assert rev > ack, "a pending value the server already acknowledged is still masking"
+        if isinstance(message, PipelineMsg):  # C4: the resync decides every retired value
+            for sender, entries in client.retired():
+                old_ack = max(data["_acks"].get(sender, 0), message.retired_acks.get(sender, 0))
+                assert all(rev > old_ack for rev, _value in entries.values()), "a processed value survived the resync"
         pointers = {p for p, _ in pointer.leaves(state)} | {p for p, _ in pointer.leaves(shown)}
         for ptr in pointers - {""}:
-            if ptr in pending:
-                assert pointer.resolve(shown, ptr, MISSING) == pending[ptr][1]
+            if ptr in masked:
+                assert pointer.resolve(shown, ptr, MISSING) == masked[ptr]
             else:
                 assert pointer.resolve(shown, ptr, MISSING) == pointer.resolve(state, ptr, MISSING), (
                     f"client {client.index} hides the server's value at {ptr}"
                 )
 
     def check_quiescent(self) -> None:
-        """Property 3: everyone shows the server's state; nothing is pending."""
+        """Property 3: everyone shows the server's state; nothing is pending; no update was lost."""
+        assert self.server.lost_updates == [], self.server.lost_updates
         for client in self.clients:
             assert client.shown_params() == self.server.params, f"client {client.index} params differ"
             assert client.shown_view() == self.server.view(), f"client {client.index} view differs"
             if isinstance(client, MaskingClient):
-                assert client.pending() == {}
+                assert client.pending() == {} and client.retired() == []
                 # and no edit was silently lost on a reconnect: the last value a client wrote at
                 # each pointer reached the server (earlier ones may be superseded before they are re-sent)
                 for ptr, values in self.own_writes[client.index].items():
@@ -687,3 +743,19 @@ def test_find_server_caused_layout_failure_of_the_seed_gate() -> None:
     )
     assert any(step.kind == "add_input" for step in steps), steps
     _masking_passes(steps, sticky_view_stamp=True)
+
+
+def test_reconnect_after_the_ack_was_lost_does_not_overwrite_a_newer_edit() -> None:
+    """A's edit is applied, B overwrites it, A's connection drops before A sees its ack (rules S7, C4)."""
+    world = World(MaskingClient, 2)
+    world.quiesce()
+    world.edit(0, ["/width"])
+    world.deliver_to_server(0)  # applied; its events are lost with the connection
+    world.edit(1, ["/width"])
+    world.deliver_to_server(1)
+    old_nonce = world.clients[0].nonce
+    world.reconnect(0)
+    assert world.server.params_acks.retired_as_dict(world.server.clock) == {old_nonce: 1}
+    world.quiesce()
+    world.check_quiescent()
+    assert world.server.params["width"] == world.own_writes[1]["/width"][-1]  # B's edit is not lost

@@ -157,6 +157,7 @@ async def test_getpipeline_listsessions(harness: Harness) -> None:
             "seq": 0,
             "state": "ok",
             "acks": {},
+            "retired_acks": {},
         }
         assert pipeline["connections"] == PIPELINE["connections"]
         listed = await client.request({"action": "listsessions"})
@@ -278,6 +279,9 @@ async def test_s5_closing_a_connection_forgets_its_senders(harness: Harness) -> 
         assert pipeline["nodes"]["comp"]["params"]["fps"] == 25
         changed = [e for e in client.events if e["event"] == "nodeparamschanged"]
         assert changed and changed[-1]["params"]["_acks"] == {"other": 1}
+        # S7: the closed connection's ack is no longer in acks, but getpipeline still says what it processed
+        assert pipeline["nodes"]["comp"]["retired_acks"] == {"gone": 1}
+        assert "gone" not in pipeline["nodes"]["comp"]["acks"]
 
 
 async def test_structure_actions(harness: Harness) -> None:
