@@ -92,7 +92,13 @@ class _Services:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.store.run)
                     factory = _render_loop_factory(self.settings, trio.lowlevel.current_trio_token(), self.device_index)
-                    self.service = SessionService(self.store, self.hub, factory)
+                    self.service = SessionService(
+                        self.store,
+                        self.hub,
+                        factory,
+                        retired_acks_grace_s=self.settings.limits.retired_acks_grace_s,
+                        max_retired_acks=self.settings.limits.max_retired_acks,
+                    )
                     await self._open_sessions()
                     self.server = ControlServer(self.settings.server_options(), self.service)
                     address = await nursery.start(self.server.run)

@@ -138,6 +138,10 @@ class Limits:
     max_connections: int = 256
     messages_per_second: float = 2000.0
     send_timeout: float = 5.0
+    # Rule S7 (docs/PROTOCOL-EXTENSIONS.md): a closed connection's params acks stay in getpipeline's
+    # retired_acks this long, at most this many per node, so a reconnecting client re-sends only what was not processed.
+    retired_acks_grace_s: float = 300.0
+    max_retired_acks: int = 4096
 
 
 @dataclass(frozen=True)

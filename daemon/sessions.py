@@ -98,11 +98,12 @@ class _SessionState:
     last_view_acks: dict[str, dict[str, int]] = field(default_factory=dict)  # per node: the acks sent with last_view
     node_errors: dict[str, str] = field(default_factory=dict)  # nodes in the error state, with why
     preview_subscribers: dict[str, set[Connection]] = field(default_factory=dict)  # sink::preview node -> connections
+    make_book: Callable[[], AckBook] = AckBook
 
     def book(self, node_id: str) -> AckBook:
         found = self.acks.get(node_id)
         if found is None:
-            found = self.acks[node_id] = AckBook()
+            found = self.acks[node_id] = self.make_book()
         return found
 
 
@@ -125,8 +126,21 @@ class _Tune:
 class SessionService:
     """The dispatcher of every connection: parses requests, runs actions, publishes events."""
 
-    def __init__(self, store: Store, hub: Hub, loop_factory: RenderLoopFactory) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        loop_factory: RenderLoopFactory,
+        *,
+        retired_acks_grace_s: float = causal.RETIRED_ACKS_GRACE_S,
+        max_retired_acks: int = causal.MAX_RETIRED_ACKS,
+    ) -> None:
         self._store = store
+        # Rule S7: how long and how many closed senders' params acks getpipeline still reports, per node.
+        self._make_book: Callable[[], AckBook] = functools.partial(
+            AckBook, retired_grace_s=retired_acks_grace_s, max_retired=max_retired_acks
+        )
+        self._make_book()  # bad settings fail here, at start-up, not at the first tune
         self._hub = hub
         self._loop_factory = loop_factory
         self._sessions: dict[str, _SessionState] = {}
@@ -141,7 +155,7 @@ class SessionService:
     async def open_session(self, record: SessionRecord) -> None:
         """Start the render loop of a session that is in the store; returns after its first frame."""
         loop = self._loop_factory(record.copy(), self)
-        self._sessions[record.session_id] = _SessionState(loop)
+        self._sessions[record.session_id] = _SessionState(loop, make_book=self._make_book)
         loop.start()
         await loop.wait_first_frame()
 

@@ -383,3 +383,33 @@ async def test_distinct_senders_per_connection_are_bounded(harness: Harness) -> 
         assert harness.store.sessions()["s1"].nodes["comp"].params["fps"] == 30
         # a known sender still works
         assert (await client.tune("comp", {"fps": 32, "_sender": "s0", "_rev": 2})) == {"action": "success"}
+
+
+async def test_retired_acks_settings_bound_what_getpipeline_reports(tmp_path: Path) -> None:
+    """Rule S7's bound comes from the settings: with max_retired_acks=1 only the last closed sender stays."""
+    from compositord.protocol.errors import LocalProtocolError
+
+    def factory(record: SessionRecord, service: SessionService) -> RecordingLoop:
+        return RecordingLoop(record)
+
+    with pytest.raises(LocalProtocolError, match="max_retired"):
+        SessionService(Store(tmp_path / "unused"), Hub(), factory, max_retired_acks=0)
+    async with trio.open_nursery() as nursery:
+        store = Store(tmp_path)
+        await nursery.start(store.run)
+        service = SessionService(store, Hub(), factory, max_retired_acks=1)
+        await store.create_session(SessionRecord.from_pipeline("s1", "test", node_params.validate_pipeline(PIPELINE)))
+        await service.open_session(store.sessions()["s1"])
+        host, port = await nursery.start(ControlServer(ServerOptions(host="127.0.0.1", port=0), service).run)
+        harness = Harness(f"ws://{host}:{port}{CONTROL_PATH}", store, {})
+        for sender in ("first", "second"):
+            async with connected(harness) as client:
+                await client.tune("comp", {"fps": 24, "_sender": sender, "_rev": 3})
+        async with connected(harness) as client:
+            with trio.fail_after(5):
+                while True:
+                    pipeline = await client.request({"action": "getpipeline", "session_id": "s1"})
+                    if pipeline["nodes"]["comp"]["retired_acks"] == {"second": 3}:
+                        break
+                    await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
