@@ -36,6 +36,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from compositord.protocol import pointer
+from compositord.tests.dropping_proxy import DroppingProxy
 
 CANVAS = (64, 36)
 EXTRA_NODE = "extra"
@@ -160,46 +161,6 @@ def check(history: History) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- running one history
-
-
-class DroppingProxy:
-    """A TCP proxy in front of the daemon whose connections can be cut, as a network drop does."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._scopes: set[trio.CancelScope] = set()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._handle, listeners)
-
-    def drop_all(self) -> None:
-        for scope in list(self._scopes):
-            scope.cancel()
-
-    async def _handle(self, downstream: trio.SocketStream) -> None:
-        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-        async with downstream, upstream:
-            with trio.CancelScope() as scope:
-                self._scopes.add(scope)
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._pump, downstream, upstream, nursery.cancel_scope)
-                        nursery.start_soon(self._pump, upstream, downstream, nursery.cancel_scope)
-                finally:
-                    self._scopes.discard(scope)
-
-    @staticmethod
-    async def _pump(source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope) -> None:
-        try:
-            async for chunk in source:
-                await sink.send_all(chunk)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        scope.cancel()
 
 
 @dataclass

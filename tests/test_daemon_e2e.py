@@ -30,6 +30,7 @@ from compositord.daemon.config import load_pipeline
 from compositord.daemon.store import iter_stored_keys
 from compositord.protocol import layout, pointer
 from compositord.protocol.params import validate_pipeline
+from compositord.tests.dropping_proxy import DroppingProxy
 from compositord.tests.plugin import RunningDaemon
 
 SIZE = (160, 90)
@@ -234,48 +235,6 @@ async def test_input_added_during_a_drag_reaches_every_client_with_its_auto_pip(
 
 
 # ----------------------------------------------------------------------------- reconnect mid-drag
-
-
-class DroppingProxy:
-    """A TCP proxy in front of the daemon whose connections can be cut, as a network drop does."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._scopes: set[trio.CancelScope] = set()
-        self.connections = 0
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._handle, listeners)
-
-    def drop_all(self) -> None:
-        for scope in list(self._scopes):
-            scope.cancel()
-
-    async def _handle(self, downstream: trio.SocketStream) -> None:
-        self.connections += 1
-        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-        async with downstream, upstream:
-            with trio.CancelScope() as scope:
-                self._scopes.add(scope)
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._pump, downstream, upstream, nursery.cancel_scope)
-                        nursery.start_soon(self._pump, upstream, downstream, nursery.cancel_scope)
-                finally:
-                    self._scopes.discard(scope)
-
-    @staticmethod
-    async def _pump(source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope) -> None:
-        try:
-            async for chunk in source:
-                await sink.send_all(chunk)
-        except trio.BrokenResourceError:
-            pass
-        scope.cancel()
 
 
 async def test_client_reconnecting_mid_drag_resyncs_and_converges(compositord_daemon: RunningDaemon) -> None:
