@@ -22,7 +22,6 @@ and its alpha the opacity (times the circle coverage).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 
 import moderngl
@@ -48,19 +47,7 @@ def rgb_to_ycbcr_limited(rgb: tuple[float, float, float], matrix: str) -> tuple[
 
 def is_full_frame_unscaled(layer: ResolvedLayer, canvas: tuple[int, int], frame: SourceFrame) -> bool:
     """The layer shows its whole frame 1:1 over the whole canvas, opaque: its pixels *are* the bottom."""
-    rect = layer.rect
-    crop = layer.crop
-    return (
-        (frame.opaque or frame.pixel_format != "rgba8")
-        and (frame.width, frame.height) == canvas
-        and layer.opacity >= 1.0
-        and not layer.circle
-        and not layer.mirror_horizontal
-        and not layer.mirror_vertical
-        and math.isclose(layer.rotation_degrees % 360.0, 0.0, abs_tol=1e-9)
-        and (crop.u0, crop.v0, crop.u1, crop.v1) == (0.0, 0.0, 1.0, 1.0)
-        and all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip((rect.x, rect.y, rect.width, rect.height), (0, 0, *canvas)))
-    )
+    return (frame.opaque or frame.pixel_format != "rgba8") and layer.covers_canvas_unscaled((frame.width, frame.height), canvas)
 
 
 def planes_apply(scene: ResolvedScene, frames: Mapping[str, SourceFrame]) -> bool:

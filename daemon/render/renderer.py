@@ -26,7 +26,6 @@ the first allocation).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -193,20 +192,7 @@ class Renderer:
         if layer.kind != "video" or layer.id not in frames:
             return False
         frame = frames[layer.id]
-        rect = layer.rect
-        crop = layer.crop
-        return (
-            frame.pixel_format == "rgba8"
-            and frame.opaque
-            and (frame.width, frame.height) == canvas
-            and layer.opacity >= 1.0
-            and not layer.circle
-            and not layer.mirror_horizontal
-            and not layer.mirror_vertical
-            and math.isclose(layer.rotation_degrees % 360.0, 0.0, abs_tol=1e-9)
-            and (crop.u0, crop.v0, crop.u1, crop.v1) == (0.0, 0.0, 1.0, 1.0)
-            and all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip((rect.x, rect.y, rect.width, rect.height), (0, 0, *canvas)))
-        )
+        return frame.pixel_format == "rgba8" and frame.opaque and layer.covers_canvas_unscaled((frame.width, frame.height), canvas)
 
     def _texture_for(
         self,

@@ -94,6 +94,25 @@ class ResolvedLayer:
     def sort_key(self) -> tuple[int, int, int]:
         return (self.z_index, _KIND_RANK[self.kind], self.order)
 
+    def covers_canvas_unscaled(self, frame_size: tuple[int, int], canvas: tuple[int, int]) -> bool:
+        """A canvas-sized frame drawn whole and 1:1 over the whole canvas at full opacity.
+
+        The geometric half of "its pixels *are* the bottom": the renderer and the
+        plane pass each add what they need of the frame's pixel format.
+        """
+        rect = self.rect
+        crop = self.crop
+        return (
+            frame_size == canvas
+            and self.opacity >= 1.0
+            and not self.circle
+            and not self.mirror_horizontal
+            and not self.mirror_vertical
+            and math.isclose(self.rotation_degrees % 360.0, 0.0, abs_tol=1e-9)
+            and (crop.u0, crop.v0, crop.u1, crop.v1) == (0.0, 0.0, 1.0, 1.0)
+            and all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip((rect.x, rect.y, rect.width, rect.height), (0, 0, *canvas)))
+        )
+
 
 @dataclass(frozen=True)
 class ResolvedScene:
