@@ -99,6 +99,8 @@ class _Services:
                         retired_acks_grace_s=self.settings.limits.retired_acks_grace_s,
                         max_retired_acks=self.settings.limits.max_retired_acks,
                     )
+                    # Coalescable events leave at most once per output frame of their session (PROTOCOL.md section 4).
+                    nursery.start_soon(self.hub.run, self.service.frame_period)
                     await self._open_sessions()
                     self.server = ControlServer(self.settings.server_options(), self.service)
                     address = await nursery.start(self.server.run)

@@ -152,6 +152,13 @@ class SessionService:
     def render_loops(self) -> dict[str, RenderLoopLike]:
         return {session_id: state.loop for session_id, state in self._sessions.items()}
 
+    def frame_period(self, session_id: Any) -> float | None:
+        """Seconds per output frame of a running session (the hub paces its events by it); None if unknown."""
+        state = self._sessions.get(session_id)
+        statistics = getattr(state.loop, "statistics", None) if state is not None else None
+        fps = statistics().fps if statistics is not None else 0
+        return 1.0 / fps if fps > 0 else None
+
     async def open_session(self, record: SessionRecord) -> None:
         """Start the render loop of a session that is in the store; returns after its first frame."""
         loop = self._loop_factory(record.copy(), self)
