@@ -47,8 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=None, help="control_latency: seconds of edits per configuration (default 8, --quick 1)")
     parser.add_argument("--observers", choices=("raw", "client"), default="raw",
                         help="control_latency: watching clients parse every event (raw, default) or also run the client library's causal masking (client)")
-    parser.add_argument("--pace-params-ms", type=float, default=0.0, metavar="MS",
-                        help="control_latency EXPERIMENT: the bench daemon publishes each node's nodeparamschanged at most every MS (not the daemon's behaviour)")
     parser.add_argument("--minutes", type=float, default=None, help="soak: how long (perf/soak.py's default when absent)")
     parser.add_argument("--interval", type=float, default=None, help="soak: seconds between samples")
     parser.add_argument("--clients", type=int, default=None, help="soak: clients")
@@ -70,9 +68,6 @@ def main(args: argparse.Namespace) -> int:
     if args.seconds is not None and args.seconds <= 0:
         print("compositord bench: --seconds must be positive", file=sys.stderr)
         return 2
-    if args.pace_params_ms < 0:
-        print("compositord bench: --pace-params-ms must not be negative", file=sys.stderr)
-        return 2
     if args.write_readme is not None and not args.write_readme.is_file():
         print(f"compositord bench: --write-readme {args.write_readme}: no such file (it must have the results markers)", file=sys.stderr)
         return 2
@@ -88,7 +83,6 @@ def main(args: argparse.Namespace) -> int:
         profile=args.profile,
         seconds=args.seconds,
         observers=args.observers,
-        pace_params_ms=args.pace_params_ms,
     )
     from compositord.perf.measure import json_line
 

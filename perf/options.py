@@ -17,7 +17,6 @@ class BenchOptions:
     profile: bool = False
     seconds: float | None = None  # control_latency: seconds of edits per config (None: the scenario's default)
     observers: str = "raw"  # control_latency: clients that only watch read "raw" (parse only) or through the "client" library
-    pace_params_ms: float = 0.0  # control_latency EXPERIMENT: the bench daemon publishes params events at most this often
     out: TextIO = field(default_factory=lambda: sys.stdout)
 
     def say(self, *lines: Any) -> None:

@@ -280,7 +280,7 @@ def _tunes_per_second(log: RunLog) -> float:
     return len(sent) / max(1e-3, max(sent) - min(sent))
 
 
-def run_config(clients: int, editing: int, seconds: float, observers: str = "raw", pace_params_ms: float = 0.0) -> dict[str, Any]:
+def run_config(clients: int, editing: int, seconds: float, observers: str = "raw") -> dict[str, Any]:
     import trio
     import yaml
 
@@ -291,7 +291,7 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
         probe_file = folder / "probe.log"
         env = dict(os.environ)
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "compositord.perf.latency_daemon", str(folder / "state"), str(pipeline_file), str(probe_file), str(PROBE_ROW), str(pace_params_ms)],
+            [sys.executable, "-m", "compositord.perf.latency_daemon", str(folder / "state"), str(pipeline_file), str(probe_file), str(PROBE_ROW)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         try:
@@ -329,7 +329,6 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
         "clients": clients,
         "editing": editing,
         "observers": observers,
-        "pace_params_ms": pace_params_ms,
         "seconds": seconds,
         "tunes_sent": tunes,
         "tunes_per_second": round(tunes / seconds, 1),
@@ -362,11 +361,11 @@ def run(options: BenchOptions) -> dict[str, Any]:
     configs = CONFIGS[:2] if options.quick else CONFIGS
     options.say(
         f"== {NAME}: daemon at {FPS} fps, {WIDTH}x{HEIGHT}; tunes at {EDIT_HZ} Hz per editing client, {seconds:g} s per config; "
-        f"watching clients: {options.observers}" + (f"; EXPERIMENT params events paced to {options.pace_params_ms:g} ms" if options.pace_params_ms else "")
+        f"watching clients: {options.observers}"
     )
     rows = []
     for clients, editing in configs:
-        row = run_config(clients, editing, seconds, options.observers, options.pace_params_ms)
+        row = run_config(clients, editing, seconds, options.observers)
         rows.append(row)
         options.say(format_row(row))
     return {"rows": rows, "fps": FPS, "frame_interval_target_ms": round(1000.0 / FPS, 2)}
