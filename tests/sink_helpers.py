@@ -47,6 +47,21 @@ def sink_session(
     return SessionRecord("s1", "sinks", nodes, connections)
 
 
+def y4m_pipeline(path: str) -> dict[str, Any]:
+    """A daemon pipeline (protocol form): colorbars into a W x H compositor into one ``sink::y4m`` node ``raw``."""
+    return {
+        "nodes": {
+            "bars": {"kind": "video::colorbars", "params": {"width": W, "height": H}},
+            "comp": {"kind": "video::compositor", "params": {"width": W, "height": H, "fps": 30}},
+            "raw": {"kind": "sink::y4m", "params": {"path": path}},
+        },
+        "connections": [
+            {"from_node": "bars", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"},
+            {"from_node": "comp", "from_pin": "out", "to_node": "raw", "to_pin": "in"},
+        ],
+    }
+
+
 @dataclass
 class Recorder:
     errors: list[tuple[str, str | None]] = field(default_factory=list)
@@ -68,6 +83,17 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> No
             await trio.sleep(0.01)
 
 
+async def wait_first_frame_or_skip(loop: RenderLoop, timeout: float = 30.0) -> None:
+    """Wait for a started loop's first frame; skip the test, saying why, when no OpenGL 3.3 context can be made."""
+    try:
+        with trio.fail_after(timeout):
+            await loop.wait_first_frame()
+    except RenderLoopError as exc:
+        if isinstance(exc.__cause__, gl_context.GLContextError):
+            pytest.skip(f"no OpenGL 3.3 context: {exc.__cause__}")
+        raise
+
+
 @asynccontextmanager
 async def running_loop(session: SessionRecord, tmp_path: Path) -> AsyncIterator[tuple[RenderLoop, Recorder]]:
     """A started render loop; stopped (sinks finished) on exit, from a worker thread like the daemon does.
@@ -85,13 +111,7 @@ async def running_loop(session: SessionRecord, tmp_path: Path) -> AsyncIterator[
     )
     loop.start()
     try:
-        try:
-            with trio.fail_after(30):
-                await loop.wait_first_frame()
-        except RenderLoopError as exc:
-            if isinstance(exc.__cause__, gl_context.GLContextError):
-                pytest.skip(f"no OpenGL 3.3 context: {exc.__cause__}")
-            raise
+        await wait_first_frame_or_skip(loop)
         yield loop, recorder
     finally:
         await trio.to_thread.run_sync(loop.stop, 15.0)

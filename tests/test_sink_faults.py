@@ -18,7 +18,7 @@ import trio
 
 from compositord.daemon.model import NodeRecord
 from compositord.daemon.sinks.base import ErrorLatch, Sink, SinkFrame
-from tests.sink_helpers import H, W, decode, running_loop, sink_session, wait_frames_written, wait_until
+from tests.sink_helpers import H, W, decode, running_loop, sink_session, wait_frames_written, wait_until, y4m_pipeline
 
 pytestmark = pytest.mark.gl
 
@@ -183,17 +183,7 @@ def test_error_latch_reports_changes_only() -> None:
 
 @pytest.fixture
 def compositord_pipeline() -> dict[str, Any]:
-    return {
-        "nodes": {
-            "bars": {"kind": "video::colorbars", "params": {"width": W, "height": H}},
-            "comp": {"kind": "video::compositor", "params": {"width": W, "height": H, "fps": 30}},
-            "raw": {"kind": "sink::y4m", "params": {"path": "not-made-yet/raw.y4m"}},
-        },
-        "connections": [
-            {"from_node": "bars", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"},
-            {"from_node": "comp", "from_pin": "out", "to_node": "raw", "to_pin": "in"},
-        ],
-    }
+    return y4m_pipeline("not-made-yet/raw.y4m")
 
 
 async def test_daemon_reports_the_sink_error_and_its_clearing(compositord_daemon: Any, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import pytest
 import trio
 import yaml
 
-from tests.sink_helpers import H, W, Peer, running_loop, sink_session, wait_frames_written, wait_until
+from tests.sink_helpers import H, W, Peer, running_loop, sink_session, wait_frames_written, wait_until, y4m_pipeline
 
 pytestmark = pytest.mark.gl
 
@@ -63,17 +63,7 @@ async def test_links_out_fifos_elsewhere_and_devices_are_node_errors(tmp_path: P
 
 @pytest.fixture
 def compositord_pipeline() -> dict[str, Any]:
-    return {
-        "nodes": {
-            "bars": {"kind": "video::colorbars", "params": {"width": W, "height": H}},
-            "comp": {"kind": "video::compositor", "params": {"width": W, "height": H, "fps": 30}},
-            "raw": {"kind": "sink::y4m", "params": {"path": "raw.y4m"}},
-        },
-        "connections": [
-            {"from_node": "bars", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"},
-            {"from_node": "comp", "from_pin": "out", "to_node": "raw", "to_pin": "in"},
-        ],
-    }
+    return y4m_pipeline("raw.y4m")
 
 
 async def test_the_daemon_refuses_absolute_and_dotdot_paths_as_invalid_params(compositord_daemon: Any, tmp_path: Path) -> None:
@@ -102,17 +92,7 @@ async def test_the_daemon_refuses_absolute_and_dotdot_paths_as_invalid_params(co
 
 async def test_run_keeps_stdout_for_a_y4m_dash_sink(tmp_path: Path) -> None:
     """`compositord run ... | ffmpeg -f yuv4mpegpipe -i -`: the first bytes on stdout are the Y4M header."""
-    pipeline = {
-        "nodes": {
-            "bars": {"kind": "video::colorbars", "params": {"width": W, "height": H}},
-            "comp": {"kind": "video::compositor", "params": {"width": W, "height": H, "fps": 30}},
-            "raw": {"kind": "sink::y4m", "params": {"path": "-"}},
-        },
-        "connections": [
-            {"from_node": "bars", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"},
-            {"from_node": "comp", "from_pin": "out", "to_node": "raw", "to_pin": "in"},
-        ],
-    }
+    pipeline = y4m_pipeline("-")
     config = tmp_path / "stdout.yaml"
     config.write_text(yaml.safe_dump(pipeline))
     stderr_path = tmp_path / "stderr.txt"
