@@ -21,6 +21,7 @@ from compositord.daemon.render.frames import SourceFrame
 from compositord.daemon.render_loop import RenderLoop, RenderLoopError, StatsEmission, ViewEmission
 from compositord.protocol.causal import Stamp
 from compositord.protocol.layout import auto_pip_rect
+from compositord.tests.sink_helpers import wait_first_frame_or_skip
 
 pytestmark = pytest.mark.gl
 
@@ -78,13 +79,7 @@ async def start_loop(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         )
         loops.append(loop)
         loop.start()
-        try:
-            with trio.fail_after(30):
-                await loop.wait_first_frame()
-        except RenderLoopError as exc:
-            if isinstance(exc.__cause__, gl_context.GLContextError):
-                pytest.skip(f"no OpenGL 3.3 context: {exc.__cause__}")
-            raise
+        await wait_first_frame_or_skip(loop)
         return loop
 
     yield start
