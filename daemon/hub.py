@@ -10,10 +10,12 @@ per output frame, the latest"; ARCHITECTURE.md). A coalescable event (one
 published with a ``coalesce_key`` whose first item is its session id:
 ``nodeparamschanged``, ``nodeviewdataupdated``, ``nodestatsupdated``,
 ``nodestatechanged``) carries the whole state of its node and channel plus the
-whole acks map, so the hub holds it per session and a newer event of the same
-key replaces it. A session's held events go to the mailboxes at most once per
-frame period of that session's render loop (``frame_period``): the first event
-after a quiet period leaves at once, the next ones at the end of the period.
+whole acks map, so the hub holds it and a newer event of the same key
+replaces it. The events of one key (node and channel) go to the mailboxes at
+most once per frame period of their session's render loop (``frame_period``):
+the first after a quiet period leaves at once, the next one at the end of the
+period. Keys are paced apart: a ``nodeparamschanged`` that just left does not
+hold back the view data of the frame that applies it.
 Without pacing every applied tune was fanned out to every connection: at 100
 clients and 600 tunes/s, 60,000 WebSocket sends a second, which a 2-core
 machine cannot make; paced, it is at most fps x nodes x clients.
@@ -22,7 +24,7 @@ Order: an event published without a key (``nodeadded``, ``noderemoved``,
 ``sessiondestroyed``...) first flushes everything held, so nothing published
 before it arrives after it, and a held event is only ever replaced by a newer
 one of the same key (never a stale one after a newer one). Such a flush also
-restarts the session's period, so it can put a second event of a key in one
+restarts the keys' periods, so it can put a second event of a key in one
 frame period; structural changes are rare. Responses do not pass through the
 hub (``Connection.send``): they are never held or coalesced.
 
@@ -40,7 +42,7 @@ import trio
 
 from compositord.daemon.mailbox import Mailbox, MailboxFull
 
-# Forget a session's last flush time this long after it (a frame period is at most 1 s: IDLE_FPS is 1).
+# Forget a key's last flush time this long after it (a frame period is at most 1 s: IDLE_FPS is 1).
 _FORGET_LAST_FLUSH_S = 2.0
 
 # The frame period in seconds of a session's output (None: do not pace it, fan out at once).
@@ -61,10 +63,9 @@ class Hub:
         self.held_replaced = 0  # events replaced in the hub by a newer one before a flush (statistics)
         self.flushes = 0
         self._frame_period: FramePeriod | None = None
-        # session -> coalesce key -> encoded event, held until the session's next flush.
-        self._held: dict[Hashable, dict[Hashable, str]] = {}
-        self._due: dict[Hashable, float] = {}  # session -> trio time its held events go out
-        self._last_flush: dict[Hashable, float] = {}
+        self._held: dict[Hashable, str] = {}  # coalesce key -> encoded event waiting for its key's next flush
+        self._due: dict[Hashable, float] = {}  # coalesce key -> trio time its held event goes out
+        self._last_flush: dict[Hashable, float] = {}  # coalesce key -> trio time its last event went out
         self._wakeup = trio.Event()
 
     def __len__(self) -> int:
@@ -80,22 +81,22 @@ class Hub:
         return list(self._subscribers)
 
     def held(self) -> int:
-        """How many events wait for their session's next flush."""
-        return sum(len(events) for events in self._held.values())
+        """How many events wait for their key's next flush."""
+        return len(self._held)
 
     def publish(self, text: str, coalesce_key: Hashable | None = None) -> None:
         """Queue an already encoded event for every subscriber (the same string for all).
 
         ``coalesce_key`` (for example ``(session_id, node_id, "view")``) marks a
         whole-state event that may replace an unsent one with the same key; while
-        :meth:`run` runs it is held until its session's next frame flush.
+        :meth:`run` runs it is held until its key's next frame flush.
         """
         self.published += 1
         if coalesce_key is not None and self._frame_period is not None:
             session = coalesce_key[0] if isinstance(coalesce_key, tuple) and coalesce_key else coalesce_key
             period = self._frame_period(session)
             if period is not None and period > 0:
-                self._hold(session, coalesce_key, text, period)
+                self._hold(coalesce_key, text, period)
                 return
         self.flush()  # nothing published before this event may arrive after it
         self._fan_out(text, coalesce_key)
@@ -105,8 +106,8 @@ class Hub:
         if not self._held:
             return
         now = trio.current_time()
-        for session in list(self._held):
-            self._flush_session(session, now)
+        for key in list(self._held):
+            self._flush_key(key, now)
 
     async def run(self, frame_period: FramePeriod) -> None:
         """Pace coalescable events by ``frame_period(session_id)`` until cancelled (then flush what is held)."""
@@ -118,15 +119,15 @@ class Hub:
                 self._wakeup = trio.Event()  # made before looking, so no wake-up between is lost
                 now = trio.current_time()
                 if not self._due:
-                    self._last_flush = {s: t for s, t in self._last_flush.items() if now - t < _FORGET_LAST_FLUSH_S}
+                    self._last_flush = {k: t for k, t in self._last_flush.items() if now - t < _FORGET_LAST_FLUSH_S}
                     await self._wakeup.wait()
                     continue
-                session, due = min(self._due.items(), key=lambda item: item[1])
+                key, due = min(self._due.items(), key=lambda item: item[1])  # few keys: nodes x channels held
                 if due > now:
                     with trio.move_on_at(due):
                         await self._wakeup.wait()  # an earlier due time may arrive meanwhile
                     continue
-                self._flush_session(session, now)
+                self._flush_key(key, now)
         finally:
             self._frame_period = None
             if self._held:
@@ -135,31 +136,28 @@ class Hub:
 
     # ------------------------------------------------------------------ internals
 
-    def _hold(self, session: Hashable, key: Hashable, text: str, period: float) -> None:
-        held = self._held.setdefault(session, {})
-        if key in held:
-            del held[key]  # the newer one goes to the back, as in the mailbox
+    def _hold(self, key: Hashable, text: str, period: float) -> None:
+        if key in self._held:
             self.held_replaced += 1
-        held[key] = text
-        if session in self._due:
+        self._held[key] = text
+        if key in self._due:
             return
         now = trio.current_time()
-        due = self._last_flush.get(session, -math.inf) + period
+        due = self._last_flush.get(key, -math.inf) + period
         if due <= now:
-            self._flush_session(session, now)  # the first event after a quiet period is not delayed
+            self._flush_key(key, now)  # the first event after a quiet period is not delayed
         else:
-            self._due[session] = due
+            self._due[key] = due
             self._wakeup.set()
 
-    def _flush_session(self, session: Hashable, now: float) -> None:
-        self._due.pop(session, None)
-        held = self._held.pop(session, None)
-        self._last_flush[session] = now
-        if not held:
+    def _flush_key(self, key: Hashable, now: float) -> None:
+        self._due.pop(key, None)
+        text = self._held.pop(key, None)
+        self._last_flush[key] = now
+        if text is None:
             return
         self.flushes += 1
-        for key, text in held.items():
-            self._fan_out(text, key)
+        self._fan_out(text, key)
 
     def _fan_out(self, text: str, coalesce_key: Hashable | None) -> None:
         for subscriber in list(self._subscribers):

@@ -150,3 +150,15 @@ def test_without_run_every_event_is_fanned_out_at_once() -> None:
     hub.publish("p0", ("s", "n", "params"))
     hub.publish("p1", ("s", "n", "params"))
     assert a.drain() == ["p1"]  # only the mailbox's own coalescing of an unsent event
+
+
+async def test_channels_are_paced_apart(autojump_clock: trio.testing.MockClock) -> None:
+    """A nodeparamschanged that just left must not hold back the view data of the frame that applies it."""
+    async with trio.open_nursery() as nursery:
+        hub, a, _ = await _paced_hub(nursery, {"s": PERIOD})
+        hub.publish("p0", ("s", "comp", "params"))
+        await trio.sleep(0.005)
+        hub.publish("v0", ("s", "comp", "view"))
+        hub.publish("p1", ("s", "other", "params"))
+        assert a.drain() == ["p0", "v0", "p1"]
+        nursery.cancel_scope.cancel()
