@@ -37,6 +37,7 @@ from trio_websocket import WebSocketConnection
 
 from compositord.protocol import pointer
 from compositord.tests.dropping_proxy import DroppingProxy
+from compositord.tests.raw_requests import ask
 
 CANVAS = (64, 36)
 EXTRA_NODE = "extra"
@@ -176,15 +177,10 @@ class Harness:
     async def ask(self, payload: dict[str, Any]) -> dict[str, Any]:
         self._ids += 1
         correlation_id = f"observer-{self._ids}"
-        await self.observer.send_message(json.dumps({"type": "request", "correlation_id": correlation_id, "payload": payload}))
-        with trio.fail_after(10):
-            while True:
-                message = json.loads(await self.observer.get_message())
-                if message.get("correlation_id") == correlation_id:
-                    answer = message["payload"]
-                    if answer.get("action") == "error":
-                        raise AssertionError(f"{payload.get('action')} refused: {answer}")
-                    return answer
+        answer = await ask(self.observer, correlation_id, payload)
+        if answer.get("action") == "error":
+            raise AssertionError(f"{payload.get('action')} refused: {answer}")
+        return answer
 
     async def record_events(self, index: int) -> None:
         """One task per client for the whole run: each state event of the current session becomes a step."""

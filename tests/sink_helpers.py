@@ -19,6 +19,7 @@ import trio
 from compositord.daemon.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.daemon.render import gl_context
 from compositord.daemon.render_loop import PreviewEmission, RenderLoop, RenderLoopError, StatsEmission
+from compositord.tests.raw_requests import ask
 
 W, H = 160, 90
 SOLID = "#3366CC"  # the known colour of every frame (colorbars pattern "solid")
@@ -169,12 +170,7 @@ class Peer:
     async def request(self, action: str, **payload: Any) -> dict[str, Any]:
         self.counter += 1
         cid = f"r{self.counter}"
-        await self.ws.send_message(json.dumps({"type": "request", "correlation_id": cid, "payload": {"action": action, **payload}}))
-        with trio.fail_after(10):
-            while True:
-                message = json.loads(await self.ws.get_message())
-                if message.get("correlation_id") == cid:
-                    return message["payload"]
+        return await ask(self.ws, cid, {"action": action, **payload})
 
     async def events(self, name: str, seconds: float) -> list[dict[str, Any]]:
         """The payloads of every ``name`` event that arrives within ``seconds``."""

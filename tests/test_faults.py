@@ -26,6 +26,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from compositord.daemon.store import database_path
 from compositord.tests.plugin import SMALL_PIPELINE
+from compositord.tests.raw_requests import ask, request_text
 
 STOP_TIMEOUT_S = 10.0  # DEFAULT_STOP_TIMEOUT of daemon/app.py, what `compositord run` uses
 
@@ -87,10 +88,6 @@ async def daemon_process(tmp_path: Path, state_dir: Path | None = None, *, log_l
             await process.wait()
 
 
-def _request(correlation_id: str, payload: dict[str, Any]) -> str:
-    return json.dumps({"type": "request", "correlation_id": correlation_id, "payload": payload})
-
-
 # ----------------------------------------------------------------------------- SIGTERM before the first frame
 
 
@@ -119,15 +116,6 @@ async def test_sigterm_before_the_first_frame_exits_cleanly(tmp_path: Path) -> N
 BIG_OVERLAYS = [{"id": f"t{i}", "text": "x" * 1000, "font_size": 8, "opacity": 0.0} for i in range(32)]
 
 
-async def _answer(ws: Any, correlation_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-    await ws.send_message(_request(correlation_id, payload))
-    with trio.fail_after(10):
-        while True:
-            message = json.loads(await ws.get_message())
-            if message.get("correlation_id") == correlation_id:
-                return message["payload"]
-
-
 async def test_a_client_that_stops_reading_is_cut_off_and_nobody_else_notices(tmp_path: Path) -> None:
     """The render loop keeps its rate, another client keeps getting answers and events, and the stalled
     client is closed after the send timeout. Known issue 3: its last frame was cut mid-way, so the daemon
@@ -142,15 +130,15 @@ async def test_a_client_that_stops_reading_is_cut_off_and_nobody_else_notices(tm
         async with open_websocket_url(daemon.url) as other:
             # ~33 KB of params, so that each getpipeline answer is big and socket buffers fill quickly.
             patch = {"action": "tunenode", "session_id": session, "node_id": "comp", "message": {"PatchParams": {"text_overlays": BIG_OVERLAYS}}}
-            assert (await _answer(other, "big", patch))["action"] == "success", "overlays refused"
+            assert (await ask(other, "big", patch))["action"] == "success", "overlays refused"
             stats_before = await _frames_rendered(other, session)
             started = trio.current_time()
             async with open_websocket_url(daemon.url, max_message_size=1 << 20) as stalled:
                 for i in range(400):  # ~13 MB of answers that this client never reads
-                    await stalled.send_message(_request(f"g{i}", {"action": "getpipeline", "session_id": session}))
+                    await stalled.send_message(request_text(f"g{i}", {"action": "getpipeline", "session_id": session}))
                 # Meanwhile the other client is served: answers and events keep coming.
                 for step in range(10):
-                    reply = await _answer(other, f"o{step}", {"action": "getpipeline", "session_id": session})
+                    reply = await ask(other, f"o{step}", {"action": "getpipeline", "session_id": session})
                     assert reply["action"] == "pipeline"
                     await trio.sleep(0.1)
                 with trio.fail_after(15):
@@ -208,7 +196,7 @@ async def test_kill_9_during_sync_tunes_loses_no_acknowledged_tune(tmp_path: Pat
                 for step in range(1, 100_000):
                     sent = step
                     body = {"layers": {"in_0": {"opacity": step / 100_000}}, "_sender": "killed", "_rev": step}
-                    await ws.send_message(_request(f"t{step}", {"action": "tunenode", "session_id": "pipeline", "node_id": "comp", "message": {"PatchParams": body}}))
+                    await ws.send_message(request_text(f"t{step}", {"action": "tunenode", "session_id": "pipeline", "node_id": "comp", "message": {"PatchParams": body}}))
                     while True:
                         message = json.loads(await ws.get_message())
                         if message.get("correlation_id") == f"t{step}":
@@ -229,7 +217,7 @@ async def test_kill_9_during_sync_tunes_loses_no_acknowledged_tune(tmp_path: Pat
     async with daemon_process(tmp_path) as again:  # and the daemon starts on it
         url = await again.read_url()
         async with open_websocket_url(url) as ws:
-            pipeline = await _answer(ws, "g", {"action": "getpipeline", "session_id": "pipeline"})
+            pipeline = await ask(ws, "g", {"action": "getpipeline", "session_id": "pipeline"})
             assert pipeline["nodes"]["comp"]["params"]["layers"]["in_0"]["opacity"] == opacity
         again.process.send_signal(signal.SIGTERM)
         assert await again.wait_exit(STOP_TIMEOUT_S + 2) == 0, again.stderr
@@ -253,7 +241,7 @@ async def test_sigterm_under_load_closes_everyone_with_1001_flushes_and_exits_in
                         # sync tunes on one client's own layer, async ones on the shared one in between
                         sync = {"action": "tunenode", "session_id": "pipeline", "node_id": "comp",
                                 "message": {"PatchParams": {"layers": {f"in_{index % 2}": {"z_index": step % 1000}}, "text_overlays": [{"id": f"c{index}", "text": str(step)}]}}}
-                        await ws.send_message(_request(f"s{step}", {**sync, "action": "tunenodeasync"} if step % 2 else sync))
+                        await ws.send_message(request_text(f"s{step}", {**sync, "action": "tunenodeasync"} if step % 2 else sync))
                         if step % 2 == 0:
                             while json.loads(await ws.get_message()).get("correlation_id") != f"s{step}":
                                 pass
@@ -316,7 +304,7 @@ async def _settle(baseline_tasks: int) -> None:
 async def test_500_connect_disconnect_cycles_grow_nothing(compositord_daemon: Any) -> None:
     async def cycle(i: int) -> None:
         async with open_websocket_url(compositord_daemon.url) as ws:
-            reply = await _answer(ws, f"c{i}", {"action": "listsessions"})
+            reply = await ask(ws, f"c{i}", {"action": "listsessions"})
             assert reply["action"] == "sessionslisted"
 
     for i in range(50):  # warm-up: caches, lazily made objects
@@ -336,7 +324,7 @@ async def test_500_connect_disconnect_cycles_grow_nothing(compositord_daemon: An
 
 async def test_a_client_reset_in_the_middle_of_a_frame_disturbs_nobody(compositord_daemon: Any) -> None:
     async with open_websocket_url(compositord_daemon.url) as witness:
-        await _answer(witness, "warm", {"action": "listsessions"})
+        await ask(witness, "warm", {"action": "listsessions"})
         await trio.sleep(0.1)
         tasks, fds = _task_count(), _fd_count()
         for round_ in range(20):
@@ -354,7 +342,7 @@ async def test_a_client_reset_in_the_middle_of_a_frame_disturbs_nobody(composito
             await sock.send(bytes([0x81, 0x80 | 126]) + (1000).to_bytes(2, "big") + b"\x01\x02\x03\x04" + b"0123456789")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, (1).to_bytes(4, "little") + (0).to_bytes(4, "little"))
             sock.close()
-            reply = await _answer(witness, f"w{round_}", {"action": "getpipeline", "session_id": compositord_daemon.session_id})
+            reply = await ask(witness, f"w{round_}", {"action": "getpipeline", "session_id": compositord_daemon.session_id})
             assert reply["action"] == "pipeline"
         await _settle(tasks)
         assert _task_count() <= tasks

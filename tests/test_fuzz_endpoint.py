@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from compositord.tests.plugin import SMALL_PIPELINE, RunningDaemon, settings_for, start_daemon
+from compositord.tests.raw_requests import ask
 
 ACTIONS = [
     "getpipeline", "listsessions", "createsession", "destroysession", "addnode", "removenode",
@@ -184,15 +185,6 @@ def _database_rows(database: Path) -> list[tuple[Any, ...]]:
         connection.close()
 
 
-async def _ask(ws: Any, correlation_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-    await ws.send_message(json.dumps({"type": "request", "correlation_id": correlation_id, "payload": payload}))
-    with trio.fail_after(10):
-        while True:
-            message = json.loads(await ws.get_message())
-            if message.get("correlation_id") == correlation_id:
-                return message["payload"]
-
-
 def _durable(pipeline: dict[str, Any]) -> Any:
     nodes = {node_id: (node["kind"], node["params"], node["seq"]) for node_id, node in pipeline["nodes"].items()}
     return nodes, sorted(json.dumps(c, sort_keys=True) for c in pipeline["connections"])
@@ -201,7 +193,7 @@ def _durable(pipeline: dict[str, Any]) -> Any:
 async def _attack(daemon: RunningDaemon, frame: str | bytes) -> None:
     session = daemon.session_id
     async with open_websocket_url(daemon.url) as witness:
-        before = await _ask(witness, "before", {"action": "getpipeline", "session_id": session})
+        before = await ask(witness, "before", {"action": "getpipeline", "session_id": session})
         rows_before = _database_rows(daemon.database)
         answers: list[dict[str, Any]] = []
         close_code: int | None = None
@@ -230,14 +222,14 @@ async def _attack(daemon: RunningDaemon, frame: str | bytes) -> None:
             assert payload.get("action") in MUTATING_SUCCESS | {"pipeline", "sessionslisted", "preview"}, message
             mutated = mutated or payload.get("action") in MUTATING_SUCCESS
         # The witness is still served, and (after the attacker's senders are forgotten, S5) nothing changed.
-        after = await _ask(witness, "after", {"action": "getpipeline", "session_id": session})
+        after = await ask(witness, "after", {"action": "getpipeline", "session_id": session})
         if not mutated:
             assert _durable(after) == _durable(before)
             assert _database_rows(daemon.database) == rows_before
             with trio.fail_after(5):
                 while any(node["acks"] for node in after["nodes"].values()):
                     await trio.sleep(0.01)
-                    after = await _ask(witness, "acks", {"action": "getpipeline", "session_id": session})
+                    after = await ask(witness, "acks", {"action": "getpipeline", "session_id": session})
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
@@ -257,13 +249,13 @@ def test_replayed_and_regressing_revs_are_conflicts_and_change_nothing(fuzzed_da
                 body = {"layers": {"in_0": {"opacity": opacity}}, "_sender": "replayer", "_rev": rev}
                 return {"action": "tunenode", "session_id": daemon.session_id, "node_id": "comp", "message": {"PatchParams": body}}
 
-            assert (await _ask(ws, "1", tune(5, 0.5)))["action"] == "success"
+            assert (await ask(ws, "1", tune(5, 0.5)))["action"] == "success"
             rows = _database_rows(daemon.database)
             for rev in (5, 4, 1):
-                refused = await _ask(ws, f"r{rev}", tune(rev, 0.25))
+                refused = await ask(ws, f"r{rev}", tune(rev, 0.25))
                 assert refused["action"] == "error" and refused["code"] == "conflict", refused
                 assert refused["_rev"] == rev and refused["_sender"] == "replayer"
-            pipeline = await _ask(ws, "g", {"action": "getpipeline", "session_id": daemon.session_id})
+            pipeline = await ask(ws, "g", {"action": "getpipeline", "session_id": daemon.session_id})
             assert pipeline["nodes"]["comp"]["params"]["layers"]["in_0"]["opacity"] == 0.5
             assert pipeline["nodes"]["comp"]["acks"]["replayer"] == 5
             assert _database_rows(daemon.database) == rows

@@ -21,17 +21,9 @@ from compositord.protocol.envelope import Event
 from compositord.tests.dropping_proxy import DroppingProxy
 from compositord.tests.history_checker import SHARED, Harness, History, Step, check, describe, private_pointer, run_history
 from compositord.tests.plugin import RunningDaemon
+from compositord.tests.raw_requests import ask
 
 # ----------------------------------------------------------------------------- getpipeline carries the acks
-
-
-async def _ask(ws: Any, correlation_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-    await ws.send_message(json.dumps({"type": "request", "correlation_id": correlation_id, "payload": payload}))
-    with trio.fail_after(10):
-        while True:
-            message = json.loads(await ws.get_message())
-            if message.get("correlation_id") == correlation_id:
-                return message["payload"]
 
 
 async def test_getpipeline_carries_the_acks_of_both_channels(compositord_daemon: RunningDaemon) -> None:
@@ -43,7 +35,7 @@ async def test_getpipeline_carries_the_acks_of_both_channels(compositord_daemon:
             "node_id": "comp",
             "message": {"PatchParams": {"layers": {"in_0": {"rect": {"x": 3, "y": 4, "width": 80, "height": 45}}}, "_sender": "s-1", "_rev": 7}},
         }
-        assert (await _ask(ws, "t", tune))["action"] == "success"
+        assert (await ask(ws, "t", tune))["action"] == "success"
         # The frame that applies the stamped tune emits view data acknowledging it (S4).
         with trio.fail_after(10):
             while True:
@@ -51,7 +43,7 @@ async def test_getpipeline_carries_the_acks_of_both_channels(compositord_daemon:
                 payload = message["payload"]
                 if payload.get("event") == "nodeviewdataupdated" and payload["data"]["_acks"].get("s-1") == 7:
                     break
-        pipeline = await _ask(ws, "g", {"action": "getpipeline", "session_id": session})
+        pipeline = await ask(ws, "g", {"action": "getpipeline", "session_id": session})
     comp = pipeline["nodes"]["comp"]
     assert comp["acks"] == {"s-1": 7}
     assert comp["view_acks"] == {"s-1": 7}

@@ -19,6 +19,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 from compositord.daemon.config import Limits, Settings
 from compositord.protocol.params import MAX_CANVAS, MAX_INPUTS, MAX_OVERLAYS
 from compositord.tests.plugin import settings_for
+from compositord.tests.raw_requests import ask, send_and_await_reply
 
 RATE = 50.0
 
@@ -29,22 +30,13 @@ def compositord_settings(tmp_path: Path, compositord_pipeline: dict[str, Any]) -
     return settings_for(tmp_path / "state", compositord_pipeline, limits=limits)
 
 
-async def _ask(ws: Any, correlation_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-    await ws.send_message(json.dumps({"type": "request", "correlation_id": correlation_id, "payload": payload}))
-    with trio.fail_after(10):
-        while True:
-            message = json.loads(await ws.get_message())
-            if message.get("correlation_id") == correlation_id:
-                return message["payload"]
-
-
 def _tune(session: str, patch: dict[str, Any], node: str = "comp") -> dict[str, Any]:
     return {"action": "tunenode", "session_id": session, "node_id": node, "message": {"PatchParams": patch}}
 
 
 async def _params(ws: Any, session: str) -> dict[str, Any]:
     await trio.sleep(1.0 / RATE * 2)  # stay under the rate limit of this fixture
-    pipeline = await _ask(ws, "get", {"action": "getpipeline", "session_id": session})
+    pipeline = await ask(ws, "get", {"action": "getpipeline", "session_id": session})
     return {node_id: node["params"] for node_id, node in pipeline["nodes"].items()}
 
 
@@ -52,23 +44,14 @@ async def test_text_message_limit_is_64_kib(compositord_daemon: Any) -> None:
     async with open_websocket_url(compositord_daemon.url) as ws:
         padding = "x" * (64 * 1024 - 200)
         near = json.dumps({"type": "request", "correlation_id": "near", "payload": {"action": "listsessions", "pad": padding[:100]}})
-        assert (await _ask_raw(ws, near, "near"))["action"] in ("sessionslisted", "error")
+        assert (await send_and_await_reply(ws, near, "near"))["action"] in ("sessionslisted", "error")
         over = json.dumps({"type": "request", "correlation_id": "over", "payload": {"action": "listsessions", "pad": padding + "y" * 400}})
         assert len(over.encode()) > 64 * 1024
         await ws.send_message(over)
         reply = json.loads(await ws.get_message())
         assert reply["payload"]["code"] == "too_large"
         await trio.sleep(0.05)
-        assert (await _ask(ws, "after", {"action": "listsessions"}))["action"] == "sessionslisted"  # still open
-
-
-async def _ask_raw(ws: Any, text: str, correlation_id: str) -> dict[str, Any]:
-    await ws.send_message(text)
-    with trio.fail_after(10):
-        while True:
-            message = json.loads(await ws.get_message())
-            if message.get("correlation_id") == correlation_id:
-                return message["payload"]
+        assert (await ask(ws, "after", {"action": "listsessions"}))["action"] == "sessionslisted"  # still open
 
 
 async def test_binary_message_limit_is_32_mib(compositord_daemon: Any) -> None:
@@ -113,7 +96,7 @@ async def test_per_connection_rate_limit(compositord_daemon: Any) -> None:
         assert codes.count("rate_limited") >= RATE // 2
         assert "sessionslisted" in codes
         # The bucket is per connection: another client is served meanwhile.
-        assert (await _ask(calm, "calm", {"action": "listsessions"}))["action"] == "sessionslisted"
+        assert (await ask(calm, "calm", {"action": "listsessions"}))["action"] == "sessionslisted"
 
 
 @pytest.mark.parametrize(
@@ -134,7 +117,7 @@ async def test_schema_limits_are_refused_with_a_path_and_change_nothing(composit
     session = compositord_daemon.session_id
     async with open_websocket_url(compositord_daemon.url) as ws:
         before = await _params(ws, session)
-        reply = await _ask(ws, "t", _tune(session, patch))
+        reply = await ask(ws, "t", _tune(session, patch))
         assert reply["action"] == "error" and reply["code"] == "invalid_params", reply
         assert reply["path"] == "/payload/message/PatchParams" + path, reply
         assert await _params(ws, session) == before
@@ -147,7 +130,7 @@ async def test_the_limits_themselves_are_accepted(compositord_daemon: Any) -> No
             "num_inputs": MAX_INPUTS,
             "text_overlays": [{"id": f"t{i}", "text": "a" * 1000 if i == 0 else "b", "font_size": 4} for i in range(MAX_OVERLAYS)],
         }
-        assert (await _ask(ws, "t", _tune(session, patch)))["action"] == "success"
+        assert (await ask(ws, "t", _tune(session, patch)))["action"] == "success"
 
 
 @pytest.mark.parametrize("target", ["link-out", "dev", "proc", "fifo"])
@@ -169,7 +152,7 @@ async def test_asset_sandbox_through_the_daemon(compositord_daemon: Any, tmp_pat
         os.mkfifo(link)  # opening it for reading would block the render thread forever
     session = compositord_daemon.session_id
     async with open_websocket_url(compositord_daemon.url) as ws:
-        reply = await _ask(ws, "t", _tune(session, {"image_overlays": [{"id": "leak", "asset_path": link.name}]}))
+        reply = await ask(ws, "t", _tune(session, {"image_overlays": [{"id": "leak", "asset_path": link.name}]}))
         assert reply["action"] == "success"  # the path is well-formed: the render thread's gate decides
         with trio.fail_after(10):
             while True:
@@ -178,7 +161,7 @@ async def test_asset_sandbox_through_the_daemon(compositord_daemon: Any, tmp_pat
                     assert "leak" in payload["state"]["error"], payload
                     break
         # still rendering and answering
-        pipeline = await _ask(ws, "g", {"action": "getpipeline", "session_id": session})
+        pipeline = await ask(ws, "g", {"action": "getpipeline", "session_id": session})
         assert "leak" in pipeline["nodes"]["comp"]["state"]["error"]
         overlays = pipeline["nodes"]["comp"].get("view_data", {}).get("image_overlays", [])
         assert all(overlay["id"] != "leak" for overlay in overlays)
