@@ -285,18 +285,13 @@ def resolve_scene(
         if layer is not None:
             resolved.append(layer)
     errors: list[tuple[str, str]] = []
-    for index, entry in enumerate(params.get("text_overlays") or ()):
-        if entry.get("visible", True):
-            try:
-                resolved.append(_text_layer(index, entry, asset_dir))
-            except AssetError as exc:
-                errors.append((str(entry.get("id", f"text_{index}")), str(exc)))
-    for index, entry in enumerate(params.get("image_overlays") or ()):
-        if entry.get("visible", True):
-            try:
-                resolved.append(_image_layer(index, entry, asset_dir))
-            except AssetError as exc:
-                errors.append((str(entry.get("id", f"image_{index}")), str(exc)))
+    for key, make_layer, fallback_id in (("text_overlays", _text_layer, "text"), ("image_overlays", _image_layer, "image")):
+        for index, entry in enumerate(params.get(key) or ()):
+            if entry.get("visible", True):
+                try:
+                    resolved.append(make_layer(index, entry, asset_dir))
+                except AssetError as exc:
+                    errors.append((str(entry.get("id", f"{fallback_id}_{index}")), str(exc)))
     resolved.sort(key=lambda layer: layer.sort_key)
     return ResolvedScene(
         width=canvas[0],
