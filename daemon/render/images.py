@@ -57,6 +57,8 @@ def premultiply(rgba: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _load_cached(path: Path, mtime_ns: int, size: int) -> np.ndarray:
+    # mtime_ns and size are unused in the body on purpose: they are part of the cache key,
+    # so a file rewritten in place is decoded again.
     array = premultiply(load_rgba(path))
     array.setflags(write=False)
     return array
