@@ -201,7 +201,7 @@ def test_frame_never_waits_for_the_decoder(tmp_path: Path, sources: Any) -> None
 
 @pytest.mark.gl
 async def test_render_loop_composites_a_file_and_keeps_its_own_rate(tmp_path: Path) -> None:
-    clip = write_clip(tmp_path / "clip.mkv", frames=10, fps=10)  # 10 fps file into a 60 fps compositor
+    write_clip(tmp_path / "clip.mkv", frames=10, fps=10)  # 10 fps file into a 60 fps compositor
     session = SessionRecord(
         "s1",
         "file",
