@@ -152,14 +152,22 @@ async def test_asset_sandbox_through_the_daemon(compositord_daemon: Any, tmp_pat
         os.mkfifo(link)  # opening it for reading would block the render thread forever
     session = compositord_daemon.session_id
     async with open_websocket_url(compositord_daemon.url) as ws:
-        reply = await ask(ws, "t", _tune(session, {"image_overlays": [{"id": "leak", "asset_path": link.name}]}))
+        # The render thread may refuse the overlay before the tune's reply is sent (the reply waits for the commit).
+        seen: list[dict[str, Any]] = []
+        reply = await ask(ws, "t", _tune(session, {"image_overlays": [{"id": "leak", "asset_path": link.name}]}), passed_over=seen)
         assert reply["action"] == "success"  # the path is well-formed: the render thread's gate decides
+
+        def node_error(message: dict[str, Any]) -> dict[str, Any] | None:
+            payload = message["payload"]
+            if payload.get("event") == "nodestatechanged" and payload.get("node_id") == "comp" and payload["state"] != "ok":
+                return payload
+            return None
+
+        error = next((p for p in map(node_error, seen) if p is not None), None)
         with trio.fail_after(10):
-            while True:
-                payload = json.loads(await ws.get_message())["payload"]
-                if payload.get("event") == "nodestatechanged" and payload.get("node_id") == "comp" and payload["state"] != "ok":
-                    assert "leak" in payload["state"]["error"], payload
-                    break
+            while error is None:
+                error = node_error(json.loads(await ws.get_message()))
+        assert "leak" in error["state"]["error"], error
         # still rendering and answering
         pipeline = await ask(ws, "g", {"action": "getpipeline", "session_id": session})
         assert "leak" in pipeline["nodes"]["comp"]["state"]["error"]
