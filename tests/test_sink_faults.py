@@ -18,7 +18,7 @@ import trio
 
 from compositord.daemon.model import NodeRecord
 from compositord.daemon.sinks.base import ErrorLatch, Sink, SinkFrame
-from tests.sink_helpers import H, W, decode, running_loop, sink_session, wait_frames_written, wait_until, y4m_pipeline
+from compositord.tests.sink_helpers import H, W, Peer, decode, running_loop, sink_session, wait_frames_written, wait_until, y4m_pipeline
 
 pytestmark = pytest.mark.gl
 
@@ -188,8 +188,6 @@ def compositord_pipeline() -> dict[str, Any]:
 
 async def test_daemon_reports_the_sink_error_and_its_clearing(compositord_daemon: Any, tmp_path: Path) -> None:
     from trio_websocket import open_websocket_url
-
-    from tests.sink_helpers import Peer
 
     session = compositord_daemon.session_id
     async with open_websocket_url(compositord_daemon.url) as ws:

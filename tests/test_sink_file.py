@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from compositord.daemon.sinks.encoding import ENCODERS
-from tests.sink_helpers import H, W, assert_colour, decode, running_loop, sink_session, wait_frames_written, wait_until
+from compositord.tests.sink_helpers import H, W, assert_colour, decode, running_loop, sink_session, wait_frames_written, wait_until
 
 pytestmark = pytest.mark.gl
 

@@ -15,7 +15,7 @@ import trio
 from PIL import Image
 from trio_websocket import open_websocket_url
 
-from tests.sink_helpers import SOLID, SOLID_RGB, Peer
+from compositord.tests.sink_helpers import SOLID, SOLID_RGB, Peer
 
 pytestmark = pytest.mark.gl
 

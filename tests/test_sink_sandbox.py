@@ -23,7 +23,7 @@ import pytest
 import trio
 import yaml
 
-from tests.sink_helpers import H, W, Peer, running_loop, sink_session, wait_frames_written, wait_until, y4m_pipeline
+from compositord.tests.sink_helpers import H, W, Peer, running_loop, sink_session, wait_frames_written, wait_until, y4m_pipeline
 
 pytestmark = pytest.mark.gl
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.sink_helpers import H, W, Decoded, assert_colour, decode, running_loop, sink_session, wait_frames_written, wait_until
+from compositord.tests.sink_helpers import H, W, Decoded, assert_colour, decode, running_loop, sink_session, wait_frames_written, wait_until
 
 pytestmark = pytest.mark.gl
 

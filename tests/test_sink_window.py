@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import trio
 
-from tests.sink_helpers import SOLID_RGB, running_loop, sink_session, wait_frames_written, wait_until
+from compositord.tests.sink_helpers import SOLID_RGB, running_loop, sink_session, wait_frames_written, wait_until
 
 pytestmark = pytest.mark.gl
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from compositord.daemon.sinks.y4m import y4m_header
-from tests.sink_helpers import H, W, assert_colour, decode, running_loop, sink_session, wait_frames_written, wait_until
+from compositord.tests.sink_helpers import H, W, assert_colour, decode, running_loop, sink_session, wait_frames_written, wait_until
 
 pytestmark = pytest.mark.gl
 
