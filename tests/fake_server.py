@@ -203,6 +203,7 @@ class FakeServer:
         self.connections: set[FakeConnection] = set()
         self.drop_before_next_tune = False
         self.drop_after_next_tune = False
+        self.refuse_connections = False  # answer handshakes 503 (a daemon restarting), so a test decides when a client gets back in
         self.requests_handled = 0
         self._held: trio.Event | None = None
         self._ids = itertools.count(1)
@@ -251,6 +252,9 @@ class FakeServer:
         url = urlsplit(request.path)
         if url.path != envelope.CONTROL_PATH:
             await request.reject(404, body=b"no such endpoint")
+            return
+        if self.refuse_connections:
+            await request.reject(503, body=b"fake server refuses connections for now")
             return
         if self.token is not None:
             headers = {k.decode().lower(): v.decode() for k, v in request.headers}
