@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from compositord.protocol import pointer
 from compositord.protocol.errors import LocalProtocolError
 
 
@@ -78,8 +79,6 @@ class SessionRecord:
 
 def private_key_paths(value: Any, path: str = "") -> Iterator[str]:
     """JSON pointers of every key that starts with ``_``, at any depth."""
-    from compositord.protocol import pointer
-
     if isinstance(value, Mapping):
         for key, item in value.items():
             here = pointer.join(path, str(key))

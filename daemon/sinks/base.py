@@ -14,6 +14,7 @@ open twice); its first written frame clears the error.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -263,7 +264,5 @@ class Sink:
 
 
 def _is_no_reader(exc: OSError) -> bool:
-    import errno
-
     return exc.errno in (errno.ENXIO, errno.EAGAIN)
 

@@ -12,6 +12,7 @@ is finished before the process exits.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,6 @@ class SinkSet:
 
     def close_all(self, timeout: float) -> None:
         """Finish every sink (flush, write trailers) and wait for them, up to ``timeout`` in all."""
-        import time
-
         sinks = [*self._sinks.values(), *self._retiring]
         self._sinks.clear()
         self._retiring.clear()
