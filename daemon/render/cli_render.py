@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from compositord.protocol.errors import RemoteProtocolError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,17 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--asset-dir", metavar="DIR", type=Path, help="asset directory (default: the scene file's folder)")
     parser.add_argument("--node", metavar="ID", help="the compositor node to render (default: the only one)")
     parser.add_argument("--device", metavar="N", type=int, help="EGL device index (default: $COMPOSITORD_EGL_DEVICE or the first)")
-
-
-def load_pipeline_file(path: Path) -> Any:
-    import yaml
-
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".toml":
-        return tomllib.loads(text)
-    if path.suffix in (".yaml", ".yml"):
-        return yaml.safe_load(text)
-    raise ValueError(f"{path}: unknown file type {path.suffix!r} (expected .toml, .yaml or .yml)")
 
 
 def _make_source(kind: str, params: dict[str, Any], asset_dir: Path):  # type: ignore[no-untyped-def]
@@ -88,24 +74,17 @@ def output_to_rgba(output) -> np.ndarray:  # type: ignore[no-untyped-def]
 
 
 def main(args: argparse.Namespace) -> int:
-    import yaml
     from PIL import Image
 
+    from compositord.daemon.config import ConfigError, load_pipeline
     from compositord.protocol import params as protocol_params
 
     try:
-        document = load_pipeline_file(args.scene)
-    except (OSError, ValueError, yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        print(f"compositord render: cannot read {args.scene}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        pipeline = protocol_params.validate_pipeline(document)
-    except RemoteProtocolError as exc:
-        print(f"compositord render: {args.scene} is not a valid pipeline:", file=sys.stderr)
-        for error in exc.errors or ():
-            print(f"  {error.path or '/'}: {error.message}", file=sys.stderr)
-        if not exc.errors:
-            print(f"  {exc.message}", file=sys.stderr)
+        pipeline = load_pipeline(args.scene)
+    except ConfigError as exc:
+        print(f"compositord render: {args.scene} cannot be rendered:", file=sys.stderr)
+        for line in exc.lines():
+            print(f"  {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
     nodes: dict[str, dict[str, Any]] = pipeline["nodes"]
