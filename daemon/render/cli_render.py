@@ -51,6 +51,8 @@ def output_to_rgba(output) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Straight-alpha RGBA (h, w, 4) uint8 of any OutputFrame, for a PNG."""
     import numpy as np
 
+    from compositord.daemon.render.frames import LUMA_COEFFICIENTS
+
     if output.pixel_format == "rgba8":
         premultiplied = output.as_array().astype(np.float64)
         alpha = premultiplied[..., 3:4]
@@ -62,7 +64,7 @@ def output_to_rgba(output) -> np.ndarray:  # type: ignore[no-untyped-def]
     else:
         chroma = np.stack([output.plane(1), output.plane(2)], axis=-1).astype(np.float64)
     chroma = chroma.repeat(2, axis=0).repeat(2, axis=1)[: output.height, : output.width]
-    kr, kb = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}[output.color_matrix]
+    kr, kb = LUMA_COEFFICIENTS[output.color_matrix]
     y = (luma - 16.0) / 219.0
     cb = (chroma[..., 0] - 128.0) / 224.0
     cr = (chroma[..., 1] - 128.0) / 224.0

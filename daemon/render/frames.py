@@ -17,6 +17,8 @@ PixelFormat = Literal["rgba8", "nv12", "i420"]
 ColorMatrix = Literal["bt601", "bt709"]
 PIXEL_FORMATS: tuple[str, ...] = ("rgba8", "nv12", "i420")
 COLOR_MATRICES: tuple[str, ...] = ("bt601", "bt709")
+# (Kr, Kb) of each colour matrix; shaders/color.glsl holds the same numbers for the GPU side.
+LUMA_COEFFICIENTS: dict[str, tuple[float, float]] = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
 
 
 def chroma_size(width: int, height: int) -> tuple[int, int]:

@@ -26,18 +26,16 @@ from collections.abc import Mapping
 
 import moderngl
 
-from compositord.daemon.render.frames import SourceFrame, chroma_size
+from compositord.daemon.render.frames import LUMA_COEFFICIENTS, SourceFrame, chroma_size
 from compositord.daemon.render.layer_pass import LayerPass, configure_sampling
 from compositord.daemon.render.scene import ResolvedLayer, ResolvedScene
 from compositord.daemon.render.source_textures import as_buffer
 from compositord.protocol.layout import Rect
 
-_LUMA_COEFFICIENTS = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
-
 
 def rgb_to_ycbcr_limited(rgb: tuple[float, float, float], matrix: str) -> tuple[float, float, float]:
     """Normalized 0..1 Y'CbCr of an R'G'B' colour, as shaders/color.glsl computes it."""
-    kr, kb = _LUMA_COEFFICIENTS[matrix]
+    kr, kb = LUMA_COEFFICIENTS[matrix]
     r, g, b = rgb
     y = kr * r + (1.0 - kr - kb) * g + kb * b
     cb = (b - y) / (2.0 * (1.0 - kb))
