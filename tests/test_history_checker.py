@@ -35,14 +35,19 @@ async def test_getpipeline_carries_the_acks_of_both_channels(compositord_daemon:
             "node_id": "comp",
             "message": {"PatchParams": {"layers": {"in_0": {"rect": {"x": 3, "y": 4, "width": 80, "height": 45}}}, "_sender": "s-1", "_rev": 7}},
         }
-        assert (await ask(ws, "t", tune))["action"] == "success"
-        # The frame that applies the stamped tune emits view data acknowledging it (S4).
+        # The frame that applies the stamped tune emits view data acknowledging it (S4); it may come
+        # before the reply, which waits for the store's commit.
+        seen: list[dict[str, Any]] = []
+        assert (await ask(ws, "t", tune, passed_over=seen))["action"] == "success"
+
+        def acknowledges(message: dict[str, Any]) -> bool:
+            payload = message["payload"]
+            return payload.get("event") == "nodeviewdataupdated" and payload["data"]["_acks"].get("s-1") == 7
+
+        acknowledged = any(map(acknowledges, seen))
         with trio.fail_after(10):
-            while True:
-                message = json.loads(await ws.get_message())
-                payload = message["payload"]
-                if payload.get("event") == "nodeviewdataupdated" and payload["data"]["_acks"].get("s-1") == 7:
-                    break
+            while not acknowledged:
+                acknowledged = acknowledges(json.loads(await ws.get_message()))
         pipeline = await ask(ws, "g", {"action": "getpipeline", "session_id": session})
     comp = pipeline["nodes"]["comp"]
     assert comp["acks"] == {"s-1": 7}
