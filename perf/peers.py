@@ -108,3 +108,17 @@ class PeerRuns:
     def finished(self) -> dict[str, Any]:
         """name -> Timing, for the peers with at least one timed run."""
         return {name: timing for name, timing in self.timings.items() if timing.walls}
+
+    def report(self, ours: Any, say: Callable[..., None]) -> dict[str, Any]:
+        """Print each finished peer beside ``ours`` (ratios per repetition) and the notes; name -> figures."""
+        from compositord.perf.measure import ratios
+
+        figures: dict[str, Any] = {}
+        for name, timing in self.finished().items():
+            per_rep = ratios(ours, timing)
+            say(f"-- peer {name} (start-up {self.startup[name]:.3f}s subtracted)", timing.summary(),
+                f"ratio compositord/{name} fps per repetition: {per_rep}")
+            figures[name] = {**timing.as_dict(), "startup_s": round(self.startup[name], 4), "ratio_per_rep": per_rep}
+        for note in self.notes:
+            say(f"(no peer: {note})")
+        return figures

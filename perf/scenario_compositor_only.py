@@ -16,7 +16,7 @@ from typing import Any
 
 from compositord.perf import peers, sources
 from compositord.perf.harness import CompositorRun, compositor_params, gl_context
-from compositord.perf.measure import Timing, ratios
+from compositord.perf.measure import Timing
 from compositord.perf.options import BenchOptions
 
 NAME = "compositor_only"
@@ -117,7 +117,6 @@ def run(options: BenchOptions) -> dict[str, Any]:
         else:
             notes.append("ffmpeg not installed")
     peer_runs = peers.PeerRuns(peer_list, frames, startup_correction=options.startup_correction, notes=notes)
-    startup = peer_runs.startup
 
     with gl_context() as ctx:
         run_ = CompositorRun(
@@ -143,14 +142,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         shutil.rmtree(scratch, ignore_errors=True)
 
     options.say(ours.summary())
-    result: dict[str, Any] = {"ours": ours.as_dict(), "peers": {}, "notes": notes}
-    for name, timing in peer_runs.finished().items():
-        per_rep = ratios(ours, timing)
-        options.say(f"-- peer {name} (start-up {startup[name]:.3f}s subtracted)", timing.summary(),
-                    f"ratio compositord/{name} fps per repetition: {per_rep}")
-        result["peers"][name] = {**timing.as_dict(), "startup_s": round(startup[name], 4), "ratio_per_rep": per_rep}
-    for note in notes:
-        options.say(f"(no peer: {note})")
+    result: dict[str, Any] = {"ours": ours.as_dict(), "peers": peer_runs.report(ours, options.say), "notes": notes}
     if profile_rows is not None:
         result["profile"] = profile_rows
     return result

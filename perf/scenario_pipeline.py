@@ -23,7 +23,7 @@ import numpy as np
 
 from compositord.perf import peers, sources
 from compositord.perf.harness import CompositorRun, compositor_params, gl_context
-from compositord.perf.measure import Timing, ratios
+from compositord.perf.measure import Timing
 from compositord.perf.options import BenchOptions
 from compositord.protocol.layout import auto_pip_rect
 
@@ -159,7 +159,6 @@ def run(options: BenchOptions) -> dict[str, Any]:
             notes.append("ffmpeg not installed")
     ours = Timing("compositord", frames)
     peer_runs = peers.PeerRuns(peer_list, frames, startup_correction=options.startup_correction, notes=notes)
-    startup = peer_runs.startup
     sizes: list[int] = []
     params = compositor_params({"width": WIDTH, "height": HEIGHT, "num_inputs": 2, "output_format": "nv12"})
     with gl_context() as ctx:
@@ -194,14 +193,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
 
         shutil.rmtree(scratch, ignore_errors=True)
     options.say(ours.summary(), f"webm bytes per iteration: {sizes}")
-    result: dict[str, Any] = {"ours": {**ours.as_dict(), "webm_bytes": sizes}, "peers": {}, "notes": notes}
-    for name, timing in peer_runs.finished().items():
-        per_rep = ratios(ours, timing)
-        options.say(f"-- peer {name} (start-up {startup[name]:.3f}s subtracted)", timing.summary(),
-                    f"ratio compositord/{name} fps per repetition: {per_rep}")
-        result["peers"][name] = {**timing.as_dict(), "startup_s": round(startup[name], 4), "ratio_per_rep": per_rep}
-    for note in notes:
-        options.say(f"(no peer: {note})")
+    result: dict[str, Any] = {"ours": {**ours.as_dict(), "webm_bytes": sizes}, "peers": peer_runs.report(ours, options.say), "notes": notes}
     if profile_rows is not None:
         result["profile"] = profile_rows
     return result
