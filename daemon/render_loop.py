@@ -384,7 +384,9 @@ class RenderLoop:
                 try:
                     state.renderer.release()
                 except Exception:
-                    pass
+                    # Teardown goes on (sources, sinks and the context still need closing), but a
+                    # release that fails is a bug worth seeing, as in _close_source.
+                    traceback.print_exc()
             for source in sources.values():
                 _close_source(source)
             self._sinks.close_all(SINK_CLOSE_TIMEOUT)  # files get their trailers before the loop counts as stopped
