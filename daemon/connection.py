@@ -3,8 +3,8 @@
 The reader takes each text message through the size and rate limits and hands
 it to the dispatcher (the session logic), which answers through this
 connection's mailbox. The sender is the only task that writes to the socket:
-responses and events leave in mailbox order, one at a time, each within the
-send timeout; a client that does not read in time is closed with 1008 (policy)
+responses and events leave in mailbox order, everything queued written at
+once (daemon/outgoing.py), each write within the send timeout; a client that does not read in time is closed with 1008 (policy)
 and resyncs with ``getpipeline`` when it reconnects.
 
 Closing has one seam: :meth:`Connection.close` records the close code and
@@ -30,6 +30,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from compositord.daemon.mailbox import Mailbox, MailboxClosed, MailboxFull
+from compositord.daemon.outgoing import frame_of, send_frames, text_of
 from compositord.daemon.rate_limit import TokenBucket
 from compositord.protocol.errors import ErrorCode, RemoteProtocolError
 
@@ -41,6 +42,10 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 
 _connection_ids = itertools.count(1)
+
+# A sender writes what its mailbox holds in one system call, up to about this many bytes of text:
+# enough for a frame's events to every node, small enough that one write does not hold the loop long.
+_BATCH_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ class Connection:
         self._close_reason = ""
         self._closing = False
         self._frame_cut = False  # a send timed out mid-frame: abort the stream, no close handshake
+        self.messages_sent = 0
+        self.writes = 0  # socket writes: each carries one or more messages (statistics)
         self.closed = trio.Event()
 
     @property
@@ -191,21 +198,31 @@ class Connection:
     async def _send_loop(self) -> None:
         while not self._closing:
             try:
-                text = await self.mailbox.get()
+                batch = [await self.mailbox.get()]
             except MailboxClosed:
                 return
             if self._closing:
                 return
+            batch_bytes = len(text_of(batch[0]))
+            while batch_bytes < _BATCH_BYTES:
+                try:
+                    batch.append(self.mailbox.get_nowait())
+                except (trio.WouldBlock, MailboxClosed):
+                    break
+                batch_bytes += len(text_of(batch[-1]))
+            data = b"".join(frame_of(message) for message in batch)
             self._sending = True
             try:
                 with trio.move_on_after(self._limits.send_timeout) as scope:
-                    await self._websocket.send_message(text)
+                    await send_frames(self._websocket, data)
             except ConnectionClosed:
                 if self._nursery_scope is not None:
                     self._nursery_scope.cancel()  # the peer is gone
                 return
             finally:
                 self._sending = False
+            self.messages_sent += len(batch)
+            self.writes += 1
             if scope.cancelled_caught:
                 self._frame_cut = True
                 self.close_for_policy(f"send timed out after {self._limits.send_timeout:g} s")

@@ -41,6 +41,7 @@ from typing import Protocol
 import trio
 
 from compositord.daemon.mailbox import Mailbox, MailboxFull
+from compositord.daemon.outgoing import Broadcast
 
 # Forget a key's last flush time this long after it (a frame period is at most 1 s: IDLE_FPS is 1).
 _FORGET_LAST_FLUSH_S = 2.0
@@ -160,12 +161,13 @@ class Hub:
         self._fan_out(text, key)
 
     def _fan_out(self, text: str, coalesce_key: Hashable | None) -> None:
+        message = Broadcast(text)  # framed once, by the first connection that sends it
         for subscriber in list(self._subscribers):
             try:
                 if coalesce_key is None:
-                    subscriber.mailbox.put(text)
+                    subscriber.mailbox.put(message)
                 else:
-                    subscriber.mailbox.put_coalescing(coalesce_key, text)
+                    subscriber.mailbox.put_coalescing(coalesce_key, message)
             except MailboxFull as exc:
                 self._subscribers.discard(subscriber)
                 subscriber.close_for_policy(f"too slow: {exc}")

@@ -21,8 +21,12 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    from compositord.daemon.outgoing import Outgoing
 
 DEFAULT_CAPACITY = 4096
 
@@ -43,7 +47,7 @@ class Mailbox:
         # One ordered map for both kinds: coalescing entries are keyed by their
         # coalescing key, ordered ones by a unique counter value, so "replace and
         # move to the back" is a delete plus an insert.
-        self._queue: OrderedDict[Hashable, str] = OrderedDict()
+        self._queue: OrderedDict[Hashable, Outgoing] = OrderedDict()
         self._counter = itertools.count()
         self._changed = trio.Event()
         self._closed = False
@@ -56,11 +60,11 @@ class Mailbox:
     def closed(self) -> bool:
         return self._closed
 
-    def put(self, text: str) -> None:
+    def put(self, text: Outgoing) -> None:
         """Queue a message that must be sent, in order (a response, a structural event)."""
         self._insert(("ordered", next(self._counter)), text, replacing=False)
 
-    def put_coalescing(self, key: Hashable, text: str) -> None:
+    def put_coalescing(self, key: Hashable, text: Outgoing) -> None:
         """Queue a whole-state event; an unsent event with the same ``key`` is replaced."""
         slot = ("coalescing", key)
         replacing = slot in self._queue
@@ -69,7 +73,7 @@ class Mailbox:
             self.coalesced += 1
         self._insert(slot, text, replacing=replacing)
 
-    def _insert(self, slot: Hashable, text: str, *, replacing: bool) -> None:
+    def _insert(self, slot: Hashable, text: Outgoing, *, replacing: bool) -> None:
         if self._closed:
             return  # a closing connection sends nothing more; not an error for the producer
         if not replacing and len(self._queue) >= self._capacity:
@@ -77,7 +81,7 @@ class Mailbox:
         self._queue[slot] = text
         self._changed.set()
 
-    def get_nowait(self) -> str:
+    def get_nowait(self) -> Outgoing:
         if not self._queue:
             if self._closed:
                 raise MailboxClosed
@@ -85,7 +89,7 @@ class Mailbox:
         _, text = self._queue.popitem(last=False)
         return text
 
-    async def get(self) -> str:
+    async def get(self) -> Outgoing:
         """The oldest queued message; waits while empty; :class:`MailboxClosed` once closed and empty."""
         while True:
             try:

@@ -33,6 +33,7 @@ import trio
 from compositord.daemon.connection import Connection
 from compositord.daemon.hub import Hub
 from compositord.daemon.mailbox import MailboxFull
+from compositord.daemon.outgoing import Broadcast
 from compositord.daemon.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.daemon.render.frames import SourceFrame
 from compositord.daemon.sources.push import source_frame_from_message
@@ -219,11 +220,11 @@ class SessionService:
         if not subscribers:
             return
         event = envelope.node_preview_updated(emission.session_id, emission.node_id, **_preview_fields(emission.image))
-        text = envelope.serialize(event)
+        message = Broadcast(envelope.serialize(event))
         key = (emission.session_id, emission.node_id, "preview")
         for connection in list(subscribers):
             try:
-                connection.mailbox.put_coalescing(key, text)
+                connection.mailbox.put_coalescing(key, message)
             except MailboxFull as exc:
                 subscribers.discard(connection)
                 connection.close_for_policy(f"too slow: {exc}")

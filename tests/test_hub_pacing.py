@@ -6,6 +6,7 @@ import trio
 import trio.testing
 
 from compositord.daemon.hub import Hub
+from compositord.daemon.outgoing import Outgoing, text_of
 from compositord.daemon.mailbox import Mailbox
 
 PERIOD = 1 / 60
@@ -22,7 +23,7 @@ class FakeConnection:
     def drain(self) -> list[str]:
         out = []
         while len(self.mailbox):
-            out.append(self.mailbox.get_nowait())
+            out.append(text_of(self.mailbox.get_nowait()))
         return out
 
 
@@ -65,9 +66,9 @@ class RecordingMailbox(Mailbox):
         super().__init__(64)
         self.handed: list[tuple[float, str]] = []
 
-    def put_coalescing(self, key: object, text: str) -> None:
-        self.handed.append((trio.current_time(), text))
-        super().put_coalescing(key, text)
+    def put_coalescing(self, key: object, message: Outgoing) -> None:
+        self.handed.append((trio.current_time(), text_of(message)))
+        super().put_coalescing(key, message)
 
 
 async def test_at_most_one_event_per_key_per_period_under_a_steady_stream(autojump_clock: trio.testing.MockClock) -> None:

@@ -7,6 +7,7 @@ import trio
 import trio.testing
 
 from compositord.daemon.hub import Hub
+from compositord.daemon.outgoing import text_of
 from compositord.daemon.mailbox import Mailbox, MailboxClosed, MailboxFull
 from compositord.daemon.rate_limit import TokenBucket
 
@@ -15,7 +16,7 @@ def drain(mailbox: Mailbox) -> list[str]:
     out = []
     while True:
         try:
-            out.append(mailbox.get_nowait())
+            out.append(text_of(mailbox.get_nowait()))
         except trio.WouldBlock:
             return out
 
