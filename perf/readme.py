@@ -113,7 +113,7 @@ def block(results: dict[str, dict[str, Any]], env: dict[str, str], command: str)
         out += ["", f"### control_latency (daemon at {lat['fps']} fps; ms; p50 / p99 / max)", ""]
         out += ["Percentiles are over the tunes acknowledged (n); after the edits the run waits up to 30 s for the"
                 " last acks, and those still missing then had waited longer still, so where n < tunes the true p99 is higher.", ""]
-        out += ["| (clients, editing) | tunes/s | (a) params ack | (b) view ack | missing (a) / (b) | (c) on screen | shown / overtaken | frame interval | frame end -> view read | dropped load (idle) | render ms p99 per s | CPU cores daemon / clients |",
+        out += ["| (clients, editing) | tunes/s | (a) params ack | (b) view ack | missing (a) / (b) | (c) on screen | shown / overtaken | frame interval | frame end -> view read | dropped load (idle) | render ms p99 per s | CPU cores daemon / editors / watchers |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in lat["rows"]:
             def f(p: dict[str, Any]) -> str:
@@ -124,7 +124,7 @@ def block(results: dict[str, dict[str, Any]], env: dict[str, str], command: str)
                 f"{row['params_acks_missing']} / {row['view_acks_missing']} | "
                 f"{f(row['c_frame_shown_ms'])} | {row['c_frame_shown_ms'].get('count', 0)} / {row['tunes_never_shown']} | {f(row['frame_interval_ms'])} | "
                 f"{f(row['view_delivery_ms'])} | {row['frames_dropped_under_load']} ({row['frames_dropped_idle']}) | "
-                f"{max((v for v in row['render_ms_p99'] if v is not None), default='n/a')} | {row['cpu_cores_daemon']} / {row['cpu_cores_clients']} |"
+                f"{max((v for v in row['render_ms_p99'] if v is not None), default='n/a')} | {row['cpu_cores_daemon']} / {row['cpu_cores_clients']} / {row.get('cpu_cores_watchers', 0.0)} |"
             )
     scaling = results.get("scaling")
     if scaling:

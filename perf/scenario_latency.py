@@ -15,16 +15,17 @@ with the frames it dropped during the load. The daemon runs in its own process (
 clients share this process's trio loop. Times are ``time.monotonic()`` in both processes.
 
 Editing clients use the client library (stamps, masking). Watching clients read and parse every event
-with the protocol's parser (``--observers raw``, the default) or through the client library too
-(``--observers client``): with 100 clients in one Python process on two cores, the harness's own
-per-event work competes with the daemon, and the lighter watchers keep more of the machine for it.
-The CPU each process used during the edits is part of the result, as is the time from a frame's end
-to its view data being read, so the figures say where the time went.
+with the protocol's parser, in a process of their own over plain wsproto (``--observers raw``, the
+default; ``perf/latency_watchers.py`` says why), or through the client library in this process
+(``--observers client``). The CPU each process used during the edits is part of the result, as is the
+time from a frame's end to its view data being read, by the editors and by the watchers, so the
+figures say where the time went.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -41,6 +42,7 @@ from compositord.perf.options import BenchOptions
 
 NAME = "control_latency"
 CONFIGS = ((1, 1), (10, 10), (100, 10), (100, 100))
+QUICK_CONFIGS = ((1, 1), (10, 5))  # --quick: the machinery, watchers included, not a measurement
 FPS = 60
 EDIT_HZ = 60
 WIDTH, HEIGHT = 1280, 720
@@ -102,7 +104,8 @@ class RunLog:
     events_dropped: int = 0
     refused: int = 0
     window: tuple[float, float] = (0.0, 0.0)  # monotonic start and stop of the edits
-    cpu: tuple[float, float] = (0.0, 0.0)  # cores used during the edits: (daemon process, this process)
+    cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)  # cores used during the edits: (daemon, this process, watchers' process)
+    watchers: dict[str, Any] = field(default_factory=dict)  # what perf.latency_watchers reported
     view_delivery_ms: list[float] = field(default_factory=list)  # frame end (view data "timestamp") -> read by an editor
     finished: Any = None  # trio.Event: the run is over (edits done, last acks in or given up)
 
@@ -174,33 +177,6 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _observer(url: str, log: RunLog, stats: bool) -> None:
-    """A client that only watches: every event read off the socket and parsed by the protocol's strict
-    parser (what any client does first), without the client library's causal bookkeeping, which only
-    an editing client needs."""
-    import trio
-    from trio_websocket import ConnectionClosed, open_websocket_url
-
-    from compositord.protocol.envelope import Event, parse_message
-
-    async def read(ws: Any) -> None:
-        while True:
-            try:
-                text = await ws.get_message()
-            except ConnectionClosed:
-                return
-            message = parse_message(text)
-            log.events_read += 1
-            if stats and isinstance(message, Event) and message.event == "nodestatsupdated":
-                log.stats.append({"t": time.monotonic(), **dict(message.payload.get("stats", {}))})
-
-    async with open_websocket_url(url, max_message_size=1 << 20, disconnect_timeout=1.0) as ws:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read, ws)
-            await log.finished.wait()
-            nursery.cancel_scope.cancel()
-
-
 async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pid: int, observers: str = "raw") -> RunLog:
     import trio
 
@@ -210,13 +186,22 @@ async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pi
     stop_at = start_at + seconds
     log.editors = [EditorLog(phase=index / max(1, editing)) for index in range(editing)]  # editors out of phase
     log.window = (start_at, stop_at)
+    watchers = None
+    if observers == "raw" and clients > editing:
+        watchers = subprocess.Popen(
+            [sys.executable, "-m", "compositord.perf.latency_watchers", url, str(clients - editing), f"{stop_at + 0.5:.6f}"],
+            stdout=subprocess.PIPE, text=True,
+        )
+
+    def cpu_now() -> tuple[float, float, float]:
+        return (cpu_seconds(daemon_pid), cpu_seconds(), cpu_seconds(watchers.pid) if watchers is not None else 0.0)
 
     async def cpu_meter() -> None:
         await trio.sleep(max(0.0, start_at - time.monotonic()))
-        before = (cpu_seconds(daemon_pid), cpu_seconds())
+        before = cpu_now()
         await trio.sleep(max(0.0, stop_at - time.monotonic()))
-        after = (cpu_seconds(daemon_pid), cpu_seconds())
-        log.cpu = ((after[0] - before[0]) / seconds, (after[1] - before[1]) / seconds)
+        after = cpu_now()
+        log.cpu = tuple((a - b) / seconds for a, b in zip(after, before))  # type: ignore[assignment]
 
     async def finish() -> None:
         """After the edits, wait (bounded) until every editor has both acks of its last tune."""
@@ -224,19 +209,26 @@ async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pi
         with trio.move_on_after(ACK_WAIT_SECONDS):
             while not all(e.params_acked >= max(e.sent, default=0) and e.view_acked >= max(e.sent, default=0) for e in log.editors):
                 await trio.sleep(0.02)
-        await trio.sleep(0.2)  # a little more for the watchers' stats
+        await trio.sleep(0.2)  # a little more for the stats
         log.finished.set()
 
     log.finished = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(cpu_meter)
-        nursery.start_soon(finish)
-        for index in range(clients):
-            editor = log.editors[index] if index < editing else None
-            if editor is None and observers == "raw":
-                nursery.start_soon(_observer, url, log, index == 0)
-            else:
-                nursery.start_soon(_client, url, log, editor, counter, start_at, stop_at, index == 0)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cpu_meter)
+            nursery.start_soon(finish)
+            for index in range(clients):
+                editor = log.editors[index] if index < editing else None
+                if editor is not None or watchers is None:
+                    nursery.start_soon(_client, url, log, editor, counter, start_at, stop_at, index == 0)
+        if watchers is not None:
+            out, _ = await trio.to_thread.run_sync(watchers.communicate)
+            log.watchers = json.loads(out.strip().splitlines()[-1])
+            log.events_read += int(log.watchers["events"])
+    finally:
+        if watchers is not None and watchers.poll() is None:
+            watchers.kill()
+            watchers.wait()
     return log
 
 
@@ -336,6 +328,10 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
         "client_events_dropped": log.events_dropped,
         "cpu_cores_daemon": round(log.cpu[0], 2),
         "cpu_cores_clients": round(log.cpu[1], 2),
+        "cpu_cores_watchers": round(log.cpu[2], 2),
+        "watchers_connected": log.watchers.get("connected", 0),
+        "watchers_events_read": log.watchers.get("events", 0),
+        "watchers_view_delivery_ms": log.watchers.get("view_delivery_ms"),
         "events_read": log.events_read,
         "a_params_ack_ms": percentiles(params_ms),
         "b_view_ack_ms": percentiles(view_ms),
@@ -356,9 +352,8 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
 
 
 def run(options: BenchOptions) -> dict[str, Any]:
-    # --quick: a smoke test of the machinery (two small configs, one second each), not a measurement.
     seconds = options.seconds if options.seconds is not None else (1.0 if options.quick else 8.0)
-    configs = CONFIGS[:2] if options.quick else CONFIGS
+    configs = QUICK_CONFIGS if options.quick else CONFIGS
     options.say(
         f"== {NAME}: daemon at {FPS} fps, {WIDTH}x{HEIGHT}; tunes at {EDIT_HZ} Hz per editing client, {seconds:g} s per config; "
         f"watching clients: {options.observers}"
@@ -380,10 +375,10 @@ def _fmt(p: dict[str, Any]) -> str:
 def format_row(row: dict[str, Any]) -> str:
     return (
         f"-- ({row['clients']}, {row['editing']}): {row['tunes_sent']} tunes ({row['tunes_per_second']}/s), {row['events_read']} events read; "
-        f"CPU cores used: daemon {row['cpu_cores_daemon']}, clients {row['cpu_cores_clients']}\n"
+        f"CPU cores used: daemon {row['cpu_cores_daemon']}, clients {row['cpu_cores_clients']}, watchers {row['cpu_cores_watchers']}\n"
         f"   (a) tune -> params ack : {_fmt(row['a_params_ack_ms'])}\n"
         f"   (b) tune -> view ack   : {_fmt(row['b_view_ack_ms'])}   [target p99 <= {row['b_p99_target_ms']} ms]\n"
-        f"   view data frame -> read: {_fmt(row['view_delivery_ms'])}\n"
+        f"   view data frame -> read: {_fmt(row['view_delivery_ms'])}; by the watchers: {_fmt(row['watchers_view_delivery_ms'] or {})}\n"
         f"   (c) tune -> on screen  : {_fmt(row['c_frame_shown_ms'])}; overtaken before shown: {row['tunes_never_shown']}\n"
         f"   frame interval         : {_fmt(row['frame_interval_ms'])}; frames {row['frames_in_window']}/{row['frames_expected']}, "
         f"dropped under load {row['frames_dropped_under_load']} (idle {row['frames_dropped_idle']})\n"
