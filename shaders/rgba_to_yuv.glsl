@@ -3,6 +3,8 @@
 // LUMA (R8, full size), CHROMA_NV12 (RG8, half size), CHROMA_I420 (two R8
 // attachments, half size). A chroma texel sits at the centre of its 2x2 luma
 // block, where one bilinear tap is exactly the mean of the four pixels.
+// The frame has BGRA-ordered storage holding RGBA (daemon/render/raw_gl.py):
+// the shader's red is the stored blue, so the colour is read as .bgr.
 
 #include "color.glsl"
 #include "fullscreen.glsl"
@@ -15,20 +17,20 @@ void main() {
 
 #elif defined FRAGMENT_SHADER
 
-uniform sampler2D u_frame;      // premultiplied RGBA, canvas size
+uniform sampler2D u_frame;      // premultiplied RGBA (stored as BGRA), canvas size
 uniform int u_matrix;
 
 #if defined LUMA
 out float out_y;
 void main() {
-    vec3 rgb = texelFetch(u_frame, ivec2(gl_FragCoord.xy), 0).rgb;
+    vec3 rgb = texelFetch(u_frame, ivec2(gl_FragCoord.xy), 0).bgr;
     out_y = rgb_to_ycbcr_limited(rgb, u_matrix).x;
 }
 #else
 uniform vec2 u_frame_size;
 vec2 chroma_here() {
     vec2 uv = 2.0 * gl_FragCoord.xy / u_frame_size;
-    return rgb_to_ycbcr_limited(texture(u_frame, uv).rgb, u_matrix).yz;
+    return rgb_to_ycbcr_limited(texture(u_frame, uv).bgr, u_matrix).yz;
 }
 #if defined CHROMA_NV12
 out vec2 out_cbcr;

@@ -2,6 +2,8 @@
 // to an RGBA texture the layer pass samples like any other source.
 // Chroma is taken as sited at the centre of each 2x2 luma block and
 // interpolated bilinearly. Defines: NV12 or I420.
+// The target has BGRA-ordered storage holding RGBA (daemon/render/raw_gl.py):
+// the shader's red is the stored blue, so the colour is written as .bgr.
 
 #include "color.glsl"
 #include "fullscreen.glsl"
@@ -34,7 +36,7 @@ void main() {
 #else
     vec2 cbcr = vec2(texture(u_cb, uv).r, texture(u_cr, uv).r);
 #endif
-    out_color = vec4(ycbcr_limited_to_rgb(vec3(y, cbcr), u_matrix), 1.0);
+    out_color = vec4(ycbcr_limited_to_rgb(vec3(y, cbcr), u_matrix).bgr, 1.0);
 }
 
 #endif

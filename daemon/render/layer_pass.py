@@ -10,8 +10,15 @@ import numpy as np
 from compositord.daemon.render.scene import ResolvedLayer
 from compositord.daemon.render.shader_loader import compile_program
 
-# Unit quad as a triangle strip, (0,0) = top-left corner of the rect.
-_QUAD = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0], dtype="f4")
+# Unit quad as a triangle fan, (0,0) = top-left corner of the rect. A fan, not a strip: llvmpipe
+# recognizes a 4-vertex fan (or 6-vertex triangle list) as a screen-aligned rectangle, which its
+# linear rasterizer draws (raw_gl); with GL's last-vertex convention it never merges a strip.
+_QUAD = np.array([0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0], dtype="f4")
+
+
+def is_screen_aligned(layer: ResolvedLayer) -> bool:
+    """Drawn as a screen-aligned rectangle (a multiple of 90 degrees): what llvmpipe's linear rasterizer takes."""
+    return layer.rotation_degrees % 90.0 == 0.0
 
 
 def configure_sampling(texture: moderngl.Texture) -> None:
@@ -69,7 +76,7 @@ class LayerPass:
         else:
             self._ctx.enable(moderngl.BLEND)
             self._ctx.blend_func = moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA
-        (self._plain_vao if plain else self._vao).render(moderngl.TRIANGLE_STRIP)
+        (self._plain_vao if plain else self._vao).render(moderngl.TRIANGLE_FAN)
 
     def release(self) -> None:
         if self._released:

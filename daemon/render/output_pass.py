@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import moderngl
 
+from compositord.daemon.render import raw_gl
 from compositord.daemon.render.frames import chroma_size
 from compositord.daemon.render.shader_loader import compile_program
 from compositord.daemon.render.yuv_input_pass import MATRIX_INDEX
@@ -25,7 +26,11 @@ class PlaneTarget:
 
 
 class OutputTargets:
-    """The composited RGBA frame (premultiplied) and, for YUV output, the conversion pass and its planes."""
+    """The composited RGBA frame (premultiplied) and, for YUV output, the conversion pass and its planes.
+
+    ``frame`` has BGRA-ordered storage holding RGBA (``raw_gl``): write it with
+    ``raw_gl.upload_rgba``, clear it with ``raw_gl.stored_color``.
+    """
 
     def __init__(self, ctx: moderngl.Context, width: int, height: int, output_format: str, color_matrix: str) -> None:
         self._ctx = ctx
@@ -35,6 +40,7 @@ class OutputTargets:
         self.color_matrix = color_matrix
         self._objects: list[moderngl.Buffer | moderngl.Texture | moderngl.Framebuffer | moderngl.Program | moderngl.VertexArray] = []
         self.frame = self._keep(ctx.texture((width, height), 4))
+        raw_gl.allocate_rgba(self.frame)
         self.frame.filter = (moderngl.LINEAR, moderngl.LINEAR)
         self.frame.repeat_x = False
         self.frame.repeat_y = False

@@ -15,6 +15,7 @@ from typing import Literal
 
 import moderngl
 
+from compositord.daemon.render import raw_gl
 from compositord.daemon.render.output_pass import PlaneTarget
 
 ReadbackMode = Literal["direct", "pbo"]
@@ -32,18 +33,25 @@ class Readback:
 
     def read(self) -> bytes:
         if self._buffer is None:
-            chunks = [
-                plane.fbo.read(components=plane.components, alignment=1, attachment=plane.attachment)
-                for plane in self._planes
-            ]
+            chunks = [self._read_plane(plane) for plane in self._planes]
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         offset = 0
         for plane in self._planes:
-            plane.fbo.read_into(
-                self._buffer, components=plane.components, alignment=1, attachment=plane.attachment, write_offset=offset
-            )
+            if plane.components == 4:
+                raw_gl.read_rgba_into(plane.fbo, plane.width, plane.height, self._buffer, offset)
+            else:
+                plane.fbo.read_into(
+                    self._buffer, components=plane.components, alignment=1, attachment=plane.attachment, write_offset=offset
+                )
             offset += plane.nbytes
         return self._buffer.read()
+
+    @staticmethod
+    def _read_plane(plane: PlaneTarget) -> bytes:
+        if plane.components == 4:
+            # The RGBA frame (BGRA-ordered storage, raw_gl); read without holding the GIL while llvmpipe finishes.
+            return raw_gl.read_rgba(plane.fbo, plane.width, plane.height)
+        return plane.fbo.read(components=plane.components, alignment=1, attachment=plane.attachment)
 
     def release(self) -> None:
         if self._buffer is not None:

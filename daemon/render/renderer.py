@@ -15,6 +15,7 @@ unrotated and unmirrored (no clear, no draw); otherwise the target is
 cleared to the background. Each layer is then drawn in scene order with
 premultiplied-alpha blending (blending off for opaque layers). YUV output
 is converted by a shader pass; the planes are read back (``readback``).
+RGBA textures and the target have BGRA-ordered storage (``raw_gl`` says why).
 
 Sources are uploaded only when their ``serial`` changes; text rasters and
 image overlays are made once per distinct content and kept while a scene
@@ -33,10 +34,11 @@ from dataclasses import dataclass
 
 import moderngl
 
+from compositord.daemon.render import raw_gl
 from compositord.daemon.render.gl_context import collect_garbage
 from compositord.daemon.render.frames import COLOR_MATRICES, OutputFrame, SourceFrame
 from compositord.daemon.render.images import AssetError, load_overlay
-from compositord.daemon.render.layer_pass import LayerPass
+from compositord.daemon.render.layer_pass import LayerPass, is_screen_aligned
 from compositord.daemon.render.output_pass import OutputTargets
 from compositord.daemon.render.plane_pass import PlaneSource, draw_planes, planes_apply
 from compositord.daemon.render.readback import Readback, ReadbackMode
@@ -138,15 +140,16 @@ class Renderer:
 
         layers = list(scene.layers)
         if layers and self._can_write_directly(layers[0], frames, canvas):
-            targets.frame.write(as_buffer(frames[layers[0].id].data))
+            raw_gl.upload_rgba(targets.frame, as_buffer(frames[layers[0].id].data))
             self.stats.direct_writes += 1
             layers = layers[1:]
             targets.frame_fbo.use()
         else:
             targets.frame_fbo.use()
             r, g, b, a = scene.background
-            targets.frame_fbo.clear(r * a, g * a, b * a, a)
+            targets.frame_fbo.clear(*raw_gl.stored_color(r * a, g * a, b * a, a))
 
+        previous_aligned: bool | None = None
         for layer in layers:
             if layer.opacity <= 0.0 or layer.rect.width <= 0 or layer.rect.height <= 0:
                 continue
@@ -154,6 +157,13 @@ class Renderer:
             if drawable is None:
                 continue
             texture, premultiply, opaque = drawable
+            aligned = is_screen_aligned(layer)
+            if previous_aligned is not None and aligned != previous_aligned:
+                # llvmpipe rasterizes a 64x64 tile with its fast linear path only when every primitive
+                # binned to it is a screen-aligned rectangle: a rotated layer sharing a scene with
+                # rectangles would send the rectangles' tiles down the general path too.
+                raw_gl.flush()
+            previous_aligned = aligned
             targets.frame_fbo.use()
             self._layer_pass.draw(texture, layer, canvas, premultiply=premultiply, opaque_source=opaque)
 
@@ -213,7 +223,8 @@ class Renderer:
             if source.update(frame):
                 self.stats.source_uploads += 1
             assert source.rgba is not None
-            return source.rgba, not source.premultiplied, source.opaque
+            # An opaque source is its own premultiplied form: the branch-free program applies.
+            return source.rgba, not (source.premultiplied or source.opaque), source.opaque
         if layer.kind == "text":
             assert layer.text_style is not None
             style = layer.text_style

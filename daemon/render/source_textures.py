@@ -1,10 +1,16 @@
-"""GPU copies of inputs and overlays, uploaded only when their content changed."""
+"""GPU copies of inputs and overlays, uploaded only when their content changed.
+
+Every RGBA texture here has BGRA-ordered storage holding our RGBA bytes
+(``raw_gl`` says why): uploads go through ``raw_gl.upload_rgba``, never
+``Texture.write``.
+"""
 
 from __future__ import annotations
 
 import moderngl
 import numpy as np
 
+from compositord.daemon.render import raw_gl
 from compositord.daemon.render.frames import SourceFrame
 from compositord.daemon.render.layer_pass import configure_sampling
 from compositord.daemon.render.yuv_input_pass import YuvInputPass, plane_shapes
@@ -45,7 +51,7 @@ class SourceTexture:
         data = as_buffer(frame.data)
         assert self.rgba is not None
         if frame.pixel_format == "rgba8":
-            self.rgba.write(data)
+            raw_gl.upload_rgba(self.rgba, data)
         else:
             view = memoryview(data).cast("B")
             offset = 0
@@ -61,6 +67,7 @@ class SourceTexture:
     def _allocate(self, shape: tuple[str, int, int]) -> None:
         pixel_format, width, height = shape
         self.rgba = self._ctx.texture((width, height), 4)
+        raw_gl.allocate_rgba(self.rgba)
         configure_sampling(self.rgba)
         if pixel_format != "rgba8":
             for plane_w, plane_h, components in plane_shapes(pixel_format, width, height):
@@ -92,7 +99,9 @@ class StaticTexture:
 
     def __init__(self, ctx: moderngl.Context, pixels: np.ndarray) -> None:
         height, width = pixels.shape[:2]
-        self.texture = ctx.texture((width, height), 4, data=as_buffer(pixels))
+        self.texture = ctx.texture((width, height), 4)
+        raw_gl.allocate_rgba(self.texture)
+        raw_gl.upload_rgba(self.texture, pixels)
         configure_sampling(self.texture)
         self.opaque = bool((pixels[..., 3] == 255).all())
         self._released = False
