@@ -2,9 +2,17 @@
 and a colorbars picture-in-picture (NV12, half size, auto-PiP: a third of the canvas, 20 px from the
 bottom-right corner), composited at 1280x720 to NV12, VP9 realtime encode into WebM in memory.
 
-Compositing runs in this thread and encoding in another (PyAV: libvpx-vp9, deadline realtime, cpu-used 8,
-row-mt, 2 threads, into a BytesIO), joined by a bounded queue, so the two overlap. The clock stops when
-the muxer has written the last packet.
+Compositing runs in this thread and encoding in a worker process (perf/encoder_process.py: PyAV,
+libvpx-vp9, deadline realtime, cpu-used 8, row-mt, 2 threads, into a BytesIO), joined by a bounded
+shared-memory ring, so the two overlap without sharing a GIL. The clock stops when the worker has
+closed the WebM and handed its bytes back.
+
+Start-up is treated alike on both sides: a peer's one-frame run (process start, graph and encoder
+set-up, one frame, flush) is subtracted from its timed runs, and so is ours (opening the encoder,
+one frame, flush); ``--no-startup-correction`` keeps both raw.
+
+The last iteration's WebM is decoded and checked against the composited frames (``verify_webm``):
+a benchmark of an encoder that wrote nothing useful would measure nothing.
 
 Peer: FFmpeg with the same frames (raw NV12 from /dev/shm), the same overlay geometry and the same libvpx
 settings, writing WebM to /dev/null. Both sides read the same pre-made frames, so the encoder sees the
@@ -14,14 +22,15 @@ same content (VP9's cost depends on it).
 from __future__ import annotations
 
 import io
-import queue
-import threading
+import statistics
 import time
 from typing import Any
 
 import numpy as np
 
 from compositord.perf import peers, sources
+from compositord.perf import encoder_process
+from compositord.perf.encoder_process import EncoderProcess, Vp9Settings
 from compositord.perf.harness import CompositorRun, compositor_params, gl_context
 from compositord.perf.measure import Timing
 from compositord.perf.options import BenchOptions
@@ -35,86 +44,70 @@ GOP = 120
 BITRATE = "2M"
 VPX_OPTIONS = {"deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
 ENCODER_THREADS = 2
-QUEUE_FRAMES = 4  # compositing may run this far ahead of the encoder
+SETTINGS = Vp9Settings(WIDTH, HEIGHT, fps=FPS, gop=GOP, bit_rate=int(BITRATE.rstrip("M")) * 1_000_000,
+                       threads=ENCODER_THREADS, options=dict(VPX_OPTIONS))
+REFERENCE_FRAMES = 8  # composited frames kept at each end of the last iteration to check the decoded WebM against
+MIN_PSNR_DB = 30.0  # VP9 at 2 Mb/s keeps these bars near 40 dB; a missing or misplaced layer falls far below
 
 
-class Encoder:
-    """VP9 into WebM in memory on its own thread; ``put`` blocks when the encoder is QUEUE_FRAMES behind."""
-
-    def __init__(self) -> None:
-        import av
-
-        self.buffer = io.BytesIO()
-        self._container = av.open(self.buffer, mode="w", format="webm")
-        stream = self._container.add_stream("libvpx-vp9", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        stream.bit_rate = int(BITRATE.rstrip("M")) * 1_000_000
-        stream.codec_context.gop_size = GOP
-        stream.codec_context.thread_count = ENCODER_THREADS
-        stream.options = dict(VPX_OPTIONS)
-        self._stream = stream
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_FRAMES)
-        self._failure: BaseException | None = None
-        self.packets = 0
-        self._thread = threading.Thread(target=self._main, name="bench-encoder", daemon=True)
-        self._thread.start()
-
-    def put(self, nv12: bytes) -> None:
-        if self._failure is not None:
-            raise RuntimeError(f"encoder failed: {self._failure}") from self._failure
-        self._queue.put(nv12)
-
-    def finish(self) -> int:
-        """Flush and close; returns the WebM size in bytes."""
-        self._queue.put(None)
-        self._thread.join()
-        if self._failure is not None:
-            raise RuntimeError(f"encoder failed: {self._failure}") from self._failure
-        return self.buffer.getbuffer().nbytes
-
-    def _main(self) -> None:
-        try:
-            pts = 0
-            while True:
-                data = self._queue.get()
-                if data is None:
-                    break
-                frame = nv12_to_yuv420p_frame(np.frombuffer(data, np.uint8))
-                frame.pts = pts
-                pts += 1
-                for packet in self._stream.encode(frame):
-                    self._container.mux(packet)
-                    self.packets += 1
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-                self.packets += 1
-            self._container.close()
-        except BaseException as exc:  # reported to the compositing thread
-            self._failure = exc
-            while True:  # unblock a producer waiting on a full queue
-                try:
-                    if self._queue.get_nowait() is None:
-                        break
-                except queue.Empty:
-                    time.sleep(0.001)
+class VerificationFailed(RuntimeError):
+    pass
 
 
 def nv12_to_yuv420p_frame(nv12: Any) -> Any:
-    """A yuv420p ``av.VideoFrame`` filled from NV12 bytes: the Y plane copied, CbCr de-interleaved by
-    NumPy straight into the frame's planes (bit-identical to libswscale's conversion, and measured
-    0.2 ms against 0.35-0.5 ms for ``from_ndarray(nv12)`` + ``reformat``)."""
+    """A WIDTHxHEIGHT NV12 frame as a yuv420p ``av.VideoFrame`` (what the worker hands libvpx)."""
+    return encoder_process.nv12_to_yuv420p_frame(nv12, WIDTH, HEIGHT)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0.0 else 10.0 * float(np.log10(255.0**2 / mse))
+
+
+def verify_webm(webm: bytes, frames: int, reference_nv12: dict[int, Any], pip_box: tuple[int, int, int, int]) -> dict[str, Any]:
+    """Decode ``webm``: it must hold ``frames`` frames of WIDTHxHEIGHT, and those numbered in ``reference_nv12``
+    (frame number -> the composited NV12 frame) must match it to MIN_PSNR_DB, over the whole frame and over the picture-in-picture
+    box alone (so that a missing PiP cannot hide in the average). Raises VerificationFailed; returns the figures."""
     import av
 
-    frame = av.VideoFrame(WIDTH, HEIGHT, "yuv420p")
-    planes = [
-        np.frombuffer(plane, np.uint8).reshape(rows, plane.line_size)[:, :cols]
-        for plane, rows, cols in zip(frame.planes, (HEIGHT, HEIGHT // 2, HEIGHT // 2), (WIDTH, WIDTH // 2, WIDTH // 2))
-    ]
-    planes[0][...] = nv12[: WIDTH * HEIGHT].reshape(HEIGHT, WIDTH)
-    chroma = nv12[WIDTH * HEIGHT :].reshape(HEIGHT // 2, WIDTH // 2, 2)
-    planes[1][...] = chroma[..., 0]
-    planes[2][...] = chroma[..., 1]
-    return frame
+    worst_frame = worst_pip = 99.0
+    decoded = 0
+    with av.open(io.BytesIO(webm), mode="r") as container:
+        for frame in container.decode(video=0):
+            if (frame.width, frame.height) != (WIDTH, HEIGHT):
+                raise VerificationFailed(f"decoded frame {decoded} is {frame.width}x{frame.height}, expected {WIDTH}x{HEIGHT}")
+            if decoded in reference_nv12:
+                got = frame.to_ndarray(format="yuv420p")
+                want = nv12_to_yuv420p_frame(reference_nv12[decoded]).to_ndarray()
+                x, y, w, h = pip_box
+                worst_frame = min(worst_frame, _psnr(got, want))
+                worst_pip = min(worst_pip, _psnr(got[y : y + h, x : x + w], want[y : y + h, x : x + w]))
+            decoded += 1
+    if decoded != frames:
+        raise VerificationFailed(f"the WebM holds {decoded} frames, expected {frames}")
+    if min(worst_frame, worst_pip) < MIN_PSNR_DB:
+        raise VerificationFailed(
+            f"decoded frames differ from the composited ones: PSNR {worst_frame:.1f} dB (whole frame), "
+            f"{worst_pip:.1f} dB (picture-in-picture box), expected >= {MIN_PSNR_DB} dB"
+        )
+    return {"decoded_frames": decoded, "compared_frames": len([index for index in reference_nv12 if index < decoded]),
+            "psnr_db_min": round(worst_frame, 2), "pip_psnr_db_min": round(worst_pip, 2)}
+
+
+def _iteration(run_: CompositorRun, encoder: EncoderProcess, frames: int, keep: int = 0) -> tuple[float, bytes, dict[int, Any]]:
+    """One timed pass: open the encoder, composite and hand over ``frames`` frames, close the WebM.
+    Returns (wall seconds, the WebM, the first and the last ``keep`` composited frames by number; the last
+    ones are encoded from libvpx's look-ahead queue at the flush)."""
+    kept: dict[int, Any] = {}
+    started = time.perf_counter()
+    encoder.begin()
+    for index in range(frames):
+        data = run_.frame().data
+        encoder.put(data)
+        if index < keep or index >= frames - keep:
+            kept[index] = data  # the readback's own bytes, never written again
+    webm = encoder.finish()
+    return time.perf_counter() - started, webm, kept
 
 
 def _pip_box() -> tuple[int, int, int, int]:
@@ -126,15 +119,17 @@ def _ffmpeg(background: str, pip: str) -> peers.Peer:
     x, y, w, h = _pip_box()
     w, h = w + (w % 2), h + (h % 2)
     graph = f"[1]scale={w}:{h}[pip];[0][pip]overlay={x}:{y}:format=yuv420"
+    # The encoder options come from SETTINGS, which our worker uses too: the same by construction.
+    vpx_options = [arg for name, value in SETTINGS.options.items() for arg in (f"-{name}", value)]
 
     def command(frames: int) -> list[str]:
         return [
             "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
-            "-stream_loop", "-1", "-f", "rawvideo", "-pix_fmt", "nv12", "-s", f"{WIDTH}x{HEIGHT}", "-r", str(FPS), "-i", background,
-            "-stream_loop", "-1", "-f", "rawvideo", "-pix_fmt", "nv12", "-s", f"{PIP_W}x{PIP_H}", "-r", str(FPS), "-i", pip,
+            "-stream_loop", "-1", "-f", "rawvideo", "-pix_fmt", "nv12", "-s", f"{WIDTH}x{HEIGHT}", "-r", str(SETTINGS.fps), "-i", background,
+            "-stream_loop", "-1", "-f", "rawvideo", "-pix_fmt", "nv12", "-s", f"{PIP_W}x{PIP_H}", "-r", str(SETTINGS.fps), "-i", pip,
             "-filter_complex", graph, "-frames:v", str(frames),
-            "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1", "-threads", str(ENCODER_THREADS),
-            "-b:v", BITRATE, "-g", str(GOP), "-pix_fmt", "yuv420p", "-f", "webm", "-y", "/dev/null",
+            "-c:v", "libvpx-vp9", *vpx_options, "-threads", str(SETTINGS.threads),
+            "-b:v", str(SETTINGS.bit_rate), "-g", str(SETTINGS.gop), "-pix_fmt", "yuv420p", "-f", "webm", "-y", "/dev/null",
         ]
 
     return peers.Peer("ffmpeg", command)
@@ -161,7 +156,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
     peer_runs = peers.PeerRuns(peer_list, frames, startup_correction=options.startup_correction, notes=notes)
     sizes: list[int] = []
     params = compositor_params({"width": WIDTH, "height": HEIGHT, "num_inputs": 2, "output_format": "nv12"})
-    with gl_context() as ctx:
+    # The worker is spawned before the GL context exists, and outside the clock (as the context is).
+    with EncoderProcess(SETTINGS) as encoder, gl_context() as ctx:
         run_ = CompositorRun(
             ctx,
             params,
@@ -178,13 +174,13 @@ def run(options: BenchOptions) -> dict[str, Any]:
                 from compositord.perf.profile import breakdown
 
                 profile_rows = breakdown(run_, frames=options.frames_or(120, 20), say=options.say)
-            for _ in range(iterations):
-                started = time.perf_counter()
-                encoder = Encoder()
-                for _ in range(frames):
-                    encoder.put(run_.frame().data)
-                sizes.append(encoder.finish())
-                ours.walls.append(time.perf_counter() - started)
+            startup = statistics.median(_iteration(run_, encoder, 1)[0] for _ in range(3)) if options.startup_correction else 0.0
+            webm, reference = b"", {}
+            for iteration in range(iterations):
+                keep = REFERENCE_FRAMES if iteration == iterations - 1 else 0
+                wall, webm, reference = _iteration(run_, encoder, frames, keep)
+                ours.walls.append(max(1e-6, wall - startup))
+                sizes.append(len(webm))
                 peer_runs.run_once()  # interleaved: A B C A B C
         finally:
             run_.release()
@@ -192,8 +188,16 @@ def run(options: BenchOptions) -> dict[str, Any]:
         import shutil
 
         shutil.rmtree(scratch, ignore_errors=True)
-    options.say(ours.summary(), f"webm bytes per iteration: {sizes}")
-    result: dict[str, Any] = {"ours": {**ours.as_dict(), "webm_bytes": sizes}, "peers": peer_runs.report(ours, options.say), "notes": notes}
+    verified = verify_webm(webm, frames, reference, _pip_box())
+    label = f" (start-up {startup:.3f}s subtracted: opening the encoder, one frame, flush)" if options.startup_correction else ""
+    options.say(f"-- compositord{label}", ours.summary(), f"webm bytes per iteration: {sizes}",
+                f"last WebM decoded: {verified['decoded_frames']} frames; PSNR against the composited frames >= "
+                f"{verified['psnr_db_min']} dB (whole frame), {verified['pip_psnr_db_min']} dB (PiP box)")
+    result: dict[str, Any] = {
+        "ours": {**ours.as_dict(), "webm_bytes": sizes, "startup_s": round(startup, 4), "verified": verified},
+        "peers": peer_runs.report(ours, options.say),
+        "notes": notes,
+    }
     if profile_rows is not None:
         result["profile"] = profile_rows
     return result
