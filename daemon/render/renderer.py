@@ -149,16 +149,23 @@ class Renderer:
             r, g, b, a = scene.background
             targets.frame_fbo.clear(*raw_gl.stored_color(r * a, g * a, b * a, a))
 
-        previous_aligned: bool | None = None
+        # Flushes cut the frame into several llvmpipe scenes (each rasterized by its threads while
+        # this one goes on); measured in docs/RENDERING.md "Speed on llvmpipe".
+        unflushed = False  # layers drawn since the last flush
+        previous_aligned = False
         for layer in layers:
             if layer.opacity <= 0.0 or layer.rect.width <= 0 or layer.rect.height <= 0:
                 continue
+            if unflushed and self._will_upload(layer, frames):
+                # The layers so far rasterize on llvmpipe's threads while this thread copies the next source in.
+                raw_gl.flush()
+                unflushed = False
             drawable = self._texture_for(layer, frames, used_texts, used_images)
             if drawable is None:
                 continue
             texture, premultiply, opaque = drawable
             aligned = is_screen_aligned(layer)
-            if previous_aligned is not None and aligned != previous_aligned:
+            if unflushed and aligned != previous_aligned:
                 # llvmpipe rasterizes a 64x64 tile with its fast linear path only when every primitive
                 # binned to it is a screen-aligned rectangle: a rotated layer sharing a scene with
                 # rectangles would send the rectangles' tiles down the general path too.
@@ -166,6 +173,7 @@ class Renderer:
             previous_aligned = aligned
             targets.frame_fbo.use()
             self._layer_pass.draw(texture, layer, canvas, premultiply=premultiply, opaque_source=opaque)
+            unflushed = True
 
         targets.convert()
         return self._finish(targets, frames, used_texts, used_images, started)
@@ -203,6 +211,14 @@ class Renderer:
             return False
         frame = frames[layer.id]
         return frame.pixel_format == "rgba8" and frame.opaque and layer.covers_canvas_unscaled((frame.width, frame.height), canvas)
+
+    def _will_upload(self, layer: ResolvedLayer, frames: Mapping[str, SourceFrame]) -> bool:
+        """Whether drawing ``layer`` starts with copying a new source frame in."""
+        frame = frames.get(layer.id) if layer.kind == "video" else None
+        if frame is None:
+            return False
+        source = self._sources.get(layer.id)
+        return source is None or source.needs_upload(frame)
 
     def _texture_for(
         self,

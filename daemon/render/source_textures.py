@@ -37,14 +37,18 @@ class SourceTexture:
         self.opaque = False
         self.uploads = 0
 
+    def needs_upload(self, frame: SourceFrame) -> bool:
+        """Whether ``update(frame)`` would upload: a new serial or a new shape."""
+        return (frame.pixel_format, frame.width, frame.height) != self._shape or frame.serial != self._serial
+
     def update(self, frame: SourceFrame) -> bool:
         """Upload ``frame`` unless its serial is the one already on the GPU; True when uploaded."""
+        if not self.needs_upload(frame):
+            return False
         shape = (frame.pixel_format, frame.width, frame.height)
         if shape != self._shape:
             self._release_textures()
             self._allocate(shape)
-        elif frame.serial == self._serial:
-            return False
         self._serial = frame.serial
         self.premultiplied = frame.premultiplied or frame.pixel_format != "rgba8"
         self.opaque = frame.opaque or frame.pixel_format != "rgba8"
