@@ -46,6 +46,7 @@ def test_compositor_pipeline_quick_encodes_webm(capsys: pytest.CaptureFixture[st
     assert THROUGHPUT_KEYS <= set(record["ours"])
     assert len(record["ours"]["wall_s"]) == 2
     assert all(size > 0 for size in record["ours"]["webm_bytes"])  # something was really encoded
+    assert record["ours"]["verified"]["decoded_frames"] == 4  # and it decodes to the composited frames
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed: --compare has no peer to run")
