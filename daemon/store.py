@@ -27,6 +27,7 @@ Promises (docs/DURABILITY.md says them for operators):
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import sqlite3
@@ -467,6 +468,11 @@ class Store:
         assert self._slots is not None
         self._slots.release()
 
+    def _release_slots(self, count: int) -> None:
+        assert self._slots is not None
+        for _ in range(count):
+            self._slots.release()
+
     def _finish(self, item: _WriteItem, error: BaseException | None) -> None:
         if item.done is not None:
             item.error = error
@@ -481,24 +487,37 @@ class Store:
             else:
                 timeout = max(0.0, first_uncommitted_at + self._commit_interval - time.monotonic())
             try:
-                item: _WriteItem | None = self._queue.get(timeout=timeout)
+                batch = [self._queue.get(timeout=timeout)]
             except queue.Empty:
-                item = None
-            if item is not None and item is not _STOP:
-                self._call_soon(self._release_slot)
-                uncommitted.append(item)
+                batch = []  # the group commit is due
+            # Everything queued meanwhile joins this round. Each round needs the GIL back a few times
+            # (queue, trio hand-over), and while the trio thread is busy each time costs up to a GIL
+            # switch interval: item by item, the writer fell behind 600 tunes/s and the full queue
+            # then held every tune of the session back for seconds (perf/README.md, control_latency).
+            while batch and batch[-1] is not _STOP:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = bool(batch) and batch[-1] is _STOP
+            items = batch[:-1] if stopping else batch
+            if items:
+                self._call_soon(functools.partial(self._release_slots, len(items)))
                 if first_uncommitted_at is None:
                     # Measured from when the caller queued it, so a backlog cannot stretch the promise.
-                    first_uncommitted_at = item.queued_at
+                    first_uncommitted_at = items[0].queued_at
+                uncommitted.extend(items)
             try:
-                if item is not None and item.statements:
-                    if not conn.in_transaction:
-                        conn.execute("BEGIN IMMEDIATE")
-                    for sql, args in item.statements:
-                        conn.execute(sql, args)
-                    self._stats.items_written += 1
+                for item in items:
+                    if item.statements:
+                        if not conn.in_transaction:
+                            conn.execute("BEGIN IMMEDIATE")
+                        for sql, args in item.statements:
+                            conn.execute(sql, args)
+                        self._stats.items_written += 1
                 due = first_uncommitted_at is not None and time.monotonic() >= first_uncommitted_at + self._commit_interval
-                if uncommitted and (item is None or item is _STOP or item.done is not None or due):
+                waited_on = any(item.done is not None for item in items)
+                if uncommitted and (not batch or stopping or waited_on or due):
                     if conn.in_transaction:
                         conn.execute("COMMIT")
                         self._stats.commits += 1
@@ -512,7 +531,7 @@ class Store:
                 for waiting in uncommitted:
                     self._finish(waiting, exc)
                 raise
-            if item is _STOP:
+            if stopping:
                 return
 
 
