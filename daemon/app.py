@@ -51,6 +51,7 @@ def _render_loop_factory(settings: Settings, trio_token: trio.lowlevel.TrioToken
             on_stats=service.on_stats,
             on_node_error=lambda node_id, message: service.on_node_error(session_id, node_id, message),
             on_preview=service.on_preview,
+            on_frame_end=lambda: service.on_frame_end(session_id),
             asset_dir=settings.asset_dir,
             output_dir=settings.output_dir,
             device_index=device_index,

@@ -11,8 +11,8 @@ two bounded structures:
   submission takes one lock, so a batch is never split, and the whole inbox is
   latched at the start of a frame (rule S4: one frame never shows half a batch).
 - the *outbox* (render -> trio): the latest undelivered emission per node and
-  kind, handed over with ``trio_token.run_sync_soon`` with at most one pending
-  delivery per node and kind. The render thread never blocks on trio; when
+  kind, handed over with ``trio_token.run_sync_soon``, with at most one
+  delivery pending for the whole outbox. The render thread never blocks on trio; when
   trio is gone, emissions are dropped. Replacing an undelivered emission by a
   newer one loses nothing: each carries the whole layout and the whole acks map.
 
@@ -178,6 +178,7 @@ class RenderLoop:
         on_stats: Callable[[StatsEmission], None],
         on_node_error: Callable[[str, str | None], None] | None = None,
         on_preview: Callable[[PreviewEmission], None] | None = None,
+        on_frame_end: Callable[[], None] | None = None,
         asset_dir: Path,
         output_dir: Path | None = None,
         device_index: int | None = None,
@@ -188,13 +189,14 @@ class RenderLoop:
         self._on_view_data = on_view_data
         self._on_stats = on_stats
         self._on_node_error = on_node_error
+        self._on_frame_end = on_frame_end
         self._asset_dir = Path(asset_dir)
         self._device_index = device_index
 
         self._inbox = _Inbox()
         self._inbox_lock = threading.Lock()
         self._outbox: dict[tuple[str, str], Any] = {}
-        self._outbox_scheduled: set[tuple[str, str]] = set()
+        self._delivery_scheduled = False  # a _deliver is pending on the trio thread
         self._outbox_lock = threading.Lock()
 
         self._stop = threading.Event()
@@ -332,33 +334,39 @@ class RenderLoop:
     def _emit(self, kind: str, node_id: str, payload: Any) -> None:
         key = (kind, node_id)
         with self._outbox_lock:
+            self._outbox.pop(key, None)  # a replaced emission moves to the back: delivered after what came before it
             self._outbox[key] = payload
-            if key in self._outbox_scheduled:
+            if self._delivery_scheduled:
                 return
-            self._outbox_scheduled.add(key)
+            self._delivery_scheduled = True
         try:
-            self._trio_token.run_sync_soon(self._deliver, key)
+            # One hand-over for everything emitted meanwhile: each run_sync_soon writes trio's wake-up
+            # socket, and that system call gives the GIL away, which costs the render thread up to a
+            # GIL switch interval to get back while the trio thread is busy.
+            self._trio_token.run_sync_soon(self._deliver)
         except trio.RunFinishedError:
             with self._outbox_lock:
-                self._outbox.pop(key, None)
-                self._outbox_scheduled.discard(key)
+                self._outbox.clear()
+                self._delivery_scheduled = False
 
-    def _deliver(self, key: tuple[str, str]) -> None:
-        """On the trio thread."""
+    def _deliver(self) -> None:
+        """On the trio thread: everything in the outbox, in the order emitted."""
         with self._outbox_lock:
-            payload = self._outbox.pop(key)
-            self._outbox_scheduled.discard(key)
-        kind, node_id = key
-        if kind == "view":
-            self._on_view_data(payload)
-        elif kind == "stats":
-            self._on_stats(payload)
-        elif kind == "error" and self._on_node_error is not None:
-            self._on_node_error(node_id, payload)
-        elif kind == "preview" and self._on_preview is not None:
-            self._on_preview(payload)
-        elif kind == "first-frame":
-            self._first_frame.set()
+            outbox, self._outbox = self._outbox, {}
+            self._delivery_scheduled = False
+        for (kind, node_id), payload in outbox.items():
+            if kind == "view":
+                self._on_view_data(payload)
+            elif kind == "stats":
+                self._on_stats(payload)
+            elif kind == "error" and self._on_node_error is not None:
+                self._on_node_error(node_id, payload)
+            elif kind == "preview" and self._on_preview is not None:
+                self._on_preview(payload)
+            elif kind == "frame" and self._on_frame_end is not None:
+                self._on_frame_end()
+            elif kind == "first-frame":
+                self._first_frame.set()
 
     def _signal_first_frame(self) -> None:
         if not self._first_frame_reported:
@@ -420,6 +428,8 @@ class RenderLoop:
             frame_time = time.monotonic() - started
             for node_id, state in compositors.items():
                 self._render_compositor(node_id, state, sources, applied_stamps.get(node_id), frame_time)
+            if self._on_frame_end is not None:
+                self._emit("frame", "", None)  # after this frame's view data: the hub sends them together
             finished = time.monotonic()
             self._frames_rendered += 1
             self._last_progress = finished

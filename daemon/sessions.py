@@ -188,6 +188,10 @@ class SessionService:
         )
         self._publish(event, (emission.session_id, emission.node_id, causal.VIEW_CHANNEL))
 
+    def on_frame_end(self, session_id: str) -> None:
+        """A session's render loop finished a frame: the hub sends what it holds for the session."""
+        self._hub.frame_ended(session_id)
+
     def on_stats(self, emission: Any) -> None:
         if emission.session_id not in self._sessions:
             return
