@@ -10,6 +10,7 @@ Prints ``READY <port>`` once serving.
 
 from __future__ import annotations
 
+import atexit
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,10 @@ def _install_probe(probe_file: Path, probe_row: int) -> None:
 
     from compositord.daemon import render_loop
 
-    out = probe_file.open("w", buffering=1)
+    # Buffered, flushed at exit: a write system call per frame would hand the GIL away from the render
+    # thread each frame, which the daemon itself does not do.
+    out = probe_file.open("w", buffering=1 << 20)
+    atexit.register(out.close)
     r, g, b = PROBE_RGB
 
     def probe(node_id: str, frame: object) -> None:

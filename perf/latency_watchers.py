@@ -1,10 +1,11 @@
 """The watching clients of control_latency, in a process of their own.
 
-``python -m compositord.perf.latency_watchers URL COUNT STOP_AT`` opens COUNT WebSocket connections
-to URL and reads every message on each until ``time.monotonic()`` reaches STOP_AT (CLOCK_MONOTONIC
-is one clock for every process of the machine), parsing each with the protocol's parser, then prints
-one JSON line: events read, the time from a frame's end to its view data being read (as the editing
-clients measure it), and the CPU this process used.
+``python -m compositord.perf.latency_watchers URL COUNT`` opens COUNT WebSocket connections to URL,
+prints ``CONNECTED <n>`` once every handshake is done (the bench starts its edits only then: a
+connection storm during the edits would be measured as latency), and reads every message on each,
+parsing each with the protocol's parser, until its standard input is closed. Then it prints one JSON
+line: events read, the time from a frame's end to its view data being read (as the editing clients
+measure it), and the CPU this process used.
 
 Why a process and a lean client: in deployment the watchers of a compositor are other machines
 (operators' consoles, tally displays). On this 2-core machine they share the CPU with the daemon,
@@ -27,7 +28,7 @@ from urllib.parse import urlsplit
 from compositord.perf.measure import percentiles
 
 
-async def _watch(url: str, stop_at: float, record: dict[str, Any]) -> None:
+async def _watch(url: str, record: dict[str, Any], all_connected: Any) -> None:
     import trio
     from wsproto import ConnectionType, WSConnection
     from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, RejectConnection, Request
@@ -39,42 +40,49 @@ async def _watch(url: str, stop_at: float, record: dict[str, Any]) -> None:
     connection = WSConnection(ConnectionType.CLIENT)
     stream = await trio.open_tcp_stream(parts.hostname, parts.port)
     pieces: list[str] = []
-    with trio.move_on_after(stop_at - time.monotonic()):  # trio's clock is not time.monotonic()
-        async with stream:
-            await stream.send_all(connection.send(Request(host=parts.netloc, target=parts.path or "/")))
-            while True:
-                data = await stream.receive_some(1 << 16)
-                if not data:
+    async with stream:
+        await stream.send_all(connection.send(Request(host=parts.netloc, target=parts.path or "/")))
+        while True:
+            data = await stream.receive_some(1 << 16)
+            if not data:
+                return
+            connection.receive_data(data)
+            for event in connection.events():
+                if isinstance(event, Message):
+                    pieces.append(event.data)  # type: ignore[arg-type]  # text: the daemon sends no binary
+                    if not event.message_finished:
+                        continue
+                    message = parse_message("".join(pieces))
+                    pieces.clear()
+                    record["events"] += 1
+                    if isinstance(message, Event) and message.event == "nodeviewdataupdated":
+                        stamp = message.payload.get("timestamp")
+                        if isinstance(stamp, (int, float)):
+                            record["view_delivery_ms"].append((time.time() - stamp) * 1000.0)
+                elif isinstance(event, Ping):
+                    await stream.send_all(connection.send(event.response()))
+                elif isinstance(event, (CloseConnection, RejectConnection)):
+                    record["closed"] += 1
                     return
-                connection.receive_data(data)
-                for event in connection.events():
-                    if isinstance(event, Message):
-                        pieces.append(event.data)  # type: ignore[arg-type]  # text: the daemon sends no binary
-                        if not event.message_finished:
-                            continue
-                        message = parse_message("".join(pieces))
-                        pieces.clear()
-                        record["events"] += 1
-                        if isinstance(message, Event) and message.event == "nodeviewdataupdated":
-                            stamp = message.payload.get("timestamp")
-                            if isinstance(stamp, (int, float)):
-                                record["view_delivery_ms"].append((time.time() - stamp) * 1000.0)
-                    elif isinstance(event, Ping):
-                        await stream.send_all(connection.send(event.response()))
-                    elif isinstance(event, (CloseConnection, RejectConnection)):
-                        record["closed"] += 1
-                        return
-                    elif isinstance(event, AcceptConnection):
-                        record["connected"] += 1
+                elif isinstance(event, AcceptConnection):
+                    record["connected"] += 1
+                    if record["connected"] == record["count"]:
+                        all_connected.set()
 
 
-async def _watch_all(url: str, count: int, stop_at: float) -> dict[str, Any]:
+async def _watch_all(url: str, count: int) -> dict[str, Any]:
     import trio
 
-    record: dict[str, Any] = {"events": 0, "connected": 0, "closed": 0, "view_delivery_ms": []}
+    record: dict[str, Any] = {"count": count, "events": 0, "connected": 0, "closed": 0, "view_delivery_ms": []}
+    all_connected = trio.Event()
     async with trio.open_nursery() as nursery:
         for _ in range(count):
-            nursery.start_soon(_watch, url, stop_at, record)
+            nursery.start_soon(_watch, url, record, all_connected)
+        with trio.fail_after(60):
+            await all_connected.wait()
+        print(f"CONNECTED {record['connected']}", flush=True)
+        await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)  # until the bench closes it
+        nursery.cancel_scope.cancel()
     return record
 
 
@@ -83,8 +91,8 @@ def main(argv: list[str]) -> int:
 
     import trio
 
-    url, count, stop_at = argv[0], int(argv[1]), float(argv[2])
-    record = trio.run(_watch_all, url, count, stop_at)
+    url, count = argv[0], int(argv[1])
+    record = trio.run(_watch_all, url, count)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     delivery = record.pop("view_delivery_ms")
     print(json.dumps({**record, "cpu_seconds": usage.ru_utime + usage.ru_stime, "view_delivery_ms": percentiles(delivery)}), flush=True)

@@ -182,16 +182,22 @@ async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pi
 
     log = RunLog()
     counter = itertools.count()
-    start_at = time.monotonic() + 1.0 + clients * 0.02  # everyone connects first
-    stop_at = start_at + seconds
-    log.editors = [EditorLog(phase=index / max(1, editing)) for index in range(editing)]  # editors out of phase
-    log.window = (start_at, stop_at)
     watchers = None
     if observers == "raw" and clients > editing:
         watchers = subprocess.Popen(
-            [sys.executable, "-m", "compositord.perf.latency_watchers", url, str(clients - editing), f"{stop_at + 0.5:.6f}"],
-            stdout=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "compositord.perf.latency_watchers", url, str(clients - editing)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
+        assert watchers.stdout is not None
+        with trio.fail_after(90):
+            line = await trio.to_thread.run_sync(watchers.stdout.readline)
+        if not line.startswith("CONNECTED"):
+            raise RuntimeError(f"the watchers did not connect: {line!r}")
+    # The edits start once every client is connected and the daemon has settled.
+    start_at = time.monotonic() + 1.0 + (editing if watchers is not None else clients) * 0.02
+    stop_at = start_at + seconds
+    log.editors = [EditorLog(phase=index / max(1, editing)) for index in range(editing)]  # editors out of phase
+    log.window = (start_at, stop_at)
 
     def cpu_now() -> tuple[float, float, float]:
         return (cpu_seconds(daemon_pid), cpu_seconds(), cpu_seconds(watchers.pid) if watchers is not None else 0.0)
@@ -222,7 +228,8 @@ async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pi
                 if editor is not None or watchers is None:
                     nursery.start_soon(_client, url, log, editor, counter, start_at, stop_at, index == 0)
         if watchers is not None:
-            out, _ = await trio.to_thread.run_sync(watchers.communicate)
+            await trio.sleep(max(0.0, stop_at + 0.5 - time.monotonic()))
+            out, _ = await trio.to_thread.run_sync(watchers.communicate, "")  # closing its stdin stops it
             log.watchers = json.loads(out.strip().splitlines()[-1])
             log.events_read += int(log.watchers["events"])
     finally:
