@@ -24,8 +24,11 @@ same content (VP9's cost depends on it).
 from __future__ import annotations
 
 import io
+import os
 import statistics
 import time
+import traceback
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
@@ -137,6 +140,142 @@ def _ffmpeg(background: str, pip: str) -> peers.Peer:
     return peers.Peer("ffmpeg", command)
 
 
+LLVMPIPE_THREADS = 0  # for our process, unless LP_NUM_THREADS is set (--lp-threads): see OurPipeline
+
+
+def _our_pipeline_main(conn: Connection, bg_cycle: list[np.ndarray], pip_cycle: list[np.ndarray],
+                       lp_threads: int | None, profile_frames: int | None) -> None:
+    """The child process of OurPipeline: the compositor and the encoder thread, serving its requests."""
+    if lp_threads is not None:
+        os.environ["LP_NUM_THREADS"] = str(lp_threads)  # before this process's first GL context
+
+    def say(*lines: Any) -> None:
+        conn.send(("say", [str(line) for line in lines]))
+
+    try:
+        params = compositor_params({"width": WIDTH, "height": HEIGHT, "num_inputs": 2, "output_format": "nv12"})
+        with EncoderThread(SETTINGS) as encoder, gl_context() as ctx:
+            run_ = CompositorRun(
+                ctx,
+                params,
+                {
+                    "in_0": sources.CyclingSource(bg_cycle, "nv12", WIDTH, HEIGHT).frame,
+                    "in_1": sources.CyclingSource(pip_cycle, "nv12", PIP_W, PIP_H).frame,
+                },
+            )
+            try:
+                for _ in range(5):
+                    run_.frame()
+                profile_rows = None
+                if profile_frames is not None:
+                    from compositord.perf.profile import breakdown
+
+                    profile_rows = breakdown(run_, frames=profile_frames, say=say)
+                conn.send(("ready", profile_rows, _llvmpipe_thread_count()))
+                while True:
+                    request = conn.recv()
+                    if request[0] == "startup":
+                        conn.send(("startup", statistics.median(_iteration(run_, encoder, 1)[0] for _ in range(3))))
+                    elif request[0] == "iteration":
+                        _, frames, verify = request
+                        wall, webm, reference = _iteration(run_, encoder, frames, REFERENCE_FRAMES if verify else 0)
+                        verified = verify_webm(webm, frames, reference, _pip_box()) if verify else None
+                        conn.send(("iteration", wall, len(webm), verified))
+                    else:
+                        return
+            finally:
+                run_.release()
+    except BaseException:  # noqa: BLE001  (shown by the parent, which raises)
+        conn.send(("error", traceback.format_exc()))
+
+
+def _llvmpipe_thread_count() -> int:
+    """llvmpipe's rasterizer threads in this process (named llvmpipe-N)."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as comm:
+                count += comm.read().startswith("llvmpipe")
+        except OSError:
+            pass
+    return count
+
+
+class OurPipeline:
+    """Our side (compositing in one thread, encoding in another) in a process of its own.
+
+    Why a process: llvmpipe reads LP_NUM_THREADS once per process (its screen outlives every context),
+    and this scenario is faster without llvmpipe's rasterizer threads, while compositor_only, which
+    ``bench all`` runs in the same process afterwards, keeps the default. On two cores the encoder's two
+    threads want both; llvmpipe's two threads then took ~0.9 ms of CPU per frame on top of the ~1.0 ms
+    of the compositing thread, and rasterizing in the compositing thread itself (LP_NUM_THREADS=0) gave
+    8-10 % more fps against FFmpeg in interleaved runs (/work/notes/compositor-pipeline.md). The process
+    is started, its GL context made and its frames warmed up before any clock runs, as in-process the
+    context was; each ``iteration`` is timed inside it, so the pipe adds nothing to the figures.
+    """
+
+    def __init__(self, bg_cycle: list[np.ndarray], pip_cycle: list[np.ndarray], *, profile_frames: int | None,
+                 say: Any) -> None:
+        import multiprocessing
+
+        self._say = say
+        lp_threads = None if "LP_NUM_THREADS" in os.environ else LLVMPIPE_THREADS
+        self.lp_num_threads = os.environ.get("LP_NUM_THREADS", str(lp_threads))
+        context = multiprocessing.get_context("spawn")  # a fresh process: no GL state, no threads inherited
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_our_pipeline_main, args=(child, bg_cycle, pip_cycle, lp_threads, profile_frames),
+                                        name="bench-compositor-pipeline", daemon=True)
+        self._process.start()
+        child.close()
+        try:
+            self.profile_rows, self.llvmpipe_threads = self._ask(None, "ready")
+        except BaseException:
+            self.close()
+            raise
+
+    def startup(self) -> float:
+        """Median of three one-frame iterations (opening the encoder, one frame, flush)."""
+        return self._ask(("startup",), "startup")[0]
+
+    def iteration(self, frames: int, *, verify: bool) -> tuple[float, int, dict[str, Any] | None]:
+        """(wall seconds, WebM bytes, ``verify_webm``'s figures when ``verify``)."""
+        wall, size, verified = self._ask(("iteration", frames, verify), "iteration")
+        return wall, size, verified
+
+    def _ask(self, request: tuple[Any, ...] | None, answer: str) -> tuple[Any, ...]:
+        if request is not None:
+            self._conn.send(request)
+        while True:
+            try:
+                message = self._conn.recv()
+            except EOFError:
+                raise RuntimeError(f"our compositor_pipeline process exited (code {self._process.exitcode})") from None
+            if message[0] == "say":
+                self._say(*message[1])
+            elif message[0] == "error":
+                raise RuntimeError(f"our compositor_pipeline process failed:\n{message[1]}")
+            elif message[0] == answer:
+                return tuple(message[1:])
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            try:
+                self._conn.send(("quit",))
+            except OSError:
+                pass
+            self._process.join(30.0)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join()
+        self._conn.close()
+
+    def __enter__(self) -> OurPipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def run(options: BenchOptions) -> dict[str, Any]:
     frames = options.frames_or(300, 30)
     iterations = options.iterations_or(3, 1)
@@ -157,48 +296,33 @@ def run(options: BenchOptions) -> dict[str, Any]:
     ours = Timing("compositord", frames)
     peer_runs = peers.PeerRuns(peer_list, frames, startup_correction=options.startup_correction, notes=notes)
     sizes: list[int] = []
-    params = compositor_params({"width": WIDTH, "height": HEIGHT, "num_inputs": 2, "output_format": "nv12"})
-    with EncoderThread(SETTINGS) as encoder, gl_context() as ctx:
-        run_ = CompositorRun(
-            ctx,
-            params,
-            {
-                "in_0": sources.CyclingSource(bg_cycle, "nv12", WIDTH, HEIGHT).frame,
-                "in_1": sources.CyclingSource(pip_cycle, "nv12", PIP_W, PIP_H).frame,
-            },
-        )
-        try:
-            for _ in range(5):
-                run_.frame()
-            profile_rows = None
-            if options.profile:
-                from compositord.perf.profile import breakdown
-
-                profile_rows = breakdown(run_, frames=options.frames_or(120, 20), say=options.say)
-            startup = statistics.median(_iteration(run_, encoder, 1)[0] for _ in range(3)) if options.startup_correction else 0.0
-            webm, reference = b"", {}
+    verified: dict[str, Any] | None = None
+    profile_frames = options.frames_or(120, 20) if options.profile else None
+    try:
+        with OurPipeline(bg_cycle, pip_cycle, profile_frames=profile_frames, say=options.say) as pipeline:
+            startup = pipeline.startup() if options.startup_correction else 0.0
             for iteration in range(iterations):
-                keep = REFERENCE_FRAMES if iteration == iterations - 1 else 0
-                wall, webm, reference = _iteration(run_, encoder, frames, keep)
+                wall, size, verified = pipeline.iteration(frames, verify=iteration == iterations - 1)
                 ours.walls.append(max(1e-6, wall - startup))
-                sizes.append(len(webm))
+                sizes.append(size)
                 peer_runs.run_once()  # interleaved: A B C A B C
-        finally:
-            run_.release()
-    if scratch is not None:
-        import shutil
+    finally:
+        if scratch is not None:
+            import shutil
 
-        shutil.rmtree(scratch, ignore_errors=True)
-    verified = verify_webm(webm, frames, reference, _pip_box())
+            shutil.rmtree(scratch, ignore_errors=True)
+    assert verified is not None
     label = f" (start-up {startup:.3f}s subtracted: opening the encoder, one frame, flush)" if options.startup_correction else ""
-    options.say(f"-- compositord{label}", ours.summary(), f"webm bytes per iteration: {sizes}",
+    options.say(f"-- compositord{label}; LP_NUM_THREADS={pipeline.lp_num_threads} ({pipeline.llvmpipe_threads} llvmpipe threads)",
+                ours.summary(), f"webm bytes per iteration: {sizes}",
                 f"last WebM decoded: {verified['decoded_frames']} frames; PSNR against the composited frames >= "
                 f"{verified['psnr_db_min']} dB (whole frame), {verified['pip_psnr_db_min']} dB (PiP box)")
     result: dict[str, Any] = {
-        "ours": {**ours.as_dict(), "webm_bytes": sizes, "startup_s": round(startup, 4), "verified": verified},
+        "ours": {**ours.as_dict(), "webm_bytes": sizes, "startup_s": round(startup, 4), "verified": verified,
+                 "lp_num_threads": pipeline.lp_num_threads, "llvmpipe_threads": pipeline.llvmpipe_threads},
         "peers": peer_runs.report(ours, options.say),
         "notes": notes,
     }
-    if profile_rows is not None:
-        result["profile"] = profile_rows
+    if pipeline.profile_rows is not None:
+        result["profile"] = pipeline.profile_rows
     return result
