@@ -14,9 +14,9 @@ and the render loop's frame intervals (from the probe log) and render times (``n
 with the frames it dropped during the load. The daemon runs in its own process (as deployed); all
 clients share this process's trio loop. Times are ``time.monotonic()`` in both processes.
 
-Editing clients use the client library (stamps, masking). Watching clients read and parse every event
-with the protocol's parser, in a process of their own over plain wsproto (``--observers raw``, the
-default; ``perf/latency_watchers.py`` says why), or through the client library in this process
+Editing clients use the client library (stamps, masking). Watching clients read and decode every event
+(``json.loads`` and the envelope check), in a process of their own over plain wsproto (``--observers
+raw``, the default; ``perf/latency_watchers.py`` says why), or through the client library in this process
 (``--observers client``). The CPU each process used during the edits is part of the result, as is the
 time from a frame's end to its view data being read, by the editors and by the watchers, so the
 figures say where the time went.
