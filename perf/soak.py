@@ -34,6 +34,8 @@ from typing import Any
 import trio
 import yaml
 
+from compositord.tests.dropping_proxy import DroppingProxy
+
 SESSION = "soak"
 CLIENTS = 20
 FPS = 30
@@ -135,47 +137,6 @@ async def _dropper(url_proxy: Any, totals: Totals, stop: trio.Event) -> None:
             totals.reconnects += 1
 
 
-class _Proxy:
-    """A TCP proxy whose connections can be cut one at a time (a network drop)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._scopes: list[trio.CancelScope] = []
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._handle, listeners)
-
-    def drop_one(self) -> None:
-        if self._scopes:
-            self._scopes.pop(0).cancel()
-
-    async def _handle(self, downstream: trio.SocketStream) -> None:
-        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-        async with downstream, upstream:
-            with trio.CancelScope() as scope:
-                self._scopes.append(scope)
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._pump, downstream, upstream, nursery.cancel_scope)
-                        nursery.start_soon(self._pump, upstream, downstream, nursery.cancel_scope)
-                finally:
-                    if scope in self._scopes:
-                        self._scopes.remove(scope)
-
-    @staticmethod
-    async def _pump(source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope) -> None:
-        try:
-            async for chunk in source:
-                await sink.send_all(chunk)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        scope.cancel()
-
-
 async def soak(minutes: float, interval: float, clients: int, out: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="compositord-soak-") as tmp:
         config = Path(tmp) / f"{SESSION}.yaml"
@@ -199,7 +160,7 @@ async def soak(minutes: float, interval: float, clients: int, out: Any) -> dict[
             print("   min   rss_MB  fds    fps  render_p50  render_p99  late  dropped  tunes_acked  sync_p99_ms  reconnects", file=out, flush=True)
             started = trio.current_time()
             async with trio.open_nursery() as nursery:
-                proxy = _Proxy(port)
+                proxy = DroppingProxy(port)
                 await nursery.start(proxy.run)
                 proxied = f"ws://127.0.0.1:{proxy.port}/api/v1/control"
                 for index in range(clients):
