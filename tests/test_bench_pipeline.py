@@ -137,3 +137,38 @@ def test_verify_webm_catches_a_wrong_frame_count(composited_webm: tuple[bytes, n
     webm, frame = composited_webm
     with pytest.raises(scenario_pipeline.VerificationFailed, match="holds 6 frames, expected 7"):
         scenario_pipeline.verify_webm(webm, 7, {0: frame}, scenario_pipeline._pip_box())
+
+
+# -- OurPipeline: our side in a process of its own, for llvmpipe's thread count --------------------
+
+
+def small_cycles() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    width, height = scenario_pipeline.WIDTH, scenario_pipeline.HEIGHT
+    pip_w, pip_h = scenario_pipeline.PIP_W, scenario_pipeline.PIP_H
+    return ([sources.rgba_to_nv12(f) for f in sources.rgba_cycle(width, height, count=2)],
+            [sources.rgba_to_nv12(f) for f in sources.rgba_cycle(pip_w, pip_h, pattern="ramp", count=2)])
+
+
+@pytest.mark.parametrize(("environment", "threads"), [(None, scenario_pipeline.LLVMPIPE_THREADS), ("1", 1)])
+def test_our_pipeline_process_uses_its_llvmpipe_threads_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch, environment: str | None, threads: int
+) -> None:
+    if environment is None:
+        monkeypatch.delenv("LP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("LP_NUM_THREADS", environment)
+    lines: list[str] = []
+    bg_cycle, pip_cycle = small_cycles()
+    with scenario_pipeline.OurPipeline(bg_cycle, pip_cycle, profile_frames=2, say=lambda *text: lines.extend(text)) as pipeline:
+        assert pipeline.llvmpipe_threads == threads  # counted in the child's /proc/self/task
+        wall, size, verified = pipeline.iteration(3, verify=True)
+    assert wall > 0 and size > 0
+    assert verified is not None and verified["decoded_frames"] == 3 and verified["compared_frames"] == 3
+    assert any("per-frame breakdown" in line for line in lines)  # the child's printout reaches the parent
+    assert pipeline.profile_rows  # and so do its figures
+
+
+def test_a_failure_in_our_pipeline_process_is_raised_with_its_traceback() -> None:
+    _, pip_cycle = small_cycles()
+    with pytest.raises(RuntimeError, match=r"our compositor_pipeline process failed:\n(.|\n)*Traceback"):
+        scenario_pipeline.OurPipeline([np.zeros(10, np.uint8)], pip_cycle, profile_frames=None, say=print)
