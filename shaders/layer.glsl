@@ -1,7 +1,8 @@
 // One layer (video, image or text) as a quad: placed, rotated clockwise about
 // its centre, its texture coordinates remapped to the crop window (mirrored by
 // a negative step), an optional anti-aliased circle mask, and opacity.
-// Output is premultiplied alpha; the pipeline blends with (ONE, ONE_MINUS_SRC_ALPHA).
+// Output is premultiplied alpha; the pipeline blends with (ONE, ONE_MINUS_SRC_ALPHA),
+// or for the PASS variant with (CONSTANT_ALPHA, ONE_MINUS_CONSTANT_ALPHA).
 // Canvas pixel rows run top to bottom in memory, so canvas y maps to NDC
 // without a flip: row 0 of every texture and of the read-back frame is the top.
 
@@ -43,7 +44,13 @@ uniform float u_circle_radius;  // <= 0: no circle mask
 
 out vec4 out_color;
 
-#if defined PLAIN
+#if defined PASS
+// An opaque source without a circle: the texel as is; the pipeline applies the
+// opacity with constant-alpha blending (render/layer_pass.py says why).
+void main() {
+    out_color = texture(u_texture, v_uv);
+}
+#elif defined PLAIN
 // The common case (premultiplied or opaque source, no circle), without the
 // uniform branches: llvmpipe's fragment code is most of a frame's cost.
 void main() {

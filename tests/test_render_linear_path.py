@@ -5,9 +5,11 @@ layer is a screen-aligned rectangle drawn by the branch-free layer program
 into BGRA-ordered storage; a rotated layer goes through the general pipeline
 in a scene of its own. These scenes are the compositor_only benchmark's in
 small: an opaque full-frame bottom layer written straight into the target,
-layers minified 2x at opacity 0.8 (opaque, translucent premultiplied, straight
-alpha), a rotated layer after them, and rectangles again after that; with
-smooth content and with the sharp edges of colour bars. Same tolerance and
+layers minified 2x at opacity 0.8 (opaque ones take the PASS program with
+constant-alpha blending, translucent premultiplied ones PLAIN, straight alpha
+the full program), rotated layers (straight alpha; opaque at opacity 0.6)
+between rectangles; with smooth content and with the sharp edges of colour
+bars. Same tolerance and
 edge band as tests/test_renderer.py.
 """
 
@@ -69,18 +71,20 @@ def test_benchmark_like_scene_matches_the_model(gl_ctx, content: str) -> None:  
     translucent = premultiplied(make(2 * PIP_W, 2 * PIP_H, alpha=160, seed=3))
     straight = make(2 * PIP_W, 2 * PIP_H, alpha=200, seed=0)
     last = make(2 * PIP_W, 2 * PIP_H, seed=3)
-    placements = {"in_1": (8, 8), "in_2": (120, 100), "in_3": (120, 60), "in_4": (230, 8)}
+    placements = {"in_1": (8, 8), "in_2": (120, 100), "in_3": (120, 60), "in_4": (230, 8), "in_5": (20, 110)}
     layers: dict = {"in_0": {"rect": {"x": 0, "y": 0, "width": W, "height": H}}}
     for pin, (x, y) in placements.items():
         layers[pin] = {"rect": {"x": x, "y": y, "width": PIP_W, "height": PIP_H}, "opacity": 0.8}
     layers["in_3"]["rotation_degrees"] = 15.0
-    params = {"width": W, "height": H, "num_inputs": 5, "layers": layers}
+    layers["in_5"].update(rotation_degrees=-20.0, opacity=0.6)
+    params = {"width": W, "height": H, "num_inputs": 6, "layers": layers}
     frames = {
         "in_0": SourceFrame("rgba8", W, H, background, 1, opaque=True),
         "in_1": SourceFrame("rgba8", 2 * PIP_W, 2 * PIP_H, opaque, 1, opaque=True),
         "in_2": SourceFrame("rgba8", 2 * PIP_W, 2 * PIP_H, translucent, 1, premultiplied=True),
         "in_3": SourceFrame("rgba8", 2 * PIP_W, 2 * PIP_H, straight, 1),
         "in_4": SourceFrame("rgba8", 2 * PIP_W, 2 * PIP_H, last, 1, opaque=True),
+        "in_5": SourceFrame("rgba8", 2 * PIP_W, 2 * PIP_H, opaque, 2, opaque=True),
     }
     output = render(gl_ctx, params, frames)
     reference_layers = [
@@ -89,6 +93,7 @@ def test_benchmark_like_scene_matches_the_model(gl_ctx, content: str) -> None:  
         RefLayer(translucent, 120, 100, PIP_W, PIP_H, opacity=0.8, premultiplied=True),
         RefLayer(straight, 120, 60, PIP_W, PIP_H, opacity=0.8, rotation_degrees=15.0),
         RefLayer(last, 230, 8, PIP_W, PIP_H, opacity=0.8),
+        RefLayer(opaque, 20, 110, PIP_W, PIP_H, opacity=0.6, rotation_degrees=-20.0),
     ]
     reference, edges = composite(W, H, (0.0, 0.0, 0.0, 1.0), reference_layers, EDGE_BAND)
     difference = np.abs(output.astype(np.float64) - reference * 255.0)

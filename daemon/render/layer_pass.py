@@ -1,4 +1,11 @@
-"""The layer pass: one textured quad per layer (video, image or text), premultiplied alpha."""
+"""The layer pass: one textured quad per layer (video, image or text), premultiplied alpha.
+
+Three variants of ``layer.glsl``, the cheapest that applies: ``PASS`` (the
+texel as is) for an opaque source without a circle, its opacity applied by
+constant-alpha blending; ``PLAIN`` (texel times opacity) for a premultiplied
+source without a circle; the full program (premultiplying, circle mask)
+otherwise. Measured in docs/RENDERING.md "Speed on llvmpipe".
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import math
 import moderngl
 import numpy as np
 
+from compositord.daemon.render import raw_gl
 from compositord.daemon.render.scene import ResolvedLayer
 from compositord.daemon.render.shader_loader import compile_program
 
@@ -36,9 +44,11 @@ class LayerPass:
         self._program = compile_program(ctx, "layer")
         # Branch-free variant for the common case; measured in perf/README.md.
         self._plain_program = compile_program(ctx, "layer", ("PLAIN",))
+        self._pass_program = compile_program(ctx, "layer", ("PASS",))
         self._quad = ctx.buffer(_QUAD.tobytes())
         self._vao = ctx.vertex_array(self._program, [(self._quad, "2f", "in_corner")])
         self._plain_vao = ctx.vertex_array(self._plain_program, [(self._quad, "2f", "in_corner")])
+        self._pass_vao = ctx.vertex_array(self._pass_program, [(self._quad, "2f", "in_corner")])
         self._released = False
 
     def draw(
@@ -56,34 +66,50 @@ class LayerPass:
         u_origin, u_step = (crop.u1, crop.u0 - crop.u1) if layer.mirror_horizontal else (crop.u0, crop.u1 - crop.u0)
         v_origin, v_step = (crop.v1, crop.v0 - crop.v1) if layer.mirror_vertical else (crop.v0, crop.v1 - crop.v0)
         radius = min(rect.width, rect.height) / 2.0 if layer.circle else 0.0
-        plain = not premultiply and not layer.circle
-        program = self._plain_program if plain else self._program
+        # Every texel of an opaque source has alpha 1, so "over" at opacity o is o * src + (1 - o) * dst:
+        # constant-alpha blending of the texel as is. llvmpipe's linear rasterizer draws that about
+        # 40 % faster than texel * opacity blended by its own alpha (docs/RENDERING.md).
+        as_is = opaque_source and not premultiply and not layer.circle
+        plain = not as_is and not premultiply and not layer.circle
+        if as_is:
+            program, vao = self._pass_program, self._pass_vao
+        elif plain:
+            program, vao = self._plain_program, self._plain_vao
+        else:
+            program, vao = self._program, self._vao
         program["u_canvas_size"].value = (float(canvas_size[0]), float(canvas_size[1]))
         program["u_center"].value = rect.center
         program["u_size"].value = (rect.width, rect.height)
         program["u_rotation"].value = (math.cos(angle), math.sin(angle))
         program["u_uv_origin"].value = (u_origin, v_origin)
         program["u_uv_step"].value = (u_step, v_step)
-        program["u_opacity"].value = layer.opacity
-        if not plain:
+        if not as_is:
+            program["u_opacity"].value = layer.opacity
+        if not (as_is or plain):
             program["u_premultiply"].value = premultiply
             program["u_circle_radius"].value = radius
         texture.use(location=0)
         program["u_texture"].value = 0
-        # An opaque source at full opacity replaces what is below: no blending needed (faster on llvmpipe).
         if opaque_source and layer.opacity >= 1.0 and not layer.circle:
+            # An opaque source at full opacity replaces what is below: no blending needed (faster on llvmpipe).
             self._ctx.disable(moderngl.BLEND)
+        elif as_is:
+            self._ctx.enable(moderngl.BLEND)
+            self._ctx.blend_func = raw_gl.GL_CONSTANT_ALPHA, raw_gl.GL_ONE_MINUS_CONSTANT_ALPHA
+            raw_gl.blend_color(0.0, 0.0, 0.0, layer.opacity)
         else:
             self._ctx.enable(moderngl.BLEND)
             self._ctx.blend_func = moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA
-        (self._plain_vao if plain else self._vao).render(moderngl.TRIANGLE_FAN)
+        vao.render(moderngl.TRIANGLE_FAN)
 
     def release(self) -> None:
         if self._released:
             return
         self._released = True
+        self._pass_vao.release()
         self._plain_vao.release()
         self._vao.release()
         self._quad.release()
+        self._pass_program.release()
         self._plain_program.release()
         self._program.release()

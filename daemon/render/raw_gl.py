@@ -1,4 +1,4 @@
-"""GL calls that moderngl does not make: RGBA textures in BGRA-ordered storage, their uploads and reads, glFlush.
+"""GL calls that moderngl does not make: RGBA textures in BGRA-ordered storage, their uploads and reads, glFlush, glBlendColor.
 
 **Why BGRA-ordered storage.** Mesa's llvmpipe (22.x) has a *linear
 rasterizer*: screen-aligned textured rectangles whose fragment shader is a
@@ -45,8 +45,10 @@ GL_PACK_ALIGNMENT = 0x0D05
 GL_UNPACK_ALIGNMENT = 0x0CF5
 GL_READ_FRAMEBUFFER = 0x8CA8
 GL_PIXEL_PACK_BUFFER = 0x88EB
+GL_CONSTANT_ALPHA = 0x8003  # blend factors moderngl has no names for (it passes any GLenum through)
+GL_ONE_MINUS_CONSTANT_ALPHA = 0x8004
 
-_uint, _int, _ptr = ctypes.c_uint, ctypes.c_int, ctypes.c_void_p
+_uint, _int, _ptr, _float = ctypes.c_uint, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
 _SIGNATURES: dict[str, tuple[Any, ...]] = {
     "glActiveTexture": (_uint,),
     "glBindTexture": (_uint, _uint),
@@ -57,6 +59,7 @@ _SIGNATURES: dict[str, tuple[Any, ...]] = {
     "glBindBuffer": (_uint, _uint),
     "glReadPixels": (_int, _int, _int, _int, _uint, _uint, _ptr),
     "glFlush": (),
+    "glBlendColor": (_float, _float, _float, _float),
 }
 
 # A bytes object is filled in place right after it is made, before anything else can see it
@@ -145,6 +148,11 @@ def read_rgba_into(framebuffer: moderngl.Framebuffer, width: int, height: int, b
 def flush() -> None:
     """Hand what was drawn so far to the rasterizer as a scene of its own (see Renderer.render)."""
     _gl()["glFlush"]()
+
+
+def blend_color(r: float, g: float, b: float, a: float) -> None:
+    """``glBlendColor`` (moderngl has no call for it): the constant of GL_CONSTANT_ALPHA blending."""
+    _gl()["glBlendColor"](r, g, b, a)
 
 
 def stored_color(r: float, g: float, b: float, a: float) -> tuple[float, float, float, float]:
