@@ -23,6 +23,14 @@ CATEGORIES = {
     "render": "draw submission (VertexArray.render)",
     "clear": "draw submission (VertexArray.render)",
 }
+# The renderer's own GL calls through ctypes (daemon/render/raw_gl.py) are not builtins to cProfile:
+# their time is their Python wrapper's, counted where moderngl's equivalent calls are.
+RAW_GL = {
+    "upload_rgba": CATEGORIES["write"],
+    "read_rgba": CATEGORIES["read"],
+    "read_rgba_into": CATEGORIES["read"],
+    "flush": "flush (rasterization handed to llvmpipe's threads)",
+}
 
 
 def breakdown(run_: Any, *, frames: int, say: Callable[..., None]) -> dict[str, Any]:
@@ -37,7 +45,9 @@ def breakdown(run_: Any, *, frames: int, say: Callable[..., None]) -> dict[str, 
     for (filename, _line, function), (_cc, _nc, tottime, _cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         total += tottime
         label = "python (scene resolution, renderer bookkeeping, sources)"
-        if filename == "~":  # a builtin: moderngl's C methods show as "<method 'write' of 'moderngl...' objects>"
+        if filename.endswith("raw_gl.py") and function in RAW_GL:
+            label = RAW_GL[function]
+        elif filename == "~":  # a builtin: moderngl's C methods show as "<method 'write' of 'moderngl...' objects>"
             name = function.split("'")[1] if "'" in function else function
             if "moderngl" in function or "mgl" in function:
                 label = CATEGORIES.get(name, f"other GL calls ({name})")
