@@ -99,7 +99,9 @@ def block(results: dict[str, dict[str, Any]], env: dict[str, str], command: str)
         if not result:
             continue
         out += ["", f"### {label}", "", "| run | fps | ms/frame | wall mean (min..max, σ) s |", "| --- | --- | --- | --- |"]
-        rows = [("compositord", result["ours"])] + [(f"{peer} (start-up {r['startup_s']:.3f} s subtracted)", r) for peer, r in result.get("peers", {}).items()]
+        ours = result["ours"]
+        ours_label = "compositord" + (f" (start-up {ours['startup_s']:.3f} s subtracted)" if ours.get("startup_s") else "")
+        rows = [(ours_label, ours)] + [(f"{peer} (start-up {r['startup_s']:.3f} s subtracted)", r) for peer, r in result.get("peers", {}).items()]
         for label_, r in rows:
             out.append(f"| {label_} | {r['fps']:.1f} | {r['ms_per_frame']:.2f} | {r['wall_mean_s']:.3f} ({r['wall_min_s']:.3f}..{r['wall_max_s']:.3f}, {r['wall_stdev_s']:.4f}) |")
         if result.get("profile"):
