@@ -83,6 +83,29 @@ async def test_pushed_frames_reach_the_compositor(compositord_daemon: Any, compo
         await client.push_frame("cam", 31, H, "nv12", b"\0" * (31 * H * 3 // 2))
 
 
+async def test_a_frame_reaches_the_push_node_of_that_id_in_every_session(compositord_daemon: Any, compositord_client: Any) -> None:
+    """The frame header names its node by id hash only (PROTOCOL.md section 6), not its session: a second
+    session with a push node of the same id gets the same frame (docs/PROTOCOL-EXTENSIONS.md)."""
+    client = compositord_client
+    pipeline = await client.get_pipeline(compositord_daemon.session_id)
+    second = await client.create_session("second", {
+        "nodes": {node_id: {"kind": node["kind"], "params": node["params"]} for node_id, node in pipeline["nodes"].items()},
+        "connections": pipeline["connections"],
+    })
+    events = client.events()
+    await client.push_frame("cam", W, H, "rgba8", solid_rgba((255, 0, 0, 255)), pts_us=0)
+    sessions_shown: set[str] = set()
+    with trio.fail_after(10):
+        async for event in events:
+            if cam_layer(event) is not None:
+                sessions_shown.add(event.session_id)
+            if sessions_shown == {compositord_daemon.session_id, second}:
+                break
+    for session in (compositord_daemon.session_id, second):
+        layers = (await client.get_pipeline(session))["nodes"]["comp"]["view_data"]["layers"]
+        assert [(layer["source_width"], layer["source_height"]) for layer in layers if layer["id"] == "in_0"] == [(W, H)]
+
+
 async def test_refused_frames_are_error_events_on_the_sender_only(compositord_daemon: Any, compositord_client: Any) -> None:
     good = pack_frame_header("cam", W, H, "rgba8", 0) + solid_rgba((255, 0, 0, 255)).tobytes()
     bad_magic = b"XXXX" + good[4:]
