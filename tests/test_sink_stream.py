@@ -1,6 +1,8 @@
 """sink::stream: MPEG-TS over UDP to a PyAV receiver on 127.0.0.1 (frame count,
 size, monotonic timestamps, colour); RTMP to a local ``ffmpeg -listen 1``
-server; SRT refused with a node error (the bundled FFmpeg has no SRT)."""
+server; a TCP peer that hangs up mid-stream puts the node in its error state
+while the rest renders on; SRT refused with a node error (the bundled FFmpeg
+has no SRT)."""
 
 from __future__ import annotations
 
@@ -93,3 +95,36 @@ async def test_srt_is_refused_with_a_node_error(tmp_path: Path) -> None:
         await wait_until(lambda: loop.statistics().frames_rendered > rendered + 5)  # the rest renders on
     assert "srt" in recorder.error_of("live")
     assert "no srt protocol" in recorder.error_of("live")
+
+
+async def test_a_tcp_peer_that_goes_away_is_a_node_error_and_the_rest_renders_on(tmp_path: Path) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    received = bytearray()
+
+    def peer() -> None:
+        # Reads the start of the stream, then hangs up, as a receiver that crashes or is closed does.
+        connection, _ = listener.accept()
+        with connection:
+            connection.settimeout(20)
+            while len(received) < 20_000:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return
+                received.extend(chunk)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset
+        listener.close()
+
+    receiver = threading.Thread(target=peer, daemon=True)
+    receiver.start()
+    params = {"url": f"tcp://127.0.0.1:{port}", "preset": "ultrafast", "bitrate_kbps": 4000}
+    session = sink_session({"live": ("sink::stream", params)})
+    async with running_loop(session, tmp_path) as (loop, recorder):
+        await wait_until(lambda: recorder.error_of("live") is not None, timeout=30)
+        rendered = loop.statistics().frames_rendered
+        await wait_until(lambda: loop.statistics().frames_rendered > rendered + 5)  # the rest renders on
+    await trio.to_thread.run_sync(receiver.join, 5.0)
+    assert received[:1] == b"\x47", "the peer got an MPEG-TS stream before it went away"
+    assert f"tcp://127.0.0.1:{port}" in recorder.error_of("live")
