@@ -690,11 +690,22 @@ _register(
                 "container": Enum(("mp4", "webm", "mkv"), default=AUTO, doc="auto: from the path's extension"),
                 "bitrate_kbps": Int(100, 100_000, default=4000),
                 "preset": _PRESET,
+                "if_exists": Enum(
+                    ("new_name", "overwrite"),
+                    default="new_name",
+                    doc="new_name: a file already at `path` (an earlier recording) is kept and this one is written to `name-1.ext`, `name-2.ext`...",
+                ),
             }
         ),
         "encode with PyAV (H.264, VP9, AV1 where the build has them) into MP4 / WebM / MKV",
         cross_checks=(CrossCheck(("path", "codec", "container"), _check_sink_file_container),),
-        notes=("Without `container`, the path must end in `.mp4`, `.webm` or `.mkv`.", "`webm` holds `vp9` or `av1` only."),
+        notes=(
+            "Without `container`, the path must end in `.mp4`, `.webm` or `.mkv`.",
+            "`webm` holds `vp9` or `av1` only.",
+            "New params restart the recording (a new file, finished separately from the old one), as does a daemon restart;"
+            " with `if_exists` `new_name` neither overwrites an earlier recording. The node's stats say where it writes"
+            " (`path_written`).",
+        ),
     )
 )
 _register(

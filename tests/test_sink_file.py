@@ -1,6 +1,7 @@
 """sink::file: what the encoder wrote decodes with PyAV (frame count, size,
 monotonic timestamps, the known colour within a tolerance); the file is
-finished on stop and when its node is removed or retuned."""
+finished on stop and when its node is removed or retuned; a retune or a
+restart never overwrites an earlier recording unless ``if_exists`` says so."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import av
 import pytest
 import trio
 
+from compositord.daemon.model import NodeRecord
 from compositord.daemon.sinks.encoding import ENCODERS
 from compositord.tests.sink_helpers import H, W, assert_colour, decode, running_loop, sink_session, wait_frames_written, wait_until
 
@@ -68,6 +70,40 @@ async def test_removing_the_node_finishes_the_file(tmp_path: Path) -> None:
         await trio_join(sink)
         decoded = decode(path)  # decodable while the pipeline still runs: the trailer is written
         assert len(decoded.frames) == sink.frames_written >= 5
+
+
+async def test_new_params_keep_the_first_recording_and_write_the_next_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "take.mp4"
+    session = sink_session({"rec": ("sink::file", {"path": path.name, "preset": "ultrafast"})})
+    async with running_loop(session, tmp_path) as (loop, recorder):
+        await wait_frames_written(loop, "rec", 5)
+        first = loop.sink("rec")
+        assert first.stats()["path_written"] == "take.mp4"
+        retuned = session.copy()
+        node = retuned.nodes["rec"]
+        retuned.nodes["rec"] = NodeRecord(node.node_id, node.kind, {**node.params, "bitrate_kbps": 2000}, node.seq + 1)
+        loop.submit_topology(retuned)
+        await wait_until(lambda: loop.sink("rec") is not first and loop.sink("rec") is not None)
+        await wait_frames_written(loop, "rec", 5)
+        second = loop.sink("rec")
+        assert second.stats()["path_written"] == "take-1.mp4"
+        await trio_join(first)
+    assert len(decode(path).frames) == first.frames_written >= 5  # the first take is whole, trailer and all
+    assert len(decode(tmp_path / "take-1.mp4").frames) == second.frames_written >= 5
+    assert recorder.error_of("rec") is None
+
+
+async def test_if_exists_overwrite_writes_over_an_earlier_file(tmp_path: Path) -> None:
+    path = tmp_path / "live.mp4"
+    path.write_bytes(b"an earlier file")
+    params = {"path": path.name, "preset": "ultrafast", "if_exists": "overwrite"}
+    session = sink_session({"rec": ("sink::file", params)})
+    async with running_loop(session, tmp_path) as (loop, recorder):
+        await wait_frames_written(loop, "rec", 5)
+        sink = loop.sink("rec")
+        assert sink.stats()["path_written"] == "live.mp4"
+    assert len(decode(path).frames) == sink.frames_written >= 5
+    assert not (tmp_path / "live-1.mp4").exists()
 
 
 async def trio_join(sink) -> None:
