@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,7 +31,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from compositord.daemon.mailbox import Mailbox, MailboxClosed, MailboxFull
-from compositord.daemon.outgoing import frame_of, send_frames, text_of
+from compositord.daemon.outgoing import Outgoing, frame_of, send_frames, size_of, write_now
 from compositord.daemon.rate_limit import TokenBucket
 from compositord.protocol.errors import ErrorCode, RemoteProtocolError
 
@@ -110,11 +111,34 @@ class Connection:
     # -- used by the dispatcher and the hub (never block) --------------------
 
     def send(self, text: str) -> None:
-        """Queue a message that must be sent in order (a response)."""
+        """Send a message in order (a response): at once when nothing is waiting, else queued."""
         try:
-            self.mailbox.put(text)
+            self.deliver([(None, text)])
         except MailboxFull as exc:
             self.close_for_policy(f"too slow: {exc}")
+
+    def deliver(self, messages: Sequence[tuple[Hashable | None, Outgoing]]) -> None:
+        """``(coalesce key or None, message)`` pairs (the hub's fan-out), in order.
+
+        When nothing is queued or being written they are written at once, in one system call
+        (``outgoing.write_now``), and the sender task is not woken; what the socket does not take
+        waits in the mailbox, its cut frame first. Otherwise they are queued behind the rest.
+        Raises :class:`MailboxFull` when the mailbox overflows.
+        """
+        if self._closing:
+            return
+        if not self._sending and not len(self.mailbox):
+            data = b"".join(frame_of(message) for _, message in messages)
+            written = write_now(self._websocket, data)
+            if written is not None:
+                self.writes += 1
+                if written == len(data):
+                    self.messages_sent += len(messages)
+                    return
+                self.mailbox.put_first(data[written:])  # the rest, starting inside a frame maybe
+                self.messages_sent += len(messages)
+                return
+        self.mailbox.put_all(messages)
 
     def close_for_policy(self, reason: str) -> None:
         self.close(CLOSE_POLICY, reason)
@@ -203,13 +227,13 @@ class Connection:
                 return
             if self._closing:
                 return
-            batch_bytes = len(text_of(batch[0]))
+            batch_bytes = size_of(batch[0])
             while batch_bytes < _BATCH_BYTES:
                 try:
                     batch.append(self.mailbox.get_nowait())
                 except (trio.WouldBlock, MailboxClosed):
                     break
-                batch_bytes += len(text_of(batch[-1]))
+                batch_bytes += size_of(batch[-1])
             data = b"".join(frame_of(message) for message in batch)
             self._sending = True
             try:

@@ -46,13 +46,13 @@ every event is fanned out at once.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
 
 import trio
 
 from compositord.daemon.mailbox import Mailbox, MailboxFull
-from compositord.daemon.outgoing import Broadcast
+from compositord.daemon.outgoing import Broadcast, Outgoing
 
 # Forget a session's last flush time this long after it (a frame period is at most 1 s: IDLE_FPS is 1).
 _FORGET_LAST_FLUSH_S = 2.0
@@ -65,6 +65,10 @@ FramePeriod = Callable[[Hashable], "float | None"]
 
 class Subscriber(Protocol):
     mailbox: Mailbox
+
+    def deliver(self, messages: Sequence[tuple[Hashable | None, Outgoing]]) -> None:
+        """Send or queue ``(coalesce key or None, message)`` pairs in order; must not block;
+        :class:`MailboxFull` when the subscriber's queue overflows."""
 
     def close_for_policy(self, reason: str) -> None:
         """Close the connection with 1008 soon; must not block."""
@@ -183,11 +187,7 @@ class Hub:
         messages = [(key, Broadcast(text)) for key, text in events]  # each framed once, by the first connection that sends it
         for subscriber in list(self._subscribers):
             try:
-                for key, message in messages:
-                    if key is None:
-                        subscriber.mailbox.put(message)
-                    else:
-                        subscriber.mailbox.put_coalescing(key, message)
+                subscriber.deliver(messages)
             except MailboxFull as exc:
                 self._subscribers.discard(subscriber)
                 subscriber.close_for_policy(f"too slow: {exc}")

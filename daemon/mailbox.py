@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -72,6 +72,24 @@ class Mailbox:
             del self._queue[slot]
             self.coalesced += 1
         self._insert(slot, text, replacing=replacing)
+
+    def put_all(self, messages: Sequence[tuple[Hashable | None, Outgoing]]) -> None:
+        """``put`` or ``put_coalescing`` each ``(coalesce key or None, message)``, in order."""
+        for key, message in messages:
+            if key is None:
+                self.put(message)
+            else:
+                self.put_coalescing(key, message)
+
+    def put_first(self, data: bytes) -> None:
+        """The unsent rest of a write: it goes before everything queued, outside the bound (it was
+        counted when its messages were queued or written)."""
+        if self._closed:
+            return
+        slot = ("ordered", next(self._counter))
+        self._queue[slot] = data
+        self._queue.move_to_end(slot, last=False)
+        self._changed.set()
 
     def _insert(self, slot: Hashable, text: Outgoing, *, replacing: bool) -> None:
         if self._closed:

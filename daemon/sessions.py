@@ -228,7 +228,7 @@ class SessionService:
         key = (emission.session_id, emission.node_id, "preview")
         for connection in list(subscribers):
             try:
-                connection.mailbox.put_coalescing(key, message)
+                connection.deliver([(key, message)])
             except MailboxFull as exc:
                 subscribers.discard(connection)
                 connection.close_for_policy(f"too slow: {exc}")

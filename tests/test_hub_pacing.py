@@ -20,6 +20,9 @@ class FakeConnection:
     def close_for_policy(self, reason: str) -> None:
         self.closed_for = reason
 
+    def deliver(self, messages: list) -> None:
+        self.mailbox.put_all(messages)
+
     def drain(self) -> list[str]:
         out = []
         while len(self.mailbox):

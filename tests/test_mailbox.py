@@ -90,6 +90,9 @@ class _Subscriber:
     def close_for_policy(self, reason: str) -> None:
         self.closed_because = reason
 
+    def deliver(self, messages: list) -> None:
+        self.mailbox.put_all(messages)
+
 
 def test_hub_delivers_to_every_subscriber_and_drops_a_full_one() -> None:
     hub = Hub()

@@ -121,3 +121,54 @@ async def test_send_frames_to_a_closed_connection_raises_connection_closed() -> 
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     assert isinstance(outcome[0], ConnectionClosed)
+
+
+async def _connection_pair(nursery: trio.Nursery, **client_options: Any) -> tuple[Connection, Any]:
+    """A server-side Connection (running) and a trio-websocket client connected to it."""
+    made: list[Connection] = []
+    ready = trio.Event()
+
+    async def on_connection(websocket: WebSocketConnection) -> None:
+        connection = Connection(websocket, ConnectionLimits())
+        made.append(connection)
+        ready.set()
+        await connection.run(_Echo())
+
+    url = await _serve(nursery, on_connection)
+    client = await nursery.start(_hold_client, url, client_options)
+    with trio.fail_after(5):
+        await ready.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    return made[0], client
+
+
+async def _hold_client(url: str, options: dict[str, Any], *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async with open_websocket_url(url, **options) as ws:
+        task_status.started(ws)
+        await trio.sleep_forever()
+
+
+async def test_deliver_to_an_idle_connection_writes_at_once_without_its_sender() -> None:
+    async with trio.open_nursery() as nursery:
+        connection, client = await _connection_pair(nursery)
+        writes = connection.writes
+        connection.deliver([(None, "first"), (("s", "n", "view"), Broadcast("second"))])
+        # No checkpoint since: had the messages been queued for the sender task, they would still be queued.
+        assert len(connection.mailbox) == 0 and connection.writes == writes + 1
+        assert [await client.get_message() for _ in range(2)] == ["first", "second"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_what_the_socket_does_not_take_goes_first_and_whole() -> None:
+    big = "x" * (24 * 1024 * 1024)  # more than a loopback socket buffers while nobody reads
+    async with trio.open_nursery() as nursery:
+        connection, client = await _connection_pair(nursery, max_message_size=64 * 1024 * 1024, message_queue_size=0)
+        connection.deliver([(None, big)])
+        assert len(connection.mailbox) == 1  # the cut rest of the frame, queued for the sender
+        connection.deliver([(("s", "n", "params"), Broadcast("after"))])
+        connection.send("a response")
+        assert len(connection.mailbox) == 3  # behind the rest, in order: never written before it
+        with trio.fail_after(20):
+            assert await client.get_message() == big
+            assert [await client.get_message() for _ in range(2)] == ["after", "a response"]
+        nursery.cancel_scope.cancel()
