@@ -185,6 +185,8 @@ def _our_pipeline_main(conn: Connection, bg_cycle: list[np.ndarray], pip_cycle: 
                         return
             finally:
                 run_.release()
+    except EOFError:  # the parent went away: nobody to tell
+        return
     except BaseException:  # noqa: BLE001  (shown by the parent, which raises)
         conn.send(("error", traceback.format_exc()))
 
