@@ -130,13 +130,11 @@ class Connection:
         if not self._sending and not len(self.mailbox):
             data = b"".join(frame_of(message) for _, message in messages)
             written = write_now(self._websocket, data)
-            if written is not None:
+            if written:  # None: cannot write now; 0: the socket is full (queued as messages: still coalescable)
                 self.writes += 1
-                if written == len(data):
-                    self.messages_sent += len(messages)
-                    return
-                self.mailbox.put_first(data[written:])  # the rest, starting inside a frame maybe
                 self.messages_sent += len(messages)
+                if written < len(data):
+                    self.mailbox.put_first(data[written:])  # the rest, starting inside a frame maybe
                 return
         self.mailbox.put_all(messages)
 

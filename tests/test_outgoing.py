@@ -172,3 +172,22 @@ async def test_what_the_socket_does_not_take_goes_first_and_whole() -> None:
             assert await client.get_message() == big
             assert [await client.get_message() for _ in range(2)] == ["after", "a response"]
         nursery.cancel_scope.cancel()
+
+
+async def test_while_the_socket_is_full_events_wait_as_messages_and_coalesce() -> None:
+    big = "x" * (24 * 1024 * 1024)
+    async with trio.open_nursery() as nursery:
+        connection, client = await _connection_pair(nursery, max_message_size=64 * 1024 * 1024, message_queue_size=0)
+        # The client takes in the first message and then waits to be asked for it: the second stays in the
+        # socket, and the sender waits for room while holding the stream.
+        connection.deliver([(None, big)])
+        connection.deliver([(None, big)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(connection.mailbox) == 0
+        for n in range(5):
+            connection.deliver([(("s", "n", "view"), Broadcast(f"view {n}"))])
+        assert len(connection.mailbox) == 1  # queued as messages, so the five coalesced to the latest
+        with trio.fail_after(20):
+            assert [len(await client.get_message()) for _ in range(2)] == [len(big)] * 2
+            assert await client.get_message() == "view 4"
+        nursery.cancel_scope.cancel()
