@@ -24,11 +24,11 @@ CATEGORIES = {
     "clear": "draw submission (VertexArray.render)",
 }
 # The renderer's own GL calls through ctypes (daemon/render/raw_gl.py) are not builtins to cProfile:
-# their time is their Python wrapper's, counted where moderngl's equivalent calls are.
+# their time is their Python wrapper's, counted under the wrapper's name.
 RAW_GL = {
-    "upload_rgba": CATEGORIES["write"],
-    "read_rgba": CATEGORIES["read"],
-    "read_rgba_into": CATEGORIES["read"],
+    "upload_rgba": "upload (raw_gl.upload_rgba)",
+    "read_rgba": "readback + rasterization (raw_gl.read_rgba)",
+    "read_rgba_into": "readback + rasterization (raw_gl.read_rgba)",
     "flush": "flush (rasterization handed to llvmpipe's threads)",
 }
 
