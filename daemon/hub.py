@@ -81,7 +81,7 @@ class Hub:
         self.held_replaced = 0  # events replaced in the hub by a newer one before a flush (statistics)
         self.flushes = 0  # session flushes (each fans out one or more held events)
         self._frame_period: FramePeriod | None = None
-        self._held: dict[Hashable, dict[Hashable, str]] = {}  # session -> coalesce key -> encoded event
+        self._held: dict[Hashable, dict[Hashable, Broadcast]] = {}  # session -> coalesce key -> event
         self._due: dict[Hashable, float] = {}  # session -> trio time its held events go out if no frame ends first
         self._last_flush: dict[Hashable, float] = {}  # session -> trio time of its last flush
         self._wakeup = trio.Event()
@@ -102,22 +102,25 @@ class Hub:
         """How many events wait for their session's next flush."""
         return sum(len(events) for events in self._held.values())
 
-    def publish(self, text: str, coalesce_key: Hashable | None = None) -> None:
-        """Queue an already encoded event for every subscriber (the same string for all).
+    def publish(self, message: str | Broadcast, coalesce_key: Hashable | None = None) -> None:
+        """Queue an event for every subscriber (the same message for all: encoded text, or a
+        ``Broadcast`` that encodes itself if it is sent).
 
         ``coalesce_key`` (for example ``(session_id, node_id, "view")``) marks a
         whole-state event that may replace an unsent one with the same key; while
         :meth:`run` runs it is held until its session's next flush.
         """
         self.published += 1
+        if isinstance(message, str):
+            message = Broadcast(message)
         if coalesce_key is not None and self._frame_period is not None:
             session = coalesce_key[0] if isinstance(coalesce_key, tuple) and coalesce_key else coalesce_key
             period = self._frame_period(session)
             if period is not None and period > 0:
-                self._hold(session, coalesce_key, text, period)
+                self._hold(session, coalesce_key, message, period)
                 return
         self.flush()  # nothing published before this event may arrive after it
-        self._fan_out([(coalesce_key, text)])
+        self._fan_out([(coalesce_key, message)])
 
     def frame_ended(self, session: Hashable) -> None:
         """The render loop of ``session`` finished a frame: its held events go out now, together."""
@@ -159,12 +162,12 @@ class Hub:
 
     # ------------------------------------------------------------------ internals
 
-    def _hold(self, session: Hashable, key: Hashable, text: str, period: float) -> None:
+    def _hold(self, session: Hashable, key: Hashable, message: Broadcast, period: float) -> None:
         events = self._held.setdefault(session, {})
         if key in events:
             self.held_replaced += 1
             del events[key]  # the newest goes last: events leave in the order they were last published
-        events[key] = text
+        events[key] = message
         now = trio.current_time()
         last = self._last_flush.get(session, -math.inf)
         if now - last >= period:
@@ -183,8 +186,7 @@ class Hub:
         self.flushes += 1
         self._fan_out(list(events.items()))
 
-    def _fan_out(self, events: list[tuple[Hashable | None, str]]) -> None:
-        messages = [(key, Broadcast(text)) for key, text in events]  # each framed once, by the first connection that sends it
+    def _fan_out(self, messages: list[tuple[Hashable | None, Broadcast]]) -> None:
         for subscriber in list(self._subscribers):
             try:
                 subscriber.deliver(messages)

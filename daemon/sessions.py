@@ -606,7 +606,9 @@ class SessionService:
     # ------------------------------------------------------------------ output
 
     def _publish(self, event: envelope.Event, coalesce_key: Any = None) -> None:
-        self._hub.publish(envelope.serialize(event), coalesce_key)
+        # Encoded only if sent: a held event is often replaced by a newer one first. The event is a
+        # snapshot (its payload dicts are made for it, and stored params are never changed in place).
+        self._hub.publish(Broadcast.deferred(functools.partial(envelope.serialize, event)), coalesce_key)
 
     @staticmethod
     def _send(connection: Connection, message: envelope.Response | envelope.Event) -> None:

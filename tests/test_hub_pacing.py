@@ -6,7 +6,7 @@ import trio
 import trio.testing
 
 from compositord.daemon.hub import Hub
-from compositord.daemon.outgoing import Outgoing, text_of
+from compositord.daemon.outgoing import Broadcast, Outgoing, text_of
 from compositord.daemon.mailbox import Mailbox
 
 PERIOD = 1 / 60
@@ -214,4 +214,22 @@ async def test_a_drag_at_the_frame_rate_leaves_with_each_frames_view_data(autoju
             handed = [t for t, text in recording.handed if text == f"p{i}"]
             assert len(handed) == 1 and 0 < handed[0] - published <= PERIOD
             assert any(t == handed[0] and text.startswith("v") for t, text in recording.handed)
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_event_replaced_in_the_hub_is_never_encoded(autojump_clock: trio.testing.MockClock) -> None:
+    encoded: list[int] = []
+
+    def event(n: int) -> Broadcast:
+        return Broadcast.deferred(lambda: encoded.append(n) or f"p{n}")
+
+    async with trio.open_nursery() as nursery:
+        hub, a, b = await _paced_hub(nursery, {"s": PERIOD})
+        hub.publish(event(0), ("s", "comp", "params"))  # leaves at once
+        assert a.drain() == ["p0"] and b.drain() == ["p0"]
+        for n in range(1, 10):  # within the frame: only the last is sent
+            hub.publish(event(n), ("s", "comp", "params"))
+        hub.frame_ended("s")
+        assert a.drain() == ["p9"] and b.drain() == ["p9"]
+        assert encoded == [0, 9]  # once each, for both connections
         nursery.cancel_scope.cancel()
