@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 import moderngl
 
+from compositord.daemon.render import raw_gl
 from compositord.daemon.render.frames import LUMA_COEFFICIENTS, SourceFrame, chroma_size
 from compositord.daemon.render.layer_pass import LayerPass, configure_sampling
 from compositord.daemon.render.scene import ResolvedLayer, ResolvedScene
@@ -147,4 +148,10 @@ def draw_planes(
         layer_pass.draw(source.luma, layer, canvas, premultiply=False, opaque_source=True)
         chroma_fbo.use()
         layer_pass.draw(source.chroma, halved(layer), chroma_canvas, premultiply=False, opaque_source=True)
+    if layers:
+        # Hand the draws to llvmpipe now through ctypes, which releases the GIL: with rasterizer threads
+        # they start at once; without (LP_NUM_THREADS=0) this thread rasterizes here, GIL-free, so other
+        # Python threads (an encoder, the daemon's trio thread) run meanwhile rather than wait through
+        # the read back, which moderngl makes holding the GIL. compositor_pipeline: ~+5 % (perf notes).
+        raw_gl.flush()
     return uploads, direct
