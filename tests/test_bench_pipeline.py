@@ -6,6 +6,7 @@ No timings: these check that what the benchmark times is real work with a correc
 from __future__ import annotations
 
 import io
+import os
 
 import av
 import numpy as np
@@ -161,6 +162,8 @@ def test_our_pipeline_process_uses_its_llvmpipe_threads_unless_told_otherwise(
     bg_cycle, pip_cycle = small_cycles()
     with scenario_pipeline.OurPipeline(bg_cycle, pip_cycle, profile_frames=2, say=lambda *text: lines.extend(text)) as pipeline:
         assert pipeline.llvmpipe_threads == threads  # counted in the child's /proc/self/task
+        base = os.getpriority(os.PRIO_PROCESS, 0)  # the child starts at ours
+        assert pipeline.thread_nice == {"MainThread": min(19, base + scenario_pipeline.COMPOSITING_NICE), "bench-vp9-encoder": base}
         wall, size, verified = pipeline.iteration(3, verify=True)
     assert wall > 0 and size > 0
     assert verified is not None and verified["decoded_frames"] == 3 and verified["compared_frames"] == 3
