@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 
 import av
 import numpy as np
@@ -67,6 +68,35 @@ def test_a_frame_of_the_wrong_size_is_refused_and_the_encoder_goes_on() -> None:
             encoder.put(bytes(100))
         encoder.put(good)
         assert len(decoded_yuv420p(encoder.finish())) == 2
+
+
+def test_put_waits_while_queue_frames_frames_are_not_yet_converted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from compositord.perf import vp9_encoder
+
+    converting = threading.Event()
+    release = threading.Event()
+    convert = vp9_encoder.Vp9Session.convert
+
+    def held_convert(self: vp9_encoder.Vp9Session, nv12: object) -> object:
+        converting.set()
+        release.wait(10)
+        return convert(self, nv12)
+
+    monkeypatch.setattr(vp9_encoder.Vp9Session, "convert", held_convert)
+    frame = moving_square_nv12(SMALL.width, SMALL.height, 0).tobytes()
+    with EncoderThread(SMALL, queue_frames=2) as encoder:
+        encoder.begin()
+        encoder.put(frame)
+        encoder.put(frame)  # two places: both taken, the first frame held inside its conversion
+        assert converting.wait(10)
+        third = threading.Thread(target=encoder.put, args=(frame,))
+        third.start()
+        third.join(0.3)
+        assert third.is_alive()  # no place until a conversion is done
+        release.set()
+        third.join(10)
+        assert not third.is_alive()
+        assert len(decoded_yuv420p(encoder.finish())) == 3
 
 
 def test_an_encoder_failure_is_reported_at_finish_and_the_next_session_starts_clean() -> None:
