@@ -144,14 +144,16 @@ def draw_planes(
         if source.update(frames[layer.id]):
             uploads += 1
         assert source.luma is not None and source.chroma is not None
+        # After each draw, hand it to llvmpipe through ctypes, which releases the GIL: with rasterizer
+        # threads it starts at once; without (LP_NUM_THREADS=0) this thread rasterizes it here, GIL-free,
+        # so other Python threads (an encoder, the daemon's trio thread) run meanwhile. Otherwise it is
+        # rasterized inside the next moderngl call (binding the other plane's framebuffer flushes the
+        # draw, and the read back the last one), which holds the GIL throughout. compositor_pipeline:
+        # perf notes.
         luma_fbo.use()
         layer_pass.draw(source.luma, layer, canvas, premultiply=False, opaque_source=True)
+        raw_gl.flush()
         chroma_fbo.use()
         layer_pass.draw(source.chroma, halved(layer), chroma_canvas, premultiply=False, opaque_source=True)
-    if layers:
-        # Hand the draws to llvmpipe now through ctypes, which releases the GIL: with rasterizer threads
-        # they start at once; without (LP_NUM_THREADS=0) this thread rasterizes here, GIL-free, so other
-        # Python threads (an encoder, the daemon's trio thread) run meanwhile rather than wait through
-        # the read back, which moderngl makes holding the GIL. compositor_pipeline: ~+5 % (perf notes).
         raw_gl.flush()
     return uploads, direct
