@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=None, help="control_latency: seconds of edits per configuration (default 8, --quick 1)")
     parser.add_argument("--observers", choices=("raw", "client"), default="raw",
                         help="control_latency: watching clients parse every event (raw, default) or also run the client library's causal masking (client)")
+    parser.add_argument("--watchers-nice", type=int, default=0, metavar="N",
+                        help="control_latency: run the watching clients' process N nice steps down (they stand in for other machines)")
     parser.add_argument("--minutes", type=float, default=None, help="soak: how long (perf/soak.py's default when absent)")
     parser.add_argument("--interval", type=float, default=None, help="soak: seconds between samples")
     parser.add_argument("--clients", type=int, default=None, help="soak: clients")
@@ -83,6 +85,7 @@ def main(args: argparse.Namespace) -> int:
         profile=args.profile,
         seconds=args.seconds,
         observers=args.observers,
+        watchers_nice=args.watchers_nice,
     )
     from compositord.perf.measure import json_line
 

@@ -17,6 +17,7 @@ class BenchOptions:
     profile: bool = False
     seconds: float | None = None  # control_latency: seconds of edits per config (None: the scenario's default)
     observers: str = "raw"  # control_latency: clients that only watch read "raw" (parse only) or through the "client" library
+    watchers_nice: int = 0  # control_latency: nice steps down for the watching clients' process
     out: TextIO = field(default_factory=lambda: sys.stdout)
 
     def say(self, *lines: Any) -> None:

@@ -177,15 +177,16 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pid: int, observers: str = "raw") -> RunLog:
+async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pid: int, observers: str = "raw", watchers_nice: int = 0) -> RunLog:
     import trio
 
     log = RunLog()
     counter = itertools.count()
     watchers = None
     if observers == "raw" and clients > editing:
+        niced = ["nice", "-n", str(watchers_nice)] if watchers_nice else []
         watchers = subprocess.Popen(
-            [sys.executable, "-m", "compositord.perf.latency_watchers", url, str(clients - editing)],
+            [*niced, sys.executable, "-m", "compositord.perf.latency_watchers", url, str(clients - editing)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         assert watchers.stdout is not None
@@ -279,7 +280,7 @@ def _tunes_per_second(log: RunLog) -> float:
     return len(sent) / max(1e-3, max(sent) - min(sent))
 
 
-def run_config(clients: int, editing: int, seconds: float, observers: str = "raw") -> dict[str, Any]:
+def run_config(clients: int, editing: int, seconds: float, observers: str = "raw", watchers_nice: int = 0) -> dict[str, Any]:
     import trio
     import yaml
 
@@ -300,7 +301,7 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
                 raise RuntimeError(f"latency daemon did not start: {line!r} {daemon.stderr.read() if daemon.stderr else ''}")
             url = f"ws://127.0.0.1:{int(line.split()[1])}/api/v1/control"
             time.sleep(IDLE_SECONDS)
-            log = trio.run(_drive, url, clients, editing, seconds, daemon.pid, observers)
+            log = trio.run(_drive, url, clients, editing, seconds, daemon.pid, observers, watchers_nice)
         finally:
             daemon.terminate()
             try:
@@ -328,6 +329,8 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
         "clients": clients,
         "editing": editing,
         "observers": observers,
+        "watchers_nice": watchers_nice,
+        "watchers_niceness": log.watchers.get("nice"),  # as the watchers' process saw it
         "seconds": seconds,
         "tunes_sent": tunes,
         "tunes_per_second": round(tunes / seconds, 1),
@@ -363,11 +366,11 @@ def run(options: BenchOptions) -> dict[str, Any]:
     configs = QUICK_CONFIGS if options.quick else CONFIGS
     options.say(
         f"== {NAME}: daemon at {FPS} fps, {WIDTH}x{HEIGHT}; tunes at {EDIT_HZ} Hz per editing client, {seconds:g} s per config; "
-        f"watching clients: {options.observers}"
+        f"watching clients: {options.observers}" + (f", their process {options.watchers_nice} nice steps down" if options.watchers_nice else "")
     )
     rows = []
     for clients, editing in configs:
-        row = run_config(clients, editing, seconds, options.observers)
+        row = run_config(clients, editing, seconds, options.observers, options.watchers_nice)
         rows.append(row)
         options.say(format_row(row))
     return {"rows": rows, "fps": FPS, "frame_interval_target_ms": round(1000.0 / FPS, 2)}

@@ -6,6 +6,7 @@ checked by running it (perf/README.md), never in CI.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -59,13 +60,14 @@ def test_compare_with_ffmpeg_gives_a_ratio_per_repetition(capsys: pytest.Capture
 
 
 def test_control_latency_quick(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = run_bench(capsys, "control_latency", "--quick")
+    code, out = run_bench(capsys, "control_latency", "--quick", "--watchers-nice", "3")
     assert code == 0
     record = load_results(out)["control_latency"]
     rows = {(row["clients"], row["editing"]): row for row in record["rows"]}
     assert set(rows) == {(1, 1), (10, 5)}
     # The five watchers run in their own process (perf/latency_watchers.py) and read every event too.
     assert rows[(10, 5)]["watchers_connected"] == 5
+    assert rows[(10, 5)]["watchers_niceness"] == min(19, os.nice(0) + 3)  # --watchers-nice reached their process
     assert rows[(10, 5)]["watchers_events_read"] >= 5 * rows[(10, 5)]["frames_in_window"] // 2
     for row in rows.values():
         assert row["tunes_sent"] > 0
