@@ -494,14 +494,10 @@ class Store:
             self._call_soon(stopped.set)
 
     def _fail_queued(self, exc: BaseException) -> None:
-        for item in self._inbox.take_all(timeout=0):
-            if item is not _STOP:
-                self._call_soon(self._release_slot)
+        items = [item for item in self._inbox.take_all(timeout=0) if item is not _STOP]
+        self._call_soon(functools.partial(self._release_slots, len(items)))
+        for item in items:
             self._finish(item, exc)
-
-    def _release_slot(self) -> None:
-        assert self._slots is not None
-        self._slots.release()
 
     def _release_slots(self, count: int) -> None:
         assert self._slots is not None
