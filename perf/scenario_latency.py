@@ -84,16 +84,25 @@ def _rect(x: int) -> dict[str, int]:
 class Sent:
     t: float
     x: int
-    params_ack_t: float | None = None
-    view_ack_t: float | None = None
+    ack_t: dict[str, float] = field(default_factory=dict)  # channel ("params", "view") -> when its ack was read
 
 
 @dataclass
 class EditorLog:
     sent: dict[int, Sent] = field(default_factory=dict)  # rev -> when and what
-    params_acked: int = 0  # highest rev seen acked in nodeparamschanged
-    view_acked: int = 0
+    acked: dict[str, int] = field(default_factory=lambda: {"params": 0, "view": 0})  # channel -> highest rev seen acked
     phase: float = 0.0  # fraction of a period: editors are spread over it
+
+    def read_ack(self, channel: str, ack: int, now: float) -> None:
+        """An event of ``channel`` acknowledged every rev up to ``ack``: time the ones not acknowledged before."""
+        for rev in range(self.acked[channel] + 1, ack + 1):
+            if rev in self.sent:
+                self.sent[rev].ack_t[channel] = now
+        self.acked[channel] = max(self.acked[channel], ack)
+
+    def all_acked(self) -> bool:
+        last = max(self.sent, default=0)
+        return all(acked >= last for acked in self.acked.values())
 
 
 @dataclass
@@ -132,22 +141,12 @@ async def _client(url: str, log: RunLog, editor: EditorLog | None, x_counter: it
                 if editor is None:
                     continue
                 if event.name == "nodeparamschanged":
-                    ack = int(payload.get("params", {}).get("_acks", {}).get(nonce, 0))
-                    if ack > editor.params_acked:
-                        for rev in range(editor.params_acked + 1, ack + 1):
-                            if rev in editor.sent:
-                                editor.sent[rev].params_ack_t = now
-                        editor.params_acked = ack
+                    editor.read_ack("params", int(payload.get("params", {}).get("_acks", {}).get(nonce, 0)), now)
                 elif event.name == "nodeviewdataupdated":
                     stamp_time = payload.get("timestamp")
                     if isinstance(stamp_time, (int, float)):
                         log.view_delivery_ms.append((time.time() - stamp_time) * 1000.0)
-                    ack = int(payload.get("data", {}).get("_acks", {}).get(nonce, 0))
-                    if ack > editor.view_acked:
-                        for rev in range(editor.view_acked + 1, ack + 1):
-                            if rev in editor.sent:
-                                editor.sent[rev].view_ack_t = now
-                        editor.view_acked = ack
+                    editor.read_ack("view", int(payload.get("data", {}).get("_acks", {}).get(nonce, 0)), now)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read)
@@ -214,7 +213,7 @@ async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pi
         """After the edits, wait (bounded) until every editor has both acks of its last tune."""
         await trio.sleep(max(0.0, stop_at - time.monotonic()))
         with trio.move_on_after(ACK_WAIT_SECONDS):
-            while not all(e.params_acked >= max(e.sent, default=0) and e.view_acked >= max(e.sent, default=0) for e in log.editors):
+            while not all(editor.all_acked() for editor in log.editors):
                 await trio.sleep(0.02)
         await trio.sleep(0.2)  # a little more for the stats
         log.finished.set()
@@ -313,8 +312,10 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     start_at, stop_at = log.window
-    params_ms = [(s.params_ack_t - s.t) * 1000.0 for e in log.editors for s in e.sent.values() if s.params_ack_t is not None]
-    view_ms = [(s.view_ack_t - s.t) * 1000.0 for e in log.editors for s in e.sent.values() if s.view_ack_t is not None]
+    def ack_latencies_ms(channel: str) -> list[float]:
+        return [(s.ack_t[channel] - s.t) * 1000.0 for e in log.editors for s in e.sent.values() if channel in s.ack_t]
+
+    params_ms, view_ms = ack_latencies_ms("params"), ack_latencies_ms("view")
     shown_ms, never_shown = _shown_latencies(log, frames)
     tunes = sum(len(e.sent) for e in log.editors)
     in_window = [t for t, _ in frames if start_at <= t <= stop_at]
