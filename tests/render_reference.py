@@ -8,7 +8,7 @@ composites "over" in premultiplied alpha, bottom layer first.
 
 ``edge_band`` marks pixels within a few pixels of any layer edge or circle
 edge, where rasterization rules and anti-aliasing legitimately differ; tests
-compare the rest.
+compare the rest, within ``TOLERANCE`` (:func:`assert_close`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,23 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+# The pixel tests' contract (docs/RENDERING.md): within 2/255 of the model outside a 3-pixel band around every edge.
+TOLERANCE = 2.0  # code values out of 255
+EDGE_BAND = 3.0  # pixels masked on each side of every edge
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, masked: np.ndarray, min_compared: float = 0.5) -> None:
+    """``got`` within ``TOLERANCE`` of ``want`` (both in code values 0..255) wherever ``masked`` is False,
+    and at least ``min_compared`` of the pixels compared."""
+    difference = np.abs(got.astype(np.float64) - want)
+    difference[masked] = 0.0
+    compared = (~masked).mean()
+    assert compared >= min_compared, f"only {compared:.0%} of pixels compared"
+    worst = np.unravel_index(np.argmax(difference), difference.shape)
+    assert difference.max() <= TOLERANCE, (
+        f"max abs error {difference.max():.2f}/255 at (y, x, channel) {worst}: got {got[worst]}, expected {want[worst]:.2f}"
+    )
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,10 @@ from compositord.daemon.render.renderer import Renderer
 from compositord.daemon.render.scene import resolve_scene
 from compositord.protocol import params as protocol_params
 from compositord.tests.render_reference import (
+    EDGE_BAND,
+    TOLERANCE,
     RefLayer,
+    assert_close,
     composite,
     gradient,
     rgb_to_ycbcr_limited,
@@ -31,8 +34,6 @@ from compositord.tests.render_reference import (
 
 pytestmark = pytest.mark.gl
 
-TOLERANCE = 2.0  # code values out of 255, i.e. 2/255
-EDGE_BAND = 3.0  # pixels masked on each side of every edge
 W, H = 160, 120
 BACKGROUND = "#203040FF"
 BACKGROUND_RGBA = (0x20 / 255, 0x30 / 255, 0x40 / 255, 1.0)
@@ -58,16 +59,9 @@ def render(ctx, params: dict, frames: dict, asset_dir: Path | None = None):  # t
         renderer.release()
 
 
-def assert_matches(output: np.ndarray, reference: np.ndarray, edges: np.ndarray, min_compared: float = 0.5) -> None:
-    difference = np.abs(output.astype(np.float64) - reference * 255.0)
-    difference[edges] = 0.0
-    compared = (~edges).mean()
-    assert compared >= min_compared, f"only {compared:.0%} of pixels compared"
-    worst = np.unravel_index(np.argmax(difference), difference.shape)
-    assert difference.max() <= TOLERANCE, (
-        f"max abs error {difference.max():.2f}/255 at (y, x, channel) {worst}: "
-        f"got {output[worst]}, expected {reference[worst] * 255:.2f}"
-    )
+def assert_matches(output: np.ndarray, reference: np.ndarray, edges: np.ndarray) -> None:
+    """The RGBA output against the model's (0..1) reference."""
+    assert_close(output, reference * 255.0, edges)
 
 
 def canvas(**extra) -> dict:  # type: ignore[no-untyped-def]
