@@ -23,24 +23,24 @@ from collections.abc import Mapping
 import trio
 
 from compositord.daemon.config import Settings, demo_pipeline, load_pipeline, session_name_for
-from compositord.daemon.connection import CLOSE_GOING_AWAY
-from compositord.daemon.hub import Hub
-from compositord.daemon.model import SessionRecord
+from compositord.daemon.control.connection import CLOSE_GOING_AWAY
+from compositord.daemon.control.hub import Hub
+from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.notify import Notifier, watchdog_from_environment
-from compositord.daemon.server import ControlServer
-from compositord.daemon.sessions import RenderLoopLike, SessionService
-from compositord.daemon.store import Store, StoreError
+from compositord.daemon.control.server import ControlServer
+from compositord.daemon.sessions.service import RenderLoopLike, SessionService
+from compositord.daemon.state.store import Store, StoreError
 from compositord.protocol.errors import LocalProtocolError
 
 log = logging.getLogger(__name__)
 
-# systemd's TimeoutStopSec in packaging/compositord.service is 15 s: drain well inside it.
+# systemd's TimeoutStopSec in deploy/compositord.service is 15 s: drain well inside it.
 DEFAULT_STOP_TIMEOUT = 10.0
 
 
 def _render_loop_factory(settings: Settings, trio_token: trio.lowlevel.TrioToken, device_index: int | None):
     # Imported here: the render loop pulls in moderngl; the rest of the daemon does not need it.
-    from compositord.daemon.render_loop import RenderLoop
+    from compositord.daemon.engine.loop import RenderLoop
 
     def make(record: SessionRecord, service: SessionService) -> RenderLoopLike:
         session_id = record.session_id

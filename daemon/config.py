@@ -23,7 +23,7 @@ from compositord.protocol.errors import FieldError, RemoteProtocolError
 from compositord.protocol.params import validate_pipeline
 
 if TYPE_CHECKING:
-    from compositord.daemon.server import ServerOptions
+    from compositord.daemon.control.server import ServerOptions
 
 TOML_SUFFIXES = (".toml",)
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -194,8 +194,8 @@ class Settings:
 
     def server_options(self) -> ServerOptions:
         """The WebSocket server's options (imported here: check-config never loads the server)."""
-        from compositord.daemon.connection import ConnectionLimits
-        from compositord.daemon.server import ServerOptions
+        from compositord.daemon.control.connection import ConnectionLimits
+        from compositord.daemon.control.server import ServerOptions
 
         return ServerOptions(
             host=self.host,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from compositord.daemon.render.frames import OutputFrame, SourceFrame
+from compositord.daemon.engine.render.frames import OutputFrame, SourceFrame
 from compositord.protocol import params as params_schema
 
 COMPOSITOR_KIND = "video::compositor"
@@ -33,14 +33,14 @@ class CompositorRun:
     """A renderer for one compositor's params and a set of sources; ``frame()`` renders one output frame."""
 
     def __init__(self, ctx: Any, full_params: dict[str, Any], sources: Mapping[str, Callable[[], SourceFrame]]) -> None:
-        from compositord.daemon.render.renderer import Renderer
+        from compositord.daemon.engine.render.renderer import Renderer
 
         self._params = full_params
         self._sources = dict(sources)
         self.renderer = Renderer(ctx, full_params["width"], full_params["height"], full_params["output_format"], full_params["color_matrix"])
 
     def frame(self) -> OutputFrame:
-        from compositord.daemon.render.scene import resolve_scene
+        from compositord.daemon.engine.render.scene import resolve_scene
 
         frames = {pin: make() for pin, make in self._sources.items()}
         scene = resolve_scene(self._params, frames)
@@ -52,7 +52,7 @@ class CompositorRun:
 
 @contextmanager
 def gl_context() -> Iterator[Any]:
-    from compositord.daemon.render.gl_context import create_context
+    from compositord.daemon.engine.render.gl_context import create_context
 
     ctx = create_context()
     try:

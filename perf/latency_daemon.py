@@ -22,7 +22,7 @@ PROBE_COLOR = "#10F020"
 def _install_probe(probe_file: Path, probe_row: int) -> None:
     import numpy as np
 
-    from compositord.daemon import render_loop
+    from compositord.daemon.engine import loop as render_loop
 
     # Buffered, flushed at exit: a write system call per frame would hand the GIL away from the render
     # thread each frame, which the daemon itself does not do.

@@ -23,7 +23,7 @@ CATEGORIES = {
     "render": "draw submission (VertexArray.render)",
     "clear": "draw submission (VertexArray.render)",
 }
-# The renderer's own GL calls through ctypes (daemon/render/raw_gl.py) are not builtins to cProfile:
+# The renderer's own GL calls through ctypes (daemon/engine/render/raw_gl.py) are not builtins to cProfile:
 # their time is their Python wrapper's, counted under the wrapper's name.
 RAW_GL = {
     "upload_rgba": "upload (raw_gl.upload_rgba)",

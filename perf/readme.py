@@ -32,7 +32,7 @@ def environment(lp_threads: int | None) -> dict[str, str]:
         "LP_NUM_THREADS": os.environ.get("LP_NUM_THREADS", "unset (llvmpipe default)") if lp_threads is None else str(lp_threads),
     }
     try:
-        from compositord.daemon.render.gl_context import create_context
+        from compositord.daemon.engine.render.gl_context import create_context
 
         ctx = create_context()
         info["gl"] = f"{ctx.info.get('GL_RENDERER', '?')} / {ctx.info.get('GL_VERSION', '?')}"

@@ -34,7 +34,7 @@ from typing import Any
 import trio
 import yaml
 
-from compositord.tests.dropping_proxy import DroppingProxy
+from compositord.testing.dropping_proxy import DroppingProxy
 
 SESSION = "soak"
 CLIENTS = 20

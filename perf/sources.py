@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compositord.daemon.render.frames import SourceFrame
-from compositord.daemon.sources.colorbars import ramp, smpte_bars
+from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.sources.colorbars import ramp, smpte_bars
 
 CYCLE = 8
 _serials = itertools.count(1_000_000_000)  # far from the colorbars source's serials

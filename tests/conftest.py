@@ -17,7 +17,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def _gl_session_context() -> Iterator[Any]:
-    from compositord.daemon.render.gl_context import GLContextError, create_context
+    from compositord.daemon.engine.render.gl_context import GLContextError, create_context
 
     try:
         ctx = create_context()

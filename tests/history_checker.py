@@ -36,7 +36,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from compositord.protocol import pointer
-from compositord.tests.dropping_proxy import DroppingProxy
+from compositord.testing.dropping_proxy import DroppingProxy
 from compositord.tests.raw_requests import ask
 
 CANVAS = (64, 36)

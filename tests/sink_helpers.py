@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import trio
 
-from compositord.daemon.model import ConnectionRecord, NodeRecord, SessionRecord
-from compositord.daemon.render import gl_context
-from compositord.daemon.render_loop import PreviewEmission, RenderLoop, RenderLoopError, StatsEmission
+from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
+from compositord.daemon.engine.render import gl_context
+from compositord.daemon.engine.loop import PreviewEmission, RenderLoop, RenderLoopError, StatsEmission
 from compositord.tests.raw_requests import ask
 
 W, H = 160, 90

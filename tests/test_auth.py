@@ -16,9 +16,9 @@ import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from compositord.client import ConnectFailed, open_client
-from compositord.daemon.cli_run import add_arguments
+from compositord.cli.run import add_arguments
 from compositord.daemon.config import Settings
-from compositord.tests.plugin import settings_for
+from compositord.testing.plugin import settings_for
 
 TOKEN = "s3cret-token"
 ORIGIN = "https://studio.example"

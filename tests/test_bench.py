@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from compositord import cli
-from compositord.perf.cli_bench import load_results
+from compositord.cli.bench import load_results
 from compositord.perf.measure import Timing, percentiles, ratios
 
 THROUGHPUT_KEYS = {"frames", "iterations", "wall_s", "wall_mean_s", "wall_min_s", "wall_max_s", "wall_stdev_s", "fps", "ms_per_frame"}

@@ -2,7 +2,7 @@
 
 The harness is sans-IO: a server made of ``AckBook`` + ``merge_patch`` + a
 clamping/refusing validator + a coalescing mailbox per connection (as
-daemon/mailbox.py: a newer event of the same channel replaces the unsent one and
+daemon/control/mailbox.py: a newer event of the same channel replaces the unsent one and
 goes to the back), clients made of ``ClientCausalState``, and per-direction
 FIFO queues that a hypothesis-drawn schedule delivers in any order across
 clients. A reconnect loses whatever was in flight on both directions.

@@ -21,11 +21,11 @@ from compositord.daemon.config import (
 )
 from compositord.protocol.params import validate_pipeline
 
-PACKAGING = resources.files("compositord.packaging")
+EXAMPLES = resources.files("compositord.examples")
 
 
 def packaged(name: str) -> Path:
-    path = Path(str(PACKAGING.joinpath(name)))
+    path = Path(str(EXAMPLES.joinpath(name)))
     assert path.is_file(), name
     return path
 

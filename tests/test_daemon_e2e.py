@@ -25,13 +25,13 @@ import yaml
 from trio_websocket import open_websocket_url
 
 from compositord.client import RESYNCED, Client, ConnectionLost, open_client
-from compositord.daemon import cli_ctl
+from compositord.cli import ctl as cli_ctl
 from compositord.daemon.config import load_pipeline
-from compositord.daemon.store import iter_stored_keys
+from compositord.daemon.state.store import iter_stored_keys
 from compositord.protocol import layout, pointer
 from compositord.protocol.params import validate_pipeline
-from compositord.tests.dropping_proxy import DroppingProxy
-from compositord.tests.plugin import RunningDaemon
+from compositord.testing.dropping_proxy import DroppingProxy
+from compositord.testing.plugin import RunningDaemon
 
 SIZE = (160, 90)
 DRAG_HZ = 60
@@ -382,7 +382,7 @@ async def test_ctl_get_tune_watch(compositord_daemon: RunningDaemon) -> None:
 
 
 async def test_sessions_and_params_survive_a_restart(tmp_path: Path) -> None:
-    from compositord.tests.plugin import settings_for, start_daemon
+    from compositord.testing.plugin import settings_for, start_daemon
 
     settings = settings_for(tmp_path / "state", copy.deepcopy(PIPELINE))
     async with trio.open_nursery() as nursery:

@@ -1,10 +1,10 @@
-"""The test proxy (tests/dropping_proxy.py) that the reconnect tests, the history checker and the soak rely on."""
+"""The test proxy (testing/dropping_proxy.py) that the reconnect tests, the history checker and the soak rely on."""
 
 from __future__ import annotations
 
 import trio
 
-from compositord.tests.dropping_proxy import DroppingProxy
+from compositord.testing.dropping_proxy import DroppingProxy
 
 
 async def _echo(stream: trio.SocketStream) -> None:

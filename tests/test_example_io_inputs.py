@@ -1,4 +1,4 @@
-"""packaging/example-io-pipeline.yaml, inputs half: a looping video file, an image and a pushed stream
+"""examples/example-io-pipeline.yaml, inputs half: a looping video file, an image and a pushed stream
 reach the compositor together (the sinks of that file, if any, are left out here: their tests are theirs)."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import trio
 
 from compositord.daemon.config import load_pipeline
 from compositord.protocol import params
-from compositord.tests.media import write_clip
-from compositord.tests.plugin import settings_for
+from compositord.testing.media import write_clip
+from compositord.testing.plugin import settings_for
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "packaging" / "example-io-pipeline.yaml"
-LOGO = Path(__file__).resolve().parent.parent / "packaging" / "assets" / "logo.png"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "example-io-pipeline.yaml"
+LOGO = Path(__file__).resolve().parent.parent / "examples" / "assets" / "logo.png"
 
 
 def inputs_half(pipeline: dict[str, Any]) -> dict[str, Any]:

@@ -24,8 +24,8 @@ import trio
 import yaml
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from compositord.daemon.store import database_path
-from compositord.tests.plugin import SMALL_PIPELINE
+from compositord.daemon.state.store import database_path
+from compositord.testing.plugin import SMALL_PIPELINE
 from compositord.tests.raw_requests import ask, request_text
 
 STOP_TIMEOUT_S = 10.0  # DEFAULT_STOP_TIMEOUT of daemon/app.py, what `compositord run` uses
@@ -121,7 +121,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_nobody_else_notices(tm
     client is closed after the send timeout. Known issue 3: its last frame was cut mid-way, so the daemon
     closes the TCP stream without a close frame (which would land inside the cut frame): the client sees 1006."""
     from compositord.daemon.config import Limits
-    from compositord.tests.plugin import settings_for, start_daemon
+    from compositord.testing.plugin import settings_for, start_daemon
 
     settings = settings_for(tmp_path / "state", SMALL_PIPELINE, limits=Limits(send_timeout=0.5))
     async with trio.open_nursery() as nursery:
@@ -172,7 +172,7 @@ async def _frames_rendered(ws: Any, session: str) -> int:
 
 
 def _stored_sessions(database: Path) -> dict[str, Any]:
-    from compositord.daemon.store import load_sessions
+    from compositord.daemon.state.store import load_sessions
 
     connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
@@ -357,9 +357,9 @@ async def test_a_client_reset_in_the_middle_of_a_frame_disturbs_nobody(composito
 
 
 async def test_a_failed_frame_is_reported_and_the_last_good_frame_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from compositord.daemon import render_loop
-    from compositord.daemon.render import renderer as renderer_module
-    from compositord.tests.plugin import settings_for, start_daemon
+    from compositord.daemon.engine import loop as render_loop
+    from compositord.daemon.engine.render import renderer as renderer_module
+    from compositord.testing.plugin import settings_for, start_daemon
 
     loops: list[Any] = []
     original_init = render_loop.RenderLoop.__init__

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from compositord.tests.plugin import SMALL_PIPELINE, RunningDaemon, settings_for, start_daemon
+from compositord.testing.plugin import SMALL_PIPELINE, RunningDaemon, settings_for, start_daemon
 from compositord.tests.raw_requests import ask
 
 ACTIONS = [

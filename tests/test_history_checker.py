@@ -18,9 +18,9 @@ from trio_websocket import open_websocket_url
 from compositord.client import open_client
 from compositord.client.session_state import SessionStates
 from compositord.protocol.envelope import Event
-from compositord.tests.dropping_proxy import DroppingProxy
+from compositord.testing.dropping_proxy import DroppingProxy
 from compositord.tests.history_checker import SHARED, Harness, History, Step, check, describe, private_pointer, run_history
-from compositord.tests.plugin import RunningDaemon
+from compositord.testing.plugin import RunningDaemon
 from compositord.tests.raw_requests import ask
 
 # ----------------------------------------------------------------------------- getpipeline carries the acks

@@ -5,9 +5,9 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from compositord.daemon.hub import Hub
-from compositord.daemon.outgoing import Broadcast, Outgoing, text_of
-from compositord.daemon.mailbox import Mailbox
+from compositord.daemon.control.hub import Hub
+from compositord.daemon.control.outgoing import Broadcast, Outgoing, text_of
+from compositord.daemon.control.mailbox import Mailbox
 
 PERIOD = 1 / 60
 

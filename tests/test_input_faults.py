@@ -16,8 +16,8 @@ from PIL import Image
 from compositord.client.errors import CompositordError
 from compositord.protocol import envelope
 from compositord.protocol.errors import LocalProtocolError
-from compositord.tests.media import write_clip
-from compositord.tests.plugin import settings_for
+from compositord.testing.media import write_clip
+from compositord.testing.plugin import settings_for
 
 
 def test_node_state_event_shapes() -> None:
@@ -180,7 +180,7 @@ async def test_a_node_removed_and_added_again_has_its_own_state(compositord_daem
 
 
 def test_a_decoder_bug_is_shown_as_the_node_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from compositord.daemon.sources import video_file
+    from compositord.daemon.engine.sources import video_file
 
     def broken(frame: Any) -> Any:
         raise RuntimeError("conversion bug")
@@ -200,7 +200,7 @@ def test_a_decoder_bug_is_shown_as_the_node_error(tmp_path: Path, monkeypatch: p
 
 
 def test_the_same_params_again_retry_a_failed_file(tmp_path: Path) -> None:
-    from compositord.daemon.sources.video_file import VideoFileSource
+    from compositord.daemon.engine.sources.video_file import VideoFileSource
 
     params = {"path": "later.mkv", "loop": True, "seek_seconds": 0.0}
     source = VideoFileSource(params, tmp_path)

@@ -18,7 +18,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 
 from compositord.daemon.config import Limits, Settings
 from compositord.protocol.params import MAX_CANVAS, MAX_INPUTS, MAX_OVERLAYS
-from compositord.tests.plugin import settings_for
+from compositord.testing.plugin import settings_for
 from compositord.tests.raw_requests import ask, send_and_await_reply
 
 RATE = 50.0

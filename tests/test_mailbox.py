@@ -6,10 +6,10 @@ import pytest
 import trio
 import trio.testing
 
-from compositord.daemon.hub import Hub
-from compositord.daemon.outgoing import text_of
-from compositord.daemon.mailbox import Mailbox, MailboxClosed, MailboxFull
-from compositord.daemon.rate_limit import TokenBucket
+from compositord.daemon.control.hub import Hub
+from compositord.daemon.control.outgoing import text_of
+from compositord.daemon.control.mailbox import Mailbox, MailboxClosed, MailboxFull
+from compositord.daemon.control.rate_limit import TokenBucket
 
 
 def drain(mailbox: Mailbox) -> list[str]:

@@ -1,4 +1,4 @@
-"""Batched, pre-framed writes (daemon/outgoing.py) against real trio-websocket peers."""
+"""Batched, pre-framed writes (daemon/control/outgoing.py) against real trio-websocket peers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url, serve_websocket
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from compositord.daemon.connection import Connection, ConnectionLimits
-from compositord.daemon.outgoing import Broadcast, frame_of, frame_text, send_frames, text_of
+from compositord.daemon.control.connection import Connection, ConnectionLimits
+from compositord.daemon.control.outgoing import Broadcast, frame_of, frame_text, send_frames, text_of
 from compositord.protocol.errors import RemoteProtocolError
 
 

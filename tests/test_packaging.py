@@ -1,9 +1,15 @@
-"""The wheel works on its own: built from a copy of the checkout, installed into a scratch venv, imported from there.
+"""The wheel works on its own: built from a copy of the checkout, installed into a scratch venv, run from there.
 
 The scratch environment is a plain venv (no system site-packages, so the
 editable install of the checkout cannot leak in), the wheel is installed with
 ``--no-deps --no-index``, and Python runs from an empty directory with
-``PYTHONPATH`` unset: ``compositord`` can only come from the wheel.
+``PYTHONPATH`` unset: ``compositord`` can only come from the wheel. Its
+dependencies (moderngl, PyAV, trio...) come from this environment's
+site-packages, appended to the scratch venv's ``sys.path`` by a ``.pth``
+file: a path listed in a ``.pth`` file is not scanned for ``.pth`` files of
+its own, so the editable install's import hook never loads there. From that
+venv the installed console script renders the demo scene and serves the
+demo pipeline until SIGTERM.
 Package data is checked both ways: every file of the checkout that a
 ``package-data`` pattern of pyproject.toml matches is in the wheel, and the
 installed ``importlib.resources`` view of ``compositord.shaders`` has every
@@ -15,8 +21,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import site
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import zipfile
 from pathlib import Path
@@ -86,9 +95,24 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wheels[0]
 
 
+def test_every_subpackage_of_the_checkout_is_listed() -> None:
+    """A folder with an ``__init__.py`` under a mapped folder is a package the wheel needs (the
+    daemon's ``engine/render`` was once left out, and ``compositord run`` failed from a wheel)."""
+    listed = set(SETUPTOOLS["packages"])
+    found = set()
+    for package, folder in PACKAGE_DIRS.items():
+        root = REPO / folder
+        for init in root.rglob("__init__.py"):
+            if "__pycache__" in init.parts:
+                continue
+            relative = init.parent.relative_to(root)
+            found.add(".".join([package, *relative.parts]))
+    assert found <= listed, f"packages missing from pyproject.toml's list: {sorted(found - listed)}"
+
+
 def test_wheel_contains_every_package_and_its_data(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    for package in PACKAGE_DIRS:
+    for package in SETUPTOOLS["packages"]:
         assert f"{package.replace('.', '/')}/__init__.py" in names, f"{package} missing from the wheel"
     assert "compositord/protocol/envelope.py" in names and "compositord/protocol/params.py" in names
     glsl_in_checkout = sorted((REPO / PACKAGE_DIRS["compositord.shaders"]).glob("*.glsl"))
@@ -100,14 +124,25 @@ def test_wheel_contains_every_package_and_its_data(wheel: Path) -> None:
         assert f"compositord/shaders/{path.name}" in names
 
 
-def test_installed_wheel_imports_from_the_scratch_venv(wheel: Path, tmp_path: Path) -> None:
-    venv = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A scratch venv with the wheel installed, and the environment to run it in."""
+    venv = tmp_path_factory.mktemp("wheelvenv") / "venv"
     # A plain venv: without --system-site-packages the checkout's editable install is invisible.
     _run([sys.executable, "-m", "venv", str(venv)])
     python = venv / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], env=env)
+    scratch_site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env=env).stdout.strip())
+    dependency_dirs = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()})
+    (scratch_site / "zz-compositord-test-dependencies.pth").write_text("".join(d + "\n" for d in dependency_dirs))
+    return venv, env
+
+
+def test_installed_wheel_imports_from_the_scratch_venv(installed: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    venv, env = installed
+    python = venv / "bin" / "python"
     empty = tmp_path / "cwd"
     empty.mkdir()
     found = json.loads(_run([str(python), "-c", _PROBE], env=env, cwd=empty).stdout)
@@ -115,9 +150,45 @@ def test_installed_wheel_imports_from_the_scratch_venv(wheel: Path, tmp_path: Pa
     venv_root = venv.resolve()
     assert Path(found["prefix"]).resolve() == venv_root
     assert Path(found["file"]).resolve().is_relative_to(venv_root), f"compositord came from {found['file']}, not the wheel"
-    assert not any(str(REPO) == p or p.startswith(str(REPO) + os.sep) for p in found["path"]), "the checkout is on sys.path"
+    # The dependencies' site-packages may sit inside the checkout (.venv); its source folders may not be on the path.
+    source_folders = {REPO.resolve(), *((REPO / folder).resolve() for folder in PACKAGE_DIRS.values())}
+    assert not [p for p in found["path"] if p and Path(p).resolve() in source_folders], "the checkout is on sys.path"
     for name, location in found["modules"].items():
         assert Path(location).resolve().is_relative_to(venv_root), f"{name}: {location}"
     glsl_in_checkout = sorted(p.name for p in (REPO / "shaders").glob("*.glsl"))
     assert found["shaders"] == glsl_in_checkout
     assert (venv / "bin" / "compositord").exists(), "the console script is installed"
+
+
+@pytest.mark.gl
+def test_installed_wheel_renders_the_demo_scene(installed: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    venv, env = installed
+    scene = tmp_path / "scene"
+    # The demo scene looks its assets up beside itself; the wheel ships both as package data.
+    shutil.copytree(REPO / "examples", scene, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    out = tmp_path / "frame.png"
+    result = _run([str(venv / "bin" / "compositord"), "render", str(scene / "demo-scene.yaml"), "--out", str(out)], env=env, cwd=tmp_path)
+    assert out.stat().st_size > 10_000, result.stdout
+    assert "layers drawn" in result.stdout
+
+
+@pytest.mark.gl
+def test_installed_wheel_serves_and_stops_on_sigterm(installed: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    venv, env = installed
+    command = [str(venv / "bin" / "compositord"), "run", "--port", "0", "--state-dir", str(tmp_path / "state")]
+    with subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True) as daemon:
+        assert daemon.stderr is not None
+        seen: list[str] = []
+        try:
+            for line in daemon.stderr:
+                seen.append(line)
+                if "serving ws://" in line and "/api/v1/control" in line:
+                    break
+            else:
+                pytest.fail(f"the installed daemon ended before serving (exit {daemon.wait()}):\n{''.join(seen)[-3000:]}")
+            daemon.send_signal(signal.SIGTERM)
+            rest = daemon.stderr.read()
+            assert daemon.wait(timeout=30) == 0, "".join(seen)[-2000:] + rest[-2000:]
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compositord.daemon.render import gl_context
-from compositord.daemon.render.images import AssetError, load_overlay, premultiply, resolve_asset
+from compositord.daemon.engine.render import gl_context
+from compositord.daemon.engine.render.images import AssetError, load_overlay, premultiply, resolve_asset
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from compositord import cli
-from compositord.daemon.render.cli_render import EXIT_BAD_INPUT, EXIT_OK, EXIT_RENDER_WARNINGS
+from compositord.cli.render import EXIT_BAD_INPUT, EXIT_OK, EXIT_RENDER_WARNINGS
 
-DEMO = Path(__file__).resolve().parent.parent / "packaging" / "demo-scene.yaml"
+DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo-scene.yaml"
 COLOR_TOLERANCE = 10  # the demo is NV12: chroma subsampling and rounding move colours a little
 
 

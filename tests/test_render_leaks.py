@@ -16,9 +16,9 @@ import moderngl
 import numpy as np
 import pytest
 
-from compositord.daemon.render.frames import SourceFrame
-from compositord.daemon.render.renderer import Renderer
-from compositord.daemon.render.scene import resolve_scene
+from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.render.renderer import Renderer
+from compositord.daemon.engine.render.scene import resolve_scene
 from compositord.protocol import params as protocol_params
 from compositord.tests.render_reference import gradient
 

@@ -1,4 +1,4 @@
-"""The RGBA path as llvmpipe's linear rasterizer draws it (daemon/render/raw_gl.py), against the NumPy model.
+"""The RGBA path as llvmpipe's linear rasterizer draws it (daemon/engine/render/raw_gl.py), against the NumPy model.
 
 llvmpipe draws a layer with its 8-bit fixed-point linear rasterizer when the
 layer is a screen-aligned rectangle drawn by the branch-free layer program
@@ -18,10 +18,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compositord.daemon.render import raw_gl
-from compositord.daemon.render.frames import SourceFrame
-from compositord.daemon.render.renderer import Renderer
-from compositord.daemon.render.scene import resolve_scene
+from compositord.daemon.engine.render import raw_gl
+from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.render.renderer import Renderer
+from compositord.daemon.engine.render.scene import resolve_scene
 from compositord.protocol import params as protocol_params
 from compositord.tests.render_reference import EDGE_BAND, RefLayer, assert_close, composite, gradient
 

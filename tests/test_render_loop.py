@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import trio
 
-from compositord.daemon import render_loop as render_loop_module
-from compositord.daemon.model import ConnectionRecord, NodeRecord, SessionRecord
-from compositord.daemon.render import gl_context
-from compositord.daemon.render import renderer as renderer_module
-from compositord.daemon.render.frames import SourceFrame
-from compositord.daemon.render_loop import RenderLoop, RenderLoopError, StatsEmission, ViewEmission
+from compositord.daemon.engine import loop as render_loop_module
+from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
+from compositord.daemon.engine.render import gl_context
+from compositord.daemon.engine.render import renderer as renderer_module
+from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.loop import RenderLoop, RenderLoopError, StatsEmission, ViewEmission
 from compositord.protocol.causal import Stamp
 from compositord.protocol.layout import auto_pip_rect
 from compositord.tests.sink_helpers import wait_first_frame_or_skip

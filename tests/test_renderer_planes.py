@@ -1,4 +1,4 @@
-"""NV12 in, NV12 out, composited plane by plane (daemon/render/plane_pass.py), against the NumPy model.
+"""NV12 in, NV12 out, composited plane by plane (daemon/engine/render/plane_pass.py), against the NumPy model.
 
 The model decodes each NV12 source to RGB (chroma upsampled bilinearly at
 the luma pixel centres), composites in RGB (tests/render_reference.py) and
@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compositord.daemon.render.frames import SourceFrame
-from compositord.daemon.render.renderer import Renderer
-from compositord.daemon.render.scene import resolve_scene
+from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.render.renderer import Renderer
+from compositord.daemon.engine.render.scene import resolve_scene
 from compositord.protocol import params as protocol_params
 from compositord.tests.render_reference import (
     EDGE_BAND,

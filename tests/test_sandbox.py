@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from compositord.daemon.config import Settings
-from compositord.daemon.sandbox import SandboxError, resolve_input, resolve_output
+from compositord.daemon.engine.sandbox import SandboxError, resolve_input, resolve_output
 from compositord.protocol import params
 from compositord.protocol.errors import RemoteProtocolError
 
@@ -161,7 +161,7 @@ def test_the_schema_keeps_stdout_and_relative_paths(kind: str, good: dict) -> No
 def test_output_dir_setting_defaults_into_the_state_dir(tmp_path: Path) -> None:
     import argparse
 
-    from compositord.daemon import cli_run
+    from compositord.cli import run as cli_run
 
     parser = argparse.ArgumentParser()
     cli_run.add_arguments(parser)

@@ -1,4 +1,4 @@
-"""daemon/render/scene.py: every resolution rule and its edges, without GL."""
+"""daemon/engine/render/scene.py: every resolution rule and its edges, without GL."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compositord.daemon.render.scene import CropRegion, crop_region, resolve_scene
-from compositord.daemon.render.text import measure_text
+from compositord.daemon.engine.render.scene import CropRegion, crop_region, resolve_scene
+from compositord.daemon.engine.render.text import measure_text
 from compositord.protocol import params as protocol_params
 from compositord.protocol.layout import Rect, auto_pip_rect
 

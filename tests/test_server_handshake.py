@@ -15,8 +15,8 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from compositord.daemon.connection import Connection, ConnectionLimits
-from compositord.daemon.server import CONTROL_PATH, ControlServer, ServerOptions, check_handshake
+from compositord.daemon.control.connection import Connection, ConnectionLimits
+from compositord.daemon.control.server import CONTROL_PATH, ControlServer, ServerOptions, check_handshake
 from compositord.protocol.errors import RemoteProtocolError
 
 

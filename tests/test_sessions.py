@@ -17,11 +17,11 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from compositord.daemon.hub import Hub
-from compositord.daemon.model import SessionRecord
-from compositord.daemon.server import CONTROL_PATH, ControlServer, ServerOptions
-from compositord.daemon.sessions import SessionService
-from compositord.daemon.store import Store, iter_stored_keys
+from compositord.daemon.control.hub import Hub
+from compositord.daemon.state.model import SessionRecord
+from compositord.daemon.control.server import CONTROL_PATH, ControlServer, ServerOptions
+from compositord.daemon.sessions.service import SessionService
+from compositord.daemon.state.store import Store, iter_stored_keys
 from compositord.protocol import params as node_params
 from compositord.protocol.causal import Stamp
 
@@ -373,7 +373,7 @@ async def test_no_private_keys_reach_the_database(harness: Harness) -> None:
 
 
 async def test_distinct_senders_per_connection_are_bounded(harness: Harness) -> None:
-    from compositord.daemon.sessions import MAX_SENDERS_PER_CONNECTION
+    from compositord.daemon.sessions.service import MAX_SENDERS_PER_CONNECTION
 
     async with connected(harness) as client:
         for i in range(MAX_SENDERS_PER_CONNECTION):

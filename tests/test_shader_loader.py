@@ -1,4 +1,4 @@
-"""daemon/render/shader_loader.py: stages, #include resolution, errors that name file and line."""
+"""daemon/engine/render/shader_loader.py: stages, #include resolution, errors that name file and line."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from compositord.daemon.render.shader_loader import ShaderError, ShaderLibrary, compile_program
+from compositord.daemon.engine.render.shader_loader import ShaderError, ShaderLibrary, compile_program
 
 
 def write(folder: Path, files: dict[str, str]) -> ShaderLibrary:

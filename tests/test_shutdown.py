@@ -25,8 +25,8 @@ import trio
 import yaml
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from compositord.daemon.store import database_path
-from compositord.tests.plugin import SMALL_PIPELINE
+from compositord.daemon.state.store import database_path
+from compositord.testing.plugin import SMALL_PIPELINE
 
 STOP_BUDGET_S = 10.0  # the daemon's stop timeout; systemd's TimeoutStopSec is 15 s
 

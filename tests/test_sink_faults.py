@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import trio
 
-from compositord.daemon.model import NodeRecord
-from compositord.daemon.sinks.base import ErrorLatch, Sink, SinkFrame
+from compositord.daemon.state.model import NodeRecord
+from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkFrame
 from compositord.tests.sink_helpers import H, W, Peer, decode, running_loop, sink_session, wait_frames_written, wait_until, y4m_pipeline
 
 pytestmark = pytest.mark.gl
@@ -153,7 +153,7 @@ class SlowSink(Sink):
 
 
 async def test_a_slow_sink_drops_and_counts_instead_of_stalling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from compositord.daemon.sinks import sink_set
+    from compositord.daemon.engine.sinks import sink_set
 
     monkeypatch.setitem(
         sink_set.SINK_FACTORIES, "sink::y4m", lambda node_id, params, latch, predecessor, **_: SlowSink(node_id, params, latch, predecessor)
@@ -221,7 +221,7 @@ async def test_daemon_reports_the_sink_error_and_its_clearing(compositord_daemon
 async def test_a_sink_fed_by_a_source_says_it_needs_a_compositor(tmp_path: Path) -> None:
     session = sink_session({})
     session.nodes["raw"] = NodeRecord("raw", "sink::y4m", {"path": "never.y4m"})
-    from compositord.daemon.model import ConnectionRecord
+    from compositord.daemon.state.model import ConnectionRecord
 
     session.connections.append(ConnectionRecord("bars", "out", "raw", "in"))
     async with running_loop(session, tmp_path) as (loop, recorder):
@@ -237,7 +237,7 @@ async def test_a_sink_fed_by_a_source_says_it_needs_a_compositor(tmp_path: Path)
 
 
 async def test_a_missing_encoder_is_a_node_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from compositord.daemon.sinks import encoding
+    from compositord.daemon.engine.sinks import encoding
 
     monkeypatch.setitem(encoding.ENCODERS, "vp9", "libvpx-vp9-not-in-this-build")
     session = sink_session({"rec": ("sink::file", {"path": "out.webm", "codec": "vp9"})})
@@ -251,7 +251,7 @@ async def test_a_missing_encoder_is_a_node_error(tmp_path: Path, monkeypatch: py
 async def test_a_reader_that_stops_reading_costs_frames_not_the_loop(tmp_path: Path) -> None:
     import time
 
-    from compositord.daemon.sinks.y4m import STALLED_READER_TIMEOUT
+    from compositord.daemon.engine.sinks.y4m import STALLED_READER_TIMEOUT
 
     fifo = tmp_path / "stalled.y4m"
     os.mkfifo(fifo)

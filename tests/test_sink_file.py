@@ -17,8 +17,8 @@ import av
 import pytest
 import trio
 
-from compositord.daemon.model import NodeRecord
-from compositord.daemon.sinks.encoding import ENCODERS
+from compositord.daemon.state.model import NodeRecord
+from compositord.daemon.engine.sinks.encoding import ENCODERS
 from compositord.tests.sink_helpers import H, W, assert_colour, decode, running_loop, sink_session, wait_frames_written, wait_until
 
 pytestmark = pytest.mark.gl
@@ -114,20 +114,20 @@ async def trio_join(sink) -> None:
 
 # ---------------------------------------------------------------------------- the README's example, end to end
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "packaging" / "example-io-pipeline.yaml"
-LOGO = Path(__file__).resolve().parent.parent / "packaging" / "assets" / "logo.png"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "example-io-pipeline.yaml"
+LOGO = Path(__file__).resolve().parent.parent / "examples" / "assets" / "logo.png"
 GREY_RGB = (130, 130, 130)  # the pushed I420 frame: Y = U = V = 128, limited range BT.709
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg command line tool as the Y4M pipe's reader")
 async def test_example_io_pipeline_records_mp4_and_feeds_a_y4m_pipe(tmp_path: Path) -> None:
-    """``compositord run --config packaging/example-io-pipeline.yaml`` as the README runs it: a looping
+    """``compositord run --config examples/example-io-pipeline.yaml`` as the README runs it: a looping
     clip, the logo and a pushed frame go into the MP4 and the Y4M FIFO at once; SIGTERM finishes the MP4."""
     import numpy as np
     import yaml
 
     from compositord.client import open_client
-    from compositord.tests.media import write_clip
+    from compositord.testing.media import write_clip
 
     compositord = [sys.executable, "-m", "compositord"]  # the installed CLI of this interpreter's environment
     check = subprocess.run([*compositord, "check-config", str(EXAMPLE)], capture_output=True, text=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from compositord.daemon.sinks.y4m import y4m_header
+from compositord.daemon.engine.sinks.y4m import y4m_header
 from compositord.tests.sink_helpers import H, W, assert_colour, decode, running_loop, sink_session, wait_frames_written, wait_until
 
 pytestmark = pytest.mark.gl

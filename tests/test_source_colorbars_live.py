@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import trio
 
-from compositord.daemon.model import ConnectionRecord, NodeRecord, SessionRecord
-from compositord.daemon.render_loop import RenderLoop
+from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
+from compositord.daemon.engine.loop import RenderLoop
 
 pytestmark = pytest.mark.gl
 

@@ -1,6 +1,6 @@
 """video::file: decoding (pixels of known frames), pacing by pts, loop / once, seek, live param changes.
 
-Clips are made by ``tests/media.py`` (64x48 or so, lossless FFV1 unless said
+Clips are made by ``testing/media.py`` (64x48 or so, lossless FFV1 unless said
 otherwise); a frame's number is readable from its pixels. Pixel tolerance: 3
 levels of 255 in flat areas after limited-range BT.601 YUV -> RGB (the
 clips are lossless, the error is the RGB -> YUV -> RGB rounding).
@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import trio
 
-from compositord.daemon.model import ConnectionRecord, NodeRecord, SessionRecord
-from compositord.daemon.render.frames import SourceFrame
-from compositord.daemon.render_loop import RenderLoop
-from compositord.daemon.sources.video_file import VideoFileSource
-from compositord.tests.media import BLUE, RED, frame_number_of, grey_of, i420_to_rgb, pattern, write_clip
+from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
+from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.loop import RenderLoop
+from compositord.daemon.engine.sources.video_file import VideoFileSource
+from compositord.testing.media import BLUE, RED, frame_number_of, grey_of, i420_to_rgb, pattern, write_clip
 
 TOLERANCE = 3.0
 

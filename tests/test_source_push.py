@@ -20,11 +20,11 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from compositord.daemon.model import ConnectionRecord, NodeRecord, SessionRecord
-from compositord.daemon.render.frames import SourceFrame
-from compositord.daemon.render_loop import RenderLoop
-from compositord.daemon.sources.handoff import LatestFrameSlot
-from compositord.daemon.sources.push import PushSource
+from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
+from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.loop import RenderLoop
+from compositord.daemon.engine.sources.handoff import LatestFrameSlot
+from compositord.daemon.engine.sources.push import PushSource
 from compositord.protocol.errors import LocalProtocolError
 from compositord.protocol.frames import HEADER, pack_frame_header
 

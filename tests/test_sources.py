@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compositord.daemon.render.frames import SourceFrame, frame_byte_size
-from compositord.daemon.render.images import AssetError
-from compositord.daemon.sources.colorbars import ColorbarsSource, ramp, smpte_bars
-from compositord.daemon.sources.image import ImageSource
+from compositord.daemon.engine.render.frames import SourceFrame, frame_byte_size
+from compositord.daemon.engine.render.images import AssetError
+from compositord.daemon.engine.sources.colorbars import ColorbarsSource, ramp, smpte_bars
+from compositord.daemon.engine.sources.image import ImageSource
 
 
 def test_smpte_bars_have_seven_75_percent_bars_on_top() -> None:

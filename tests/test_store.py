@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from compositord.daemon.model import ConnectionRecord, NodeRecord, SessionRecord
-from compositord.daemon.store import (
+from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
+from compositord.daemon.state.store import (
     SCHEMA_VERSION,
     AddConnection,
     RemoveNode,
@@ -224,8 +224,8 @@ _KILL_CHILD = textwrap.dedent(
     """
     import sys, trio
     from pathlib import Path
-    from compositord.daemon.model import NodeRecord, SessionRecord
-    from compositord.daemon.store import open_store
+    from compositord.daemon.state.model import NodeRecord, SessionRecord
+    from compositord.daemon.state.store import open_store
 
     async def main(state_dir, mode):
         async with open_store(Path(state_dir)) as store:

@@ -1,4 +1,4 @@
-"""packaging/compositord.service: `systemd-analyze verify` prints nothing, and
+"""deploy/compositord.service: `systemd-analyze verify` prints nothing, and
 the unit keeps the promises of ARCHITECTURE.md (notify, watchdog, hardening)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-UNIT_TEXT = resources.files("compositord.packaging").joinpath("compositord.service").read_text()
+UNIT_TEXT = resources.files("compositord.deploy").joinpath("compositord.service").read_text()
 
 
 def unit_settings(text: str) -> dict[str, list[str]]:

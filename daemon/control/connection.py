@@ -1,0 +1,285 @@
+"""One client connection: one nursery with a reader and one sender.
+
+The reader takes each text message through the size and rate limits and hands
+it to the dispatcher (the session logic), which answers through this
+connection's mailbox. The sender is the only task that writes to the socket:
+responses and events leave in mailbox order, everything queued written at
+once (daemon/control/outgoing.py), each write within the send timeout; a client that does not read in time is closed with 1008 (policy)
+and resyncs with ``getpipeline`` when it reconnects.
+
+Closing has one seam: :meth:`Connection.close` records the close code and
+cancels the nursery; ``run`` then closes the WebSocket with that code, within
+a bounded time, whatever ended the connection.
+
+A send that times out is the exception: trio-websocket has by then written
+part of a frame, so any close frame after it would reach the client as the
+rest of that frame's payload. Such a connection is aborted instead (the TCP
+stream closed without a close frame): the client sees an abnormal closure
+(1006), reconnects and resyncs. ``close_code`` still says 1008 for the logs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from compositord.daemon.control.mailbox import Mailbox, MailboxClosed, MailboxFull
+from compositord.daemon.control.outgoing import Outgoing, frame_of, send_frames, size_of, write_now
+from compositord.daemon.control.rate_limit import TokenBucket
+from compositord.protocol.errors import ErrorCode, RemoteProtocolError
+
+log = logging.getLogger(__name__)
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+
+_connection_ids = itertools.count(1)
+
+# A sender writes what its mailbox holds in one system call, up to about this many bytes of text:
+# enough for a frame's events to every node, small enough that one write does not hold the loop long.
+_BATCH_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_text_bytes: int = 64 * 1024
+    messages_per_second: float = 2000.0
+    send_timeout: float = 5.0
+    mailbox_capacity: int = 4096
+    close_timeout: float = 2.0
+
+
+class Dispatcher(Protocol):
+    def connection_opened(self, connection: Connection) -> None:
+        """A client connected: from now on it gets every event. Must not block."""
+
+    async def handle_text(self, connection: Connection, text: str) -> None:
+        """Handle one request; every answer goes through ``connection.send``."""
+
+    def handle_binary(self, connection: Connection, data: bytes) -> None:
+        """Handle one binary message (pushed frames, PROTOCOL.md section 6)."""
+
+    def refuse(self, connection: Connection, error: RemoteProtocolError, correlation_id: str | None) -> None:
+        """Answer a message that never reached the session logic (too large, rate limited)."""
+
+    def connection_closed(self, connection: Connection) -> None:
+        """The connection is gone: forget its senders (rule S5). Must not block."""
+
+
+class Connection:
+    def __init__(self, websocket: WebSocketConnection, limits: ConnectionLimits, *, remote: str = "") -> None:
+        self.connection_id = next(_connection_ids)
+        self.remote = remote
+        self.mailbox = Mailbox(limits.mailbox_capacity)
+        # Every `_sender` nonce seen on this connection; forgotten when it closes (S5).
+        self.senders: set[str] = set()
+        self._websocket = websocket
+        self._limits = limits
+        self._bucket = TokenBucket(limits.messages_per_second)
+        self._nursery_scope: trio.CancelScope | None = None
+        self._reader_scope: trio.CancelScope | None = None
+        self._sending = False
+        self._close_code = CLOSE_NORMAL
+        self._close_reason = ""
+        self._closing = False
+        self._frame_cut = False  # a send timed out mid-frame: abort the stream, no close handshake
+        self.messages_sent = 0
+        self.writes = 0  # socket writes: each carries one or more messages (statistics)
+        self.closed = trio.Event()
+
+    @property
+    def close_code(self) -> int | None:
+        """The code this side closes (or closed) with; None while open."""
+        return self._close_code if self._closing else None
+
+    @property
+    def close_reason(self) -> str:
+        return self._close_reason
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.connection_id} {self.remote}>"
+
+    # -- used by the dispatcher and the hub (never block) --------------------
+
+    def send(self, text: str) -> None:
+        """Send a message in order (a response): at once when nothing is waiting, else queued."""
+        try:
+            self.deliver([(None, text)])
+        except MailboxFull as exc:
+            self.close_for_policy(f"too slow: {exc}")
+
+    def deliver(self, messages: Sequence[tuple[Hashable | None, Outgoing]]) -> None:
+        """``(coalesce key or None, message)`` pairs (the hub's fan-out), in order.
+
+        When nothing is queued or being written they are written at once, in one system call
+        (``outgoing.write_now``), and the sender task is not woken; what the socket does not take
+        waits in the mailbox, its cut frame first. Otherwise they are queued behind the rest.
+        Raises :class:`MailboxFull` when the mailbox overflows.
+        """
+        if self._closing:
+            return
+        if not self._sending and not len(self.mailbox):
+            data = b"".join(frame_of(message) for _, message in messages)
+            written = write_now(self._websocket, data)
+            if written:  # None: cannot write now; 0: the socket is full (queued as messages: still coalescable)
+                self.writes += 1
+                self.messages_sent += len(messages)
+                if written < len(data):
+                    self.mailbox.put_first(data[written:])  # the rest, starting inside a frame maybe
+                return
+        self.mailbox.put_all(messages)
+
+    def close_for_policy(self, reason: str) -> None:
+        self.close(CLOSE_POLICY, reason)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` soon; the first reason given wins. Never blocks.
+
+        The reader stops at once. A message being sent is finished first
+        (within the send timeout): cutting a frame in half would make the
+        close frame after it unreadable.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._close_code = code
+        self._close_reason = reason[:120]  # a close reason must fit a control frame
+        self.mailbox.close()
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+        if not self._sending and self._nursery_scope is not None:
+            self._nursery_scope.cancel()
+
+    # -- the connection's own tasks -------------------------------------------
+
+    async def run(self, dispatcher: Dispatcher) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery_scope = nursery.cancel_scope
+                nursery.start_soon(self._send_loop)
+                with trio.CancelScope() as reader_scope:
+                    self._reader_scope = reader_scope
+                    if self._closing:
+                        reader_scope.cancel()
+                    await self._read_loop(dispatcher)
+                if not self._closing:
+                    # The peer closed: nothing more can be sent.
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.mailbox.close()
+            try:
+                dispatcher.connection_closed(self)
+            finally:
+                with trio.CancelScope(shield=True):
+                    if self._frame_cut:
+                        await _abort(self._websocket)
+                    with trio.move_on_after(self._limits.close_timeout):
+                        await self._websocket.aclose(self._close_code, self._close_reason or None)
+                self.closed.set()
+
+    async def _read_loop(self, dispatcher: Dispatcher) -> None:
+        while True:
+            try:
+                message = await self._websocket.get_message()
+            except ConnectionClosed:
+                return
+            if not self._bucket.try_take():
+                dispatcher.refuse(
+                    self,
+                    RemoteProtocolError(
+                        ErrorCode.RATE_LIMITED,
+                        f"more than {self._limits.messages_per_second:g} messages per second; message not processed",
+                    ),
+                    _correlation_id_of(message),
+                )
+                continue
+            if isinstance(message, str):
+                if _utf8_length_exceeds(message, self._limits.max_text_bytes):
+                    dispatcher.refuse(
+                        self,
+                        RemoteProtocolError(
+                            ErrorCode.TOO_LARGE,
+                            f"text message over {self._limits.max_text_bytes} bytes; message not processed",
+                        ),
+                        None,
+                    )
+                    continue
+                await dispatcher.handle_text(self, message)
+            else:
+                dispatcher.handle_binary(self, message)
+
+    async def _send_loop(self) -> None:
+        while not self._closing:
+            try:
+                batch = [await self.mailbox.get()]
+            except MailboxClosed:
+                return
+            if self._closing:
+                return
+            batch_bytes = size_of(batch[0])
+            while batch_bytes < _BATCH_BYTES:
+                try:
+                    batch.append(self.mailbox.get_nowait())
+                except (trio.WouldBlock, MailboxClosed):
+                    break
+                batch_bytes += size_of(batch[-1])
+            data = b"".join(frame_of(message) for message in batch)
+            self._sending = True
+            try:
+                with trio.move_on_after(self._limits.send_timeout) as scope:
+                    await send_frames(self._websocket, data)
+            except ConnectionClosed:
+                if self._nursery_scope is not None:
+                    self._nursery_scope.cancel()  # the peer is gone
+                return
+            finally:
+                self._sending = False
+            self.messages_sent += len(batch)
+            self.writes += 1
+            if scope.cancelled_caught:
+                self._frame_cut = True
+                self.close_for_policy(f"send timed out after {self._limits.send_timeout:g} s")
+                return
+
+
+async def _abort(websocket: WebSocketConnection) -> None:
+    """Close the TCP stream under ``websocket`` without a close frame (its next ``aclose`` then only cleans up).
+
+    A plain close (FIN), not a reset: the peer reads the cut frame, then the
+    end of the stream, which every WebSocket client reports as 1006. A reset
+    (SO_LINGER 0) was tried: trio-websocket's own client then hangs on exit
+    when its reader is blocked on a full message queue.
+    """
+    stream = getattr(websocket, "_stream", None)  # trio-websocket has no public accessor for its transport
+    if stream is not None:
+        await trio.aclose_forcefully(stream)
+
+
+def _utf8_length_exceeds(text: str, limit: int) -> bool:
+    # A str of n code points is n..4n bytes in UTF-8: encode only when unsure.
+    if len(text) > limit:
+        return True
+    if 4 * len(text) <= limit:
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def _correlation_id_of(message: str | bytes) -> str | None:
+    """Best effort, for a message that is refused unread: echo its correlation id when cheap to find."""
+    if not isinstance(message, str) or len(message) > 4096:
+        return None
+    try:
+        document = json.loads(message)
+    except ValueError:
+        return None
+    correlation_id = document.get("correlation_id") if isinstance(document, dict) else None
+    return correlation_id if isinstance(correlation_id, str) else None

@@ -1,0 +1,648 @@
+"""One render thread per pipeline: latch the inbox, resolve, draw, emit view data.
+
+The render thread is the only thread that touches GL: it makes its context
+(``render.gl_context.create_context``), draws with ``render.renderer.Renderer``
+and releases everything before it ends. The trio thread talks to it through
+two bounded structures:
+
+- the *inbox* (trio -> render): latest params per node, the highest stamp per
+  node and sender, the latest topology and the senders to forget. It is
+  bounded by construction (nodes x senders) because it coalesces; every
+  submission takes one lock, so a batch is never split, and the whole inbox is
+  latched at the start of a frame (rule S4: one frame never shows half a batch).
+- the *outbox* (render -> trio): the latest undelivered emission per node and
+  kind, handed over with ``trio_token.run_sync_soon``, with at most one
+  delivery pending for the whole outbox. The render thread never blocks on trio; when
+  trio is gone, emissions are dropped. Replacing an undelivered emission by a
+  newer one loses nothing: each carries the whole layout and the whole acks map.
+
+Rule S4, as applied here per compositor node (its view channel):
+
+- after latching, stamped updates of the node are recorded in the node's
+  view-channel ``AckBook`` (then ``forget_sender`` entries are applied, S5);
+- view data is emitted when the resolved layout differs from the last one
+  emitted, or when the frame applied a stamped update of that node;
+- the emission's stamp is the last stamped update of that node applied in the
+  frame, or None (an input added, a source resized: server-caused);
+- its acks are the node's AckBook as of that frame.
+
+Pacing: frame n is due at ``t0 + n / fps`` on ``time.monotonic()``; the loop
+sleeps until then, so there is no drift. A frame that ends after the next
+frame's due time is *late*; the slots it overran are *dropped* (counted, never
+rendered later: no catch-up bursts). A change of fps starts a new ``t0``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import trio
+
+from compositord.daemon.state.model import NodeRecord, SessionRecord
+from compositord.daemon.engine.render import gl_context
+from compositord.daemon.engine.render import renderer as renderer_module
+from compositord.daemon.engine.render.frames import OutputFrame, SourceFrame
+from compositord.daemon.engine.render.scene import resolve_scene
+from compositord.daemon.engine.sinks.sink_set import SinkSet
+from compositord.daemon.engine.sources.colorbars import ColorbarsSource
+from compositord.daemon.engine.sources.image import ImageSource
+from compositord.daemon.engine.sources.push import PushInlets, PushSource
+from compositord.daemon.engine.sources.video_file import VideoFileSource
+from compositord.protocol import params as params_schema
+from compositord.protocol.causal import AckBook, Stamp
+
+COMPOSITOR_KIND = "video::compositor"
+STATS_INTERVAL = 1.0  # seconds between nodestatsupdated emissions (at most)
+RENDER_MS_WINDOW = 1024  # render times kept for the percentiles (one stats interval at up to 240 fps, with room)
+IDLE_FPS = 1  # a pipeline with no compositor still ticks (and reports progress) this often
+SINK_CLOSE_TIMEOUT = 5.0  # seconds the render thread waits, when it ends, for sinks to finish their files
+
+
+class FrameSource(Protocol):
+    """A compositor input made on the render thread: configure on new params, frame(t) every frame
+    (None: nothing to show yet, e.g. before a decoder's first frame).
+
+    Optional members, looked up with getattr: ``error`` (str or None, read every frame: the node's
+    error state, e.g. a file that cannot be decoded), ``stats()`` (a dict sent as the node's
+    ``nodestatsupdated``), ``close()`` (the node left the pipeline or the loop ends: stop threads).
+    """
+
+    def configure(self, params: Mapping[str, Any]) -> None: ...
+
+    def frame(self, t: float = 0.0) -> SourceFrame | None: ...
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What a source factory may need besides the node's params."""
+
+    node_id: str
+    asset_dir: Path
+    push_inlets: PushInlets  # where pushed frames wait for the render thread (video::push)
+
+
+SourceFactory = Callable[[Mapping[str, Any], SourceContext], FrameSource]
+
+# Node kind -> factory, called on the render thread with the params (defaults filled in).
+SOURCE_FACTORIES: dict[str, SourceFactory] = {
+    "video::colorbars": lambda params, context: ColorbarsSource(params),
+    "video::image": lambda params, context: ImageSource(params, context.asset_dir),
+    "video::file": lambda params, context: VideoFileSource(params, context.asset_dir),
+    "video::push": lambda params, context: PushSource(params, context.push_inlets.slot(context.node_id)),
+}
+
+
+@dataclass(frozen=True)
+class ViewEmission:
+    session_id: str
+    node_id: str
+    layout: dict[str, Any]
+    stamp: Stamp | None  # the last stamped update of this node applied in the frame; None: server-caused
+    acks: dict[str, int]  # the node's view-channel acks as of the frame
+    seq: int  # the node's view-data sequence number (+1 per emission)
+    timestamp: float  # wall-clock time (time.time()) at the end of the frame
+
+
+@dataclass(frozen=True)
+class StatsEmission:
+    session_id: str
+    node_id: str
+    stats: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PreviewEmission:
+    session_id: str
+    node_id: str
+    image: Any  # sinks.preview.PreviewImage
+
+
+@dataclass(frozen=True)
+class LoopStatistics:
+    frames_rendered: int
+    frames_dropped: int
+    frames_late: int
+    fps: int
+
+
+class RenderLoopError(RuntimeError):
+    """The render thread could not start (no GL context) or died."""
+
+
+@dataclass
+class _Inbox:
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stamps: dict[str, dict[str, int]] = field(default_factory=dict)  # node -> sender -> highest rev
+    last_stamp: dict[str, Stamp] = field(default_factory=dict)  # node -> last stamp submitted
+    topology: SessionRecord | None = None
+    forget: set[str] = field(default_factory=set)
+
+    def empty(self) -> bool:
+        return not (self.params or self.stamps or self.topology is not None or self.forget)
+
+
+@dataclass
+class _CompositorState:
+    renderer: Any
+    acks: AckBook = field(default_factory=AckBook)
+    last_layout: dict[str, Any] | None = None
+    view_seq: int = 0
+    render_ms: deque[float] = field(default_factory=lambda: deque(maxlen=RENDER_MS_WINDOW))
+    error: str | None = None
+    params_source: dict[str, Any] | None = None  # the durable params `full` was made from
+    full: dict[str, Any] = field(default_factory=dict)  # with defaults
+
+    def full_params(self, durable: dict[str, Any]) -> dict[str, Any]:
+        if durable is not self.params_source:
+            self.full = params_schema.with_defaults(COMPOSITOR_KIND, durable)
+            self.params_source = durable
+        return self.full
+
+
+class RenderLoop:
+    def __init__(
+        self,
+        session: SessionRecord,
+        *,
+        trio_token: trio.lowlevel.TrioToken,
+        on_view_data: Callable[[ViewEmission], None],
+        on_stats: Callable[[StatsEmission], None],
+        on_node_error: Callable[[str, str | None], None] | None = None,
+        on_preview: Callable[[PreviewEmission], None] | None = None,
+        on_frame_end: Callable[[], None] | None = None,
+        asset_dir: Path,
+        output_dir: Path | None = None,
+        device_index: int | None = None,
+    ) -> None:
+        self.session_id = session.session_id
+        self._session = session.copy()
+        self._trio_token = trio_token
+        self._on_view_data = on_view_data
+        self._on_stats = on_stats
+        self._on_node_error = on_node_error
+        self._on_frame_end = on_frame_end
+        self._asset_dir = Path(asset_dir)
+        self._device_index = device_index
+
+        self._inbox = _Inbox()
+        self._inbox_lock = threading.Lock()
+        self._outbox: dict[tuple[str, str], Any] = {}
+        self._delivery_scheduled = False  # a _deliver is pending on the trio thread
+        self._outbox_lock = threading.Lock()
+
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._first_frame = trio.Event()
+        self._first_frame_reported = False
+        self._failure: BaseException | None = None
+        self._last_progress = time.monotonic()
+
+        self._frames_rendered = 0
+        self._frames_dropped = 0
+        self._frames_late = 0
+        self._fps = IDLE_FPS
+        self._latest_output: dict[str, OutputFrame] = {}
+        self._source_errors: dict[str, str] = {}  # render thread only
+        self._source_kinds: dict[str, str] = {}  # render thread only: the kind each live source was made for
+        self._push_inlets = PushInlets()
+        self._output_listeners: list[Callable[[str, OutputFrame], None]] = []
+        self._on_preview = on_preview
+        self._media_time = 0.0  # the current frame's slot on the loop's clock (seconds), for sink timestamps
+        # Sinks report errors and previews from their own threads through the outbox.
+        self._sinks = SinkSet(
+            lambda node_id, message: self._emit("error", node_id, message),
+            output_dir=output_dir,
+            on_preview=lambda image: self._emit("preview", image.node_id, PreviewEmission(self.session_id, image.node_id, image)),
+        )
+
+    # ------------------------------------------------------------------ trio side
+
+    def start(self) -> None:
+        """Start the render thread (it makes its own GL context)."""
+        if self._thread is not None:
+            raise RuntimeError("RenderLoop.start() may be called only once")
+        self._last_progress = time.monotonic()  # a grace period for the watchdog while GL starts
+        self._thread = threading.Thread(target=self._thread_main, name=f"compositord-render({self.session_id})", daemon=True)
+        self._thread.start()
+
+    async def wait_first_frame(self) -> None:
+        """Returns once every compositor has rendered a frame; RenderLoopError if the thread failed."""
+        await self._first_frame.wait()
+        if self._failure is not None:
+            raise RenderLoopError(f"render loop of session {self.session_id!r} failed: {self._failure}") from self._failure
+
+    def submit_params(self, node_id: str, params: Mapping[str, Any], stamp: Stamp | None) -> None:
+        """New durable params of a node (non-blocking); latched at the next frame start."""
+        with self._inbox_lock:
+            self._put(node_id, params, stamp)
+
+    def submit_batch(
+        self, updates: list[tuple[str, Mapping[str, Any], Stamp | None]], *, topology: SessionRecord | None = None
+    ) -> None:
+        """Several updates that land in the same frame; with ``topology`` (an atomic
+        applybatch that also added, removed or connected nodes) the structure
+        change lands in that same frame too."""
+        snapshot = topology.copy() if topology is not None else None
+        with self._inbox_lock:
+            if snapshot is not None:
+                self._set_topology(snapshot)
+            for node_id, params, stamp in updates:
+                self._put(node_id, params, stamp)
+
+    def submit_topology(self, session: SessionRecord) -> None:
+        """Nodes or connections changed: the loop adopts this copy at the next frame start."""
+        snapshot = session.copy()
+        with self._inbox_lock:
+            self._set_topology(snapshot)
+
+    def _set_topology(self, snapshot: SessionRecord) -> None:
+        self._inbox.topology = snapshot
+        # Params queued before this snapshot are in it already (the store is updated first).
+        self._inbox.params = {n: p for n, p in self._inbox.params.items() if n in snapshot.nodes}
+
+    def forget_sender(self, sender: str) -> None:
+        """S5: the sender's connection closed; its entry leaves the view-channel acks."""
+        with self._inbox_lock:
+            self._inbox.forget.add(sender)
+            for per_sender in self._inbox.stamps.values():
+                per_sender.pop(sender, None)
+            for node_id in [n for n, s in self._inbox.last_stamp.items() if s.sender == sender]:
+                del self._inbox.last_stamp[node_id]
+
+    def _put(self, node_id: str, params: Mapping[str, Any], stamp: Stamp | None) -> None:
+        inbox = self._inbox
+        inbox.params[node_id] = dict(params)
+        if stamp is not None:
+            senders = inbox.stamps.setdefault(node_id, {})
+            senders[stamp.sender] = max(stamp.rev, senders.get(stamp.sender, 0))
+            inbox.last_stamp[node_id] = stamp
+
+    def last_progress(self) -> float:
+        """``time.monotonic()`` of the last completed frame (start() time before the first)."""
+        return self._last_progress
+
+    def statistics(self) -> LoopStatistics:
+        return LoopStatistics(self._frames_rendered, self._frames_dropped, self._frames_late, self._fps)
+
+    def latest_output(self, node_id: str) -> OutputFrame | None:
+        """The last frame a compositor node rendered (for preview sinks); any thread may read it."""
+        return self._latest_output.get(node_id)
+
+    def sink(self, node_id: str) -> Any:
+        """The running sink of a sink node (``daemon.sinks.base.Sink``) or None; any thread may call it."""
+        return self._sinks.get(node_id)
+
+    def preview(self, node_id: str) -> Any:
+        """The latest thumbnail of a ``sink::preview`` node (``PreviewImage``) or None."""
+        return getattr(self._sinks.get(node_id), "latest", None)
+
+    def push_frame(self, node_id: str, frame: SourceFrame) -> None:
+        """A checked pushed frame for the ``video::push`` node ``node_id`` (any thread; never blocks):
+        it waits in the node's one-frame slot, replacing (and counting as dropped) one not rendered yet."""
+        self._push_inlets.slot(node_id).put(frame)
+
+    def add_output_listener(self, listener: Callable[[str, OutputFrame], None]) -> None:
+        """``listener(node_id, frame)`` runs on the render thread after every frame: it must not
+        block (a sink hands the frame to its own thread through a bounded queue)."""
+        self._output_listeners = [*self._output_listeners, listener]
+
+    def remove_output_listener(self, listener: Callable[[str, OutputFrame], None]) -> None:
+        self._output_listeners = [item for item in self._output_listeners if item is not listener]
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop and join the render thread (it releases its GL objects first). Idempotent."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # ------------------------------------------------------------------ delivery to trio
+
+    def _emit(self, kind: str, node_id: str, payload: Any) -> None:
+        key = (kind, node_id)
+        with self._outbox_lock:
+            self._outbox.pop(key, None)  # a replaced emission moves to the back: delivered after what came before it
+            self._outbox[key] = payload
+            if self._delivery_scheduled:
+                return
+            self._delivery_scheduled = True
+        try:
+            # One hand-over for everything emitted meanwhile: each run_sync_soon writes trio's wake-up
+            # socket, and that system call gives the GIL away, which costs the render thread up to a
+            # GIL switch interval to get back while the trio thread is busy.
+            self._trio_token.run_sync_soon(self._deliver)
+        except trio.RunFinishedError:
+            with self._outbox_lock:
+                self._outbox.clear()
+                self._delivery_scheduled = False
+
+    def _deliver(self) -> None:
+        """On the trio thread: everything in the outbox, in the order emitted."""
+        with self._outbox_lock:
+            outbox, self._outbox = self._outbox, {}
+            self._delivery_scheduled = False
+        for (kind, node_id), payload in outbox.items():
+            if kind == "view":
+                self._on_view_data(payload)
+            elif kind == "stats":
+                self._on_stats(payload)
+            elif kind == "error" and self._on_node_error is not None:
+                self._on_node_error(node_id, payload)
+            elif kind == "preview" and self._on_preview is not None:
+                self._on_preview(payload)
+            elif kind == "frame" and self._on_frame_end is not None:
+                self._on_frame_end()
+            elif kind == "first-frame":
+                self._first_frame.set()
+
+    def _signal_first_frame(self) -> None:
+        if not self._first_frame_reported:
+            self._first_frame_reported = True
+            self._emit("first-frame", "", None)
+
+    # ------------------------------------------------------------------ render thread
+
+    def _thread_main(self) -> None:
+        ctx = None
+        compositors: dict[str, _CompositorState] = {}
+        sources: dict[str, FrameSource] = {}
+        try:
+            ctx = gl_context.create_context(self._device_index)
+            self._run_frames(ctx, compositors, sources)
+        except BaseException as exc:
+            self._failure = exc
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            for node_id in compositors or [n for n, node in self._session.nodes.items() if node.kind == COMPOSITOR_KIND]:
+                self._emit("error", node_id, f"render loop stopped: {detail}")
+        finally:
+            for state in compositors.values():
+                try:
+                    state.renderer.release()
+                except Exception:
+                    # Teardown goes on (sources, sinks and the context still need closing), but a
+                    # release that fails is a bug worth seeing, as in _close_source.
+                    traceback.print_exc()
+            for source in sources.values():
+                _close_source(source)
+            self._sinks.close_all(SINK_CLOSE_TIMEOUT)  # files get their trailers before the loop counts as stopped
+            if ctx is not None:
+                ctx.release()
+            self._signal_first_frame()  # waiters learn of the failure instead of hanging
+
+    def _run_frames(self, ctx: Any, compositors: dict[str, _CompositorState], sources: dict[str, FrameSource]) -> None:
+        started = time.monotonic()
+        self._sync_topology(ctx, compositors, sources, changed_sources=set(self._session.nodes))
+        fps = self._fps
+        period = 1.0 / fps
+        t0 = time.monotonic()
+        n = 0  # the slot of the next frame: due at t0 + n * period
+        media_base = 0.0  # the loop's clock at t0 (sums the slots of earlier fps segments)
+        next_stats = t0 + STATS_INTERVAL
+        while not self._stop.is_set():
+            delay = t0 + n * period - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                break
+            applied_stamps = self._latch(ctx, compositors, sources)
+            for source_id, source in sources.items():
+                self._set_source_error(source_id, getattr(source, "error", None))
+            if self._fps != fps:
+                # This frame's params changed the rate: the new schedule starts with this frame.
+                media_base += n * period
+                fps = self._fps
+                period = 1.0 / fps
+                t0, n = time.monotonic(), 0
+            self._media_time = media_base + n * period
+            frame_time = time.monotonic() - started
+            for node_id, state in compositors.items():
+                self._render_compositor(node_id, state, sources, applied_stamps.get(node_id), frame_time)
+            if self._on_frame_end is not None:
+                self._emit("frame", "", None)  # after this frame's view data: the hub sends them together
+            finished = time.monotonic()
+            self._frames_rendered += 1
+            self._last_progress = finished
+            self._signal_first_frame()
+            n += 1
+            if finished > t0 + n * period:
+                # Late: the slots this frame overran are dropped, never caught up.
+                self._frames_late += 1
+                overran_to = math.floor((finished - t0) / period) + 1
+                self._frames_dropped += overran_to - n
+                n = overran_to
+            if finished >= next_stats:
+                self._emit_stats(compositors)
+                self._emit_source_stats(sources)
+                next_stats = finished + STATS_INTERVAL
+
+    def _latch(
+        self, ctx: Any, compositors: dict[str, _CompositorState], sources: dict[str, FrameSource]
+    ) -> dict[str, Stamp]:
+        """Take the whole inbox at once and apply it; returns the last stamp applied per node."""
+        with self._inbox_lock:
+            if self._inbox.empty():
+                return {}
+            inbox, self._inbox = self._inbox, _Inbox()
+        changed_sources: set[str] = set()
+        if inbox.topology is not None:
+            old = self._session
+            self._session = inbox.topology
+            changed_sources = {
+                node_id
+                for node_id, node in self._session.nodes.items()
+                if node_id not in old.nodes or old.nodes[node_id].params != node.params or old.nodes[node_id].kind != node.kind
+            }
+        for node_id, node_params in inbox.params.items():
+            node = self._session.nodes.get(node_id)
+            if node is None:
+                continue
+            self._session.nodes[node_id] = NodeRecord(node_id, node.kind, node_params, node.seq)
+            changed_sources.add(node_id)
+        self._sync_topology(ctx, compositors, sources, changed_sources)
+        if inbox.topology is not None:
+            # A node removed and added again between two frames looks unchanged here, but the
+            # session forgot its error with the removal: say again what is still wrong.
+            for node_id, message in self._source_errors.items():
+                self._emit("error", node_id, message)
+            for node_id, state in compositors.items():
+                if state.error is not None:
+                    self._emit("error", node_id, state.error)
+            for node_id, message in self._sinks.standing_errors().items():
+                self._emit("error", node_id, message)
+        applied: dict[str, Stamp] = {}
+        for node_id, senders in inbox.stamps.items():
+            state = compositors.get(node_id)
+            if state is None:
+                continue  # only compositors have a view channel
+            for sender, rev in senders.items():
+                if rev > state.acks.ack_of(sender):
+                    state.acks.record(Stamp(sender, rev))
+            if node_id in inbox.last_stamp:
+                applied[node_id] = inbox.last_stamp[node_id]
+        for sender in inbox.forget:
+            for state in compositors.values():
+                state.acks.forget(sender)
+        return applied
+
+    def _sync_topology(
+        self,
+        ctx: Any,
+        compositors: dict[str, _CompositorState],
+        sources: dict[str, FrameSource],
+        changed_sources: set[str],
+    ) -> None:
+        """Make renderers and sources match the session; reconfigure sources whose params changed."""
+        nodes = self._session.nodes
+        for node_id in [n for n in compositors if n not in nodes or nodes[n].kind != COMPOSITOR_KIND]:
+            compositors.pop(node_id).renderer.release()
+            self._latest_output.pop(node_id, None)
+        for node_id in [n for n in sources if n not in nodes or nodes[n].kind != self._source_kinds.get(n)]:
+            _close_source(sources.pop(node_id))
+            self._source_kinds.pop(node_id, None)
+        for node_id in [n for n in self._source_errors if n not in nodes]:
+            del self._source_errors[node_id]  # a node added again under this id starts without a reported error
+        self._push_inlets.retain(n for n, node in nodes.items() if node.kind == "video::push")
+        fps_values = []
+        for node_id, node in nodes.items():
+            if node.kind == COMPOSITOR_KIND:
+                full = params_schema.with_defaults(COMPOSITOR_KIND, node.params)
+                fps_values.append(int(full["fps"]))
+                if node_id not in compositors:
+                    try:
+                        renderer = renderer_module.Renderer(
+                            ctx, full["width"], full["height"], full["output_format"], full["color_matrix"], self._asset_dir
+                        )
+                    except Exception as exc:
+                        # This compositor stays dark (retried at the next change); the others render on.
+                        self._emit("error", node_id, f"cannot set up rendering: {type(exc).__name__}: {exc}")
+                        continue
+                    compositors[node_id] = _CompositorState(renderer)
+            elif node.kind in SOURCE_FACTORIES and (node_id in changed_sources or node_id not in sources):
+                self._configure_source(node_id, node, sources)
+        self._fps = max(fps_values) if fps_values else IDLE_FPS
+        self._sinks.sync(self._session, changed_sources)
+
+    def _configure_source(self, node_id: str, node: NodeRecord, sources: dict[str, FrameSource]) -> None:
+        try:
+            full = params_schema.with_defaults(node.kind, node.params) if node.kind in params_schema.KINDS else node.params
+            source = sources.get(node_id)
+            if source is None:
+                source = sources[node_id] = SOURCE_FACTORIES[node.kind](full, SourceContext(node_id, self._asset_dir, self._push_inlets))
+                self._source_kinds[node_id] = node.kind
+            else:
+                source.configure(full)
+        except Exception as exc:
+            # The input shows nothing until its params are fixed; the node says why.
+            _close_source(sources.pop(node_id, None))
+            self._source_kinds.pop(node_id, None)
+            self._set_source_error(node_id, f"{node.kind}: {exc}")
+        else:
+            # A source that works in the background (a decoder) keeps its error until it has checked the new params.
+            self._set_source_error(node_id, getattr(source, "error", None))
+
+    def _set_source_error(self, node_id: str, message: str | None) -> None:
+        """Report a source node's error state when it changed (render thread)."""
+        if self._source_errors.get(node_id) == message:
+            return
+        if message is None:
+            del self._source_errors[node_id]
+        else:
+            self._source_errors[node_id] = message
+        self._emit("error", node_id, message)
+
+    def _emit_source_stats(self, sources: Mapping[str, FrameSource]) -> None:
+        for node_id, source in sources.items():
+            stats = getattr(source, "stats", None)
+            if stats is not None:
+                self._emit("stats", node_id, StatsEmission(self.session_id, node_id, stats()))
+
+    def _render_compositor(
+        self,
+        node_id: str,
+        state: _CompositorState,
+        sources: Mapping[str, FrameSource],
+        stamp: Stamp | None,
+        t: float,
+    ) -> None:
+        node = self._session.nodes[node_id]
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            full = state.full_params(node.params)
+            pins = set(params_schema.input_pins(COMPOSITOR_KIND, full))
+            frames: dict[str, SourceFrame] = {}
+            for pin, conn in sorted(self._session.inputs_of(node_id).items()):
+                source = sources.get(conn.from_node)
+                if pin in pins and source is not None:
+                    frame = source.frame(t)
+                    if frame is not None:  # None: nothing to show yet, the layer is left out
+                        frames[pin] = frame
+            scene = resolve_scene(full, frames, asset_dir=self._asset_dir)
+            output = state.renderer.render(scene, frames)
+        except Exception as exc:
+            error = f"frame failed: {type(exc).__name__}: {exc}"
+            scene = None
+        state.render_ms.append((time.perf_counter() - started) * 1000.0)
+        if scene is not None:
+            overlay_errors = dict(scene.errors)
+            overlay_errors.update(getattr(state.renderer, "overlay_errors", {}) or {})
+            if overlay_errors:
+                error = "; ".join(f"overlay {key}: {message}" for key, message in sorted(overlay_errors.items()))
+            self._latest_output[node_id] = output
+            for listener in self._output_listeners:
+                try:
+                    listener(node_id, output)
+                except Exception as exc:  # a sink's bug must not stop the pipeline
+                    error = f"output listener {getattr(listener, '__qualname__', listener)!s} failed: {exc}"
+            self._sinks.deliver(node_id, output, self._media_time, self._fps)
+            layout = scene.layout()
+            if layout != state.last_layout or stamp is not None:
+                state.last_layout = layout
+                state.view_seq += 1
+                self._emit(
+                    "view",
+                    node_id,
+                    ViewEmission(self.session_id, node_id, layout, stamp, state.acks.as_dict(), state.view_seq, time.time()),
+                )
+        if error != state.error:
+            state.error = error
+            self._emit("error", node_id, error)
+
+    def _emit_stats(self, compositors: Mapping[str, _CompositorState]) -> None:
+        for node_id, state in compositors.items():
+            samples = np.fromiter(state.render_ms, dtype=float)
+            state.render_ms.clear()
+            p50, p90, p99 = np.percentile(samples, [50, 90, 99]) if samples.size else (0.0, 0.0, 0.0)
+            stats = {
+                "frames_rendered": self._frames_rendered,
+                "frames_dropped": self._frames_dropped,
+                "frames_late": self._frames_late,
+                "fps": self._fps,
+                "render_ms_p50": round(float(p50), 3),
+                "render_ms_p90": round(float(p90), 3),
+                "render_ms_p99": round(float(p99), 3),
+            }
+            self._emit("stats", node_id, StatsEmission(self.session_id, node_id, stats))
+        for node_id, stats in self._sinks.stats().items():
+            self._emit("stats", node_id, StatsEmission(self.session_id, node_id, stats))
+
+
+def _close_source(source: Any) -> None:
+    """Stop a source's threads, if it has any (a bug there must not end the render loop)."""
+    close = getattr(source, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            traceback.print_exc()

@@ -1,0 +1,128 @@
+"""The PyAV encoder shared by ``sink::file`` and ``sink::stream``.
+
+One stream per output, 4:2:0, time base 1/fps of the first frame: a frame's
+pts is its slot on the render loop's clock (``SinkFrame.media_time``) counted
+from the first frame this sink wrote, so dropped slots leave gaps and
+timestamps never go backwards. ``finish`` flushes the encoder and writes the
+container trailer (the MP4 ``moov`` box): a file finished this way plays.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+import av
+
+from compositord.daemon.engine.sinks import convert
+from compositord.daemon.engine.sinks.base import Sink, SinkError, SinkFrame
+
+# codec param -> FFmpeg encoder name
+ENCODERS = {"h264": "libx264", "vp9": "libvpx-vp9", "av1": "libsvtav1"}
+
+# preset param -> (libvpx cpu-used, SVT-AV1 preset); x264 takes the names as they are
+_PRESET_SCALE = {
+    "ultrafast": (8, 12),
+    "superfast": (7, 11),
+    "veryfast": (6, 10),
+    "faster": (5, 9),
+    "fast": (4, 8),
+    "medium": (3, 7),
+    "slow": (2, 6),
+}
+
+
+# AVColorSpace / AVColorPrimaries / AVColorTransferCharacteristic numbers (libavutil/pixfmt.h);
+# color_range 1 = MPEG (limited).
+COLOR_TAGS = {
+    "bt709": {"colorspace": 1, "color_primaries": 1, "color_trc": 1, "color_range": 1},
+    "bt601": {"colorspace": 6, "color_primaries": 6, "color_trc": 6, "color_range": 1},
+}
+
+
+def encoder_available(codec: str) -> bool:
+    return ENCODERS[codec] in av.codecs_available
+
+
+def encoder_options(codec: str, preset: str, *, low_latency: bool) -> dict[str, str]:
+    if codec == "h264":
+        options = {"preset": preset}
+        if low_latency:
+            options["tune"] = "zerolatency"
+        return options
+    cpu_used, svt_preset = _PRESET_SCALE[preset]
+    if codec == "vp9":
+        return {"deadline": "realtime", "cpu-used": str(cpu_used), "row-mt": "1"}
+    return {"preset": str(svt_preset)}
+
+
+class EncoderSink(Sink):
+    """Encodes frames into a PyAV output container; subclasses say where (``target``)."""
+
+    low_latency = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._container: Any = None
+        self._stream: Any = None
+        self._first_time: float | None = None
+        self._last_pts = -1
+        self._size: tuple[int, int] | None = None
+
+    # subclass hooks
+    def target(self) -> tuple[str, str, dict[str, str]]:
+        """``(url or path, FFmpeg format name, container options)``."""
+        raise NotImplementedError
+
+    def codec(self) -> str:
+        return str(self.params.get("codec", "h264"))
+
+    def open(self, first: SinkFrame) -> None:
+        codec = self.codec()
+        if not encoder_available(codec):
+            raise SinkError(f"this build of PyAV has no {ENCODERS[codec]} encoder for codec {codec!r}")
+        frame = first.frame
+        if frame.width % 2 or frame.height % 2:
+            raise SinkError(f"{codec} in 4:2:0 needs an even frame size; the compositor makes {frame.width}x{frame.height}")
+        url, format_name, container_options = self.target()
+        fps = max(1, int(first.fps))
+        self._container = av.open(url, mode="w", format=format_name, options=container_options)
+        stream = self._container.add_stream(ENCODERS[codec], rate=fps)
+        stream.width = frame.width
+        stream.height = frame.height
+        stream.pix_fmt = "yuv420p"
+        stream.bit_rate = int(self.params.get("bitrate_kbps", 4000)) * 1000
+        stream.time_base = Fraction(1, fps)
+        stream.codec_context.time_base = Fraction(1, fps)
+        # Tag the stream with the compositor's matrix (limited range), so players convert back as it was made.
+        for attribute, value in COLOR_TAGS[frame.color_matrix].items():
+            setattr(stream.codec_context, attribute, value)
+        stream.options = encoder_options(codec, str(self.params.get("preset", "veryfast")), low_latency=self.low_latency)
+        self._stream = stream
+        self._size = (frame.width, frame.height)
+        self._first_time = first.media_time
+
+    def write(self, item: SinkFrame) -> None:
+        frame = item.frame
+        if (frame.width, frame.height) != self._size:
+            raise SinkError(
+                f"the output size changed from {self._size[0]}x{self._size[1]} to {frame.width}x{frame.height}; "
+                "send the node's params again to start a new output"
+            )
+        video = convert.to_yuv420p(frame)
+        rate = self._stream.time_base.denominator
+        pts = max(self._last_pts + 1, round((item.media_time - self._first_time) * rate))
+        video.pts = pts
+        video.time_base = self._stream.time_base
+        self._last_pts = pts
+        self._container.mux(self._stream.encode(video))
+
+    def finish(self) -> None:
+        container, self._container = self._container, None
+        if container is None:
+            return
+        try:
+            if self._stream is not None:
+                container.mux(self._stream.encode(None))  # drain the encoder's delayed frames
+        finally:
+            container.close()  # writes the trailer

@@ -1,0 +1,171 @@
+"""The sinks of one pipeline, owned by its render loop.
+
+The render thread calls ``sync`` whenever the session's nodes, connections or
+params changed (at a frame start), ``deliver`` after each compositor frame and
+``close_all`` when the loop ends. None of these block on a sink: a sink that
+must go (removed, new params) is told to finish and its worker thread does
+the flushing; a replacement waits for it on its own thread. Only
+``close_all`` waits (bounded by its timeout), so that on shutdown every file
+is finished before the process exits.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from compositord.daemon.state.model import SessionRecord
+from compositord.daemon.engine.render.frames import OutputFrame
+from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkFrame
+from compositord.protocol import params as params_schema
+
+COMPOSITOR_KIND = "video::compositor"
+
+
+def _file(
+    node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, *, output_dir: Path | None = None, **_: Any
+) -> Sink:
+    from compositord.daemon.engine.sinks.file import FileSink
+
+    return FileSink(node_id, params, latch, predecessor, output_dir=output_dir)
+
+
+def _y4m(
+    node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, *, output_dir: Path | None = None, **_: Any
+) -> Sink:
+    from compositord.daemon.engine.sinks.y4m import Y4MSink
+
+    return Y4MSink(node_id, params, latch, predecessor, output_dir=output_dir)
+
+
+def _stream(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, **_: Any) -> Sink:
+    from compositord.daemon.engine.sinks.stream import StreamSink
+
+    return StreamSink(node_id, params, latch, predecessor)
+
+
+def _window(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, **_: Any) -> Sink:
+    from compositord.daemon.engine.sinks.window import WindowSink  # imports glfw only when a window is asked for
+
+    return WindowSink(node_id, params, latch, predecessor)
+
+
+def _preview(
+    node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, *, on_preview: Any = None, **_: Any
+) -> Sink:
+    from compositord.daemon.engine.sinks.preview import PreviewSink
+
+    return PreviewSink(node_id, params, latch, predecessor, on_image=on_preview)
+
+
+# Node kind -> factory(node_id, full params, latch, predecessor, on_preview=..., output_dir=...).
+SINK_FACTORIES: dict[str, Callable[..., Sink]] = {
+    "sink::file": _file,
+    "sink::y4m": _y4m,
+    "sink::stream": _stream,
+    "sink::window": _window,
+    "sink::preview": _preview,
+}
+
+
+class SinkSet:
+    def __init__(
+        self,
+        report_error: Callable[[str, str | None], None],
+        on_preview: Callable[[Any], None] | None = None,
+        *,
+        output_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._report_error = report_error
+        self._on_preview = on_preview
+        self._output_dir = Path(output_dir) if output_dir is not None else None  # None: file outputs are refused
+        self._sinks: dict[str, Sink] = {}
+        self._kinds: dict[str, str] = {}  # node -> the kind its sink was made for
+        self._miswired: set[str] = set()  # sink nodes fed by something other than a compositor
+        self._latches: dict[str, ErrorLatch] = {}
+        self._retiring: list[Sink] = []  # told to finish, maybe still flushing
+        self._feeds: dict[str, tuple[Sink, ...]] = {}  # compositor node -> the sinks it feeds
+
+    # ---- render thread
+
+    def sync(self, session: SessionRecord, changed: set[str]) -> None:
+        """Match the session's sink nodes: start new ones, restart those in ``changed``, retire the rest."""
+        nodes = session.nodes
+        for node_id in [n for n in self._sinks if n not in nodes or nodes[n].kind != self._kinds[n]]:
+            self._retire(self._sinks.pop(node_id))
+            del self._kinds[node_id]
+            self._miswired.discard(node_id)
+            self._latches.pop(node_id, None)
+        for node_id, node in nodes.items():
+            factory = SINK_FACTORIES.get(node.kind)
+            if factory is None or (node_id in self._sinks and node_id not in changed):
+                continue
+            old = self._sinks.pop(node_id, None)
+            if old is not None:
+                self._retire(old)
+            latch = self._latches.get(node_id)
+            if latch is None:
+                latch = self._latches[node_id] = ErrorLatch(node_id, self._report_error)
+            full = params_schema.with_defaults(node.kind, node.params)
+            sink = factory(node_id, full, latch, old, on_preview=self._on_preview, output_dir=self._output_dir)
+            sink.start()
+            self._sinks[node_id] = sink
+            self._kinds[node_id] = node.kind
+        self._retiring = [sink for sink in self._retiring if not sink.close()]
+        feeds: dict[str, list[Sink]] = {}
+        for node_id, sink in self._sinks.items():
+            upstream = session.inputs_of(node_id).get("in")
+            upstream_kind = nodes[upstream.from_node].kind if upstream is not None and upstream.from_node in nodes else None
+            if upstream is not None and upstream_kind != COMPOSITOR_KIND:
+                # Only compositors produce output frames; say so rather than sit idle.
+                self._miswired.add(node_id)
+                self._latches[node_id].set(f"{self._kinds[node_id]}: its input must come from a {COMPOSITOR_KIND}, not {upstream_kind}")
+                continue
+            if node_id in self._miswired:
+                self._miswired.discard(node_id)
+                self._latches[node_id].set(None)
+            if upstream is not None:
+                feeds.setdefault(upstream.from_node, []).append(sink)
+        self._feeds = {node_id: tuple(sinks) for node_id, sinks in feeds.items()}
+
+    def deliver(self, compositor_id: str, frame: OutputFrame, media_time: float, fps: int) -> None:
+        sinks = self._feeds.get(compositor_id)
+        if sinks:
+            item = SinkFrame(frame, media_time, fps)
+            for sink in sinks:
+                sink.offer(item)
+
+    def _retire(self, sink: Sink) -> None:
+        sink.close(wait=False)
+        self._retiring.append(sink)
+
+    def close_all(self, timeout: float) -> None:
+        """Finish every sink (flush, write trailers) and wait for them, up to ``timeout`` in all."""
+        sinks = [*self._sinks.values(), *self._retiring]
+        self._sinks.clear()
+        self._retiring.clear()
+        self._feeds = {}
+        for sink in sinks:
+            sink.close(wait=False)
+        deadline = time.monotonic() + timeout
+        for sink in sinks:
+            sink.join(max(0.0, deadline - time.monotonic()))
+
+    # ---- any thread
+
+    def get(self, node_id: str) -> Sink | None:
+        return self._sinks.get(node_id)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {node_id: sink.stats() for node_id, sink in list(self._sinks.items())}
+
+    def standing_errors(self) -> dict[str, str]:
+        """Every sink node's current error (to report again after a topology change)."""
+        return {node_id: latch.message for node_id, latch in list(self._latches.items()) if latch.message is not None}
+
+    def error_of(self, node_id: str) -> str | None:
+        latch = self._latches.get(node_id)
+        return latch.message if latch is not None else None

@@ -1,0 +1,1 @@
+"""Frame producers for compositor inputs; each yields ``SourceFrame`` objects (daemon/engine/render/frames.py)."""

@@ -1,0 +1,89 @@
+"""A ``video::push`` node: frames a client sends as binary WebSocket messages (PROTOCOL.md section 6).
+
+The trio thread parses and checks each message (``protocol.frames``) and hands
+the frame to the render loop with ``RenderLoop.push_frame``, which puts it into
+the node's :class:`LatestFrameSlot` (in :class:`PushInlets`). The render
+thread's :class:`PushSource` takes the newest frame at each frame start:
+frames that arrive faster than the compositor renders are dropped and counted,
+never queued. Before the first frame the node shows nothing; afterwards it
+keeps its last good frame until a newer one arrives. ``pts_us`` is carried but
+not used for pacing: a pushed stream is live, the newest frame wins.
+
+RGBA8 frames are straight (not premultiplied) alpha; NV12 / I420 are read
+with the BT.709 matrix, limited range.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.sources.handoff import LatestFrameSlot
+from compositord.protocol.frames import HEADER_SIZE, FrameHeader
+
+_serials = itertools.count(1)
+
+
+def source_frame_from_message(header: FrameHeader, message: bytes | bytearray | memoryview) -> SourceFrame:
+    """The frame bytes of a checked binary message as a SourceFrame (no copy: a view of ``message``)."""
+    pixels = np.frombuffer(message, dtype=np.uint8, offset=HEADER_SIZE)
+    return SourceFrame(header.pixel_format, header.width, header.height, pixels, next(_serials))  # type: ignore[arg-type]
+
+
+class PushInlets:
+    """Per push node, the slot its frames wait in; shared by the trio thread (put) and the render thread (take)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slots: dict[str, LatestFrameSlot[SourceFrame]] = {}
+
+    def slot(self, node_id: str) -> LatestFrameSlot[SourceFrame]:
+        """The node's slot, made on first use (a frame may arrive before the render thread made the source)."""
+        with self._lock:
+            found = self._slots.get(node_id)
+            if found is None:
+                found = self._slots[node_id] = LatestFrameSlot()
+            return found
+
+    def retain(self, node_ids: Iterable[str]) -> None:
+        """Drop the slots of nodes no longer in the pipeline (bounds the map by the push nodes there are)."""
+        keep = set(node_ids)
+        with self._lock:
+            for node_id in [n for n in self._slots if n not in keep]:
+                del self._slots[node_id]
+
+
+class PushSource:
+    """Render thread side of one push node."""
+
+    def __init__(self, params: Mapping[str, Any], slot: LatestFrameSlot[SourceFrame]) -> None:
+        self._slot = slot
+        self._frame: SourceFrame | None = None
+        self._mismatched = 0
+        self.configure(params)
+
+    def configure(self, params: Mapping[str, Any]) -> None:
+        shape = (str(params.get("pixel_format", "rgba8")), int(params.get("width", 1280)), int(params.get("height", 720)))
+        if getattr(self, "_shape", None) != shape and self._frame is not None:
+            self._frame = None  # a frame of the old shape is not what the node now promises
+        self._shape = shape
+
+    def frame(self, t: float = 0.0) -> SourceFrame | None:
+        newest = self._slot.take()
+        if newest is not None:
+            if (newest.pixel_format, newest.width, newest.height) == self._shape:
+                self._frame = newest
+            else:
+                self._mismatched += 1  # checked against older params on its way in
+        return self._frame
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "frames_received": self._slot.offered,
+            "frames_dropped": self._slot.dropped + self._mismatched,
+        }

@@ -1,1 +1,0 @@
-"""Frame producers for compositor inputs; each yields ``SourceFrame`` objects (daemon/render/frames.py)."""

@@ -1,0 +1,1 @@
+"""Example pipelines and their assets, shipped as package data."""

@@ -1,1 +1,0 @@
-"""systemd unit and example configuration, shipped as package data."""
