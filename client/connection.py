@@ -497,7 +497,9 @@ class Client:
         try:
             ws: WebSocketConnection = await self._nursery.start(self._hold_connection)
         except ConnectionRejected as exc:
-            raise ConnectFailed(f"{self.url}: the server refused the connection (HTTP {exc.status_code})", exc.status_code) from exc
+            raise ConnectFailed(
+                f"{self.url}: the server refused the connection (HTTP {exc.status_code})", exc.status_code
+            ) from exc
         except (HandshakeError, OSError, trio.TooSlowError) as exc:
             raise ConnectFailed(f"{self.url}: cannot connect: {exc!r}") from exc
         self.stats.connections += 1
@@ -621,7 +623,9 @@ class Client:
                 for values in groups:
                     if "" in values:
                         document = values[""]
-                        messages.append(TuneNode(session_id, node_id, UPDATE, document, state.edit_replace(node_id, document), False))
+                        messages.append(
+                            TuneNode(session_id, node_id, UPDATE, document, state.edit_replace(node_id, document), False)
+                        )
                         values = {ptr: value for ptr, value in values.items() if ptr != ""}
                     if values:
                         patch = leaves_to_patch(values)

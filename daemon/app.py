@@ -25,10 +25,10 @@ import trio
 from compositord.daemon.config import Settings, demo_pipeline, load_pipeline, session_name_for
 from compositord.daemon.control.connection import CLOSE_GOING_AWAY
 from compositord.daemon.control.hub import Hub
-from compositord.daemon.state.model import SessionRecord
-from compositord.daemon.notify import Notifier, watchdog_from_environment
 from compositord.daemon.control.server import ControlServer
+from compositord.daemon.notify import Notifier, watchdog_from_environment
 from compositord.daemon.sessions.service import RenderLoopLike, SessionService
+from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.state.store import Store, StoreError
 from compositord.protocol.errors import LocalProtocolError
 
@@ -63,7 +63,9 @@ def _render_loop_factory(settings: Settings, trio_token: trio.lowlevel.TrioToken
 class _Services:
     """Everything the daemon runs, in one shielded nursery that only :meth:`stop` ends."""
 
-    def __init__(self, settings: Settings, notifier: Notifier, environ: Mapping[str, str] | None, device_index: int | None) -> None:
+    def __init__(
+        self, settings: Settings, notifier: Notifier, environ: Mapping[str, str] | None, device_index: int | None
+    ) -> None:
         self.settings = settings
         self.notifier = notifier
         self.environ = environ

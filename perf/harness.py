@@ -37,7 +37,9 @@ class CompositorRun:
 
         self._params = full_params
         self._sources = dict(sources)
-        self.renderer = Renderer(ctx, full_params["width"], full_params["height"], full_params["output_format"], full_params["color_matrix"])
+        self.renderer = Renderer(
+            ctx, full_params["width"], full_params["height"], full_params["output_format"], full_params["color_matrix"]
+        )
 
     def frame(self) -> OutputFrame:
         from compositord.daemon.engine.render.scene import resolve_scene

@@ -53,7 +53,9 @@ def main(argv: list[str]) -> int:
 
     state_dir, pipeline_file, probe_file, probe_row = Path(argv[0]), Path(argv[1]), Path(argv[2]), int(argv[3])
     _install_probe(probe_file, probe_row)
-    settings = Settings(host="127.0.0.1", port=0, state_dir=state_dir, asset_dir=state_dir / "assets", pipeline_file=pipeline_file)
+    settings = Settings(
+        host="127.0.0.1", port=0, state_dir=state_dir, asset_dir=state_dir / "assets", pipeline_file=pipeline_file
+    )
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

@@ -99,7 +99,12 @@ def main(argv: list[str]) -> int:
     record = trio.run(_watch_all, url, count)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     delivery = record.pop("view_delivery_ms")
-    summary = {**record, "cpu_seconds": usage.ru_utime + usage.ru_stime, "nice": os.nice(0), "view_delivery_ms": percentiles(delivery)}
+    summary = {
+        **record,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "nice": os.nice(0),
+        "view_delivery_ms": percentiles(delivery),
+    }
     print(json.dumps(summary), flush=True)
     return 0
 

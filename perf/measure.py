@@ -65,7 +65,7 @@ class Timing:
 
 def ratios(ours: Timing, peer: Timing) -> list[float]:
     """Our fps over the peer's, per repetition (both ran interleaved, A B A B)."""
-    return [round((ours.frames / a) / (peer.frames / b), 3) for a, b in zip(ours.walls, peer.walls)]
+    return [round((ours.frames / a) / (peer.frames / b), 3) for a, b in zip(ours.walls, peer.walls, strict=False)]
 
 
 def percentiles(samples: list[float], points: tuple[float, ...] = (50, 99)) -> dict[str, float | None]:
@@ -75,7 +75,7 @@ def percentiles(samples: list[float], points: tuple[float, ...] = (50, 99)) -> d
         return {**{key: None for key in keys}, "max": None, "count": 0}
     ordered = sorted(samples)
     out: dict[str, float | None] = {}
-    for key, p in zip(keys, points):
+    for key, p in zip(keys, points, strict=False):
         rank = max(1, -(-len(ordered) * p // 100))  # ceil, nearest-rank definition
         out[key] = round(ordered[int(rank) - 1], 3)
     out["max"] = round(ordered[-1], 3)

@@ -53,9 +53,7 @@ def have_gstreamer(*elements: str) -> str | None:
     if shutil.which("gst-launch-1.0") is None or shutil.which("gst-inspect-1.0") is None:
         return "gst-launch-1.0 not installed (apt-get install gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)"
     missing = [
-        element
-        for element in elements
-        if subprocess.run(["gst-inspect-1.0", "--exists", element], check=False).returncode != 0
+        element for element in elements if subprocess.run(["gst-inspect-1.0", "--exists", element], check=False).returncode != 0
     ]
     return f"GStreamer elements missing: {', '.join(missing)}" if missing else None
 
@@ -116,8 +114,11 @@ class PeerRuns:
         figures: dict[str, Any] = {}
         for name, timing in self.finished().items():
             per_rep = ratios(ours, timing)
-            say(f"-- peer {name} (start-up {self.startup[name]:.3f}s subtracted)", timing.summary(),
-                f"ratio compositord/{name} fps per repetition: {per_rep}")
+            say(
+                f"-- peer {name} (start-up {self.startup[name]:.3f}s subtracted)",
+                timing.summary(),
+                f"ratio compositord/{name} fps per repetition: {per_rep}",
+            )
             figures[name] = {**timing.as_dict(), "startup_s": round(self.startup[name], 4), "ratio_per_rep": per_rep}
         for note in self.notes:
             say(f"(no peer: {note})")

@@ -78,18 +78,26 @@ def block(results: dict[str, dict[str, Any]], env: dict[str, str], command: str)
         if ratios:
             ratio = _median(ratios)
             short = "" if ratio >= goal else f" ({100 * (1 - ratio / goal):.0f} % short)"
-            out.append(f"| compositor_only >= {goal}x {peer} | {ratio:.2f}x (per repetition {ratios}){short} | {_verdict(ratio >= goal)} |")
+            out.append(
+                f"| compositor_only >= {goal}x {peer} | {ratio:.2f}x (per repetition {ratios}){short} | {_verdict(ratio >= goal)} |"
+            )
         else:
             out.append(f"| compositor_only >= {goal}x {peer} | not run (peer missing or no --compare) | - |")
     ratios = pipe.get("peers", {}).get("ffmpeg", {}).get("ratio_per_rep", [])
     if ratios:
         ratio = _median(ratios)
         short = "" if ratio >= TARGET_PIPELINE_VS_FFMPEG else f" ({100 * (1 - ratio / TARGET_PIPELINE_VS_FFMPEG):.0f} % short)"
-        out.append(f"| compositor_pipeline >= 1.0x ffmpeg | {ratio:.2f}x (per repetition {ratios}){short} | {_verdict(ratio >= 1.0)} |")
+        out.append(
+            f"| compositor_pipeline >= 1.0x ffmpeg | {ratio:.2f}x (per repetition {ratios}){short} | {_verdict(ratio >= 1.0)} |"
+        )
     for row in lat.get("rows", []):
         if (row["clients"], row["editing"]) == (100, 10):
             p99 = row["b_view_ack_ms"].get("p99")
-            ok = p99 is not None and p99 <= row["b_p99_target_ms"] and row["frames_dropped_under_load"] <= row["frames_dropped_idle"]
+            ok = (
+                p99 is not None
+                and p99 <= row["b_p99_target_ms"]
+                and row["frames_dropped_under_load"] <= row["frames_dropped_idle"]
+            )
             out.append(
                 f"| control_latency (100, 10): (b) p99 <= {row['b_p99_target_ms']} ms, no frame dropped for control traffic | "
                 f"p99 {p99} ms; dropped {row['frames_dropped_under_load']} under load ({row['frames_dropped_idle']} idle) | {_verdict(ok)} |"
@@ -101,23 +109,37 @@ def block(results: dict[str, dict[str, Any]], env: dict[str, str], command: str)
         out += ["", f"### {label}", "", "| run | fps | ms/frame | wall mean (min..max, σ) s |", "| --- | --- | --- | --- |"]
         ours = result["ours"]
         ours_label = "compositord" + (f" (start-up {ours['startup_s']:.3f} s subtracted)" if ours.get("startup_s") else "")
-        rows = [(ours_label, ours)] + [(f"{peer} (start-up {r['startup_s']:.3f} s subtracted)", r) for peer, r in result.get("peers", {}).items()]
+        rows = [(ours_label, ours)] + [
+            (f"{peer} (start-up {r['startup_s']:.3f} s subtracted)", r) for peer, r in result.get("peers", {}).items()
+        ]
         for label_, r in rows:
-            out.append(f"| {label_} | {r['fps']:.1f} | {r['ms_per_frame']:.2f} | {r['wall_mean_s']:.3f} ({r['wall_min_s']:.3f}..{r['wall_max_s']:.3f}, {r['wall_stdev_s']:.4f}) |")
+            out.append(
+                f"| {label_} | {r['fps']:.1f} | {r['ms_per_frame']:.2f} | {r['wall_mean_s']:.3f} ({r['wall_min_s']:.3f}..{r['wall_max_s']:.3f}, {r['wall_stdev_s']:.4f}) |"
+            )
         if result.get("profile"):
             profile = result["profile"]
-            out += ["", f"Per-frame breakdown (cProfile over {profile['frames']} frames, ms/frame, profiler overhead included):", ""]
+            out += [
+                "",
+                f"Per-frame breakdown (cProfile over {profile['frames']} frames, ms/frame, profiler overhead included):",
+                "",
+            ]
             out += ["| where | ms/frame |", "| --- | --- |"]
             ordered = sorted(profile["ms_per_frame"].items(), key=lambda item: -item[1])
             out += [f"| {label_} | {ms:.3f} |" for label_, ms in ordered if ms >= 0.005]
             out.append(f"| total | {profile['total_ms_per_frame']:.3f} |")
     if lat.get("rows"):
         out += ["", f"### control_latency (daemon at {lat['fps']} fps; ms; p50 / p99 / max)", ""]
-        out += ["Percentiles are over the tunes acknowledged (n); after the edits the run waits up to 30 s for the"
-                " last acks, and those still missing then had waited longer still, so where n < tunes the true p99 is higher.", ""]
-        out += ["| (clients, editing) | tunes/s | (a) params ack | (b) view ack | missing (a) / (b) | (c) on screen | shown / overtaken | frame interval | frame end -> view read | dropped load (idle) | render ms p99 per s | CPU cores daemon / editors / watchers |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        out += [
+            "Percentiles are over the tunes acknowledged (n); after the edits the run waits up to 30 s for the"
+            " last acks, and those still missing then had waited longer still, so where n < tunes the true p99 is higher.",
+            "",
+        ]
+        out += [
+            "| (clients, editing) | tunes/s | (a) params ack | (b) view ack | missing (a) / (b) | (c) on screen | shown / overtaken | frame interval | frame end -> view read | dropped load (idle) | render ms p99 per s | CPU cores daemon / editors / watchers |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for row in lat["rows"]:
+
             def f(p: dict[str, Any]) -> str:
                 return "n/a" if not p.get("count") else f"{p['p50']:.1f} / {p['p99']:.1f} / {p['max']:.1f}"
 

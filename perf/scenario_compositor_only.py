@@ -61,8 +61,24 @@ def _ffmpeg(files: list[str]) -> peers.Peer:
     )
 
     def command(frames: int) -> list[str]:
-        return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *inputs, "-filter_complex", graph,
-                "-frames:v", str(frames), "-f", "rawvideo", "-pix_fmt", "rgba", "-y", "/dev/null"]
+        return [
+            "ffmpeg",
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            *inputs,
+            "-filter_complex",
+            graph,
+            "-frames:v",
+            str(frames),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgba",
+            "-y",
+            "/dev/null",
+        ]
 
     return peers.Peer("ffmpeg", command)
 
@@ -78,13 +94,39 @@ def _gstreamer(patterns: list[str]) -> peers.Peer:
     radians = f"{math.radians(ROTATION_DEGREES):.6f}"
 
     def command(frames: int) -> list[str]:
-        argv = ["gst-launch-1.0", "-q", "compositor", "name=c", "background=black", *pads, "!",
-                f"video/x-raw,format=RGBA,width={WIDTH},height={HEIGHT}", "!",
-                "textoverlay", f"text={TEXT}", f"font-desc=Sans {FONT_SIZE * 3 // 4}", "halignment=left", "valignment=top",
-                f"xpad={TEXT_X}", f"ypad={TEXT_Y}", "!", "fakesink", "sync=false"]
+        argv = [
+            "gst-launch-1.0",
+            "-q",
+            "compositor",
+            "name=c",
+            "background=black",
+            *pads,
+            "!",
+            f"video/x-raw,format=RGBA,width={WIDTH},height={HEIGHT}",
+            "!",
+            "textoverlay",
+            f"text={TEXT}",
+            f"font-desc=Sans {FONT_SIZE * 3 // 4}",
+            "halignment=left",
+            "valignment=top",
+            f"xpad={TEXT_X}",
+            f"ypad={TEXT_Y}",
+            "!",
+            "fakesink",
+            "sync=false",
+        ]
         for index, pattern in enumerate(patterns):
-            argv += ["multifilesrc", f"location={pattern}", "loop=true", f"num-buffers={frames}", f"caps={caps}", "!", "rawvideoparse",
-                     "use-sink-caps=true", "!"]
+            argv += [
+                "multifilesrc",
+                f"location={pattern}",
+                "loop=true",
+                f"num-buffers={frames}",
+                f"caps={caps}",
+                "!",
+                "rawvideoparse",
+                "use-sink-caps=true",
+                "!",
+            ]
             if index > 0:
                 argv += ["videoscale", "!", f"video/x-raw,width={PIP_W},height={PIP_H}", "!"]
             if index == 3:
@@ -98,7 +140,9 @@ def _gstreamer(patterns: list[str]) -> peers.Peer:
 def run(options: BenchOptions) -> dict[str, Any]:
     frames = options.frames_or(300, 30)
     iterations = options.iterations_or(3, 1)
-    options.say(f"== {NAME}: {WIDTH}x{HEIGHT} RGBA read back, background + 3 PiP (one rotated) + text, {frames} frames x {iterations}")
+    options.say(
+        f"== {NAME}: {WIDTH}x{HEIGHT} RGBA read back, background + 3 PiP (one rotated) + text, {frames} frames x {iterations}"
+    )
     cycles = [sources.rgba_cycle(WIDTH, HEIGHT, pattern="smpte" if i % 2 == 0 else "ramp") for i in range(4)]
     ours = Timing("compositord", frames)
     peer_list: list[peers.Peer] = []

@@ -59,11 +59,18 @@ def pipeline() -> dict[str, Any]:
     return {
         "nodes": {
             "bars": {"kind": "video::colorbars", "params": {"width": WIDTH, "height": HEIGHT}},
-            "probe": {"kind": "video::colorbars", "params": {"width": 64, "height": 64, "pattern": "solid", "color": PROBE_COLOR}},
+            "probe": {
+                "kind": "video::colorbars",
+                "params": {"width": 64, "height": 64, "pattern": "solid", "color": PROBE_COLOR},
+            },
             NODE: {
                 "kind": "video::compositor",
                 "params": {
-                    "width": WIDTH, "height": HEIGHT, "fps": FPS, "num_inputs": 2, "output_format": "rgba8",
+                    "width": WIDTH,
+                    "height": HEIGHT,
+                    "fps": FPS,
+                    "num_inputs": 2,
+                    "output_format": "rgba8",
                     "layers": {"in_1": {"rect": _rect(0), "aspect_fit": False}},
                     "text_overlays": [{"id": "title", "text": "compositord", "rect": {"x": 40, "y": 40}}],
                 },
@@ -119,7 +126,9 @@ class RunLog:
     finished: Any = None  # trio.Event: the run is over (edits done, last acks in or given up)
 
 
-async def _client(url: str, log: RunLog, editor: EditorLog | None, x_counter: itertools.count, start_at: float, stop_at: float, stats: bool) -> None:
+async def _client(
+    url: str, log: RunLog, editor: EditorLog | None, x_counter: itertools.count, start_at: float, stop_at: float, stats: bool
+) -> None:
     import trio
 
     from compositord.client import open_client
@@ -176,7 +185,9 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pid: int, observers: str = "raw", watchers_nice: int = 0) -> RunLog:
+async def _drive(
+    url: str, clients: int, editing: int, seconds: float, daemon_pid: int, observers: str = "raw", watchers_nice: int = 0
+) -> RunLog:
     import trio
 
     log = RunLog()
@@ -186,7 +197,9 @@ async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pi
         niced = ["nice", "-n", str(watchers_nice)] if watchers_nice else []
         watchers = subprocess.Popen(
             [*niced, sys.executable, "-m", "compositord.perf.latency_watchers", url, str(clients - editing)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert watchers.stdout is not None
         with trio.fail_after(90):
@@ -207,7 +220,7 @@ async def _drive(url: str, clients: int, editing: int, seconds: float, daemon_pi
         before = cpu_now()
         await trio.sleep(max(0.0, stop_at - time.monotonic()))
         after = cpu_now()
-        log.cpu = tuple((a - b) / seconds for a, b in zip(after, before))  # type: ignore[assignment]
+        log.cpu = tuple((a - b) / seconds for a, b in zip(after, before, strict=False))  # type: ignore[assignment]
 
     async def finish() -> None:
         """After the edits, wait (bounded) until every editor has both acks of its last tune."""
@@ -290,8 +303,19 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
         probe_file = folder / "probe.log"
         env = dict(os.environ)
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "compositord.perf.latency_daemon", str(folder / "state"), str(pipeline_file), str(probe_file), str(PROBE_ROW)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "compositord.perf.latency_daemon",
+                str(folder / "state"),
+                str(pipeline_file),
+                str(probe_file),
+                str(PROBE_ROW),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         try:
             assert daemon.stdout is not None
@@ -312,6 +336,7 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     start_at, stop_at = log.window
+
     def ack_latencies_ms(channel: str) -> list[float]:
         return [(s.ack_t[channel] - s.t) * 1000.0 for e in log.editors for s in e.sent.values() if channel in s.ack_t]
 
@@ -319,9 +344,9 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
     shown_ms, never_shown = _shown_latencies(log, frames)
     tunes = sum(len(e.sent) for e in log.editors)
     in_window = [t for t, _ in frames if start_at <= t <= stop_at]
-    intervals = [(b - a) * 1000.0 for a, b in zip(in_window, in_window[1:])]
+    intervals = [(b - a) * 1000.0 for a, b in itertools.pairwise(in_window)]
     idle = [t for t, _ in frames if t < start_at - 1.0]
-    idle_intervals = [(b - a) * 1000.0 for a, b in zip(idle, idle[1:])]
+    idle_intervals = [(b - a) * 1000.0 for a, b in itertools.pairwise(idle)]
     period_ms = 1000.0 / FPS
     dropped_load = sum(max(0, round(i / period_ms) - 1) for i in intervals)
     dropped_idle = sum(max(0, round(i / period_ms) - 1) for i in idle_intervals)
@@ -367,7 +392,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
     configs = QUICK_CONFIGS if options.quick else CONFIGS
     options.say(
         f"== {NAME}: daemon at {FPS} fps, {WIDTH}x{HEIGHT}; tunes at {EDIT_HZ} Hz per editing client, {seconds:g} s per config; "
-        f"watching clients: {options.observers}" + (f", their process {options.watchers_nice} nice steps down" if options.watchers_nice else "")
+        f"watching clients: {options.observers}"
+        + (f", their process {options.watchers_nice} nice steps down" if options.watchers_nice else "")
     )
     rows = []
     for clients, editing in configs:

@@ -24,6 +24,7 @@ same content (VP9's cost depends on it).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import statistics
@@ -36,10 +37,10 @@ from typing import Any
 import numpy as np
 
 from compositord.perf import peers, sources, vp9_encoder
-from compositord.perf.vp9_encoder import EncoderThread, Vp9Settings
 from compositord.perf.harness import CompositorRun, compositor_params, gl_context
 from compositord.perf.measure import Timing
 from compositord.perf.options import BenchOptions
+from compositord.perf.vp9_encoder import EncoderThread, Vp9Settings
 from compositord.protocol.layout import auto_pip_rect
 
 NAME = "compositor_pipeline"
@@ -50,8 +51,15 @@ GOP = 120
 BITRATE = "2M"
 VPX_OPTIONS = {"deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
 ENCODER_THREADS = 2
-SETTINGS = Vp9Settings(WIDTH, HEIGHT, fps=FPS, gop=GOP, bit_rate=int(BITRATE.rstrip("M")) * 1_000_000,
-                       threads=ENCODER_THREADS, options=dict(VPX_OPTIONS))
+SETTINGS = Vp9Settings(
+    WIDTH,
+    HEIGHT,
+    fps=FPS,
+    gop=GOP,
+    bit_rate=int(BITRATE.rstrip("M")) * 1_000_000,
+    threads=ENCODER_THREADS,
+    options=dict(VPX_OPTIONS),
+)
 REFERENCE_FRAMES = 8  # composited frames kept at each end of the last iteration to check the decoded WebM against
 MIN_PSNR_DB = 30.0  # measured: 55 dB over the frame, 46 dB over the PiP box; with the PiP missing: 22 and 14 dB
 
@@ -96,8 +104,12 @@ def verify_webm(webm: bytes, frames: int, reference_nv12: dict[int, Any], pip_bo
             f"decoded frames differ from the composited ones: PSNR {worst_frame:.1f} dB (whole frame), "
             f"{worst_pip:.1f} dB (picture-in-picture box), expected >= {MIN_PSNR_DB} dB"
         )
-    return {"decoded_frames": decoded, "compared_frames": len([index for index in reference_nv12 if index < decoded]),
-            "psnr_db_min": round(worst_frame, 2), "pip_psnr_db_min": round(worst_pip, 2)}
+    return {
+        "decoded_frames": decoded,
+        "compared_frames": len([index for index in reference_nv12 if index < decoded]),
+        "psnr_db_min": round(worst_frame, 2),
+        "pip_psnr_db_min": round(worst_pip, 2),
+    }
 
 
 def _iteration(run_: CompositorRun, encoder: EncoderThread, frames: int, keep: int = 0) -> tuple[float, bytes, dict[int, Any]]:
@@ -130,23 +142,68 @@ def _ffmpeg(background: str, pip: str) -> peers.Peer:
 
     def command(frames: int) -> list[str]:
         return [
-            "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
-            "-stream_loop", "-1", "-f", "rawvideo", "-pix_fmt", "nv12", "-s", f"{WIDTH}x{HEIGHT}", "-r", str(SETTINGS.fps), "-i", background,
-            "-stream_loop", "-1", "-f", "rawvideo", "-pix_fmt", "nv12", "-s", f"{PIP_W}x{PIP_H}", "-r", str(SETTINGS.fps), "-i", pip,
-            "-filter_complex", graph, "-frames:v", str(frames),
-            "-c:v", "libvpx-vp9", *vpx_options, "-threads", str(SETTINGS.threads),
-            "-b:v", str(SETTINGS.bit_rate), "-g", str(SETTINGS.gop), "-pix_fmt", "yuv420p", "-f", "webm", "-y", "/dev/null",
+            "ffmpeg",
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-stream_loop",
+            "-1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "nv12",
+            "-s",
+            f"{WIDTH}x{HEIGHT}",
+            "-r",
+            str(SETTINGS.fps),
+            "-i",
+            background,
+            "-stream_loop",
+            "-1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "nv12",
+            "-s",
+            f"{PIP_W}x{PIP_H}",
+            "-r",
+            str(SETTINGS.fps),
+            "-i",
+            pip,
+            "-filter_complex",
+            graph,
+            "-frames:v",
+            str(frames),
+            "-c:v",
+            "libvpx-vp9",
+            *vpx_options,
+            "-threads",
+            str(SETTINGS.threads),
+            "-b:v",
+            str(SETTINGS.bit_rate),
+            "-g",
+            str(SETTINGS.gop),
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "webm",
+            "-y",
+            "/dev/null",
         ]
 
     return peers.Peer("ffmpeg", command)
 
 
 LLVMPIPE_THREADS = 0  # for our process, unless LP_NUM_THREADS is set (--lp-threads): see OurPipeline
-COMPOSITING_NICE = 5  # added to the compositing thread's nice value in our process (the encoder's threads keep theirs): see OurPipeline
+COMPOSITING_NICE = (
+    5  # added to the compositing thread's nice value in our process (the encoder's threads keep theirs): see OurPipeline
+)
 
 
-def _our_pipeline_main(conn: Connection, bg_cycle: list[np.ndarray], pip_cycle: list[np.ndarray],
-                       lp_threads: int | None, profile_frames: int | None) -> None:
+def _our_pipeline_main(
+    conn: Connection, bg_cycle: list[np.ndarray], pip_cycle: list[np.ndarray], lp_threads: int | None, profile_frames: int | None
+) -> None:
     """The child process of OurPipeline: the compositor and the encoder thread, serving its requests."""
     if lp_threads is not None:
         os.environ["LP_NUM_THREADS"] = str(lp_threads)  # before this process's first GL context
@@ -193,7 +250,7 @@ def _our_pipeline_main(conn: Connection, bg_cycle: list[np.ndarray], pip_cycle: 
                 run_.release()
     except EOFError:  # the parent went away: nobody to tell
         return
-    except BaseException:  # noqa: BLE001  (shown by the parent, which raises)
+    except BaseException:
         conn.send(("error", traceback.format_exc()))
 
 
@@ -211,7 +268,9 @@ def _llvmpipe_thread_count() -> int:
 
 def _thread_nice_values() -> dict[str, int]:
     """Python thread name -> nice value, in this process."""
-    return {thread.name: os.getpriority(os.PRIO_PROCESS, thread.native_id) for thread in threading.enumerate() if thread.native_id}
+    return {
+        thread.name: os.getpriority(os.PRIO_PROCESS, thread.native_id) for thread in threading.enumerate() if thread.native_id
+    }
 
 
 class OurPipeline:
@@ -231,8 +290,7 @@ class OurPipeline:
     context was; each ``iteration`` is timed inside it, so the pipe adds nothing to the figures.
     """
 
-    def __init__(self, bg_cycle: list[np.ndarray], pip_cycle: list[np.ndarray], *, profile_frames: int | None,
-                 say: Any) -> None:
+    def __init__(self, bg_cycle: list[np.ndarray], pip_cycle: list[np.ndarray], *, profile_frames: int | None, say: Any) -> None:
         import multiprocessing
 
         self._say = say
@@ -240,8 +298,12 @@ class OurPipeline:
         self.lp_num_threads = os.environ.get("LP_NUM_THREADS", str(lp_threads))
         context = multiprocessing.get_context("spawn")  # a fresh process: no GL state, no threads inherited
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=_our_pipeline_main, args=(child, bg_cycle, pip_cycle, lp_threads, profile_frames),
-                                        name="bench-compositor-pipeline", daemon=True)
+        self._process = context.Process(
+            target=_our_pipeline_main,
+            args=(child, bg_cycle, pip_cycle, lp_threads, profile_frames),
+            name="bench-compositor-pipeline",
+            daemon=True,
+        )
         self._process.start()
         child.close()
         try:
@@ -276,10 +338,8 @@ class OurPipeline:
 
     def close(self) -> None:
         if self._process.is_alive():
-            try:
+            with contextlib.suppress(OSError):
                 self._conn.send(("quit",))
-            except OSError:
-                pass
             self._process.join(30.0)
             if self._process.is_alive():
                 self._process.terminate()
@@ -296,7 +356,9 @@ class OurPipeline:
 def run(options: BenchOptions) -> dict[str, Any]:
     frames = options.frames_or(300, 30)
     iterations = options.iterations_or(3, 1)
-    options.say(f"== {NAME}: {WIDTH}x{HEIGHT} NV12 bars + auto-PiP bars, VP9 realtime into WebM in memory, {frames} frames x {iterations}")
+    options.say(
+        f"== {NAME}: {WIDTH}x{HEIGHT} NV12 bars + auto-PiP bars, VP9 realtime into WebM in memory, {frames} frames x {iterations}"
+    )
     bg_cycle = [sources.rgba_to_nv12(f) for f in sources.rgba_cycle(WIDTH, HEIGHT)]
     pip_cycle = [sources.rgba_to_nv12(f) for f in sources.rgba_cycle(PIP_W, PIP_H, pattern="ramp")]
     notes: list[str] = []
@@ -330,15 +392,24 @@ def run(options: BenchOptions) -> dict[str, Any]:
             shutil.rmtree(scratch, ignore_errors=True)
     assert verified is not None
     label = f" (start-up {startup:.3f}s subtracted: opening the encoder, one frame, flush)" if options.startup_correction else ""
-    options.say(f"-- compositord{label}; LP_NUM_THREADS={pipeline.lp_num_threads} ({pipeline.llvmpipe_threads} llvmpipe threads); "
-                f"nice values {pipeline.thread_nice}",
-                ours.summary(), f"webm bytes per iteration: {sizes}",
-                f"last WebM decoded: {verified['decoded_frames']} frames; PSNR against the composited frames >= "
-                f"{verified['psnr_db_min']} dB (whole frame), {verified['pip_psnr_db_min']} dB (PiP box)")
+    options.say(
+        f"-- compositord{label}; LP_NUM_THREADS={pipeline.lp_num_threads} ({pipeline.llvmpipe_threads} llvmpipe threads); "
+        f"nice values {pipeline.thread_nice}",
+        ours.summary(),
+        f"webm bytes per iteration: {sizes}",
+        f"last WebM decoded: {verified['decoded_frames']} frames; PSNR against the composited frames >= "
+        f"{verified['psnr_db_min']} dB (whole frame), {verified['pip_psnr_db_min']} dB (PiP box)",
+    )
     result: dict[str, Any] = {
-        "ours": {**ours.as_dict(), "webm_bytes": sizes, "startup_s": round(startup, 4), "verified": verified,
-                 "lp_num_threads": pipeline.lp_num_threads, "llvmpipe_threads": pipeline.llvmpipe_threads,
-                 "thread_nice": pipeline.thread_nice},
+        "ours": {
+            **ours.as_dict(),
+            "webm_bytes": sizes,
+            "startup_s": round(startup, 4),
+            "verified": verified,
+            "lp_num_threads": pipeline.lp_num_threads,
+            "llvmpipe_threads": pipeline.llvmpipe_threads,
+            "thread_nice": pipeline.thread_nice,
+        },
         "peers": peer_runs.report(ours, options.say),
         "notes": notes,
     }

@@ -44,7 +44,9 @@ def measure_one(layers: int, width: int, height: int, frames: int) -> dict[str, 
 
     made = {"in_0": sources.CyclingSource(sources.rgba_cycle(width, height, count=2), "rgba8", width, height).frame}
     for index in range(1, layers):
-        made[f"in_{index}"] = sources.CyclingSource(sources.rgba_cycle(*PIP_SOURCE, pattern="ramp", count=2), "rgba8", *PIP_SOURCE).frame
+        made[f"in_{index}"] = sources.CyclingSource(
+            sources.rgba_cycle(*PIP_SOURCE, pattern="ramp", count=2), "rgba8", *PIP_SOURCE
+        ).frame
     per_frame: list[float] = []
     with gl_context() as ctx:
         run_ = CompositorRun(ctx, compositor_params(scene_params(layers, width, height)), made)
@@ -76,9 +78,10 @@ def peak_rss_kib() -> int:
     """This process's peak RSS: VmHWM from /proc (reset by exec), else ``ru_maxrss``, which Linux
     carries across exec from the forked parent and so reads the parent's peak when that was larger."""
     try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -107,8 +110,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one row per size, a column per layer count, cells 'ms (fps), RSS'."""
     counts = sorted({row["layers"] for row in rows})
     sizes = list(dict.fromkeys(row["size"] for row in rows))
-    lines = ["| output | " + " | ".join(f"{n} layer{'s' if n > 1 else ''}" for n in counts) + " |",
-             "| --- | " + " | ".join("---" for _ in counts) + " |"]
+    lines = [
+        "| output | " + " | ".join(f"{n} layer{'s' if n > 1 else ''}" for n in counts) + " |",
+        "| --- | " + " | ".join("---" for _ in counts) + " |",
+    ]
     for size in sizes:
         cells = []
         for n in counts:

@@ -49,7 +49,10 @@ def soak_pipeline(width: int = 640, height: int = 360) -> dict[str, Any]:
             "comp": {
                 "kind": "video::compositor",
                 "params": {
-                    "width": width, "height": height, "fps": FPS, "num_inputs": 4,
+                    "width": width,
+                    "height": height,
+                    "fps": FPS,
+                    "num_inputs": 4,
                     "text_overlays": [{"id": "title", "text": "soak", "font_size": 24}],
                 },
             },
@@ -146,7 +149,20 @@ async def soak(minutes: float, interval: float, clients: int, out: Any) -> dict[
         stderr_path = Path(tmp) / "daemon-stderr.txt"
         with stderr_path.open("wb") as stderr:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "compositord", "run", "--port", "0", "--state-dir", str(Path(tmp) / "state"), "--config", str(config), "--log-level", "WARNING"],
+                [
+                    sys.executable,
+                    "-m",
+                    "compositord",
+                    "run",
+                    "--port",
+                    "0",
+                    "--state-dir",
+                    str(Path(tmp) / "state"),
+                    "--config",
+                    str(config),
+                    "--log-level",
+                    "WARNING",
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"),
@@ -157,7 +173,11 @@ async def soak(minutes: float, interval: float, clients: int, out: Any) -> dict[
             totals = Totals()
             samples: list[dict[str, Any]] = []
             stop = trio.Event()
-            print("   min   rss_MB  fds    fps  render_p50  render_p99  late  dropped  tunes_acked  sync_p99_ms  reconnects", file=out, flush=True)
+            print(
+                "   min   rss_MB  fds    fps  render_p50  render_p99  late  dropped  tunes_acked  sync_p99_ms  reconnects",
+                file=out,
+                flush=True,
+            )
             started = trio.current_time()
             async with trio.open_nursery() as nursery:
                 proxy = DroppingProxy(port)
@@ -197,7 +217,8 @@ async def soak(minutes: float, interval: float, clients: int, out: Any) -> dict[
                         f"{sample['minutes']:6.2f} {sample['rss_mb']:8.1f} {sample['fds']:4d} {_fmt(sample['fps'])} {_fmt(sample['render_ms_p50'], 11)} "
                         f"{_fmt(sample['render_ms_p99'], 11)} {_fmt(sample['frames_late'], 5)} {_fmt(sample['frames_dropped'], 8)} "
                         f"{sample['tunes_acknowledged']:12d} {sample['sync_p99_ms']:12.1f} {sample['reconnects']:11d}",
-                        file=out, flush=True,
+                        file=out,
+                        flush=True,
                     )
                 stop.set()
                 await trio.sleep(0.5)  # a grace for the tunes in flight
@@ -250,7 +271,9 @@ async def _read_url(process: trio.Process, stderr_path: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="compositord bench soak", description="N minutes at 30 fps with 20 clients: RSS, fds and frame times over time")
+    parser = argparse.ArgumentParser(
+        prog="compositord bench soak", description="N minutes at 30 fps with 20 clients: RSS, fds and frame times over time"
+    )
     parser.add_argument("--minutes", type=float, default=30.0, help="how long (default 30)")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between samples (default 30)")
     parser.add_argument("--clients", type=int, default=CLIENTS, help=f"clients (default {CLIENTS})")

@@ -56,7 +56,9 @@ def nv12_to_yuv420p_frame(nv12: Any, width: int, height: int, frame: Any = None)
         frame = av.VideoFrame(width, height, "yuv420p")
     y_plane, u_plane, v_plane = (
         np.frombuffer(plane, np.uint8).reshape(rows, plane.line_size)[:, :cols]
-        for plane, rows, cols in zip(frame.planes, (height, height // 2, height // 2), (width, width // 2, width // 2))
+        for plane, rows, cols in zip(
+            frame.planes, (height, height // 2, height // 2), (width, width // 2, width // 2), strict=False
+        )
     )
     y_plane[...] = np.frombuffer(nv12, np.uint8, count=luma_bytes).reshape(height, width)
     if sys.byteorder == "little":
@@ -142,7 +144,9 @@ class EncoderThread:
     def put(self, nv12: Any) -> None:
         nbytes = memoryview(nv12).nbytes
         if nbytes != self.settings.nv12_bytes:
-            raise ValueError(f"nv12 frame: {nbytes} bytes, expected {self.settings.nv12_bytes} ({self.settings.width}x{self.settings.height})")
+            raise ValueError(
+                f"nv12 frame: {nbytes} bytes, expected {self.settings.nv12_bytes} ({self.settings.width}x{self.settings.height})"
+            )
         if not self._thread.is_alive():
             raise EncoderFailed("the encoder thread has stopped")
         self._places.acquire()
@@ -184,7 +188,7 @@ class EncoderThread:
                     if frame is not None:
                         assert session is not None
                         session.encode(frame)
-            except BaseException as exc:  # noqa: BLE001  (reported to the compositing thread at finish)
+            except BaseException as exc:
                 error = error or exc
             if message is self._FINISH and error is not None:
                 self._results.put(error)

@@ -39,7 +39,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 from compositord.protocol import params as node_params
 from compositord.protocol import pointer
@@ -122,7 +122,7 @@ class Event:
         _check_fields("Event", "event", self.event, self.payload, None)
 
 
-Message = Union[Request, Response, Event]
+Message = Request | Response | Event
 
 
 # --------------------------------------------------------------------------- text -> message
@@ -168,7 +168,9 @@ def _decode(data: str | bytes | bytearray | memoryview, max_bytes: int) -> str:
         try:
             size = len(data.encode("utf-8"))
         except UnicodeEncodeError as exc:
-            raise RemoteProtocolError(ErrorCode.BAD_JSON, f"not valid Unicode text: lone surrogate at character {exc.start}") from None
+            raise RemoteProtocolError(
+                ErrorCode.BAD_JSON, f"not valid Unicode text: lone surrogate at character {exc.start}"
+            ) from None
         if size > max_bytes:
             raise RemoteProtocolError(ErrorCode.TOO_LARGE, f"text message of {size} bytes is over the limit of {max_bytes}")
         return data
@@ -241,7 +243,9 @@ def message_from_json(document: Any) -> Message:
     """The envelope check of :func:`parse_message`, for a document already decoded."""
     if not isinstance(document, Mapping):
         raise _bad("", "a message must be a JSON object")
-    errors: list[FieldError] = [FieldError(pointer.join("", key), "unknown envelope field") for key in document if key not in _ENVELOPE_KEYS]
+    errors: list[FieldError] = [
+        FieldError(pointer.join("", key), "unknown envelope field") for key in document if key not in _ENVELOPE_KEYS
+    ]
     kind = document.get("type")
     if "type" not in document:
         errors.append(FieldError("/type", "required"))
@@ -339,7 +343,9 @@ class _Reader:
         return value
 
     def node_id(self, key: str = "node_id") -> str:
-        return self.string(key, max_len=64, pattern=node_params.NODE_ID_PATTERN, pattern_doc="a node id: letters, digits, '_', '.', '-'")
+        return self.string(
+            key, max_len=64, pattern=node_params.NODE_ID_PATTERN, pattern_doc="a node id: letters, digits, '_', '.', '-'"
+        )
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self.payload.get(key, default)
@@ -506,7 +512,7 @@ class TuneNode:
         return Request(action, {"session_id": self.session_id, **self.operation()}, correlation_id)
 
 
-BatchOperation = Union[AddNode, RemoveNode, Connect, Disconnect, TuneNode]
+BatchOperation = AddNode | RemoveNode | Connect | Disconnect | TuneNode
 
 
 @dataclass(frozen=True)
@@ -520,7 +526,9 @@ class ApplyBatch:
 
     def to_request(self, correlation_id: str | None = None) -> Request:
         operations = [{"action": op.ACTION, **op.operation()} for op in self.operations]
-        return Request(self.ACTION, {"session_id": self.session_id, "operations": operations, "atomic": self.atomic}, correlation_id)
+        return Request(
+            self.ACTION, {"session_id": self.session_id, "operations": operations, "atomic": self.atomic}, correlation_id
+        )
 
 
 @dataclass(frozen=True)
@@ -554,10 +562,21 @@ class UnsubscribePreview(_PreviewAction):
     ACTION: ClassVar[str] = "unsubscribepreview"
 
 
-Action = Union[
-    GetPipeline, ListSessions, CreateSession, DestroySession, AddNode, RemoveNode, Connect, Disconnect, TuneNode, ApplyBatch,
-    GetPreview, SubscribePreview, UnsubscribePreview,
-]
+Action = (
+    GetPipeline
+    | ListSessions
+    | CreateSession
+    | DestroySession
+    | AddNode
+    | RemoveNode
+    | Connect
+    | Disconnect
+    | TuneNode
+    | ApplyBatch
+    | GetPreview
+    | SubscribePreview
+    | UnsubscribePreview
+)
 
 
 def _session(reader: _Reader) -> str:
@@ -602,7 +621,9 @@ def _parse_add_node(payload: Mapping[str, Any], base: str, session_id: str | Non
     kind = reader.string("kind", max_len=64)
     raw_params = reader.mapping("params", required=False)
     if kind and len(kind) <= 64 and kind not in node_params.KINDS:
-        reader.errors.append(FieldError(pointer.join(base, "kind"), f"unknown node kind {kind!r}; known: {', '.join(node_params.NODE_KINDS)}"))
+        reader.errors.append(
+            FieldError(pointer.join(base, "kind"), f"unknown node kind {kind!r}; known: {', '.join(node_params.NODE_KINDS)}")
+        )
     reader.done()
     try:
         validated = node_params.validate(kind, strip_private(raw_params))

@@ -87,7 +87,10 @@ def parse_frame_header(data: bytes | bytearray | memoryview, *, max_bytes: int =
     if version != FRAME_VERSION:
         raise _refuse("/version", f"unsupported version {version}; this daemon speaks {FRAME_VERSION}")
     if format_code >= len(PIXEL_FORMATS):
-        raise _refuse("/pixel_format", f"unknown code {format_code}; known: " + ", ".join(f"{i} {name}" for i, name in enumerate(PIXEL_FORMATS)))
+        raise _refuse(
+            "/pixel_format",
+            f"unknown code {format_code}; known: " + ", ".join(f"{i} {name}" for i, name in enumerate(PIXEL_FORMATS)),
+        )
     if reserved != 0:
         raise _refuse("/reserved", "must be 0")
     pixel_format = PIXEL_FORMATS[format_code]
@@ -115,4 +118,6 @@ def pack_frame_header(node_id: str, width: int, height: int, pixel_format: str, 
         raise LocalProtocolError(f"{pixel_format} needs an even width and height, got {width}x{height}")
     if not -(2**63) <= pts_us < 2**63:
         raise LocalProtocolError(f"pts_us {pts_us} does not fit a signed 64-bit integer")
-    return HEADER.pack(FRAME_MAGIC, FRAME_VERSION, PIXEL_FORMATS.index(pixel_format), 0, node_id_hash(node_id), width, height, pts_us)
+    return HEADER.pack(
+        FRAME_MAGIC, FRAME_VERSION, PIXEL_FORMATS.index(pixel_format), 0, node_id_hash(node_id), width, height, pts_us
+    )

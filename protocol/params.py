@@ -236,7 +236,7 @@ class Color(Spec):
     def check(self, value: Any, path: str, errors: list[FieldError]) -> Any:
         match = _COLOR.fullmatch(value) if isinstance(value, str) else None
         if match is None:
-            errors.append(FieldError(path, "expected a colour \"#RRGGBB\" or \"#RRGGBBAA\""))
+            errors.append(FieldError(path, 'expected a colour "#RRGGBB" or "#RRGGBBAA"'))
             return value
         return "#" + (match.group(1) + (match.group(2) or "FF")).upper()
 
@@ -257,7 +257,9 @@ class Str(Spec):
         if not isinstance(value, str):
             errors.append(FieldError(path, f"expected a string, got {_type_name(value)}"))
         elif len(value) < self.min_len:
-            errors.append(FieldError(path, "must not be empty" if self.min_len == 1 else f"must have at least {self.min_len} characters"))
+            errors.append(
+                FieldError(path, "must not be empty" if self.min_len == 1 else f"must have at least {self.min_len} characters")
+            )
         elif len(value) > self.max_len:
             errors.append(FieldError(path, f"must have at most {self.max_len} characters"))
         elif "\x00" in value:
@@ -267,7 +269,9 @@ class Str(Spec):
         return value
 
     def describe(self) -> str:
-        text = f"string, {self.min_len}..{self.max_len} characters" if self.min_len else f"string, at most {self.max_len} characters"
+        text = (
+            f"string, {self.min_len}..{self.max_len} characters" if self.min_len else f"string, at most {self.max_len} characters"
+        )
         return f"{text}, {self.pattern_doc}" if self.pattern_doc else text
 
 
@@ -406,7 +410,11 @@ class ListOf(Spec):
                 if not isinstance(key, str):
                     continue
                 if key in seen:
-                    errors.append(FieldError(pointer.join(path, index, self.unique), f"duplicate {self.unique} {key!r} (also at index {seen[key]})"))
+                    errors.append(
+                        FieldError(
+                            pointer.join(path, index, self.unique), f"duplicate {self.unique} {key!r} (also at index {seen[key]})"
+                        )
+                    )
                 else:
                     seen[key] = index
         return result
@@ -463,7 +471,9 @@ def _even_dimensions_check(schema: Object, format_key: str) -> CrossCheck:
             return
         for key in ("width", "height"):
             if _effective(params, schema, key) % 2:
-                errors.append(FieldError(pointer.join("", key), f"must be even for {format_key} {fmt} (chroma is subsampled 2x2)"))
+                errors.append(
+                    FieldError(pointer.join("", key), f"must be even for {format_key} {fmt} (chroma is subsampled 2x2)")
+                )
 
     return CrossCheck((format_key, "width", "height"), run)
 
@@ -475,8 +485,12 @@ def _rect(*, sizes_required: bool, doc: str) -> Object:
         {
             "x": Pixels(-MAX_COORDINATE, MAX_COORDINATE, default=coordinate_default, doc="left edge, canvas pixels"),
             "y": Pixels(-MAX_COORDINATE, MAX_COORDINATE, default=coordinate_default, doc="top edge, canvas pixels"),
-            "width": Pixels(1, MAX_COORDINATE, default=size_default, doc="" if sizes_required else "auto: the content's own size"),
-            "height": Pixels(1, MAX_COORDINATE, default=size_default, doc="" if sizes_required else "auto: the content's own size"),
+            "width": Pixels(
+                1, MAX_COORDINATE, default=size_default, doc="" if sizes_required else "auto: the content's own size"
+            ),
+            "height": Pixels(
+                1, MAX_COORDINATE, default=size_default, doc="" if sizes_required else "auto: the content's own size"
+            ),
         },
         default=AUTO if sizes_required else {},
         doc=doc,
@@ -554,7 +568,14 @@ def _check_layer_slots(params: dict[str, Any], errors: list[FieldError]) -> None
         return
     for key in layers:
         if re.fullmatch(_LAYER_KEY, key) and int(key[3:]) >= num_inputs:
-            errors.append(FieldError(pointer.join("/layers", key), f"no such input: num_inputs is {num_inputs} (pins in_0 .. in_{num_inputs - 1})" if num_inputs else "no such input: num_inputs is 0"))
+            errors.append(
+                FieldError(
+                    pointer.join("/layers", key),
+                    f"no such input: num_inputs is {num_inputs} (pins in_0 .. in_{num_inputs - 1})"
+                    if num_inputs
+                    else "no such input: num_inputs is 0",
+                )
+            )
 
 
 def _fill_compositor(full: dict[str, Any]) -> dict[str, Any]:
@@ -591,7 +612,12 @@ def _check_sink_file_container(params: dict[str, Any], errors: list[FieldError])
     if container is None:
         extension = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
         if extension not in _CONTAINER_CODECS:
-            errors.append(FieldError("/container", f"required: the path's extension {('.' + extension) if extension else '(none)'} names no container (mp4, webm, mkv)"))
+            errors.append(
+                FieldError(
+                    "/container",
+                    f"required: the path's extension {('.' + extension) if extension else '(none)'} names no container (mp4, webm, mkv)",
+                )
+            )
             return
         container = extension
     codec = params.get("codec", _CODEC.default)
@@ -712,7 +738,13 @@ _register(
     NodeKind(
         "sink::y4m",
         SINK,
-        Object({"path": RelativePath(max_len=4096, default="-", doc='file or FIFO inside the output directory; "-" is standard output')}),
+        Object(
+            {
+                "path": RelativePath(
+                    max_len=4096, default="-", doc='file or FIFO inside the output directory; "-" is standard output'
+                )
+            }
+        ),
         "raw frames as YUV4MPEG2 to a file or FIFO",
     )
 )
@@ -878,7 +910,12 @@ class _AnyObject(Spec):
 
 _PIPELINE = Object(
     {
-        "nodes": MapOf(NODE_ID_PATTERN, "a node id (letters, digits, '_', '.', '-')", Object({"kind": Str(64, min_len=1), "params": _AnyObject()}), default={}),
+        "nodes": MapOf(
+            NODE_ID_PATTERN,
+            "a node id (letters, digits, '_', '.', '-')",
+            Object({"kind": Str(64, min_len=1), "params": _AnyObject()}),
+            default={},
+        ),
         "connections": ListOf(_CONNECTION, MAX_CONNECTIONS, default=[]),
     }
 )
@@ -901,7 +938,7 @@ def validate_pipeline(doc: Any) -> dict[str, Any]:
         nodes_in = {}
     nodes: dict[str, dict[str, Any]] = {}
     valid_kinds: dict[str, str] = {}
-    for node_id, node in (nodes_in.items() if isinstance(nodes_in, Mapping) else ()):
+    for node_id, node in nodes_in.items() if isinstance(nodes_in, Mapping) else ():
         if not isinstance(node, Mapping) or not isinstance(node.get("kind"), str):
             continue
         base = pointer.join("/nodes", node_id)
@@ -995,7 +1032,7 @@ def _find_cycle(edges: Mapping[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt) :] + [nxt]
+                return [*path[path.index(nxt) :], nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -1045,8 +1082,8 @@ def reference_markdown() -> str:
         "",
         "Rules for every kind: an unknown key, a value of the wrong type (`true` is not a number),",
         "NaN, an infinity or a value out of range is an `invalid_params` error naming the field's",
-        "JSON pointer; every error is reported at once. \"required\" fields have no default;",
-        "\"auto\" fields may be absent (or `null`, the same) and are then computed. Durable params",
+        'JSON pointer; every error is reported at once. "required" fields have no default;',
+        '"auto" fields may be absent (or `null`, the same) and are then computed. Durable params',
         "keep only what was sent, normalized: numbers as floats, integers as ints, pixel values",
         "rounded to whole pixels (halves up), colours as `#RRGGBBAA` upper case.",
         "",

@@ -3,22 +3,21 @@ and decoding what a sink wrote with PyAV."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import json
-
 import av
 import numpy as np
 import pytest
 import trio
 
-from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
-from compositord.daemon.engine.render import gl_context
 from compositord.daemon.engine.loop import PreviewEmission, RenderLoop, RenderLoopError, StatsEmission
+from compositord.daemon.engine.render import gl_context
+from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.tests.raw_requests import ask
 
 W, H = 160, 90
@@ -157,7 +156,9 @@ def centre_rgb(frame: np.ndarray) -> np.ndarray:
 
 def assert_colour(frame: np.ndarray, expected: tuple[int, int, int] = SOLID_RGB, tolerance: float = 8.0) -> None:
     got = centre_rgb(frame)
-    assert np.all(np.abs(got - np.array(expected)) <= tolerance), f"centre colour {got.round(1)} is not within {tolerance} of {expected}"
+    assert np.all(np.abs(got - np.array(expected)) <= tolerance), (
+        f"centre colour {got.round(1)} is not within {tolerance} of {expected}"
+    )
 
 
 class Peer:

@@ -15,8 +15,8 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from compositord.client import ConnectFailed, open_client
 from compositord.cli.run import add_arguments
+from compositord.client import ConnectFailed, open_client
 from compositord.daemon.config import Settings
 from compositord.testing.plugin import settings_for
 
@@ -48,9 +48,20 @@ async def _status(url: str, headers: list[tuple[bytes, bytes]] | None = None) ->
         ("?token=" + TOKEN[:-1], []),
         ("?token=" + TOKEN, [(b"Authorization", b"Bearer wrong")]),  # the header, when present, decides
     ],
-    ids=["none", "wrong-header", "basic-scheme", "empty-bearer", "wrong-query", "empty-query", "prefix-query", "wrong-header-right-query"],
+    ids=[
+        "none",
+        "wrong-header",
+        "basic-scheme",
+        "empty-bearer",
+        "wrong-query",
+        "empty-query",
+        "prefix-query",
+        "wrong-header-right-query",
+    ],
 )
-async def test_no_or_wrong_token_is_401_before_any_message(compositord_daemon: Any, suffix: str, headers: list[tuple[bytes, bytes]]) -> None:
+async def test_no_or_wrong_token_is_401_before_any_message(
+    compositord_daemon: Any, suffix: str, headers: list[tuple[bytes, bytes]]
+) -> None:
     assert await _status(compositord_daemon.url + suffix, headers) == 401
 
 

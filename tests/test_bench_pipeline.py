@@ -52,10 +52,14 @@ def test_every_frame_comes_back_in_order_through_two_sessions_of_one_thread() ->
             assert encoder.packets == len(inputs)
             decoded = decoded_yuv420p(webm)
             assert len(decoded) == len(inputs)
-            for index, (got, nv12) in enumerate(zip(decoded, inputs)):
+            for index, (got, nv12) in enumerate(zip(decoded, inputs, strict=False)):
                 want = nv12_to_yuv420p_frame(nv12, SMALL.width, SMALL.height).to_ndarray()
                 assert psnr(got, want) > 30.0, f"frame {index}"
-                others = [psnr(got, nv12_to_yuv420p_frame(other, SMALL.width, SMALL.height).to_ndarray()) for other in inputs if other is not nv12]
+                others = [
+                    psnr(got, nv12_to_yuv420p_frame(other, SMALL.width, SMALL.height).to_ndarray())
+                    for other in inputs
+                    if other is not nv12
+                ]
                 assert psnr(got, want) > max(others)  # it is this frame, not a neighbour
 
 
@@ -176,8 +180,10 @@ def test_verify_webm_catches_a_wrong_frame_count(composited_webm: tuple[bytes, n
 def small_cycles() -> tuple[list[np.ndarray], list[np.ndarray]]:
     width, height = scenario_pipeline.WIDTH, scenario_pipeline.HEIGHT
     pip_w, pip_h = scenario_pipeline.PIP_W, scenario_pipeline.PIP_H
-    return ([sources.rgba_to_nv12(f) for f in sources.rgba_cycle(width, height, count=2)],
-            [sources.rgba_to_nv12(f) for f in sources.rgba_cycle(pip_w, pip_h, pattern="ramp", count=2)])
+    return (
+        [sources.rgba_to_nv12(f) for f in sources.rgba_cycle(width, height, count=2)],
+        [sources.rgba_to_nv12(f) for f in sources.rgba_cycle(pip_w, pip_h, pattern="ramp", count=2)],
+    )
 
 
 @pytest.mark.parametrize(("environment", "threads"), [(None, scenario_pipeline.LLVMPIPE_THREADS), ("1", 1)])
@@ -193,7 +199,10 @@ def test_our_pipeline_process_uses_its_llvmpipe_threads_unless_told_otherwise(
     with scenario_pipeline.OurPipeline(bg_cycle, pip_cycle, profile_frames=2, say=lambda *text: lines.extend(text)) as pipeline:
         assert pipeline.llvmpipe_threads == threads  # counted in the child's /proc/self/task
         base = os.getpriority(os.PRIO_PROCESS, 0)  # the child starts at ours
-        assert pipeline.thread_nice == {"MainThread": min(19, base + scenario_pipeline.COMPOSITING_NICE), "bench-vp9-encoder": base}
+        assert pipeline.thread_nice == {
+            "MainThread": min(19, base + scenario_pipeline.COMPOSITING_NICE),
+            "bench-vp9-encoder": base,
+        }
         wall, size, verified = pipeline.iteration(3, verify=True)
     assert wall > 0 and size > 0
     assert verified is not None and verified["decoded_frames"] == 3 and verified["compared_frames"] == 3

@@ -18,8 +18,8 @@ from compositord.client import (
     UnexpectedResponse,
     open_client,
 )
-from compositord.protocol.causal import VIEW_CHANNEL, Stamp
 from compositord.protocol import envelope
+from compositord.protocol.causal import VIEW_CHANNEL, Stamp
 from compositord.protocol.envelope import PATCH, AddNode, Request, TuneNode, serialize
 from compositord.tests import fake_server
 from compositord.tests.fake_server import FakeServer
@@ -182,7 +182,10 @@ async def test_reconnect_does_not_resend_what_the_server_had_applied(server: Fak
     Rule C4: the resync's ``retired_acks`` say the old nonce's rev 1 was processed, so the
     client does not re-send it (which would overwrite the other client's newer value).
     """
-    async with open_client(server.url) as other, open_client(server.url, reconnect_delay=0.01, reconnect_delay_max=0.05) as client:
+    async with (
+        open_client(server.url) as other,
+        open_client(server.url, reconnect_delay=0.01, reconnect_delay_max=0.05) as client,
+    ):
         await client.get_pipeline(S)
         old_nonce = client.nonce
         server.refuse_connections = True  # the client stays out until the other client's tune has landed
@@ -292,9 +295,7 @@ async def test_refused_batch_drops_its_pending_values(server: FakeServer) -> Non
     async with open_client(server.url) as client:
         await client.get_pipeline(S)
         with pytest.raises(CompositordError):
-            await client.apply_batch(
-                S, [TuneNode(S, "comp", PATCH, {"fps": 30}), TuneNode(S, "comp", PATCH, {"fps": 9999})]
-            )
+            await client.apply_batch(S, [TuneNode(S, "comp", PATCH, {"fps": 30}), TuneNode(S, "comp", PATCH, {"fps": 9999})])
         assert client.pending(S, "comp") == {}
         assert "fps" not in client.shown(S, "comp")
         assert server.acks_of("comp") == {client.nonce: 2}
@@ -340,8 +341,6 @@ async def test_fake_server_forgets_a_closed_connections_sender(server: FakeServe
         assert nonce in server.acks_of("comp")
     await until(lambda: not server.connections)
     assert nonce not in server.acks_of("comp")
-
-
 
 
 async def test_reconnect_gives_up_on_a_permanent_refusal(server: FakeServer) -> None:

@@ -11,8 +11,10 @@ database after stamped traffic. Also ``compositord ctl`` against the daemon.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import io
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -24,8 +26,8 @@ import trio
 import yaml
 from trio_websocket import open_websocket_url
 
-from compositord.client import RESYNCED, Client, ConnectionLost, open_client
 from compositord.cli import ctl as cli_ctl
+from compositord.client import RESYNCED, Client, ConnectionLost, open_client
 from compositord.daemon.config import load_pipeline
 from compositord.daemon.state.store import iter_stored_keys
 from compositord.protocol import layout, pointer
@@ -103,16 +105,14 @@ async def drag(client: Client, session_id: str, pin: str, field_name: str, start
     value = start
     for step in range(steps):
         value = start + step
-        try:
+        with contextlib.suppress(ConnectionLost):  # the value stays pending and is re-sent after the reconnect
             await client.tune(session_id, "comp", {"layers": {pin: {"rect": {field_name: value}}}}, sync=False)
-        except ConnectionLost:
-            pass  # the value stays pending and is re-sent after the reconnect
         await trio.sleep(1 / DRAG_HZ)
     return value
 
 
 def never_backwards(values: list[float]) -> bool:
-    return all(later >= earlier for earlier, later in zip(values, values[1:]))
+    return all(later >= earlier for earlier, later in itertools.pairwise(values))
 
 
 async def settled(*clients: Client, session_id: str, timeout: float = 10.0) -> None:
@@ -122,7 +122,9 @@ async def settled(*clients: Client, session_id: str, timeout: float = 10.0) -> N
             await trio.sleep(0.02)
 
 
-async def view_shows(client: Client, session_id: str, pin: str, expected: dict[str, float], timeout: float = 5.0) -> dict[str, Any]:
+async def view_shows(
+    client: Client, session_id: str, pin: str, expected: dict[str, float], timeout: float = 5.0
+) -> dict[str, Any]:
     with trio.fail_after(timeout):
         while True:
             shown = client.shown(session_id, "comp", "view") or {}
@@ -151,7 +153,10 @@ async def two_clients(compositord_daemon: RunningDaemon) -> AsyncIterator[tuple[
     ],
 )
 async def test_two_clients_drag_at_60hz(
-    compositord_daemon: RunningDaemon, two_clients: tuple[Client, Client], a_drag: tuple[str, str, int], b_drag: tuple[str, str, int]
+    compositord_daemon: RunningDaemon,
+    two_clients: tuple[Client, Client],
+    a_drag: tuple[str, str, int],
+    b_drag: tuple[str, str, int],
 ) -> None:
     session = compositord_daemon.session_id
     a, b = two_clients
@@ -299,18 +304,47 @@ async def test_exports_and_database_have_no_private_keys_after_stamped_traffic(
     client = compositord_client
     for step in range(30):
         await client.tune(session, "comp", {"layers": {"in_1": {"opacity": step / 30}}}, sync=step % 3 == 0)
-    await client.tune(session, "comp", {"width": 160, "height": 90, "num_inputs": 3, "layers": {"in_1": {"rect": {"x": 1, "y": 2, "width": 30, "height": 20}}}}, replace=True)
+    await client.tune(
+        session,
+        "comp",
+        {"width": 160, "height": 90, "num_inputs": 3, "layers": {"in_1": {"rect": {"x": 1, "y": 2, "width": 30, "height": 20}}}},
+        replace=True,
+    )
     # A raw client hides "_" keys at every depth, stamped and not; the client library would strip them first.
     async with open_websocket_url(compositord_daemon.url) as ws:
         nasty = {"layers": {"in_0": {"opacity": 0.5, "_note": {"_deeper": [1]}}}, "_sender": "raw", "_rev": 1, "_extra": 3}
-        await ws.send_message(json.dumps({"type": "request", "correlation_id": "n", "payload": {
-            "action": "tunenode", "session_id": session, "node_id": "comp", "message": {"PatchParams": nasty}}}))
+        await ws.send_message(
+            json.dumps(
+                {
+                    "type": "request",
+                    "correlation_id": "n",
+                    "payload": {
+                        "action": "tunenode",
+                        "session_id": session,
+                        "node_id": "comp",
+                        "message": {"PatchParams": nasty},
+                    },
+                }
+            )
+        )
         with trio.fail_after(5):
             while json.loads(await ws.get_message()).get("correlation_id") != "n":
                 pass
-        await ws.send_message(json.dumps({"type": "request", "correlation_id": "a", "payload": {
-            "action": "addnode", "session_id": session, "node_id": "extra", "kind": "video::colorbars",
-            "params": {"width": 32, "height": 32, "_private": True}}}))
+        await ws.send_message(
+            json.dumps(
+                {
+                    "type": "request",
+                    "correlation_id": "a",
+                    "payload": {
+                        "action": "addnode",
+                        "session_id": session,
+                        "node_id": "extra",
+                        "kind": "video::colorbars",
+                        "params": {"width": 32, "height": 32, "_private": True},
+                    },
+                }
+            )
+        )
         with trio.fail_after(5):
             while json.loads(await ws.get_message()).get("correlation_id") != "a":
                 pass
@@ -322,7 +356,7 @@ async def test_exports_and_database_have_no_private_keys_after_stamped_traffic(
         "nodes": {node_id: {"kind": node["kind"], "params": node["params"]} for node_id, node in exported["nodes"].items()},
         "connections": exported["connections"],
     }
-    for suffix, text in ((".yaml", yaml.safe_dump(document)), (".json", json.dumps(document))):
+    for text in (yaml.safe_dump(document), json.dumps(document)):
         assert "_sender" not in text and "_rev" not in text and "_acks" not in text and "_note" not in text
         assert list(private_keys(yaml.safe_load(text))) == []
     # the export is a valid pipeline file again
@@ -390,7 +424,9 @@ async def test_sessions_and_params_survive_a_restart(tmp_path: Path) -> None:
         async with open_client(daemon.url) as client:
             await client.tune(daemon.session_id, "comp", {"layers": {"in_1": {"opacity": 0.25}}})
             await client.tune(daemon.session_id, "comp", {"fps": 50}, sync=False)  # group-committed
-            second = await client.create_session("second", {"nodes": {"b": {"kind": "video::colorbars", "params": {"width": 32, "height": 32}}}})
+            second = await client.create_session(
+                "second", {"nodes": {"b": {"kind": "video::colorbars", "params": {"width": 32, "height": 32}}}}
+            )
         nursery.cancel_scope.cancel()
     async with trio.open_nursery() as nursery:
         daemon = await start_daemon(nursery, settings)

@@ -50,7 +50,9 @@ def test_parse_each_message_type() -> None:
     event = E.parse_message(b'{"type":"event","payload":{"event":"noderemoved","session_id":"s","node_id":"n"}}')
     assert event == E.Event("noderemoved", {"session_id": "s", "node_id": "n"})
     assert E.parse_message(bytearray(b'{"type":"request","payload":{"action":"listsessions"}}')).correlation_id is None
-    assert E.parse_message(memoryview(b'{"type":"request","correlation_id":null,"payload":{"action":"x"}}')).correlation_id is None
+    assert (
+        E.parse_message(memoryview(b'{"type":"request","correlation_id":null,"payload":{"action":"x"}}')).correlation_id is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,7 +74,10 @@ def test_serialize_then_parse_round_trips(message: E.Message) -> None:
 def test_serialized_shape_is_the_wire_shape() -> None:
     text = E.serialize(E.Response("error", {"code": "not_found"}, "42"))
     assert text == '{"type":"response","correlation_id":"42","payload":{"action":"error","code":"not_found"}}'
-    assert E.serialize(E.Event("sessiondestroyed", {"session_id": "s"})) == '{"type":"event","payload":{"event":"sessiondestroyed","session_id":"s"}}'
+    assert (
+        E.serialize(E.Event("sessiondestroyed", {"session_id": "s"}))
+        == '{"type":"event","payload":{"event":"sessiondestroyed","session_id":"s"}}'
+    )
     assert "é" in E.serialize(E.Event("x", {"name": "é"})), "UTF-8 text, not \\u escapes"
 
 
@@ -153,9 +158,18 @@ def test_parse_message_rejects_non_text_as_our_own_bug() -> None:
         ({"type": "request", "payload": {"action": "tune_node"}}, {"/payload/action": "must be a lowercase name (letters a-z)"}),
         ({"type": "request", "payload": {"action": ""}}, {"/payload/action": "must be a lowercase name (letters a-z)"}),
         ({"type": "event", "payload": {"action": "x"}}, {"/payload/event": "required"}),
-        ({"type": "event", "correlation_id": "c", "payload": {"event": "x"}}, {"/correlation_id": "an event carries no correlation_id"}),
-        ({"type": "request", "correlation_id": 7, "payload": {"action": "x"}}, {"/correlation_id": "must be a string of at most 256 characters"}),
-        ({"type": "request", "correlation_id": "c" * 257, "payload": {"action": "x"}}, {"/correlation_id": "must be a string of at most 256 characters"}),
+        (
+            {"type": "event", "correlation_id": "c", "payload": {"event": "x"}},
+            {"/correlation_id": "an event carries no correlation_id"},
+        ),
+        (
+            {"type": "request", "correlation_id": 7, "payload": {"action": "x"}},
+            {"/correlation_id": "must be a string of at most 256 characters"},
+        ),
+        (
+            {"type": "request", "correlation_id": "c" * 257, "payload": {"action": "x"}},
+            {"/correlation_id": "must be a string of at most 256 characters"},
+        ),
     ],
 )
 def test_bad_envelopes_report_every_field(doc: Any, errors: dict[str, str]) -> None:
@@ -313,10 +327,18 @@ def test_apply_batch() -> None:
         ([{"action": "getpipeline"}], {}, ErrorCode.UNKNOWN_ACTION, "/payload/operations/0/action"),
         ([{"action": "tunenodeasync"}], {}, ErrorCode.UNKNOWN_ACTION, "/payload/operations/0/action"),
         ([{"node_id": "x"}], {}, ErrorCode.UNKNOWN_ACTION, "/payload/operations/0/action"),
-        ([{"action": "removenode", "node_id": "x", "session_id": "other"}], {}, ErrorCode.BAD_ENVELOPE, "/payload/operations/0/session_id"),
+        (
+            [{"action": "removenode", "node_id": "x", "session_id": "other"}],
+            {},
+            ErrorCode.BAD_ENVELOPE,
+            "/payload/operations/0/session_id",
+        ),
         ([{"action": "removenode"}], {}, ErrorCode.BAD_ENVELOPE, "/payload/operations/0/node_id"),
         (
-            [{"action": "removenode", "node_id": "a"}, {"action": "tunenode", "node_id": "c", "message": {"PatchParams": {"_rev": 2}}}],
+            [
+                {"action": "removenode", "node_id": "a"},
+                {"action": "tunenode", "node_id": "c", "message": {"PatchParams": {"_rev": 2}}},
+            ],
             {},
             ErrorCode.BAD_ENVELOPE,
             "/payload/operations/1/message/PatchParams/_sender",
@@ -328,7 +350,12 @@ def test_apply_batch() -> None:
             "/payload/operations/0/params/width",
         ),
         ([], {"atomic": "yes"}, ErrorCode.BAD_ENVELOPE, "/payload/atomic"),
-        ([{"action": "removenode", "node_id": "n"}] * (E.MAX_BATCH_OPERATIONS + 1), {}, ErrorCode.TOO_LARGE, "/payload/operations"),
+        (
+            [{"action": "removenode", "node_id": "n"}] * (E.MAX_BATCH_OPERATIONS + 1),
+            {},
+            ErrorCode.TOO_LARGE,
+            "/payload/operations",
+        ),
     ],
 )
 def test_bad_batches(operations: Any, extra: dict[str, Any], code: ErrorCode, path: str) -> None:
@@ -363,7 +390,11 @@ def test_to_request_is_what_parse_action_reads(action: Any) -> None:
 
 
 def test_stamps_of_finds_well_formed_stamps_even_when_the_action_is_refused() -> None:
-    bad_tune = E.parse_message(request_doc("tunenode", session_id="s", node_id="comp", message={"PatchParams": {"x": 1, "_sender": "n", "_rev": 5}, "Extra": 1}))
+    bad_tune = E.parse_message(
+        request_doc(
+            "tunenode", session_id="s", node_id="comp", message={"PatchParams": {"x": 1, "_sender": "n", "_rev": 5}, "Extra": 1}
+        )
+    )
     with pytest.raises(RemoteProtocolError):
         E.parse_action(bad_tune)
     assert E.stamps_of(bad_tune) == [("comp", Stamp("n", 5))]
@@ -391,7 +422,9 @@ def test_stamps_of_finds_well_formed_stamps_even_when_the_action_is_refused() ->
 
 
 def test_error_response_carries_the_stamp_and_node_per_rule_s6() -> None:
-    err = RemoteProtocolError.from_field_errors(ErrorCode.INVALID_PARAMS, [FieldError("/layers/in_1/opacity", "must be between 0 and 1")])
+    err = RemoteProtocolError.from_field_errors(
+        ErrorCode.INVALID_PARAMS, [FieldError("/layers/in_1/opacity", "must be between 0 and 1")]
+    )
     response = E.error_response(err, "c9", Stamp("nonce", 7), node_id="comp")
     assert response.correlation_id == "c9" and response.action == "error"
     assert response.payload == {
@@ -490,7 +523,12 @@ def test_view_data_event() -> None:
     layout = {"canvas_width": 1280, "canvas_height": 720, "layers": [], "text_overlays": [], "image_overlays": []}
     event = E.node_view_data_updated("s", "comp", layout, Stamp("a", 2), {"a": 2}, 5, 12.5)
     assert event.event == "nodeviewdataupdated"
-    assert event.payload == {"session_id": "s", "node_id": "comp", "data": {**layout, "_sender": "a", "_rev": 2, "_acks": {"a": 2}, "_seq": 5}, "timestamp": 12.5}
+    assert event.payload == {
+        "session_id": "s",
+        "node_id": "comp",
+        "data": {**layout, "_sender": "a", "_rev": 2, "_acks": {"a": 2}, "_seq": 5},
+        "timestamp": 12.5,
+    }
     assert "_sender" not in E.node_view_data_updated("s", "comp", layout, None, {}, 6, 13.0).payload["data"]
 
 
@@ -499,7 +537,9 @@ def test_structure_events() -> None:
     expected_link = {"session_id": "s", "from_node": "a", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"}
     assert E.connection_added(*link) == E.Event("connectionadded", expected_link)
     assert E.connection_removed(*link) == E.Event("connectionremoved", expected_link)
-    assert E.node_added("s", "n", "video::push", {"width": 2}) == E.Event("nodeadded", {"session_id": "s", "node_id": "n", "kind": "video::push", "params": {"width": 2}})
+    assert E.node_added("s", "n", "video::push", {"width": 2}) == E.Event(
+        "nodeadded", {"session_id": "s", "node_id": "n", "kind": "video::push", "params": {"width": 2}}
+    )
     assert E.node_removed("s", "n") == E.Event("noderemoved", {"session_id": "s", "node_id": "n"})
     assert E.session_created_event("s", "demo") == E.Event("sessioncreated", {"session_id": "s", "name": "demo"})
     assert E.session_destroyed_event("s") == E.Event("sessiondestroyed", {"session_id": "s"})
@@ -517,7 +557,9 @@ def test_version_constants() -> None:
 # --- pushed-frame header (section 6) ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fmt", "width", "height", "size"), [("rgba8", 3, 5, 60), ("nv12", 4, 2, 12), ("i420", 1920, 1080, 1920 * 1080 * 3 // 2)])
+@pytest.mark.parametrize(
+    ("fmt", "width", "height", "size"), [("rgba8", 3, 5, 60), ("nv12", 4, 2, 12), ("i420", 1920, 1080, 1920 * 1080 * 3 // 2)]
+)
 def test_frame_header_round_trip(fmt: str, width: int, height: int, size: int) -> None:
     header = E.pack_frame_header("cam", width, height, fmt, -40)
     assert len(header) == E.HEADER_SIZE == 32 and header[:4] == b"CFRM"
@@ -571,7 +613,13 @@ def test_frame_header_accepts_memoryview() -> None:
 
 @pytest.mark.parametrize(
     ("args"),
-    [("n", 2, 2, "bgra", 0), ("n", 0, 2, "rgba8", 0), ("n", 2, 7681, "rgba8", 0), ("n", 3, 2, "nv12", 0), ("n", 2, 2, "rgba8", 2**63)],
+    [
+        ("n", 2, 2, "bgra", 0),
+        ("n", 0, 2, "rgba8", 0),
+        ("n", 2, 7681, "rgba8", 0),
+        ("n", 3, 2, "nv12", 0),
+        ("n", 2, 2, "rgba8", 2**63),
+    ],
 )
 def test_pack_frame_header_refuses_our_own_misuse(args: tuple[Any, ...]) -> None:
     with pytest.raises(LocalProtocolError):
@@ -586,7 +634,14 @@ def test_preview_actions_check_their_fields(action: str) -> None:
     assert action_error(action, node_id="thumbs").path == "/payload/session_id"
 
 
-PREVIEW_IMAGE = {"jpeg": b"\xff\xd8jpeg\xff\xd9", "width": 160, "height": 90, "frame_number": 42, "media_time": 1.4, "timestamp": 1700000000.5}
+PREVIEW_IMAGE = {
+    "jpeg": b"\xff\xd8jpeg\xff\xd9",
+    "width": 160,
+    "height": 90,
+    "frame_number": 42,
+    "media_time": 1.4,
+    "timestamp": 1700000000.5,
+}
 
 
 def test_preview_response_and_event_carry_the_jpeg_in_base64() -> None:

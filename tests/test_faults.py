@@ -65,7 +65,9 @@ class DaemonProcess:
 
 
 @asynccontextmanager
-async def daemon_process(tmp_path: Path, state_dir: Path | None = None, *, log_level: str = "WARNING") -> AsyncIterator[DaemonProcess]:
+async def daemon_process(
+    tmp_path: Path, state_dir: Path | None = None, *, log_level: str = "WARNING"
+) -> AsyncIterator[DaemonProcess]:
     state_dir = state_dir or tmp_path / "state"
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump(SMALL_PIPELINE))
@@ -75,7 +77,20 @@ async def daemon_process(tmp_path: Path, state_dir: Path | None = None, *, log_l
     env.pop("NOTIFY_SOCKET", None)
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "compositord", "run", "--port", "0", "--state-dir", str(state_dir), "--config", str(config), "--log-level", log_level],
+            [
+                sys.executable,
+                "-m",
+                "compositord",
+                "run",
+                "--port",
+                "0",
+                "--state-dir",
+                str(state_dir),
+                "--config",
+                str(config),
+                "--log-level",
+                log_level,
+            ],
             stdout=stdout,
             stderr=stderr,
             env=env,
@@ -129,7 +144,12 @@ async def test_a_client_that_stops_reading_is_cut_off_and_nobody_else_notices(tm
         session = daemon.session_id
         async with open_websocket_url(daemon.url) as other:
             # ~33 KB of params, so that each getpipeline answer is big and socket buffers fill quickly.
-            patch = {"action": "tunenode", "session_id": session, "node_id": "comp", "message": {"PatchParams": {"text_overlays": BIG_OVERLAYS}}}
+            patch = {
+                "action": "tunenode",
+                "session_id": session,
+                "node_id": "comp",
+                "message": {"PatchParams": {"text_overlays": BIG_OVERLAYS}},
+            }
             assert (await ask(other, "big", patch))["action"] == "success", "overlays refused"
             stats_before = await _frames_rendered(other, session)
             started = trio.current_time()
@@ -200,7 +220,12 @@ async def test_kill_9_during_sync_tunes_loses_no_acknowledged_tune(tmp_path: Pat
                 for step in range(1, 100_000):
                     sent = step
                     body = {"layers": {"in_0": {"opacity": step / 100_000}}, "_sender": "killed", "_rev": step}
-                    await ws.send_message(request_text(f"t{step}", {"action": "tunenode", "session_id": "pipeline", "node_id": "comp", "message": {"PatchParams": body}}))
+                    await ws.send_message(
+                        request_text(
+                            f"t{step}",
+                            {"action": "tunenode", "session_id": "pipeline", "node_id": "comp", "message": {"PatchParams": body}},
+                        )
+                    )
                     while True:
                         message = json.loads(await ws.get_message())
                         if message.get("correlation_id") == f"t{step}":
@@ -217,7 +242,11 @@ async def test_kill_9_during_sync_tunes_loses_no_acknowledged_tune(tmp_path: Pat
     assert _integrity(database) == "ok"
     opacity = _stored_sessions(database)["pipeline"].nodes["comp"].params["layers"]["in_0"]["opacity"]
     # Every acknowledged tune is there; the one in flight at the kill may be too.
-    assert opacity * 100_000 == pytest.approx(acknowledged) or opacity * 100_000 == pytest.approx(sent), (opacity, acknowledged, sent)
+    assert opacity * 100_000 == pytest.approx(acknowledged) or opacity * 100_000 == pytest.approx(sent), (
+        opacity,
+        acknowledged,
+        sent,
+    )
     async with daemon_process(tmp_path) as again:  # and the daemon starts on it
         url = await again.read_url()
         async with open_websocket_url(url) as ws:
@@ -243,8 +272,17 @@ async def test_sigterm_under_load_closes_everyone_with_1001_flushes_and_exits_in
                 try:
                     for step in range(1, 1_000_000):
                         # sync tunes on one client's own layer, async ones on the shared one in between
-                        sync = {"action": "tunenode", "session_id": "pipeline", "node_id": "comp",
-                                "message": {"PatchParams": {"layers": {f"in_{index % 2}": {"z_index": step % 1000}}, "text_overlays": [{"id": f"c{index}", "text": str(step)}]}}}
+                        sync = {
+                            "action": "tunenode",
+                            "session_id": "pipeline",
+                            "node_id": "comp",
+                            "message": {
+                                "PatchParams": {
+                                    "layers": {f"in_{index % 2}": {"z_index": step % 1000}},
+                                    "text_overlays": [{"id": f"c{index}", "text": str(step)}],
+                                }
+                            },
+                        }
                         await ws.send_message(request_text(f"s{step}", {**sync, "action": "tunenodeasync"} if step % 2 else sync))
                         if step % 2 == 0:
                             while json.loads(await ws.get_message()).get("correlation_id") != f"s{step}":

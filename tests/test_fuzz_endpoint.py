@@ -33,8 +33,19 @@ from compositord.testing.plugin import SMALL_PIPELINE, RunningDaemon, settings_f
 from compositord.tests.raw_requests import ask
 
 ACTIONS = [
-    "getpipeline", "listsessions", "createsession", "destroysession", "addnode", "removenode",
-    "connect", "disconnect", "tunenode", "tunenodeasync", "applybatch", "getpreview", "subscribepreview",
+    "getpipeline",
+    "listsessions",
+    "createsession",
+    "destroysession",
+    "addnode",
+    "removenode",
+    "connect",
+    "disconnect",
+    "tunenode",
+    "tunenodeasync",
+    "applybatch",
+    "getpreview",
+    "subscribepreview",
 ]
 MUTATING_SUCCESS = {"success", "sessioncreated", "sessiondestroyed", "batchapplied"}
 SENTINEL = "sentinel-listsessions"
@@ -95,15 +106,35 @@ def fuzzed_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Da
 # ----------------------------------------------------------------------------- what the attacker sends
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=20), st.sampled_from(["comp", "bars", "pipeline", "in_0", "in_1", "video::compositor"]),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+    st.sampled_from(["comp", "bars", "pipeline", "in_0", "in_1", "video::compositor"]),
 )
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
 
 # Stamps of every wrong kind; a valid one goes with an invalid patch, so no example changes state.
-bad_senders = st.one_of(st.integers(), st.none(), st.just(""), st.text(min_size=129, max_size=140), st.lists(st.text(max_size=3), max_size=2), st.just({"a": 1}))
+bad_senders = st.one_of(
+    st.integers(),
+    st.none(),
+    st.just(""),
+    st.text(min_size=129, max_size=140),
+    st.lists(st.text(max_size=3), max_size=2),
+    st.just({"a": 1}),
+)
 bad_revs = st.one_of(
-    st.integers(max_value=0), st.integers(min_value=2**53 + 1), st.floats(), st.booleans(), st.text(max_size=5), st.none(),
+    st.integers(max_value=0),
+    st.integers(min_value=2**53 + 1),
+    st.floats(),
+    st.booleans(),
+    st.text(max_size=5),
+    st.none(),
     st.just(10**400),
 )
 
@@ -123,7 +154,12 @@ def stamped_tunes(draw: st.DrawFn) -> str:
         patch["layers"]["in_0"]["opacity"] = 2.0  # out of range: refused whatever the stamp
     action = draw(st.sampled_from(["tunenode", "tunenodeasync"]))
     message = {draw(st.sampled_from(["PatchParams", "UpdateParams"])): patch}
-    payload = {"action": action, "session_id": "pipeline", "node_id": draw(st.sampled_from(["comp", "bars", "nope"])), "message": message}
+    payload = {
+        "action": action,
+        "session_id": "pipeline",
+        "node_id": draw(st.sampled_from(["comp", "bars", "nope"])),
+        "message": message,
+    }
     text = json.dumps({"type": "request", "correlation_id": "x", "payload": payload})
     if draw(st.booleans()) and "10000000000" not in text:
         text = text.replace('"_rev": 1', '"_rev": 1e400')  # a float too big for a double
@@ -133,7 +169,28 @@ def stamped_tunes(draw: st.DrawFn) -> str:
 @st.composite
 def envelopes(draw: st.DrawFn) -> str:
     payload: dict[str, Any] = {"action": draw(st.sampled_from(ACTIONS) | st.text(max_size=12))}
-    payload.update(draw(st.dictionaries(st.sampled_from(["session_id", "node_id", "kind", "params", "message", "pipeline", "operations", "name", "from_node", "to_pin"]), json_values, max_size=5)))
+    payload.update(
+        draw(
+            st.dictionaries(
+                st.sampled_from(
+                    [
+                        "session_id",
+                        "node_id",
+                        "kind",
+                        "params",
+                        "message",
+                        "pipeline",
+                        "operations",
+                        "name",
+                        "from_node",
+                        "to_pin",
+                    ]
+                ),
+                json_values,
+                max_size=5,
+            )
+        )
+    )
     document: Any = {"type": draw(st.sampled_from(["request", "response", "event", 7, None])), "payload": payload}
     if draw(st.booleans()):
         document["correlation_id"] = draw(json_scalars)
@@ -149,19 +206,34 @@ def _deep(depth: int, opener: str, closer: str) -> str:
 nasty_texts = st.one_of(
     st.builds(lambda n: _deep(n, "[", "]"), st.integers(60, 5000)),
     st.builds(lambda n: _deep(n, '{"a":', "}").replace('{"a":}', "{}"), st.integers(60, 2000)),
-    st.builds(lambda n: '{"type":"request","payload":{"action":"getpipeline","session_id":"' + "s" * n + '"}}', st.integers(1000, 70_000)),
-    st.sampled_from([
-        '{"type":"request","payload":{"action":"getpipeline","session_id":NaN}}',
-        '{"type":"request","payload":{"action":"tunenode","session_id":"pipeline","node_id":"comp","message":{"PatchParams":{"fps":Infinity}}}}',
-        '{"type":"request","payload":{"action":"tunenode","session_id":"pipeline","node_id":"comp","message":{"PatchParams":{"fps":-Infinity}}}}',
-        '{"type":"request","payload":{"action":"listsessions"},"payload":{"action":"listsessions"}}',
-        '{"type":"request","payload":{"action":"tunenode","session_id":"pipeline","node_id":"comp","message":{"PatchParams":{"width":' + "9" * 400 + "}}}}",
-        '{"type":"request","payload":{"action":"tunenode","session_id":"pipeline","node_id":"comp","message":{"PatchParams":{"width":1e999}}}}',
-        '{"type":"request","payload":{"action":"getpipeline","session_id":"\\ud800"}}',
-        '{"type":"request","payload":{"action":"getpipeline","session_id":"\\u0000\\u202e\\ufeff"}}',
-        '\ufeff{"type":"request","payload":{"action":"listsessions"}}',
-        "", " ", "null", "[]", "{}", "\u0000", "{'single': 'quotes'}", '{"type":"request"', "\u202e\u0301\U0001F600" * 100,
-    ]),
+    st.builds(
+        lambda n: '{"type":"request","payload":{"action":"getpipeline","session_id":"' + "s" * n + '"}}',
+        st.integers(1000, 70_000),
+    ),
+    st.sampled_from(
+        [
+            '{"type":"request","payload":{"action":"getpipeline","session_id":NaN}}',
+            '{"type":"request","payload":{"action":"tunenode","session_id":"pipeline","node_id":"comp","message":{"PatchParams":{"fps":Infinity}}}}',
+            '{"type":"request","payload":{"action":"tunenode","session_id":"pipeline","node_id":"comp","message":{"PatchParams":{"fps":-Infinity}}}}',
+            '{"type":"request","payload":{"action":"listsessions"},"payload":{"action":"listsessions"}}',
+            '{"type":"request","payload":{"action":"tunenode","session_id":"pipeline","node_id":"comp","message":{"PatchParams":{"width":'
+            + "9" * 400
+            + "}}}}",
+            '{"type":"request","payload":{"action":"tunenode","session_id":"pipeline","node_id":"comp","message":{"PatchParams":{"width":1e999}}}}',
+            '{"type":"request","payload":{"action":"getpipeline","session_id":"\\ud800"}}',
+            '{"type":"request","payload":{"action":"getpipeline","session_id":"\\u0000\\u202e\\ufeff"}}',
+            '\ufeff{"type":"request","payload":{"action":"listsessions"}}',
+            "",
+            " ",
+            "null",
+            "[]",
+            "{}",
+            "\u0000",
+            "{'single': 'quotes'}",
+            '{"type":"request"',
+            "\u202e\u0301\U0001f600" * 100,
+        ]
+    ),
 )
 
 frames = st.one_of(
@@ -200,7 +272,9 @@ async def _attack(daemon: RunningDaemon, frame: str | bytes) -> None:
         async with open_websocket_url(daemon.url, max_message_size=1 << 22) as attacker:
             try:
                 await attacker.send_message(frame)
-                await attacker.send_message(json.dumps({"type": "request", "correlation_id": SENTINEL, "payload": {"action": "listsessions"}}))
+                await attacker.send_message(
+                    json.dumps({"type": "request", "correlation_id": SENTINEL, "payload": {"action": "listsessions"}})
+                )
                 with trio.fail_after(10):
                     while True:
                         message = json.loads(await attacker.get_message())
@@ -232,9 +306,15 @@ async def _attack(daemon: RunningDaemon, frame: str | bytes) -> None:
                     after = await ask(witness, "acks", {"action": "getpipeline", "session_id": session})
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 @given(frame=frames)
-def test_any_frame_gets_an_error_or_a_policy_close_and_changes_nothing(fuzzed_daemon: tuple[DaemonThread, RunningDaemon], frame: str | bytes) -> None:
+def test_any_frame_gets_an_error_or_a_policy_close_and_changes_nothing(
+    fuzzed_daemon: tuple[DaemonThread, RunningDaemon], frame: str | bytes
+) -> None:
     thread, daemon = fuzzed_daemon
     trio.run(_attack, daemon, frame)
     assert thread.alive(), "the daemon stopped"
@@ -245,9 +325,15 @@ def test_replayed_and_regressing_revs_are_conflicts_and_change_nothing(fuzzed_da
 
     async def replay() -> None:
         async with open_websocket_url(daemon.url) as ws:
+
             def tune(rev: int, opacity: float) -> dict[str, Any]:
                 body = {"layers": {"in_0": {"opacity": opacity}}, "_sender": "replayer", "_rev": rev}
-                return {"action": "tunenode", "session_id": daemon.session_id, "node_id": "comp", "message": {"PatchParams": body}}
+                return {
+                    "action": "tunenode",
+                    "session_id": daemon.session_id,
+                    "node_id": "comp",
+                    "message": {"PatchParams": body},
+                }
 
             assert (await ask(ws, "1", tune(5, 0.5)))["action"] == "success"
             rows = _database_rows(daemon.database)

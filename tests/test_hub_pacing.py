@@ -6,8 +6,8 @@ import trio
 import trio.testing
 
 from compositord.daemon.control.hub import Hub
-from compositord.daemon.control.outgoing import Broadcast, Outgoing, text_of
 from compositord.daemon.control.mailbox import Mailbox
+from compositord.daemon.control.outgoing import Broadcast, Outgoing, text_of
 
 PERIOD = 1 / 60
 
@@ -196,7 +196,6 @@ def test_without_run_every_event_is_fanned_out_at_once() -> None:
     hub.publish("p0", ("s", "n", "params"))
     hub.publish("p1", ("s", "n", "params"))
     assert a.drain() == ["p1"]  # only the mailbox's own coalescing of an unsent event
-
 
 
 async def test_a_drag_at_the_frame_rate_leaves_with_each_frames_view_data(autojump_clock: trio.testing.MockClock) -> None:

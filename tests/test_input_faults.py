@@ -118,7 +118,9 @@ async def test_a_missing_file_is_an_error_the_rest_renders_on_and_a_good_path_cl
     assert await state_event(events, "clip", lambda s: s == "ok") == "ok"
     assert await state_of(client, session, "clip") == "ok"
     with trio.fail_after(5):
-        while "in_0" not in [layer["id"] for layer in (await client.get_pipeline(session))["nodes"]["comp"]["view_data"]["layers"]]:
+        while "in_0" not in [
+            layer["id"] for layer in (await client.get_pipeline(session))["nodes"]["comp"]["view_data"]["layers"]
+        ]:
             await trio.sleep(0.02)
 
 

@@ -43,9 +43,13 @@ async def _params(ws: Any, session: str) -> dict[str, Any]:
 async def test_text_message_limit_is_64_kib(compositord_daemon: Any) -> None:
     async with open_websocket_url(compositord_daemon.url) as ws:
         padding = "x" * (64 * 1024 - 200)
-        near = json.dumps({"type": "request", "correlation_id": "near", "payload": {"action": "listsessions", "pad": padding[:100]}})
+        near = json.dumps(
+            {"type": "request", "correlation_id": "near", "payload": {"action": "listsessions", "pad": padding[:100]}}
+        )
         assert (await send_and_await_reply(ws, near, "near"))["action"] in ("sessionslisted", "error")
-        over = json.dumps({"type": "request", "correlation_id": "over", "payload": {"action": "listsessions", "pad": padding + "y" * 400}})
+        over = json.dumps(
+            {"type": "request", "correlation_id": "over", "payload": {"action": "listsessions", "pad": padding + "y" * 400}}
+        )
         assert len(over.encode()) > 64 * 1024
         await ws.send_message(over)
         reply = json.loads(await ws.get_message())
@@ -86,7 +90,9 @@ async def test_per_connection_rate_limit(compositord_daemon: Any) -> None:
     url = compositord_daemon.url
     async with open_websocket_url(url) as fast, open_websocket_url(url) as calm:
         for i in range(int(RATE) * 2):
-            await fast.send_message(json.dumps({"type": "request", "correlation_id": f"f{i}", "payload": {"action": "listsessions"}}))
+            await fast.send_message(
+                json.dumps({"type": "request", "correlation_id": f"f{i}", "payload": {"action": "listsessions"}})
+            )
         codes = []
         with trio.fail_after(10):
             while len(codes) < int(RATE) * 2:
@@ -113,7 +119,9 @@ async def test_per_connection_rate_limit(compositord_daemon: Any) -> None:
     ],
     ids=["layers", "text-overlays", "image-overlays", "text-length", "canvas-width", "canvas-zero", "traversal", "absolute"],
 )
-async def test_schema_limits_are_refused_with_a_path_and_change_nothing(compositord_daemon: Any, patch: dict[str, Any], path: str) -> None:
+async def test_schema_limits_are_refused_with_a_path_and_change_nothing(
+    compositord_daemon: Any, patch: dict[str, Any], path: str
+) -> None:
     session = compositord_daemon.session_id
     async with open_websocket_url(compositord_daemon.url) as ws:
         before = await _params(ws, session)
@@ -128,7 +136,9 @@ async def test_the_limits_themselves_are_accepted(compositord_daemon: Any) -> No
     async with open_websocket_url(compositord_daemon.url) as ws:
         patch = {
             "num_inputs": MAX_INPUTS,
-            "text_overlays": [{"id": f"t{i}", "text": "a" * 1000 if i == 0 else "b", "font_size": 4} for i in range(MAX_OVERLAYS)],
+            "text_overlays": [
+                {"id": f"t{i}", "text": "a" * 1000 if i == 0 else "b", "font_size": 4} for i in range(MAX_OVERLAYS)
+            ],
         }
         assert (await ask(ws, "t", _tune(session, patch)))["action"] == "success"
 
@@ -154,7 +164,9 @@ async def test_asset_sandbox_through_the_daemon(compositord_daemon: Any, tmp_pat
     async with open_websocket_url(compositord_daemon.url) as ws:
         # The render thread may refuse the overlay before the tune's reply is sent (the reply waits for the commit).
         seen: list[dict[str, Any]] = []
-        reply = await ask(ws, "t", _tune(session, {"image_overlays": [{"id": "leak", "asset_path": link.name}]}), passed_over=seen)
+        reply = await ask(
+            ws, "t", _tune(session, {"image_overlays": [{"id": "leak", "asset_path": link.name}]}), passed_over=seen
+        )
         assert reply["action"] == "success"  # the path is well-formed: the render thread's gate decides
 
         def node_error(message: dict[str, Any]) -> dict[str, Any] | None:

@@ -7,8 +7,8 @@ import trio
 import trio.testing
 
 from compositord.daemon.control.hub import Hub
-from compositord.daemon.control.outgoing import text_of
 from compositord.daemon.control.mailbox import Mailbox, MailboxClosed, MailboxFull
+from compositord.daemon.control.outgoing import text_of
 from compositord.daemon.control.rate_limit import TokenBucket
 
 

@@ -70,7 +70,9 @@ async def _serve(nursery: trio.Nursery, on_connection: Any) -> str:
     async def handler(request: Any) -> None:
         await on_connection(await request.accept())
 
-    server = await nursery.start(lambda task_status: serve_websocket(handler, "127.0.0.1", 0, ssl_context=None, task_status=task_status))
+    server = await nursery.start(
+        lambda task_status: serve_websocket(handler, "127.0.0.1", 0, ssl_context=None, task_status=task_status)
+    )
     return f"ws://127.0.0.1:{server.port}/"
 
 

@@ -76,7 +76,14 @@ def _expected_data_files() -> dict[str, list[str]]:
     for package, patterns in PACKAGE_DATA.items():
         folder = REPO / PACKAGE_DIRS[package]
         in_wheel = package.replace(".", "/")
-        expected[package] = sorted({f"{in_wheel}/{p.relative_to(folder).as_posix()}" for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+        expected[package] = sorted(
+            {
+                f"{in_wheel}/{p.relative_to(folder).as_posix()}"
+                for pattern in patterns
+                for p in folder.glob(pattern)
+                if p.is_file()
+            }
+        )
     return expected
 
 
@@ -116,7 +123,9 @@ def test_wheel_contains_every_package_and_its_data(wheel: Path) -> None:
         assert f"{package.replace('.', '/')}/__init__.py" in names, f"{package} missing from the wheel"
     assert "compositord/protocol/envelope.py" in names and "compositord/protocol/params.py" in names
     glsl_in_checkout = sorted((REPO / PACKAGE_DIRS["compositord.shaders"]).glob("*.glsl"))
-    assert PACKAGE_DATA.get("compositord.shaders") and any(p == "*.glsl" for p in PACKAGE_DATA["compositord.shaders"]), "package-data must cover shaders/*.glsl"
+    assert PACKAGE_DATA.get("compositord.shaders") and any(p == "*.glsl" for p in PACKAGE_DATA["compositord.shaders"]), (
+        "package-data must cover shaders/*.glsl"
+    )
     for package, files in _expected_data_files().items():
         missing = [f for f in files if f not in names]
         assert not missing, f"package data of {package} missing from the wheel: {missing}"
@@ -134,7 +143,9 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], env=env)
-    scratch_site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env=env).stdout.strip())
+    scratch_site = Path(
+        _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env=env).stdout.strip()
+    )
     dependency_dirs = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()})
     (scratch_site / "zz-compositord-test-dependencies.pth").write_text("".join(d + "\n" for d in dependency_dirs))
     return venv, env
@@ -167,7 +178,9 @@ def test_installed_wheel_renders_the_demo_scene(installed: tuple[Path, dict[str,
     # The demo scene looks its assets up beside itself; the wheel ships both as package data.
     shutil.copytree(REPO / "examples", scene, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
     out = tmp_path / "frame.png"
-    result = _run([str(venv / "bin" / "compositord"), "render", str(scene / "demo-scene.yaml"), "--out", str(out)], env=env, cwd=tmp_path)
+    result = _run(
+        [str(venv / "bin" / "compositord"), "render", str(scene / "demo-scene.yaml"), "--out", str(out)], env=env, cwd=tmp_path
+    )
     assert out.stat().st_size > 10_000, result.stdout
     assert "layers drawn" in result.stdout
 

@@ -100,7 +100,10 @@ def test_integer_bounds_are_inclusive(value: Any) -> None:
     assert params.validate(COMP, {"width": value}) == {"width": int(value)}
 
 
-@pytest.mark.parametrize(("value", "ok"), [(0, True), (1, True), (0.5, True), (-0.0001, False), (1.0001, False), (False, False), (math.nan, False), (10**400, False)])
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [(0, True), (1, True), (0.5, True), (-0.0001, False), (1.0001, False), (False, False), (math.nan, False), (10**400, False)],
+)
 def test_number_range_and_types(value: Any, ok: bool) -> None:
     doc = {"layers": {"in_0": {"opacity": value}}}
     if ok:
@@ -219,7 +222,11 @@ def test_invalid_num_inputs_does_not_add_slot_errors() -> None:
 
 @pytest.mark.parametrize("fmt", ["nv12", "i420"])
 def test_yuv_output_needs_even_size(fmt: str) -> None:
-    assert params.validate(COMP, {"output_format": fmt, "width": 640, "height": 360}) == {"output_format": fmt, "width": 640, "height": 360}
+    assert params.validate(COMP, {"output_format": fmt, "width": 640, "height": 360}) == {
+        "output_format": fmt,
+        "width": 640,
+        "height": 360,
+    }
     found = errors_of(COMP, {"output_format": fmt, "width": 641, "height": 361})
     assert set(found) == {"/width", "/height"} and "even" in found["/width"]
     # The default size 1280x720 is even; an odd default-free height is caught too.
@@ -236,7 +243,9 @@ def test_overlay_lists() -> None:
     too_many = [{"id": str(i)} for i in range(33)]
     assert errors_of(COMP, {"text_overlays": too_many}) == {"/text_overlays": "must have at most 32 items"}
     assert params.validate(COMP, {"text_overlays": too_many[:32]})["text_overlays"] == too_many[:32]
-    found = errors_of(COMP, {"text_overlays": [{"id": ""}, {"id": "x" * 65}, {"text": "no id"}, 5, {"id": "t", "text": "y" * 1001}]})
+    found = errors_of(
+        COMP, {"text_overlays": [{"id": ""}, {"id": "x" * 65}, {"text": "no id"}, 5, {"id": "t", "text": "y" * 1001}]}
+    )
     assert found == {
         "/text_overlays/0/id": "must not be empty",
         "/text_overlays/1/id": "must have at most 64 characters",
@@ -302,26 +311,40 @@ def test_sink_file_container_from_extension_and_codec_compatibility() -> None:
     assert params.validate("sink::file", {"path": "out/a.MP4"}) == {"path": "out/a.MP4"}
     assert params.validate("sink::file", {"path": "a.webm", "codec": "vp9"}) == {"path": "a.webm", "codec": "vp9"}
     assert params.validate("sink::file", {"path": "a.bin", "container": "mkv"}) == {"path": "a.bin", "container": "mkv"}
-    assert errors_of("sink::file", {"path": "a.avi"}) == {"/container": "required: the path's extension .avi names no container (mp4, webm, mkv)"}
-    assert errors_of("sink::file", {"path": "dir.d/out"}) == {"/container": "required: the path's extension (none) names no container (mp4, webm, mkv)"}
+    assert errors_of("sink::file", {"path": "a.avi"}) == {
+        "/container": "required: the path's extension .avi names no container (mp4, webm, mkv)"
+    }
+    assert errors_of("sink::file", {"path": "dir.d/out"}) == {
+        "/container": "required: the path's extension (none) names no container (mp4, webm, mkv)"
+    }
     assert errors_of("sink::file", {"path": "a.webm"}) == {"/codec": "webm cannot hold h264; use vp9 or av1"}
-    assert errors_of("sink::file", {"path": "a.mp4", "container": "webm", "codec": "h264"}) == {"/codec": "webm cannot hold h264; use vp9 or av1"}
+    assert errors_of("sink::file", {"path": "a.mp4", "container": "webm", "codec": "h264"}) == {
+        "/codec": "webm cannot hold h264; use vp9 or av1"
+    }
     # A bad codec is reported once, not again as an incompatibility.
-    assert errors_of("sink::file", {"path": "a.webm", "codec": "mpeg2"}) == {"/codec": "must be one of h264, vp9, av1; got 'mpeg2'"}
+    assert errors_of("sink::file", {"path": "a.webm", "codec": "mpeg2"}) == {
+        "/codec": "must be one of h264, vp9, av1; got 'mpeg2'"
+    }
     assert set(errors_of("sink::file", {"path": "a.mp4", "bitrate_kbps": 99, "preset": "insane"})) == {"/bitrate_kbps", "/preset"}
 
 
 def test_sink_stream_url() -> None:
-    assert params.validate("sink::stream", {"url": "udp://127.0.0.1:5000?pkt_size=1316"}) == {"url": "udp://127.0.0.1:5000?pkt_size=1316"}
+    assert params.validate("sink::stream", {"url": "udp://127.0.0.1:5000?pkt_size=1316"}) == {
+        "url": "udp://127.0.0.1:5000?pkt_size=1316"
+    }
     assert params.validate("sink::stream", {"url": "rtmp://host/app/key", "format": "flv"})["format"] == "flv"
     assert errors_of("sink::stream", {"url": "http://x"}) == {"/url": "must be a udp://, srt://, rtmp://, rtmps:// or tcp:// URL"}
     assert errors_of("sink::stream", {}) == {"/url": "required"}
     assert errors_of("sink::stream", {"url": "rtmp://host/app/key"}) == {"/format": "rtmp:// carries FLV: set format to flv"}
-    assert errors_of("sink::stream", {"url": "rtmps://host/app/key", "format": "mpegts"}) == {"/format": "rtmps:// carries FLV: set format to flv"}
+    assert errors_of("sink::stream", {"url": "rtmps://host/app/key", "format": "mpegts"}) == {
+        "/format": "rtmps:// carries FLV: set format to flv"
+    }
 
 
 def test_other_kinds_ranges() -> None:
-    assert set(errors_of("video::colorbars", {"width": 0, "pattern": "zebra", "color": "x", "animated": "yes", "timestamp": 1})) == {
+    assert set(
+        errors_of("video::colorbars", {"width": 0, "pattern": "zebra", "color": "x", "animated": "yes", "timestamp": 1})
+    ) == {
         "/width",
         "/pattern",
         "/color",
@@ -329,8 +352,16 @@ def test_other_kinds_ranges() -> None:
         "/timestamp",
     }
     assert set(errors_of("video::file", {"path": "", "loop": 1, "seek_seconds": -1})) == {"/path", "/loop", "/seek_seconds"}
-    assert set(errors_of("sink::preview", {"max_width": 15, "quality": 101, "max_fps": 0.05})) == {"/max_width", "/quality", "/max_fps"}
-    assert params.validate("sink::preview", {"max_width": 1920, "quality": 1, "max_fps": 0.1}) == {"max_width": 1920, "quality": 1, "max_fps": 0.1}
+    assert set(errors_of("sink::preview", {"max_width": 15, "quality": 101, "max_fps": 0.05})) == {
+        "/max_width",
+        "/quality",
+        "/max_fps",
+    }
+    assert params.validate("sink::preview", {"max_width": 1920, "quality": 1, "max_fps": 0.1}) == {
+        "max_width": 1920,
+        "quality": 1,
+        "max_fps": 0.1,
+    }
     assert params.validate("sink::y4m", {"path": "-"}) == {"path": "-"}
 
 

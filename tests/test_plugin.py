@@ -7,7 +7,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-OTHER_PROJECT_TEST = '''
+OTHER_PROJECT_TEST = """
 import pytest
 
 
@@ -29,7 +29,7 @@ def compositord_pipeline():
         },
         "connections": [{"from_node": "a", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"}],
     }
-'''
+"""
 
 
 def test_fixtures_work_in_another_project(pytester: pytest.Pytester) -> None:

@@ -59,9 +59,9 @@ def test_a_link_inside_the_asset_dir_is_fine(assets: Path) -> None:
 
 @pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null")
 def test_device_files_are_refused_even_from_an_asset_dir_under_dev(tmp_path: Path) -> None:
-    with pytest.raises(AssetError, match="device and kernel files|not a regular file"):
+    with pytest.raises(AssetError, match=r"device and kernel files|not a regular file"):
         resolve_asset("/dev", "null")
-    with pytest.raises(AssetError, match="device and kernel files|not a regular file"):
+    with pytest.raises(AssetError, match=r"device and kernel files|not a regular file"):
         resolve_asset("/proc/self", "status")
 
 
@@ -72,7 +72,7 @@ def test_no_asset_dir_configured(assets: Path) -> None:
 
 def test_an_undecodable_file_is_a_clear_error(assets: Path) -> None:
     (assets / "junk.png").write_bytes(b"not an image")
-    with pytest.raises(AssetError, match="junk.png: cannot decode"):
+    with pytest.raises(AssetError, match=r"junk\.png: cannot decode"):
         load_overlay(assets, "junk.png")
 
 
@@ -92,7 +92,9 @@ def test_premultiply_rounds_to_nearest() -> None:
 
 def test_missing_egl_library_names_it_and_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gl_context.ctypes.util, "find_library", lambda name: None)
-    with pytest.raises(gl_context.GLContextError, match=r"libEGL\.so\.1.*apt-get install libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri"):
+    with pytest.raises(
+        gl_context.GLContextError, match=r"libEGL\.so\.1.*apt-get install libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri"
+    ):
         gl_context.create_context()
 
 

@@ -29,14 +29,23 @@ WARM_UP = 2_000
 CHECK_EVERY = 1_000  # a multiple of the variant cycle, so every check sees the same phase
 RSS_GROWTH_LIMIT = 4 * 1024 * 1024  # bytes, after warm-up
 
-_GL_TYPES = (moderngl.Buffer, moderngl.Texture, moderngl.Framebuffer, moderngl.Program, moderngl.VertexArray,
-             moderngl.Sampler, moderngl.Renderbuffer, moderngl.Query)
+_GL_TYPES = (
+    moderngl.Buffer,
+    moderngl.Texture,
+    moderngl.Framebuffer,
+    moderngl.Program,
+    moderngl.VertexArray,
+    moderngl.Sampler,
+    moderngl.Renderbuffer,
+    moderngl.Query,
+)
 
 
 def live_gl_objects() -> int:
     gc.collect()
     return sum(
-        1 for obj in gc.get_objects()
+        1
+        for obj in gc.get_objects()
         if isinstance(obj, _GL_TYPES) and type(getattr(obj, "mglo", None)).__name__ != "InvalidObject"
     )
 
@@ -58,7 +67,10 @@ def variants() -> list[dict]:
         {**base, "layers": {"in_2": {"crop_shape": "circle", "opacity": 0.5}}, "output_format": "i420"},
         {**base, "text_overlays": [text(1, "three")], "layers": {"in_0": {"visible": False}}},
         {**base, "width": 48, "height": 32},
-        {**base, "image_overlays": [{"id": "i0", "asset_path": "dot.png", "rect": {"x": 10, "y": 10, "width": 20, "height": 20}}]},
+        {
+            **base,
+            "image_overlays": [{"id": "i0", "asset_path": "dot.png", "rect": {"x": 10, "y": 10, "width": 20, "height": 20}}],
+        },
         {**base, "layers": {"in_1": {"mirror_horizontal": True}}},
         {**base, "image_overlays": [], "text_overlays": []},
     ]
@@ -68,7 +80,9 @@ def test_gl_objects_and_rss_stay_flat(gl_ctx, tmp_path) -> None:  # type: ignore
     from PIL import Image
 
     Image.fromarray(gradient(8, 8, alpha=180)).save(tmp_path / "dot.png")
-    scenes_params = [protocol_params.with_defaults("video::compositor", protocol_params.validate("video::compositor", v)) for v in variants()]
+    scenes_params = [
+        protocol_params.with_defaults("video::compositor", protocol_params.validate("video::compositor", v)) for v in variants()
+    ]
     bars = SourceFrame("rgba8", 64, 64, gradient(64, 64), 1, opaque=True)
     small = gradient(16, 16)
     luma = np.full(32 * 32, 120, dtype=np.uint8)

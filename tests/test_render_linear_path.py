@@ -63,7 +63,11 @@ def render(ctx, params: dict, frames: dict) -> np.ndarray:  # type: ignore[no-un
 
 @pytest.mark.parametrize("content", ["smooth", "bars"])
 def test_benchmark_like_scene_matches_the_model(gl_ctx, content: str) -> None:  # type: ignore[no-untyped-def]
-    make = (lambda w, h, alpha=255, seed=0: gradient(w, h, alpha, seed)) if content == "smooth" else (lambda w, h, alpha=255, seed=0: bars(w, h, alpha))
+    make = (
+        (lambda w, h, alpha=255, seed=0: gradient(w, h, alpha, seed))
+        if content == "smooth"
+        else (lambda w, h, alpha=255, seed=0: bars(w, h, alpha))
+    )
     background = make(W, H, seed=1)
     opaque = make(2 * PIP_W, 2 * PIP_H, seed=2)
     translucent = premultiplied(make(2 * PIP_W, 2 * PIP_H, alpha=160, seed=3))

@@ -14,11 +14,11 @@ import pytest
 import trio
 
 from compositord.daemon.engine import loop as render_loop_module
-from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
+from compositord.daemon.engine.loop import RenderLoop, RenderLoopError, StatsEmission, ViewEmission
 from compositord.daemon.engine.render import gl_context
 from compositord.daemon.engine.render import renderer as renderer_module
 from compositord.daemon.engine.render.frames import SourceFrame
-from compositord.daemon.engine.loop import RenderLoop, RenderLoopError, StatsEmission, ViewEmission
+from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.protocol.causal import Stamp
 from compositord.protocol.layout import auto_pip_rect
 from compositord.tests.sink_helpers import wait_first_frame_or_skip
@@ -288,9 +288,7 @@ async def test_stop_is_idempotent_and_joins_the_thread(start_loop: Callable[...,
     loop.submit_params("comp", {"width": W, "height": H}, Stamp("late", 1))  # harmless after stop
 
 
-async def test_gl_is_touched_only_on_the_render_thread(
-    start_loop: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_gl_is_touched_only_on_the_render_thread(start_loop: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[tuple[str, int]] = []
 
     def recorded(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -310,7 +308,9 @@ async def test_gl_is_touched_only_on_the_render_thread(
 
     monkeypatch.setattr(gl_context, "create_context", create_context)
     for method in ("__init__", "render", "release"):
-        monkeypatch.setattr(renderer_module.Renderer, method, recorded(f"Renderer.{method}", getattr(renderer_module.Renderer, method)))
+        monkeypatch.setattr(
+            renderer_module.Renderer, method, recorded(f"Renderer.{method}", getattr(renderer_module.Renderer, method))
+        )
 
     recorder = Recorder()
     session = make_session()

@@ -74,6 +74,7 @@ def rect(x: int, y: int, width: int, height: int) -> dict:
 
 # -- layers -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("top", ["in_0", "in_1"])
 def test_opacity_and_overlap_order(gl_ctx, top: str) -> None:  # type: ignore[no-untyped-def]
     a, b = gradient(40, 30), gradient(32, 24, seed=3)[:, ::-1].copy()
@@ -107,7 +108,14 @@ def test_rotation_clockwise_about_the_rect_centre(gl_ctx, degrees: float) -> Non
 @pytest.mark.parametrize(("horizontal", "vertical"), [(True, False), (False, True), (True, True)])
 def test_mirrors(gl_ctx, horizontal: bool, vertical: bool) -> None:  # type: ignore[no-untyped-def]
     source = gradient(48, 36)
-    layers = {"in_0": {"rect": rect(16, 12, 128, 96), "mirror_horizontal": horizontal, "mirror_vertical": vertical, "rotation_degrees": 10}}
+    layers = {
+        "in_0": {
+            "rect": rect(16, 12, 128, 96),
+            "mirror_horizontal": horizontal,
+            "mirror_vertical": vertical,
+            "rotation_degrees": 10,
+        }
+    }
     output = render(gl_ctx, canvas(layers=layers), {"in_0": frame(source)}).as_array()
     ref = RefLayer(source, 16, 12, 128, 96, mirror_horizontal=horizontal, mirror_vertical=vertical, rotation_degrees=10)
     reference, edges = composite(W, H, BACKGROUND_RGBA, [ref], EDGE_BAND)
@@ -157,7 +165,11 @@ def test_straight_alpha_source_is_premultiplied(gl_ctx) -> None:  # type: ignore
 def test_image_overlay_with_alpha(gl_ctx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pixels = gradient(30, 20, alpha=160)
     Image.fromarray(pixels).save(tmp_path / "badge.png")
-    params = canvas(image_overlays=[{"id": "badge", "asset_path": "badge.png", "rect": rect(40, 30, 90, 60), "opacity": 0.7, "rotation_degrees": 30}])
+    params = canvas(
+        image_overlays=[
+            {"id": "badge", "asset_path": "badge.png", "rect": rect(40, 30, 90, 60), "opacity": 0.7, "rotation_degrees": 30}
+        ]
+    )
     output = render(gl_ctx, params, {}, asset_dir=tmp_path).as_array()
     ref = RefLayer(pixels, 40, 30, 90, 60, opacity=0.7, rotation_degrees=30)
     reference, edges = composite(W, H, BACKGROUND_RGBA, [ref], EDGE_BAND)
@@ -166,8 +178,12 @@ def test_image_overlay_with_alpha(gl_ctx, tmp_path: Path) -> None:  # type: igno
 
 def test_text_is_present_and_placed(gl_ctx) -> None:  # type: ignore[no-untyped-def]
     x, y, width, height = 20, 30, 120, 40
-    params = {"width": W, "height": H, "background": "#000000FF",
-              "text_overlays": [{"id": "t", "text": "Ag 42", "font_size": 24, "color": "#FFFFFFFF", "rect": rect(x, y, width, height)}]}
+    params = {
+        "width": W,
+        "height": H,
+        "background": "#000000FF",
+        "text_overlays": [{"id": "t", "text": "Ag 42", "font_size": 24, "color": "#FFFFFFFF", "rect": rect(x, y, width, height)}],
+    }
     output = render(gl_ctx, params, {}).as_array()
     # Independent raster: Pillow's bundled font, white on black, at the rect's top-left.
     mask = Image.new("L", (width, height), 0)
@@ -182,6 +198,7 @@ def test_text_is_present_and_placed(gl_ctx) -> None:  # type: ignore[no-untyped-
 
 
 # -- formats ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("output_format", ["nv12", "i420"])
 @pytest.mark.parametrize("matrix", ["bt601", "bt709"])
@@ -234,6 +251,7 @@ def test_transparent_background_stays_premultiplied(gl_ctx) -> None:  # type: ig
 
 
 # -- behaviour ----------------------------------------------------------------
+
 
 def test_sources_upload_only_when_serial_changes(gl_ctx) -> None:  # type: ignore[no-untyped-def]
     pixels = gradient(32, 32)

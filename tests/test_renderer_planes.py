@@ -71,7 +71,14 @@ def test_scaled_rotated_translucent_layers_match_the_model(gl_ctx, matrix: str) 
         "in_0": {"rect": rect(10, 10, 80, 60), "opacity": 0.8},
         "in_1": {"rect": rect(50, 40, 96, 72), "opacity": 0.55, "rotation_degrees": 15},
     }
-    params = {"width": W, "height": H, "background": BACKGROUND, "output_format": "nv12", "color_matrix": matrix, "layers": layers}
+    params = {
+        "width": W,
+        "height": H,
+        "background": BACKGROUND,
+        "output_format": "nv12",
+        "color_matrix": matrix,
+        "layers": layers,
+    }
     frames = {"in_0": a, "in_1": b}
     renderer = Renderer(gl_ctx, W, H, "nv12", matrix)
     try:
@@ -80,7 +87,9 @@ def test_scaled_rotated_translucent_layers_match_the_model(gl_ctx, matrix: str) 
     finally:
         renderer.release()
     reference, edges = composite(
-        W, H, BACKGROUND_RGBA,
+        W,
+        H,
+        BACKGROUND_RGBA,
         [RefLayer(a_rgba, 10, 10, 80, 60, opacity=0.8), RefLayer(b_rgba, 50, 40, 96, 72, opacity=0.55, rotation_degrees=15)],
         EDGE_BAND,
     )

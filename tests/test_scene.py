@@ -42,10 +42,15 @@ def test_layer_entry_without_rect_keeps_auto_pip_rect_but_its_other_values() -> 
 
 
 def test_explicit_rect_is_aspect_fit_letterbox_and_pillarbox() -> None:
-    params = full({**CANVAS, "layers": {
-        "in_0": {"rect": {"x": 0, "y": 0, "width": 400, "height": 400}},
-        "in_1": {"rect": {"x": 100, "y": 100, "width": 400, "height": 100}},
-    }})
+    params = full(
+        {
+            **CANVAS,
+            "layers": {
+                "in_0": {"rect": {"x": 0, "y": 0, "width": 400, "height": 400}},
+                "in_1": {"rect": {"x": 100, "y": 100, "width": 400, "height": 100}},
+            },
+        }
+    )
     scene = resolve_scene(params, {"in_0": (1600, 900), "in_1": (1600, 900)})
     assert by_id(scene, "in_0").rect == Rect(0, 87.5, 400, 225)  # letterbox
     pillar = by_id(scene, "in_1").rect
@@ -72,7 +77,9 @@ def test_crop_zoom_and_pan() -> None:
 
 
 def test_crop_keeps_the_source_aspect_for_the_fit() -> None:
-    params = full({**CANVAS, "layers": {"in_0": {"rect": {"x": 0, "y": 0, "width": 400, "height": 400}, "crop_zoom": 4, "crop_x": 0.9}}})
+    params = full(
+        {**CANVAS, "layers": {"in_0": {"rect": {"x": 0, "y": 0, "width": 400, "height": 400}, "crop_zoom": 4, "crop_x": 0.9}}}
+    )
     layer = by_id(resolve_scene(params, {"in_0": (1600, 900)}), "in_0")
     assert layer.rect == Rect(0, 87.5, 400, 225)
     # A quarter-wide window centred at 0.9 would end at 1.025: it slides back to end at 1.
@@ -80,9 +87,20 @@ def test_crop_keeps_the_source_aspect_for_the_fit() -> None:
 
 
 def test_circle_rotation_mirror_opacity_are_carried() -> None:
-    params = full({**CANVAS, "layers": {"in_0": {
-        "crop_shape": "circle", "rotation_degrees": -30, "mirror_horizontal": True, "mirror_vertical": True, "opacity": 0.4,
-    }}})
+    params = full(
+        {
+            **CANVAS,
+            "layers": {
+                "in_0": {
+                    "crop_shape": "circle",
+                    "rotation_degrees": -30,
+                    "mirror_horizontal": True,
+                    "mirror_vertical": True,
+                    "opacity": 0.4,
+                }
+            },
+        }
+    )
     layer = by_id(resolve_scene(params, {"in_0": (1280, 720)}), "in_0")
     assert layer.circle and layer.mirror_horizontal and layer.mirror_vertical
     assert layer.rotation_degrees == -30 and layer.opacity == 0.4
@@ -102,13 +120,17 @@ def test_opacity_zero_stays_in_the_layout() -> None:
 
 
 def test_draw_order_z_then_kind_then_slot() -> None:
-    params = full({
-        **CANVAS,
-        "num_inputs": 3,
-        "layers": {"in_0": {"z_index": 5}, "in_1": {"z_index": 5}, "in_2": {"z_index": -1}},
-        "text_overlays": [{"id": "t0", "text": "a", "z_index": 5}, {"id": "t1", "text": "b", "z_index": 0}],
-        "image_overlays": [{"id": "i0", "asset_path": "x.png", "z_index": 5, "rect": {"x": 0, "y": 0, "width": 4, "height": 4}}],
-    })
+    params = full(
+        {
+            **CANVAS,
+            "num_inputs": 3,
+            "layers": {"in_0": {"z_index": 5}, "in_1": {"z_index": 5}, "in_2": {"z_index": -1}},
+            "text_overlays": [{"id": "t0", "text": "a", "z_index": 5}, {"id": "t1", "text": "b", "z_index": 0}],
+            "image_overlays": [
+                {"id": "i0", "asset_path": "x.png", "z_index": 5, "rect": {"x": 0, "y": 0, "width": 4, "height": 4}}
+            ],
+        }
+    )
     scene = resolve_scene(params, {"in_1": (8, 8), "in_0": (8, 8), "in_2": (8, 8)})
     assert [layer.id for layer in scene.layers] == ["in_2", "t1", "in_0", "in_1", "i0", "t0"]
 
@@ -125,8 +147,15 @@ def test_text_overlay_auto_size_is_the_measured_text() -> None:
     assert width > 40 and height >= 30
     assert by_id(scene, "t").rect == Rect(12, 34, width, height)
     entry = scene.layout()["text_overlays"][0]
-    assert entry == {"id": "t", "x": 12.0, "y": 34.0, "width": float(width), "height": float(height),
-                     "measured_text_width": width, "measured_text_height": height}
+    assert entry == {
+        "id": "t",
+        "x": 12.0,
+        "y": 34.0,
+        "width": float(width),
+        "height": float(height),
+        "measured_text_width": width,
+        "measured_text_height": height,
+    }
 
 
 def test_text_overlay_with_rect_reports_measured_size_separately() -> None:
@@ -144,7 +173,9 @@ def test_image_overlay_auto_size_reads_the_asset(tmp_path: Path) -> None:
 
 
 def test_missing_image_asset_is_reported_not_raised(tmp_path: Path) -> None:
-    params = full({**CANVAS, "image_overlays": [{"id": "gone", "asset_path": "nope.png"}], "text_overlays": [{"id": "t", "text": "x"}]})
+    params = full(
+        {**CANVAS, "image_overlays": [{"id": "gone", "asset_path": "nope.png"}], "text_overlays": [{"id": "t", "text": "x"}]}
+    )
     scene = resolve_scene(params, {}, asset_dir=tmp_path)
     assert [layer.id for layer in scene.layers] == ["t"]
     assert scene.errors[0][0] == "gone" and "no such file" in scene.errors[0][1]
@@ -163,7 +194,9 @@ def test_layout_shape_lists_layers_in_slot_order_with_source_sizes() -> None:
 def test_layout_is_unchanged_by_non_geometry_params() -> None:
     inputs = {"in_0": (64, 64), "in_1": (32, 16)}
     base = resolve_scene(full(CANVAS), inputs).layout()
-    tuned = resolve_scene(full({**CANVAS, "layers": {"in_1": {"opacity": 0.3, "rotation_degrees": 45, "mirror_vertical": True}}}), inputs).layout()
+    tuned = resolve_scene(
+        full({**CANVAS, "layers": {"in_1": {"opacity": 0.3, "rotation_degrees": 45, "mirror_vertical": True}}}), inputs
+    ).layout()
     assert base == tuned
 
 

@@ -44,7 +44,9 @@ class EchoDispatcher:
 
 
 @asynccontextmanager
-async def running_server(dispatcher: EchoDispatcher | None = None, **overrides: object) -> AsyncIterator[tuple[str, ControlServer]]:
+async def running_server(
+    dispatcher: EchoDispatcher | None = None, **overrides: object
+) -> AsyncIterator[tuple[str, ControlServer]]:
     options = ServerOptions(host="127.0.0.1", port=0, **overrides)  # type: ignore[arg-type]
     server = ControlServer(options, dispatcher or EchoDispatcher())
     async with trio.open_nursery() as nursery:

@@ -18,9 +18,9 @@ import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from compositord.daemon.control.hub import Hub
-from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.control.server import CONTROL_PATH, ControlServer, ServerOptions
 from compositord.daemon.sessions.service import SessionService
+from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.state.store import Store, iter_stored_keys
 from compositord.protocol import params as node_params
 from compositord.protocol.causal import Stamp
@@ -53,7 +53,9 @@ class RecordingLoop:
     def submit_params(self, node_id: str, params: dict[str, Any], stamp: Stamp | None) -> None:
         self.params.append((node_id, params, stamp))
 
-    def submit_batch(self, updates: list[tuple[str, dict[str, Any], Stamp | None]], *, topology: SessionRecord | None = None) -> None:
+    def submit_batch(
+        self, updates: list[tuple[str, dict[str, Any], Stamp | None]], *, topology: SessionRecord | None = None
+    ) -> None:
         self.batches.append(list(updates))
         self.batch_topologies.append(topology)
 
@@ -109,7 +111,15 @@ class Client:
                     return message
                 self.events.append(message["payload"])
 
-    async def tune(self, node_id: str, body: dict[str, Any], *, variant: str = "PatchParams", action: str = "tunenode", cid: str | None = None) -> dict[str, Any]:
+    async def tune(
+        self,
+        node_id: str,
+        body: dict[str, Any],
+        *,
+        variant: str = "PatchParams",
+        action: str = "tunenode",
+        cid: str | None = None,
+    ) -> dict[str, Any]:
         return await self.request(
             {"action": action, "session_id": "s1", "node_id": node_id, "message": {variant: body}}, correlation_id=cid
         )
@@ -239,15 +249,33 @@ async def test_s6_refused_stamped_tune_advances_ack_and_names_the_stamp(harness:
         # async: no success reply, but a refused stamped one is answered with its correlation id
         reply = await client.tune("comp", {"fps": -1, "_sender": "n1", "_rev": 3}, action="tunenodeasync", cid="async-bad")
         assert reply["code"] == "invalid_params" and reply["_rev"] == 3
-        await client.ws.send_message(json.dumps({"type": "request", "correlation_id": "ok", "payload": {
-            "action": "tunenodeasync", "session_id": "s1", "node_id": "comp", "message": {"PatchParams": {"fps": 25, "_sender": "n1", "_rev": 4}}}}))
+        await client.ws.send_message(
+            json.dumps(
+                {
+                    "type": "request",
+                    "correlation_id": "ok",
+                    "payload": {
+                        "action": "tunenodeasync",
+                        "session_id": "s1",
+                        "node_id": "comp",
+                        "message": {"PatchParams": {"fps": 25, "_sender": "n1", "_rev": 4}},
+                    },
+                }
+            )
+        )
         pipeline = await client.request({"action": "getpipeline", "session_id": "s1"})
         assert pipeline["nodes"]["comp"]["params"]["fps"] == 25
         changed = [e for e in client.events if e["event"] == "nodeparamschanged"]
         assert changed[-1]["params"]["_acks"] == {"n1": 4}
         # refused by the envelope (two variants): the stamp still counts as processed
-        reply = await client.request({"action": "tunenode", "session_id": "s1", "node_id": "comp",
-                                      "message": {"PatchParams": {"fps": 30, "_sender": "n1", "_rev": 5}, "UpdateParams": {}}})
+        reply = await client.request(
+            {
+                "action": "tunenode",
+                "session_id": "s1",
+                "node_id": "comp",
+                "message": {"PatchParams": {"fps": 30, "_sender": "n1", "_rev": 5}, "UpdateParams": {}},
+            }
+        )
         assert reply["code"] == "bad_envelope" and reply["path"] == "/payload/message"
         assert (reply["_sender"], reply["_rev"], reply["node_id"]) == ("n1", 5, "comp")
         assert (await client.tune("comp", {"fps": 30, "_sender": "n1", "_rev": 5}))["code"] == "conflict"
@@ -287,21 +315,69 @@ async def test_s5_closing_a_connection_forgets_its_senders(harness: Harness) -> 
 async def test_structure_actions(harness: Harness) -> None:
     loop = harness.loops["s1"]
     async with connected(harness) as client:
-        reply = await client.request({"action": "addnode", "session_id": "s1", "node_id": "bars2", "kind": "video::colorbars", "params": {"width": 64, "height": 64}})
+        reply = await client.request(
+            {
+                "action": "addnode",
+                "session_id": "s1",
+                "node_id": "bars2",
+                "kind": "video::colorbars",
+                "params": {"width": 64, "height": 64},
+            }
+        )
         assert reply == {"action": "success"}
-        reply = await client.request({"action": "addnode", "session_id": "s1", "node_id": "bars2", "kind": "video::colorbars", "params": {}})
+        reply = await client.request(
+            {"action": "addnode", "session_id": "s1", "node_id": "bars2", "kind": "video::colorbars", "params": {}}
+        )
         assert reply["code"] == "conflict" and reply["path"] == "/payload/node_id"
-        reply = await client.request({"action": "addnode", "session_id": "s1", "node_id": "x", "kind": "video::nope", "params": {}})
+        reply = await client.request(
+            {"action": "addnode", "session_id": "s1", "node_id": "x", "kind": "video::nope", "params": {}}
+        )
         assert reply["code"] == "bad_envelope" and reply["path"] == "/payload/kind"
-        reply = await client.request({"action": "connect", "session_id": "s1", "from_node": "bars2", "from_pin": "out", "to_node": "comp", "to_pin": "in_1"})
+        reply = await client.request(
+            {
+                "action": "connect",
+                "session_id": "s1",
+                "from_node": "bars2",
+                "from_pin": "out",
+                "to_node": "comp",
+                "to_pin": "in_1",
+            }
+        )
         assert reply == {"action": "success"}
-        reply = await client.request({"action": "connect", "session_id": "s1", "from_node": "bars2", "from_pin": "out", "to_node": "comp", "to_pin": "in_7"})
+        reply = await client.request(
+            {
+                "action": "connect",
+                "session_id": "s1",
+                "from_node": "bars2",
+                "from_pin": "out",
+                "to_node": "comp",
+                "to_pin": "in_7",
+            }
+        )
         assert reply["code"] == "invalid_params" and reply["path"] == "/payload/to_pin"
         record = harness.store.sessions()["s1"]
         assert len(record.connections) == 2 and loop.topologies[-1].connections == record.connections
-        reply = await client.request({"action": "disconnect", "session_id": "s1", "from_node": "bars2", "from_pin": "out", "to_node": "comp", "to_pin": "in_1"})
+        reply = await client.request(
+            {
+                "action": "disconnect",
+                "session_id": "s1",
+                "from_node": "bars2",
+                "from_pin": "out",
+                "to_node": "comp",
+                "to_pin": "in_1",
+            }
+        )
         assert reply == {"action": "success"}
-        reply = await client.request({"action": "disconnect", "session_id": "s1", "from_node": "bars2", "from_pin": "out", "to_node": "comp", "to_pin": "in_1"})
+        reply = await client.request(
+            {
+                "action": "disconnect",
+                "session_id": "s1",
+                "from_node": "bars2",
+                "from_pin": "out",
+                "to_node": "comp",
+                "to_pin": "in_1",
+            }
+        )
         assert reply["code"] == "not_found"
         reply = await client.request({"action": "removenode", "session_id": "s1", "node_id": "bars"})
         assert reply == {"action": "success"}
@@ -365,7 +441,9 @@ async def test_no_private_keys_reach_the_database(harness: Harness) -> None:
     async with connected(harness) as client:
         for rev in range(1, 20):
             await client.tune("comp", {"layers": {"in_0": {"opacity": rev / 20, "_x": {"_y": 1}}}, "_sender": "z", "_rev": rev})
-        await client.request({"action": "addnode", "session_id": "s1", "node_id": "n", "kind": "video::colorbars", "params": {"_hidden": 1}})
+        await client.request(
+            {"action": "addnode", "session_id": "s1", "node_id": "n", "kind": "video::colorbars", "params": {"_hidden": 1}}
+        )
     await harness.store.flush()
     stored = list(iter_stored_keys(harness.store.db_path))
     assert stored, "the scan found no keys at all: it would not notice a leak either"

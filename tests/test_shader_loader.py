@@ -23,14 +23,27 @@ def test_stages_get_version_and_their_define_first(tmp_path: Path) -> None:
 
 
 def test_includes_are_resolved_recursively_with_line_directives(tmp_path: Path) -> None:
-    library = write(tmp_path, {
-        "p.glsl": 'float a;\n#include "b.glsl"\nfloat c;\n',
-        "b.glsl": '#include "d.glsl"\nfloat b;\n',
-        "d.glsl": "float d;\n",
-    })
+    library = write(
+        tmp_path,
+        {
+            "p.glsl": 'float a;\n#include "b.glsl"\nfloat c;\n',
+            "b.glsl": '#include "d.glsl"\nfloat b;\n',
+            "d.glsl": "float d;\n",
+        },
+    )
     source = library.load("p.glsl")
     body = source.vertex.splitlines()[2:]
-    assert body == ["#line 1 0", "float a;", "#line 1 1", "#line 1 2", "float d;", "#line 2 1", "float b;", "#line 3 0", "float c;"]
+    assert body == [
+        "#line 1 0",
+        "float a;",
+        "#line 1 1",
+        "#line 1 2",
+        "float d;",
+        "#line 2 1",
+        "float b;",
+        "#line 3 0",
+        "float c;",
+    ]
     assert source.files == ("p.glsl", "b.glsl", "d.glsl")
 
 
@@ -73,18 +86,21 @@ def test_every_shipped_program_loads() -> None:
 
 @pytest.mark.gl
 def test_compile_error_names_included_file_and_line(gl_ctx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    library = write(tmp_path, {
-        "broken.glsl": (
-            '#include "helpers.glsl"\n'
-            "#if defined VERTEX_SHADER\n"
-            "void main() { gl_Position = vec4(helper(), 0.0, 1.0); }\n"
-            "#else\n"
-            "out vec4 color;\n"
-            "void main() { color = vec4(1.0); }\n"
-            "#endif\n"
-        ),
-        "helpers.glsl": "// line 1\nvec3 helper() {\n    return undefined_name;\n}\n",
-    })
+    library = write(
+        tmp_path,
+        {
+            "broken.glsl": (
+                '#include "helpers.glsl"\n'
+                "#if defined VERTEX_SHADER\n"
+                "void main() { gl_Position = vec4(helper(), 0.0, 1.0); }\n"
+                "#else\n"
+                "out vec4 color;\n"
+                "void main() { color = vec4(1.0); }\n"
+                "#endif\n"
+            ),
+            "helpers.glsl": "// line 1\nvec3 helper() {\n    return undefined_name;\n}\n",
+        },
+    )
     with pytest.raises(ShaderError) as caught:
         compile_program(gl_ctx, "broken", library=library)
     assert "helpers.glsl:3:" in str(caught.value)

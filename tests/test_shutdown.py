@@ -63,7 +63,20 @@ async def test_signal_drains_clients_flushes_store_and_notifies(tmp_path: Path, 
     stderr_path = tmp_path / "stderr.txt"
     with stderr_path.open("wb") as stderr:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "compositord", "run", "--port", "0", "--state-dir", str(state_dir), "--config", str(config), "--log-level", "WARNING"],
+            [
+                sys.executable,
+                "-m",
+                "compositord",
+                "run",
+                "--port",
+                "0",
+                "--state-dir",
+                str(state_dir),
+                "--config",
+                str(config),
+                "--log-level",
+                "WARNING",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env=env,

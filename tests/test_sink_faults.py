@@ -16,9 +16,19 @@ from typing import Any
 import pytest
 import trio
 
-from compositord.daemon.state.model import NodeRecord
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkFrame
-from compositord.tests.sink_helpers import H, W, Peer, decode, running_loop, sink_session, wait_frames_written, wait_until, y4m_pipeline
+from compositord.daemon.state.model import NodeRecord
+from compositord.tests.sink_helpers import (
+    H,
+    Peer,
+    W,
+    decode,
+    running_loop,
+    sink_session,
+    wait_frames_written,
+    wait_until,
+    y4m_pipeline,
+)
 
 pytestmark = pytest.mark.gl
 
@@ -156,7 +166,9 @@ async def test_a_slow_sink_drops_and_counts_instead_of_stalling(tmp_path: Path, 
     from compositord.daemon.engine.sinks import sink_set
 
     monkeypatch.setitem(
-        sink_set.SINK_FACTORIES, "sink::y4m", lambda node_id, params, latch, predecessor, **_: SlowSink(node_id, params, latch, predecessor)
+        sink_set.SINK_FACTORIES,
+        "sink::y4m",
+        lambda node_id, params, latch, predecessor, **_: SlowSink(node_id, params, latch, predecessor),
     )
     session = sink_session({"slow": ("sink::y4m", {"path": "-"})}, fps=120)
     async with running_loop(session, tmp_path) as (loop, recorder):
@@ -230,7 +242,9 @@ async def test_a_sink_fed_by_a_source_says_it_needs_a_compositor(tmp_path: Path)
         await keeps_rendering(loop)
         assert not (tmp_path / "never.y4m").exists()
         rewired = session.copy()
-        rewired.connections = [c for c in rewired.connections if c.to_node != "raw"] + [ConnectionRecord("comp", "out", "raw", "in")]
+        rewired.connections = [c for c in rewired.connections if c.to_node != "raw"] + [
+            ConnectionRecord("comp", "out", "raw", "in")
+        ]
         loop.submit_topology(rewired)
         await wait_until(lambda: recorder.error_of("raw") is None)
         await wait_frames_written(loop, "raw", 2)

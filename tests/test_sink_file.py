@@ -17,9 +17,18 @@ import av
 import pytest
 import trio
 
-from compositord.daemon.state.model import NodeRecord
 from compositord.daemon.engine.sinks.encoding import ENCODERS
-from compositord.tests.sink_helpers import H, W, assert_colour, decode, running_loop, sink_session, wait_frames_written, wait_until
+from compositord.daemon.state.model import NodeRecord
+from compositord.tests.sink_helpers import (
+    H,
+    W,
+    assert_colour,
+    decode,
+    running_loop,
+    sink_session,
+    wait_frames_written,
+    wait_until,
+)
 
 pytestmark = pytest.mark.gl
 
@@ -59,7 +68,7 @@ async def test_encoded_file_decodes(tmp_path: Path, codec: str, name: str, outpu
 async def test_removing_the_node_finishes_the_file(tmp_path: Path) -> None:
     path = tmp_path / "removed.mp4"
     session = sink_session({"rec": ("sink::file", {"path": path.name, "preset": "ultrafast"})})
-    async with running_loop(session, tmp_path) as (loop, recorder):
+    async with running_loop(session, tmp_path) as (loop, _recorder):
         await wait_frames_written(loop, "rec", 5)
         sink = loop.sink("rec")
         without = session.copy()
@@ -98,7 +107,7 @@ async def test_if_exists_overwrite_writes_over_an_earlier_file(tmp_path: Path) -
     path.write_bytes(b"an earlier file")
     params = {"path": path.name, "preset": "ultrafast", "if_exists": "overwrite"}
     session = sink_session({"rec": ("sink::file", params)})
-    async with running_loop(session, tmp_path) as (loop, recorder):
+    async with running_loop(session, tmp_path) as (loop, _recorder):
         await wait_frames_written(loop, "rec", 5)
         sink = loop.sink("rec")
         assert sink.stats()["path_written"] == "live.mp4"

@@ -23,7 +23,7 @@ import pytest
 import trio
 import yaml
 
-from compositord.tests.sink_helpers import H, W, Peer, running_loop, sink_session, wait_frames_written, wait_until, y4m_pipeline
+from compositord.tests.sink_helpers import H, Peer, W, running_loop, sink_session, wait_frames_written, wait_until, y4m_pipeline
 
 pytestmark = pytest.mark.gl
 
@@ -76,8 +76,14 @@ async def test_the_daemon_refuses_absolute_and_dotdot_paths_as_invalid_params(co
         peer = Peer(ws)
         before = await peer.request("getpipeline", session_id=session)
         tuned = await peer.request("tunenode", session_id=session, node_id="raw", message={"UpdateParams": {"path": str(victim)}})
-        assert (tuned["action"], tuned["code"], tuned["path"]) == ("error", "invalid_params", "/payload/message/UpdateParams/path"), tuned
-        patched = await peer.request("tunenode", session_id=session, node_id="raw", message={"PatchParams": {"path": "../victim.y4m"}})
+        assert (tuned["action"], tuned["code"], tuned["path"]) == (
+            "error",
+            "invalid_params",
+            "/payload/message/UpdateParams/path",
+        ), tuned
+        patched = await peer.request(
+            "tunenode", session_id=session, node_id="raw", message={"PatchParams": {"path": "../victim.y4m"}}
+        )
         assert (patched["code"], patched["path"]) == ("invalid_params", "/payload/message/PatchParams/path"), patched
         added = await peer.request(
             "addnode", session_id=session, node_id="rec", kind="sink::file", params={"path": str(tmp_path / "victim.mp4")}
@@ -98,7 +104,18 @@ async def test_run_keeps_stdout_for_a_y4m_dash_sink(tmp_path: Path) -> None:
     stderr_path = tmp_path / "stderr.txt"
     with stderr_path.open("wb") as stderr:
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "compositord", "run", "--config", str(config), "--state-dir", str(tmp_path / "state"), "--port", "0"],
+            [
+                sys.executable,
+                "-m",
+                "compositord",
+                "run",
+                "--config",
+                str(config),
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--port",
+                "0",
+            ],
             stdout=subprocess.PIPE,
             stderr=stderr,
         )

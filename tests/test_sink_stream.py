@@ -15,7 +15,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from compositord.tests.sink_helpers import H, W, Decoded, assert_colour, decode, running_loop, sink_session, wait_frames_written, wait_until
+from compositord.tests.sink_helpers import (
+    Decoded,
+    H,
+    W,
+    assert_colour,
+    decode,
+    running_loop,
+    sink_session,
+    wait_frames_written,
+    wait_until,
+)
 
 pytestmark = pytest.mark.gl
 
@@ -63,7 +73,19 @@ async def test_rtmp_to_a_local_server(tmp_path: Path) -> None:
     port = free_port(socket.SOCK_STREAM)
     recorded = tmp_path / "received.flv"
     server = subprocess.Popen(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-listen", "1", "-i", f"rtmp://127.0.0.1:{port}/live/test", "-c", "copy", str(recorded)],
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-listen",
+            "1",
+            "-i",
+            f"rtmp://127.0.0.1:{port}/live/test",
+            "-c",
+            "copy",
+            str(recorded),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -73,7 +95,7 @@ async def test_rtmp_to_a_local_server(tmp_path: Path) -> None:
                 await trio.sleep(0.05)
         params = {"url": f"rtmp://127.0.0.1:{port}/live/test", "format": "flv", "preset": "ultrafast", "bitrate_kbps": 1000}
         session = sink_session({"live": ("sink::stream", params)})
-        async with running_loop(session, tmp_path) as (loop, recorder):
+        async with running_loop(session, tmp_path) as (loop, _recorder):
             await wait_frames_written(loop, "live", 15)
             sink = loop.sink("live")
         await trio.to_thread.run_sync(lambda: server.wait(timeout=20))

@@ -28,9 +28,13 @@ COLOUR_TOLERANCE = 3.0
 def xvfb_display(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if shutil.which("Xvfb") is None:
         pytest.skip("no display can be had: Xvfb is not installed (scripts/dev installs it)")
-    number = next(n for n in range(140, 400) if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists())
+    number = next(
+        n for n in range(140, 400) if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists()
+    )
     server = subprocess.Popen(
-        ["Xvfb", f":{number}", "-screen", "0", "640x360x24", "-nolisten", "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ["Xvfb", f":{number}", "-screen", "0", "640x360x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 10
@@ -63,7 +67,7 @@ async def test_window_is_upright_and_scaled(tmp_path: Path, xvfb_display: str) -
     """SMPTE bars (top and bottom rows differ) in a window twice the output size: the window shows
     the read-back frame the right way up, scaled."""
     session = sink_session({"screen": ("sink::window", {"width": 320, "height": 180})}, output_format="rgba8", pattern="smpte")
-    async with running_loop(session, tmp_path) as (loop, recorder):
+    async with running_loop(session, tmp_path) as (loop, _recorder):
         await wait_frames_written(loop, "screen", 3)
         pixels = await trio.to_thread.run_sync(loop.sink("screen").capture, 10.0)
         output = loop.latest_output("comp").as_array()[:, :, :3].astype(float)

@@ -13,7 +13,16 @@ import pytest
 import trio
 
 from compositord.daemon.engine.sinks.y4m import y4m_header
-from compositord.tests.sink_helpers import H, W, assert_colour, decode, running_loop, sink_session, wait_frames_written, wait_until
+from compositord.tests.sink_helpers import (
+    H,
+    W,
+    assert_colour,
+    decode,
+    running_loop,
+    sink_session,
+    wait_frames_written,
+    wait_until,
+)
 
 pytestmark = pytest.mark.gl
 
@@ -49,7 +58,7 @@ async def test_fifo_into_ffmpeg(tmp_path: Path) -> None:
     fifo = tmp_path / "out.y4m"
     os.mkfifo(fifo)
     session = sink_session({"pipe": ("sink::y4m", {"path": fifo.name})}, fps=60)
-    async with running_loop(session, tmp_path) as (loop, recorder):
+    async with running_loop(session, tmp_path) as (loop, _recorder):
         # No reader yet: the loop renders on, the sink waits and drops (counted).
         rendered = loop.statistics().frames_rendered
         await wait_until(lambda: loop.statistics().frames_rendered >= rendered + 10)

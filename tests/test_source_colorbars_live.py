@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import trio
 
-from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.daemon.engine.loop import RenderLoop
+from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 
 pytestmark = pytest.mark.gl
 
@@ -22,13 +22,25 @@ async def test_animation_and_timestamp_change_the_output(tmp_path: Path) -> None
         "s1",
         "bars",
         {
-            "bars": NodeRecord("bars", "video::colorbars", {"width": W, "height": H, "pattern": "solid", "color": "#202020", "animated": True, "timestamp": True}),
-            "comp": NodeRecord("comp", "video::compositor", {"width": W, "height": H, "fps": 30, "layers": {"in_0": {"rect": {"x": 0, "y": 0, "width": W, "height": H}}}}),
+            "bars": NodeRecord(
+                "bars",
+                "video::colorbars",
+                {"width": W, "height": H, "pattern": "solid", "color": "#202020", "animated": True, "timestamp": True},
+            ),
+            "comp": NodeRecord(
+                "comp",
+                "video::compositor",
+                {"width": W, "height": H, "fps": 30, "layers": {"in_0": {"rect": {"x": 0, "y": 0, "width": W, "height": H}}}},
+            ),
         },
         [ConnectionRecord("bars", "out", "comp", "in_0")],
     )
     loop = RenderLoop(
-        session, trio_token=trio.lowlevel.current_trio_token(), on_view_data=lambda e: None, on_stats=lambda e: None, asset_dir=tmp_path
+        session,
+        trio_token=trio.lowlevel.current_trio_token(),
+        on_view_data=lambda e: None,
+        on_stats=lambda e: None,
+        asset_dir=tmp_path,
     )
     loop.start()
     try:

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import trio
 
-from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
-from compositord.daemon.engine.render.frames import SourceFrame
 from compositord.daemon.engine.loop import RenderLoop
+from compositord.daemon.engine.render.frames import SourceFrame
 from compositord.daemon.engine.sources.video_file import VideoFileSource
+from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.testing.media import BLUE, RED, frame_number_of, grey_of, i420_to_rgb, pattern, write_clip
 
 TOLERANCE = 3.0
@@ -48,7 +48,9 @@ def rgb_of(frame: SourceFrame) -> np.ndarray:
     return i420_to_rgb(np.asarray(frame.data), frame.width, frame.height, frame.color_matrix)
 
 
-def wait_frame(source: VideoFileSource, predicate: Callable[[SourceFrame], bool] = lambda f: True, timeout: float = 5.0) -> SourceFrame:
+def wait_frame(
+    source: VideoFileSource, predicate: Callable[[SourceFrame], bool] = lambda f: True, timeout: float = 5.0
+) -> SourceFrame:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         frame = source.frame()
@@ -243,4 +245,6 @@ async def test_render_loop_composites_a_file_and_keeps_its_own_rate(tmp_path: Pa
         assert errors == []
     finally:
         await trio.to_thread.run_sync(loop.stop, 5.0)
-    assert not any(t.name.startswith("compositord-decode") and t.is_alive() for t in threading.enumerate()), "decoder stopped with the loop"
+    assert not any(t.name.startswith("compositord-decode") and t.is_alive() for t in threading.enumerate()), (
+        "decoder stopped with the loop"
+    )

@@ -20,11 +20,11 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
-from compositord.daemon.engine.render.frames import SourceFrame
 from compositord.daemon.engine.loop import RenderLoop
+from compositord.daemon.engine.render.frames import SourceFrame
 from compositord.daemon.engine.sources.handoff import LatestFrameSlot
 from compositord.daemon.engine.sources.push import PushSource
+from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.protocol.errors import LocalProtocolError
 from compositord.protocol.frames import HEADER, pack_frame_header
 
@@ -83,15 +83,20 @@ async def test_pushed_frames_reach_the_compositor(compositord_daemon: Any, compo
         await client.push_frame("cam", 31, H, "nv12", b"\0" * (31 * H * 3 // 2))
 
 
-async def test_a_frame_reaches_the_push_node_of_that_id_in_every_session(compositord_daemon: Any, compositord_client: Any) -> None:
+async def test_a_frame_reaches_the_push_node_of_that_id_in_every_session(
+    compositord_daemon: Any, compositord_client: Any
+) -> None:
     """The frame header names its node by id hash only (PROTOCOL.md section 6), not its session: a second
     session with a push node of the same id gets the same frame (docs/PROTOCOL-EXTENSIONS.md)."""
     client = compositord_client
     pipeline = await client.get_pipeline(compositord_daemon.session_id)
-    second = await client.create_session("second", {
-        "nodes": {node_id: {"kind": node["kind"], "params": node["params"]} for node_id, node in pipeline["nodes"].items()},
-        "connections": pipeline["connections"],
-    })
+    second = await client.create_session(
+        "second",
+        {
+            "nodes": {node_id: {"kind": node["kind"], "params": node["params"]} for node_id, node in pipeline["nodes"].items()},
+            "connections": pipeline["connections"],
+        },
+    )
     events = client.events()
     await client.push_frame("cam", W, H, "rgba8", solid_rgba((255, 0, 0, 255)), pts_us=0)
     sessions_shown: set[str] = set()
@@ -114,9 +119,27 @@ async def test_refused_frames_are_error_events_on_the_sender_only(compositord_da
         ("short", good[:20], "bad_envelope", "", "shorter than the 32-byte header"),
         ("byte count", good[:-1], "bad_envelope", "", "needs 2048 frame bytes, the message has 2047"),
         ("unknown node", pack_frame_header("ghost", W, H, "rgba8", 0) + good[32:], "not_found", "/node_id_hash", "no node"),
-        ("other kind", pack_frame_header("comp", W, H, "rgba8", 0) + good[32:], "invalid_params", "/node_id_hash", "video::compositor"),
-        ("other shape", pack_frame_header("cam", 16, 16, "rgba8", 0) + b"\0" * 16 * 16 * 4, "invalid_params", "/width", "takes 32x16 rgba8"),
-        ("other format", pack_frame_header("cam", W, H, "i420", 0) + b"\0" * (W * H * 3 // 2), "invalid_params", "/pixel_format", "takes 32x16 rgba8"),
+        (
+            "other kind",
+            pack_frame_header("comp", W, H, "rgba8", 0) + good[32:],
+            "invalid_params",
+            "/node_id_hash",
+            "video::compositor",
+        ),
+        (
+            "other shape",
+            pack_frame_header("cam", 16, 16, "rgba8", 0) + b"\0" * 16 * 16 * 4,
+            "invalid_params",
+            "/width",
+            "takes 32x16 rgba8",
+        ),
+        (
+            "other format",
+            pack_frame_header("cam", W, H, "i420", 0) + b"\0" * (W * H * 3 // 2),
+            "invalid_params",
+            "/pixel_format",
+            "takes 32x16 rgba8",
+        ),
     ]
     session = compositord_daemon.session_id
     events = compositord_client.events()
@@ -134,7 +157,9 @@ async def test_refused_frames_are_error_events_on_the_sender_only(compositord_da
             assert (payload["code"], payload.get("path")) == (code, path), name
             assert words in payload["message"], (name, payload["message"])
         # The connection is still usable and nothing changed: one frame counted, the layer still there.
-        await ws.send_message(json.dumps({"type": "request", "correlation_id": "g", "payload": {"action": "getpipeline", "session_id": session}}))
+        await ws.send_message(
+            json.dumps({"type": "request", "correlation_id": "g", "payload": {"action": "getpipeline", "session_id": session}})
+        )
         with trio.fail_after(5):
             while (answer := json.loads(await ws.get_message())).get("correlation_id") != "g":
                 pass
@@ -143,8 +168,10 @@ async def test_refused_frames_are_error_events_on_the_sender_only(compositord_da
     # The other connection (the client library's) saw no error event.
     stats = await next_event(
         events,
-        lambda e: e.name == "error"
-        or (e.name == "nodestatsupdated" and e.node_id == "cam" and e.payload["stats"]["frames_received"] >= 1),
+        lambda e: (
+            e.name == "error"
+            or (e.name == "nodestatsupdated" and e.node_id == "cam" and e.payload["stats"]["frames_received"] >= 1)
+        ),
     )
     assert stats.name == "nodestatsupdated" and stats.payload["stats"]["frames_received"] == 1
 
@@ -180,7 +207,15 @@ async def test_pushed_pixels_are_composited(tmp_path: Path) -> None:
             "comp": NodeRecord(
                 "comp",
                 "video::compositor",
-                {"width": 64, "height": 32, "fps": 60, "layers": {"in_0": {"rect": full, "aspect_fit": False}, "in_1": {"rect": full, "aspect_fit": False, "visible": False}}},
+                {
+                    "width": 64,
+                    "height": 32,
+                    "fps": 60,
+                    "layers": {
+                        "in_0": {"rect": full, "aspect_fit": False},
+                        "in_1": {"rect": full, "aspect_fit": False, "visible": False},
+                    },
+                },
             ),
         },
         [ConnectionRecord("rgba", "out", "comp", "in_0"), ConnectionRecord("yuv", "out", "comp", "in_1")],
@@ -211,7 +246,12 @@ async def test_pushed_pixels_are_composited(tmp_path: Path) -> None:
         loop.push_frame("yuv", SourceFrame("i420", W, H, planes, 2))
         loop.submit_params(
             "comp",
-            {"width": 64, "height": 32, "fps": 60, "layers": {"in_0": {"rect": full, "aspect_fit": False}, "in_1": {"rect": full, "aspect_fit": False}}},
+            {
+                "width": 64,
+                "height": 32,
+                "fps": 60,
+                "layers": {"in_0": {"rect": full, "aspect_fit": False}, "in_1": {"rect": full, "aspect_fit": False}},
+            },
             None,
         )
         await output_becomes((255, 255, 255))

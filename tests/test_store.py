@@ -51,9 +51,7 @@ def stored_params(state_dir: Path, session_id: str, node_id: str) -> tuple[dict,
     """What a separate connection sees: committed data only."""
     conn = sqlite3.connect(database_path(state_dir))
     try:
-        row = conn.execute(
-            "SELECT params, seq FROM nodes WHERE session_id = ? AND node_id = ?", (session_id, node_id)
-        ).fetchone()
+        row = conn.execute("SELECT params, seq FROM nodes WHERE session_id = ? AND node_id = ?", (session_id, node_id)).fetchone()
     finally:
         conn.close()
     return None if row is None else (json.loads(row[0]), row[1])
@@ -63,18 +61,24 @@ async def test_restart_restores_sessions_nodes_connections_and_params(tmp_path: 
     async with open_store(tmp_path) as store:
         await store.create_session(demo_session("s1"))
         await store.create_session(demo_session("s2"))
-        await store.set_params("s1", "comp", {"width": 320, "height": 180, "layers": {"in_1": {"opacity": 0.25}}}, wait_durable=True)
+        await store.set_params(
+            "s1", "comp", {"width": 320, "height": 180, "layers": {"in_1": {"opacity": 0.25}}}, wait_durable=True
+        )
         await store.set_params("s1", "bars", {"width": 640, "height": 360}, wait_durable=False)
         await store.put_node("s1", NodeRecord("img", "video::image", {"asset_path": "logo.png"}))
         await store.add_connection("s1", ConnectionRecord("img", "out", "comp", "in_2"))
         await store.remove_connection("s1", ConnectionRecord("pip", "out", "comp", "in_1"))
         await store.destroy_session("s2")
-        before = {sid: (s.name, s.to_pipeline(), {n: node.seq for n, node in s.nodes.items()}) for sid, s in store.sessions().items()}
+        before = {
+            sid: (s.name, s.to_pipeline(), {n: node.seq for n, node in s.nodes.items()}) for sid, s in store.sessions().items()
+        }
     async with open_store(tmp_path) as store:
-        after = {sid: (s.name, s.to_pipeline(), {n: node.seq for n, node in s.nodes.items()}) for sid, s in store.sessions().items()}
+        after = {
+            sid: (s.name, s.to_pipeline(), {n: node.seq for n, node in s.nodes.items()}) for sid, s in store.sessions().items()
+        }
     assert after == before
     assert list(after) == ["s1"]
-    name, pipeline, seqs = after["s1"]
+    _name, pipeline, seqs = after["s1"]
     assert pipeline["nodes"]["comp"]["params"]["layers"] == {"in_1": {"opacity": 0.25}}
     assert pipeline["nodes"]["bars"]["params"] == {"width": 640, "height": 360}  # the async change survived a clean stop
     assert seqs == {"bars": 1, "comp": 1, "pip": 0, "img": 0}

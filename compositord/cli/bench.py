@@ -35,31 +35,59 @@ def _runner(name: str) -> Callable[[BenchOptions], dict[str, Any]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scenario", choices=(*SCENARIOS, "all", "soak"),
-                        help="what to measure (all: the four scenarios in turn; soak: perf/soak.py, long-running, not part of all)")
-    parser.add_argument("--compare", action="store_true", help="also run the workload in FFmpeg / GStreamer (when installed), interleaved")
+    parser.add_argument(
+        "scenario",
+        choices=(*SCENARIOS, "all", "soak"),
+        help="what to measure (all: the four scenarios in turn; soak: perf/soak.py, long-running, not part of all)",
+    )
+    parser.add_argument(
+        "--compare", action="store_true", help="also run the workload in FFmpeg / GStreamer (when installed), interleaved"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny runs (a smoke test, not a measurement)")
     parser.add_argument("--frames", type=int, default=None, help="frames per iteration (default: the scenario's)")
     parser.add_argument("--iterations", type=int, default=None, help="iterations (default: the scenario's)")
-    parser.add_argument("--lp-threads", type=int, default=None, help="LP_NUM_THREADS for Mesa llvmpipe (set before the GL context exists)")
-    parser.add_argument("--profile", action="store_true", help="print a per-frame breakdown (cProfile; pyinstrument's tree when installed)")
-    parser.add_argument("--no-startup-correction", action="store_true", help="do not subtract a peer's measured process start-up time")
-    parser.add_argument("--seconds", type=float, default=None, help="control_latency: seconds of edits per configuration (default 8, --quick 1)")
-    parser.add_argument("--observers", choices=("raw", "client"), default="raw",
-                        help="control_latency: watching clients parse every event (raw, default) or also run the client library's causal masking (client)")
-    parser.add_argument("--watchers-nice", type=int, default=0, metavar="N",
-                        help="control_latency: run the watching clients' process N nice steps down (they stand in for other machines)")
+    parser.add_argument(
+        "--lp-threads", type=int, default=None, help="LP_NUM_THREADS for Mesa llvmpipe (set before the GL context exists)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="print a per-frame breakdown (cProfile; pyinstrument's tree when installed)"
+    )
+    parser.add_argument(
+        "--no-startup-correction", action="store_true", help="do not subtract a peer's measured process start-up time"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="control_latency: seconds of edits per configuration (default 8, --quick 1)"
+    )
+    parser.add_argument(
+        "--observers",
+        choices=("raw", "client"),
+        default="raw",
+        help="control_latency: watching clients parse every event (raw, default) or also run the client library's causal masking (client)",
+    )
+    parser.add_argument(
+        "--watchers-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="control_latency: run the watching clients' process N nice steps down (they stand in for other machines)",
+    )
     parser.add_argument("--minutes", type=float, default=None, help="soak: how long (perf/soak.py's default when absent)")
     parser.add_argument("--interval", type=float, default=None, help="soak: seconds between samples")
     parser.add_argument("--clients", type=int, default=None, help="soak: clients")
-    parser.add_argument("--write-readme", type=Path, default=None, metavar="FILE", help="rewrite FILE's results block with this run's figures")
+    parser.add_argument(
+        "--write-readme", type=Path, default=None, metavar="FILE", help="rewrite FILE's results block with this run's figures"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     if args.scenario == "soak":
         from compositord.perf import soak
 
-        argv = [f"--{name}={value}" for name, value in (("minutes", args.minutes), ("interval", args.interval), ("clients", args.clients)) if value is not None]
+        argv = [
+            f"--{name}={value}"
+            for name, value in (("minutes", args.minutes), ("interval", args.interval), ("clients", args.clients))
+            if value is not None
+        ]
         return soak.main(argv)
     if args.frames is not None and args.frames < 1:
         print("compositord bench: --frames must be at least 1", file=sys.stderr)
@@ -71,7 +99,10 @@ def main(args: argparse.Namespace) -> int:
         print("compositord bench: --seconds must be positive", file=sys.stderr)
         return 2
     if args.write_readme is not None and not args.write_readme.is_file():
-        print(f"compositord bench: --write-readme {args.write_readme}: no such file (it must have the results markers)", file=sys.stderr)
+        print(
+            f"compositord bench: --write-readme {args.write_readme}: no such file (it must have the results markers)",
+            file=sys.stderr,
+        )
         return 2
     from compositord.perf.harness import set_llvmpipe_threads
 
@@ -98,7 +129,11 @@ def main(args: argparse.Namespace) -> int:
     if args.write_readme is not None:
         from compositord.perf.readme import environment, rewrite
 
-        command = " ".join(["compositord", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else "compositord bench all --compare --profile --write-readme perf/README.md"
+        command = (
+            " ".join(["compositord", "bench", *sys.argv[2:]])
+            if sys.argv[1:2] == ["bench"]
+            else "compositord bench all --compare --profile --write-readme perf/README.md"
+        )
         rewrite(args.write_readme, results, environment(args.lp_threads), command)
         options.say(f"wrote the results block of {args.write_readme}")
     return 0

@@ -25,7 +25,11 @@ DEFAULT_URL = "ws://127.0.0.1:4545/api/v1/control"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("COMPOSITORD_URL", DEFAULT_URL), help=f"daemon URL (default: $COMPOSITORD_URL or {DEFAULT_URL})")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("COMPOSITORD_URL", DEFAULT_URL),
+        help=f"daemon URL (default: $COMPOSITORD_URL or {DEFAULT_URL})",
+    )
     parser.add_argument("--token", default=os.environ.get("COMPOSITORD_TOKEN"), help="bearer token (default: $COMPOSITORD_TOKEN)")
     commands = parser.add_subparsers(dest="ctl_command", metavar="SUBCOMMAND", required=True)
     commands.add_parser("sessions", help="list the sessions")

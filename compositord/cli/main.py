@@ -17,7 +17,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "render": ("compositord.cli.render", "render one frame of a pipeline file's compositor to PNG"),
     "check-config": ("compositord.cli.check_config", "validate a pipeline file (TOML or YAML): every error with its path"),
     "ctl": ("compositord.cli.ctl", "talk to a running daemon: get a pipeline, tune a node, watch events as JSON lines"),
-    "bench": ("compositord.cli.bench", "headless benchmarks (compositor_pipeline, compositor_only, control_latency, scaling; --compare with FFmpeg/GStreamer)"),
+    "bench": (
+        "compositord.cli.bench",
+        "headless benchmarks (compositor_pipeline, compositor_only, control_latency, scaling; --compare with FFmpeg/GStreamer)",
+    ),
 }
 
 

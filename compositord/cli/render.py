@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="PNG", type=Path, required=True, help="where to write the frame")
     parser.add_argument("--asset-dir", metavar="DIR", type=Path, help="asset directory (default: the scene file's folder)")
     parser.add_argument("--node", metavar="ID", help="the compositor node to render (default: the only one)")
-    parser.add_argument("--device", metavar="N", type=int, help="EGL device index (default: $COMPOSITORD_EGL_DEVICE or the first)")
+    parser.add_argument(
+        "--device", metavar="N", type=int, help="EGL device index (default: $COMPOSITORD_EGL_DEVICE or the first)"
+    )
 
 
 def _make_source(kind: str, params: dict[str, Any], asset_dir: Path):  # type: ignore[no-untyped-def]
@@ -94,7 +96,10 @@ def main(args: argparse.Namespace) -> int:
     node_id = args.node
     if node_id is None:
         if len(compositors) != 1:
-            print(f"compositord render: {len(compositors)} compositor nodes ({', '.join(compositors) or 'none'}); name one with --node", file=sys.stderr)
+            print(
+                f"compositord render: {len(compositors)} compositor nodes ({', '.join(compositors) or 'none'}); name one with --node",
+                file=sys.stderr,
+            )
             return EXIT_BAD_INPUT
         node_id = compositors[0]
     elif node_id not in compositors:
@@ -117,7 +122,9 @@ def main(args: argparse.Namespace) -> int:
             warnings.append(f"{connection['from_node']}: {exc}")
             continue
         if source is None:
-            warnings.append(f"{connection['from_node']}: {source_node['kind']} has no frame outside the daemon; {connection['to_pin']} left empty")
+            warnings.append(
+                f"{connection['from_node']}: {source_node['kind']} has no frame outside the daemon; {connection['to_pin']} left empty"
+            )
             continue
         frames[connection["to_pin"]] = source.frame(0.0)
 

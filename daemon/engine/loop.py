@@ -47,7 +47,6 @@ from typing import Any, Protocol
 import numpy as np
 import trio
 
-from compositord.daemon.state.model import NodeRecord, SessionRecord
 from compositord.daemon.engine.render import gl_context
 from compositord.daemon.engine.render import renderer as renderer_module
 from compositord.daemon.engine.render.frames import OutputFrame, SourceFrame
@@ -57,6 +56,7 @@ from compositord.daemon.engine.sources.colorbars import ColorbarsSource
 from compositord.daemon.engine.sources.image import ImageSource
 from compositord.daemon.engine.sources.push import PushInlets, PushSource
 from compositord.daemon.engine.sources.video_file import VideoFileSource
+from compositord.daemon.state.model import NodeRecord, SessionRecord
 from compositord.protocol import params as params_schema
 from compositord.protocol.causal import AckBook, Stamp
 
@@ -446,9 +446,7 @@ class RenderLoop:
                 self._emit_source_stats(sources)
                 next_stats = finished + STATS_INTERVAL
 
-    def _latch(
-        self, ctx: Any, compositors: dict[str, _CompositorState], sources: dict[str, FrameSource]
-    ) -> dict[str, Stamp]:
+    def _latch(self, ctx: Any, compositors: dict[str, _CompositorState], sources: dict[str, FrameSource]) -> dict[str, Stamp]:
         """Take the whole inbox at once and apply it; returns the last stamp applied per node."""
         with self._inbox_lock:
             if self._inbox.empty():
@@ -538,7 +536,9 @@ class RenderLoop:
             full = params_schema.with_defaults(node.kind, node.params) if node.kind in params_schema.KINDS else node.params
             source = sources.get(node_id)
             if source is None:
-                source = sources[node_id] = SOURCE_FACTORIES[node.kind](full, SourceContext(node_id, self._asset_dir, self._push_inlets))
+                source = sources[node_id] = SOURCE_FACTORIES[node.kind](
+                    full, SourceContext(node_id, self._asset_dir, self._push_inlets)
+                )
                 self._source_kinds[node_id] = node.kind
             else:
                 source.configure(full)

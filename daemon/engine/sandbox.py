@@ -60,7 +60,9 @@ def _refuse_outside(real: Path, root: Path, value: str, *, field: str, place: st
         raise SandboxError(f"{field} {value!r}: device and kernel files are refused")
 
 
-def resolve_input(root_dir: str | os.PathLike[str] | None, value: str, *, field: str = "asset_path", place: str = "asset directory") -> Path:
+def resolve_input(
+    root_dir: str | os.PathLike[str] | None, value: str, *, field: str = "asset_path", place: str = "asset directory"
+) -> Path:
     """The real path of an existing regular file ``value`` inside ``root_dir``."""
     if root_dir is None:
         raise SandboxError(f"{field} {value!r}: no {place} is configured")
@@ -84,7 +86,9 @@ class OutputTarget:
     is_fifo: bool
 
 
-def resolve_output(root_dir: str | os.PathLike[str] | None, value: str, *, field: str = "path", place: str = "output directory") -> OutputTarget:
+def resolve_output(
+    root_dir: str | os.PathLike[str] | None, value: str, *, field: str = "path", place: str = "output directory"
+) -> OutputTarget:
     """Where to write ``value`` inside ``root_dir`` (made on demand; its subdirectories must exist)."""
     if root_dir is None:
         raise SandboxError(f"{field} {value!r}: no {place} is configured")

@@ -20,10 +20,10 @@ S3, S5, S6); the view channel's acks live in the render loop.
 from __future__ import annotations
 
 import functools
-import logging
-import uuid
 import json
+import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,10 +34,19 @@ from compositord.daemon.control.connection import Connection
 from compositord.daemon.control.hub import Hub
 from compositord.daemon.control.mailbox import MailboxFull
 from compositord.daemon.control.outgoing import Broadcast
-from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.daemon.engine.render.frames import SourceFrame
 from compositord.daemon.engine.sources.push import source_frame_from_message
-from compositord.daemon.state.store import AddConnection, PutNode, RemoveConnection, RemoveNode, SetParams, Store, StoreError, StoreOp
+from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
+from compositord.daemon.state.store import (
+    AddConnection,
+    PutNode,
+    RemoveConnection,
+    RemoveNode,
+    SetParams,
+    Store,
+    StoreError,
+    StoreOp,
+)
 from compositord.protocol import causal, envelope, frames, pointer
 from compositord.protocol import params as node_params
 from compositord.protocol.causal import AckBook, Stamp
@@ -77,11 +86,11 @@ RenderLoopFactory = Callable[[SessionRecord, "SessionService"], RenderLoopLike]
 def _prefixed(error: RemoteProtocolError, prefix: str) -> RemoteProtocolError:
     """The same error with every path moved under ``prefix`` (where the document sat in the request)."""
     if error.errors:
-        return RemoteProtocolError.from_field_errors(
-            error.code, [FieldError(prefix + e.path, e.message) for e in error.errors]
-        )
+        return RemoteProtocolError.from_field_errors(error.code, [FieldError(prefix + e.path, e.message) for e in error.errors])
     path = prefix + (error.path or "")
-    return RemoteProtocolError(error.code, f"{path or '/'}: {error.message}" if error.path is None else error.message.replace(error.path, path, 1), path)
+    return RemoteProtocolError(
+        error.code, f"{path or '/'}: {error.message}" if error.path is None else error.message.replace(error.path, path, 1), path
+    )
 
 
 def _not_found(what: str, path: str) -> RemoteProtocolError:
@@ -321,7 +330,11 @@ class SessionService:
                         "/node_id_hash",
                     )
                 expected = node_params.with_defaults(PUSH_KIND, node.params)
-                for field_name, got in (("width", header.width), ("height", header.height), ("pixel_format", header.pixel_format)):
+                for field_name, got in (
+                    ("width", header.width),
+                    ("height", header.height),
+                    ("pixel_format", header.pixel_format),
+                ):
                     if expected[field_name] != got:
                         raise RemoteProtocolError(
                             ErrorCode.INVALID_PARAMS,
@@ -406,7 +419,9 @@ class SessionService:
             raise _not_found(f"no node {action.node_id!r} in this session", "/payload/node_id")
         if node.kind != PREVIEW_KIND:
             raise RemoteProtocolError(
-                ErrorCode.INVALID_PARAMS, f"/payload/node_id: node {action.node_id!r} is a {node.kind}, not a {PREVIEW_KIND}", "/payload/node_id"
+                ErrorCode.INVALID_PARAMS,
+                f"/payload/node_id: node {action.node_id!r} is a {node.kind}, not a {PREVIEW_KIND}",
+                "/payload/node_id",
             )
         if isinstance(action, envelope.SubscribePreview):
             state.preview_subscribers.setdefault(action.node_id, set()).add(connection)
@@ -418,7 +433,8 @@ class SessionService:
         image = preview(action.node_id) if preview is not None else None
         if image is None:
             raise _not_found(
-                f"node {action.node_id!r} has no thumbnail yet (it makes one once a compositor feeds its input)", "/payload/node_id"
+                f"node {action.node_id!r} has no thumbnail yet (it makes one once a compositor feeds its input)",
+                "/payload/node_id",
             )
         return envelope.preview_response(cid, action.session_id, action.node_id, **_preview_fields(image))
 
@@ -529,7 +545,9 @@ class SessionService:
             if action.stamp.rev <= floor:
                 rev_path = pointer.join(tune.body_path, causal.REV_KEY)
                 raise RemoteProtocolError(
-                    ErrorCode.CONFLICT, f"{rev_path}: _rev {action.stamp.rev} already processed for this sender (ack {floor})", rev_path
+                    ErrorCode.CONFLICT,
+                    f"{rev_path}: _rev {action.stamp.rev} already processed for this sender (ack {floor})",
+                    rev_path,
                 )
             seen[key] = action.stamp.rev
         candidate = action.params if action.mode == envelope.UPDATE else causal.merge_patch(node.params, action.params)
@@ -690,7 +708,9 @@ class _Working:
         if node_id in self.nodes:
             raise RemoteProtocolError(ErrorCode.CONFLICT, f"{path}/node_id: node {node_id!r} exists already", path + "/node_id")
         if len(self.nodes) >= node_params.MAX_NODES:
-            raise RemoteProtocolError(ErrorCode.INVALID_PARAMS, f"{path}: a session has at most {node_params.MAX_NODES} nodes", path)
+            raise RemoteProtocolError(
+                ErrorCode.INVALID_PARAMS, f"{path}: a session has at most {node_params.MAX_NODES} nodes", path
+            )
         node = NodeRecord(node_id, kind, params, 0)
         self.nodes[node_id] = node
         self.removed_nodes.discard(node_id)
@@ -725,7 +745,9 @@ class _Working:
         except RemoteProtocolError as error:
             # Report the new connection's fields at their place in the request.
             moved = [
-                FieldError(path + e.path[len(own):], e.message) if e.path == own or e.path.startswith(own + "/") else FieldError(path, e.message)
+                FieldError(path + e.path[len(own) :], e.message)
+                if e.path == own or e.path.startswith(own + "/")
+                else FieldError(path, e.message)
                 for e in error.errors
             ]
             raise RemoteProtocolError.from_field_errors(error.code, moved) from None

@@ -50,9 +50,7 @@ class SessionRecord:
     def to_pipeline(self) -> dict[str, Any]:
         """The pipeline-file shape (what ``createsession`` takes and ``check-config`` reads)."""
         return {
-            "nodes": {
-                node_id: {"kind": node.kind, "params": copy.deepcopy(node.params)} for node_id, node in self.nodes.items()
-            },
+            "nodes": {node_id: {"kind": node.kind, "params": copy.deepcopy(node.params)} for node_id, node in self.nodes.items()},
             "connections": [conn.to_json() for conn in self.connections],
         }
 

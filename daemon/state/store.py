@@ -28,13 +28,14 @@ Promises (docs/DURABILITY.md says them for operators):
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -261,9 +262,7 @@ class Store:
         return self._sessions_view
 
     def statistics(self) -> StoreStatistics:
-        return StoreStatistics(
-            commits=self._stats.commits, items_written=self._stats.items_written, queued=len(self._inbox)
-        )
+        return StoreStatistics(commits=self._stats.commits, items_written=self._stats.items_written, queued=len(self._inbox))
 
     # ---- changes (trio thread) ----
 
@@ -433,7 +432,9 @@ class Store:
 
     # ---- submission (trio thread) ----
 
-    async def _submit(self, plan: Callable[[dict[str, SessionRecord]], tuple[list[_Statement], Any]], *, wait_durable: bool) -> Any:
+    async def _submit(
+        self, plan: Callable[[dict[str, SessionRecord]], tuple[list[_Statement], Any]], *, wait_durable: bool
+    ) -> Any:
         if self._slots is None or not self._running or self._stopping:
             raise LocalProtocolError("the store is not running (start Store.run first)")
         if self._fatal is not None:
@@ -464,10 +465,8 @@ class Store:
 
     def _call_soon(self, fn: Callable[[], object]) -> None:
         assert self._token is not None
-        try:
+        with contextlib.suppress(trio.RunFinishedError):  # trio is gone: nobody is waiting any more
             self._token.run_sync_soon(fn)
-        except trio.RunFinishedError:
-            pass  # trio is gone: nobody is waiting any more
 
     def _writer_main(self, loaded_sessions: dict[str, SessionRecord], loaded: trio.Event, stopped: trio.Event) -> None:
         conn: sqlite3.Connection | None = None
@@ -487,10 +486,8 @@ class Store:
                 self._fail_queued(exc)
         finally:
             if conn is not None:
-                try:
+                with suppress(sqlite3.Error):
                     conn.close()
-                except sqlite3.Error:
-                    pass
             self._call_soon(stopped.set)
 
     def _fail_queued(self, exc: BaseException) -> None:
@@ -541,7 +538,10 @@ class Store:
                         for sql, args in item.statements:
                             conn.execute(sql, args)
                         self._stats.items_written += 1
-                due = first_uncommitted_at is not None and time.monotonic() >= first_uncommitted_at + self._commit_interval - _WAKE_SLACK_S
+                due = (
+                    first_uncommitted_at is not None
+                    and time.monotonic() >= first_uncommitted_at + self._commit_interval - _WAKE_SLACK_S
+                )
                 waited_on = any(item.done is not None for item in items)
                 if uncommitted and (stopping or waited_on or due):
                     if conn.in_transaction:
@@ -584,9 +584,7 @@ def open_database(db_path: Path, *, busy_timeout: float = 5.0) -> sqlite3.Connec
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
         elif version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{db_path}: schema version {version} is newer than this compositord understands ({SCHEMA_VERSION})"
-            )
+            raise StoreError(f"{db_path}: schema version {version} is newer than this compositord understands ({SCHEMA_VERSION})")
         return conn
     except BaseException:
         conn.close()
@@ -659,5 +657,5 @@ async def open_store(state_dir: Path, **kwargs: Any) -> AsyncIterator[Store]:
     except BaseExceptionGroup as group:
         # One failure (the store's, or the block's own) reads better unwrapped.
         if len(group.exceptions) == 1:
-            raise group.exceptions[0]
+            raise group.exceptions[0] from None
         raise

@@ -38,7 +38,9 @@ class OutputTargets:
         self.height = height
         self.output_format = output_format
         self.color_matrix = color_matrix
-        self._objects: list[moderngl.Buffer | moderngl.Texture | moderngl.Framebuffer | moderngl.Program | moderngl.VertexArray] = []
+        self._objects: list[
+            moderngl.Buffer | moderngl.Texture | moderngl.Framebuffer | moderngl.Program | moderngl.VertexArray
+        ] = []
         self.frame = self._keep(ctx.texture((width, height), 4))
         raw_gl.allocate_rgba(self.frame)
         self.frame.filter = (moderngl.LINEAR, moderngl.LINEAR)

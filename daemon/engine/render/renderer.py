@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import moderngl
 
 from compositord.daemon.engine.render import raw_gl
-from compositord.daemon.engine.render.gl_context import collect_garbage
 from compositord.daemon.engine.render.frames import COLOR_MATRICES, OutputFrame, SourceFrame
+from compositord.daemon.engine.render.gl_context import collect_garbage
 from compositord.daemon.engine.render.images import AssetError, load_overlay
 from compositord.daemon.engine.render.layer_pass import LayerPass, is_screen_aligned
 from compositord.daemon.engine.render.output_pass import OutputTargets
@@ -210,7 +210,9 @@ class Renderer:
         if layer.kind != "video" or layer.id not in frames:
             return False
         frame = frames[layer.id]
-        return frame.pixel_format == "rgba8" and frame.opaque and layer.covers_canvas_unscaled((frame.width, frame.height), canvas)
+        return (
+            frame.pixel_format == "rgba8" and frame.opaque and layer.covers_canvas_unscaled((frame.width, frame.height), canvas)
+        )
 
     def _will_upload(self, layer: ResolvedLayer, frames: Mapping[str, SourceFrame]) -> bool:
         """Whether drawing ``layer`` starts with copying a new source frame in."""

@@ -110,7 +110,10 @@ class ResolvedLayer:
             and not self.mirror_vertical
             and math.isclose(self.rotation_degrees % 360.0, 0.0, abs_tol=1e-9)
             and (crop.u0, crop.v0, crop.u1, crop.v1) == (0.0, 0.0, 1.0, 1.0)
-            and all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip((rect.x, rect.y, rect.width, rect.height), (0, 0, *canvas)))
+            and all(
+                math.isclose(a, b, abs_tol=1e-6)
+                for a, b in zip((rect.x, rect.y, rect.width, rect.height), (0, 0, *canvas), strict=False)
+            )
         )
 
 
@@ -164,7 +167,9 @@ def crop_region(crop_zoom: float, crop_x: float, crop_y: float) -> CropRegion:
     return CropRegion(u0, v0, u0 + size, v0 + size)
 
 
-def _video_layer(pin: str, size: tuple[int, int], entry: Mapping[str, Any] | None, canvas: tuple[int, int]) -> ResolvedLayer | None:
+def _video_layer(
+    pin: str, size: tuple[int, int], entry: Mapping[str, Any] | None, canvas: tuple[int, int]
+) -> ResolvedLayer | None:
     slot = slot_of_pin(pin)
     entry = entry or {}
     if not entry.get("visible", True):

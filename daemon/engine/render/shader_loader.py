@@ -61,7 +61,7 @@ class ShaderSource:
                 continue
             index, number = int(match.group(1)), int(match.group(2))
             if 0 <= index < len(self.files):
-                return f"{self.files[index]}:{number}: {line[match.end():].lstrip(' :')}"
+                return f"{self.files[index]}:{number}: {line[match.end() :].lstrip(' :')}"
         return line
 
 

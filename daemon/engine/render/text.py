@@ -70,7 +70,7 @@ def measure_text(text: str, font_size: int, font_path: Path | None = None) -> tu
         return (0, 0)
     draw = ImageDraw.Draw(Image.new("L", (1, 1)))
     with _FREETYPE_LOCK:
-        left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=_font(font_size, font_path))
+        _left, _top, right, bottom = draw.multiline_textbbox((0, 0), text, font=_font(font_size, font_path))
     return (max(0, math.ceil(right)), max(0, math.ceil(bottom)))
 
 

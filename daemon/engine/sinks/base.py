@@ -265,4 +265,3 @@ class Sink:
 
 def _is_no_reader(exc: OSError) -> bool:
     return exc.errno in (errno.ENXIO, errno.EAGAIN)
-

@@ -60,4 +60,6 @@ def to_rgb(frame: OutputFrame, width: int | None = None, height: int | None = No
 def _nv12_to_i420(frame: OutputFrame) -> np.ndarray:
     luma = frame.plane(0)
     uv = frame.plane(1)
-    return np.concatenate((luma.reshape(-1), np.ascontiguousarray(uv[:, :, 0]).reshape(-1), np.ascontiguousarray(uv[:, :, 1]).reshape(-1)))
+    return np.concatenate(
+        (luma.reshape(-1), np.ascontiguousarray(uv[:, :, 0]).reshape(-1), np.ascontiguousarray(uv[:, :, 1]).reshape(-1))
+    )

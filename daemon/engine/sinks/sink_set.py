@@ -17,16 +17,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.engine.render.frames import OutputFrame
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkFrame
+from compositord.daemon.state.model import SessionRecord
 from compositord.protocol import params as params_schema
 
 COMPOSITOR_KIND = "video::compositor"
 
 
 def _file(
-    node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, *, output_dir: Path | None = None, **_: Any
+    node_id: str,
+    params: Mapping[str, Any],
+    latch: ErrorLatch,
+    predecessor: Sink | None,
+    *,
+    output_dir: Path | None = None,
+    **_: Any,
 ) -> Sink:
     from compositord.daemon.engine.sinks.file import FileSink
 
@@ -34,7 +40,13 @@ def _file(
 
 
 def _y4m(
-    node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, *, output_dir: Path | None = None, **_: Any
+    node_id: str,
+    params: Mapping[str, Any],
+    latch: ErrorLatch,
+    predecessor: Sink | None,
+    *,
+    output_dir: Path | None = None,
+    **_: Any,
 ) -> Sink:
     from compositord.daemon.engine.sinks.y4m import Y4MSink
 
@@ -122,7 +134,9 @@ class SinkSet:
             if upstream is not None and upstream_kind != COMPOSITOR_KIND:
                 # Only compositors produce output frames; say so rather than sit idle.
                 self._miswired.add(node_id)
-                self._latches[node_id].set(f"{self._kinds[node_id]}: its input must come from a {COMPOSITOR_KIND}, not {upstream_kind}")
+                self._latches[node_id].set(
+                    f"{self._kinds[node_id]}: its input must come from a {COMPOSITOR_KIND}, not {upstream_kind}"
+                )
                 continue
             if node_id in self._miswired:
                 self._miswired.discard(node_id)

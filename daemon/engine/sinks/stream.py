@@ -14,7 +14,6 @@ from __future__ import annotations
 from compositord.daemon.engine.sinks.base import SinkError
 from compositord.daemon.engine.sinks.encoding import EncoderSink
 
-
 # Output protocols the bundled FFmpeg lacks (PyAV lists none; it fails only at the first write, with
 # "Protocol not found"): refused up front so the node says why.
 MISSING_PROTOCOLS = frozenset({"srt"})
@@ -40,9 +39,13 @@ class StreamSink(EncoderSink):
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in NETWORK_SCHEMES:
             shown = scheme or url.split(":", 1)[0][:16]
-            raise SinkError(f"{shown!r} is not a network protocol: use udp://, tcp://, rtmp:// or rtmps://; files go through sink::file or sink::y4m")
+            raise SinkError(
+                f"{shown!r} is not a network protocol: use udp://, tcp://, rtmp:// or rtmps://; files go through sink::file or sink::y4m"
+            )
         if scheme in MISSING_PROTOCOLS:
-            raise SinkError(f"this build of PyAV cannot send {scheme}:// (no {scheme} protocol in its FFmpeg); use udp://, tcp:// or rtmp://")
+            raise SinkError(
+                f"this build of PyAV cannot send {scheme}:// (no {scheme} protocol in its FFmpeg); use udp://, tcp:// or rtmp://"
+            )
         format_name = str(self.params.get("format", "mpegts"))
         if scheme in ("rtmp", "rtmps") and format_name != "flv":
             raise SinkError("rtmp:// carries FLV: set format to flv")

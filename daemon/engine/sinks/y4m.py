@@ -89,7 +89,9 @@ class Y4MSink(Sink):
                 now = time.monotonic()
                 stalled_since = stalled_since or now
                 if self.closing and now - stalled_since > STALLED_READER_TIMEOUT:
-                    raise SinkError(f"the reader stopped reading for {STALLED_READER_TIMEOUT:g} s while the sink was closing") from None
+                    raise SinkError(
+                        f"the reader stopped reading for {STALLED_READER_TIMEOUT:g} s while the sink was closing"
+                    ) from None
                 select.select([], [self._fd], [], 0.1)
                 continue
             stalled_since = None

@@ -118,7 +118,7 @@ class ColorbarsSource:
 
 
 def _format_time(t: float) -> str:
-    millis = int(round(max(t, 0.0) * 1000))
+    millis = round(max(t, 0.0) * 1000)
     seconds, millis = divmod(millis, 1000)
     minutes, seconds = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
@@ -131,7 +131,7 @@ def _burn_in(pixels: np.ndarray, text: str) -> None:
 
     height, width = pixels.shape[:2]
     font = ImageFont.load_default(size=max(8, height // 18))
-    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
+    _left, _top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
     pad = max(2, height // 90)
     box_w = min(width, int(right) + 2 * pad)
     box_h = min(height, int(bottom) + 2 * pad)

@@ -40,9 +40,7 @@ class ImageSource:
             return
         pixels = load_rgba(real)
         height, width = pixels.shape[:2]
-        self._frame = SourceFrame(
-            "rgba8", width, height, pixels, next(_serials), opaque=bool((pixels[..., 3] == 255).all())
-        )
+        self._frame = SourceFrame("rgba8", width, height, pixels, next(_serials), opaque=bool((pixels[..., 3] == 255).all()))
         self._identity = identity
 
     def frame(self, t: float = 0.0) -> SourceFrame:

@@ -288,14 +288,14 @@ def _to_source_frame(frame: Any) -> SourceFrame:
         frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
         matrix = "bt709"
     elif name != "yuv420p" or full_range:
-        frame = frame.reformat(
-            format="yuv420p", src_color_range="JPEG" if full_range else "MPEG", dst_color_range="MPEG"
-        )
+        frame = frame.reformat(format="yuv420p", src_color_range="JPEG" if full_range else "MPEG", dst_color_range="MPEG")
     width, height = frame.width, frame.height
     chroma_w, chroma_h = chroma_size(width, height)
     packed = np.empty(width * height + 2 * chroma_w * chroma_h, dtype=np.uint8)
     offset = 0
-    for plane, (plane_w, plane_h) in zip(frame.planes, ((width, height), (chroma_w, chroma_h), (chroma_w, chroma_h)), strict=True):
+    for plane, (plane_w, plane_h) in zip(
+        frame.planes, ((width, height), (chroma_w, chroma_h), (chroma_w, chroma_h)), strict=True
+    ):
         rows = np.frombuffer(plane, dtype=np.uint8, count=plane.line_size * plane_h).reshape(plane_h, plane.line_size)
         packed[offset : offset + plane_w * plane_h].reshape(plane_h, plane_w)[...] = rows[:, :plane_w]
         offset += plane_w * plane_h
