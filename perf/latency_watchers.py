@@ -53,7 +53,7 @@ async def _watch(url: str, record: dict[str, Any], all_connected: Any) -> None:
             connection.receive_data(data)
             for event in connection.events():
                 if isinstance(event, Message):
-                    pieces.append(event.data)  # type: ignore[arg-type]  # text: the daemon sends no binary
+                    pieces.append(event.data)  # text: the daemon sends no binary
                     if not event.message_finished:
                         continue
                     message = message_from_json(json.loads("".join(pieces)))

@@ -65,7 +65,7 @@ def breakdown(run_: Any, *, frames: int, say: Callable[..., None]) -> dict[str, 
 
 def _pyinstrument(run_: Any, frames: int, say: Callable[..., None]) -> None:
     try:
-        from pyinstrument import Profiler
+        from pyinstrument import Profiler  # type: ignore[import-not-found, unused-ignore]  # optional: installed by hand (perf/README.md)
     except ImportError:
         return
     profiler = Profiler(interval=0.0005)

@@ -39,22 +39,22 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from compositord.protocol import params as node_params
 from compositord.protocol import pointer
 from compositord.protocol.causal import ACKS_KEY, REV_KEY, SENDER_KEY, SEQ_KEY, Stamp, strip_private, take_stamp
 from compositord.protocol.errors import ErrorCode, FieldError, LocalProtocolError, RemoteProtocolError
-from compositord.protocol.frames import (  # noqa: F401  (re-exported: section 6 of the same protocol)
-    FRAME_MAGIC,
-    FRAME_VERSION,
-    HEADER_SIZE,
-    FrameHeader,
-    frame_size,
-    node_id_hash,
-    pack_frame_header,
-    parse_frame_header,
-)
+
+# Re-exported, as section 6 of the same protocol; `X as X` is what marks a re-export for type checkers.
+from compositord.protocol.frames import FRAME_MAGIC as FRAME_MAGIC
+from compositord.protocol.frames import FRAME_VERSION as FRAME_VERSION
+from compositord.protocol.frames import HEADER_SIZE as HEADER_SIZE
+from compositord.protocol.frames import FrameHeader as FrameHeader
+from compositord.protocol.frames import frame_size as frame_size
+from compositord.protocol.frames import node_id_hash as node_id_hash
+from compositord.protocol.frames import pack_frame_header as pack_frame_header
+from compositord.protocol.frames import parse_frame_header as parse_frame_header
 
 PROTOCOL_VERSION = 1
 PREVIEW_CONTENT_TYPE = "image/jpeg"
@@ -467,6 +467,9 @@ class _Link:
         return Request(self.ACTION, {"session_id": self.session_id, **self.operation()}, correlation_id)
 
 
+_LinkT = TypeVar("_LinkT", bound=_Link)
+
+
 @dataclass(frozen=True)
 class Connect(_Link):
     ACTION: ClassVar[str] = "connect"
@@ -541,6 +544,9 @@ class _PreviewAction:
 
     def to_request(self, correlation_id: str | None = None) -> Request:
         return Request(self.ACTION, {"session_id": self.session_id, "node_id": self.node_id}, correlation_id)
+
+
+_PreviewT = TypeVar("_PreviewT", bound=_PreviewAction)
 
 
 @dataclass(frozen=True)
@@ -640,7 +646,7 @@ def _parse_remove_node(payload: Mapping[str, Any], base: str, session_id: str | 
     return action
 
 
-def _parse_connect(payload: Mapping[str, Any], base: str, session_id: str | None = None, *, cls: type[_Link] = Connect) -> _Link:
+def _parse_link(cls: type[_LinkT], payload: Mapping[str, Any], base: str, session_id: str | None) -> _LinkT:
     reader = _Reader(cls.ACTION, payload, base, ("session_id", "from_node", "from_pin", "to_node", "to_pin"))
     session = session_id if session_id is not None else _session(reader)
     action = cls(
@@ -654,8 +660,12 @@ def _parse_connect(payload: Mapping[str, Any], base: str, session_id: str | None
     return action
 
 
-def _parse_disconnect(payload: Mapping[str, Any], base: str, session_id: str | None = None) -> _Link:
-    return _parse_connect(payload, base, session_id, cls=Disconnect)
+def _parse_connect(payload: Mapping[str, Any], base: str, session_id: str | None = None) -> Connect:
+    return _parse_link(Connect, payload, base, session_id)
+
+
+def _parse_disconnect(payload: Mapping[str, Any], base: str, session_id: str | None = None) -> Disconnect:
+    return _parse_link(Disconnect, payload, base, session_id)
 
 
 def _parse_tune(payload: Mapping[str, Any], base: str, session_id: str | None = None, *, sync: bool = True) -> TuneNode:
@@ -679,7 +689,7 @@ def _parse_tune_async(payload: Mapping[str, Any], base: str) -> TuneNode:
     return _parse_tune(payload, base, sync=False)
 
 
-_BATCHABLE = {
+_BATCHABLE: dict[str, Callable[[Mapping[str, Any], str, str], BatchOperation]] = {
     "addnode": _parse_add_node,
     "removenode": _parse_remove_node,
     "connect": _parse_connect,
@@ -714,8 +724,8 @@ def _parse_apply_batch(payload: Mapping[str, Any], base: str) -> ApplyBatch:
     return ApplyBatch(session_id, tuple(operations), atomic)
 
 
-def _preview_parser(cls: type[_PreviewAction]) -> Callable[[Mapping[str, Any], str], _PreviewAction]:
-    def parse(payload: Mapping[str, Any], base: str) -> _PreviewAction:
+def _preview_parser(cls: type[_PreviewT]) -> Callable[[Mapping[str, Any], str], _PreviewT]:
+    def parse(payload: Mapping[str, Any], base: str) -> _PreviewT:
         reader = _Reader(cls.ACTION, payload, base, ("session_id", "node_id"))
         action = cls(_session(reader), reader.node_id())
         reader.done()
@@ -724,7 +734,7 @@ def _preview_parser(cls: type[_PreviewAction]) -> Callable[[Mapping[str, Any], s
     return parse
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[Mapping[str, Any], str], Action]] = {
     "getpipeline": _parse_get_pipeline,
     "listsessions": _parse_list_sessions,
     "createsession": _parse_create_session,
@@ -753,7 +763,7 @@ def parse_action(request: Request) -> Action:
     parse = _PARSERS.get(request.action)
     if parse is None:
         raise _bad("/payload/action", f"unknown action {request.action!r}; known: {', '.join(ACTIONS)}", ErrorCode.UNKNOWN_ACTION)
-    return parse(request.payload, "/payload")  # type: ignore[operator]
+    return parse(request.payload, "/payload")
 
 
 def stamps_of(request: Request) -> list[tuple[str, Stamp]]:

@@ -19,6 +19,7 @@ Rules (ARCHITECTURE.md, "Compositor parameters"):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 PIP_MARGIN = 20.0
@@ -47,7 +48,7 @@ class Rect:
         return self.y + self.height
 
     @classmethod
-    def from_mapping(cls, rect: dict) -> Rect:
+    def from_mapping(cls, rect: Mapping[str, float]) -> Rect:
         return cls(float(rect["x"]), float(rect["y"]), float(rect["width"]), float(rect["height"]))
 
     def to_dict(self, ndigits: int = 3) -> dict[str, float]:

@@ -57,6 +57,7 @@ def write_clip(
     and in every FFmpeg build."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
+        assert isinstance(stream, av.VideoStream), f"{codec} is not a video codec"
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = Fraction(1, fps)
         if codec == "libx264":

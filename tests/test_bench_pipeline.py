@@ -30,7 +30,7 @@ def moving_square_nv12(width: int, height: int, index: int) -> np.ndarray:
 
 
 def decoded_yuv420p(webm: bytes) -> list[np.ndarray]:
-    with av.open(io.BytesIO(webm)) as container:
+    with av.open(io.BytesIO(webm), "r") as container:
         return [frame.to_ndarray(format="yuv420p") for frame in container.decode(video=0)]
 
 

@@ -363,7 +363,7 @@ async def test_resync_forgets_a_session_that_went_away(server: FakeServer) -> No
         events = client.events()
         del server.sessions[session_id]  # gone while the client is away
         await server.drop_connections()
-        resynced = []
+        resynced: list[ClientEvent] = []
         with trio.fail_after(5):
             while len(resynced) < 2:
                 event = await events.__anext__()

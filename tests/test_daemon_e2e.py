@@ -78,7 +78,7 @@ class Seen:
     """What one client showed, event after event, for the one rect field it drags."""
 
     pin: str
-    field: str
+    rect_field: str  # not `field`, which would hide dataclasses.field from the defaults below
     params: list[float] = field(default_factory=list)
     view: list[float] = field(default_factory=list)
     view_layers: list[list[dict[str, Any]]] = field(default_factory=list)
@@ -91,13 +91,13 @@ async def watch(client: Client, session_id: str, seen: Seen) -> None:
         if event.session_id != session_id or event.node_id != "comp" or event.shown is None:
             continue
         if event.channel == "params":
-            seen.params.append(pointer.resolve(event.shown, f"/layers/{seen.pin}/rect/{seen.field}"))
+            seen.params.append(pointer.resolve(event.shown, f"/layers/{seen.pin}/rect/{seen.rect_field}"))
         elif event.channel == "view":
             layers = event.shown["layers"]
             seen.view_layers.append(layers)
             mine = [layer for layer in layers if layer["id"] == seen.pin]
             if mine:
-                seen.view.append(mine[0][seen.field])
+                seen.view.append(mine[0][seen.rect_field])
 
 
 async def drag(client: Client, session_id: str, pin: str, field_name: str, start: int, steps: int = DRAG_STEPS) -> int:

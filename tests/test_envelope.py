@@ -26,8 +26,15 @@ def request_doc(action: str, correlation_id: str | None = "c1", **payload: Any) 
     return json.dumps(doc)
 
 
+def parse_request(data: str | bytes | bytearray | memoryview) -> E.Request:
+    """parse_message of a document the test knows to be a request."""
+    message = E.parse_message(data)
+    assert isinstance(message, E.Request), message
+    return message
+
+
 def action_of(action: str, **payload: Any) -> Any:
-    return E.parse_action(E.parse_message(request_doc(action, **payload)))
+    return E.parse_action(parse_request(request_doc(action, **payload)))
 
 
 def action_error(action: str, **payload: Any) -> RemoteProtocolError:
@@ -49,10 +56,8 @@ def test_parse_each_message_type() -> None:
     assert resp == E.Response("success", {}, "c1")
     event = E.parse_message(b'{"type":"event","payload":{"event":"noderemoved","session_id":"s","node_id":"n"}}')
     assert event == E.Event("noderemoved", {"session_id": "s", "node_id": "n"})
-    assert E.parse_message(bytearray(b'{"type":"request","payload":{"action":"listsessions"}}')).correlation_id is None
-    assert (
-        E.parse_message(memoryview(b'{"type":"request","correlation_id":null,"payload":{"action":"x"}}')).correlation_id is None
-    )
+    assert parse_request(bytearray(b'{"type":"request","payload":{"action":"listsessions"}}')).correlation_id is None
+    assert parse_request(memoryview(b'{"type":"request","correlation_id":null,"payload":{"action":"x"}}')).correlation_id is None
 
 
 @pytest.mark.parametrize(
@@ -135,7 +140,8 @@ def test_thirty_digit_integers_are_fine() -> None:
 def test_size_limit_counts_utf8_bytes() -> None:
     text = json.dumps({"type": "event", "payload": {"event": "x", "s": "é" * 100}}, ensure_ascii=False)
     size = len(text.encode("utf-8"))
-    assert E.parse_message(text, max_bytes=size).event == "x"
+    event = E.parse_message(text, max_bytes=size)
+    assert isinstance(event, E.Event) and event.event == "x"
     assert refused(text, max_bytes=size - 1).code is ErrorCode.TOO_LARGE
     assert refused(text.encode("utf-8"), max_bytes=size - 1).code is ErrorCode.TOO_LARGE
     assert refused("x" * 65537).code is ErrorCode.TOO_LARGE, "default limit: 64 KiB"
@@ -386,11 +392,11 @@ def test_to_request_is_what_parse_action_reads(action: Any) -> None:
     request = action.to_request("corr")
     assert request.correlation_id == "corr"
     wire = E.serialize(request)
-    assert E.parse_action(E.parse_message(wire)) == action
+    assert E.parse_action(parse_request(wire)) == action
 
 
 def test_stamps_of_finds_well_formed_stamps_even_when_the_action_is_refused() -> None:
-    bad_tune = E.parse_message(
+    bad_tune = parse_request(
         request_doc(
             "tunenode", session_id="s", node_id="comp", message={"PatchParams": {"x": 1, "_sender": "n", "_rev": 5}, "Extra": 1}
         )
@@ -398,7 +404,7 @@ def test_stamps_of_finds_well_formed_stamps_even_when_the_action_is_refused() ->
     with pytest.raises(RemoteProtocolError):
         E.parse_action(bad_tune)
     assert E.stamps_of(bad_tune) == [("comp", Stamp("n", 5))]
-    batch = E.parse_message(
+    batch = parse_request(
         request_doc(
             "applybatch",
             session_id="s",

@@ -289,6 +289,7 @@ async def test_sigterm_under_load_closes_everyone_with_1001_flushes_and_exits_in
                                 pass
                             acknowledged[index] = step
                 except ConnectionClosed as closed:
+                    assert closed.reason is not None, "trio-websocket raises ConnectionClosed with the close frame's reason"
                     close_codes[index] = closed.reason.code
 
         async with trio.open_nursery() as nursery:
@@ -320,7 +321,9 @@ def _task_count() -> int:
     def count(task: trio.lowlevel.Task) -> int:
         return 1 + sum(count(child) for nursery in task.child_nurseries for child in nursery.child_tasks)
 
-    return count(trio.lowlevel.current_root_task())
+    root = trio.lowlevel.current_root_task()
+    assert root is not None, "called inside trio.run"
+    return count(root)
 
 
 def _fd_count() -> int:

@@ -282,6 +282,7 @@ async def _attack(daemon: RunningDaemon, frame: str | bytes) -> None:
                             break
                         answers.append(message)
             except ConnectionClosed as closed:
+                assert closed.reason is not None, "trio-websocket raises ConnectionClosed with the close frame's reason"
                 close_code = closed.reason.code
         assert close_code in (None, 1008, 1009), f"closed with {close_code}"
         # Each answer to the frame is an error (a response, or an event for a binary frame).

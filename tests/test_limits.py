@@ -67,7 +67,7 @@ async def test_binary_message_limit_is_32_mib(compositord_daemon: Any) -> None:
             with trio.fail_after(20):
                 while True:
                     await ws.get_message()
-        assert info.value.reason.code == 1009
+        assert info.value.reason is not None and info.value.reason.code == 1009
 
 
 async def test_connection_count_limit(compositord_daemon: Any) -> None:
@@ -93,7 +93,7 @@ async def test_per_connection_rate_limit(compositord_daemon: Any) -> None:
             await fast.send_message(
                 json.dumps({"type": "request", "correlation_id": f"f{i}", "payload": {"action": "listsessions"}})
             )
-        codes = []
+        codes: list[str] = []
         with trio.fail_after(10):
             while len(codes) < int(RATE) * 2:
                 message = json.loads(await fast.get_message())

@@ -19,9 +19,11 @@ def _decode_frames(data: bytes) -> list[str]:
     """What a client's wsproto makes of ``data``: the text of each whole message."""
     reader = FrameProtocol(client=True, extensions=[])
     reader.receive_bytes(data)
-    messages, pieces = [], []
+    messages: list[str] = []
+    pieces: list[str] = []
     for frame in reader.received_frames():
         assert frame.opcode in (Opcode.TEXT, Opcode.CONTINUATION)
+        assert isinstance(frame.payload, str)  # a text message's frames carry decoded text
         pieces.append(frame.payload)
         if frame.message_finished:
             messages.append("".join(pieces))

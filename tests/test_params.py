@@ -300,7 +300,8 @@ def test_non_json_python_values_are_named_by_type() -> None:
 
 
 def test_params_must_be_an_object() -> None:
-    for value in (None, [], "x", 1):
+    not_objects: list[object] = [None, [], "x", 1]
+    for value in not_objects:
         assert errors_of(COMP, value) == {"": f"expected an object, got {params._type_name(value)}"}
 
 
@@ -554,7 +555,7 @@ def test_connections_into_a_compositor_with_invalid_params_are_not_checked_twice
 
 
 def test_pipeline_cycle_refused() -> None:
-    doc = {
+    doc: dict[str, Any] = {
         "nodes": {"a": {"kind": COMP}, "b": {"kind": COMP}, "c": {"kind": COMP}},
         "connections": [
             {"from_node": "a", "from_pin": "out", "to_node": "b", "to_pin": "in_0"},

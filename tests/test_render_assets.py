@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import moderngl
 import numpy as np
 import pytest
 from PIL import Image
@@ -105,7 +106,7 @@ def test_bad_device_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @pytest.mark.gl
-def test_device_index_from_the_environment_is_used(gl_ctx, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_device_index_from_the_environment_is_used(gl_ctx: moderngl.Context, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(gl_context.DEVICE_ENV_VAR, "999")
     with pytest.raises(gl_context.GLContextError, match="EGL device 999"):
         gl_context.create_context()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import moderngl
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,7 +21,7 @@ def close(pixel: np.ndarray, expected: tuple[int, int, int]) -> bool:
 
 
 @pytest.mark.gl
-def test_demo_scene_renders_every_feature(gl_ctx, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_demo_scene_renders_every_feature(gl_ctx: moderngl.Context, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo.png"
     assert cli.main(["render", str(DEMO), "--out", str(out)]) == EXIT_OK, capsys.readouterr().err
     image = np.asarray(Image.open(out).convert("RGBA"))
@@ -35,7 +36,9 @@ def test_demo_scene_renders_every_feature(gl_ctx, tmp_path: Path, capsys) -> Non
 
 
 @pytest.mark.gl
-def test_toml_scene_with_missing_asset_warns_and_still_renders(gl_ctx, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_toml_scene_with_missing_asset_warns_and_still_renders(
+    gl_ctx: moderngl.Context, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     scene = tmp_path / "scene.toml"
     scene.write_text(
         '[nodes.bars]\nkind = "video::colorbars"\nparams = {width = 64, height = 32, pattern = "solid", color = "#FF0000FF"}\n'
@@ -50,7 +53,7 @@ def test_toml_scene_with_missing_asset_warns_and_still_renders(gl_ctx, tmp_path:
     assert image.shape == (32, 64, 4) and close(image[16, 32], (255, 0, 0))
 
 
-def test_invalid_scene_is_refused_with_the_field_path(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_scene_is_refused_with_the_field_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     scene = tmp_path / "bad.yaml"
     scene.write_text('nodes:\n  comp: {kind: "video::compositor", params: {layers: {in_1: {opacity: 3}}}}\n')
     out = tmp_path / "never.png"
@@ -59,7 +62,7 @@ def test_invalid_scene_is_refused_with_the_field_path(tmp_path: Path, capsys) ->
     assert not out.exists()
 
 
-def test_unknown_file_type_is_refused(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_file_type_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     scene = tmp_path / "scene.json"
     scene.write_text("{}")
     assert cli.main(["render", str(scene), "--out", str(tmp_path / "x.png")]) == EXIT_BAD_INPUT

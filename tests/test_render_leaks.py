@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+from pathlib import Path
 
 import moderngl
 import numpy as np
@@ -76,7 +77,7 @@ def variants() -> list[dict]:
     ]
 
 
-def test_gl_objects_and_rss_stay_flat(gl_ctx, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_gl_objects_and_rss_stay_flat(gl_ctx: moderngl.Context, tmp_path: Path) -> None:
     from PIL import Image
 
     Image.fromarray(gradient(8, 8, alpha=180)).save(tmp_path / "dot.png")

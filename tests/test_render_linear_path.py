@@ -15,6 +15,7 @@ edge band as tests/test_renderer.py.
 
 from __future__ import annotations
 
+import moderngl
 import numpy as np
 import pytest
 
@@ -49,7 +50,7 @@ def premultiplied(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def render(ctx, params: dict, frames: dict) -> np.ndarray:  # type: ignore[no-untyped-def]
+def render(ctx: moderngl.Context, params: dict, frames: dict[str, SourceFrame]) -> np.ndarray:
     full = protocol_params.with_defaults("video::compositor", protocol_params.validate("video::compositor", params))
     scene = resolve_scene(full, frames)
     renderer = Renderer(ctx, W, H)
@@ -62,7 +63,7 @@ def render(ctx, params: dict, frames: dict) -> np.ndarray:  # type: ignore[no-un
 
 
 @pytest.mark.parametrize("content", ["smooth", "bars"])
-def test_benchmark_like_scene_matches_the_model(gl_ctx, content: str) -> None:  # type: ignore[no-untyped-def]
+def test_benchmark_like_scene_matches_the_model(gl_ctx: moderngl.Context, content: str) -> None:
     make = (
         (lambda w, h, alpha=255, seed=0: gradient(w, h, alpha, seed))
         if content == "smooth"
@@ -106,7 +107,7 @@ def test_benchmark_like_scene_matches_the_model(gl_ctx, content: str) -> None:  
     assert np.abs(output.astype(np.float64) - swapped)[~edges].max() > 20
 
 
-def test_rgba_bytes_round_trip_through_bgra_storage(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_rgba_bytes_round_trip_through_bgra_storage(gl_ctx: moderngl.Context) -> None:
     width, height = 37, 23  # odd sizes: rows not 4-aligned in any format but RGBA
     pixels = np.random.default_rng(7).integers(0, 256, size=(height, width, 4), dtype=np.uint8)
     texture = gl_ctx.texture((width, height), 4)
@@ -131,7 +132,7 @@ def test_rgba_bytes_round_trip_through_bgra_storage(gl_ctx) -> None:  # type: ig
         texture.release()
 
 
-def test_upload_of_the_wrong_size_is_refused_before_gl_reads_it(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_upload_of_the_wrong_size_is_refused_before_gl_reads_it(gl_ctx: moderngl.Context) -> None:
     texture = gl_ctx.texture((8, 4), 4)
     try:
         raw_gl.allocate_rgba(texture)

@@ -10,14 +10,16 @@ compared to mean something.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import moderngl
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.render.frames import OutputFrame, PixelFormat, SourceFrame
 from compositord.daemon.engine.render.renderer import Renderer
-from compositord.daemon.engine.render.scene import resolve_scene
+from compositord.daemon.engine.render.scene import ResolvedScene, resolve_scene
 from compositord.protocol import params as protocol_params
 from compositord.tests.render_reference import (
     EDGE_BAND,
@@ -43,13 +45,13 @@ def full(params: dict) -> dict:
     return protocol_params.with_defaults("video::compositor", protocol_params.validate("video::compositor", params))
 
 
-def frame(pixels: np.ndarray, serial: int = 1, **kwargs) -> SourceFrame:  # type: ignore[no-untyped-def]
+def frame(pixels: np.ndarray, serial: int = 1, **kwargs: Any) -> SourceFrame:
     height, width = pixels.shape[:2]
     opaque = bool((pixels[..., 3] == 255).all())
     return SourceFrame("rgba8", width, height, pixels, serial, opaque=opaque, **kwargs)
 
 
-def render(ctx, params: dict, frames: dict, asset_dir: Path | None = None):  # type: ignore[no-untyped-def]
+def render(ctx: moderngl.Context, params: dict, frames: dict[str, SourceFrame], asset_dir: Path | None = None) -> OutputFrame:
     scene = resolve_scene(full(params), frames, asset_dir=asset_dir)
     assert not scene.errors
     renderer = Renderer(ctx, scene.width, scene.height, scene.output_format, scene.color_matrix, asset_dir)
@@ -64,7 +66,7 @@ def assert_matches(output: np.ndarray, reference: np.ndarray, edges: np.ndarray)
     assert_close(output, reference * 255.0, edges)
 
 
-def canvas(**extra) -> dict:  # type: ignore[no-untyped-def]
+def canvas(**extra: Any) -> dict:
     return {"width": W, "height": H, "background": BACKGROUND, **extra}
 
 
@@ -76,7 +78,7 @@ def rect(x: int, y: int, width: int, height: int) -> dict:
 
 
 @pytest.mark.parametrize("top", ["in_0", "in_1"])
-def test_opacity_and_overlap_order(gl_ctx, top: str) -> None:  # type: ignore[no-untyped-def]
+def test_opacity_and_overlap_order(gl_ctx: moderngl.Context, top: str) -> None:
     a, b = gradient(40, 30), gradient(32, 24, seed=3)[:, ::-1].copy()
     layers = {
         "in_0": {"rect": rect(10, 10, 80, 60), "opacity": 0.8, "z_index": 2 if top == "in_0" else 1},
@@ -94,7 +96,7 @@ def test_opacity_and_overlap_order(gl_ctx, top: str) -> None:  # type: ignore[no
 
 
 @pytest.mark.parametrize("degrees", [15.0, 90.0, -37.5])
-def test_rotation_clockwise_about_the_rect_centre(gl_ctx, degrees: float) -> None:  # type: ignore[no-untyped-def]
+def test_rotation_clockwise_about_the_rect_centre(gl_ctx: moderngl.Context, degrees: float) -> None:
     source = gradient(40, 24)
     layers = {"in_0": {"rect": rect(30, 30, 100, 60), "rotation_degrees": degrees}}
     output = render(gl_ctx, canvas(layers=layers), {"in_0": frame(source)}).as_array()
@@ -106,7 +108,7 @@ def test_rotation_clockwise_about_the_rect_centre(gl_ctx, degrees: float) -> Non
 
 
 @pytest.mark.parametrize(("horizontal", "vertical"), [(True, False), (False, True), (True, True)])
-def test_mirrors(gl_ctx, horizontal: bool, vertical: bool) -> None:  # type: ignore[no-untyped-def]
+def test_mirrors(gl_ctx: moderngl.Context, horizontal: bool, vertical: bool) -> None:
     source = gradient(48, 36)
     layers = {
         "in_0": {
@@ -124,7 +126,7 @@ def test_mirrors(gl_ctx, horizontal: bool, vertical: bool) -> None:  # type: ign
     assert (output[60, 40, 0] > output[60, 120, 0]) == horizontal
 
 
-def test_crop_zoom_and_pan(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_crop_zoom_and_pan(gl_ctx: moderngl.Context) -> None:
     source = gradient(64, 48)
     zoom, centre_x, centre_y = 3.0, 0.4, 0.62
     layers = {"in_0": {"rect": rect(20, 15, 120, 90), "crop_zoom": zoom, "crop_x": centre_x, "crop_y": centre_y}}
@@ -135,7 +137,7 @@ def test_crop_zoom_and_pan(gl_ctx) -> None:  # type: ignore[no-untyped-def]
     assert_matches(output, reference, edges)
 
 
-def test_crop_pan_to_the_edge_shows_the_edge(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_crop_pan_to_the_edge_shows_the_edge(gl_ctx: moderngl.Context) -> None:
     source = gradient(64, 48)
     layers = {"in_0": {"rect": rect(20, 15, 120, 90), "crop_zoom": 2.0, "crop_x": 1.0, "crop_y": 0.0}}
     output = render(gl_ctx, canvas(layers=layers), {"in_0": frame(source)}).as_array()
@@ -143,7 +145,7 @@ def test_crop_pan_to_the_edge_shows_the_edge(gl_ctx) -> None:  # type: ignore[no
     assert_matches(output, reference, edges)
 
 
-def test_circle_crop_on_a_non_square_rect(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_circle_crop_on_a_non_square_rect(gl_ctx: moderngl.Context) -> None:
     source = gradient(50, 30)
     layers = {"in_0": {"rect": rect(20, 20, 120, 72), "crop_shape": "circle", "opacity": 0.9}}
     output = render(gl_ctx, canvas(layers=layers), {"in_0": frame(source)}).as_array()
@@ -154,7 +156,7 @@ def test_circle_crop_on_a_non_square_rect(gl_ctx) -> None:  # type: ignore[no-un
     assert tuple(output[56, 80, :3]) != (0x20, 0x30, 0x40)
 
 
-def test_straight_alpha_source_is_premultiplied(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_straight_alpha_source_is_premultiplied(gl_ctx: moderngl.Context) -> None:
     source = gradient(40, 30, alpha=100)
     layers = {"in_0": {"rect": rect(20, 20, 120, 90), "rotation_degrees": 20}}
     output = render(gl_ctx, canvas(layers=layers), {"in_0": frame(source)}).as_array()
@@ -162,7 +164,7 @@ def test_straight_alpha_source_is_premultiplied(gl_ctx) -> None:  # type: ignore
     assert_matches(output, reference, edges)
 
 
-def test_image_overlay_with_alpha(gl_ctx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_image_overlay_with_alpha(gl_ctx: moderngl.Context, tmp_path: Path) -> None:
     pixels = gradient(30, 20, alpha=160)
     Image.fromarray(pixels).save(tmp_path / "badge.png")
     params = canvas(
@@ -176,7 +178,7 @@ def test_image_overlay_with_alpha(gl_ctx, tmp_path: Path) -> None:  # type: igno
     assert_matches(output, reference, edges)
 
 
-def test_text_is_present_and_placed(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_text_is_present_and_placed(gl_ctx: moderngl.Context) -> None:
     x, y, width, height = 20, 30, 120, 40
     params = {
         "width": W,
@@ -202,7 +204,7 @@ def test_text_is_present_and_placed(gl_ctx) -> None:  # type: ignore[no-untyped-
 
 @pytest.mark.parametrize("output_format", ["nv12", "i420"])
 @pytest.mark.parametrize("matrix", ["bt601", "bt709"])
-def test_yuv_output_planes_match_numpy_conversion(gl_ctx, output_format: str, matrix: str) -> None:  # type: ignore[no-untyped-def]
+def test_yuv_output_planes_match_numpy_conversion(gl_ctx: moderngl.Context, output_format: str, matrix: str) -> None:
     source = gradient(80, 60)
     layers = {"in_0": {"rect": rect(0, 0, W, H)}}
     frames = {"in_0": frame(source)}
@@ -224,7 +226,7 @@ def test_yuv_output_planes_match_numpy_conversion(gl_ctx, output_format: str, ma
 
 
 @pytest.mark.parametrize("pixel_format", ["nv12", "i420"])
-def test_yuv_input_is_converted_to_rgba(gl_ctx, pixel_format: str) -> None:  # type: ignore[no-untyped-def]
+def test_yuv_input_is_converted_to_rgba(gl_ctx: moderngl.Context, pixel_format: PixelFormat) -> None:
     width, height = 64, 48
     rgb = gradient(width, height)[..., :3].astype(np.float64) / 255.0
     ycbcr = rgb_to_ycbcr_limited(rgb, "bt601")
@@ -245,7 +247,7 @@ def test_yuv_input_is_converted_to_rgba(gl_ctx, pixel_format: str) -> None:  # t
     assert_matches(output, reference, np.zeros((height, width), dtype=bool))
 
 
-def test_transparent_background_stays_premultiplied(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_transparent_background_stays_premultiplied(gl_ctx: moderngl.Context) -> None:
     output = render(gl_ctx, {"width": 32, "height": 16, "background": "#FF000080"}, {}).as_array()
     assert np.abs(output.astype(int) - [128, 0, 0, 128]).max() <= 1
 
@@ -253,7 +255,7 @@ def test_transparent_background_stays_premultiplied(gl_ctx) -> None:  # type: ig
 # -- behaviour ----------------------------------------------------------------
 
 
-def test_sources_upload_only_when_serial_changes(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_sources_upload_only_when_serial_changes(gl_ctx: moderngl.Context) -> None:
     pixels = gradient(32, 32)
     params = full(canvas(layers={"in_0": {"rect": rect(10, 10, 64, 64)}}))
     renderer = Renderer(gl_ctx, W, H)
@@ -263,8 +265,9 @@ def test_sources_upload_only_when_serial_changes(gl_ctx) -> None:  # type: ignor
         first = renderer.render(scene, frames)
         renderer.render(scene, frames)
         assert renderer.stats.source_uploads == 1
-        changed = {"in_0": frame(255 - pixels | np.uint8(0), serial=2)}
-        changed["in_0"].data[..., 3] = 255  # type: ignore[index]
+        changed_pixels = 255 - pixels | np.uint8(0)
+        changed = {"in_0": frame(changed_pixels, serial=2)}
+        changed_pixels[..., 3] = 255  # the frame holds this array, not a copy
         second = renderer.render(scene, changed)
         assert renderer.stats.source_uploads == 2
         assert first.data != second.data
@@ -272,7 +275,7 @@ def test_sources_upload_only_when_serial_changes(gl_ctx) -> None:  # type: ignor
         renderer.release()
 
 
-def test_opaque_full_frame_bottom_layer_is_written_straight_into_the_target(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_opaque_full_frame_bottom_layer_is_written_straight_into_the_target(gl_ctx: moderngl.Context) -> None:
     pixels = gradient(W, H)
     frames = {"in_0": frame(pixels), "in_1": frame(gradient(20, 20))}
     renderer = Renderer(gl_ctx, W, H)
@@ -289,7 +292,7 @@ def test_opaque_full_frame_bottom_layer_is_written_straight_into_the_target(gl_c
         renderer.release()
 
 
-def test_readback_modes_give_the_same_bytes(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_readback_modes_give_the_same_bytes(gl_ctx: moderngl.Context) -> None:
     frames = {"in_0": frame(gradient(48, 32)), "in_1": frame(gradient(16, 16, alpha=200))}
     results = {}
     for output_format in ("rgba8", "nv12", "i420"):
@@ -303,7 +306,7 @@ def test_readback_modes_give_the_same_bytes(gl_ctx) -> None:  # type: ignore[no-
         assert results[output_format, "direct"] == results[output_format, "pbo"]
 
 
-def test_canvas_and_format_follow_the_scene(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_canvas_and_format_follow_the_scene(gl_ctx: moderngl.Context) -> None:
     renderer = Renderer(gl_ctx, 64, 64)
     try:
         out = renderer.render(resolve_scene(full({"width": 96, "height": 40, "output_format": "i420"}), {}), {})
@@ -312,7 +315,7 @@ def test_canvas_and_format_follow_the_scene(gl_ctx) -> None:  # type: ignore[no-
         renderer.release()
 
 
-def test_missing_asset_at_render_time_skips_the_overlay(gl_ctx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_asset_at_render_time_skips_the_overlay(gl_ctx: moderngl.Context, tmp_path: Path) -> None:
     Image.fromarray(gradient(8, 8)).save(tmp_path / "a.png")
     params = full(canvas(image_overlays=[{"id": "a", "asset_path": "a.png", "rect": rect(0, 0, 8, 8)}]))
     scene = resolve_scene(params, {}, asset_dir=tmp_path)
@@ -326,7 +329,7 @@ def test_missing_asset_at_render_time_skips_the_overlay(gl_ctx, tmp_path: Path) 
         renderer.release()
 
 
-def test_release_is_idempotent_and_render_after_release_fails(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_release_is_idempotent_and_render_after_release_fails(gl_ctx: moderngl.Context) -> None:
     renderer = Renderer(gl_ctx, 32, 32)
     renderer.release()
     renderer.release()
@@ -334,8 +337,8 @@ def test_release_is_idempotent_and_render_after_release_fails(gl_ctx) -> None:  
         renderer.render(resolve_scene(full({"width": 32, "height": 32}), {}), {})
 
 
-def test_text_is_rasterized_once_until_its_params_change(gl_ctx) -> None:  # type: ignore[no-untyped-def]
-    def scene_with(text: str):  # type: ignore[no-untyped-def]
+def test_text_is_rasterized_once_until_its_params_change(gl_ctx: moderngl.Context) -> None:
+    def scene_with(text: str) -> ResolvedScene:
         return resolve_scene(full(canvas(text_overlays=[{"id": "t", "text": text, "rect": rect(4, 4, 100, 30)}])), {})
 
     renderer = Renderer(gl_ctx, W, H)

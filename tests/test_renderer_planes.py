@@ -9,10 +9,13 @@ sample is left out when any of its four pixels is in an edge band.
 
 from __future__ import annotations
 
+from typing import cast
+
+import moderngl
 import numpy as np
 import pytest
 
-from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.render.frames import ColorMatrix, SourceFrame
 from compositord.daemon.engine.render.renderer import Renderer
 from compositord.daemon.engine.render.scene import resolve_scene
 from compositord.protocol import params as protocol_params
@@ -35,13 +38,13 @@ BACKGROUND = "#203040FF"
 BACKGROUND_RGBA = (0x20 / 255, 0x30 / 255, 0x40 / 255, 1.0)
 
 
-def nv12_source(width: int, height: int, matrix: str, serial: int = 1, seed: int = 0) -> tuple[SourceFrame, np.ndarray]:
+def nv12_source(width: int, height: int, matrix: ColorMatrix, serial: int = 1, seed: int = 0) -> tuple[SourceFrame, np.ndarray]:
     """(the NV12 frame, its decoded RGBA as the model sees it)."""
     rgb = gradient(width, height, seed=seed)[..., :3].astype(np.float64) / 255.0
     ycbcr = rgb_to_ycbcr_limited(rgb, matrix)
     luma = np.rint(ycbcr[..., 0]).astype(np.uint8)
     chroma = np.rint(subsample_2x2(ycbcr[..., 1:])).astype(np.uint8)
-    frame = SourceFrame("nv12", width, height, luma.tobytes() + chroma.tobytes(), serial, color_matrix=matrix)  # type: ignore[arg-type]
+    frame = SourceFrame("nv12", width, height, luma.tobytes() + chroma.tobytes(), serial, color_matrix=matrix)
     u, v = np.meshgrid((np.arange(width) + 0.5) / width, (np.arange(height) + 0.5) / height)
     upsampled = sample_bilinear(chroma.astype(np.float64), u, v)
     decoded = ycbcr_limited_to_rgb(np.concatenate([luma[..., None].astype(np.float64), upsampled], axis=-1), matrix)
@@ -59,12 +62,13 @@ def rect(x: int, y: int, width: int, height: int) -> dict:
 
 def expected_planes(reference: np.ndarray, edges: np.ndarray, matrix: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ycbcr = rgb_to_ycbcr_limited(reference[..., :3], matrix)
-    chroma_edges = edges.reshape(H // 2, 2, W // 2, 2).any(axis=(1, 3))
+    # With an axis, any() gives an array; numpy's stub also allows the scalar it gives without one.
+    chroma_edges = cast(np.ndarray, edges.reshape(H // 2, 2, W // 2, 2).any(axis=(1, 3)))
     return ycbcr[..., 0], subsample_2x2(ycbcr[..., 1:]), chroma_edges
 
 
 @pytest.mark.parametrize("matrix", ["bt601", "bt709"])
-def test_scaled_rotated_translucent_layers_match_the_model(gl_ctx, matrix: str) -> None:  # type: ignore[no-untyped-def]
+def test_scaled_rotated_translucent_layers_match_the_model(gl_ctx: moderngl.Context, matrix: ColorMatrix) -> None:
     a, a_rgba = nv12_source(40, 30, matrix)
     b, b_rgba = nv12_source(32, 24, matrix, seed=3)
     layers = {
@@ -99,7 +103,7 @@ def test_scaled_rotated_translucent_layers_match_the_model(gl_ctx, matrix: str) 
         assert_close(output.plane(1)[..., channel], chroma[..., channel], chroma_edges)
 
 
-def test_full_frame_bottom_is_written_into_the_planes_and_inputs_upload_once(gl_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_full_frame_bottom_is_written_into_the_planes_and_inputs_upload_once(gl_ctx: moderngl.Context) -> None:
     bottom, _ = nv12_source(W, H, "bt709")
     pip, _ = nv12_source(32, 24, "bt709", seed=5)
     frames = {"in_0": bottom, "in_1": pip}
@@ -111,7 +115,7 @@ def test_full_frame_bottom_is_written_into_the_planes_and_inputs_upload_once(gl_
         renderer.render(scene, frames)
         assert renderer.stats.direct_writes == 2 and renderer.stats.plane_frames == 2
         assert renderer.stats.source_uploads == 1  # the PiP: once, as its serial did not change
-        source = np.frombuffer(bottom.data, np.uint8)  # type: ignore[arg-type]
+        source = np.frombuffer(bottom.data, np.uint8)
         # Outside the PiP the output is the bottom frame, bit for bit, in both planes.
         assert np.array_equal(output.plane(0)[:60, :100], source[: W * H].reshape(H, W)[:60, :100])
         assert np.array_equal(output.plane(1)[:30, :50], source[W * H :].reshape(H // 2, W // 2, 2)[:30, :50])
@@ -120,7 +124,7 @@ def test_full_frame_bottom_is_written_into_the_planes_and_inputs_upload_once(gl_
 
 
 @pytest.mark.parametrize("case", ["text overlay", "rgba input", "other matrix", "transparent background"])
-def test_scenes_it_cannot_do_take_the_rgba_path(gl_ctx, case: str) -> None:  # type: ignore[no-untyped-def]
+def test_scenes_it_cannot_do_take_the_rgba_path(gl_ctx: moderngl.Context, case: str) -> None:
     width = W + 2
     source, _ = nv12_source(32, 24, "bt601" if case == "other matrix" else "bt709")
     frames: dict[str, SourceFrame] = {"in_0": source}

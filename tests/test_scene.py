@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compositord.daemon.engine.render.scene import CropRegion, crop_region, resolve_scene
+from compositord.daemon.engine.render.scene import CropRegion, ResolvedLayer, ResolvedScene, crop_region, resolve_scene
 from compositord.daemon.engine.render.text import measure_text
 from compositord.protocol import params as protocol_params
 from compositord.protocol.layout import Rect, auto_pip_rect
@@ -19,7 +19,7 @@ def full(params: dict) -> dict:
     return protocol_params.with_defaults("video::compositor", protocol_params.validate("video::compositor", params))
 
 
-def by_id(scene, layer_id):  # type: ignore[no-untyped-def]
+def by_id(scene: ResolvedScene, layer_id: str) -> ResolvedLayer:
     return next(layer for layer in scene.layers if layer.id == layer_id)
 
 

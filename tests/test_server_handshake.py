@@ -132,7 +132,7 @@ async def test_binary_over_limit_closes_with_1009() -> None:
             await ws.send_message(b"\0" * 20_000)
             with pytest.raises(ConnectionClosed) as info:
                 await ws.get_message()
-            assert info.value.reason.code == 1009
+            assert info.value.reason is not None and info.value.reason.code == 1009
 
 
 async def test_rate_limit_answers_rate_limited_with_the_correlation_id() -> None:

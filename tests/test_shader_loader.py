@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import moderngl
 import pytest
 
 from compositord.daemon.engine.render.shader_loader import ShaderError, ShaderLibrary, compile_program
@@ -12,7 +13,7 @@ from compositord.daemon.engine.render.shader_loader import ShaderError, ShaderLi
 def write(folder: Path, files: dict[str, str]) -> ShaderLibrary:
     for name, text in files.items():
         (folder / name).write_text(text)
-    return ShaderLibrary(folder)  # type: ignore[arg-type]
+    return ShaderLibrary(folder)
 
 
 def test_stages_get_version_and_their_define_first(tmp_path: Path) -> None:
@@ -85,7 +86,7 @@ def test_every_shipped_program_loads() -> None:
 
 
 @pytest.mark.gl
-def test_compile_error_names_included_file_and_line(gl_ctx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_compile_error_names_included_file_and_line(gl_ctx: moderngl.Context, tmp_path: Path) -> None:
     library = write(
         tmp_path,
         {

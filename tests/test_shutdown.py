@@ -111,7 +111,7 @@ async def test_signal_drains_clients_flushes_store_and_notifies(tmp_path: Path, 
                     with pytest.raises(ConnectionClosed) as closed:
                         while True:
                             await ws.get_message()
-                assert closed.value.reason.code == 1001
+                assert closed.value.reason is not None and closed.value.reason.code == 1001
             with trio.fail_after(STOP_BUDGET_S):
                 status = await process.wait()
             elapsed = time.monotonic() - signalled_at

@@ -115,8 +115,10 @@ async def test_srt_is_refused_with_a_node_error(tmp_path: Path) -> None:
         await wait_until(lambda: recorder.error_of("live") is not None)
         rendered = loop.statistics().frames_rendered
         await wait_until(lambda: loop.statistics().frames_rendered > rendered + 5)  # the rest renders on
-    assert "srt" in recorder.error_of("live")
-    assert "no srt protocol" in recorder.error_of("live")
+    error = recorder.error_of("live")
+    assert error is not None
+    assert "srt" in error
+    assert "no srt protocol" in error
 
 
 async def test_a_tcp_peer_that_goes_away_is_a_node_error_and_the_rest_renders_on(tmp_path: Path) -> None:
@@ -149,4 +151,5 @@ async def test_a_tcp_peer_that_goes_away_is_a_node_error_and_the_rest_renders_on
         await wait_until(lambda: loop.statistics().frames_rendered > rendered + 5)  # the rest renders on
     await trio.to_thread.run_sync(receiver.join, 5.0)
     assert received[:1] == b"\x47", "the peer got an MPEG-TS stream before it went away"
-    assert f"tcp://127.0.0.1:{port}" in recorder.error_of("live")
+    error = recorder.error_of("live")
+    assert error is not None and f"tcp://127.0.0.1:{port}" in error

@@ -70,7 +70,9 @@ async def test_window_is_upright_and_scaled(tmp_path: Path, xvfb_display: str) -
     async with running_loop(session, tmp_path) as (loop, _recorder):
         await wait_frames_written(loop, "screen", 3)
         pixels = await trio.to_thread.run_sync(loop.sink("screen").capture, 10.0)
-        output = loop.latest_output("comp").as_array()[:, :, :3].astype(float)
+        latest = loop.latest_output("comp")
+        assert latest is not None, "frames were written, so one was rendered"
+        output = latest.as_array()[:, :, :3].astype(float)
     assert pixels is not None and pixels.shape == (180, 320, 3)
     shown = pixels[1::2, 1::2].astype(float)  # the window's pixel centres that fall inside each output pixel
     inner = (slice(4, -4), slice(4, -4))  # bilinear filtering blends across bar edges; compare away from the border
@@ -87,5 +89,6 @@ async def test_no_display_is_a_node_error(tmp_path: Path, monkeypatch: pytest.Mo
         await wait_until(lambda: recorder.error_of("screen") is not None)
         rendered = loop.statistics().frames_rendered
         await wait_until(lambda: loop.statistics().frames_rendered > rendered + 3)
-    assert "no display" in recorder.error_of("screen")
+    error = recorder.error_of("screen")
+    assert error is not None and "no display" in error
     assert os.environ.get("DISPLAY") is None

@@ -69,6 +69,7 @@ async def test_pushed_frames_reach_the_compositor(compositord_daemon: Any, compo
     events = client.events()
     await client.push_frame("cam", W, H, "rgba8", solid_rgba((255, 0, 0, 255)), pts_us=0)
     layer = cam_layer(await next_event(events, lambda e: cam_layer(e) is not None))
+    assert layer is not None
     assert (layer["source_width"], layer["source_height"]) == (W, H)
     for index in range(1, 4):
         await client.push_frame("cam", W, H, "rgba8", solid_rgba((0, index, 0, 255)).tobytes(), pts_us=index * 33_333)

@@ -22,6 +22,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
+    from compositord.daemon.engine.render.frames import OutputFrame, SourceFrame
+    from compositord.daemon.engine.sources.colorbars import ColorbarsSource
+    from compositord.daemon.engine.sources.image import ImageSource
+
 EXIT_OK = 0
 EXIT_RENDER_WARNINGS = 1
 EXIT_BAD_INPUT = 2
@@ -38,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _make_source(kind: str, params: dict[str, Any], asset_dir: Path):  # type: ignore[no-untyped-def]
+def _make_source(kind: str, params: dict[str, Any], asset_dir: Path) -> ColorbarsSource | ImageSource | None:
     from compositord.daemon.engine.sources.colorbars import ColorbarsSource
     from compositord.daemon.engine.sources.image import ImageSource
 
@@ -49,7 +53,7 @@ def _make_source(kind: str, params: dict[str, Any], asset_dir: Path):  # type: i
     return None
 
 
-def output_to_rgba(output) -> np.ndarray:  # type: ignore[no-untyped-def]
+def output_to_rgba(output: OutputFrame) -> np.ndarray:
     """Straight-alpha RGBA (h, w, 4) uint8 of any OutputFrame, for a PNG."""
     import numpy as np
 
@@ -109,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
     asset_dir = args.asset_dir if args.asset_dir is not None else args.scene.resolve().parent
     from compositord.daemon.engine.render.images import AssetError
 
-    frames = {}
+    frames: dict[str, SourceFrame] = {}
     warnings: list[str] = []
     for connection in pipeline["connections"]:
         if connection["to_node"] != node_id:

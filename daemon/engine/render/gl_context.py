@@ -68,7 +68,7 @@ def create_context(device_index: int | None = None) -> moderngl.Context:
     if device_index is not None:
         settings["device_index"] = device_index
     try:
-        ctx = moderngl.create_standalone_context(backend="egl", require=REQUIRED_GL_VERSION, **settings)
+        ctx = moderngl.create_standalone_context(backend="egl", require=REQUIRED_GL_VERSION, **settings)  # type: ignore[arg-type]  # moderngl's stub types each **settings value as a dict
     except Exception as exc:  # glcontext raises plain Exception subclasses with the EGL step that failed
         device = f" on EGL device {device_index}" if device_index is not None else ""
         raise GLContextError(

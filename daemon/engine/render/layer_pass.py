@@ -16,7 +16,7 @@ import numpy as np
 
 from compositord.daemon.engine.render import raw_gl
 from compositord.daemon.engine.render.scene import ResolvedLayer
-from compositord.daemon.engine.render.shader_loader import compile_program
+from compositord.daemon.engine.render.shader_loader import compile_program, uniform
 
 # Unit quad as a triangle fan, (0,0) = top-left corner of the rect. A fan, not a strip: llvmpipe
 # recognizes a 4-vertex fan (or 6-vertex triangle list) as a screen-aligned rectangle, which its
@@ -77,19 +77,19 @@ class LayerPass:
             program, vao = self._plain_program, self._plain_vao
         else:
             program, vao = self._program, self._vao
-        program["u_canvas_size"].value = (float(canvas_size[0]), float(canvas_size[1]))
-        program["u_center"].value = rect.center
-        program["u_size"].value = (rect.width, rect.height)
-        program["u_rotation"].value = (math.cos(angle), math.sin(angle))
-        program["u_uv_origin"].value = (u_origin, v_origin)
-        program["u_uv_step"].value = (u_step, v_step)
+        uniform(program, "u_canvas_size").value = (float(canvas_size[0]), float(canvas_size[1]))
+        uniform(program, "u_center").value = rect.center
+        uniform(program, "u_size").value = (rect.width, rect.height)
+        uniform(program, "u_rotation").value = (math.cos(angle), math.sin(angle))
+        uniform(program, "u_uv_origin").value = (u_origin, v_origin)
+        uniform(program, "u_uv_step").value = (u_step, v_step)
         if not as_is:
-            program["u_opacity"].value = layer.opacity
+            uniform(program, "u_opacity").value = layer.opacity
         if not (as_is or plain):
-            program["u_premultiply"].value = premultiply
-            program["u_circle_radius"].value = radius
+            uniform(program, "u_premultiply").value = premultiply
+            uniform(program, "u_circle_radius").value = radius
         texture.use(location=0)
-        program["u_texture"].value = 0
+        uniform(program, "u_texture").value = 0
         if opaque_source and layer.opacity >= 1.0 and not layer.circle:
             # An opaque source at full opacity replaces what is below: no blending needed (faster on llvmpipe).
             self._ctx.disable(moderngl.BLEND)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import moderngl
 
 from compositord.daemon.engine.render import raw_gl
 from compositord.daemon.engine.render.frames import chroma_size
-from compositord.daemon.engine.render.shader_loader import compile_program
+from compositord.daemon.engine.render.shader_loader import compile_program, uniform
 from compositord.daemon.engine.render.yuv_input_pass import MATRIX_INDEX
+
+# The GL objects OutputTargets owns and releases; _keep hands each back as the type it was given.
+_GLObject = TypeVar("_GLObject", moderngl.Buffer, moderngl.Texture, moderngl.Framebuffer, moderngl.Program, moderngl.VertexArray)
 
 
 class PlaneTarget:
@@ -78,7 +83,7 @@ class OutputTargets:
             self.release()
             raise ValueError(f"output_format {output_format!r}: expected rgba8, nv12 or i420")
 
-    def _keep(self, obj):  # type: ignore[no-untyped-def]
+    def _keep(self, obj: _GLObject) -> _GLObject:
         self._objects.append(obj)
         return obj
 
@@ -99,10 +104,10 @@ class OutputTargets:
         self.frame.use(location=0)
         for program, vao, fbo in self._passes:
             fbo.use()
-            program["u_frame"].value = 0
-            program["u_matrix"].value = MATRIX_INDEX[self.color_matrix]
+            uniform(program, "u_frame").value = 0
+            uniform(program, "u_matrix").value = MATRIX_INDEX[self.color_matrix]
             if "u_frame_size" in program:
-                program["u_frame_size"].value = (float(self.width), float(self.height))
+                uniform(program, "u_frame_size").value = (float(self.width), float(self.height))
             vao.render(moderngl.TRIANGLES, vertices=3)
 
     def release(self) -> None:

@@ -54,8 +54,13 @@ DEFAULT_TEXT_COLOR = "#ffffffff"
 
 
 class HasSize(Protocol):
-    width: int
-    height: int
+    """Anything with a size, such as a :class:`SourceFrame`; read-only members, so frozen dataclasses match."""
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
 
 
 SourceSize = tuple[int, int] | HasSize

@@ -148,3 +148,12 @@ def compile_program(
     except moderngl.Error as exc:
         variant = f" ({', '.join(defines)})" if defines else ""
         raise ShaderError(f"{source.name}{variant}: compile failed:\n{source.map_log(str(exc))}") from exc
+
+
+def uniform(program: moderngl.Program, name: str) -> moderngl.Uniform:
+    """The uniform ``name`` of ``program`` (``program[name]`` may also be an attribute, a varying or a block)."""
+    import moderngl
+
+    member = program[name]
+    assert isinstance(member, moderngl.Uniform), f"{name!r} is a {type(member).__name__}, not a uniform"
+    return member

@@ -18,7 +18,7 @@ from compositord.daemon.engine.render.yuv_input_pass import YuvInputPass, plane_
 
 def as_buffer(data: bytes | np.ndarray) -> bytes | memoryview:
     if isinstance(data, np.ndarray):
-        return memoryview(np.ascontiguousarray(data)).cast("B")
+        return np.ascontiguousarray(data).data.cast("B")
     return data
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import moderngl
 
 from compositord.daemon.engine.render.frames import chroma_size
-from compositord.daemon.engine.render.shader_loader import compile_program
+from compositord.daemon.engine.render.shader_loader import compile_program, uniform
 
 MATRIX_INDEX = {"bt601": 0, "bt709": 1}
 
@@ -34,9 +34,9 @@ class YuvInputPass:
         names = ("u_luma", "u_chroma") if pixel_format == "nv12" else ("u_luma", "u_cb", "u_cr")
         for location, (name, plane) in enumerate(zip(names, planes, strict=True)):
             plane.use(location=location)
-            program[name].value = location
-        program["u_size"].value = (float(size[0]), float(size[1]))
-        program["u_matrix"].value = MATRIX_INDEX[color_matrix]
+            uniform(program, name).value = location
+        uniform(program, "u_size").value = (float(size[0]), float(size[1]))
+        uniform(program, "u_matrix").value = MATRIX_INDEX[color_matrix]
         target.use()
         self._ctx.disable(moderngl.BLEND)
         self._vaos[pixel_format].render(moderngl.TRIANGLES, vertices=3)
