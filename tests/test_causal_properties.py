@@ -313,20 +313,20 @@ class MaskingClient:
     def shown_view(self) -> Any:
         return self.causal.shown(NODE, VIEW_CHANNEL)
 
-    def pending(self) -> dict[str, tuple[int, Any]]:
-        """The pending values of the current nonce."""
+    def pending(self) -> dict[str, list[tuple[int, Any]]]:
+        """The pending entries of the current nonce, per pointer, oldest first."""
         return self.causal.mask(NODE, PARAMS_CHANNEL).pending
 
-    def retired(self) -> list[tuple[str, dict[str, tuple[int, Any]]]]:
-        """Pending values of earlier nonces, waiting for the resync (rule C4)."""
+    def retired(self) -> list[tuple[str, dict[str, list[tuple[int, Any]]]]]:
+        """Pending entries of earlier nonces, waiting for the resync (rule C4)."""
         return self.causal.mask(NODE, PARAMS_CHANNEL).retired
 
     def masked(self) -> dict[str, Any]:
-        """Every value laid over the server's state, by pointer: retired ones, then pending ones."""
+        """The value laid over the server's state at each pointer: the newest entry, retired ones first."""
         values: dict[str, Any] = {}
         for _sender, entries in self.retired():
-            values.update({ptr: value for ptr, (_rev, value) in entries.items()})
-        values.update({ptr: value for ptr, (_rev, value) in self.pending().items()})
+            values.update({ptr: kept[-1][1] for ptr, kept in entries.items()})
+        values.update({ptr: value for ptr, (_rev, value) in self.causal.mask(NODE, PARAMS_CHANNEL).newest_pending().items()})
         return values
 
 
@@ -525,12 +525,12 @@ class World:
         data = message.params if isinstance(message, PipelineMsg) else message.data
         state = strip_private(data)
         ack = data["_acks"].get(client.nonce, 0)
-        for rev, _value in pending.values():
-            assert rev > ack, "a pending value the server already acknowledged is still masking"
+        for entries in pending.values():
+            assert all(rev > ack for rev, _value in entries), "a pending value the server already acknowledged is still masking"
         if isinstance(message, PipelineMsg):  # C4: the resync decides every retired value
             for sender, entries in client.retired():
                 old_ack = max(data["_acks"].get(sender, 0), message.retired_acks.get(sender, 0))
-                assert all(rev > old_ack for rev, _value in entries.values()), "a processed value survived the resync"
+                assert all(rev > old_ack for kept in entries.values() for rev, _value in kept), "a processed value survived the resync"
         pointers = {p for p, _ in pointer.leaves(state)} | {p for p, _ in pointer.leaves(shown)}
         for ptr in pointers - {""}:
             if ptr in masked:

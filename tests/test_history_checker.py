@@ -78,7 +78,7 @@ def test_a_resync_drops_pending_values_the_pipeline_acknowledges() -> None:
         "nodes": {"comp": {"kind": "video::compositor", "params": acked_params, "acks": {"me": 1}, "view_data": layout, "view_acks": {"me": 1}}},
     }
     states.apply_pipeline(pipeline)
-    assert causal.mask("comp", "params").pending["/layers/in_0/opacity"][0] == 2  # rev 2 still pending: shown
+    assert causal.mask("comp", "params").pending["/layers/in_0/opacity"] == [(2, 0.5)]  # rev 2 still pending: shown
     assert states.shown("s", "comp")["layers"]["in_0"]["opacity"] == 0.5
 
     pipeline["nodes"]["comp"]["acks"] = {"me": 2}
