@@ -432,10 +432,6 @@ class NodeMask:
             ptr: kept for ptr, entries in self.pending.items() if (kept := [e for e in entries if e[0] != rev])
         }
 
-    def newest_pending(self) -> dict[str, tuple[int, Any]]:
-        """Per pointer, the entry shown over the server state: ``{pointer: (rev, value)}``."""
-        return {ptr: entries[-1] for ptr, entries in self.pending.items()}
-
     def shown(self) -> Any:
         """The server state with the newest entry of each pointer laid over it, retired nonces first (C3)."""
         document = self.server_state

@@ -356,7 +356,7 @@ def test_edit_revs_must_grow_per_pointer_and_a_bad_edit_changes_nothing() -> Non
         mask.edit({"/a": 3}, 1)
     assert mask.pending == {"/a": [(2, 1)]}
     mask.edit({"/b": 5}, 1)  # another pointer: only each pointer's own order matters
-    assert mask.newest_pending() == {"/a": (2, 1), "/b": (1, 5)}
+    assert mask.pending == {"/a": [(2, 1)], "/b": [(1, 5)]}
 
 
 def test_retired_entries_follow_the_same_rule_and_are_all_resent() -> None:
