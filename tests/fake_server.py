@@ -21,7 +21,10 @@ Test hooks: :meth:`FakeServer.drop_connections` (the network goes away),
 ``drop_after_next_tune`` (the next tune is applied, then the connection drops
 before its answer and events leave: the client cannot know it was applied),
 :meth:`FakeServer.hold_requests` / ``release_requests`` (requests pile up
-unread, so their echoes arrive after the client has moved on).
+unread, so their echoes arrive after the client has moved on),
+:meth:`FakeServer.hold_events` / ``release_events`` (events wait while
+responses, refusals included, still leave at once: the daemon's pacing of
+events to the frame end, docs/PROTOCOL-EXTENSIONS.md).
 """
 
 from __future__ import annotations
@@ -206,6 +209,7 @@ class FakeServer:
         self.refuse_connections = False  # answer handshakes 503 (a daemon restarting), so a test decides when a client gets back in
         self.requests_handled = 0
         self._held: trio.Event | None = None
+        self._held_events: list[tuple[FakeConnection, envelope.Message]] | None = None
         self._ids = itertools.count(1)
         self._install(DEFAULT_SESSION, "default", DEFAULT_PIPELINE if pipeline is None else pipeline)
 
@@ -231,6 +235,17 @@ class FakeServer:
         if self._held is not None:
             self._held.set()
             self._held = None
+
+    def hold_events(self) -> None:
+        """Keep every event back until :meth:`release_events`; responses still leave at once."""
+        if self._held_events is None:
+            self._held_events = []
+
+    def release_events(self) -> None:
+        held, self._held_events = self._held_events or [], None
+        for connection, message in held:
+            if connection in self.connections:
+                connection.send(message)
 
     async def drop_connections(self) -> None:
         """Every connection goes away (1001), as when the network or the daemon restarts."""
@@ -299,7 +314,10 @@ class FakeServer:
 
     def _broadcast(self, message: envelope.Message) -> None:
         for connection in list(self.connections):
-            connection.send(message)
+            if self._held_events is not None:
+                self._held_events.append((connection, message))
+            else:
+                connection.send(message)
 
     # ------------------------------------------------------------------ requests
 
