@@ -57,8 +57,9 @@ def _copy_sources(dest: Path) -> None:
         if (REPO / name).exists():
             shutil.copy2(REPO / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    # A package folder inside another (daemon/panel in daemon) comes with its parent.
     for folder in sorted(set(PACKAGE_DIRS.values())):
-        shutil.copytree(REPO / folder, dest / folder, ignore=ignore)
+        shutil.copytree(REPO / folder, dest / folder, ignore=ignore, dirs_exist_ok=True)
 
 
 def _expected_data_files() -> dict[str, list[str]]:
