@@ -205,9 +205,9 @@ class Client:
         """What this client should show for a node: the server's state with its own pending values over it."""
         return strip_private(self._states.shown(session_id, node_id, channel))
 
-    def pending(self, session_id: str, node_id: str, channel: str = PARAMS_CHANNEL) -> dict[str, tuple[int, Any]]:
-        """The pending values of a node: ``{pointer: (rev, value)}``."""
-        return dict(self._states.session(session_id).mask(node_id, channel).pending)
+    def pending(self, session_id: str, node_id: str, channel: str = PARAMS_CHANNEL) -> dict[str, list[tuple[int, Any]]]:
+        """The pending values of a node: ``{pointer: [(rev, value), ...]}``, oldest first; the last one shows."""
+        return {ptr: list(entries) for ptr, entries in self._states.session(session_id).mask(node_id, channel).pending.items()}
 
     def events(self) -> EventStream:
         """Every event, in order, with masking applied; ends when the client closes. One consumer at a time.

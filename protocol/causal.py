@@ -28,7 +28,7 @@ carries a stale stamp.
 
 Rule S5: a sender's entry leaves ``acks`` when its connection closes.
 
-Rule S7 (extension, docs/PROTOCOL-EXTENSIONS.md): in the params channel the
+Rule S7 (docs/PROTOCOL.md 5.1): in the params channel the
 entry S5 removes is kept as a *retired ack* (sender -> highest processed rev)
 for a grace period (:data:`RETIRED_ACKS_GRACE_S`), at most
 :data:`MAX_RETIRED_ACKS` per node, oldest evicted first. Events never carry
@@ -41,29 +41,44 @@ and the sender gets an ``error`` response carrying ``_sender`` and ``_rev``.
 Client rule (masking; :class:`NodeMask`, :class:`ClientCausalState`)
 --------------------------------------------------------------------
 Per node and channel the client keeps the last server state it received and
-``pending``: for each value it changed locally (a JSON pointer such as
-``/layers/in_1/opacity``), the ``_rev`` of the message that carried it and the
-value. On every event:
+``pending``: for each JSON pointer it changed locally (such as
+``/layers/in_1/opacity``), every value still in flight there, each with the
+``_rev`` of the message that carried it, in rev order. On every event:
 
 Rule C1: ``ack = _acks[my nonce]`` (0 if absent); drop every pending entry
 with rev <= ack.
 
 Rule C2: store the event's state as the server state.
 
-Rule C3: show the server state with the remaining pending values laid over it.
+Rule C3: show the server state with the newest remaining entry of each
+pointer laid over it, those entries in rev order (a replace at the pointer
+``""`` wipes what older entries set; newer ones lay over it).
 
-On an ``error`` that names one of its own revs, the client drops the pending
-entries of that rev.
+On an ``error`` that names one of its own revs, the client drops the entries
+of that rev, and only those: each pointer shows its newest remaining entry,
+the server's value only when none is left. Not only the newest entry of a
+pointer is kept because an error is answered at once while the event that
+acknowledges an earlier rev may wait for the end of the frame (pacing): the
+refusal of rev 2 must uncover the still unacknowledged rev 1 of the same
+pointer, not a server state older than rev 1.
 
-Rule C4 (reconnect; extension, docs/PROTOCOL-EXTENSIONS.md): on reconnect the
-client takes a new nonce, and its pending values stay masked, kept under the
-old nonce (:meth:`NodeMask.retire_pending`). It resyncs with ``getpipeline``
-FIRST; per node, the old nonce's ack there (the larger of ``acks`` and
-``retired_acks``; 0 if absent) drops every entry with rev <= it: the server
-processed those (applied or refused), and applying one again would overwrite
-newer edits of other clients. Only then it re-sends the rest, the latest value
-of each pointer, under the new nonce. A server without S7 sends no
-``retired_acks``: everything is re-sent, as PROTOCOL.md section 5 says.
+Bound: at most :data:`MAX_PENDING_PER_POINTER` entries per pointer; the
+oldest goes when a newer one comes. Only when more than that many edits of one
+pointer are in flight and every kept one is refused before the ack of a
+dropped one does the pointer show the server's older state until that ack.
+
+Rule C4 (reconnect; docs/PROTOCOL.md 5.2): on reconnect the
+client takes a new nonce, and its pending entries stay masked, kept under the
+old nonce (:meth:`NodeMask.retire_pending`) by the same rules. It resyncs with
+``getpipeline`` FIRST; per node, the old nonce's ack there (the larger of
+``acks`` and ``retired_acks``; 0 if absent) drops every entry with rev <= it:
+the server processed those (applied or refused), and applying one again would
+overwrite newer edits of other clients. Only then it re-sends the rest under
+the new nonce, every remaining entry in the message it first travelled in,
+oldest message first: the server then processes them in the order it would
+have without the drop, and a refusal of a re-sent value uncovers the re-sent
+value before it. A server without S7 sends no ``retired_acks``: everything is
+re-sent, as PROTOCOL.md section 5 says.
 
 The client never looks at ``_sender``/``_rev`` of an event: only ``_acks``
 matters. That is why another client's change is never hidden (no event is
@@ -94,6 +109,9 @@ ACKS_KEY = "_acks"
 SEQ_KEY = "_seq"
 
 MAX_SENDER_LENGTH = 128
+# Client masking: entries kept per pointer (and nonce). A slider sending at 60 Hz fills this only when
+# acks lag by more than a second.
+MAX_PENDING_PER_POINTER = 64
 # Rule S7: how long (seconds) and how many per node a closed connection's params acks are kept.
 RETIRED_ACKS_GRACE_S = 300.0
 MAX_RETIRED_ACKS = 4096
@@ -161,9 +179,7 @@ def take_stamp(message: Mapping[str, Any], *, path: str = "") -> tuple[Stamp | N
         missing = REV_KEY if has_sender else SENDER_KEY
         present = SENDER_KEY if has_sender else REV_KEY
         missing_path = pointer.join(path, missing)
-        raise RemoteProtocolError(
-            ErrorCode.BAD_ENVELOPE, f"{missing_path}: {present} given without {missing}", missing_path
-        )
+        raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{missing_path}: {present} given without {missing}", missing_path)
     if has_sender:
         sender = _check_sender(message[SENDER_KEY], pointer.join(path, SENDER_KEY))
         rev = _check_rev(message[REV_KEY], pointer.join(path, REV_KEY))
@@ -177,11 +193,7 @@ def strip_private(value: Any) -> Any:
     Never mutates its input; containers are always copied, scalars shared.
     """
     if isinstance(value, Mapping):
-        return {
-            key: strip_private(child)
-            for key, child in value.items()
-            if not (isinstance(key, str) and key.startswith("_"))
-        }
+        return {key: strip_private(child) for key, child in value.items() if not (isinstance(key, str) and key.startswith("_"))}
     if isinstance(value, list):
         return [strip_private(item) for item in value]
     return value
@@ -244,7 +256,7 @@ class AckBook:
     number of connections (S5). Times are the caller's monotonic clock.
     """
 
-    __slots__ = ("_acks", "_retired", "_retired_grace_s", "_max_retired")
+    __slots__ = ("_acks", "_max_retired", "_retired", "_retired_grace_s")
 
     def __init__(self, *, retired_grace_s: float = RETIRED_ACKS_GRACE_S, max_retired: int = MAX_RETIRED_ACKS) -> None:
         if not retired_grace_s > 0:
@@ -342,35 +354,54 @@ def _set_by_pointer(document: Any, ptr: str, value: Any) -> Any:
     return pointer.with_value(document, ptr, copy.deepcopy(value))
 
 
-class NodeMask:
-    """Client masking for one node and one channel (rules C1-C3).
+# Per JSON pointer, the values in flight there, oldest first: ``[(rev, value), ...]``.
+PendingEntries = dict[str, list[tuple[int, Any]]]
 
-    ``pending`` maps a JSON pointer into the channel's state to ``(rev,
-    value)``: the latest local value there, and the rev of the message that
-    carried it. The pointer ``""`` is a replace of the whole document
-    (``UpdateParams``); a later pending pointer lays over it. In the params
-    channel values lay over with merge-patch semantics (``None`` deletes); in the
-    view channel pointers may go through list indices (layout ``layers``).
+
+def _entries_after(entries: PendingEntries, ack: int) -> PendingEntries:
+    """The entries above ``ack`` (C1), pointers left without any dropped."""
+    kept = {ptr: [entry for entry in values if entry[0] > ack] for ptr, values in entries.items()}
+    return {ptr: values for ptr, values in kept.items() if values}
+
+
+class NodeMask:
+    """Client masking for one node and one channel (rules C1-C4).
+
+    ``pending`` maps a JSON pointer into the channel's state to every value
+    in flight there, ``[(rev, value), ...]`` oldest first, ``rev`` being the
+    message that carried it. The pointer ``""`` is a replace of the whole
+    document (``UpdateParams``); a newer entry of another pointer lays over it.
+    In the params channel values lay over with merge-patch semantics (``None``
+    deletes); in the view channel pointers may go through list indices (layout
+    ``layers``). ``retired`` holds the entries of earlier nonces, oldest nonce
+    first, until a resync decides them (C4).
     """
 
-    __slots__ = ("channel", "server_state", "pending", "retired")
+    __slots__ = ("channel", "pending", "retired", "server_state")
 
     def __init__(self, channel: str = PARAMS_CHANNEL, server_state: Any = None) -> None:
         if channel not in CHANNELS:
             raise LocalProtocolError(f"unknown channel {channel!r}; expected one of {CHANNELS}")
         self.channel = channel
         self.server_state: Any = {} if server_state is None else server_state
-        self.pending: dict[str, tuple[int, Any]] = {}
-        # Rule C4: pending values of earlier nonces, oldest nonce first, until a resync decides them.
-        self.retired: list[tuple[str, dict[str, tuple[int, Any]]]] = []
+        self.pending: PendingEntries = {}
+        self.retired: list[tuple[str, PendingEntries]] = []
 
     def edit(self, leaves: Mapping[str, Any], rev: int) -> None:
-        """Local values sent (or about to be sent) in the message with ``rev``."""
+        """Local values sent (or about to be sent) in the message with ``rev``, above every rev pending."""
         if isinstance(rev, bool) or not isinstance(rev, int) or rev < 1:
             raise LocalProtocolError(f"rev must be a positive integer, got {rev!r}")
-        for ptr, value in leaves.items():
+        for ptr in leaves:
             pointer.split(ptr)  # a bad pointer is our own bug: fail here, not at shown()
-            self.pending[ptr] = (rev, value)
+            entries = self.pending.get(ptr)
+            if entries and entries[-1][0] >= rev:
+                # Rev order is what C1 and the refusal rule rely on; a stamp is never reused.
+                raise LocalProtocolError(f"rev {rev} at {ptr!r} is not above its pending rev {entries[-1][0]}")
+        for ptr, value in leaves.items():
+            entries = self.pending.setdefault(ptr, [])
+            entries.append((rev, value))
+            if len(entries) > MAX_PENDING_PER_POINTER:
+                del entries[0]  # the bound: a newer entry of this pointer still masks what it set
 
     def on_server_state(
         self,
@@ -380,41 +411,39 @@ class NodeMask:
         retired_acks: Mapping[str, int] | None = None,
     ) -> None:
         """An event (or a resync) brought the server's state of this channel (C1, C2; C4 with ``retired_acks``)."""
-        ack = acks.get(my_sender, 0)
-        self.pending = {ptr: entry for ptr, entry in self.pending.items() if entry[0] > ack}
+        self.pending = _entries_after(self.pending, acks.get(my_sender, 0))
         still_retired = []
         for sender, entries in self.retired:
-            old_ack = max(acks.get(sender, 0), (retired_acks or {}).get(sender, 0))
-            kept = {ptr: entry for ptr, entry in entries.items() if entry[0] > old_ack}
+            kept = _entries_after(entries, max(acks.get(sender, 0), (retired_acks or {}).get(sender, 0)))
             if kept:
                 still_retired.append((sender, kept))
         self.retired = still_retired
         self.server_state = strip_private(state)
 
     def on_refused(self, rev: int) -> None:
-        """The server refused the message with ``rev``: its values fall back to the server's."""
-        self.pending = {ptr: entry for ptr, entry in self.pending.items() if entry[0] != rev}
+        """The server refused the message with ``rev``: its entries go, uncovering older pending ones."""
+        self.pending = {ptr: kept for ptr, entries in self.pending.items() if (kept := [e for e in entries if e[0] != rev])}
 
     def shown(self) -> Any:
-        """The server state with the retired, then the pending values laid over it, oldest rev first (C3)."""
+        """The server state with the newest entry of each pointer laid over it, retired nonces first (C3)."""
         document = self.server_state
         setter = _set_merging if self.channel == PARAMS_CHANNEL else _set_by_pointer
         for entries in [entries for _sender, entries in self.retired] + [self.pending]:
-            for ptr, (_rev, value) in sorted(entries.items(), key=lambda item: item[1][0]):
+            newest = [(values[-1][0], ptr, values[-1][1]) for ptr, values in entries.items()]
+            for _rev, ptr, value in sorted(newest, key=lambda item: item[0]):
                 document = setter(document, ptr, value)
         return document
 
     def retire_pending(self, old_sender: str) -> None:
-        """A reconnect: the pending values of ``old_sender`` wait, still shown, for the resync (C4)."""
+        """A reconnect: the pending entries of ``old_sender`` wait, still shown, for the resync (C4)."""
         if self.pending:
-            # A value of a later nonce supersedes an older nonce's value at its pointer (a replace, all
-            # of them): re-sending the older one, undecided, could overwrite the later one, processed.
+            # A value of a later nonce supersedes an older nonce's values at its pointer (a replace, all
+            # of them): re-sending an older one, undecided, could overwrite the later one, processed.
             newer = self.pending
             self.retired = [
                 (sender, kept)
                 for sender, entries in self.retired
-                if "" not in newer
-                and (kept := {ptr: entry for ptr, entry in entries.items() if ptr not in newer})
+                if "" not in newer and (kept := {ptr: values for ptr, values in entries.items() if ptr not in newer})
             ]
             self.retired.append((old_sender, newer))
         self.pending = {}
@@ -422,27 +451,20 @@ class NodeMask:
     def take_pending_for_resend(self) -> list[dict[str, Any]]:
         """Empty ``retired`` and return what to send again after a reconnect's resync, one dict per message.
 
-        Each pointer appears once, with its latest value, in the group of the
-        message that carried that value; groups come oldest first. Keeping the
-        original grouping means a value the server refuses takes down only the
-        values it was sent with the first time, not every pending value. A
-        pending replace (pointer ``""``) makes every older group moot: the
-        replace and the groups after it remain. ``pending`` (values of the
-        current nonce, already sent) stays as it is.
+        Every remaining entry, in the message that first carried it, messages
+        oldest first: the server processes them in the order it would have
+        without the reconnect, so a refused re-sent value uncovers the one
+        before it (C4), and a value refused takes down only the values it was
+        first sent with. ``pending`` (values of the current nonce, already
+        sent) stays as it is.
         """
-        latest: dict[str, tuple[tuple[int, int], Any]] = {}
-        for generation, (_sender, entries) in enumerate(self.retired):
-            for ptr, (rev, value) in entries.items():
-                latest[ptr] = ((generation, rev), value)
-        self.retired = []
         by_message: dict[tuple[int, int], dict[str, Any]] = {}
-        for ptr, (message, value) in latest.items():
-            by_message.setdefault(message, {})[ptr] = value
-        groups = [by_message[message] for message in sorted(by_message)]
-        replaces = [i for i, group in enumerate(groups) if "" in group]
-        if replaces:
-            groups = groups[replaces[-1] :]
-        return groups
+        for generation, (_sender, entries) in enumerate(self.retired):
+            for ptr, values in entries.items():
+                for rev, value in values:
+                    by_message.setdefault((generation, rev), {})[ptr] = value
+        self.retired = []
+        return [by_message[message] for message in sorted(by_message)]
 
 
 def new_nonce() -> str:
@@ -576,7 +598,7 @@ class ClientCausalState:
         """After the resync: the params values still undecided, per node, to re-send (C4).
 
         Per node, one ``{pointer: value}`` per message, oldest first (see
-        :meth:`NodeMask.take_pending_for_resend`); ``{"": document}`` is a replace.
+        :meth:`NodeMask.take_pending_for_resend`); ``""`` is a replace.
         Retired view predictions are dropped: re-sending the params predicts them again.
         """
         resend: dict[str, list[dict[str, Any]]] = {}

@@ -21,7 +21,10 @@ Test hooks: :meth:`FakeServer.drop_connections` (the network goes away),
 ``drop_after_next_tune`` (the next tune is applied, then the connection drops
 before its answer and events leave: the client cannot know it was applied),
 :meth:`FakeServer.hold_requests` / ``release_requests`` (requests pile up
-unread, so their echoes arrive after the client has moved on).
+unread, so their echoes arrive after the client has moved on),
+:meth:`FakeServer.hold_events` / ``release_events`` (events wait while
+responses, refusals included, still leave at once: the daemon's pacing of
+events to the frame end, docs/PROTOCOL.md section 4).
 """
 
 from __future__ import annotations
@@ -203,9 +206,12 @@ class FakeServer:
         self.connections: set[FakeConnection] = set()
         self.drop_before_next_tune = False
         self.drop_after_next_tune = False
-        self.refuse_connections = False  # answer handshakes 503 (a daemon restarting), so a test decides when a client gets back in
+        self.refuse_connections = (
+            False  # answer handshakes 503 (a daemon restarting), so a test decides when a client gets back in
+        )
         self.requests_handled = 0
         self._held: trio.Event | None = None
+        self._held_events: list[tuple[FakeConnection, envelope.Message]] | None = None
         self._ids = itertools.count(1)
         self._install(DEFAULT_SESSION, "default", DEFAULT_PIPELINE if pipeline is None else pipeline)
 
@@ -231,6 +237,17 @@ class FakeServer:
         if self._held is not None:
             self._held.set()
             self._held = None
+
+    def hold_events(self) -> None:
+        """Keep every event back until :meth:`release_events`; responses still leave at once."""
+        if self._held_events is None:
+            self._held_events = []
+
+    def release_events(self) -> None:
+        held, self._held_events = self._held_events or [], None
+        for connection, message in held:
+            if connection in self.connections:
+                connection.send(message)
 
     async def drop_connections(self) -> None:
         """Every connection goes away (1001), as when the network or the daemon restarts."""
@@ -299,7 +316,10 @@ class FakeServer:
 
     def _broadcast(self, message: envelope.Message) -> None:
         for connection in list(self.connections):
-            connection.send(message)
+            if self._held_events is not None:
+                self._held_events.append((connection, message))
+            else:
+                connection.send(message)
 
     # ------------------------------------------------------------------ requests
 
@@ -337,7 +357,9 @@ class FakeServer:
         quiet: bool,
     ) -> None:
         """Rule S6: a refused stamped message still advances its sender's ack, and the error names the stamp."""
-        session = self.sessions.get(message.payload.get("session_id")) if isinstance(message.payload.get("session_id"), str) else None
+        session = (
+            self.sessions.get(message.payload.get("session_id")) if isinstance(message.payload.get("session_id"), str) else None
+        )
         for node_id, stamp in stamps:
             connection.senders.add(stamp.sender)
             if session is not None and node_id in session.nodes:
@@ -387,7 +409,7 @@ class FakeServer:
             else:
                 draft.link(op, base)
         draft.check()
-        for node_id, stamp in draft.stamps:
+        for _node_id, stamp in draft.stamps:
             connection.senders.add(stamp.sender)
         self._commit(draft)
         if isinstance(action, ApplyBatch):
@@ -407,7 +429,9 @@ class FakeServer:
             if node.layout is not None:
                 entry["view_data"] = {**node.layout, "_acks": node.view_acks.as_dict(), "_seq": node.view_seq}
             nodes[node_id] = entry
-        return envelope.pipeline_response(correlation_id, session_id=session.session_id, nodes=nodes, connections=session.connections)
+        return envelope.pipeline_response(
+            correlation_id, session_id=session.session_id, nodes=nodes, connections=session.connections
+        )
 
     # ------------------------------------------------------------------ commit and events
 
@@ -439,7 +463,9 @@ class FakeServer:
             node.params = draft.nodes[node_id][1]
             node.params_seq += 1
             self._broadcast(
-                envelope.node_params_changed(sid, node_id, node.params, last_stamp.get(node_id), node.params_acks.as_dict(), node.params_seq)
+                envelope.node_params_changed(
+                    sid, node_id, node.params, last_stamp.get(node_id), node.params_acks.as_dict(), node.params_seq
+                )
             )  # S3
         for node_id in session.nodes:
             self._refresh_layout(session, node_id, last_stamp.get(node_id), emit=True)

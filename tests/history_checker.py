@@ -3,21 +3,29 @@
 K clients of the client library (each behind its own TCP proxy, so its
 connection can be cut as a network drop does) edit one compositor of a fresh
 session at random, with random delays: shared pointers that every client
-edits, and one private pointer per client. Meanwhile an input is added
+edits, and one private pointer per client, often the same pointer several
+times in a row (a drag). About a third of the values are out of range, so the
+daemon refuses them; its events are paced to the frame end while the
+refusals leave at once, so a refusal often overtakes the event that
+acknowledges an earlier edit of the same pointer. Meanwhile an input is added
 (auto-PiP) and removed, one client's connection is cut (the library
 reconnects, resyncs and re-sends), and some values are rounded by the server
 (a layer's ``rect.x`` sent as ``n + 0.4`` is stored as ``n``). Every client
-records, in one global order, each edit it sent and each state it was shown.
+records, in one global order, each edit it sent and each state it was shown:
+after each state event, each refusal, each resync and each of its own edits.
 
 Values are unique per edit, so a shown value names the edit that wrote it.
 :func:`check` then verifies the consequences listed in section 5:
 
-- no own-state regression: once a client sent an edit of a pointer, no value
-  it had seen for that pointer before (which the server therefore applied
-  before that edit) is ever shown to it again;
+- no own-value regression: a client's shown value at a pointer never returns
+  to an older value of its own after it showed a newer one that the server
+  accepts (the flicker-back of a refusal that uncovers stale server state);
+- no stale state: once a client sent an edit of a pointer that the server
+  accepts, no value it had seen for that pointer before (which the server
+  therefore applied before that edit) is ever shown to it again;
 - no lost update: the final value of a shared pointer is not one that some
-  client saw before sending a later edit of it (that edit would have been
-  lost), and each private pointer ends at its owner's last edit;
+  client saw before sending a later accepted edit of it (that edit would have
+  been lost), and each private pointer ends at its owner's last accepted edit;
 - server-caused layouts reach everyone: the added input's layer shows up in
   every client's view data, and is gone from all after the removal;
 - convergence: once everyone stops, every client shows exactly the server's
@@ -35,7 +43,9 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketConnection
 
+from compositord.client.errors import CompositordError, ConnectionLost
 from compositord.protocol import pointer
+from compositord.protocol.params import MAX_COORDINATE
 from compositord.testing.dropping_proxy import DroppingProxy
 from compositord.tests.raw_requests import ask
 
@@ -52,17 +62,30 @@ def pipeline_for(clients: int) -> dict[str, Any]:
     return {
         "nodes": {
             "bars": {"kind": "video::colorbars", "params": {"width": 32, "height": 18}},
-            "comp": {"kind": "video::compositor", "params": {"width": width, "height": height, "fps": 60, "num_inputs": inputs, "layers": layers}},
+            "comp": {
+                "kind": "video::compositor",
+                "params": {"width": width, "height": height, "fps": 60, "num_inputs": inputs, "layers": layers},
+            },
         },
         "connections": [{"from_node": "bars", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"}],
     }
 
 
 SHARED = ("/layers/in_0/opacity", "/layers/in_0/rect/x")
+REFUSED_SHARE = 0.3  # of the edits, out of range: the daemon refuses them
+DRAG_SHARE = 0.5  # of the edits after the first, to the pointer of the edit before
+TUNE_PATH_PREFIX = "/payload/message/PatchParams"  # a refused tune's error path is this + the value's pointer
 
 
 def private_pointer(client: int) -> str:
     return f"/layers/in_{client + 1}/opacity"
+
+
+def edit_value(ptr: str, unique: int, refused: bool) -> Any:
+    """A value that names its edit; out of its field's range when ``refused``."""
+    if ptr.endswith("/x"):
+        return (MAX_COORDINATE if refused else 0) + unique + 0.4
+    return (1 if refused else 0) + unique / 100_000
 
 
 def identity(ptr: str, value: Any) -> Any:
@@ -79,6 +102,7 @@ class Step:
     kind: str  # "edit" or "shown"
     pointer: str = ""
     value: Any = None  # edit: the value sent
+    refused: bool = False  # edit: out of range, so the server refuses it
     params: Any = None  # shown: params as shown
     view: Any = None  # shown: view data as shown
 
@@ -94,6 +118,7 @@ class History:
     final_view: Any = None
     final_shown: dict[int, tuple[Any, Any]] = field(default_factory=dict)
     layout_failures: list[str] = field(default_factory=list)
+    refusals_over_pending: int = 0  # refusals that left an older edit of their pointer pending
     _order: int = 0
 
     def record(self, client: int, kind: str, **values: Any) -> None:
@@ -123,20 +148,35 @@ def check(history: History) -> list[str]:
     # An edit is recorded just before the library stamps and masks it: until the client has shown
     # something newer than what it saw before (its own value, as a rule), an older value is no regression.
     armed: dict[tuple[int, str], bool] = defaultdict(bool)
+    # Per client and pointer: its own values in the order sent, and the position of the newest accepted one shown.
+    own: dict[tuple[int, str], dict[Any, tuple[int, bool]]] = defaultdict(dict)
+    newest_accepted_shown: dict[tuple[int, str], int] = defaultdict(lambda: -1)
     for step in history.steps:
         if step.kind == "edit":
             key = (step.client, step.pointer)
             mine = identity(step.pointer, step.value)
-            forbidden[key] |= seen[key] - {mine}
+            own[key][mine] = (len(own[key]), step.refused)
+            if not step.refused:  # a refused edit changes nothing: what it masked may show again
+                forbidden[key] |= seen[key] - {mine}
+                armed[key] = False
             seen[key].add(mine)
-            armed[key] = False
             continue
         for ptr in pointers:
             key = (step.client, ptr)
             shown = identity(ptr, _get(step.params, ptr))
+            if shown in own[key]:
+                position, refused = own[key][shown]
+                if position < newest_accepted_shown[key]:
+                    problems.append(
+                        f"client {step.client} step {step.order}: {ptr} went back to its own older value {shown!r} after showing a newer accepted one"
+                    )
+                elif not refused:
+                    newest_accepted_shown[key] = position
             if shown in forbidden[key]:
                 if armed[key]:
-                    problems.append(f"client {step.client} step {step.order}: {ptr} went back to {shown!r}, a value it saw before its own later edit")
+                    problems.append(
+                        f"client {step.client} step {step.order}: {ptr} went back to {shown!r}, a value it saw before its own later edit"
+                    )
             else:
                 armed[key] = True
             seen[key].add(shown)
@@ -151,13 +191,19 @@ def check(history: History) -> list[str]:
             expected = identity(ptr, history.last_edit[(client, ptr)])
             final = identity(ptr, _get(history.final_params, ptr))
             if final != expected:
-                problems.append(f"lost update: private {ptr} of client {client} ended at {final!r}, its last edit was {expected!r}")
+                problems.append(
+                    f"lost update: private {ptr} of client {client} ended at {final!r}, its last edit was {expected!r}"
+                )
     for client in range(history.clients):
         params, view = history.final_shown.get(client, (None, None))
         if params != history.final_params:
-            problems.append(f"no convergence: client {client} shows params {json.dumps(params)}, the server has {json.dumps(history.final_params)}")
+            problems.append(
+                f"no convergence: client {client} shows params {json.dumps(params)}, the server has {json.dumps(history.final_params)}"
+            )
         if view != history.final_view:
-            problems.append(f"no convergence: client {client} shows view {json.dumps(view)}, the server has {json.dumps(history.final_view)}")
+            problems.append(
+                f"no convergence: client {client} shows view {json.dumps(view)}, the server has {json.dumps(history.final_view)}"
+            )
     return problems
 
 
@@ -189,9 +235,14 @@ class Harness:
             history = self.current
             if history is None or event.session_id != history.session_id or event.node_id not in (None, "comp"):
                 continue
-            if event.name in ("nodeparamschanged", "nodeviewdataupdated", "resynced"):
+            if event.name == "refused" and event.payload.get("path", "").startswith(TUNE_PATH_PREFIX):
+                ptr = event.payload["path"][len(TUNE_PATH_PREFIX) :]
+                older = [rev for rev, _ in client.pending(history.session_id, "comp").get(ptr, []) if rev < event.payload["rev"]]
+                history.refusals_over_pending += bool(older)
+            if event.name in ("nodeparamschanged", "nodeviewdataupdated", "resynced", "refused"):
                 history.record(
-                    index, "shown",
+                    index,
+                    "shown",
                     params=client.shown(history.session_id, "comp"),
                     view=client.shown(history.session_id, "comp", "view"),
                 )
@@ -209,23 +260,39 @@ async def run_history(harness: Harness, seed: int, *, edits_per_client: int = 6)
     try:
         for index, client in enumerate(harness.clients):
             await client.get_pipeline(history.session_id)  # know the session: its events are masked from here on
-            history.record(index, "shown", params=client.shown(history.session_id, "comp"), view=client.shown(history.session_id, "comp", "view"))
+            history.record(
+                index,
+                "shown",
+                params=client.shown(history.session_id, "comp"),
+                view=client.shown(history.session_id, "comp", "view"),
+            )
 
         async def edit(index: int) -> None:
             client = harness.clients[index]
             drop_at = rng.randrange(edits_per_client) if index == seed % k else -1
+            ptr = rng.choice([*SHARED, private_pointer(index)])
             for n in range(edits_per_client):
                 await trio.sleep(rng.random() * 0.004)
-                ptr = rng.choice([*SHARED, private_pointer(index)])
-                unique = next(serial)
-                value = unique + 0.4 if ptr.endswith("/x") else unique / 100_000
-                history.record(index, "edit", pointer=ptr, value=value)
-                history.last_edit[(index, ptr)] = value
+                if n and rng.random() >= DRAG_SHARE:
+                    ptr = rng.choice([*SHARED, private_pointer(index)])
+                refused = rng.random() < REFUSED_SHARE
+                value = edit_value(ptr, next(serial), refused)
+                history.record(index, "edit", pointer=ptr, value=value, refused=refused)
+                if not refused:
+                    history.last_edit[(index, ptr)] = value
                 try:
                     await client.tune(history.session_id, "comp", _patch(ptr, value), sync=rng.random() < 0.5)
-                except Exception as exc:  # ConnectionLost: the value stays pending and is re-sent
-                    if type(exc).__name__ != "ConnectionLost":
+                except ConnectionLost:
+                    pass  # the value stays pending and is re-sent
+                except CompositordError:
+                    if not refused:
                         raise
+                history.record(
+                    index,
+                    "shown",
+                    params=client.shown(history.session_id, "comp"),
+                    view=client.shown(history.session_id, "comp", "view"),
+                )
                 if n == drop_at:
                     # Values pending now are checked like every other: the library re-sends only what the
                     # server had not processed (retired acks, rule C4), so none is applied twice.
@@ -233,11 +300,32 @@ async def run_history(harness: Harness, seed: int, *, edits_per_client: int = 6)
 
         async def add_and_remove_an_input() -> None:
             await trio.sleep(rng.random() * 0.01)
-            await harness.ask({"action": "addnode", "session_id": history.session_id, "node_id": EXTRA_NODE, "kind": "video::colorbars", "params": {"width": 16, "height": 16}})
-            await harness.ask({"action": "connect", "session_id": history.session_id, "from_node": EXTRA_NODE, "from_pin": "out", "to_node": "comp", "to_pin": extra_pin})
-            await _wait_for_layouts(harness, history, lambda view: extra_pin in _layer_ids(view), f"the auto-PiP layer {extra_pin} of the added input")
+            await harness.ask(
+                {
+                    "action": "addnode",
+                    "session_id": history.session_id,
+                    "node_id": EXTRA_NODE,
+                    "kind": "video::colorbars",
+                    "params": {"width": 16, "height": 16},
+                }
+            )
+            await harness.ask(
+                {
+                    "action": "connect",
+                    "session_id": history.session_id,
+                    "from_node": EXTRA_NODE,
+                    "from_pin": "out",
+                    "to_node": "comp",
+                    "to_pin": extra_pin,
+                }
+            )
+            await _wait_for_layouts(
+                harness, history, lambda view: extra_pin in _layer_ids(view), f"the auto-PiP layer {extra_pin} of the added input"
+            )
             await harness.ask({"action": "removenode", "session_id": history.session_id, "node_id": EXTRA_NODE})
-            await _wait_for_layouts(harness, history, lambda view: extra_pin not in _layer_ids(view), f"the removal of layer {extra_pin}")
+            await _wait_for_layouts(
+                harness, history, lambda view: extra_pin not in _layer_ids(view), f"the removal of layer {extra_pin}"
+            )
 
         async with trio.open_nursery() as nursery:
             for index in range(k):
@@ -295,7 +383,7 @@ def describe(history: History, client: int, ptr: str) -> str:
         if step.client != client:
             continue
         if step.kind == "edit" and step.pointer == ptr:
-            lines.append(f"  {step.order}: edit {ptr} = {step.value!r}")
+            lines.append(f"  {step.order}: edit {ptr} = {step.value!r}{' (refused)' if step.refused else ''}")
         elif step.kind == "shown":
             lines.append(f"  {step.order}: shown {_get(step.params, ptr)!r}")
     return "\n".join(lines)

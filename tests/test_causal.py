@@ -1,4 +1,4 @@
-"""protocol/causal.py: stamps, stripping, RFC 7396, the server's acks (S2, S5, S6), client masking (C1-C3)."""
+"""protocol/causal.py: stamps, stripping, RFC 7396, the server's acks (S2, S5-S7), client masking (C1-C4)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import pytest
 
 from compositord.protocol.causal import (
+    MAX_PENDING_PER_POINTER,
     PARAMS_CHANNEL,
     VIEW_CHANNEL,
     AckBook,
@@ -260,20 +261,123 @@ def test_mask_replace_then_patch_lays_over_in_rev_order() -> None:
     assert mask.shown() == {"width": 300, "fps": 25}
     mask.retire_pending("old")
     assert mask.pending == {} and mask.shown() == {"width": 300, "fps": 25}  # still masked until the resync
-    # the patch of rev 1 is moot after the replace of rev 2
-    assert mask.take_pending_for_resend() == [{"": {"width": 300}}, {"/fps": 25}]
+    # the patch of rev 1 goes again too: should the replace be refused, the server keeps its height as before
+    assert mask.take_pending_for_resend() == [{"/height": 60}, {"": {"width": 300}}, {"/fps": 25}]
     assert mask.retired == []
 
 
-def test_mask_resend_keeps_latest_value_per_pointer_in_its_message() -> None:
+def test_mask_resend_keeps_every_entry_in_its_message() -> None:
     mask = NodeMask()
     mask.edit({"/a": 1, "/b": 1}, 1)
     mask.edit({"/a": 2, "/c": -1}, 2)
     mask.edit({"/d": 4}, 5)
     mask.retire_pending("old")
-    # /c (perhaps refused by the server) travels with /a as the first time, not with /b or /d
-    assert mask.take_pending_for_resend() == [{"/b": 1}, {"/a": 2, "/c": -1}, {"/d": 4}]
+    # /c (perhaps refused by the server) travels with /a = 2 as the first time, not with /b or /d; /a = 1
+    # goes too, before it, so that a refusal of the second message still leaves the server at /a = 1
+    assert mask.take_pending_for_resend() == [{"/a": 1, "/b": 1}, {"/a": 2, "/c": -1}, {"/d": 4}]
     assert mask.take_pending_for_resend() == []
+
+
+# --------------------------------------------------------------------------- refusal over pending entries (#18)
+
+
+def test_refusal_uncovers_the_older_pending_entry_of_the_pointer_not_the_server_state() -> None:
+    """An error overtakes the paced event that acknowledges an earlier rev of the same pointer."""
+    mask = NodeMask(PARAMS_CHANNEL, {"layers": {"in_1": {"opacity": 0.1}}})
+    mask.edit({"/layers/in_1/opacity": 0.4}, 1)  # valid
+    mask.edit({"/layers/in_1/opacity": 1.5}, 2)  # out of range: the server refuses it
+    assert mask.shown() == {"layers": {"in_1": {"opacity": 1.5}}}
+    mask.on_refused(2)  # the error leaves at once; the event acknowledging rev 1 waits for the frame end
+    assert mask.shown() == {"layers": {"in_1": {"opacity": 0.4}}}, "fell back past the pending rev 1"
+    assert mask.pending == {"/layers/in_1/opacity": [(1, 0.4)]}
+    mask.on_server_state({"layers": {"in_1": {"opacity": 0.4}}}, {"me": 2}, "me")
+    assert mask.pending == {}
+    assert mask.shown() == {"layers": {"in_1": {"opacity": 0.4}}}
+
+
+def test_refusal_drops_only_its_own_rev_and_shows_the_newest_left() -> None:
+    mask = NodeMask(PARAMS_CHANNEL, {"width": 100})
+    for rev, width in ((1, 200), (2, 300), (3, 400)):
+        mask.edit({"/width": width}, rev)
+    mask.on_refused(2)
+    assert mask.shown() == {"width": 400}
+    assert mask.pending == {"/width": [(1, 200), (3, 400)]}
+    mask.on_refused(3)
+    assert mask.shown() == {"width": 200}
+    mask.on_refused(7)  # not ours any more (or never was): nothing changes
+    assert mask.pending == {"/width": [(1, 200)]}
+    mask.on_refused(1)
+    assert mask.pending == {} and mask.shown() == {"width": 100}
+
+
+def test_ack_drops_every_entry_up_to_it_and_keeps_the_rest_in_order() -> None:
+    mask = NodeMask(PARAMS_CHANNEL, {"width": 1})
+    for rev in range(1, 6):
+        mask.edit({"/width": rev * 10, **({"/height": rev} if rev % 2 else {})}, rev)
+    mask.on_server_state({"width": 30, "height": 3}, {"me": 3, "other": 9}, "me")
+    assert mask.pending == {"/width": [(4, 40), (5, 50)], "/height": [(5, 5)]}
+    assert mask.shown() == {"width": 50, "height": 5}
+
+
+def test_refused_replace_uncovers_older_pointers_and_a_refused_patch_uncovers_the_replace() -> None:
+    mask = NodeMask(PARAMS_CHANNEL, {"width": 100, "height": 50})
+    mask.edit({"/width": 120}, 1)
+    mask.edit({"": {"width": 300, "fps": 30}}, 2)
+    mask.edit({"/fps": -1}, 3)
+    assert mask.shown() == {"width": 300, "fps": -1}
+    mask.on_refused(3)
+    assert mask.shown() == {"width": 300, "fps": 30}
+    mask.on_refused(2)
+    assert mask.shown() == {"width": 120, "height": 50}
+
+
+def test_pending_entries_per_pointer_are_bounded_oldest_dropped_first() -> None:
+    mask = NodeMask(PARAMS_CHANNEL, {"width": 0})
+    mask.edit({"/height": 7}, 1)
+    for rev in range(2, MAX_PENDING_PER_POINTER + 4):
+        mask.edit({"/width": rev}, rev)
+    kept = mask.pending["/width"]
+    assert len(kept) == MAX_PENDING_PER_POINTER
+    assert [rev for rev, _value in kept] == list(range(4, MAX_PENDING_PER_POINTER + 4))
+    assert mask.pending["/height"] == [(1, 7)]  # the bound is per pointer
+    assert mask.shown() == {"width": MAX_PENDING_PER_POINTER + 3, "height": 7}
+    # At the bound, refusing every kept entry falls back to the server's value: revs 2 and 3 are gone.
+    for rev, _value in list(kept):
+        mask.on_refused(rev)
+    assert mask.shown() == {"width": 0, "height": 7}
+
+
+def test_edit_revs_must_grow_per_pointer_and_a_bad_edit_changes_nothing() -> None:
+    mask = NodeMask()
+    mask.edit({"/a": 1}, 2)
+    with pytest.raises(LocalProtocolError, match="not above"):
+        mask.edit({"/b": 1, "/a": 2}, 2)
+    with pytest.raises(LocalProtocolError, match="not above"):
+        mask.edit({"/a": 3}, 1)
+    assert mask.pending == {"/a": [(2, 1)]}
+    mask.edit({"/b": 5}, 1)  # another pointer: only each pointer's own order matters
+    assert mask.pending == {"/a": [(2, 1)], "/b": [(1, 5)]}
+
+
+def test_retired_entries_follow_the_same_rule_and_are_all_resent() -> None:
+    state = ClientCausalState("old")
+    state.on_event("comp", PARAMS_CHANNEL, {"width": 1, "_acks": {}})
+    state.edit_patch("comp", {"width": 10})  # rev 1
+    state.edit_patch("comp", {"width": 20})  # rev 2
+    state.edit_patch("comp", {"width": 30})  # rev 3
+    state.reconnected("new")
+    assert state.shown("comp") == {"width": 30}
+    state.on_event("comp", PARAMS_CHANNEL, {"width": 10, "_acks": {}}, retired_acks={"old": 1})
+    assert state.mask("comp").retired == [("old", {"/width": [(2, 20), (3, 30)]})]
+    assert state.shown("comp") == {"width": 30}
+    resend = state.take_resend()
+    assert resend == {"comp": [{"/width": 20}, {"/width": 30}]}
+    stamps = [state.edit_patch("comp", leaves_to_patch(values)) for values in resend["comp"]]
+    assert [stamp.rev for stamp in stamps] == [1, 2]
+    # the re-sent 30 is refused: the re-sent 20, not yet acknowledged, shows; not the server's 10
+    state.on_refused("comp", stamps[1].rev)
+    assert state.shown("comp") == {"width": 20}
+    assert state.on_event("comp", PARAMS_CHANNEL, {"width": 20, "_acks": {"new": 2}}) == {"width": 20}
 
 
 def test_mask_view_channel_follows_list_indices_and_deletes() -> None:

@@ -96,6 +96,25 @@ async def test_async_refusal_comes_back_through_the_correlation_id(server: FakeS
         assert client.pending(S, "comp") == {}
 
 
+async def test_a_refusal_before_the_ack_of_an_earlier_edit_shows_that_edit(server: FakeServer) -> None:
+    """The daemon paces events to the frame end and answers refusals at once (#18)."""
+    async with open_client(server.url) as client:
+        await client.get_pipeline(S)
+        events = client.events()
+        server.hold_events()
+        await client.tune(S, "comp", {"layers": {"in_1": {"opacity": 0.25}}}, sync=False)  # rev 1, applied
+        await client.tune(S, "comp", {"layers": {"in_1": {"opacity": 7}}}, sync=False)  # rev 2, refused
+        refusal = await events.__anext__()
+        assert (refusal.name, refusal.payload["rev"]) == ("refused", 2)
+        assert refusal.shown["layers"]["in_1"]["opacity"] == 0.25, "the refusal uncovered the state before rev 1"
+        assert client.pending(S, "comp") == {"/layers/in_1/opacity": [(1, 0.25)]}
+        server.release_events()
+        change = await events.__anext__()
+        assert change.name == "nodeparamschanged" and change.payload["params"]["_acks"] == {client.nonce: 1}
+        assert change.shown["layers"]["in_1"]["opacity"] == 0.25
+        assert client.pending(S, "comp") == {}
+
+
 async def test_replace_sends_update_params(server: FakeServer) -> None:
     async with open_client(server.url) as client:
         await client.get_pipeline(S)

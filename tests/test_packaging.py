@@ -70,11 +70,21 @@ def _copy_sources(dest: Path) -> None:
         shutil.copytree(REPO / folder, dest / folder, ignore=ignore)
 
 
+def _folder_of(package: str) -> Path:
+    """The checkout folder of a package: its own package-dir entry, or its nearest mapped parent's subfolder."""
+    parts = package.split(".")
+    for cut in range(len(parts), 0, -1):
+        mapped = ".".join(parts[:cut])
+        if mapped in PACKAGE_DIRS:
+            return REPO / PACKAGE_DIRS[mapped] / Path(*parts[cut:])
+    raise AssertionError(f"{package} is under no package-dir entry")
+
+
 def _expected_data_files() -> dict[str, list[str]]:
     """Per package, the checkout's files that its package-data patterns match (paths inside the wheel)."""
     expected: dict[str, list[str]] = {}
     for package, patterns in PACKAGE_DATA.items():
-        folder = REPO / PACKAGE_DIRS[package]
+        folder = _folder_of(package)
         in_wheel = package.replace(".", "/")
         expected[package] = sorted(
             {

@@ -88,7 +88,7 @@ async def test_a_frame_reaches_the_push_node_of_that_id_in_every_session(
     compositord_daemon: Any, compositord_client: Any
 ) -> None:
     """The frame header names its node by id hash only (PROTOCOL.md section 6), not its session: a second
-    session with a push node of the same id gets the same frame (docs/PROTOCOL-EXTENSIONS.md)."""
+    session with a push node of the same id gets the same frame (docs/PROTOCOL.md section 6)."""
     client = compositord_client
     pipeline = await client.get_pipeline(compositord_daemon.session_id)
     second = await client.create_session(
