@@ -59,8 +59,8 @@ from compositord.daemon.engine.sources.video_file import VideoFileSource
 from compositord.daemon.state.model import NodeRecord, SessionRecord
 from compositord.protocol import params as params_schema
 from compositord.protocol.causal import AckBook, Stamp
+from compositord.protocol.params import COMPOSITOR_KIND
 
-COMPOSITOR_KIND = "video::compositor"
 STATS_INTERVAL = 1.0  # seconds between nodestatsupdated emissions (at most)
 RENDER_MS_WINDOW = 1024  # render times kept for the percentiles (one stats interval at up to 240 fps, with room)
 IDLE_FPS = 1  # a pipeline with no compositor still ticks (and reports progress) this often

@@ -20,7 +20,6 @@ S3, S5, S6); the view channel's acks live in the render loop.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 import uuid
@@ -51,13 +50,12 @@ from compositord.protocol import causal, envelope, frames, pointer
 from compositord.protocol import params as node_params
 from compositord.protocol.causal import AckBook, Stamp
 from compositord.protocol.errors import ErrorCode, FieldError, LocalProtocolError, RemoteProtocolError
+from compositord.protocol.params import PREVIEW_KIND, PUSH_KIND
 
 log = logging.getLogger(__name__)
 
 # Each sender of a connection has an entry in the acks maps until the connection closes (S5).
 MAX_SENDERS_PER_CONNECTION = 16
-PREVIEW_KIND = "sink::preview"
-PUSH_KIND = "video::push"
 
 # Pushed frames name their node by a hash of its id; hashing every node id at 30 frames a second adds up.
 _node_id_hash = functools.lru_cache(maxsize=4096)(frames.node_id_hash)
@@ -81,16 +79,6 @@ class RenderLoopLike(Protocol):
 
 # Makes a render loop for a session; the service passes its own callbacks.
 RenderLoopFactory = Callable[[SessionRecord, "SessionService"], RenderLoopLike]
-
-
-def _prefixed(error: RemoteProtocolError, prefix: str) -> RemoteProtocolError:
-    """The same error with every path moved under ``prefix`` (where the document sat in the request)."""
-    if error.errors:
-        return RemoteProtocolError.from_field_errors(error.code, [FieldError(prefix + e.path, e.message) for e in error.errors])
-    path = prefix + (error.path or "")
-    return RemoteProtocolError(
-        error.code, f"{path or '/'}: {error.message}" if error.path is None else error.message.replace(error.path, path, 1), path
-    )
 
 
 def _not_found(what: str, path: str) -> RemoteProtocolError:
@@ -264,7 +252,7 @@ class SessionService:
             # The connection enforced the size limit already; the envelope checks everything else.
             message = envelope.parse_message(text, max_bytes=len(text) * 4 + 1)
         except RemoteProtocolError as error:
-            self._send(connection, envelope.error_response(error, _correlation_id_of(text)))
+            self._send(connection, envelope.error_response(error, envelope.correlation_id_of(text)))
             return
         if not isinstance(message, envelope.Request):
             error = RemoteProtocolError(ErrorCode.BAD_ENVELOPE, '/type: a client sends only messages of type "request"', "/type")
@@ -554,7 +542,7 @@ class SessionService:
         try:
             validated = node_params.validate(node.kind, candidate)
         except RemoteProtocolError as error:
-            raise _prefixed(error, tune.body_path) from None
+            raise envelope.prefixed_error(error, tune.body_path) from None
         return NodeRecord(node.node_id, node.kind, validated, node.seq + 1)
 
     def _refuse_stamps(self, connection: Connection, session_id: Any, stamps: Sequence[tuple[str, Stamp]]) -> None:
@@ -663,16 +651,6 @@ def _preview_fields(image: Any) -> dict[str, Any]:
         "media_time": round(image.media_time, 6),
         "timestamp": image.timestamp,
     }
-
-
-def _correlation_id_of(text: str) -> str | None:
-    """The correlation id of a message the envelope refused, when it can be found."""
-    try:
-        document = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    value = document.get("correlation_id") if isinstance(document, dict) else None
-    return value if isinstance(value, str) and len(value) <= envelope.MAX_CORRELATION_ID else None
 
 
 class _Working:

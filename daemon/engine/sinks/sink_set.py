@@ -21,8 +21,7 @@ from compositord.daemon.engine.render.frames import OutputFrame
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkFrame
 from compositord.daemon.state.model import SessionRecord
 from compositord.protocol import params as params_schema
-
-COMPOSITOR_KIND = "video::compositor"
+from compositord.protocol.params import COMPOSITOR_KIND
 
 
 def _file(
