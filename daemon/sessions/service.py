@@ -3,7 +3,7 @@
 Order of work for a change (PROTOCOL.md section 3, steps 1-6): take the stamp,
 strip every ``_`` key, compute the resulting params (replace or RFC 7396 merge
 patch against the durable params), validate them whole, store them, hand the
-full validated params plus the stamp to the session's render loop, and tell
+full validated params plus the stamp to the session's engine, and tell
 every connection (``nodeparamschanged``). Anything refused before the store
 step changes nothing.
 
@@ -14,7 +14,11 @@ node cannot interleave a read and a write; the wait for the COMMIT
 up other edits, and the reply still only goes out once the change is durable.
 
 Acks: the params channel keeps one :class:`AckBook` per node here (rules S2,
-S3, S5, S6); the view channel's acks live in the render loop.
+S3, S5, S6); the view channel's acks live in the engine.
+
+The engines are known only through ``engine.api``: one per session, made by the
+``EngineFactory`` the service is given; this service is the ``EngineEvents``
+sink of them all.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
@@ -33,8 +37,7 @@ from compositord.daemon.control.connection import Connection
 from compositord.daemon.control.hub import Hub
 from compositord.daemon.control.mailbox import MailboxFull
 from compositord.daemon.control.outgoing import Broadcast
-from compositord.daemon.engine.render.frames import SourceFrame
-from compositord.daemon.engine.sources.push import source_frame_from_message
+from compositord.daemon.engine import api
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.daemon.state.store import (
     AddConnection,
@@ -61,26 +64,6 @@ MAX_SENDERS_PER_CONNECTION = 16
 _node_id_hash = functools.lru_cache(maxsize=4096)(frames.node_id_hash)
 
 
-class RenderLoopLike(Protocol):
-    """What the session logic needs of ``daemon.render_loop.RenderLoop``."""
-
-    def start(self) -> None: ...
-    async def wait_first_frame(self) -> None: ...
-    def submit_params(self, node_id: str, params: dict[str, Any], stamp: Stamp | None) -> None: ...
-    def submit_batch(
-        self, updates: list[tuple[str, dict[str, Any], Stamp | None]], *, topology: SessionRecord | None = None
-    ) -> None: ...
-    def submit_topology(self, session: SessionRecord) -> None: ...
-    def forget_sender(self, sender: str) -> None: ...
-    def push_frame(self, node_id: str, frame: SourceFrame) -> None: ...
-    def last_progress(self) -> float: ...
-    def stop(self, timeout: float = 5.0) -> None: ...
-
-
-# Makes a render loop for a session; the service passes its own callbacks.
-RenderLoopFactory = Callable[[SessionRecord, "SessionService"], RenderLoopLike]
-
-
 def _not_found(what: str, path: str) -> RemoteProtocolError:
     return RemoteProtocolError(ErrorCode.NOT_FOUND, f"{path}: {what}", path)
 
@@ -89,7 +72,7 @@ def _not_found(what: str, path: str) -> RemoteProtocolError:
 class _SessionState:
     """What the service keeps per session besides the store's records."""
 
-    loop: RenderLoopLike
+    engine: api.Engine
     lock: trio.Lock = field(default_factory=trio.Lock)
     acks: dict[str, AckBook] = field(default_factory=dict)  # params channel, per node
     last_view: dict[str, dict[str, Any]] = field(default_factory=dict)  # per node, without "_" keys
@@ -128,7 +111,7 @@ class SessionService:
         self,
         store: Store,
         hub: Hub,
-        loop_factory: RenderLoopFactory,
+        engine_factory: api.EngineFactory,
         *,
         retired_acks_grace_s: float = causal.RETIRED_ACKS_GRACE_S,
         max_retired_acks: int = causal.MAX_RETIRED_ACKS,
@@ -140,62 +123,72 @@ class SessionService:
         )
         self._make_book()  # bad settings fail here, at start-up, not at the first tune
         self._hub = hub
-        self._loop_factory = loop_factory
+        self._engine_factory = engine_factory
         self._sessions: dict[str, _SessionState] = {}
         self._structure_lock = trio.Lock()  # createsession / destroysession
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
-    def render_loops(self) -> dict[str, RenderLoopLike]:
-        return {session_id: state.loop for session_id, state in self._sessions.items()}
+    def engines(self) -> dict[str, api.Engine]:
+        return {session_id: state.engine for session_id, state in self._sessions.items()}
 
     def frame_period(self, session_id: Any) -> float | None:
         """Seconds per output frame of a running session (the hub paces its events by it); None if unknown."""
         state = self._sessions.get(session_id)
-        statistics = getattr(state.loop, "statistics", None) if state is not None else None
-        fps = statistics().fps if statistics is not None else 0
+        fps = state.engine.statistics().fps if state is not None else 0
         return 1.0 / fps if fps > 0 else None
 
     async def open_session(self, record: SessionRecord) -> None:
-        """Start the render loop of a session that is in the store; returns after its first frame."""
-        loop = self._loop_factory(record.copy(), self)
-        self._sessions[record.session_id] = _SessionState(loop, make_book=self._make_book)
-        loop.start()
-        await loop.wait_first_frame()
+        """Start the engine of a session that is in the store; returns after its first frame."""
+        engine = self._engine_factory(record.copy(), self)
+        self._sessions[record.session_id] = _SessionState(engine, make_book=self._make_book)
+        engine.start()
+        await engine.wait_first_frame()
 
     async def stop_all(self, timeout: float) -> None:
-        """Stop every render loop (each releases its GL objects in its own thread)."""
+        """Stop every engine: all are told at once, then each is waited for (up to ``timeout`` each)."""
         states = list(self._sessions.values())
         self._sessions.clear()
         for state in states:
-            await trio.to_thread.run_sync(state.loop.stop, timeout)
+            state.engine.submit(api.Stop())
+        for state in states:
+            await trio.to_thread.run_sync(state.engine.stop, timeout)
 
-    # ------------------------------------------------------------------ callbacks from render loops (trio thread)
+    # ------------------------------------------------------------------ what the engines report (api.EngineEvents, trio thread)
 
-    def on_view_data(self, emission: Any) -> None:
-        state = self._sessions.get(emission.session_id)
+    def on_event(self, event: api.Event) -> None:
+        # The most frequent first: a frame end every frame, view data whenever the layout moves.
+        if isinstance(event, api.FrameEnded):
+            self._hub.frame_ended(event.session_id)  # what the hub holds of the session goes out now
+        elif isinstance(event, api.ViewData):
+            self._on_view_data(event)
+        elif isinstance(event, api.NodeStats):
+            if event.session_id in self._sessions:
+                event_out = envelope.node_stats_updated(event.session_id, event.node_id, event.stats)
+                self._publish(event_out, (event.session_id, event.node_id, "stats"))
+        elif isinstance(event, api.NodeState):
+            self._on_node_state(event.session_id, event.node_id, event.error)
+        elif isinstance(event, api.PreviewUpdated):
+            self._on_preview(event)
+        elif isinstance(event, api.Started):
+            log.debug("session %s: first frame rendered", event.session_id)
+        elif isinstance(event, api.Failed) and event.session_id in self._sessions:
+            log.error("session %s: the engine stopped: %s", event.session_id, event.message)
+
+    def _on_view_data(self, event: api.ViewData) -> None:
+        state = self._sessions.get(event.session_id)
         if state is None:
-            return  # a late emission of a destroyed session
-        layout = causal.strip_private(dict(emission.layout))
-        state.last_view[emission.node_id] = layout
-        state.last_view_acks[emission.node_id] = dict(emission.acks)
-        event = envelope.node_view_data_updated(
-            emission.session_id, emission.node_id, layout, emission.stamp, emission.acks, emission.seq, emission.timestamp
+            return  # a late report of a destroyed session
+        layout = causal.strip_private(dict(event.layout))
+        state.last_view[event.node_id] = layout
+        state.last_view_acks[event.node_id] = dict(event.acks)
+        published = envelope.node_view_data_updated(
+            event.session_id, event.node_id, layout, event.stamp, event.acks, event.seq, event.timestamp
         )
-        self._publish(event, (emission.session_id, emission.node_id, causal.VIEW_CHANNEL))
+        self._publish(published, (event.session_id, event.node_id, causal.VIEW_CHANNEL))
 
-    def on_frame_end(self, session_id: str) -> None:
-        """A session's render loop finished a frame: the hub sends what it holds for the session."""
-        self._hub.frame_ended(session_id)
-
-    def on_stats(self, emission: Any) -> None:
-        if emission.session_id not in self._sessions:
-            return
-        event = envelope.node_stats_updated(emission.session_id, emission.node_id, emission.stats)
-        self._publish(event, (emission.session_id, emission.node_id, "stats"))
-
-    def on_node_error(self, session_id: str, node_id: str, message: str | None) -> None:
+    def _on_node_state(self, session_id: str, node_id: str, message: str | None) -> None:
         """A node entered (``message``) or left (None) its error state: remembered for
         ``getpipeline`` and told to every client with ``nodestatechanged``."""
         state = self._sessions.get(session_id)
@@ -213,16 +206,16 @@ class SessionService:
             log.info("session %s node %s: error cleared", session_id, node_id)
         self._publish(envelope.node_state_changed(session_id, node_id, message or None), (session_id, node_id, "state"))
 
-    def on_preview(self, emission: Any) -> None:
+    def _on_preview(self, event: api.PreviewUpdated) -> None:
         """A ``sink::preview`` node encoded a thumbnail: ``nodepreviewupdated`` to its subscribers only,
         coalesced per connection (a slow client gets the latest, not a backlog)."""
-        state = self._sessions.get(emission.session_id)
-        subscribers = state.preview_subscribers.get(emission.node_id) if state is not None else None
+        state = self._sessions.get(event.session_id)
+        subscribers = state.preview_subscribers.get(event.node_id) if state is not None else None
         if not subscribers:
             return
-        event = envelope.node_preview_updated(emission.session_id, emission.node_id, **_preview_fields(emission.image))
-        message = Broadcast(envelope.serialize(event))
-        key = (emission.session_id, emission.node_id, "preview")
+        published = envelope.node_preview_updated(event.session_id, event.node_id, **_preview_fields(event.image))
+        message = Broadcast(envelope.serialize(published))
+        key = (event.session_id, event.node_id, "preview")
         for connection in list(subscribers):
             try:
                 connection.deliver([(key, message)])
@@ -245,7 +238,7 @@ class SessionService:
             for state in self._sessions.values():
                 for book in state.acks.values():
                     book.retire(sender, now)
-                state.loop.forget_sender(sender)
+                state.engine.submit(api.ForgetSender(sender))
 
     async def handle_text(self, connection: Connection, text: str) -> None:
         try:
@@ -296,13 +289,13 @@ class SessionService:
         except RemoteProtocolError as error:
             self._send(connection, envelope.error_event(error))
             return
-        frame = source_frame_from_message(header, data)
-        for loop, node_id in targets:
-            loop.push_frame(node_id, frame)
+        pixels = memoryview(data)[frames.HEADER_SIZE :]  # no copy on the way to the engines
+        for engine, node_id in targets:
+            engine.push_frame(api.PushedFrame(node_id, header.width, header.height, header.pixel_format, header.pts_us, pixels))
 
-    def _push_targets(self, header: frames.FrameHeader) -> list[tuple[RenderLoopLike, str]]:
+    def _push_targets(self, header: frames.FrameHeader) -> list[tuple[api.Engine, str]]:
         """The push nodes a frame goes to: the node id may be used in several sessions (each gets it)."""
-        targets: list[tuple[RenderLoopLike, str]] = []
+        targets: list[tuple[api.Engine, str]] = []
         for session_id, record in self._store.sessions().items():
             state = self._sessions.get(session_id)
             if state is None:
@@ -330,7 +323,7 @@ class SessionService:
                             f"{expected['pixel_format']} frames, got {header.width}x{header.height} {header.pixel_format}",
                             f"/{field_name}",
                         )
-                targets.append((state.loop, node_id))
+                targets.append((state.engine, node_id))
         if not targets:
             raise RemoteProtocolError(
                 ErrorCode.NOT_FOUND,
@@ -417,8 +410,7 @@ class SessionService:
         if isinstance(action, envelope.UnsubscribePreview):
             state.preview_subscribers.get(action.node_id, set()).discard(connection)
             return envelope.success(cid)
-        preview = getattr(state.loop, "preview", None)
-        image = preview(action.node_id) if preview is not None else None
+        image = state.engine.preview(action.node_id)
         if image is None:
             raise _not_found(
                 f"node {action.node_id!r} has no thumbnail yet (it makes one once a compositor feeds its input)",
@@ -455,7 +447,7 @@ class SessionService:
             async with state.lock:
                 del self._sessions[session_id]
                 await self._store.destroy_session(session_id)
-            await trio.to_thread.run_sync(state.loop.stop)
+            await trio.to_thread.run_sync(state.engine.stop)
         self._publish(envelope.session_destroyed_event(session_id))
         return envelope.session_destroyed_response(cid, session_id)
 
@@ -474,7 +466,7 @@ class SessionService:
         await self._store.flush()  # answered once committed; the commit wait holds up no other edit
 
     def _after_structure_change(self, session_id: str, state: _SessionState, working: _Working) -> None:
-        state.loop.submit_topology(self._forget_removed(session_id, state, working))
+        state.engine.submit(api.TopologyUpdate(self._forget_removed(session_id, state, working)))
 
     def _forget_removed(self, session_id: str, state: _SessionState, working: _Working) -> SessionRecord:
         """Drop what the session keeps of removed nodes; the session as stored now (a copy)."""
@@ -501,14 +493,14 @@ class SessionService:
         async with state.lock:
             record, _ = self._session(action.session_id)
             try:
-                node = self._tuned_node(record.nodes, state, tune, {})
+                node = self._tuned_node(record.nodes, state, tune, None)
             except RemoteProtocolError as error:
                 self._refuse_stamps(connection, action.session_id, stamps)
                 raise _Refusal(error, stamps) from None
             seq = await self._store.set_params(action.session_id, node.node_id, node.params, wait_durable=False)
             if action.stamp is not None:
                 state.book(node.node_id).record(action.stamp)
-            state.loop.submit_params(node.node_id, node.params, action.stamp)
+            state.engine.submit(api.ParamsUpdate(node.node_id, node.params, action.stamp))
             self._publish_params(action.session_id, state, node.node_id, node.params, seq, action.stamp)
         if not action.sync:
             return None
@@ -516,11 +508,12 @@ class SessionService:
         return envelope.success(cid)
 
     def _tuned_node(
-        self, nodes: Mapping[str, NodeRecord], state: _SessionState, tune: _Tune, seen: dict[tuple[str, str], int]
+        self, nodes: Mapping[str, NodeRecord], state: _SessionState, tune: _Tune, batch_books: dict[str, AckBook] | None
     ) -> NodeRecord:
         """The node with the params a tune results in; raises without changing anything.
 
-        ``seen`` holds the revs taken earlier in the same batch (not yet recorded in the ack book).
+        ``batch_books`` (in a batch) holds, per node, the stamps taken earlier in the same batch (not yet in
+        the node's book).
         """
         action = tune.action
         node = nodes.get(action.node_id)
@@ -528,16 +521,14 @@ class SessionService:
             node_path = pointer.join(tune.body_path.rsplit("/message/", 1)[0], "node_id")
             raise _not_found(f"no node {action.node_id!r} in this session", node_path)
         if action.stamp is not None:
-            key = (action.node_id, action.stamp.sender)
-            floor = max(state.book(action.node_id).ack_of(action.stamp.sender), seen.get(key, 0))
-            if action.stamp.rev <= floor:
-                rev_path = pointer.join(tune.body_path, causal.REV_KEY)
-                raise RemoteProtocolError(
-                    ErrorCode.CONFLICT,
-                    f"{rev_path}: _rev {action.stamp.rev} already processed for this sender (ack {floor})",
-                    rev_path,
-                )
-            seen[key] = action.stamp.rev
+            # S2: a rev at or below the node's ack, or at or below one taken earlier in this batch, is a replay.
+            # The batch's own book first: when it has the sender, its rev is the higher floor, the one to name.
+            taken = batch_books.setdefault(action.node_id, AckBook()) if batch_books is not None else None
+            if taken is not None:
+                taken.check(action.stamp, path=tune.body_path)
+            state.book(action.node_id).check(action.stamp, path=tune.body_path)
+            if taken is not None:
+                taken.record(action.stamp)
         candidate = action.params if action.mode == envelope.UPDATE else causal.merge_patch(node.params, action.params)
         try:
             validated = node_params.validate(node.kind, candidate)
@@ -576,36 +567,38 @@ class SessionService:
             record, _ = self._session(session_id)
             working = _Working(record)
             events: list[envelope.Event] = []
-            tuned: list[tuple[str, dict[str, Any], Stamp | None]] = []
-            seen: dict[tuple[str, str], int] = {}
+            tuned: list[api.ParamsUpdate] = []
+            batch_books: dict[str, AckBook] = {}
             try:
                 for index, op in enumerate(action.operations):
                     path = pointer.join("/payload/operations", index)
                     if isinstance(op, envelope.TuneNode):
-                        node = self._tuned_node(working.nodes, state, _Tune(op, pointer.join(path, "message", op.variant)), seen)
+                        node = self._tuned_node(
+                            working.nodes, state, _Tune(op, pointer.join(path, "message", op.variant)), batch_books
+                        )
                         working.set_params(node.node_id, node.params)
-                        tuned.append((node.node_id, node.params, op.stamp))
+                        tuned.append(api.ParamsUpdate(node.node_id, node.params, op.stamp))
                     else:
                         events += working.apply(op, path)
             except RemoteProtocolError as error:
                 self._refuse_stamps(connection, session_id, stamps)  # S6: every stamp of a refused batch
                 raise _Refusal(error, stamps) from None
             await self._store.apply_atomically(working.ops, wait_durable=False)
-            for node_id, _, stamp in tuned:
-                if stamp is not None:
-                    state.book(node_id).record(stamp)
-            # One submission: the structure change and every tune land in the same frame.
+            for update in tuned:
+                if update.stamp is not None:
+                    state.book(update.node_id).record(update.stamp)
+            # One command: the structure change and every tune land in the same frame.
             topology = self._forget_removed(session_id, state, working) if working.structure_changed else None
             if tuned or topology is not None:
-                state.loop.submit_batch(tuned, topology=topology)
+                state.engine.submit(api.BatchUpdate(tuple(tuned), topology))
             for event in events:
                 self._publish(event)
             stored = self._store.sessions()[session_id]
-            last_stamp = {node_id: stamp for node_id, _, stamp in tuned}
-            for node_id, stamp in last_stamp.items():
+            last_stamp = {update.node_id: update.stamp for update in tuned}
+            for node_id, node_stamp in last_stamp.items():
                 if node_id in stored.nodes:
                     node = stored.nodes[node_id]
-                    self._publish_params(session_id, state, node_id, node.params, node.seq, stamp)
+                    self._publish_params(session_id, state, node_id, node.params, node.seq, node_stamp)
         await self._store.flush()  # one transaction (apply_atomically), answered once committed
         return envelope.batch_applied(cid, session_id, len(action.operations))
 
@@ -641,8 +634,8 @@ def _refusal_response(refusal: _Refusal, correlation_id: str | None) -> envelope
     return envelope.error_response(refusal.error, correlation_id, stamp, node_id=node_id, refused=refused)
 
 
-def _preview_fields(image: Any) -> dict[str, Any]:
-    """The wire fields of a ``sinks.preview.PreviewImage``."""
+def _preview_fields(image: api.PreviewImage) -> dict[str, Any]:
+    """The wire fields of a thumbnail."""
     return {
         "jpeg": image.jpeg,
         "width": image.width,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from compositord.daemon.engine.api import PreviewImage
 from compositord.daemon.engine.render.frames import OutputFrame
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkFrame
 from compositord.daemon.state.model import SessionRecord
@@ -86,7 +87,7 @@ class SinkSet:
     def __init__(
         self,
         report_error: Callable[[str, str | None], None],
-        on_preview: Callable[[Any], None] | None = None,
+        on_preview: Callable[[str, PreviewImage], None] | None = None,
         *,
         output_dir: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -172,13 +173,16 @@ class SinkSet:
     def get(self, node_id: str) -> Sink | None:
         return self._sinks.get(node_id)
 
+    def preview(self, node_id: str) -> PreviewImage | None:
+        """The latest thumbnail of a ``sink::preview`` node (None: not such a node, or none yet)."""
+        from compositord.daemon.engine.sinks.preview import PreviewSink  # imported already once such a node exists
+
+        sink = self._sinks.get(node_id)
+        return sink.latest if isinstance(sink, PreviewSink) else None
+
     def stats(self) -> dict[str, dict[str, Any]]:
         return {node_id: sink.stats() for node_id, sink in list(self._sinks.items())}
 
     def standing_errors(self) -> dict[str, str]:
         """Every sink node's current error (to report again after a topology change)."""
         return {node_id: latch.message for node_id, latch in list(self._latches.items()) if latch.message is not None}
-
-    def error_of(self, node_id: str) -> str | None:
-        latch = self._latches.get(node_id)
-        return latch.message if latch is not None else None
