@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from compositord.daemon.engine import api
-from compositord.daemon.engine import loop as render_loop_module
+from compositord.daemon.engine import api, registry
 from compositord.daemon.engine.loop import RenderLoop
 from compositord.daemon.engine.render import gl_context
 from compositord.daemon.engine.render import renderer as renderer_module
@@ -211,7 +210,11 @@ async def test_pacing_counts_late_frames_and_never_catches_up(
     start_loop: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     delays = [0.0]
-    monkeypatch.setitem(render_loop_module.SOURCE_FACTORIES, "test::slow", lambda params, context: SlowSource(params, delays))
+    monkeypatch.setitem(
+        registry.IMPLEMENTATIONS,
+        "test::slow",
+        registry.SourceKind(lambda params, context: SlowSource(params, delays), standalone=False),
+    )
     fps = 100
     session = make_session(fps=fps)
     session.nodes["slow"] = NodeRecord("slow", "test::slow", {})

@@ -164,12 +164,12 @@ class SlowSink(Sink):
 
 
 async def test_a_slow_sink_drops_and_counts_instead_of_stalling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from compositord.daemon.engine.sinks import sink_set
+    from compositord.daemon.engine import registry
 
     monkeypatch.setitem(
-        sink_set.SINK_FACTORIES,
+        registry.IMPLEMENTATIONS,
         "sink::y4m",
-        lambda node_id, params, latch, predecessor, **_: SlowSink(node_id, params, latch, predecessor),
+        registry.SinkKind(lambda node_id, params, latch, predecessor, context: SlowSink(node_id, params, latch, predecessor)),
     )
     session = sink_session({"slow": ("sink::y4m", {"path": "-"})}, fps=120)
     async with running_loop(session, tmp_path) as (loop, recorder):

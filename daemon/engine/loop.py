@@ -45,22 +45,20 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import trio
 
-from compositord.daemon.engine import api
+from compositord.daemon.engine import api, registry
 from compositord.daemon.engine.render import gl_context
 from compositord.daemon.engine.render import renderer as renderer_module
 from compositord.daemon.engine.render.frames import OutputFrame, SourceFrame
 from compositord.daemon.engine.render.scene import resolve_scene
 from compositord.daemon.engine.sinks.base import Sink
 from compositord.daemon.engine.sinks.sink_set import SinkSet
-from compositord.daemon.engine.sources.colorbars import ColorbarsSource
-from compositord.daemon.engine.sources.image import ImageSource
-from compositord.daemon.engine.sources.push import PushInlets, PushSource, source_frame_from_pushed
-from compositord.daemon.engine.sources.video_file import VideoFileSource
+from compositord.daemon.engine.sources.base import FrameSource, SourceContext
+from compositord.daemon.engine.sources.push import PushInlets, source_frame_from_pushed
 from compositord.daemon.state.model import NodeRecord, SessionRecord
 from compositord.protocol import params as params_schema
 from compositord.protocol.causal import AckBook, Stamp
@@ -71,40 +69,6 @@ STATS_INTERVAL = 1.0  # seconds between nodestatsupdated emissions (at most)
 RENDER_MS_WINDOW = 1024  # render times kept for the percentiles (one stats interval at up to 240 fps, with room)
 IDLE_FPS = 1  # a pipeline with no compositor still ticks (and reports progress) this often
 SINK_CLOSE_TIMEOUT = 5.0  # seconds the render thread waits, when it ends, for sinks to finish their files
-
-
-class FrameSource(Protocol):
-    """A compositor input made on the render thread: configure on new params, frame(t) every frame
-    (None: nothing to show yet, e.g. before a decoder's first frame).
-
-    Optional members, looked up with getattr: ``error`` (str or None, read every frame: the node's
-    error state, e.g. a file that cannot be decoded), ``stats()`` (a dict sent as the node's
-    ``nodestatsupdated``), ``close()`` (the node left the pipeline or the loop ends: stop threads).
-    """
-
-    def configure(self, params: Mapping[str, Any]) -> None: ...
-
-    def frame(self, t: float = 0.0) -> SourceFrame | None: ...
-
-
-@dataclass(frozen=True)
-class SourceContext:
-    """What a source factory may need besides the node's params."""
-
-    node_id: str
-    asset_dir: Path
-    push_inlets: PushInlets  # where pushed frames wait for the render thread (video::push)
-
-
-SourceFactory = Callable[[Mapping[str, Any], SourceContext], FrameSource]
-
-# Node kind -> factory, called on the render thread with the params (defaults filled in).
-SOURCE_FACTORIES: dict[str, SourceFactory] = {
-    "video::colorbars": lambda params, context: ColorbarsSource(params),
-    "video::image": lambda params, context: ImageSource(params, context.asset_dir),
-    "video::file": lambda params, context: VideoFileSource(params, context.asset_dir),
-    "video::push": lambda params, context: PushSource(params, context.push_inlets.slot(context.node_id)),
-}
 
 
 @dataclass
@@ -493,19 +457,21 @@ class RenderLoop:
                         self._report_node_state(node_id, f"cannot set up rendering: {type(exc).__name__}: {exc}")
                         continue
                     compositors[node_id] = _CompositorState(renderer)
-            elif node.kind in SOURCE_FACTORIES and (node_id in changed_sources or node_id not in sources):
-                self._configure_source(node_id, node, sources)
+            elif (implementation := registry.source(node.kind)) is not None and (
+                node_id in changed_sources or node_id not in sources
+            ):
+                self._configure_source(node_id, node, implementation, sources)
         self._fps = max(fps_values) if fps_values else IDLE_FPS
         self._sinks.sync(self._session, changed_sources)
 
-    def _configure_source(self, node_id: str, node: NodeRecord, sources: dict[str, FrameSource]) -> None:
+    def _configure_source(
+        self, node_id: str, node: NodeRecord, implementation: registry.SourceKind, sources: dict[str, FrameSource]
+    ) -> None:
         try:
             full = params_schema.with_defaults(node.kind, node.params) if node.kind in params_schema.KINDS else node.params
             source = sources.get(node_id)
             if source is None:
-                source = sources[node_id] = SOURCE_FACTORIES[node.kind](
-                    full, SourceContext(node_id, self._asset_dir, self._push_inlets)
-                )
+                source = sources[node_id] = implementation.make(full, SourceContext(node_id, self._asset_dir, self._push_inlets))
                 self._source_kinds[node_id] = node.kind
             else:
                 source.configure(full)
