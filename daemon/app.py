@@ -1,4 +1,4 @@
-"""The daemon as one trio service: store, render loops, sessions, server, sd_notify.
+"""The daemon as one trio service: store, engines, sessions, server, sd_notify.
 
 ``serve(settings, task_status=...)`` is started with ``nursery.start`` (tests,
 the pytest plugin) or run by ``compositord run``. It reports the bound
@@ -7,7 +7,7 @@ frame, which is also when systemd gets ``READY=1``.
 
 Shutdown has one seam, as in hypercorn's ``worker_serve``: whatever ends the
 service (SIGTERM or SIGINT, or the caller cancelling it), :func:`serve` tells
-systemd ``STOPPING=1``, closes every client with 1001, stops the render loops,
+systemd ``STOPPING=1``, closes every client with 1001, stops the engines,
 flushes the store and returns, all within ``stop_timeout``. The services run
 in a shielded scope so that a cancellation from outside still lets this drain
 happen in order; only then is that scope cancelled.
@@ -26,8 +26,9 @@ from compositord.daemon.config import Settings, demo_pipeline, load_pipeline, se
 from compositord.daemon.control.connection import CLOSE_GOING_AWAY
 from compositord.daemon.control.hub import Hub
 from compositord.daemon.control.server import ControlServer
+from compositord.daemon.engine.api import Engine, EngineEvents, EngineFactory
 from compositord.daemon.notify import Notifier, watchdog_from_environment
-from compositord.daemon.sessions.service import RenderLoopLike, SessionService
+from compositord.daemon.sessions.service import SessionService
 from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.state.store import Store, StoreError
 from compositord.protocol.errors import LocalProtocolError
@@ -38,20 +39,18 @@ log = logging.getLogger(__name__)
 DEFAULT_STOP_TIMEOUT = 10.0
 
 
-def _render_loop_factory(settings: Settings, trio_token: trio.lowlevel.TrioToken, device_index: int | None):
-    # Imported here: the render loop pulls in moderngl; the rest of the daemon does not need it.
-    from compositord.daemon.engine.loop import RenderLoop
+def render_loop_factory(settings: Settings, *, device_index: int | None = None) -> EngineFactory:
+    """The default engines: a render loop per session, in this process (each makes its GL context in its
+    own thread). Call the factory on the trio thread: the loop reports through that trio run."""
 
-    def make(record: SessionRecord, service: SessionService) -> RenderLoopLike:
-        session_id = record.session_id
+    def make(record: SessionRecord, events: EngineEvents) -> Engine:
+        # Imported here: the render loop pulls in moderngl and the codecs; the control side does not.
+        from compositord.daemon.engine.loop import RenderLoop
+
         return RenderLoop(
             record,
-            trio_token=trio_token,
-            on_view_data=service.on_view_data,
-            on_stats=service.on_stats,
-            on_node_error=lambda node_id, message: service.on_node_error(session_id, node_id, message),
-            on_preview=service.on_preview,
-            on_frame_end=lambda: service.on_frame_end(session_id),
+            events,
+            trio_token=trio.lowlevel.current_trio_token(),
             asset_dir=settings.asset_dir,
             output_dir=settings.output_dir,
             device_index=device_index,
@@ -64,12 +63,12 @@ class _Services:
     """Everything the daemon runs, in one shielded nursery that only :meth:`stop` ends."""
 
     def __init__(
-        self, settings: Settings, notifier: Notifier, environ: Mapping[str, str] | None, device_index: int | None
+        self, settings: Settings, notifier: Notifier, environ: Mapping[str, str] | None, engine_factory: EngineFactory
     ) -> None:
         self.settings = settings
         self.notifier = notifier
         self.environ = environ
-        self.device_index = device_index
+        self.engine_factory = engine_factory
         self.store = Store(settings.state_dir)
         self.hub = Hub()
         self.service: SessionService | None = None
@@ -94,11 +93,10 @@ class _Services:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.store.run)
-                    factory = _render_loop_factory(self.settings, trio.lowlevel.current_trio_token(), self.device_index)
                     self.service = SessionService(
                         self.store,
                         self.hub,
-                        factory,
+                        self.engine_factory,
                         retired_acks_grace_s=self.settings.limits.retired_acks_grace_s,
                         max_retired_acks=self.settings.limits.max_retired_acks,
                     )
@@ -109,7 +107,7 @@ class _Services:
                     address = await nursery.start(self.server.run)
                     service = self.service
                     watchdog = watchdog_from_environment(
-                        self.notifier, lambda: [loop.last_progress() for loop in service.render_loops.values()], self.environ
+                        self.notifier, lambda: [engine.last_progress() for engine in service.engines.values()], self.environ
                     )
                     if watchdog is not None:
                         await nursery.start(watchdog.run)
@@ -133,7 +131,7 @@ class _Services:
             log.info("session %r: first frame rendered", session_id)
 
     async def stop(self, timeout: float) -> None:
-        """Drain in order (clients 1001, render loops, store), then end the services; at most ``timeout`` s."""
+        """Drain in order (clients 1001, engines, store), then end the services; at most ``timeout`` s."""
         deadline = trio.current_time() + timeout
         with trio.CancelScope(shield=True):
             if not self._ready.is_set():
@@ -169,13 +167,17 @@ async def serve(
     handle_signals: bool = True,
     environ: Mapping[str, str] | None = None,
     device_index: int | None = None,
+    engine_factory: EngineFactory | None = None,
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT (when ``handle_signals``) or until cancelled.
 
     ``task_status.started((host, port))`` once bound and every pipeline has rendered a frame.
+    ``engine_factory`` makes each session's engine (default: :func:`render_loop_factory` with
+    ``device_index``); tests and benchmarks pass their own.
     """
     notifier = Notifier(environ)
-    services = _Services(settings, notifier, environ, device_index)
+    factory = engine_factory if engine_factory is not None else render_loop_factory(settings, device_index=device_index)
+    services = _Services(settings, notifier, environ, factory)
     try:
         async with trio.open_nursery() as nursery:
             try:

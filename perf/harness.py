@@ -14,8 +14,7 @@ from typing import Any
 
 from compositord.daemon.engine.render.frames import OutputFrame, SourceFrame
 from compositord.protocol import params as params_schema
-
-COMPOSITOR_KIND = "video::compositor"
+from compositord.protocol.params import COMPOSITOR_KIND
 
 
 def compositor_params(durable: Mapping[str, Any]) -> dict[str, Any]:

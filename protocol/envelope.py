@@ -379,10 +379,29 @@ class _Reader:
             raise RemoteProtocolError.from_field_errors(ErrorCode.BAD_ENVELOPE, self.errors)
 
 
-def _prefixed(error: RemoteProtocolError, base: str) -> RemoteProtocolError:
-    """The same error with every path moved under ``base`` (params errors are relative to the params)."""
-    # params.validate and validate_pipeline always list their field errors.
-    return RemoteProtocolError.from_field_errors(error.code, [FieldError(base + e.path, e.message) for e in error.errors])
+def prefixed_error(error: RemoteProtocolError, prefix: str) -> RemoteProtocolError:
+    """The same error with every path moved under ``prefix``: where the document that was checked
+    (params, a pipeline) sits in the request, since such errors are relative to that document."""
+    if error.errors:
+        return RemoteProtocolError.from_field_errors(error.code, [FieldError(prefix + e.path, e.message) for e in error.errors])
+    path = prefix + (error.path or "")
+    message = f"{path or '/'}: {error.message}" if error.path is None else error.message.replace(error.path, path, 1)
+    return RemoteProtocolError(error.code, message, path)
+
+
+def correlation_id_of(text: str | bytes, *, max_chars: int | None = None) -> str | None:
+    """Best effort, for a message that was refused (unread, or by the envelope): its correlation id, to
+    echo in the error, when it can be found. None for binary messages, for texts longer than
+    ``max_chars`` (not worth parsing) and for an id that is not a string of at most
+    ``MAX_CORRELATION_ID`` characters (it could not be echoed)."""
+    if not isinstance(text, str) or (max_chars is not None and len(text) > max_chars):
+        return None
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    value = document.get("correlation_id") if isinstance(document, dict) else None
+    return value if isinstance(value, str) and len(value) <= MAX_CORRELATION_ID else None
 
 
 @dataclass(frozen=True)
@@ -609,7 +628,7 @@ def _parse_create_session(payload: Mapping[str, Any], base: str) -> CreateSessio
     try:
         normalized = node_params.validate_pipeline(pipeline)
     except RemoteProtocolError as exc:
-        raise _prefixed(exc, pointer.join(base, "pipeline")) from None
+        raise prefixed_error(exc, pointer.join(base, "pipeline")) from None
     return CreateSession(name, normalized)
 
 
@@ -634,7 +653,7 @@ def _parse_add_node(payload: Mapping[str, Any], base: str, session_id: str | Non
     try:
         validated = node_params.validate(kind, strip_private(raw_params))
     except RemoteProtocolError as exc:
-        raise _prefixed(exc, pointer.join(base, "params")) from None
+        raise prefixed_error(exc, pointer.join(base, "params")) from None
     return AddNode(session, node_id, kind, validated)
 
 

@@ -435,6 +435,11 @@ SOURCE = "source"
 COMPOSITOR = "compositor"
 SINK = "sink"
 
+# The kinds other modules name: the one compositor kind, the input that takes pushed frames, the thumbnail sink.
+COMPOSITOR_KIND = "video::compositor"
+PUSH_KIND = "video::push"
+PREVIEW_KIND = "sink::preview"
+
 
 @dataclass(frozen=True)
 class CrossCheck:
@@ -640,7 +645,7 @@ def _register(kind: NodeKind) -> None:
 
 _register(
     NodeKind(
-        "video::compositor",
+        COMPOSITOR_KIND,
         COMPOSITOR,
         _COMPOSITOR,
         "the layers, overlays and output of one pipeline; emits view data",
@@ -696,7 +701,7 @@ _register(
 _PUSH = Object({**_SIZE_FIELDS, "pixel_format": Enum(("rgba8", "nv12", "i420"), default="rgba8")})
 _register(
     NodeKind(
-        "video::push",
+        PUSH_KIND,
         SOURCE,
         _PUSH,
         "frames pushed by a client as binary WebSocket messages (PROTOCOL.md section 6)",
@@ -790,7 +795,7 @@ _register(
 )
 _register(
     NodeKind(
-        "sink::preview",
+        PREVIEW_KIND,
         SINK,
         Object(
             {

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     # Imported lazily: this plugin loads (entry point pytest11) before pytest-cov starts measuring,
     # so a module-level import here would hide compositord's module-level lines from coverage.
     from compositord.daemon.config import Settings
+    from compositord.daemon.engine.api import EngineFactory
 
 SESSION_ID = "pipeline"
 
@@ -82,13 +83,18 @@ def settings_for(state_dir: Path, pipeline: dict[str, Any], **overrides: Any) ->
     return Settings(**values)
 
 
-async def start_daemon(nursery: trio.Nursery, settings: Settings, *, stop_timeout: float = 5.0) -> RunningDaemon:
-    """Start the daemon in ``nursery``; cancel the nursery (or its scope) to shut it down cleanly."""
+async def start_daemon(
+    nursery: trio.Nursery, settings: Settings, *, stop_timeout: float = 5.0, engine_factory: EngineFactory | None = None
+) -> RunningDaemon:
+    """Start the daemon in ``nursery``; cancel the nursery (or its scope) to shut it down cleanly.
+    ``engine_factory``: how each session's engine is made (default: the daemon's render loop)."""
     from compositord.daemon.app import serve
     from compositord.daemon.config import session_name_for
 
     host, port = await nursery.start(
-        lambda task_status: serve(settings, task_status=task_status, stop_timeout=stop_timeout, handle_signals=False)
+        lambda task_status: serve(
+            settings, task_status=task_status, stop_timeout=stop_timeout, handle_signals=False, engine_factory=engine_factory
+        )
     )
     return RunningDaemon(host, port, settings, session_name_for(settings.pipeline_file))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import trio
 
-from compositord.daemon.engine.loop import PreviewEmission, RenderLoop, RenderLoopError, StatsEmission
+from compositord.daemon.engine.api import EngineError
+from compositord.daemon.engine.loop import RenderLoop
 from compositord.daemon.engine.render import gl_context
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
+from compositord.tests.engine_recorder import EventRecorder
 from compositord.tests.raw_requests import ask
 
 W, H = 160, 90
@@ -62,21 +64,6 @@ def y4m_pipeline(path: str) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Recorder:
-    errors: list[tuple[str, str | None]] = field(default_factory=list)
-    stats: list[StatsEmission] = field(default_factory=list)
-    previews: list[PreviewEmission] = field(default_factory=list)
-
-    def error_of(self, node_id: str) -> str | None:
-        """The node's current error as reported (None: none, or cleared)."""
-        current = None
-        for reported_node, message in self.errors:
-            if reported_node == node_id:
-                current = message
-        return current
-
-
 async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
     with trio.fail_after(timeout):
         while not predicate():
@@ -88,24 +75,21 @@ async def wait_first_frame_or_skip(loop: RenderLoop, timeout: float = 30.0) -> N
     try:
         with trio.fail_after(timeout):
             await loop.wait_first_frame()
-    except RenderLoopError as exc:
+    except EngineError as exc:
         if isinstance(exc.__cause__, gl_context.GLContextError):
             pytest.skip(f"no OpenGL 3.3 context: {exc.__cause__}")
         raise
 
 
 @asynccontextmanager
-async def running_loop(session: SessionRecord, tmp_path: Path) -> AsyncIterator[tuple[RenderLoop, Recorder]]:
+async def running_loop(session: SessionRecord, tmp_path: Path) -> AsyncIterator[tuple[RenderLoop, EventRecorder]]:
     """A started render loop; stopped (sinks finished) on exit, from a worker thread like the daemon does.
     ``tmp_path`` is its asset and its output directory: sink paths are relative to it."""
-    recorder = Recorder()
+    recorder = EventRecorder()
     loop = RenderLoop(
         session,
+        recorder,
         trio_token=trio.lowlevel.current_trio_token(),
-        on_view_data=lambda emission: None,
-        on_stats=recorder.stats.append,
-        on_node_error=lambda node_id, message: recorder.errors.append((node_id, message)),
-        on_preview=recorder.previews.append,
         asset_dir=tmp_path,
         output_dir=tmp_path,
     )
@@ -118,7 +102,7 @@ async def running_loop(session: SessionRecord, tmp_path: Path) -> AsyncIterator[
 
 
 async def wait_frames_written(loop: RenderLoop, node_id: str, count: int, timeout: float = 20.0) -> None:
-    await wait_until(lambda: loop.sink(node_id) is not None and loop.sink(node_id).frames_written >= count, timeout)
+    await wait_until(lambda: (sink := loop.sink(node_id)) is not None and sink.frames_written >= count, timeout)
 
 
 @dataclass

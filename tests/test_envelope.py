@@ -665,3 +665,37 @@ def test_preview_response_and_event_carry_the_jpeg_in_base64() -> None:
     assert E.parse_message(E.serialize(event)) == event
     with pytest.raises(LocalProtocolError):
         E.preview_response(None, "s", "thumbs", **{**PREVIEW_IMAGE, "jpeg": b""})
+
+
+def test_prefixed_error_moves_every_path_under_the_prefix() -> None:
+    listed = RemoteProtocolError.from_field_errors(
+        ErrorCode.INVALID_PARAMS, [FieldError("/width", "too big"), FieldError("/layers/in_0/opacity", "above 1")]
+    )
+    moved = E.prefixed_error(listed, "/payload/message/PatchParams")
+    assert moved.code == ErrorCode.INVALID_PARAMS
+    assert [(e.path, e.message) for e in moved.errors] == [
+        ("/payload/message/PatchParams/width", "too big"),
+        ("/payload/message/PatchParams/layers/in_0/opacity", "above 1"),
+    ]
+    single = E.prefixed_error(RemoteProtocolError(ErrorCode.CONFLICT, "/_rev: already processed", "/_rev"), "/payload")
+    assert (single.path, single.message) == ("/payload/_rev", "/payload/_rev: already processed")
+    pathless = E.prefixed_error(RemoteProtocolError(ErrorCode.BAD_ENVELOPE, "not an object"), "/payload/pipeline")
+    assert (pathless.path, pathless.message) == ("/payload/pipeline", "/payload/pipeline: not an object")
+
+
+@pytest.mark.parametrize(
+    ("message", "max_chars", "expected"),
+    [
+        ('{"type": "request", "correlation_id": "c-1", "payload": 3}', None, "c-1"),
+        ('{"type": "request", "correlation_id": "c-1", "payload": {', None, None),  # not JSON
+        ('["correlation_id", "c-1"]', None, None),  # not an object
+        ('{"correlation_id": 7}', None, None),
+        ('{"correlation_id": "' + "x" * (E.MAX_CORRELATION_ID + 1) + '"}', None, None),  # could not be echoed
+        ('{"correlation_id": "c-2", "pad": "' + "x" * 100 + '"}', 50, None),  # longer than asked to parse
+        ('{"correlation_id": "c-2", "pad": "' + "x" * 100 + '"}', 500, "c-2"),
+        (b'{"correlation_id": "c-3"}', None, None),  # a binary message has none
+        ("[" * 100_000 + "]" * 100_000, None, None),  # too deep for json
+    ],
+)
+def test_correlation_id_of_a_refused_message(message: str | bytes, max_chars: int | None, expected: str | None) -> None:
+    assert E.correlation_id_of(message, max_chars=max_chars) == expected

@@ -398,18 +398,20 @@ async def test_a_client_reset_in_the_middle_of_a_frame_disturbs_nobody(composito
 
 
 async def test_a_failed_frame_is_reported_and_the_last_good_frame_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from compositord.daemon.engine import loop as render_loop
+    from compositord.daemon.engine.api import EngineEvents
+    from compositord.daemon.engine.loop import RenderLoop
     from compositord.daemon.engine.render import renderer as renderer_module
+    from compositord.daemon.state.model import SessionRecord
     from compositord.testing.plugin import settings_for, start_daemon
 
-    loops: list[Any] = []
-    original_init = render_loop.RenderLoop.__init__
+    settings = settings_for(tmp_path / "state", SMALL_PIPELINE)
+    loops: list[RenderLoop] = []
 
-    def remember(self: Any, *args: Any, **kwargs: Any) -> None:
-        original_init(self, *args, **kwargs)
-        loops.append(self)
+    def remembered_loop(record: SessionRecord, events: EngineEvents) -> RenderLoop:
+        loop = RenderLoop(record, events, trio_token=trio.lowlevel.current_trio_token(), asset_dir=settings.asset_dir)
+        loops.append(loop)
+        return loop
 
-    monkeypatch.setattr(render_loop.RenderLoop, "__init__", remember)
     original_render = renderer_module.Renderer.render
     fail_next = {"frames": 0}
 
@@ -425,9 +427,8 @@ async def test_a_failed_frame_is_reported_and_the_last_good_frame_kept(tmp_path:
         return original_render(self, scene, frames)
 
     monkeypatch.setattr(renderer_module.Renderer, "render", failing_render)
-    settings = settings_for(tmp_path / "state", SMALL_PIPELINE)
     async with trio.open_nursery() as nursery:
-        daemon = await start_daemon(nursery, settings)
+        daemon = await start_daemon(nursery, settings, engine_factory=remembered_loop)
         (loop,) = loops
         async with open_websocket_url(daemon.url) as ws:
             good = loop.latest_output("comp")

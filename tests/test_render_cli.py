@@ -11,6 +11,7 @@ from PIL import Image
 
 from compositord import cli
 from compositord.cli.render import EXIT_BAD_INPUT, EXIT_OK, EXIT_RENDER_WARNINGS
+from compositord.protocol.layout import auto_pip_box
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo-scene.yaml"
 COLOR_TOLERANCE = 10  # the demo is NV12: chroma subsampling and rounding move colours a little
@@ -67,3 +68,25 @@ def test_unknown_file_type_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
     scene.write_text("{}")
     assert cli.main(["render", str(scene), "--out", str(tmp_path / "x.png")]) == EXIT_BAD_INPUT
     assert "unknown file type" in capsys.readouterr().err
+
+
+@pytest.mark.gl
+def test_a_source_with_no_frame_outside_the_daemon_is_left_out_with_a_warning(gl_ctx, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    scene = tmp_path / "scene.yaml"
+    scene.write_text(
+        "nodes:\n"
+        '  bars: {kind: "video::colorbars", params: {width: 64, height: 32, pattern: "solid", color: "#00FF00FF"}}\n'
+        '  cam: {kind: "video::push", params: {width: 64, height: 32}}\n'
+        '  comp: {kind: "video::compositor", params: {width: 64, height: 32, num_inputs: 2}}\n'
+        "connections:\n"
+        "  - {from_node: bars, from_pin: out, to_node: comp, to_pin: in_0}\n"
+        "  - {from_node: cam, from_pin: out, to_node: comp, to_pin: in_1}\n"
+    )
+    out = tmp_path / "frame.png"
+    assert cli.main(["render", str(scene), "--out", str(out)]) == EXIT_RENDER_WARNINGS
+    captured = capsys.readouterr()
+    assert "cam: video::push has no frame outside the daemon; in_1 left empty" in captured.err
+    assert "1 layers drawn" in captured.out  # the colorbars, a standalone source, only
+    image = np.asarray(Image.open(out).convert("RGBA"))
+    x, y = auto_pip_box(1, 64, 32).center
+    assert close(image[int(y), int(x)], (0, 255, 0))  # where in_1 would sit: the bars show through

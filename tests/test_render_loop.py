@@ -13,14 +13,15 @@ from typing import Any
 import pytest
 import trio
 
-from compositord.daemon.engine import loop as render_loop_module
-from compositord.daemon.engine.loop import RenderLoop, RenderLoopError, StatsEmission, ViewEmission
+from compositord.daemon.engine import api, registry
+from compositord.daemon.engine.loop import RenderLoop
 from compositord.daemon.engine.render import gl_context
 from compositord.daemon.engine.render import renderer as renderer_module
 from compositord.daemon.engine.render.frames import SourceFrame
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.protocol.causal import Stamp
 from compositord.protocol.layout import auto_pip_rect
+from compositord.tests.engine_recorder import EventRecorder as Recorder
 from compositord.tests.sink_helpers import wait_first_frame_or_skip
 
 pytestmark = pytest.mark.gl
@@ -40,24 +41,6 @@ def make_session(fps: int = 120, comp_params: dict[str, Any] | None = None) -> S
     )
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.views: list[ViewEmission] = []
-        self.stats: list[StatsEmission] = []
-        self.errors: list[tuple[str, str | None]] = []
-        self.trio_thread = threading.get_ident()
-
-    def on_view(self, emission: ViewEmission) -> None:
-        assert threading.get_ident() == self.trio_thread, "callbacks run on the trio thread"
-        self.views.append(emission)
-
-    def on_stats(self, emission: StatsEmission) -> None:
-        self.stats.append(emission)
-
-    def on_error(self, node_id: str, message: str | None) -> None:
-        self.errors.append((node_id, message))
-
-
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     with trio.fail_after(timeout):
         while not predicate():
@@ -69,14 +52,7 @@ async def start_loop(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     loops: list[RenderLoop] = []
 
     async def start(session: SessionRecord, recorder: Recorder) -> RenderLoop:
-        loop = RenderLoop(
-            session,
-            trio_token=trio.lowlevel.current_trio_token(),
-            on_view_data=recorder.on_view,
-            on_stats=recorder.on_stats,
-            on_node_error=recorder.on_error,
-            asset_dir=tmp_path,
-        )
+        loop = RenderLoop(session, recorder, trio_token=trio.lowlevel.current_trio_token(), asset_dir=tmp_path)
         loops.append(loop)
         loop.start()
         await wait_first_frame_or_skip(loop)
@@ -87,7 +63,7 @@ async def start_loop(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         loop.stop()
 
 
-def layer(emission: ViewEmission, pin: str) -> dict[str, Any]:
+def layer(emission: api.ViewData, pin: str) -> dict[str, Any]:
     (entry,) = [item for item in emission.layout["layers"] if item["id"] == pin]
     return entry
 
@@ -107,6 +83,8 @@ async def test_first_frame_brings_unstamped_view_data_and_an_output(start_loop: 
     await wait_until(lambda: loop.statistics().frames_rendered >= frames_then + 10)
     assert len(recorder.views) == 1
     assert loop.last_progress() > time.monotonic() - 1.0
+    assert recorder.started == [api.Started("s1")] and recorder.failed == []
+    assert recorder.frames_ended > 0  # FrameEnded after every frame (coalesced when trio is slower)
 
 
 async def test_stamped_update_yields_view_data_with_its_stamp_and_acks(start_loop: Callable[..., Any]) -> None:
@@ -115,7 +93,7 @@ async def test_stamped_update_yields_view_data_with_its_stamp_and_acks(start_loo
     await wait_until(lambda: recorder.views)
     rect = {"x": 10, "y": 5, "width": 80, "height": 45}
     params = {"width": W, "height": H, "fps": 120, "layers": {"in_0": {"rect": rect}}}
-    loop.submit_params("comp", params, Stamp("alice", 1))
+    loop.submit(api.ParamsUpdate("comp", params, Stamp("alice", 1)))
     await wait_until(lambda: len(recorder.views) >= 2)
     emission = recorder.views[1]
     assert emission.stamp == Stamp("alice", 1)
@@ -124,16 +102,16 @@ async def test_stamped_update_yields_view_data_with_its_stamp_and_acks(start_loo
     assert {k: layer(emission, "in_0")[k] for k in rect} == rect
 
     # Same layout, new stamp: still emitted, so the sender gets its acknowledgement.
-    loop.submit_params("comp", params, Stamp("alice", 2))
-    loop.submit_params("comp", params, Stamp("bob", 7))
+    loop.submit(api.ParamsUpdate("comp", params, Stamp("alice", 2)))
+    loop.submit(api.ParamsUpdate("comp", params, Stamp("bob", 7)))
     await wait_until(lambda: len(recorder.views) >= 3)
     assert recorder.views[2].layout == emission.layout
     assert recorder.views[2].stamp == Stamp("bob", 7)  # the last stamped update of the frame
     assert recorder.views[2].acks == {"alice": 2, "bob": 7}
 
     # S5: a closed connection leaves the acks; the next emission (server-caused) has no stamp.
-    loop.forget_sender("alice")
-    loop.submit_params("comp", {"width": W, "height": H, "fps": 120}, None)
+    loop.submit(api.ForgetSender("alice"))
+    loop.submit(api.ParamsUpdate("comp", {"width": W, "height": H, "fps": 120}, None))
     await wait_until(lambda: len(recorder.views) >= 4)
     assert (recorder.views[3].stamp, recorder.views[3].acks) == (None, {"bob": 7})
     assert [v.seq for v in recorder.views] == [1, 2, 3, 4]
@@ -144,12 +122,12 @@ async def test_input_added_yields_unstamped_view_data_with_auto_pip(start_loop: 
     session = make_session()
     loop = await start_loop(session, recorder)
     await wait_until(lambda: recorder.views)
-    loop.submit_params("comp", {"width": W, "height": H, "fps": 120}, Stamp("alice", 1))
+    loop.submit(api.ParamsUpdate("comp", {"width": W, "height": H, "fps": 120}, Stamp("alice", 1)))
     await wait_until(lambda: len(recorder.views) >= 2)
 
     session.nodes["pip"] = NodeRecord("pip", "video::colorbars", {"width": 64, "height": 48, "pattern": "ramp"})
     session.connections.append(ConnectionRecord("pip", "out", "comp", "in_1"))
-    loop.submit_topology(session)
+    loop.submit(api.TopologyUpdate(session))
     await wait_until(lambda: len(recorder.views) >= 3)
     emission = recorder.views[2]
     assert emission.stamp is None  # server-caused: never the stale stamp of alice's edit
@@ -179,11 +157,15 @@ async def test_a_batch_lands_in_one_frame(start_loop: Callable[..., Any]) -> Non
     for round_number in range(30):
         rect, pip_size = state_b if round_number % 2 == 0 else state_a
         rev += 1
-        loop.submit_batch(
-            [
-                ("comp", {"width": W, "height": H, "fps": 240, "layers": {"in_1": {"rect": rect}}}, Stamp("alice", rev)),
-                ("pip", pip_size, None),
-            ]
+        loop.submit(
+            api.BatchUpdate(
+                (
+                    api.ParamsUpdate(
+                        "comp", {"width": W, "height": H, "fps": 240, "layers": {"in_1": {"rect": rect}}}, Stamp("alice", rev)
+                    ),
+                    api.ParamsUpdate("pip", pip_size, None),
+                )
+            )
         )
         await trio.sleep(0.004 * (round_number % 3))
     await wait_until(lambda: recorder.views and recorder.views[-1].acks == {"alice": rev})
@@ -202,7 +184,7 @@ async def test_a_batch_with_a_structure_change_lands_in_one_frame(start_loop: Ca
     comp_params = {"width": W, "height": H, "fps": 240, "layers": {"in_1": {"rect": rect}}}
     session.nodes["pip"] = NodeRecord("pip", "video::colorbars", {"width": 64, "height": 36})
     session.connections.append(ConnectionRecord("pip", "out", "comp", "in_1"))
-    loop.submit_batch([("comp", comp_params, Stamp("alice", 1))], topology=session)
+    loop.submit(api.BatchUpdate((api.ParamsUpdate("comp", comp_params, Stamp("alice", 1)),), topology=session))
     await wait_until(lambda: len(recorder.views) >= 2)
     emission = recorder.views[1]
     assert emission.stamp == Stamp("alice", 1)
@@ -228,7 +210,11 @@ async def test_pacing_counts_late_frames_and_never_catches_up(
     start_loop: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     delays = [0.0]
-    monkeypatch.setitem(render_loop_module.SOURCE_FACTORIES, "test::slow", lambda params, asset_dir: SlowSource(params, delays))
+    monkeypatch.setitem(
+        registry.IMPLEMENTATIONS,
+        "test::slow",
+        registry.SourceKind(lambda params, context: SlowSource(params, delays), standalone=False),
+    )
     fps = 100
     session = make_session(fps=fps)
     session.nodes["slow"] = NodeRecord("slow", "test::slow", {})
@@ -285,7 +271,7 @@ async def test_stop_is_idempotent_and_joins_the_thread(start_loop: Callable[...,
     loop.stop()
     await trio.sleep(0.05)
     assert loop.last_progress() == progress
-    loop.submit_params("comp", {"width": W, "height": H}, Stamp("late", 1))  # harmless after stop
+    loop.submit(api.ParamsUpdate("comp", {"width": W, "height": H}, Stamp("late", 1)))  # harmless after stop
 
 
 async def test_gl_is_touched_only_on_the_render_thread(start_loop: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -316,10 +302,10 @@ async def test_gl_is_touched_only_on_the_render_thread(start_loop: Callable[...,
     session = make_session()
     loop = await start_loop(session, recorder)
     session.nodes["comp2"] = NodeRecord("comp2", "video::compositor", {"width": 32, "height": 32, "fps": 120})
-    loop.submit_topology(session)
+    loop.submit(api.TopologyUpdate(session))
     await wait_until(lambda: any(v.node_id == "comp2" for v in recorder.views))
     del session.nodes["comp2"]
-    loop.submit_topology(session)
+    loop.submit(api.TopologyUpdate(session))
     await wait_until(lambda: sum(1 for name, _ in threads if name == "Renderer.release") >= 1)
     loop.stop()
     names = {name for name, _ in threads}
@@ -335,20 +321,28 @@ async def test_no_gl_context_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, t
 
     monkeypatch.setattr(gl_context, "create_context", no_context)
     recorder = Recorder()
-    loop = RenderLoop(
-        make_session(),
-        trio_token=trio.lowlevel.current_trio_token(),
-        on_view_data=recorder.on_view,
-        on_stats=recorder.on_stats,
-        on_node_error=recorder.on_error,
-        asset_dir=tmp_path,
-    )
+    loop = RenderLoop(make_session(), recorder, trio_token=trio.lowlevel.current_trio_token(), asset_dir=tmp_path)
     loop.start()
-    with pytest.raises(RenderLoopError, match="libEGL"):
+    with pytest.raises(api.EngineError, match="libEGL"):
         with trio.fail_after(10):
             await loop.wait_first_frame()
     await wait_until(lambda: recorder.errors)
     assert recorder.errors[0][0] == "comp" and "libEGL" in (recorder.errors[0][1] or "")
+    assert [event.session_id for event in recorder.failed] == ["s1"] and "libEGL" in recorder.failed[0].message
+    assert recorder.started == []
+    loop.stop()
+    assert not loop.running
+
+
+async def test_a_loop_stopped_before_its_first_frame_says_so(tmp_path: Path) -> None:
+    recorder = Recorder()
+    loop = RenderLoop(make_session(), recorder, trio_token=trio.lowlevel.current_trio_token(), asset_dir=tmp_path)
+    loop.submit(api.Stop())  # before the thread exists: it never renders
+    loop.start()
+    with pytest.raises(api.EngineError, match="stopped before its first frame"):
+        with trio.fail_after(10):
+            await loop.wait_first_frame()
+    assert recorder.started == [] and recorder.views == []
     loop.stop()
     assert not loop.running
 
@@ -361,8 +355,12 @@ async def test_output_listeners_get_every_frame_and_a_failing_one_is_reported(st
     def listener(node_id: str, frame: Any) -> None:
         received.append((node_id, frame.frame_number, threading.get_ident()))
 
+    disk_full = threading.Event()
+    disk_full.set()
+
     def broken(node_id: str, frame: Any) -> None:
-        raise OSError("disk full")
+        if disk_full.is_set():
+            raise OSError("disk full")
 
     loop.add_output_listener(listener)
     loop.add_output_listener(broken)
@@ -373,7 +371,7 @@ async def test_output_listeners_get_every_frame_and_a_failing_one_is_reported(st
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
     assert {node for node, _, _ in received} == {"comp"}
     assert threading.get_ident() not in {ident for _, _, ident in received}
-    loop.remove_output_listener(broken)
+    disk_full.clear()
     await wait_until(lambda: recorder.errors[-1] == ("comp", None))  # the error clears
 
 

@@ -19,6 +19,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 
 from compositord.daemon.control.hub import Hub
 from compositord.daemon.control.server import CONTROL_PATH, ControlServer, ServerOptions
+from compositord.daemon.engine import api
 from compositord.daemon.sessions.service import SessionService
 from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.state.store import Store, iter_stored_keys
@@ -36,6 +37,8 @@ PIPELINE = {
 
 @dataclass
 class RecordingLoop:
+    """An ``api.Engine`` that records the commands it gets, in the shapes the assertions below use."""
+
     session: SessionRecord
     params: list[tuple[str, dict[str, Any], Stamp | None]] = field(default_factory=list)
     batches: list[list[tuple[str, dict[str, Any], Stamp | None]]] = field(default_factory=list)
@@ -50,20 +53,27 @@ class RecordingLoop:
     async def wait_first_frame(self) -> None:
         pass
 
-    def submit_params(self, node_id: str, params: dict[str, Any], stamp: Stamp | None) -> None:
-        self.params.append((node_id, params, stamp))
+    def submit(self, command: api.Command) -> None:
+        if isinstance(command, api.ParamsUpdate):
+            self.params.append((command.node_id, command.params, command.stamp))
+        elif isinstance(command, api.BatchUpdate):
+            self.batches.append([(update.node_id, update.params, update.stamp) for update in command.updates])
+            self.batch_topologies.append(command.topology)
+        elif isinstance(command, api.TopologyUpdate):
+            self.topologies.append(command.session)
+        elif isinstance(command, api.ForgetSender):
+            self.forgotten.append(command.sender)
+        elif isinstance(command, api.Stop):
+            self.stopped = True
 
-    def submit_batch(
-        self, updates: list[tuple[str, dict[str, Any], Stamp | None]], *, topology: SessionRecord | None = None
-    ) -> None:
-        self.batches.append(list(updates))
-        self.batch_topologies.append(topology)
+    def push_frame(self, frame: api.PushedFrame) -> None:
+        pass
 
-    def submit_topology(self, session: SessionRecord) -> None:
-        self.topologies.append(session)
+    def statistics(self) -> api.EngineStatistics:
+        return api.EngineStatistics(0, 0, 0, 0)  # renders nothing: the hub does not pace by it
 
-    def forget_sender(self, sender: str) -> None:
-        self.forgotten.append(sender)
+    def preview(self, node_id: str) -> api.PreviewImage | None:
+        return None
 
     def last_progress(self) -> float:
         return trio.current_time()
@@ -129,7 +139,7 @@ class Client:
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     loops: dict[str, RecordingLoop] = {}
 
-    def factory(record: SessionRecord, service: SessionService) -> RecordingLoop:
+    def factory(record: SessionRecord, events: api.EngineEvents) -> RecordingLoop:
         loops[record.session_id] = RecordingLoop(record)
         return loops[record.session_id]
 
@@ -429,7 +439,7 @@ async def test_applybatch_is_atomic(harness: Harness) -> None:
         assert record.nodes["comp"].params["fps"] == 24
         assert record.nodes["comp"].params["layers"]["in_0"]["opacity"] == 0.5
         assert "extra" in record.nodes and len(record.connections) == 2
-        # one submit_batch carries both tunes of the batch and the new structure: one frame
+        # one BatchUpdate carries both tunes of the batch and the new structure: one frame
         assert len(loop.batches) == 1 and [u[0] for u in loop.batches[0]] == ["comp", "comp"]
         assert loop.topologies == []
         topology = loop.batch_topologies[0]
@@ -451,7 +461,7 @@ async def test_no_private_keys_reach_the_database(harness: Harness) -> None:
 
 
 async def test_distinct_senders_per_connection_are_bounded(harness: Harness) -> None:
-    from compositord.daemon.sessions.service import MAX_SENDERS_PER_CONNECTION
+    from compositord.daemon.sessions.tunes import MAX_SENDERS_PER_CONNECTION
 
     async with connected(harness) as client:
         for i in range(MAX_SENDERS_PER_CONNECTION):
@@ -467,7 +477,7 @@ async def test_retired_acks_settings_bound_what_getpipeline_reports(tmp_path: Pa
     """Rule S7's bound comes from the settings: with max_retired_acks=1 only the last closed sender stays."""
     from compositord.protocol.errors import LocalProtocolError
 
-    def factory(record: SessionRecord, service: SessionService) -> RecordingLoop:
+    def factory(record: SessionRecord, events: api.EngineEvents) -> RecordingLoop:
         return RecordingLoop(record)
 
     with pytest.raises(LocalProtocolError, match="max_retired"):

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from compositord.daemon.engine import api
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkFrame
 from compositord.daemon.state.model import NodeRecord
 from compositord.tests.sink_helpers import (
@@ -73,7 +74,7 @@ async def test_full_disk_file_sink_errors_then_recovers(tmp_path: Path, tiny_dis
         await keeps_rendering(loop)
         assert loop.sink("rec").stats()["state"] == "error"
         good = tmp_path / "recovered.mkv"  # another container: the params are corrected whole
-        loop.submit_params("rec", {**params, "path": good.name}, None)
+        loop.submit(api.ParamsUpdate("rec", {**params, "path": good.name}, None))
         await wait_until(lambda: recorder.error_of("rec") is None)
         await wait_frames_written(loop, "rec", 5)
         sink = loop.sink("rec")
@@ -120,7 +121,7 @@ async def test_fifo_reader_going_away_then_a_new_reader(tmp_path: Path) -> None:
 
         second_reader = threading.Thread(target=read_until_told, daemon=True)
         second_reader.start()
-        loop.submit_params("pipe", {"path": fifo.name}, None)
+        loop.submit(api.ParamsUpdate("pipe", {"path": fifo.name}, None))
         await wait_until(lambda: recorder.error_of("pipe") is None)
         await wait_frames_written(loop, "pipe", 3)
         stop_reading.set()
@@ -163,12 +164,12 @@ class SlowSink(Sink):
 
 
 async def test_a_slow_sink_drops_and_counts_instead_of_stalling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from compositord.daemon.engine.sinks import sink_set
+    from compositord.daemon.engine import registry
 
     monkeypatch.setitem(
-        sink_set.SINK_FACTORIES,
+        registry.IMPLEMENTATIONS,
         "sink::y4m",
-        lambda node_id, params, latch, predecessor, **_: SlowSink(node_id, params, latch, predecessor),
+        registry.SinkKind(lambda node_id, params, latch, predecessor, context: SlowSink(node_id, params, latch, predecessor)),
     )
     session = sink_session({"slow": ("sink::y4m", {"path": "-"})}, fps=120)
     async with running_loop(session, tmp_path) as (loop, recorder):
@@ -245,7 +246,7 @@ async def test_a_sink_fed_by_a_source_says_it_needs_a_compositor(tmp_path: Path)
         rewired.connections = [c for c in rewired.connections if c.to_node != "raw"] + [
             ConnectionRecord("comp", "out", "raw", "in")
         ]
-        loop.submit_topology(rewired)
+        loop.submit(api.TopologyUpdate(rewired))
         await wait_until(lambda: recorder.error_of("raw") is None)
         await wait_frames_written(loop, "raw", 2)
 

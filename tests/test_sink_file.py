@@ -17,6 +17,7 @@ import av
 import pytest
 import trio
 
+from compositord.daemon.engine import api
 from compositord.daemon.engine.sinks.encoding import ENCODERS
 from compositord.daemon.state.model import NodeRecord
 from compositord.tests.sink_helpers import (
@@ -74,7 +75,7 @@ async def test_removing_the_node_finishes_the_file(tmp_path: Path) -> None:
         without = session.copy()
         del without.nodes["rec"]
         without.connections = [c for c in without.connections if c.to_node != "rec"]
-        loop.submit_topology(without)
+        loop.submit(api.TopologyUpdate(without))
         await wait_until(lambda: loop.sink("rec") is None)
         await trio_join(sink)
         decoded = decode(path)  # decodable while the pipeline still runs: the trailer is written
@@ -91,7 +92,7 @@ async def test_new_params_keep_the_first_recording_and_write_the_next_beside_it(
         retuned = session.copy()
         node = retuned.nodes["rec"]
         retuned.nodes["rec"] = NodeRecord(node.node_id, node.kind, {**node.params, "bitrate_kbps": 2000}, node.seq + 1)
-        loop.submit_topology(retuned)
+        loop.submit(api.TopologyUpdate(retuned))
         await wait_until(lambda: loop.sink("rec") is not first and loop.sink("rec") is not None)
         await wait_frames_written(loop, "rec", 5)
         second = loop.sink("rec")

@@ -11,6 +11,7 @@ import trio
 
 from compositord.daemon.engine.loop import RenderLoop
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
+from compositord.tests.engine_recorder import EventRecorder
 
 pytestmark = pytest.mark.gl
 
@@ -35,13 +36,7 @@ async def test_animation_and_timestamp_change_the_output(tmp_path: Path) -> None
         },
         [ConnectionRecord("bars", "out", "comp", "in_0")],
     )
-    loop = RenderLoop(
-        session,
-        trio_token=trio.lowlevel.current_trio_token(),
-        on_view_data=lambda e: None,
-        on_stats=lambda e: None,
-        asset_dir=tmp_path,
-    )
+    loop = RenderLoop(session, EventRecorder(), trio_token=trio.lowlevel.current_trio_token(), asset_dir=tmp_path)
     loop.start()
     try:
         await loop.wait_first_frame()

@@ -24,6 +24,7 @@ from compositord.daemon.engine.render.frames import SourceFrame
 from compositord.daemon.engine.sources.video_file import VideoFileSource
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.testing.media import BLUE, RED, frame_number_of, grey_of, i420_to_rgb, pattern, write_clip
+from compositord.tests.engine_recorder import EventRecorder
 
 TOLERANCE = 3.0
 
@@ -217,15 +218,8 @@ async def test_render_loop_composites_a_file_and_keeps_its_own_rate(tmp_path: Pa
         },
         [ConnectionRecord("clip", "out", "comp", "in_0")],
     )
-    errors: list[tuple[str, str | None]] = []
-    loop = RenderLoop(
-        session,
-        trio_token=trio.lowlevel.current_trio_token(),
-        on_view_data=lambda emission: None,
-        on_stats=lambda emission: None,
-        on_node_error=lambda node_id, message: errors.append((node_id, message)),
-        asset_dir=tmp_path,
-    )
+    recorder = EventRecorder()
+    loop = RenderLoop(session, recorder, trio_token=trio.lowlevel.current_trio_token(), asset_dir=tmp_path)
     loop.start()
     try:
         await loop.wait_first_frame()
@@ -242,7 +236,7 @@ async def test_render_loop_composites_a_file_and_keeps_its_own_rate(tmp_path: Pa
         await trio.sleep(0.5)
         rendered = loop.statistics().frames_rendered - before
         assert rendered >= 15, f"the compositor kept its own rate: {rendered} frames in 0.5 s"  # 60 fps asked, a slow CI box
-        assert errors == []
+        assert recorder.errors == []
     finally:
         await trio.to_thread.run_sync(loop.stop, 5.0)
     assert not any(t.name.startswith("compositord-decode") and t.is_alive() for t in threading.enumerate()), (

@@ -20,6 +20,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
+from compositord.daemon.engine import api
 from compositord.daemon.engine.loop import RenderLoop
 from compositord.daemon.engine.render.frames import SourceFrame
 from compositord.daemon.engine.sources.handoff import LatestFrameSlot
@@ -27,6 +28,7 @@ from compositord.daemon.engine.sources.push import PushSource
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.protocol.errors import LocalProtocolError
 from compositord.protocol.frames import HEADER, pack_frame_header
+from compositord.tests.engine_recorder import EventRecorder
 
 W, H = 32, 16
 
@@ -221,13 +223,7 @@ async def test_pushed_pixels_are_composited(tmp_path: Path) -> None:
         },
         [ConnectionRecord("rgba", "out", "comp", "in_0"), ConnectionRecord("yuv", "out", "comp", "in_1")],
     )
-    loop = RenderLoop(
-        session,
-        trio_token=trio.lowlevel.current_trio_token(),
-        on_view_data=lambda emission: None,
-        on_stats=lambda emission: None,
-        asset_dir=tmp_path,
-    )
+    loop = RenderLoop(session, EventRecorder(), trio_token=trio.lowlevel.current_trio_token(), asset_dir=tmp_path)
     loop.start()
 
     async def output_becomes(color: tuple[int, int, int]) -> None:
@@ -240,20 +236,22 @@ async def test_pushed_pixels_are_composited(tmp_path: Path) -> None:
 
     try:
         await loop.wait_first_frame()
-        loop.push_frame("rgba", SourceFrame("rgba8", W, H, solid_rgba((200, 30, 90, 255)), 1))
+        loop.push_frame(api.PushedFrame("rgba", W, H, "rgba8", 0, solid_rgba((200, 30, 90, 255)).tobytes()))
         await output_becomes((200, 30, 90))
         # I420 on top: Y=235, Cb=Cr=128 is limited-range white.
         planes = np.concatenate([np.full(W * H, 235, np.uint8), np.full(W * H // 2, 128, np.uint8)])
-        loop.push_frame("yuv", SourceFrame("i420", W, H, planes, 2))
-        loop.submit_params(
-            "comp",
-            {
-                "width": 64,
-                "height": 32,
-                "fps": 60,
-                "layers": {"in_0": {"rect": full, "aspect_fit": False}, "in_1": {"rect": full, "aspect_fit": False}},
-            },
-            None,
+        loop.push_frame(api.PushedFrame("yuv", W, H, "i420", 0, memoryview(planes.tobytes())))
+        loop.submit(
+            api.ParamsUpdate(
+                "comp",
+                {
+                    "width": 64,
+                    "height": 32,
+                    "fps": 60,
+                    "layers": {"in_0": {"rect": full, "aspect_fit": False}, "in_1": {"rect": full, "aspect_fit": False}},
+                },
+                None,
+            )
         )
         await output_becomes((255, 255, 255))
     finally:

@@ -2,10 +2,10 @@
 
 SCENE is a pipeline file (TOML or YAML, docs/INTERNALS.md "Node params in a
 pipeline"), validated as the daemon validates it. The compositor node (the
-only one, or ``--node``) is rendered once with its inputs: ``video::colorbars``
-and ``video::image`` sources are made here; other source kinds (files,
-pushed frames) have no frame outside the daemon and are left unconnected,
-with a warning. Image assets are looked up in ``--asset-dir`` (default: the
+only one, or ``--node``) is rendered once with its inputs: the source kinds the
+engine's registry marks standalone (colorbars, images) are made here; the
+others (files, pushed frames) have no frame outside the daemon and are left
+unconnected, with a warning. Image assets are looked up in ``--asset-dir`` (default: the
 scene file's folder).
 
 NV12 / I420 output is converted back to RGB for the PNG (nearest-neighbour
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     import numpy as np
 
     from compositord.daemon.engine.render.frames import OutputFrame, SourceFrame
-    from compositord.daemon.engine.sources.colorbars import ColorbarsSource
-    from compositord.daemon.engine.sources.image import ImageSource
 
 EXIT_OK = 0
 EXIT_RENDER_WARNINGS = 1
@@ -40,17 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", metavar="N", type=int, help="EGL device index (default: $COMPOSITORD_EGL_DEVICE or the first)"
     )
-
-
-def _make_source(kind: str, params: dict[str, Any], asset_dir: Path) -> ColorbarsSource | ImageSource | None:
-    from compositord.daemon.engine.sources.colorbars import ColorbarsSource
-    from compositord.daemon.engine.sources.image import ImageSource
-
-    if kind == "video::colorbars":
-        return ColorbarsSource(params)
-    if kind == "video::image":
-        return ImageSource(params, asset_dir)
-    return None
 
 
 def output_to_rgba(output: OutputFrame) -> np.ndarray:
@@ -86,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
 
     from compositord.daemon.config import ConfigError, load_pipeline
     from compositord.protocol import params as protocol_params
+    from compositord.protocol.params import COMPOSITOR_KIND
 
     try:
         pipeline = load_pipeline(args.scene)
@@ -96,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
 
     nodes: dict[str, dict[str, Any]] = pipeline["nodes"]
-    compositors = [node_id for node_id, node in nodes.items() if node["kind"] == "video::compositor"]
+    compositors = [node_id for node_id, node in nodes.items() if node["kind"] == COMPOSITOR_KIND]
     node_id = args.node
     if node_id is None:
         if len(compositors) != 1:
@@ -111,32 +99,39 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
 
     asset_dir = args.asset_dir if args.asset_dir is not None else args.scene.resolve().parent
+    from compositord.daemon.engine import registry
     from compositord.daemon.engine.render.images import AssetError
+    from compositord.daemon.engine.sources.base import SourceContext
+    from compositord.daemon.engine.sources.push import PushInlets
 
     frames: dict[str, SourceFrame] = {}
     warnings: list[str] = []
     for connection in pipeline["connections"]:
         if connection["to_node"] != node_id:
             continue
-        source_node = nodes[connection["from_node"]]
-        source_params = protocol_params.with_defaults(source_node["kind"], source_node["params"])
-        try:
-            source = _make_source(source_node["kind"], source_params, asset_dir)
-        except (AssetError, ValueError) as exc:
-            warnings.append(f"{connection['from_node']}: {exc}")
-            continue
-        if source is None:
+        source_id = connection["from_node"]
+        source_node = nodes[source_id]
+        implementation = registry.source(source_node["kind"])
+        if implementation is None or not implementation.standalone:
             warnings.append(
-                f"{connection['from_node']}: {source_node['kind']} has no frame outside the daemon; {connection['to_pin']} left empty"
+                f"{source_id}: {source_node['kind']} has no frame outside the daemon; {connection['to_pin']} left empty"
             )
             continue
-        frames[connection["to_pin"]] = source.frame(0.0)
+        source_params = protocol_params.with_defaults(source_node["kind"], source_node["params"])
+        try:
+            source = implementation.make(source_params, SourceContext(source_id, asset_dir, PushInlets()))
+        except (AssetError, ValueError) as exc:
+            warnings.append(f"{source_id}: {exc}")
+            continue
+        frame = source.frame(0.0)
+        if frame is not None:
+            frames[connection["to_pin"]] = frame
 
     from compositord.daemon.engine.render.gl_context import GLContextError, create_context
     from compositord.daemon.engine.render.renderer import Renderer
     from compositord.daemon.engine.render.scene import resolve_scene
 
-    params = protocol_params.with_defaults("video::compositor", nodes[node_id]["params"])
+    params = protocol_params.with_defaults(COMPOSITOR_KIND, nodes[node_id]["params"])
     scene = resolve_scene(params, frames, asset_dir=asset_dir)
     warnings.extend(f"overlay {overlay_id}: {message}" for overlay_id, message in scene.errors)
     try:

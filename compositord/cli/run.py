@@ -52,13 +52,13 @@ def main(args: argparse.Namespace) -> int:
         # without ever reporting started, which is a clean stop here, not start()'s RuntimeError.
         await serve(settings, task_status=_PrintAddress())
 
-    from compositord.daemon.engine.loop import RenderLoopError
+    from compositord.daemon.engine.api import EngineError
     from compositord.daemon.state.store import StoreError
 
     failed = False
     try:
         trio.run(run)
-    except* (RenderLoopError, StoreError, OSError) as group:
+    except* (EngineError, StoreError, OSError) as group:
         # Expected ways to fail at start (no GL, an unusable state directory, the port taken): one line each.
         for error in _leaves(group):
             print(f"compositord run: {error}", file=sys.stderr)

@@ -1,5 +1,8 @@
 """One render thread per pipeline: latch the inbox, resolve, draw, emit view data.
 
+``RenderLoop`` is the in-process ``api.Engine``: commands come in through
+``submit`` and ``push_frame``, events go out to one ``api.EngineEvents`` sink.
+
 The render thread is the only thread that touches GL: it makes its context
 (``render.gl_context.create_context``), draws with ``render.renderer.Renderer``
 and releases everything before it ends. The trio thread talks to it through
@@ -10,16 +13,16 @@ two bounded structures:
   bounded by construction (nodes x senders) because it coalesces; every
   submission takes one lock, so a batch is never split, and the whole inbox is
   latched at the start of a frame (rule S4: one frame never shows half a batch).
-- the *outbox* (render -> trio): the latest undelivered emission per node and
-  kind, handed over with ``trio_token.run_sync_soon``, with at most one
+- the *outbox* (render -> trio): the latest undelivered event per node and
+  event type, handed over with ``trio_token.run_sync_soon``, with at most one
   delivery pending for the whole outbox. The render thread never blocks on trio; when
-  trio is gone, emissions are dropped. Replacing an undelivered emission by a
+  trio is gone, events are dropped. Replacing an undelivered event by a
   newer one loses nothing: each carries the whole layout and the whole acks map.
 
 Rule S4, as applied here per compositor node (its view channel):
 
 - after latching, stamped updates of the node are recorded in the node's
-  view-channel ``AckBook`` (then ``forget_sender`` entries are applied, S5);
+  view-channel ``AckBook`` (then ``ForgetSender`` commands are applied, S5);
 - view data is emitted when the resolved layout differs from the last one
   emitted, or when the frame applied a stamped update of that node;
 - the emission's stamp is the last stamped update of that node applied in the
@@ -42,106 +45,36 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import trio
 
+from compositord.daemon.engine import api, registry
 from compositord.daemon.engine.render import gl_context
 from compositord.daemon.engine.render import renderer as renderer_module
 from compositord.daemon.engine.render.frames import OutputFrame, SourceFrame
 from compositord.daemon.engine.render.scene import resolve_scene
+from compositord.daemon.engine.sinks.base import Sink
 from compositord.daemon.engine.sinks.sink_set import SinkSet
-from compositord.daemon.engine.sources.colorbars import ColorbarsSource
-from compositord.daemon.engine.sources.image import ImageSource
-from compositord.daemon.engine.sources.push import PushInlets, PushSource
-from compositord.daemon.engine.sources.video_file import VideoFileSource
+from compositord.daemon.engine.sources.base import FrameSource, SourceContext
+from compositord.daemon.engine.sources.push import PushInlets, source_frame_from_pushed
 from compositord.daemon.state.model import NodeRecord, SessionRecord
 from compositord.protocol import params as params_schema
 from compositord.protocol.causal import AckBook, Stamp
+from compositord.protocol.errors import RemoteProtocolError
+from compositord.protocol.params import COMPOSITOR_KIND, PUSH_KIND
 
-COMPOSITOR_KIND = "video::compositor"
 STATS_INTERVAL = 1.0  # seconds between nodestatsupdated emissions (at most)
 RENDER_MS_WINDOW = 1024  # render times kept for the percentiles (one stats interval at up to 240 fps, with room)
 IDLE_FPS = 1  # a pipeline with no compositor still ticks (and reports progress) this often
 SINK_CLOSE_TIMEOUT = 5.0  # seconds the render thread waits, when it ends, for sinks to finish their files
 
 
-class FrameSource(Protocol):
-    """A compositor input made on the render thread: configure on new params, frame(t) every frame
-    (None: nothing to show yet, e.g. before a decoder's first frame).
-
-    Optional members, looked up with getattr: ``error`` (str or None, read every frame: the node's
-    error state, e.g. a file that cannot be decoded), ``stats()`` (a dict sent as the node's
-    ``nodestatsupdated``), ``close()`` (the node left the pipeline or the loop ends: stop threads).
-    """
-
-    def configure(self, params: Mapping[str, Any]) -> None: ...
-
-    def frame(self, t: float = 0.0) -> SourceFrame | None: ...
-
-
-@dataclass(frozen=True)
-class SourceContext:
-    """What a source factory may need besides the node's params."""
-
-    node_id: str
-    asset_dir: Path
-    push_inlets: PushInlets  # where pushed frames wait for the render thread (video::push)
-
-
-SourceFactory = Callable[[Mapping[str, Any], SourceContext], FrameSource]
-
-# Node kind -> factory, called on the render thread with the params (defaults filled in).
-SOURCE_FACTORIES: dict[str, SourceFactory] = {
-    "video::colorbars": lambda params, context: ColorbarsSource(params),
-    "video::image": lambda params, context: ImageSource(params, context.asset_dir),
-    "video::file": lambda params, context: VideoFileSource(params, context.asset_dir),
-    "video::push": lambda params, context: PushSource(params, context.push_inlets.slot(context.node_id)),
-}
-
-
-@dataclass(frozen=True)
-class ViewEmission:
-    session_id: str
-    node_id: str
-    layout: dict[str, Any]
-    stamp: Stamp | None  # the last stamped update of this node applied in the frame; None: server-caused
-    acks: dict[str, int]  # the node's view-channel acks as of the frame
-    seq: int  # the node's view-data sequence number (+1 per emission)
-    timestamp: float  # wall-clock time (time.time()) at the end of the frame
-
-
-@dataclass(frozen=True)
-class StatsEmission:
-    session_id: str
-    node_id: str
-    stats: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class PreviewEmission:
-    session_id: str
-    node_id: str
-    image: Any  # sinks.preview.PreviewImage
-
-
-@dataclass(frozen=True)
-class LoopStatistics:
-    frames_rendered: int
-    frames_dropped: int
-    frames_late: int
-    fps: int
-
-
-class RenderLoopError(RuntimeError):
-    """The render thread could not start (no GL context) or died."""
-
-
 @dataclass
 class _Inbox:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    stamps: dict[str, dict[str, int]] = field(default_factory=dict)  # node -> sender -> highest rev
+    stamps: dict[str, dict[str, Stamp]] = field(default_factory=dict)  # node -> sender -> its highest stamp
     last_stamp: dict[str, Stamp] = field(default_factory=dict)  # node -> last stamp submitted
     topology: SessionRecord | None = None
     forget: set[str] = field(default_factory=set)
@@ -169,40 +102,37 @@ class _CompositorState:
 
 
 class RenderLoop:
+    """The in-process engine of one session (``api.Engine``): a render thread that makes its own GL context."""
+
     def __init__(
         self,
         session: SessionRecord,
+        events: api.EngineEvents,
         *,
         trio_token: trio.lowlevel.TrioToken,
-        on_view_data: Callable[[ViewEmission], None],
-        on_stats: Callable[[StatsEmission], None],
-        on_node_error: Callable[[str, str | None], None] | None = None,
-        on_preview: Callable[[PreviewEmission], None] | None = None,
-        on_frame_end: Callable[[], None] | None = None,
         asset_dir: Path,
         output_dir: Path | None = None,
         device_index: int | None = None,
     ) -> None:
         self.session_id = session.session_id
         self._session = session.copy()
+        self._events = events
         self._trio_token = trio_token
-        self._on_view_data = on_view_data
-        self._on_stats = on_stats
-        self._on_node_error = on_node_error
-        self._on_frame_end = on_frame_end
         self._asset_dir = Path(asset_dir)
         self._device_index = device_index
 
         self._inbox = _Inbox()
         self._inbox_lock = threading.Lock()
-        self._outbox: dict[tuple[str, str], Any] = {}
+        self._outbox: dict[tuple[type, str], api.Event] = {}  # (event type, node id) -> the latest undelivered
         self._delivery_scheduled = False  # a _deliver is pending on the trio thread
         self._outbox_lock = threading.Lock()
+        self._frame_ended = api.FrameEnded(self.session_id)  # immutable: the same one every frame
 
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._first_frame = trio.Event()
-        self._first_frame_reported = False
+        self._settled = trio.Event()  # Started or Failed was delivered
+        self._failed: api.Failed | None = None  # trio thread
+        self._start_reported = False  # render thread
         self._failure: BaseException | None = None
         self._last_progress = time.monotonic()
 
@@ -215,16 +145,11 @@ class RenderLoop:
         self._source_kinds: dict[str, str] = {}  # render thread only: the kind each live source was made for
         self._push_inlets = PushInlets()
         self._output_listeners: list[Callable[[str, OutputFrame], None]] = []
-        self._on_preview = on_preview
         self._media_time = 0.0  # the current frame's slot on the loop's clock (seconds), for sink timestamps
         # Sinks report errors and previews from their own threads through the outbox.
-        self._sinks = SinkSet(
-            lambda node_id, message: self._emit("error", node_id, message),
-            output_dir=output_dir,
-            on_preview=lambda image: self._emit("preview", image.node_id, PreviewEmission(self.session_id, image.node_id, image)),
-        )
+        self._sinks = SinkSet(self._report_node_state, self._report_preview, output_dir=output_dir)
 
-    # ------------------------------------------------------------------ trio side
+    # ------------------------------------------------------------------ trio side (api.Engine)
 
     def start(self) -> None:
         """Start the render thread (it makes its own GL context)."""
@@ -235,42 +160,41 @@ class RenderLoop:
         self._thread.start()
 
     async def wait_first_frame(self) -> None:
-        """Returns once every compositor has rendered a frame; RenderLoopError if the thread failed."""
-        await self._first_frame.wait()
-        if self._failure is not None:
-            raise RenderLoopError(f"render loop of session {self.session_id!r} failed: {self._failure}") from self._failure
+        """Returns once every compositor has rendered a frame; ``api.EngineError`` if the thread failed."""
+        await self._settled.wait()
+        if self._failed is not None:
+            reason = self._failure if self._failure is not None else self._failed.message
+            raise api.EngineError(f"render loop of session {self.session_id!r} failed: {reason}") from self._failure
 
-    def submit_params(self, node_id: str, params: Mapping[str, Any], stamp: Stamp | None) -> None:
-        """New durable params of a node (non-blocking); latched at the next frame start."""
-        with self._inbox_lock:
-            self._put(node_id, params, stamp)
-
-    def submit_batch(
-        self, updates: list[tuple[str, Mapping[str, Any], Stamp | None]], *, topology: SessionRecord | None = None
-    ) -> None:
-        """Several updates that land in the same frame; with ``topology`` (an atomic
-        applybatch that also added, removed or connected nodes) the structure
-        change lands in that same frame too."""
-        snapshot = topology.copy() if topology is not None else None
-        with self._inbox_lock:
-            if snapshot is not None:
+    def submit(self, command: api.Command) -> None:
+        """Non-blocking; latched at the next frame start (a batch and its structure change in one frame)."""
+        if isinstance(command, api.ParamsUpdate):
+            with self._inbox_lock:
+                self._put(command)
+        elif isinstance(command, api.BatchUpdate):
+            snapshot = command.topology.copy() if command.topology is not None else None
+            with self._inbox_lock:
+                if snapshot is not None:
+                    self._set_topology(snapshot)
+                for update in command.updates:
+                    self._put(update)
+        elif isinstance(command, api.TopologyUpdate):
+            snapshot = command.session.copy()
+            with self._inbox_lock:
                 self._set_topology(snapshot)
-            for node_id, params, stamp in updates:
-                self._put(node_id, params, stamp)
-
-    def submit_topology(self, session: SessionRecord) -> None:
-        """Nodes or connections changed: the loop adopts this copy at the next frame start."""
-        snapshot = session.copy()
-        with self._inbox_lock:
-            self._set_topology(snapshot)
+        elif isinstance(command, api.ForgetSender):
+            self._forget_sender(command.sender)
+        elif isinstance(command, api.Stop):
+            self._stop.set()
+        else:
+            raise TypeError(f"not an engine command: {command!r}")
 
     def _set_topology(self, snapshot: SessionRecord) -> None:
         self._inbox.topology = snapshot
         # Params queued before this snapshot are in it already (the store is updated first).
         self._inbox.params = {n: p for n, p in self._inbox.params.items() if n in snapshot.nodes}
 
-    def forget_sender(self, sender: str) -> None:
-        """S5: the sender's connection closed; its entry leaves the view-channel acks."""
+    def _forget_sender(self, sender: str) -> None:
         with self._inbox_lock:
             self._inbox.forget.add(sender)
             for per_sender in self._inbox.stamps.values():
@@ -278,64 +202,66 @@ class RenderLoop:
             for node_id in [n for n, s in self._inbox.last_stamp.items() if s.sender == sender]:
                 del self._inbox.last_stamp[node_id]
 
-    def _put(self, node_id: str, params: Mapping[str, Any], stamp: Stamp | None) -> None:
+    def _put(self, update: api.ParamsUpdate) -> None:
         inbox = self._inbox
-        inbox.params[node_id] = dict(params)
+        inbox.params[update.node_id] = dict(update.params)
+        stamp = update.stamp
         if stamp is not None:
-            senders = inbox.stamps.setdefault(node_id, {})
-            senders[stamp.sender] = max(stamp.rev, senders.get(stamp.sender, 0))
-            inbox.last_stamp[node_id] = stamp
+            senders = inbox.stamps.setdefault(update.node_id, {})
+            highest = senders.get(stamp.sender)
+            if highest is None or stamp.rev > highest.rev:
+                senders[stamp.sender] = stamp
+            inbox.last_stamp[update.node_id] = stamp
+
+    def push_frame(self, frame: api.PushedFrame) -> None:
+        """A checked pushed frame for its ``video::push`` node (any thread; never blocks): it waits in the
+        node's one-frame slot, replacing (and counting as dropped) one not rendered yet."""
+        self._push_inlets.slot(frame.node_id).put(source_frame_from_pushed(frame))
 
     def last_progress(self) -> float:
         """``time.monotonic()`` of the last completed frame (start() time before the first)."""
         return self._last_progress
 
-    def statistics(self) -> LoopStatistics:
-        return LoopStatistics(self._frames_rendered, self._frames_dropped, self._frames_late, self._fps)
+    def statistics(self) -> api.EngineStatistics:
+        return api.EngineStatistics(self._frames_rendered, self._frames_dropped, self._frames_late, self._fps)
+
+    def preview(self, node_id: str) -> api.PreviewImage | None:
+        """The latest thumbnail of a ``sink::preview`` node, or None."""
+        return self._sinks.preview(node_id)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop and join the render thread (it releases its GL objects first). Idempotent."""
+        self.submit(api.Stop())
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # ------------------------------------------------------------------ beyond api.Engine: tests, benchmarks
 
     def latest_output(self, node_id: str) -> OutputFrame | None:
-        """The last frame a compositor node rendered (for preview sinks); any thread may read it."""
+        """The last frame a compositor node rendered (a failed frame leaves the one before); any thread may read it."""
         return self._latest_output.get(node_id)
 
-    def sink(self, node_id: str) -> Any:
-        """The running sink of a sink node (``daemon.sinks.base.Sink``) or None; any thread may call it."""
+    def sink(self, node_id: str) -> Sink | None:
+        """The running sink of a sink node, or None; any thread may call it."""
         return self._sinks.get(node_id)
-
-    def preview(self, node_id: str) -> Any:
-        """The latest thumbnail of a ``sink::preview`` node (``PreviewImage``) or None."""
-        return getattr(self._sinks.get(node_id), "latest", None)
-
-    def push_frame(self, node_id: str, frame: SourceFrame) -> None:
-        """A checked pushed frame for the ``video::push`` node ``node_id`` (any thread; never blocks):
-        it waits in the node's one-frame slot, replacing (and counting as dropped) one not rendered yet."""
-        self._push_inlets.slot(node_id).put(frame)
 
     def add_output_listener(self, listener: Callable[[str, OutputFrame], None]) -> None:
         """``listener(node_id, frame)`` runs on the render thread after every frame: it must not
         block (a sink hands the frame to its own thread through a bounded queue)."""
         self._output_listeners = [*self._output_listeners, listener]
 
-    def remove_output_listener(self, listener: Callable[[str, OutputFrame], None]) -> None:
-        self._output_listeners = [item for item in self._output_listeners if item is not listener]
-
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop and join the render thread (it releases its GL objects first). Idempotent."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
     # ------------------------------------------------------------------ delivery to trio
 
-    def _emit(self, kind: str, node_id: str, payload: Any) -> None:
-        key = (kind, node_id)
+    def _emit(self, event: api.Event, node_id: str = "") -> None:
+        key = (type(event), node_id)
         with self._outbox_lock:
-            self._outbox.pop(key, None)  # a replaced emission moves to the back: delivered after what came before it
-            self._outbox[key] = payload
+            self._outbox.pop(key, None)  # a replaced event moves to the back: delivered after what came before it
+            self._outbox[key] = event
             if self._delivery_scheduled:
                 return
             self._delivery_scheduled = True
@@ -354,24 +280,23 @@ class RenderLoop:
         with self._outbox_lock:
             outbox, self._outbox = self._outbox, {}
             self._delivery_scheduled = False
-        for (kind, node_id), payload in outbox.items():
-            if kind == "view":
-                self._on_view_data(payload)
-            elif kind == "stats":
-                self._on_stats(payload)
-            elif kind == "error" and self._on_node_error is not None:
-                self._on_node_error(node_id, payload)
-            elif kind == "preview" and self._on_preview is not None:
-                self._on_preview(payload)
-            elif kind == "frame" and self._on_frame_end is not None:
-                self._on_frame_end()
-            elif kind == "first-frame":
-                self._first_frame.set()
+        for event in outbox.values():
+            if isinstance(event, (api.Started, api.Failed)):
+                if isinstance(event, api.Failed) and not self._settled.is_set():
+                    self._failed = event
+                self._settled.set()
+            self._events.on_event(event)
 
-    def _signal_first_frame(self) -> None:
-        if not self._first_frame_reported:
-            self._first_frame_reported = True
-            self._emit("first-frame", "", None)
+    def _report_node_state(self, node_id: str, message: str | None) -> None:
+        self._emit(api.NodeState(self.session_id, node_id, message), node_id)
+
+    def _report_preview(self, node_id: str, image: api.PreviewImage) -> None:
+        self._emit(api.PreviewUpdated(self.session_id, node_id, image), node_id)
+
+    def _report_started(self) -> None:
+        if not self._start_reported:
+            self._start_reported = True
+            self._emit(api.Started(self.session_id))
 
     # ------------------------------------------------------------------ render thread
 
@@ -379,14 +304,15 @@ class RenderLoop:
         ctx = None
         compositors: dict[str, _CompositorState] = {}
         sources: dict[str, FrameSource] = {}
+        failure: str | None = None
         try:
             ctx = gl_context.create_context(self._device_index)
             self._run_frames(ctx, compositors, sources)
         except BaseException as exc:
             self._failure = exc
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            failure = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             for node_id in compositors or [n for n, node in self._session.nodes.items() if node.kind == COMPOSITOR_KIND]:
-                self._emit("error", node_id, f"render loop stopped: {detail}")
+                self._report_node_state(node_id, f"render loop stopped: {failure}")
         finally:
             for state in compositors.values():
                 try:
@@ -400,7 +326,10 @@ class RenderLoop:
             self._sinks.close_all(SINK_CLOSE_TIMEOUT)  # files get their trailers before the loop counts as stopped
             if ctx is not None:
                 ctx.release()
-            self._signal_first_frame()  # waiters learn of the failure instead of hanging
+            if failure is None and not self._start_reported:
+                failure = "stopped before its first frame"
+            if failure is not None:
+                self._emit(api.Failed(self.session_id, failure))  # waiters learn of it instead of hanging
 
     def _run_frames(self, ctx: Any, compositors: dict[str, _CompositorState], sources: dict[str, FrameSource]) -> None:
         started = time.monotonic()
@@ -428,12 +357,11 @@ class RenderLoop:
             frame_time = time.monotonic() - started
             for node_id, state in compositors.items():
                 self._render_compositor(node_id, state, sources, applied_stamps.get(node_id), frame_time)
-            if self._on_frame_end is not None:
-                self._emit("frame", "", None)  # after this frame's view data: the hub sends them together
+            self._emit(self._frame_ended)  # after this frame's view data: the hub sends them together
             finished = time.monotonic()
             self._frames_rendered += 1
             self._last_progress = finished
-            self._signal_first_frame()
+            self._report_started()
             n += 1
             if finished > t0 + n * period:
                 # Late: the slots this frame overran are dropped, never caught up.
@@ -472,20 +400,23 @@ class RenderLoop:
             # A node removed and added again between two frames looks unchanged here, but the
             # session forgot its error with the removal: say again what is still wrong.
             for node_id, message in self._source_errors.items():
-                self._emit("error", node_id, message)
+                self._report_node_state(node_id, message)
             for node_id, state in compositors.items():
                 if state.error is not None:
-                    self._emit("error", node_id, state.error)
+                    self._report_node_state(node_id, state.error)
             for node_id, message in self._sinks.standing_errors().items():
-                self._emit("error", node_id, message)
+                self._report_node_state(node_id, message)
         applied: dict[str, Stamp] = {}
         for node_id, senders in inbox.stamps.items():
-            state = compositors.get(node_id)
-            if state is None:
+            stamped = compositors.get(node_id)
+            if stamped is None:
                 continue  # only compositors have a view channel
-            for sender, rev in senders.items():
-                if rev > state.acks.ack_of(sender):
-                    state.acks.record(Stamp(sender, rev))
+            for stamp in senders.values():
+                try:
+                    stamped.acks.check(stamp)
+                except RemoteProtocolError:
+                    continue  # acknowledged already (S2): the session logic refuses replays before they get here
+                stamped.acks.record(stamp)
             if node_id in inbox.last_stamp:
                 applied[node_id] = inbox.last_stamp[node_id]
         for sender in inbox.forget:
@@ -510,7 +441,7 @@ class RenderLoop:
             self._source_kinds.pop(node_id, None)
         for node_id in [n for n in self._source_errors if n not in nodes]:
             del self._source_errors[node_id]  # a node added again under this id starts without a reported error
-        self._push_inlets.retain(n for n, node in nodes.items() if node.kind == "video::push")
+        self._push_inlets.retain(n for n, node in nodes.items() if node.kind == PUSH_KIND)
         fps_values = []
         for node_id, node in nodes.items():
             if node.kind == COMPOSITOR_KIND:
@@ -523,22 +454,24 @@ class RenderLoop:
                         )
                     except Exception as exc:
                         # This compositor stays dark (retried at the next change); the others render on.
-                        self._emit("error", node_id, f"cannot set up rendering: {type(exc).__name__}: {exc}")
+                        self._report_node_state(node_id, f"cannot set up rendering: {type(exc).__name__}: {exc}")
                         continue
                     compositors[node_id] = _CompositorState(renderer)
-            elif node.kind in SOURCE_FACTORIES and (node_id in changed_sources or node_id not in sources):
-                self._configure_source(node_id, node, sources)
+            elif (implementation := registry.source(node.kind)) is not None and (
+                node_id in changed_sources or node_id not in sources
+            ):
+                self._configure_source(node_id, node, implementation, sources)
         self._fps = max(fps_values) if fps_values else IDLE_FPS
         self._sinks.sync(self._session, changed_sources)
 
-    def _configure_source(self, node_id: str, node: NodeRecord, sources: dict[str, FrameSource]) -> None:
+    def _configure_source(
+        self, node_id: str, node: NodeRecord, implementation: registry.SourceKind, sources: dict[str, FrameSource]
+    ) -> None:
         try:
             full = params_schema.with_defaults(node.kind, node.params) if node.kind in params_schema.KINDS else node.params
             source = sources.get(node_id)
             if source is None:
-                source = sources[node_id] = SOURCE_FACTORIES[node.kind](
-                    full, SourceContext(node_id, self._asset_dir, self._push_inlets)
-                )
+                source = sources[node_id] = implementation.make(full, SourceContext(node_id, self._asset_dir, self._push_inlets))
                 self._source_kinds[node_id] = node.kind
             else:
                 source.configure(full)
@@ -559,13 +492,13 @@ class RenderLoop:
             del self._source_errors[node_id]
         else:
             self._source_errors[node_id] = message
-        self._emit("error", node_id, message)
+        self._report_node_state(node_id, message)
 
     def _emit_source_stats(self, sources: Mapping[str, FrameSource]) -> None:
         for node_id, source in sources.items():
             stats = getattr(source, "stats", None)
             if stats is not None:
-                self._emit("stats", node_id, StatsEmission(self.session_id, node_id, stats()))
+                self._emit(api.NodeStats(self.session_id, node_id, stats()), node_id)
 
     def _render_compositor(
         self,
@@ -611,13 +544,12 @@ class RenderLoop:
                 state.last_layout = layout
                 state.view_seq += 1
                 self._emit(
-                    "view",
+                    api.ViewData(self.session_id, node_id, layout, stamp, state.acks.as_dict(), state.view_seq, time.time()),
                     node_id,
-                    ViewEmission(self.session_id, node_id, layout, stamp, state.acks.as_dict(), state.view_seq, time.time()),
                 )
         if error != state.error:
             state.error = error
-            self._emit("error", node_id, error)
+            self._report_node_state(node_id, error)
 
     def _emit_stats(self, compositors: Mapping[str, _CompositorState]) -> None:
         for node_id, state in compositors.items():
@@ -633,9 +565,9 @@ class RenderLoop:
                 "render_ms_p90": round(float(p90), 3),
                 "render_ms_p99": round(float(p99), 3),
             }
-            self._emit("stats", node_id, StatsEmission(self.session_id, node_id, stats))
+            self._emit(api.NodeStats(self.session_id, node_id, stats), node_id)
         for node_id, stats in self._sinks.stats().items():
-            self._emit("stats", node_id, StatsEmission(self.session_id, node_id, stats))
+            self._emit(api.NodeStats(self.session_id, node_id, stats), node_id)
 
 
 def _close_source(source: Any) -> None:

@@ -5,7 +5,7 @@ the sink's worker encodes (libswscale downscale to ``max_width``, Pillow JPEG
 at ``quality``) at most ``max_fps`` times a second, off the render thread and
 off the trio thread. The latest thumbnail is kept for ``getpreview`` (so a
 request is answered at once with a thumbnail at most ``1 / max_fps`` old) and
-handed to ``on_image`` for ``subscribepreview`` subscribers.
+handed to ``on_image(node_id, image)`` for ``subscribepreview`` subscribers.
 """
 
 from __future__ import annotations
@@ -13,28 +13,13 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
+from compositord.daemon.engine.api import PreviewImage
 from compositord.daemon.engine.sinks import convert
 from compositord.daemon.engine.sinks.base import Sink, SinkFrame
-
-CONTENT_TYPE = "image/jpeg"
-
-
-@dataclass(frozen=True)
-class PreviewImage:
-    node_id: str
-    jpeg: bytes
-    width: int
-    height: int
-    frame_number: int  # the compositor's frame counter
-    media_time: float  # the frame's slot on the render loop's clock, seconds
-    timestamp: float  # wall clock (time.time()) when it was encoded
-
-    content_type = CONTENT_TYPE
 
 
 def thumbnail_size(width: int, height: int, max_width: int) -> tuple[int, int]:
@@ -48,7 +33,7 @@ class PreviewSink(Sink):
     queue_capacity = 1
     keep_latest = True
 
-    def __init__(self, *args: Any, on_image: Callable[[PreviewImage], None] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_image: Callable[[str, PreviewImage], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_image = on_image
         self.latest: PreviewImage | None = None  # replaced whole; any thread may read it
@@ -63,10 +48,10 @@ class PreviewSink(Sink):
         rgb = convert.to_rgb(frame, width, height)
         buffer = io.BytesIO()
         Image.fromarray(rgb, "RGB").save(buffer, format="JPEG", quality=int(self.params.get("quality", 75)))
-        image = PreviewImage(self.node_id, buffer.getvalue(), width, height, frame.frame_number, item.media_time, time.time())
+        image = PreviewImage(buffer.getvalue(), width, height, frame.frame_number, item.media_time, time.time())
         self.latest = image
         if self._on_image is not None:
-            self._on_image(image)
+            self._on_image(self.node_id, image)
         # The rate cap: frames that arrive meanwhile replace each other in the one slot.
         interval = 1.0 / float(self.params.get("max_fps", 2.0))
         self.sleep_unless_closed(interval - (time.monotonic() - started))

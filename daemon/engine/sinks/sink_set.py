@@ -13,87 +13,29 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from compositord.daemon.engine import registry
+from compositord.daemon.engine.api import PreviewImage
 from compositord.daemon.engine.render.frames import OutputFrame
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkFrame
 from compositord.daemon.state.model import SessionRecord
 from compositord.protocol import params as params_schema
-
-COMPOSITOR_KIND = "video::compositor"
-
-
-def _file(
-    node_id: str,
-    params: Mapping[str, Any],
-    latch: ErrorLatch,
-    predecessor: Sink | None,
-    *,
-    output_dir: Path | None = None,
-    **_: Any,
-) -> Sink:
-    from compositord.daemon.engine.sinks.file import FileSink
-
-    return FileSink(node_id, params, latch, predecessor, output_dir=output_dir)
-
-
-def _y4m(
-    node_id: str,
-    params: Mapping[str, Any],
-    latch: ErrorLatch,
-    predecessor: Sink | None,
-    *,
-    output_dir: Path | None = None,
-    **_: Any,
-) -> Sink:
-    from compositord.daemon.engine.sinks.y4m import Y4MSink
-
-    return Y4MSink(node_id, params, latch, predecessor, output_dir=output_dir)
-
-
-def _stream(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, **_: Any) -> Sink:
-    from compositord.daemon.engine.sinks.stream import StreamSink
-
-    return StreamSink(node_id, params, latch, predecessor)
-
-
-def _window(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, **_: Any) -> Sink:
-    from compositord.daemon.engine.sinks.window import WindowSink  # imports glfw only when a window is asked for
-
-    return WindowSink(node_id, params, latch, predecessor)
-
-
-def _preview(
-    node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, *, on_preview: Any = None, **_: Any
-) -> Sink:
-    from compositord.daemon.engine.sinks.preview import PreviewSink
-
-    return PreviewSink(node_id, params, latch, predecessor, on_image=on_preview)
-
-
-# Node kind -> factory(node_id, full params, latch, predecessor, on_preview=..., output_dir=...).
-SINK_FACTORIES: dict[str, Callable[..., Sink]] = {
-    "sink::file": _file,
-    "sink::y4m": _y4m,
-    "sink::stream": _stream,
-    "sink::window": _window,
-    "sink::preview": _preview,
-}
+from compositord.protocol.params import COMPOSITOR_KIND
 
 
 class SinkSet:
     def __init__(
         self,
         report_error: Callable[[str, str | None], None],
-        on_preview: Callable[[Any], None] | None = None,
+        on_preview: Callable[[str, PreviewImage], None] | None = None,
         *,
         output_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self._report_error = report_error
-        self._on_preview = on_preview
-        self._output_dir = Path(output_dir) if output_dir is not None else None  # None: file outputs are refused
+        self._context = registry.SinkContext(Path(output_dir) if output_dir is not None else None, on_preview)
         self._sinks: dict[str, Sink] = {}
         self._kinds: dict[str, str] = {}  # node -> the kind its sink was made for
         self._miswired: set[str] = set()  # sink nodes fed by something other than a compositor
@@ -112,8 +54,8 @@ class SinkSet:
             self._miswired.discard(node_id)
             self._latches.pop(node_id, None)
         for node_id, node in nodes.items():
-            factory = SINK_FACTORIES.get(node.kind)
-            if factory is None or (node_id in self._sinks and node_id not in changed):
+            implementation = registry.sink(node.kind)
+            if implementation is None or (node_id in self._sinks and node_id not in changed):
                 continue
             old = self._sinks.pop(node_id, None)
             if old is not None:
@@ -122,7 +64,7 @@ class SinkSet:
             if latch is None:
                 latch = self._latches[node_id] = ErrorLatch(node_id, self._report_error)
             full = params_schema.with_defaults(node.kind, node.params)
-            sink = factory(node_id, full, latch, old, on_preview=self._on_preview, output_dir=self._output_dir)
+            sink = implementation.make(node_id, full, latch, old, self._context)
             sink.start()
             self._sinks[node_id] = sink
             self._kinds[node_id] = node.kind
@@ -173,13 +115,16 @@ class SinkSet:
     def get(self, node_id: str) -> Sink | None:
         return self._sinks.get(node_id)
 
+    def preview(self, node_id: str) -> PreviewImage | None:
+        """The latest thumbnail of a ``sink::preview`` node (None: not such a node, or none yet)."""
+        from compositord.daemon.engine.sinks.preview import PreviewSink  # imported already once such a node exists
+
+        sink = self._sinks.get(node_id)
+        return sink.latest if isinstance(sink, PreviewSink) else None
+
     def stats(self) -> dict[str, dict[str, Any]]:
         return {node_id: sink.stats() for node_id, sink in list(self._sinks.items())}
 
     def standing_errors(self) -> dict[str, str]:
         """Every sink node's current error (to report again after a topology change)."""
         return {node_id: latch.message for node_id, latch in list(self._latches.items()) if latch.message is not None}
-
-    def error_of(self, node_id: str) -> str | None:
-        latch = self._latches.get(node_id)
-        return latch.message if latch is not None else None

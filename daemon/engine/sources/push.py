@@ -1,8 +1,9 @@
 """A ``video::push`` node: frames a client sends as binary WebSocket messages (PROTOCOL.md section 6).
 
 The trio thread parses and checks each message (``protocol.frames``) and hands
-the frame to the render loop with ``RenderLoop.push_frame``, which puts it into
-the node's :class:`LatestFrameSlot` (in :class:`PushInlets`). The render
+it to the engine as an ``api.PushedFrame`` (``Engine.push_frame``); the render
+loop makes a :class:`SourceFrame` of it (:func:`source_frame_from_pushed`) and
+puts that into the node's :class:`LatestFrameSlot` (in :class:`PushInlets`). The render
 thread's :class:`PushSource` takes the newest frame at each frame start:
 frames that arrive faster than the compositor renders are dropped and counted,
 never queued. Before the first frame the node shows nothing; afterwards it
@@ -22,17 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from compositord.daemon.engine.api import PushedFrame
 from compositord.daemon.engine.render.frames import SourceFrame
 from compositord.daemon.engine.sources.handoff import LatestFrameSlot
-from compositord.protocol.frames import HEADER_SIZE, FrameHeader
 
 _serials = itertools.count(1)
 
 
-def source_frame_from_message(header: FrameHeader, message: bytes | bytearray | memoryview) -> SourceFrame:
-    """The frame bytes of a checked binary message as a SourceFrame (no copy: a view of ``message``)."""
-    pixels = np.frombuffer(message, dtype=np.uint8, offset=HEADER_SIZE)
-    return SourceFrame(header.pixel_format, header.width, header.height, pixels, next(_serials))  # type: ignore[arg-type]
+def source_frame_from_pushed(frame: PushedFrame) -> SourceFrame:
+    """A checked pushed frame as a SourceFrame (no copy: a view of its bytes)."""
+    pixels = np.frombuffer(frame.data, dtype=np.uint8)
+    return SourceFrame(frame.pixel_format, frame.width, frame.height, pixels, next(_serials))  # type: ignore[arg-type]
 
 
 class PushInlets:

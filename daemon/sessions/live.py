@@ -1,0 +1,100 @@
+"""What the session logic keeps of every running session, and what each of its concerns shares:
+looking a session up, publishing an event, forgetting removed nodes."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from compositord.daemon.control.connection import Connection
+from compositord.daemon.control.hub import Hub
+from compositord.daemon.control.outgoing import Broadcast
+from compositord.daemon.engine.api import Engine
+from compositord.daemon.sessions.refusals import not_found
+from compositord.daemon.state.model import SessionRecord
+from compositord.daemon.state.store import Store
+from compositord.protocol import envelope
+from compositord.protocol.causal import AckBook
+
+
+@dataclass
+class LiveSession:
+    """What the service keeps per running session besides the store's records."""
+
+    engine: Engine
+    make_book: Callable[[], AckBook]  # rule S7's limits come with it
+    # Covers read-compute-store-publish of one change (rule S1): two edits never interleave.
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    acks: dict[str, AckBook] = field(default_factory=dict)  # params channel, per node
+    last_view: dict[str, dict[str, Any]] = field(default_factory=dict)  # per node, without "_" keys
+    last_view_acks: dict[str, dict[str, int]] = field(default_factory=dict)  # per node: the acks sent with last_view
+    node_errors: dict[str, str] = field(default_factory=dict)  # nodes in the error state, with why
+    preview_subscribers: dict[str, set[Connection]] = field(default_factory=dict)  # sink::preview node -> connections
+
+    def book(self, node_id: str) -> AckBook:
+        found = self.acks.get(node_id)
+        if found is None:
+            found = self.acks[node_id] = self.make_book()
+        return found
+
+    def forget_nodes(self, node_ids: set[str]) -> None:
+        """Drop what is kept of removed nodes (a node added again under the same id starts afresh)."""
+        for node_id in node_ids:
+            self.acks.pop(node_id, None)
+            self.last_view.pop(node_id, None)
+            self.last_view_acks.pop(node_id, None)
+            self.node_errors.pop(node_id, None)
+            self.preview_subscribers.pop(node_id, None)
+
+
+class LiveSessions:
+    """The running sessions (those with an engine), the store they live in and the hub their events go to."""
+
+    def __init__(self, store: Store, hub: Hub, make_book: Callable[[], AckBook]) -> None:
+        self.store = store
+        self.hub = hub
+        self._make_book = make_book
+        self._sessions: dict[str, LiveSession] = {}
+
+    def add(self, session_id: str, engine: Engine) -> LiveSession:
+        live = self._sessions[session_id] = LiveSession(engine, self._make_book)
+        return live
+
+    def remove(self, session_id: str) -> LiveSession | None:
+        return self._sessions.pop(session_id, None)
+
+    def remove_all(self) -> list[LiveSession]:
+        removed = list(self._sessions.values())
+        self._sessions.clear()
+        return removed
+
+    def get(self, session_id: Any) -> LiveSession | None:
+        """The running session, or None (also for an id that is not a string)."""
+        return self._sessions.get(session_id) if isinstance(session_id, str) else None
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._sessions
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sessions)
+
+    def items(self) -> Iterator[tuple[str, LiveSession]]:
+        return iter(self._sessions.items())
+
+    def lookup(self, session_id: str) -> tuple[SessionRecord, LiveSession]:
+        """The stored record and the running state of a session; ``not_found`` at ``/payload/session_id``."""
+        record = self.store.sessions().get(session_id)
+        live = self._sessions.get(session_id)
+        if record is None or live is None:
+            raise not_found(f"no session {session_id!r}", "/payload/session_id")
+        return record, live
+
+    def publish(self, event: envelope.Event, coalesce_key: Hashable | None = None) -> None:
+        """An event for every connection (the hub paces those with a key by their session's frames)."""
+        # Encoded only if sent: a held event is often replaced by a newer one first. The event is a
+        # snapshot (its payload dicts are made for it, and stored params are never changed in place).
+        self.hub.publish(Broadcast.deferred(functools.partial(envelope.serialize, event)), coalesce_key)

@@ -1,0 +1,193 @@
+"""Tunes: ``tunenode`` / ``tunenodeasync`` and ``applybatch``, and the params channel's acks.
+
+Order of work for a change (PROTOCOL.md section 3, steps 1-6): take the stamp,
+strip every ``_`` key, compute the resulting params (replace or RFC 7396 merge
+patch against the durable params), validate them whole, store them, hand the
+full validated params plus the stamp to the session's engine, and tell every
+connection (``nodeparamschanged``). Anything refused before the store step
+changes nothing.
+
+Ordering (rule S1): the session's lock covers everything from reading the
+durable params to publishing the event, so two connections tuning the same
+node cannot interleave a read and a write; the wait for the COMMIT
+(``tunenode``) happens after the lock is released, so a slow fsync never holds
+up other edits, and the reply still only goes out once the change is durable.
+
+Acks: the params channel keeps one ``AckBook`` per node (rules S2, S3, S5, S6,
+S7: retired when a connection closes); the view channel's acks live in the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from compositord.daemon.control.connection import Connection
+from compositord.daemon.engine import api
+from compositord.daemon.sessions.live import LiveSession, LiveSessions
+from compositord.daemon.sessions.refusals import Refusal, not_found
+from compositord.daemon.sessions.structure import Working, committed_topology
+from compositord.daemon.state.model import NodeRecord
+from compositord.protocol import causal, envelope, pointer
+from compositord.protocol import params as node_params
+from compositord.protocol.causal import AckBook, Stamp
+from compositord.protocol.errors import ErrorCode, RemoteProtocolError
+
+# Each sender of a connection has an entry in the acks maps until the connection closes (S5).
+MAX_SENDERS_PER_CONNECTION = 16
+
+
+@dataclass(frozen=True)
+class _Tune:
+    """One tune with where it sat in the request, for error paths."""
+
+    action: envelope.TuneNode
+    body_path: str  # "/payload/message/PatchParams", "/payload/operations/3/message/UpdateParams"
+
+
+class Tunes:
+    def __init__(self, live: LiveSessions) -> None:
+        self._live = live
+
+    async def tunenode(self, connection: Connection, action: envelope.TuneNode, cid: str | None) -> envelope.Response | None:
+        tune = _Tune(action, pointer.join("/payload/message", action.variant))
+        stamps = [(action.node_id, action.stamp)] if action.stamp is not None else []
+        check_new_senders(connection, stamps, tune.body_path)
+        for _, stamp in stamps:
+            connection.senders.add(stamp.sender)
+        try:
+            _, live = self._live.lookup(action.session_id)
+        except RemoteProtocolError as error:
+            raise Refusal(error, stamps) from None
+        async with live.lock:
+            record, _ = self._live.lookup(action.session_id)
+            try:
+                node = _tuned_node(record.nodes, live, tune, None)
+            except RemoteProtocolError as error:
+                self.refuse_stamps(connection, action.session_id, stamps)
+                raise Refusal(error, stamps) from None
+            seq = await self._live.store.set_params(action.session_id, node.node_id, node.params, wait_durable=False)
+            if action.stamp is not None:
+                live.book(node.node_id).record(action.stamp)
+            live.engine.submit(api.ParamsUpdate(node.node_id, node.params, action.stamp))
+            self._publish_params(action.session_id, live, node.node_id, node.params, seq, action.stamp)
+        if not action.sync:
+            return None
+        await self._live.store.flush()  # answered once the change is committed
+        return envelope.success(cid)
+
+    async def applybatch(self, connection: Connection, action: envelope.ApplyBatch, cid: str | None) -> envelope.Response:
+        """Every operation checked on a working copy, then one transaction and one frame."""
+        session_id = action.session_id
+        stamps = [(op.node_id, op.stamp) for op in action.operations if isinstance(op, envelope.TuneNode) and op.stamp]
+        check_new_senders(connection, stamps, "/payload/operations")
+        for _, stamp in stamps:
+            connection.senders.add(stamp.sender)
+        try:
+            _, live = self._live.lookup(session_id)
+        except RemoteProtocolError as error:
+            raise Refusal(error, stamps) from None
+        async with live.lock:
+            record, _ = self._live.lookup(session_id)
+            working = Working(record)
+            events: list[envelope.Event] = []
+            tuned: list[api.ParamsUpdate] = []
+            batch_books: dict[str, AckBook] = {}
+            try:
+                for index, op in enumerate(action.operations):
+                    path = pointer.join("/payload/operations", index)
+                    if isinstance(op, envelope.TuneNode):
+                        node = _tuned_node(working.nodes, live, _Tune(op, pointer.join(path, "message", op.variant)), batch_books)
+                        working.set_params(node.node_id, node.params)
+                        tuned.append(api.ParamsUpdate(node.node_id, node.params, op.stamp))
+                    else:
+                        events += working.apply(op, path)
+            except RemoteProtocolError as error:
+                self.refuse_stamps(connection, session_id, stamps)  # S6: every stamp of a refused batch
+                raise Refusal(error, stamps) from None
+            await self._live.store.apply_atomically(working.ops, wait_durable=False)
+            for update in tuned:
+                if update.stamp is not None:
+                    live.book(update.node_id).record(update.stamp)
+            # One command: the structure change and every tune land in the same frame.
+            topology = committed_topology(self._live, live, working) if working.structure_changed else None
+            if tuned or topology is not None:
+                live.engine.submit(api.BatchUpdate(tuple(tuned), topology))
+            for event in events:
+                self._live.publish(event)
+            stored = self._live.store.sessions()[session_id]
+            last_stamp = {update.node_id: update.stamp for update in tuned}
+            for node_id, node_stamp in last_stamp.items():
+                if node_id in stored.nodes:
+                    node = stored.nodes[node_id]
+                    self._publish_params(session_id, live, node_id, node.params, node.seq, node_stamp)
+        await self._live.store.flush()  # one transaction (apply_atomically), answered once committed
+        return envelope.batch_applied(cid, session_id, len(action.operations))
+
+    def refuse_stamps(self, connection: Connection, session_id: Any, stamps: Sequence[tuple[str, Stamp]]) -> None:
+        """Rule S6: a refused stamped message still counts as processed (for nodes that exist)."""
+        live = self._live.get(session_id)
+        record = self._live.store.sessions().get(session_id) if isinstance(session_id, str) else None
+        for node_id, stamp in stamps:
+            connection.senders.add(stamp.sender)
+            if live is not None and record is not None and node_id in record.nodes:
+                live.book(node_id).refuse(stamp)
+
+    def connection_closed(self, connection: Connection) -> None:
+        """Rule S5 on both channels; S7 keeps the params acks as retired acks."""
+        now = time.monotonic()
+        for sender in connection.senders:
+            for _, live in self._live.items():
+                for book in live.acks.values():
+                    book.retire(sender, now)
+                live.engine.submit(api.ForgetSender(sender))
+
+    def _publish_params(
+        self, session_id: str, live: LiveSession, node_id: str, params: Mapping[str, Any], seq: int, stamp: Stamp | None
+    ) -> None:
+        event = envelope.node_params_changed(session_id, node_id, params, stamp, live.book(node_id).as_dict(), seq)
+        self._live.publish(event, (session_id, node_id, causal.PARAMS_CHANNEL))
+
+
+def _tuned_node(
+    nodes: Mapping[str, NodeRecord], live: LiveSession, tune: _Tune, batch_books: dict[str, AckBook] | None
+) -> NodeRecord:
+    """The node with the params a tune results in; raises without changing anything.
+
+    ``batch_books`` (in a batch) holds, per node, the stamps taken earlier in the same batch (not yet in
+    the node's book).
+    """
+    action = tune.action
+    node = nodes.get(action.node_id)
+    if node is None:
+        node_path = pointer.join(tune.body_path.rsplit("/message/", 1)[0], "node_id")
+        raise not_found(f"no node {action.node_id!r} in this session", node_path)
+    if action.stamp is not None:
+        # S2: a rev at or below the node's ack, or at or below one taken earlier in this batch, is a replay.
+        # The batch's own book first: when it has the sender, its rev is the higher floor, the one to name.
+        taken = batch_books.setdefault(action.node_id, AckBook()) if batch_books is not None else None
+        if taken is not None:
+            taken.check(action.stamp, path=tune.body_path)
+        live.book(action.node_id).check(action.stamp, path=tune.body_path)
+        if taken is not None:
+            taken.record(action.stamp)
+    candidate = action.params if action.mode == envelope.UPDATE else causal.merge_patch(node.params, action.params)
+    try:
+        validated = node_params.validate(node.kind, candidate)
+    except RemoteProtocolError as error:
+        raise envelope.prefixed_error(error, tune.body_path) from None
+    return NodeRecord(node.node_id, node.kind, validated, node.seq + 1)
+
+
+def check_new_senders(connection: Connection, stamps: Sequence[tuple[str, Stamp]], path: str) -> None:
+    """Bound the acks maps: a client makes one nonce per connection, so a few per connection is plenty."""
+    new = {stamp.sender for _, stamp in stamps} - connection.senders
+    if new and len(connection.senders) + len(new) > MAX_SENDERS_PER_CONNECTION:
+        sender_path = pointer.join(path, causal.SENDER_KEY)
+        raise RemoteProtocolError(
+            ErrorCode.BAD_ENVELOPE,
+            f"{sender_path}: more than {MAX_SENDERS_PER_CONNECTION} distinct _sender values on one connection",
+            sender_path,
+        )
