@@ -278,6 +278,33 @@ def message_from_json(document: Any) -> Message:
     return Event(payload[tag], rest)
 
 
+def correlation_id_of(message: str | bytes) -> str | None:
+    """The best-effort correlation id of a message the envelope refused, so the error can echo it.
+
+    None when the message is not a JSON object (plain JSON here, not the strict reading of
+    :func:`load_json`: the message was refused already, only its id is wanted), has no string
+    ``correlation_id``, or the id could not be sent back: longer than :data:`MAX_CORRELATION_ID`, or
+    holding a lone UTF-16 surrogate (``"\\ud800"`` parses, but has no UTF-8 form).
+    """
+    if not isinstance(message, str):
+        try:
+            message = bytes(message).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        document = json.loads(message)
+    except (ValueError, RecursionError):
+        return None
+    value = document.get("correlation_id") if isinstance(document, dict) else None
+    if not isinstance(value, str) or len(value) > MAX_CORRELATION_ID:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
 def _bad(path: str, message: str, code: ErrorCode = ErrorCode.BAD_ENVELOPE) -> RemoteProtocolError:
     return RemoteProtocolError(code, f"{path or '/'}: {message}", path)
 

@@ -554,6 +554,37 @@ def test_version_constants() -> None:
     assert E.CONTROL_PATH == "/api/v1/control"
 
 
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ('{"type": "request", "correlation_id": "c7", "payload": {"action": "nope"}}', "c7"),
+        (b'{"correlation_id": "from-bytes", "payload": NaN}', "from-bytes"),  # refused by the envelope, id still found
+        ('{"correlation_id": "' + "x" * E.MAX_CORRELATION_ID + '"}', "x" * E.MAX_CORRELATION_ID),
+        ('{"correlation_id": "' + "x" * (E.MAX_CORRELATION_ID + 1) + '"}', None),  # a response could not carry it
+        ('{"correlation_id": "\\ud800"}', None),  # parses, but has no UTF-8 form to send back
+        ('{"correlation_id": 7}', None),
+        ('["correlation_id", "c"]', None),
+        ('{"correlation_id": "c"', None),
+        (b"\xff\xfe", None),
+        ("[" * 100_000 + "]" * 100_000, None),
+    ],
+    ids=[
+        "request",
+        "bytes",
+        "longest",
+        "too-long",
+        "lone-surrogate",
+        "not-a-string",
+        "not-an-object",
+        "not-json",
+        "not-utf8",
+        "deep",
+    ],
+)
+def test_correlation_id_of_a_refused_message(message: str | bytes, expected: str | None) -> None:
+    assert E.correlation_id_of(message) == expected
+
+
 # --- pushed-frame header (section 6) ---------------------------------------------------------
 
 
