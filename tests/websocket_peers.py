@@ -75,6 +75,12 @@ class RawClient:
                     if isinstance(event, RejectConnection):
                         raise AssertionError(f"refused with {event.status_code}")
 
+    async def __aenter__(self) -> RawClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stream.aclose()  # no close handshake: the server sees the stream end
+
     async def send(self, event: Event) -> None:
         await self.stream.send_all(self.protocol.send(event))
 

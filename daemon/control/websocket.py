@@ -152,6 +152,7 @@ class ServerWebSocket:
         self._size = 0
         self._skipping = False
         self._refused = False  # a MessageRefused is queued: nothing after it is parsed
+        self._unparsable = False  # wsproto failed to parse the stream: it cannot read the peer's close either
         self._closed: ConnectionClosed | None = None
         self._frame_cut = False
         self._transport_closed = False
@@ -209,6 +210,7 @@ class ServerWebSocket:
                 state = self._protocol.state
                 if state is ConnectionState.OPEN:
                     # wsproto could not parse the stream (bad UTF-8 1007, a bad frame 1002): close with its code.
+                    self._unparsable = True
                     self._refuse(event.code, event.reason or "protocol error")
                 else:  # REMOTE_CLOSING: the peer's close frame; CLOSED: the stream ended without one
                     self._received.append(_CloseReceived(event.code, event.reason, state is ConnectionState.REMOTE_CLOSING))
@@ -359,8 +361,10 @@ class ServerWebSocket:
         frame = self._protocol.send(CloseConnection(code, reason))
         async with self._write_lock:
             await self._send_all(frame)
-        if state is ConnectionState.REMOTE_CLOSING:
-            return  # that was the answer to the peer's close
+        if state is ConnectionState.REMOTE_CLOSING or self._unparsable:
+            # That was the answer to the peer's close; or the stream cannot be parsed, so the peer's close
+            # could not be read (RFC 6455 7.1.7: failing the connection, the stream is closed at once).
+            return
         # RFC 6455 7.1.1: the server closes the stream once the peer answered; what arrives before is dropped.
         while self._protocol.state is ConnectionState.LOCAL_CLOSING:
             try:
