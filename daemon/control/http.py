@@ -113,7 +113,7 @@ class HttpConnection:
                         data = await self._transport.receive_some(READ_CHUNK)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         return None
-                    self._protocol.receive_data(data)  # b"": the client closed its side
+                    self._protocol.receive_data(bytes(data))  # b"": the client closed its side
                 elif isinstance(event, h11.Request):
                     self._request = HttpRequest(
                         event.method.decode("ascii"), event.target.decode("ascii", "replace"), tuple(event.headers)

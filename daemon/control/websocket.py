@@ -37,6 +37,7 @@ import contextlib
 import os
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -219,11 +220,12 @@ class ServerWebSocket:
                 break
 
     def _take_fragment(self, event: TextMessage | BytesMessage) -> None:
-        data = event.data
-        text = isinstance(data, str)
+        data: str | bytes = event.data if isinstance(event.data, str) else bytes(event.data)  # bytes(bytes): no copy
         # wsproto decodes text as it arrives; a str that is all ASCII (an O(1) check) has one byte a character.
-        size = (len(data) if data.isascii() else len(data.encode("utf-8"))) if isinstance(data, str) else len(data)
-        self._size += size
+        if isinstance(data, str):
+            self._size += len(data) if data.isascii() else len(data.encode("utf-8"))
+        else:
+            self._size += len(data)
         ceiling = self._max_binary_bytes  # the largest message read at all, even to skip it
         if self._skipping:
             if self._size > ceiling:
@@ -231,9 +233,9 @@ class ServerWebSocket:
             elif event.message_finished:
                 self._end_message()
             return
-        limit = self._max_text_bytes if text else self._max_binary_bytes
+        limit = self._max_text_bytes if isinstance(data, str) else self._max_binary_bytes
         if self._size > limit:
-            if not text:
+            if not isinstance(data, str):
                 self._refuse(CLOSE_TOO_BIG, f"binary message over {limit} bytes")
                 return
             self._received.append(TextOverLimit(limit))
@@ -246,12 +248,12 @@ class ServerWebSocket:
         if not event.message_finished:
             self._parts.append(data)
             return
-        if self._parts:
+        if self._parts:  # the last fragment of several: wsproto keeps a message's fragments of one type
             self._parts.append(data)
-            whole = "".join(self._parts) if text else b"".join(self._parts)  # type: ignore[arg-type]
-        else:
-            whole = data if text else bytes(data)
-        self._received.append(whole)
+            data = (
+                "".join(cast("list[str]", self._parts)) if isinstance(data, str) else b"".join(cast("list[bytes]", self._parts))
+            )
+        self._received.append(data)
         self._end_message()
 
     def _end_message(self) -> None:
