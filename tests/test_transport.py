@@ -9,6 +9,8 @@ trio-websocket's client never does: send a message in fragments, stop in the mid
 from __future__ import annotations
 
 import json
+import socket
+import struct
 
 import h11
 import pytest
@@ -17,9 +19,10 @@ from trio_websocket import open_websocket_url
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from compositord.daemon.control.connection import ConnectionLimits
+from compositord.daemon.control.websocket import MessageRefused, ServerWebSocket
 from compositord.protocol.envelope import CONTROL_PATH, PROTOCOL_HEADER
 from compositord.tests.test_server_handshake import EchoDispatcher, running_server
-from compositord.tests.websocket_peers import RawClient, plain_http
+from compositord.tests.websocket_peers import RawClient, plain_http, serve_websockets
 
 
 def _address(base: str) -> tuple[str, int]:
@@ -197,3 +200,33 @@ async def test_the_close_handshake_both_ways() -> None:
                 await client.send(closing.response())
             assert not server.connections
             assert [c.close_code for c in dispatcher.closed] == [None, 1001]  # None: the peer closed, not this side
+
+
+async def test_a_refused_stream_stays_refused_and_closing_survives_a_peer_that_reset() -> None:
+    outcome: list[str] = []
+
+    async def on_websocket(websocket: ServerWebSocket) -> None:
+        with pytest.raises(MessageRefused) as first:
+            await websocket.receive()
+        await reset.wait()
+        with trio.fail_after(2), pytest.raises(MessageRefused) as again:
+            await websocket.receive()  # nothing after a refusal is parsed: refused again, not read forever
+        assert again.value is first.value and first.value.code == 1009
+        with trio.fail_after(5):
+            await websocket.aclose(first.value.code, first.value.reason, timeout=2.0)  # must not raise
+        assert websocket.closed is not None and websocket.try_write(b"x") is None
+        outcome.append("closed")
+
+    reset = trio.Event()
+    async with trio.open_nursery() as nursery:
+        host, port = await serve_websockets(nursery, on_websocket, max_binary_bytes=1000)
+        client = await RawClient.connect(host, port)
+        await client.send(BytesMessage(b"\0" * 2000))
+        # A reset, not a FIN: writes to it fail at once.
+        client.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await client.stream.aclose()
+        reset.set()
+        with trio.fail_after(10):
+            while not outcome:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()

@@ -152,7 +152,7 @@ class ServerWebSocket:
         self._parts: list[str | bytes] = []
         self._size = 0
         self._skipping = False
-        self._refused = False  # a MessageRefused is queued: nothing after it is parsed
+        self._refusal: MessageRefused | None = None  # queued once: nothing after it is parsed
         self._unparsable = False  # wsproto failed to parse the stream: it cannot read the peer's close either
         self._closed: ConnectionClosed | None = None
         self._frame_cut = False
@@ -178,6 +178,8 @@ class ServerWebSocket:
             if self._closed is not None:
                 raise self._closed
             if not self._received:
+                if self._refusal is not None:
+                    raise self._refusal  # nothing after it is parsed: reading on would never end
                 await self._read()
                 continue
             item = self._received.popleft()
@@ -199,7 +201,7 @@ class ServerWebSocket:
 
     def _take(self, data: bytes) -> None:
         """Feed wsproto and queue what it parsed (b"": the stream ended)."""
-        if self._refused or self._protocol.state is ConnectionState.CLOSED:
+        if self._refusal is not None or self._protocol.state is ConnectionState.CLOSED:
             return
         self._protocol.receive_data(data or None)
         for event in self._protocol.events():
@@ -216,7 +218,7 @@ class ServerWebSocket:
                 else:  # REMOTE_CLOSING: the peer's close frame; CLOSED: the stream ended without one
                     self._received.append(_CloseReceived(event.code, event.reason, state is ConnectionState.REMOTE_CLOSING))
             # A Pong needs nothing: the daemon sends no pings.
-            if self._refused or (self._received and isinstance(self._received[-1], _CloseReceived)):
+            if self._refusal is not None or (self._received and isinstance(self._received[-1], _CloseReceived)):
                 break
 
     def _take_fragment(self, event: TextMessage | BytesMessage) -> None:
@@ -261,8 +263,8 @@ class ServerWebSocket:
 
     def _refuse(self, code: int, reason: str) -> None:
         self._parts = []
-        self._refused = True
-        self._received.append(MessageRefused(code, reason))
+        self._refusal = MessageRefused(code, reason)
+        self._received.append(self._refusal)
 
     async def _answer_ping(self, payload: bytes) -> None:
         if self._protocol.state is ConnectionState.OPEN:
@@ -273,8 +275,10 @@ class ServerWebSocket:
             # Answered before it counts as closed: meanwhile the sender may still finish a batch, which
             # the peer drops (it is closing); marked closed first, the sender would end the connection
             # and could cut this answer.
-            await self._write_control(self._protocol.send(CloseConnection(event.code, event.reason)))
-            self._closed = ConnectionClosed(event.code, event.reason)
+            try:
+                await self._write_control(self._protocol.send(CloseConnection(event.code, event.reason)))
+            finally:
+                self._closed = ConnectionClosed(event.code, event.reason)
         else:
             self._closed = ConnectionClosed(CLOSE_ABNORMAL, "the stream ended without a close frame")
         raise self._closed
@@ -346,7 +350,8 @@ class ServerWebSocket:
         if self._transport_closed:
             return
         try:
-            with trio.move_on_after(timeout):
+            # A peer that is gone (ConnectionClosed) needs no handshake: only the stream is left to close.
+            with trio.move_on_after(timeout), contextlib.suppress(ConnectionClosed):
                 await self._close_handshake(code, reason)
         finally:
             self._transport_closed = True
