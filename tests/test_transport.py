@@ -230,3 +230,22 @@ async def test_a_refused_stream_stays_refused_and_closing_survives_a_peer_that_r
             while not outcome:
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", 431),  # no end of head in 16 KiB
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"b" * 100_000, 413),  # a body past 64 KiB
+    ],
+    ids=["head", "body"],
+)
+async def test_requests_are_read_within_bounds(raw: bytes, status: int) -> None:
+    async with running_server() as (base, _):
+        stream = await trio.open_tcp_stream(*_address(base))
+        with trio.fail_after(5):
+            await stream.send_all(raw)
+            answer = b""
+            while chunk := await stream.receive_some(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:100]  # read whole: the server drained, no reset

@@ -8,11 +8,15 @@ answers; what to answer is the router's business (``router.py``), and an
 upgrade to a WebSocket is the server's (``server.py``), which takes over the
 stream with :meth:`HttpConnection.trailing_data`.
 
-Bounded: a request's head is at most h11's ``max_incomplete_event_size``
-(16 KiB; past it 431), a body at most ``MAX_BODY_BYTES`` (read and dropped:
-no route takes a body yet; past it 413), each request must arrive within the
-read timeout and each answer leave within the write timeout, else the
-connection is closed.
+Bounded: h11 refuses a request head it holds more than 16 KiB of without
+its end (431; a head that arrives whole in one read of ``READ_CHUNK`` is
+parsed), a body is read and dropped up to ``MAX_BODY_BYTES`` (no route takes
+a body yet; past it 413), each request must arrive within the read timeout
+and each answer leave within the write timeout, else the connection is
+closed. Closing after an answer (:meth:`HttpConnection.finish`) first ends
+our side and drains what the client still sends for a moment: a socket
+closed with unread data resets the connection, and the client would lose
+the answer (a 413, say) before reading it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024
+# How long, and how much, finish() reads and drops from a client after the last answer.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 1024 * 1024
 # Every answer names the protocol version (PROTOCOL.md section 7), refusals of the handshake included.
 PROTOCOL_VERSION_HEADER = (PROTOCOL_HEADER.encode("ascii"), str(PROTOCOL_VERSION).encode("ascii"))
 
@@ -82,7 +89,7 @@ class HttpResponse:
 class HttpConnection:
     """The HTTP/1.1 side of one TCP connection (server role)."""
 
-    def __init__(self, transport: trio.abc.Stream, *, read_timeout: float, write_timeout: float) -> None:
+    def __init__(self, transport: trio.abc.HalfCloseableStream, *, read_timeout: float, write_timeout: float) -> None:
         self._transport = transport
         self._protocol = h11.Connection(h11.SERVER)
         self._read_timeout = read_timeout
@@ -163,6 +170,20 @@ class HttpConnection:
         if scope.cancelled_caught:
             return False
         return self._protocol.our_state is h11.DONE and self._protocol.their_state is h11.DONE
+
+    async def finish(self) -> None:
+        """End the connection gently: our side first, then drop what the client still sends (bounded)."""
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                await self._transport.send_eof()
+                dropped = 0
+                while dropped < LINGER_BYTES:
+                    data = await self._transport.receive_some(READ_CHUNK)
+                    if not data:
+                        return
+                    dropped += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
 
     async def _refuse(self, status: int, message: str) -> None:
         """Answer a request h11 could not read, if an answer can still be sent."""

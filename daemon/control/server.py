@@ -145,15 +145,17 @@ class ControlServer:
         connection = HttpConnection(stream, read_timeout=HTTP_READ_TIMEOUT, write_timeout=self.options.limits.send_timeout)
         while True:
             request = await connection.next_request()
-            if request is None:
+            if request is not None and "websocket" in request.header_tokens("upgrade"):
+                if await self._upgrade(stream, connection, request):
+                    return  # the WebSocket connection ran and closed its stream
+                await connection.finish()
                 return
-            if "websocket" in request.header_tokens("upgrade"):
-                await self._upgrade(stream, connection, request)
-                return
-            if not await connection.respond(await self._router.answer(request)):
+            if request is None or not await connection.respond(await self._router.answer(request)):
+                await connection.finish()
                 return
 
-    async def _upgrade(self, stream: trio.SocketStream, http: HttpConnection, request: HttpRequest) -> None:
+    async def _upgrade(self, stream: trio.SocketStream, http: HttpConnection, request: HttpRequest) -> bool:
+        """Refuse the upgrade (False) or run the WebSocket connection it opens until it closes (True)."""
         remote = remote_of(stream)
         refusal = check_handshake(request.target, request.headers, self.options, len(self._connections))
         if refusal is None and not self._accepting:
@@ -166,14 +168,14 @@ class ControlServer:
         if refusal is not None:
             log.info("refused %s: %d %s", remote, refusal.status, refusal.reason)
             await http.respond(HttpResponse.text(refusal.status, refusal.reason, [("connection", "close")]))
-            return
+            return False
         with trio.move_on_after(self.options.limits.send_timeout) as scope:
             try:
                 await stream.send_all(accepted)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
+                return True  # the client is gone: nothing to finish
         if scope.cancelled_caught:
-            return
+            return True
         limits = self.options.limits
         websocket = ServerWebSocket(
             stream,
@@ -194,6 +196,7 @@ class ControlServer:
             self._connections.discard(connection)
             if not self._connections:
                 self._no_connections.set()
+        return True
 
     async def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
         """Stop accepting, close every connection with ``code`` and wait until they are gone."""
