@@ -1,8 +1,8 @@
 """No code in daemon/ or client/ reaches into a library's private attributes or modules (ARCHITECTURE.md).
 
-The transport used to write through trio-websocket's ``_stream`` and ``_stream_lock`` and frame with
-wsproto's undocumented ``frame_protocol``: every upgrade of either could break it silently, and it
-ruled out TLS. This test reads every module's syntax tree and fails, naming file and line, on:
+Code that writes through trio-websocket's ``_stream`` and ``_stream_lock`` or frames with wsproto's
+undocumented ``frame_protocol`` can break silently at any upgrade of either, and rules out TLS. This
+test reads every module's syntax tree and fails, naming file and line, on:
 
 - ``obj._stream``, ``obj._stream_lock``, ``obj._wsproto`` (and ``getattr(obj, "_stream")``...) where
   ``obj`` is not ``self`` / ``cls`` (a class's own private attributes are its business);

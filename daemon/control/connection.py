@@ -252,7 +252,7 @@ class Connection:
                 self._sending = False
             self.messages_sent += len(batch)
             self.writes += 1
-            if scope.cancelled_caught:  # the frame was cut: the websocket now closes without a close frame
+            if scope.cancelled_caught:  # the frame was cut: the websocket will close without a close frame
                 self.close_for_policy(f"send timed out after {self._limits.send_timeout:g} s")
                 return
 

@@ -1,13 +1,13 @@
 """The server side of one WebSocket connection: wsproto's public API over a trio stream.
 
 The daemon owns this layer (ARCHITECTURE.md: where a library's public API is
-too slow, own the layer rather than reach under it). trio-websocket has no way
-to write several messages at once nor to write without a task switch, and
-both halved the view-ack latency under load (perf/README.md, control_latency);
-before this module they were done through its private attributes. Here the
-pieces are all public: ``wsproto.WSConnection`` parses and frames,
-``trio.SocketStream`` carries the bytes, and its ``socket.fileno()`` is what
-:meth:`ServerWebSocket.try_write` writes to without a checkpoint.
+too slow, own the layer rather than reach under it). trio-websocket has no
+public way to write several messages at once nor to write without a task
+switch, and the daemon needs both: they halve the view-ack latency under
+load (perf/README.md, control_latency). Here every piece is public:
+``wsproto.WSConnection`` parses and frames, ``trio.SocketStream`` carries the
+bytes, and its ``socket.fileno()`` is what :meth:`ServerWebSocket.try_write`
+writes to without a checkpoint.
 
 What the class does, and what it leaves to its owner (``connection.Connection``):
 
