@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from compositord.protocol.envelope import MAX_TEXT_BYTES
 from compositord.protocol.errors import FieldError, RemoteProtocolError
 from compositord.protocol.params import validate_pipeline
 
@@ -133,7 +134,7 @@ def default_state_dir(cli_value: str | Path | None, environ: Mapping[str, str] |
 class Limits:
     """PROTOCOL.md section 1."""
 
-    max_text_bytes: int = 64 * 1024
+    max_text_bytes: int = MAX_TEXT_BYTES
     max_binary_bytes: int = 32 * 1024 * 1024
     max_connections: int = 256
     messages_per_second: float = 2000.0

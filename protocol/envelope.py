@@ -278,6 +278,35 @@ def message_from_json(document: Any) -> Message:
     return Event(payload[tag], rest)
 
 
+def correlation_id_of(message: str | bytes, *, max_chars: int | None = None) -> str | None:
+    """The best-effort correlation id of a message the envelope refused, so the error can echo it.
+
+    None when the message is longer than ``max_chars`` (not worth parsing), is not a JSON object (plain JSON here, not the strict reading of
+    :func:`load_json`: the message was refused already, only its id is wanted), has no string
+    ``correlation_id``, or the id could not be sent back: longer than :data:`MAX_CORRELATION_ID`, or
+    holding a lone UTF-16 surrogate (``"\\ud800"`` parses, but has no UTF-8 form).
+    """
+    if max_chars is not None and len(message) > max_chars:
+        return None
+    if not isinstance(message, str):
+        try:
+            message = bytes(message).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        document = json.loads(message)
+    except (ValueError, RecursionError):
+        return None
+    value = document.get("correlation_id") if isinstance(document, dict) else None
+    if not isinstance(value, str) or len(value) > MAX_CORRELATION_ID:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
 def _bad(path: str, message: str, code: ErrorCode = ErrorCode.BAD_ENVELOPE) -> RemoteProtocolError:
     return RemoteProtocolError(code, f"{path or '/'}: {message}", path)
 
@@ -387,21 +416,6 @@ def prefixed_error(error: RemoteProtocolError, prefix: str) -> RemoteProtocolErr
     path = prefix + (error.path or "")
     message = f"{path or '/'}: {error.message}" if error.path is None else error.message.replace(error.path, path, 1)
     return RemoteProtocolError(error.code, message, path)
-
-
-def correlation_id_of(text: str | bytes, *, max_chars: int | None = None) -> str | None:
-    """Best effort, for a message that was refused (unread, or by the envelope): its correlation id, to
-    echo in the error, when it can be found. None for binary messages, for texts longer than
-    ``max_chars`` (not worth parsing) and for an id that is not a string of at most
-    ``MAX_CORRELATION_ID`` characters (it could not be echoed)."""
-    if not isinstance(text, str) or (max_chars is not None and len(text) > max_chars):
-        return None
-    try:
-        document = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    value = document.get("correlation_id") if isinstance(document, dict) else None
-    return value if isinstance(value, str) and len(value) <= MAX_CORRELATION_ID else None
 
 
 @dataclass(frozen=True)

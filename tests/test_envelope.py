@@ -560,6 +560,37 @@ def test_version_constants() -> None:
     assert E.CONTROL_PATH == "/api/v1/control"
 
 
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ('{"type": "request", "correlation_id": "c7", "payload": {"action": "nope"}}', "c7"),
+        (b'{"correlation_id": "from-bytes", "payload": NaN}', "from-bytes"),  # refused by the envelope, id still found
+        ('{"correlation_id": "' + "x" * E.MAX_CORRELATION_ID + '"}', "x" * E.MAX_CORRELATION_ID),
+        ('{"correlation_id": "' + "x" * (E.MAX_CORRELATION_ID + 1) + '"}', None),  # a response could not carry it
+        ('{"correlation_id": "\\ud800"}', None),  # parses, but has no UTF-8 form to send back
+        ('{"correlation_id": 7}', None),
+        ('["correlation_id", "c"]', None),
+        ('{"correlation_id": "c"', None),
+        (b"\xff\xfe", None),
+        ("[" * 100_000 + "]" * 100_000, None),
+    ],
+    ids=[
+        "request",
+        "bytes",
+        "longest",
+        "too-long",
+        "lone-surrogate",
+        "not-a-string",
+        "not-an-object",
+        "not-json",
+        "not-utf8",
+        "deep",
+    ],
+)
+def test_correlation_id_of_a_refused_message(message: str | bytes, expected: str | None) -> None:
+    assert E.correlation_id_of(message) == expected
+
+
 # --- pushed-frame header (section 6) ---------------------------------------------------------
 
 
@@ -693,9 +724,8 @@ def test_prefixed_error_moves_every_path_under_the_prefix() -> None:
         ('{"correlation_id": "' + "x" * (E.MAX_CORRELATION_ID + 1) + '"}', None, None),  # could not be echoed
         ('{"correlation_id": "c-2", "pad": "' + "x" * 100 + '"}', 50, None),  # longer than asked to parse
         ('{"correlation_id": "c-2", "pad": "' + "x" * 100 + '"}', 500, "c-2"),
-        (b'{"correlation_id": "c-3"}', None, None),  # a binary message has none
         ("[" * 100_000 + "]" * 100_000, None, None),  # too deep for json
     ],
 )
-def test_correlation_id_of_a_refused_message(message: str | bytes, max_chars: int | None, expected: str | None) -> None:
+def test_correlation_id_of_parses_at_most_max_chars(message: str | bytes, max_chars: int | None, expected: str | None) -> None:
     assert E.correlation_id_of(message, max_chars=max_chars) == expected

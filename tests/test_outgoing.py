@@ -1,4 +1,5 @@
-"""Batched, pre-framed writes (daemon/control/outgoing.py) against real trio-websocket peers."""
+"""Batched, pre-framed writes (daemon/control/outgoing.py, daemon/control/websocket.py) against real
+trio-websocket clients, and the write-through path of ``Connection.deliver``."""
 
 from __future__ import annotations
 
@@ -7,25 +8,33 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url, serve_websocket
-from wsproto.frame_protocol import FrameProtocol, Opcode
+from trio_websocket import open_websocket_url
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request, TextMessage
 
 from compositord.daemon.control.connection import Connection, ConnectionLimits
-from compositord.daemon.control.outgoing import Broadcast, frame_of, frame_text, send_frames, text_of
+from compositord.daemon.control.outgoing import Broadcast, frame_of, frame_text, text_of
+from compositord.daemon.control.websocket import ConnectionClosed, ServerWebSocket
 from compositord.protocol.errors import RemoteProtocolError
+from compositord.tests.websocket_peers import RawClient, serve_websockets
 
 
 def _decode_frames(data: bytes) -> list[str]:
     """What a client's wsproto makes of ``data``: the text of each whole message."""
-    reader = FrameProtocol(client=True, extensions=[])
-    reader.receive_bytes(data)
+    client = WSConnection(ConnectionType.CLIENT)
+    handshake = client.send(Request(host="localhost", target="/"))
+    server = WSConnection(ConnectionType.SERVER)
+    server.receive_data(handshake)
+    list(server.events())
+    client.receive_data(server.send(AcceptConnection()))
+    assert isinstance(next(client.events()), AcceptConnection)
+    client.receive_data(data)
     messages: list[str] = []
     pieces: list[str] = []
-    for frame in reader.received_frames():
-        assert frame.opcode in (Opcode.TEXT, Opcode.CONTINUATION)
-        assert isinstance(frame.payload, str)  # a text message's frames carry decoded text
-        pieces.append(frame.payload)
-        if frame.message_finished:
+    for event in client.events():
+        assert isinstance(event, TextMessage), event
+        pieces.append(event.data)
+        if event.message_finished:
             messages.append("".join(pieces))
             pieces = []
     return messages
@@ -46,13 +55,6 @@ def test_server_frames_are_unmasked_and_the_same_for_everyone() -> None:
     assert frame_of(event) == frame_of('{"type":"event"}') and text_of(event) == '{"type":"event"}'
 
 
-def test_trio_websocket_still_has_what_send_frames_relies_on() -> None:
-    # send_frames writes under trio-websocket's public API; an upgrade that renames these fails here.
-    source = WebSocketConnection.__init__.__code__.co_names
-    assert "_stream" in source and "_stream_lock" in source
-    assert isinstance(WebSocketConnection.closed, property)
-
-
 class _Echo:
     """A dispatcher that answers each text with the same text (through the mailbox, like a response)."""
 
@@ -69,19 +71,14 @@ class _Echo:
 
 
 async def _serve(nursery: trio.Nursery, on_connection: Any) -> str:
-    async def handler(request: Any) -> None:
-        await on_connection(await request.accept())
-
-    server = await nursery.start(
-        lambda task_status: serve_websocket(handler, "127.0.0.1", 0, ssl_context=None, task_status=task_status)
-    )
-    return f"ws://127.0.0.1:{server.port}/"
+    host, port = await serve_websockets(nursery, on_connection)
+    return f"ws://{host}:{port}/"
 
 
 async def test_a_connection_writes_what_is_queued_in_one_write_in_order() -> None:
     connections: list[Connection] = []
 
-    async def on_connection(websocket: WebSocketConnection) -> None:
+    async def on_connection(websocket: ServerWebSocket) -> None:
         connection = Connection(websocket, ConnectionLimits())
         connections.append(connection)
         # Queued before the sender runs: responses and fanned-out events interleaved.
@@ -102,24 +99,22 @@ async def test_a_connection_writes_what_is_queued_in_one_write_in_order() -> Non
 
 
 async def test_send_frames_to_a_closed_connection_raises_connection_closed() -> None:
-    closed = trio.Event()
     outcome: list[BaseException] = []
 
-    async def on_connection(websocket: WebSocketConnection) -> None:
-        await closed.wait()
-        with trio.fail_after(5):
-            while websocket.closed is None:  # the client's close frame arrives through the reader task
-                await trio.sleep(0.01)
+    async def on_connection(websocket: ServerWebSocket) -> None:
+        with trio.fail_after(5), pytest.raises(ConnectionClosed) as by_peer:
+            await websocket.receive()  # the client's close frame: answered, then ConnectionClosed
+        assert by_peer.value.code == 1000 and websocket.closed is not None
+        assert websocket.try_write(frame_text("too late")) is None
         try:
-            await send_frames(websocket, frame_text("too late"))
+            await websocket.send_frames(frame_text("too late"))
         except ConnectionClosed as exc:
             outcome.append(exc)
 
     async with trio.open_nursery() as nursery:
         url = await _serve(nursery, on_connection)
         async with open_websocket_url(url):
-            pass
-        closed.set()
+            pass  # closing waits for the server's answer to its close frame
         with trio.fail_after(5):
             while not outcome:
                 await trio.sleep(0.01)
@@ -132,7 +127,7 @@ async def _connection_pair(nursery: trio.Nursery, **client_options: Any) -> tupl
     made: list[Connection] = []
     ready = trio.Event()
 
-    async def on_connection(websocket: WebSocketConnection) -> None:
+    async def on_connection(websocket: ServerWebSocket) -> None:
         connection = Connection(websocket, ConnectionLimits())
         made.append(connection)
         ready.set()
@@ -163,11 +158,39 @@ async def test_deliver_to_an_idle_connection_writes_at_once_without_its_sender()
         nursery.cancel_scope.cancel()
 
 
+async def test_a_message_delivered_to_an_idle_connection_is_on_the_socket_before_the_next_checkpoint() -> None:
+    made: list[Connection] = []
+
+    async def on_connection(websocket: ServerWebSocket) -> None:
+        made.append(Connection(websocket, ConnectionLimits()))
+        await made[-1].run(_Echo())
+
+    async with trio.open_nursery() as nursery:
+        client = await RawClient.connect(*await serve_websockets(nursery, on_connection))
+        with trio.fail_after(5):
+            while not made:
+                await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()  # the connection's sender waits on its empty mailbox
+        connection = made[0]
+        assert client.read_now() == []
+        connection.deliver([(None, "first"), (("s", "n", "view"), Broadcast("second"))])
+        # No checkpoint since deliver: no other task (the sender) can have run, so only a write made
+        # inside deliver can have put the two messages on the socket.
+        received = client.read_now(wait=2.0)
+        received += client.read_now(wait=0.2) if len(received) < 2 else []
+        assert [event.data for event in received if isinstance(event, TextMessage)] == ["first", "second"]
+        assert len(connection.mailbox) == 0 and connection.writes == 1 and connection.messages_sent == 2
+        await client.stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
 async def test_what_the_socket_does_not_take_goes_first_and_whole() -> None:
     big = "x" * (24 * 1024 * 1024)  # more than a loopback socket buffers while nobody reads
     async with trio.open_nursery() as nursery:
         connection, client = await _connection_pair(nursery, max_message_size=64 * 1024 * 1024, message_queue_size=0)
+        writes = connection.writes
         connection.deliver([(None, big)])
+        assert connection.writes == writes + 1  # the socket took the first part at once, in deliver
         assert len(connection.mailbox) == 1  # the cut rest of the frame, queued for the sender
         connection.deliver([(("s", "n", "params"), Broadcast("after"))])
         connection.send("a response")

@@ -1,46 +1,53 @@
 """One client connection: one nursery with a reader and one sender.
 
-The reader takes each text message through the size and rate limits and hands
-it to the dispatcher (the session logic), which answers through this
-connection's mailbox. The sender is the only task that writes to the socket:
-responses and events leave in mailbox order, everything queued written at
-once (daemon/control/outgoing.py), each write within the send timeout; a client that does not read in time is closed with 1008 (policy)
-and resyncs with ``getpipeline`` when it reconnects.
+The reader takes each message through the size and rate limits and hands it
+to the dispatcher (the session logic), which answers through this
+connection's mailbox. Responses and events leave in mailbox order: written at
+once by :meth:`Connection.deliver` when nothing is queued (one system call,
+no task switch), else by the sender task, everything queued in one write
+(daemon/control/outgoing.py), each write within the send timeout; a client
+that does not read in time is closed with 1008 (policy) and resyncs with
+``getpipeline`` when it reconnects.
 
 Closing has one seam: :meth:`Connection.close` records the close code and
 cancels the nursery; ``run`` then closes the WebSocket with that code, within
 a bounded time, whatever ended the connection.
 
-A send that times out is the exception: trio-websocket has by then written
-part of a frame, so any close frame after it would reach the client as the
-rest of that frame's payload. Such a connection is aborted instead (the TCP
-stream closed without a close frame): the client sees an abnormal closure
-(1006), reconnects and resyncs. ``close_code`` still says 1008 for the logs.
+A send that times out is the exception: part of a frame is on the wire by
+then, so any close frame after it would reach the client as the rest of that
+frame's payload. Such a connection is aborted instead (the TCP stream closed
+without a close frame; ``websocket.ServerWebSocket.aclose`` knows): the
+client sees an abnormal closure (1006), reconnects and resyncs.
+``close_code`` still says 1008 for the logs.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from compositord.daemon.control.mailbox import Mailbox, MailboxClosed, MailboxFull
-from compositord.daemon.control.outgoing import Outgoing, frame_of, send_frames, size_of, write_now
+from compositord.daemon.control.outgoing import Outgoing, frame_of, size_of
 from compositord.daemon.control.rate_limit import TokenBucket
+from compositord.daemon.control.websocket import (  # noqa: F401  (close codes: re-exported for the daemon's other modules)
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    ConnectionClosed,
+    MessageRefused,
+    ServerWebSocket,
+    TextOverLimit,
+)
+from compositord.protocol.envelope import MAX_TEXT_BYTES, correlation_id_of
 from compositord.protocol.errors import ErrorCode, RemoteProtocolError
 
 log = logging.getLogger(__name__)
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
 
 _connection_ids = itertools.count(1)
 
@@ -48,10 +55,14 @@ _connection_ids = itertools.count(1)
 # enough for a frame's events to every node, small enough that one write does not hold the loop long.
 _BATCH_BYTES = 256 * 1024
 
+# A message refused unread (rate limited) has its correlation id echoed only when it is this short: finding
+# it means parsing the message, which a client over its rate must not be able to make expensive.
+_CORRELATION_ID_SEARCH_MAX = 4096
+
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    max_text_bytes: int = 64 * 1024
+    max_text_bytes: int = MAX_TEXT_BYTES
     messages_per_second: float = 2000.0
     send_timeout: float = 5.0
     mailbox_capacity: int = 4096
@@ -76,7 +87,7 @@ class Dispatcher(Protocol):
 
 
 class Connection:
-    def __init__(self, websocket: WebSocketConnection, limits: ConnectionLimits, *, remote: str = "") -> None:
+    def __init__(self, websocket: ServerWebSocket, limits: ConnectionLimits, *, remote: str = "") -> None:
         self.connection_id = next(_connection_ids)
         self.remote = remote
         self.mailbox = Mailbox(limits.mailbox_capacity)
@@ -91,7 +102,6 @@ class Connection:
         self._close_code = CLOSE_NORMAL
         self._close_reason = ""
         self._closing = False
-        self._frame_cut = False  # a send timed out mid-frame: abort the stream, no close handshake
         self.messages_sent = 0
         self.writes = 0  # socket writes: each carries one or more messages (statistics)
         self.closed = trio.Event()
@@ -121,7 +131,7 @@ class Connection:
         """``(coalesce key or None, message)`` pairs (the hub's fan-out), in order.
 
         When nothing is queued or being written they are written at once, in one system call
-        (``outgoing.write_now``), and the sender task is not woken; what the socket does not take
+        (``ServerWebSocket.try_write``), and the sender task is not woken; what the socket does not take
         waits in the mailbox, its cut frame first. Otherwise they are queued behind the rest.
         Raises :class:`MailboxFull` when the mailbox overflows.
         """
@@ -129,7 +139,7 @@ class Connection:
             return
         if not self._sending and not len(self.mailbox):
             data = b"".join(frame_of(message) for _, message in messages)
-            written = write_now(self._websocket, data)
+            written = self._websocket.try_write(data)
             if written:  # None: cannot write now; 0: the socket is full (queued as messages: still coalescable)
                 self.writes += 1
                 self.messages_sent += len(messages)
@@ -180,17 +190,18 @@ class Connection:
                 dispatcher.connection_closed(self)
             finally:
                 with trio.CancelScope(shield=True):
-                    if self._frame_cut:
-                        await _abort(self._websocket)
-                    with trio.move_on_after(self._limits.close_timeout):
-                        await self._websocket.aclose(self._close_code, self._close_reason or None)
+                    # After a cut frame this only closes the stream (the client sees 1006).
+                    await self._websocket.aclose(self._close_code, self._close_reason or None, timeout=self._limits.close_timeout)
                 self.closed.set()
 
     async def _read_loop(self, dispatcher: Dispatcher) -> None:
         while True:
             try:
-                message = await self._websocket.get_message()
+                message = await self._websocket.receive()
             except ConnectionClosed:
+                return
+            except MessageRefused as refused:  # too big for any reply (1009), or not WebSocket at all (1002, 1007)
+                self.close(refused.code, refused.reason)
                 return
             if not self._bucket.try_take():
                 dispatcher.refuse(
@@ -199,20 +210,16 @@ class Connection:
                         ErrorCode.RATE_LIMITED,
                         f"more than {self._limits.messages_per_second:g} messages per second; message not processed",
                     ),
-                    _correlation_id_of(message),
+                    _cheap_correlation_id(message),
                 )
                 continue
-            if isinstance(message, str):
-                if _utf8_length_exceeds(message, self._limits.max_text_bytes):
-                    dispatcher.refuse(
-                        self,
-                        RemoteProtocolError(
-                            ErrorCode.TOO_LARGE,
-                            f"text message over {self._limits.max_text_bytes} bytes; message not processed",
-                        ),
-                        None,
-                    )
-                    continue
+            if isinstance(message, TextOverLimit):
+                dispatcher.refuse(
+                    self,
+                    RemoteProtocolError(ErrorCode.TOO_LARGE, f"text message over {message.limit} bytes; message not processed"),
+                    None,
+                )
+            elif isinstance(message, str):
                 await dispatcher.handle_text(self, message)
             else:
                 dispatcher.handle_binary(self, message)
@@ -236,7 +243,7 @@ class Connection:
             self._sending = True
             try:
                 with trio.move_on_after(self._limits.send_timeout) as scope:
-                    await send_frames(self._websocket, data)
+                    await self._websocket.send_frames(data)
             except ConnectionClosed:
                 if self._nursery_scope is not None:
                     self._nursery_scope.cancel()  # the peer is gone
@@ -245,41 +252,10 @@ class Connection:
                 self._sending = False
             self.messages_sent += len(batch)
             self.writes += 1
-            if scope.cancelled_caught:
-                self._frame_cut = True
+            if scope.cancelled_caught:  # the frame was cut: the websocket will close without a close frame
                 self.close_for_policy(f"send timed out after {self._limits.send_timeout:g} s")
                 return
 
 
-async def _abort(websocket: WebSocketConnection) -> None:
-    """Close the TCP stream under ``websocket`` without a close frame (its next ``aclose`` then only cleans up).
-
-    A plain close (FIN), not a reset: the peer reads the cut frame, then the
-    end of the stream, which every WebSocket client reports as 1006. A reset
-    (SO_LINGER 0) was tried: trio-websocket's own client then hangs on exit
-    when its reader is blocked on a full message queue.
-    """
-    stream = getattr(websocket, "_stream", None)  # trio-websocket has no public accessor for its transport
-    if stream is not None:
-        await trio.aclose_forcefully(stream)
-
-
-def _utf8_length_exceeds(text: str, limit: int) -> bool:
-    # A str of n code points is n..4n bytes in UTF-8: encode only when unsure.
-    if len(text) > limit:
-        return True
-    if 4 * len(text) <= limit:
-        return False
-    return len(text.encode("utf-8", "surrogatepass")) > limit
-
-
-def _correlation_id_of(message: str | bytes) -> str | None:
-    """Best effort, for a message that is refused unread: echo its correlation id when cheap to find."""
-    if not isinstance(message, str) or len(message) > 4096:
-        return None
-    try:
-        document = json.loads(message)
-    except ValueError:
-        return None
-    correlation_id = document.get("correlation_id") if isinstance(document, dict) else None
-    return correlation_id if isinstance(correlation_id, str) else None
+def _cheap_correlation_id(message: str | bytes | TextOverLimit) -> str | None:
+    return correlation_id_of(message, max_chars=_CORRELATION_ID_SEARCH_MAX) if isinstance(message, str) else None

@@ -1,46 +1,66 @@
 """Outgoing messages as WebSocket frames, written to a connection in batches.
 
 A connection's sender writes everything queued in its mailbox with one
-``send_all`` (one system call, one trio checkpoint) instead of one
-``send_message`` per message: at 100 clients and 60 fps the daemon sends
-about 12,000 events a second, and the per-message cost of trio-websocket's
-``send_message`` (a wsproto event, the stream lock, a socket send) was the
-largest part of the daemon's CPU under that load (perf/README.md).
+``send_all`` (one system call, one trio checkpoint) instead of one write per
+message: at 100 clients and 60 fps the daemon sends about 12,000 events a
+second, and the per-message cost of a write (a wsproto event, the stream lock,
+a socket send) was the largest part of the daemon's CPU under that load
+(perf/README.md). ``websocket.ServerWebSocket`` does the writing.
 
 An event fanned out by the hub is framed once for every connection: frames
 from a server are never masked (RFC 6455 section 5.1) and the daemon
-negotiates no extension (trio-websocket's ``accept`` offers none), so the
+negotiates no extension (``websocket.accept_upgrade`` accepts none), so the
 bytes on the wire are the same for every client. :class:`Broadcast` keeps
-them. Responses are plain ``str`` and framed by the connection that sends
-them.
+them. Responses are plain ``str``, framed when they are sent.
 
-:func:`send_frames` and :func:`write_now` are the one place that reaches
-under trio-websocket's public API (it has no way to write several messages
-at once, nor to write without a task): ``send_frames`` takes the
-connection's stream lock, as ``send_message`` does, so a pong or close frame
-from trio-websocket's reader task never lands inside a batch, and
-``write_now`` writes only while nobody holds that lock, in one system call
-that no other task can interleave with.
-``tests/test_outgoing.py`` checks the attributes it relies on, so an upgrade
-of trio-websocket that moves them fails there, by name.
+Framing goes through wsproto's public API: ``WSConnection.send(TextMessage(...))``
+returns a frame's bytes, but only in the OPEN state, which a connection
+reaches through a handshake. So each thread that frames has one server-side
+``WSConnection`` of its own, taken once through a handshake with a made-up
+request (:func:`_open_framer`) and kept OPEN: every message it frames is
+whole (``message_finished``), so nothing it frames depends on the one
+before, and it never receives a byte, so it never leaves OPEN. Per thread,
+not per process: wsproto's objects are not thread-safe, and tests run several
+daemons, each on its own trio thread, in one process.
 """
 
 from __future__ import annotations
 
-import os
+import base64
+import threading
 from collections.abc import Callable
 
-import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
-from wsproto.frame_protocol import FrameProtocol
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, TextMessage
 
-# Stateless for whole messages (fin=True): one instance frames every message of this thread.
-_SERVER_FRAMES = FrameProtocol(client=False, extensions=[])
+_framers = threading.local()
+
+
+def _open_framer() -> WSConnection:
+    framer = WSConnection(ConnectionType.SERVER)
+    key = base64.b64encode(b"compositord-only").decode()  # any 16 bytes: nobody checks the answer
+    framer.initiate_upgrade_connection(
+        [
+            (b"host", b"localhost"),
+            (b"connection", b"Upgrade"),
+            (b"upgrade", b"websocket"),
+            (b"sec-websocket-version", b"13"),
+            (b"sec-websocket-key", key.encode()),
+        ],
+        "/",
+    )
+    for _ in framer.events():  # the made-up request
+        pass
+    framer.send(AcceptConnection())
+    return framer
 
 
 def frame_text(text: str) -> bytes:
     """``text`` as one unmasked, unfragmented WebSocket text frame."""
-    return bytes(_SERVER_FRAMES.send_data(text, fin=True))
+    framer: WSConnection | None = getattr(_framers, "framer", None)
+    if framer is None:
+        framer = _framers.framer = _open_framer()
+    return framer.send(TextMessage(data=text))
 
 
 class Broadcast:
@@ -100,34 +120,3 @@ def text_of(message: Outgoing) -> str:
 
 def size_of(message: Outgoing) -> int:
     return len(message.text) if isinstance(message, Broadcast) else len(message)
-
-
-def write_now(websocket: WebSocketConnection, data: bytes) -> int | None:
-    """Write what the socket takes of ``data`` at once, without waiting and without a trio checkpoint.
-
-    Returns how many bytes it took (0 when its buffer is full), or None when no write may start now:
-    the connection is closing, or another write holds the stream (a ``send_frames`` waiting for room,
-    or trio-websocket answering a ping). The caller queues whatever was not written, and its rest
-    first. Why: a write through a trio task (wake the connection's sender, cancel scope, stream lock,
-    ``send_all`` with its two checkpoints) cost about 26 us per message where the system call alone
-    costs 2.5 us, and at 100 clients the daemon makes one such write per client and frame.
-    """
-    if websocket.closed is not None or websocket._stream_lock.locked():
-        return None
-    try:
-        return os.write(websocket._stream.socket.fileno(), data)
-    except BlockingIOError:
-        return 0
-    except OSError:
-        return None  # the peer is gone: the sender's next send_all finds out and ends the connection
-
-
-async def send_frames(websocket: WebSocketConnection, data: bytes) -> None:
-    """Write already framed messages to ``websocket`` in one go; :class:`ConnectionClosed` if it is closed."""
-    if websocket.closed is not None:
-        raise ConnectionClosed(websocket.closed)
-    async with websocket._stream_lock:
-        try:
-            await websocket._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise ConnectionClosed(websocket.closed) from None

@@ -1,9 +1,20 @@
-"""The WebSocket endpoint: ``ws://HOST:PORT/api/v1/control`` (PROTOCOL.md section 1).
+"""The daemon's port: HTTP/1.1 (h11) and the WebSocket endpoint ``ws://HOST:PORT/api/v1/control`` (PROTOCOL.md section 1).
 
-The handshake decides before any message is read: wrong path 404, wrong or
-missing bearer token 401 (compared in constant time), a browser ``Origin`` not
-on the allowlist 403, too many connections 503. An accepted connection answers
-with ``X-Compositord-Protocol: 1`` and runs as one :class:`Connection`.
+The server accepts TCP itself and reads each request with h11
+(``http.HttpConnection``). A WebSocket upgrade is decided before any message
+is read: wrong path 404, wrong or missing bearer token 401 (compared in
+constant time), a browser ``Origin`` not on the allowlist 403, too many
+connections (or shutting down) 503, a malformed upgrade 400; every answer
+carries ``X-Compositord-Protocol: 1``. An accepted upgrade is handed to
+wsproto (``websocket.accept_upgrade``) and runs as one :class:`Connection`.
+Any other request is answered by the router (``router.py``, the table in
+:meth:`ControlServer.routes`).
+
+Bounded: at most ``max_connections`` WebSocket connections, and at most
+``MAX_HTTP_STREAMS`` more TCP connections on their way to one (or asking
+plain HTTP); past that a new TCP connection is closed at once. A request must
+arrive within ``HTTP_READ_TIMEOUT`` and every answer leave within the send
+timeout.
 """
 
 from __future__ import annotations
@@ -12,18 +23,25 @@ import hmac
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
+import h11
 import trio
-from trio_websocket import WebSocketRequest, WebSocketServer, serve_websocket
+from wsproto.utilities import RemoteProtocolError as WebSocketHandshakeError
 
 from compositord.daemon.control.connection import CLOSE_GOING_AWAY, Connection, ConnectionLimits, Dispatcher
+from compositord.daemon.control.http import PROTOCOL_VERSION_HEADER, HttpConnection, HttpRequest, HttpResponse
+from compositord.daemon.control.router import Handler, Router
+from compositord.daemon.control.websocket import ServerWebSocket, accept_upgrade, remote_of
+from compositord.protocol.envelope import CONTROL_PATH
 
 log = logging.getLogger(__name__)
 
-CONTROL_PATH = "/api/v1/control"
-PROTOCOL_VERSION = 1
-PROTOCOL_HEADER = (b"X-Compositord-Protocol", str(PROTOCOL_VERSION).encode())
+# A client has this long to send a request (the handshake, or the next one on a kept-alive connection).
+HTTP_READ_TIMEOUT = 10.0
+# TCP connections beyond the WebSocket limit that may be reading or answering HTTP at once.
+MAX_HTTP_STREAMS = 64
 
 
 @dataclass(frozen=True)
@@ -77,7 +95,8 @@ def _presented_token(authorization: str | None, query: str) -> str | None:
 
 
 class ControlServer:
-    """Accepts WebSocket clients and runs each as a :class:`Connection` served by ``dispatcher``."""
+    """Accepts TCP connections: WebSocket clients run as a :class:`Connection` served by ``dispatcher``,
+    plain HTTP requests are answered by :meth:`routes`."""
 
     def __init__(self, options: ServerOptions, dispatcher: Dispatcher) -> None:
         self.options = options
@@ -86,47 +105,87 @@ class ControlServer:
         self._no_connections = trio.Event()
         self._no_connections.set()
         self._accepting = True
+        self._streams = 0  # open TCP connections, WebSocket or not
+        self._router = Router(self.routes())
 
     @property
     def connections(self) -> frozenset[Connection]:
         return frozenset(self._connections)
 
+    def routes(self) -> dict[tuple[str, str], Handler]:
+        """Plain HTTP: ``(method, path) -> handler``. The web panel's files, ``/metrics`` and ``/healthz`` go here."""
+        return {("GET", CONTROL_PATH): _upgrade_required}
+
     async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``task_status.started((host, port))`` once bound."""
-
+        listeners = await trio.open_tcp_listeners(self.options.port, host=self.options.host)
+        address = listeners[0].socket.getsockname()
+        host, port = str(address[0]), int(address[1])
+        log.info("serving ws://%s:%d%s", host, port, CONTROL_PATH)
         async with trio.open_nursery() as nursery:
-            server: WebSocketServer = await nursery.start(
-                lambda task_status: serve_websocket(
-                    self._handle,
-                    self.options.host,
-                    self.options.port,
-                    None,
-                    max_message_size=self.options.max_binary_bytes,
-                    message_queue_size=4,
-                    connect_timeout=10,
-                    disconnect_timeout=self.options.limits.close_timeout,
-                    task_status=task_status,
-                )
-            )
-            listener = server.listeners[0]
-            host, port = str(listener.address), listener.port  # type: ignore[union-attr]
-            log.info("serving ws://%s:%d%s", host, port, CONTROL_PATH)
+            await nursery.start(partial(trio.serve_listeners, self._serve_stream, listeners))
             task_status.started((host, port))
 
-    async def _handle(self, request: WebSocketRequest) -> None:
-        refusal = check_handshake(request.path, request.headers, self.options, len(self._connections))
+    async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        # trio.serve_listeners lets a handler's exception end the whole server: one connection's
+        # failure is logged here and ends only that connection.
+        if self._streams >= self.options.max_connections + MAX_HTTP_STREAMS:
+            await trio.aclose_forcefully(stream)
+            return
+        self._streams += 1
+        try:
+            await self._serve_requests(stream)
+        except Exception:
+            log.exception("connection from %s failed", remote_of(stream))
+        finally:
+            self._streams -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_requests(self, stream: trio.SocketStream) -> None:
+        connection = HttpConnection(stream, read_timeout=HTTP_READ_TIMEOUT, write_timeout=self.options.limits.send_timeout)
+        while True:
+            request = await connection.next_request()
+            if request is not None and "websocket" in request.header_tokens("upgrade"):
+                if await self._upgrade(stream, connection, request):
+                    return  # the WebSocket connection ran and closed its stream
+                await connection.finish()
+                return
+            if request is None or not await connection.respond(await self._router.answer(request)):
+                await connection.finish()
+                return
+
+    async def _upgrade(self, stream: trio.SocketStream, http: HttpConnection, request: HttpRequest) -> bool:
+        """Refuse the upgrade (False) or run the WebSocket connection it opens until it closes (True)."""
+        remote = remote_of(stream)
+        refusal = check_handshake(request.target, request.headers, self.options, len(self._connections))
         if refusal is None and not self._accepting:
             refusal = Refusal(503, "shutting down")
+        if refusal is None:
+            try:
+                protocol, accepted = accept_upgrade(list(request.headers), request.target, [PROTOCOL_VERSION_HEADER])
+            except (WebSocketHandshakeError, h11.LocalProtocolError) as exc:
+                refusal = Refusal(400, f"not a WebSocket handshake: {exc}")
         if refusal is not None:
-            log.info("refused %s: %d %s", request.remote, refusal.status, refusal.reason)
-            await request.reject(
-                refusal.status,
-                extra_headers=[PROTOCOL_HEADER, (b"Content-Type", b"text/plain; charset=utf-8")],
-                body=refusal.reason.encode() + b"\n",
-            )
-            return
-        websocket = await request.accept(extra_headers=[PROTOCOL_HEADER])
-        connection = Connection(websocket, self.options.limits, remote=str(request.remote))
+            log.info("refused %s: %d %s", remote, refusal.status, refusal.reason)
+            await http.respond(HttpResponse.text(refusal.status, refusal.reason, [("connection", "close")]))
+            return False
+        with trio.move_on_after(self.options.limits.send_timeout) as scope:
+            try:
+                await stream.send_all(accepted)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return True  # the client is gone: nothing to finish
+        if scope.cancelled_caught:
+            return True
+        limits = self.options.limits
+        websocket = ServerWebSocket(
+            stream,
+            protocol,
+            max_text_bytes=limits.max_text_bytes,
+            max_binary_bytes=self.options.max_binary_bytes,
+            control_timeout=limits.close_timeout,
+            trailing_data=http.trailing_data(),
+        )
+        connection = Connection(websocket, limits, remote=remote)
         self._connections.add(connection)
         if self._no_connections.is_set():
             self._no_connections = trio.Event()
@@ -137,6 +196,7 @@ class ControlServer:
             self._connections.discard(connection)
             if not self._connections:
                 self._no_connections.set()
+        return True
 
     async def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
         """Stop accepting, close every connection with ``code`` and wait until they are gone."""
@@ -144,3 +204,7 @@ class ControlServer:
         for connection in list(self._connections):
             connection.close(code, reason)
         await self._no_connections.wait()
+
+
+async def _upgrade_required(request: HttpRequest) -> HttpResponse:
+    return HttpResponse.text(426, f"{CONTROL_PATH} is a WebSocket endpoint", [("upgrade", "websocket")])
