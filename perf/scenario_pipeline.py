@@ -6,9 +6,7 @@ Our side runs in a process of its own (``OurPipeline``, so that it can run llvmp
 threads: see there). In it, compositing runs in the main thread and encoding in another
 (perf/vp9_encoder.py: PyAV, libvpx-vp9, deadline realtime, cpu-used 8, row-mt, 2 threads, into a
 BytesIO), joined by a bounded queue, so the two overlap (PyAV's encode releases the GIL for the libvpx
-work). The clock stops when the encoder thread has closed the WebM and handed its bytes back. (An
-encoder in a worker process of its own, fed through shared memory, was measured too: no faster, and
-0.5 ms more CPU per frame; commit ace75d1 has it.)
+work). The clock stops when the encoder thread has closed the WebM and handed its bytes back.
 
 Start-up is treated alike on both sides: a peer's one-frame run (process start, graph and encoder
 set-up, one frame, flush) is subtracted from its timed runs, and so is ours (opening the encoder,

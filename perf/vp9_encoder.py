@@ -120,9 +120,8 @@ class EncoderThread:
     A frame's place in the queue is given back only once the frame is converted, i.e. when the encoder
     thread is about to enter libvpx and let go of the GIL, not when it takes the frame: otherwise the
     producer wakes up at once, composites the next frame holding the GIL (moderngl keeps it through
-    every call), and the conversion waits for it. Measured with the compositor (interleaved, quiet
-    machine, 2 x 6 rounds): the conversion took 1.3-1.7 ms a frame instead of 0.06-0.09, and handing
-    the place back late raised the median ratio to FFmpeg from 1.05 / 1.02 to 1.13 / 1.14.
+    every call), and the conversion waits for it: 1.3-1.7 ms a frame where it needs 0.06-0.09
+    (perf/README.md).
     """
 
     _BEGIN = object()

@@ -25,13 +25,10 @@ a params change waits for the end of the frame it arrived in (at most a
 frame period plus the render time) before its ``nodeparamschanged`` leaves.
 That is the frame in which it is on screen, so nobody sees it later
 than the picture; an editing client masks its own edit meanwhile (rule C1).
-A per-key "quiet" exception was tried to keep a 60 Hz drag's params ack
-immediate; it locks onto the frames' phase (every tune then arrives within
-a period of its key's last flush) and never fires.
-Without this alignment (2026-11-28, first version) each key was paced on its
-own timer: a connection then got params and view data in two writes per frame
-at unrelated times, twice the wake-ups and system calls of the daemon's
-busiest thread at 100 clients (perf/README.md, control_latency).
+Why the frame end and not a timer per key: a connection would then get params
+and view data in two writes per frame at unrelated times, twice the wake-ups
+and system calls of the daemon's busiest thread at 100 clients
+(perf/README.md, control_latency).
 
 Order: an event published without a key (``nodeadded``, ``noderemoved``,
 ``sessiondestroyed``...) first flushes everything held, so nothing published
