@@ -85,7 +85,7 @@ def test_a_resync_drops_pending_values_the_pipeline_acknowledges() -> None:
 
     # The server processed rev 1 (its value is the server state) but not yet rev 2.
     acked_params = {**params, "layers": {"in_0": {"opacity": 0.25}}}
-    pipeline = {
+    pipeline: dict[str, Any] = {
         "session_id": "s",
         "nodes": {
             "comp": {
@@ -115,7 +115,11 @@ def test_a_resync_with_acks_clears_view_predictions() -> None:
         "height": 90,
         "layers": {"in_0": {"aspect_fit": False, "rect": {"x": 0, "y": 0, "width": 160, "height": 90}}},
     }
-    layout = {"canvas_width": 160, "canvas_height": 90, "layers": [{"id": "in_0", "x": 0, "y": 0, "width": 160, "height": 90}]}
+    layout: dict[str, Any] = {
+        "canvas_width": 160,
+        "canvas_height": 90,
+        "layers": [{"id": "in_0", "x": 0, "y": 0, "width": 160, "height": 90}],
+    }
     states.apply_event(Event("nodeparamschanged", {"session_id": "s", "node_id": "comp", "params": {**params, "_acks": {}}}))
     states.apply_event(Event("nodeviewdataupdated", {"session_id": "s", "node_id": "comp", "data": {**layout, "_acks": {}}}))
     causal = states.session("s")
