@@ -23,6 +23,7 @@ from compositord.client import open_client
 from compositord.client.session_state import SessionStates
 from compositord.protocol import causal
 from compositord.protocol.envelope import Event
+from compositord.protocol.errors import RemoteProtocolError
 from compositord.testing.dropping_proxy import DroppingProxy
 from compositord.testing.plugin import RunningDaemon
 from compositord.tests.history_checker import SHARED, Harness, History, Step, check, describe, private_pointer, run_history
@@ -141,6 +142,15 @@ def test_a_resync_with_acks_clears_view_predictions() -> None:
     states.apply_pipeline(pipeline)
     assert causal.mask("comp", "view").pending == {}
     assert states.shown("s", "comp", "view") == server_layout
+
+
+def test_a_malformed_state_event_leaves_no_session_behind() -> None:
+    """The event's state is checked before its session is looked up (which would make one)."""
+    states = SessionStates(nonce="me")
+    with pytest.raises(RemoteProtocolError) as refused:
+        states.apply_event(Event("nodeparamschanged", {"session_id": "s", "node_id": "comp", "params": 5}))
+    assert refused.value.path == "/payload/params"
+    assert states.session_ids() == []
 
 
 # ----------------------------------------------------------------------------- whole histories against the real daemon
