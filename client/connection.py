@@ -40,7 +40,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, open_websocket_url
@@ -60,6 +60,7 @@ from compositord.protocol.causal import PARAMS_CHANNEL, Stamp, leaves_to_patch, 
 from compositord.protocol.envelope import (
     PATCH,
     UPDATE,
+    Action,
     AddNode,
     ApplyBatch,
     BatchOperation,
@@ -78,6 +79,22 @@ from compositord.protocol.envelope import (
 from compositord.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
+
+# Every action but a tune: what the daemon answers with a response (a tune is answered with its stamp).
+_RepliedAction = (
+    envelope.GetPipeline
+    | envelope.ListSessions
+    | envelope.CreateSession
+    | envelope.DestroySession
+    | envelope.AddNode
+    | envelope.RemoveNode
+    | envelope.Connect
+    | envelope.Disconnect
+    | envelope.ApplyBatch
+    | envelope.GetPreview
+    | envelope.SubscribePreview
+    | envelope.UnsubscribePreview
+)
 
 CLOSE_NORMAL = 1000
 # Statuses after which trying again cannot help: wrong token, origin refused, no such endpoint.
@@ -364,14 +381,18 @@ class Client:
                 return self._ws
             await self._gate.wait_changed()
 
-    async def _request(self, action: Any, expect: str | None) -> Any:
+    @overload
+    async def _request(self, action: TuneNode, expect: str | None) -> Stamp: ...
+    @overload
+    async def _request(self, action: _RepliedAction, expect: str) -> Response: ...
+    async def _request(self, action: Action, expect: str | None) -> Stamp | Response | None:
         """Send ``action`` with a correlation id; wait for the answer unless ``expect`` is None (async tune)."""
         try:
             return await self._request_once(action, expect)
         except trio.TooSlowError as exc:
             raise RequestTimedOut(f"no answer to {type(action).__name__} within {self.options.request_timeout} s") from exc
 
-    async def _request_once(self, action: Any, expect: str | None) -> Any:
+    async def _request_once(self, action: Action, expect: str | None) -> Stamp | Response | None:
         with trio.fail_after(self.options.request_timeout):
             async with self._in_flight:
                 while True:

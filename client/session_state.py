@@ -27,6 +27,19 @@ def _string(payload: Mapping[str, Any], key: str, base: str = "/payload") -> str
     return value
 
 
+def _string_or_none(payload: Mapping[str, Any], key: str) -> str | None:
+    value = payload.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _mapping(payload: Mapping[str, Any], key: str, base: str = "/payload") -> Mapping[str, Any]:
+    value = payload.get(key)
+    if not isinstance(value, Mapping):
+        path = pointer.join(base, key)
+        raise RemoteProtocolError(ErrorCode.BAD_ENVELOPE, f"{path}: must be an object", path)
+    return value
+
+
 class SessionStates:
     def __init__(self, nonce: str | None = None) -> None:
         self._nonce = nonce if nonce is not None else new_nonce()
@@ -59,11 +72,11 @@ class SessionStates:
         payload = event.payload
         if event.event in STATE_EVENTS:
             key, channel = STATE_EVENTS[event.event]
-            session_id, node_id = _string(payload, "session_id"), _string(payload, "node_id")
-            shown = self.session(session_id).on_event(node_id, channel, payload.get(key), path=pointer.join("/payload", key))
-            return session_id, node_id, channel, shown
-        session_id = payload.get("session_id") if isinstance(payload.get("session_id"), str) else None
-        node_id = payload.get("node_id") if isinstance(payload.get("node_id"), str) else None
+            state_session_id, state_node_id = _string(payload, "session_id"), _string(payload, "node_id")
+            data = _mapping(payload, key)
+            shown = self.session(state_session_id).on_event(state_node_id, channel, data, path=pointer.join("/payload", key))
+            return state_session_id, state_node_id, channel, shown
+        session_id, node_id = _string_or_none(payload, "session_id"), _string_or_none(payload, "node_id")
         if event.event == "noderemoved" and session_id is not None and node_id is not None:
             if session_id in self._sessions:
                 self._sessions[session_id].forget_node(node_id)

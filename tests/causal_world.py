@@ -585,9 +585,9 @@ class World:
             for entries in client.pending().values():
                 assert all(rev > ack for rev, _ in entries), "a pending value the server already acknowledged is still masking"
             if isinstance(message, PipelineMsg):  # C4: the resync decides every retired value
-                for sender, entries in client.retired():
+                for sender, retired_entries in client.retired():
                     old_ack = max(data["_acks"].get(sender, 0), message.retired_acks.get(sender, 0))
-                    assert all(rev > old_ack for kept in entries.values() for rev, _ in kept), (
+                    assert all(rev > old_ack for kept in retired_entries.values() for rev, _ in kept), (
                         "a processed value survived the resync"
                     )
         state = client.server_params()

@@ -357,9 +357,8 @@ class FakeServer:
         quiet: bool,
     ) -> None:
         """Rule S6: a refused stamped message still advances its sender's ack, and the error names the stamp."""
-        session = (
-            self.sessions.get(message.payload.get("session_id")) if isinstance(message.payload.get("session_id"), str) else None
-        )
+        session_id = message.payload.get("session_id")
+        session = self.sessions.get(session_id) if isinstance(session_id, str) else None
         for node_id, stamp in stamps:
             connection.senders.add(stamp.sender)
             if session is not None and node_id in session.nodes:

@@ -136,7 +136,7 @@ def _get(document: Any, ptr: str) -> Any:
 def _layer_ids(view: Any) -> set[str]:
     if not isinstance(view, dict):
         return set()
-    return {layer.get("id") for layer in view.get("layers", []) if isinstance(layer, dict)}
+    return {layer["id"] for layer in view.get("layers", []) if isinstance(layer, dict) and isinstance(layer.get("id"), str)}
 
 
 def check(history: History) -> list[str]:

@@ -397,7 +397,7 @@ def test_mask_misuse_is_local() -> None:
     with pytest.raises(LocalProtocolError):
         mask.edit({"/a": 1}, 0)
     with pytest.raises(LocalProtocolError):
-        mask.edit({"/a": 1}, True)  # type: ignore[arg-type]
+        mask.edit({"/a": 1}, True)  # an int to the type checker, not to the protocol
     with pytest.raises(LocalProtocolError):
         mask.edit({"no-slash": 1}, 1)
 
@@ -557,7 +557,7 @@ def test_ackbook_retired_settings_are_checked() -> None:
     with pytest.raises(LocalProtocolError, match="max_retired"):
         AckBook(max_retired=0)
     with pytest.raises(LocalProtocolError, match="max_retired"):
-        AckBook(max_retired=True)  # type: ignore[arg-type]
+        AckBook(max_retired=True)  # an int to the type checker, not to the protocol
 
 
 def test_reconnect_resync_drops_what_the_old_nonce_had_processed_c4() -> None:

@@ -138,12 +138,14 @@ def refusal_over_a_paced_ack() -> World:
 def test_a_refusal_that_overtakes_the_paced_ack_uncovers_the_pending_edit() -> None:
     world = refusal_over_a_paced_ack()
     v0, v1, _v2 = world.own_writes[0]["/width"]
-    assert world.clients[0].server_params()["width"] == v0  # the ack of v1 has not arrived
-    assert world.clients[0].shown_params()["width"] == v1
+    client = world.clients[0]
+    assert isinstance(client, MaskingClient)
+    assert client.server_params()["width"] == v0  # the ack of v1 has not arrived
+    assert client.shown_params()["width"] == v1
     assert world.regressions == [] and world.refusals_over_pending == 1
     world.quiesce()
     world.check_quiescent()
-    assert world.clients[0].shown_params()["width"] == v1
+    assert client.shown_params()["width"] == v1
 
 
 def test_the_one_entry_rule_flickers_back_when_a_refusal_overtakes_the_paced_ack(one_entry_rule: None) -> None:

@@ -23,6 +23,7 @@ from compositord.client import open_client
 from compositord.client.session_state import SessionStates
 from compositord.protocol import causal
 from compositord.protocol.envelope import Event
+from compositord.protocol.errors import RemoteProtocolError
 from compositord.testing.dropping_proxy import DroppingProxy
 from compositord.testing.plugin import RunningDaemon
 from compositord.tests.history_checker import SHARED, Harness, History, Step, check, describe, private_pointer, run_history
@@ -85,7 +86,7 @@ def test_a_resync_drops_pending_values_the_pipeline_acknowledges() -> None:
 
     # The server processed rev 1 (its value is the server state) but not yet rev 2.
     acked_params = {**params, "layers": {"in_0": {"opacity": 0.25}}}
-    pipeline = {
+    pipeline: dict[str, Any] = {
         "session_id": "s",
         "nodes": {
             "comp": {
@@ -115,7 +116,11 @@ def test_a_resync_with_acks_clears_view_predictions() -> None:
         "height": 90,
         "layers": {"in_0": {"aspect_fit": False, "rect": {"x": 0, "y": 0, "width": 160, "height": 90}}},
     }
-    layout = {"canvas_width": 160, "canvas_height": 90, "layers": [{"id": "in_0", "x": 0, "y": 0, "width": 160, "height": 90}]}
+    layout: dict[str, Any] = {
+        "canvas_width": 160,
+        "canvas_height": 90,
+        "layers": [{"id": "in_0", "x": 0, "y": 0, "width": 160, "height": 90}],
+    }
     states.apply_event(Event("nodeparamschanged", {"session_id": "s", "node_id": "comp", "params": {**params, "_acks": {}}}))
     states.apply_event(Event("nodeviewdataupdated", {"session_id": "s", "node_id": "comp", "data": {**layout, "_acks": {}}}))
     causal = states.session("s")
@@ -137,6 +142,15 @@ def test_a_resync_with_acks_clears_view_predictions() -> None:
     states.apply_pipeline(pipeline)
     assert causal.mask("comp", "view").pending == {}
     assert states.shown("s", "comp", "view") == server_layout
+
+
+def test_a_malformed_state_event_leaves_no_session_behind() -> None:
+    """The event's state is checked before its session is looked up (which would make one)."""
+    states = SessionStates(nonce="me")
+    with pytest.raises(RemoteProtocolError) as refused:
+        states.apply_event(Event("nodeparamschanged", {"session_id": "s", "node_id": "comp", "params": 5}))
+    assert refused.value.path == "/payload/params"
+    assert states.session_ids() == []
 
 
 # ----------------------------------------------------------------------------- whole histories against the real daemon

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
+
 import trio
 import trio.testing
 
@@ -20,7 +22,7 @@ class FakeConnection:
     def close_for_policy(self, reason: str) -> None:
         self.closed_for = reason
 
-    def deliver(self, messages: list) -> None:
+    def deliver(self, messages: Sequence[tuple[Hashable | None, Outgoing]]) -> None:
         self.mailbox.put_all(messages)
 
     def drain(self) -> list[str]:
@@ -220,7 +222,11 @@ async def test_an_event_replaced_in_the_hub_is_never_encoded(autojump_clock: tri
     encoded: list[int] = []
 
     def event(n: int) -> Broadcast:
-        return Broadcast.deferred(lambda: encoded.append(n) or f"p{n}")
+        def encode() -> str:
+            encoded.append(n)
+            return f"p{n}"
+
+        return Broadcast.deferred(encode)
 
     async with trio.open_nursery() as nursery:
         hub, a, b = await _paced_hub(nursery, {"s": PERIOD})

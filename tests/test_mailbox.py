@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
+
 import pytest
 import trio
 import trio.testing
 
 from compositord.daemon.control.hub import Hub
 from compositord.daemon.control.mailbox import Mailbox, MailboxClosed, MailboxFull
-from compositord.daemon.control.outgoing import text_of
+from compositord.daemon.control.outgoing import Outgoing, text_of
 from compositord.daemon.control.rate_limit import TokenBucket
 
 
@@ -67,7 +69,7 @@ async def test_get_waits_for_a_put_and_close_ends_it() -> None:
     async def consumer() -> None:
         try:
             while True:
-                got.append(await box.get())
+                got.append(text_of(await box.get()))
         except MailboxClosed:
             got.append("<closed>")
 
@@ -90,7 +92,7 @@ class _Subscriber:
     def close_for_policy(self, reason: str) -> None:
         self.closed_because = reason
 
-    def deliver(self, messages: list) -> None:
+    def deliver(self, messages: Sequence[tuple[Hashable | None, Outgoing]]) -> None:
         self.mailbox.put_all(messages)
 
 

@@ -71,7 +71,9 @@ def test_unknown_file_type_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.gl
-def test_a_source_with_no_frame_outside_the_daemon_is_left_out_with_a_warning(gl_ctx, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_source_with_no_frame_outside_the_daemon_is_left_out_with_a_warning(
+    gl_ctx: moderngl.Context, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     scene = tmp_path / "scene.yaml"
     scene.write_text(
         "nodes:\n"

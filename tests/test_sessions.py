@@ -420,7 +420,7 @@ async def test_applybatch_is_atomic(harness: Harness) -> None:
     loop = harness.loops["s1"]
     async with connected(harness) as client:
         before = harness.store.sessions()["s1"]
-        ops = [
+        ops: list[dict[str, Any]] = [
             {"action": "tunenode", "node_id": "comp", "message": {"PatchParams": {"fps": 24, "_sender": "b", "_rev": 1}}},
             {"action": "addnode", "node_id": "extra", "kind": "video::colorbars", "params": {}},
             {"action": "tunenode", "node_id": "comp", "message": {"PatchParams": {"layers": {"in_0": {"opacity": 2}}}}},

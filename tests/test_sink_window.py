@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import trio
 
+from compositord.daemon.engine.sinks.window import WindowSink
 from compositord.tests.sink_helpers import SOLID_RGB, running_loop, sink_session, wait_frames_written, wait_until
 
 pytestmark = pytest.mark.gl
@@ -55,6 +56,7 @@ async def test_window_shows_the_output(tmp_path: Path, xvfb_display: str, output
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_frames_written(loop, "screen", 3)
         sink = loop.sink("screen")
+        assert isinstance(sink, WindowSink)
         pixels = await trio.to_thread.run_sync(sink.capture, 10.0)
         assert recorder.error_of("screen") is None
     assert pixels is not None, "the window thread drew no frame after the capture request"
@@ -69,7 +71,9 @@ async def test_window_is_upright_and_scaled(tmp_path: Path, xvfb_display: str) -
     session = sink_session({"screen": ("sink::window", {"width": 320, "height": 180})}, output_format="rgba8", pattern="smpte")
     async with running_loop(session, tmp_path) as (loop, _recorder):
         await wait_frames_written(loop, "screen", 3)
-        pixels = await trio.to_thread.run_sync(loop.sink("screen").capture, 10.0)
+        sink = loop.sink("screen")
+        assert isinstance(sink, WindowSink)
+        pixels = await trio.to_thread.run_sync(sink.capture, 10.0)
         latest = loop.latest_output("comp")
         assert latest is not None, "frames were written, so one was rendered"
         output = latest.as_array()[:, :, :3].astype(float)

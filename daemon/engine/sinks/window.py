@@ -146,7 +146,8 @@ class WindowSink(Sink):
         if self._ctx is not None:
             self._ctx.release()
         with _GLFW_LOCK:
-            glfw.make_context_current(None)
+            # glfw's stubs omit None, which GLFW documents as detaching the thread's current context
+            glfw.make_context_current(None)  # type: ignore[arg-type]
             glfw.destroy_window(self._window)
             self._window = None
             _glfw_users -= 1

@@ -79,7 +79,7 @@ class VideoFileSource:
         self.error: str | None = None  # written by the decoder thread, read by the render loop
         self.frames_decoded = 0
         self.configure(params)
-        self._thread = threading.Thread(target=self._run, name=f"compositord-decode({self._wanted.path})", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"compositord-decode({self._current()[1].path})", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ render thread
