@@ -42,6 +42,7 @@ def breakdown(run_: Any, *, frames: int, say: Callable[..., None]) -> dict[str, 
     stats = pstats.Stats(profiler)
     total = 0.0
     buckets: dict[str, float] = {}
+    # pstats.Stats.stats is the profile's table, documented by pstats but not declared in typeshed.
     for (filename, _line, function), (_cc, _nc, tottime, _cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         total += tottime
         label = "python (scene resolution, renderer bookkeeping, sources)"

@@ -220,7 +220,8 @@ async def _drive(
         before = cpu_now()
         await trio.sleep(max(0.0, stop_at - time.monotonic()))
         after = cpu_now()
-        log.cpu = tuple((a - b) / seconds for a, b in zip(after, before, strict=False))  # type: ignore[assignment]
+        daemon, ours, watchers_cpu = ((a - b) / seconds for a, b in zip(after, before, strict=True))
+        log.cpu = (daemon, ours, watchers_cpu)
 
     async def finish() -> None:
         """After the edits, wait (bounded) until every editor has both acks of its last tune."""

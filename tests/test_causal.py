@@ -98,7 +98,7 @@ def test_stamp_valid() -> None:
     stamp = Stamp("a" * 128, 2**53)
     assert stamp.to_json() == {"_sender": "a" * 128, "_rev": 2**53}
     with pytest.raises(AttributeError):
-        stamp.rev = 3  # type: ignore[misc]
+        stamp.rev = 3  # type: ignore[misc]  # assigning a frozen field on purpose: the test shows it fails
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_stamp_valid() -> None:
 )
 def test_stamp_invalid(sender: object, rev: object, path: str) -> None:
     with pytest.raises(RemoteProtocolError) as caught:
-        Stamp(sender, rev)  # type: ignore[arg-type]
+        Stamp(sender, rev)  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
     assert caught.value.code is ErrorCode.BAD_ENVELOPE
     assert caught.value.path == path
 
@@ -154,7 +154,7 @@ def test_take_stamp_unstamped() -> None:
 )
 def test_take_stamp_errors_name_the_field(message: object, path: str) -> None:
     with pytest.raises(RemoteProtocolError) as caught:
-        take_stamp(message, path="/payload/message/PatchParams")  # type: ignore[arg-type]
+        take_stamp(message, path="/payload/message/PatchParams")  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
     assert caught.value.code is ErrorCode.BAD_ENVELOPE
     assert caught.value.path == path
     assert path in caught.value.message
@@ -457,7 +457,7 @@ def test_client_state_on_event_uses_acks_only() -> None:
 def test_client_state_rejects_malformed_events(data: object, path: str) -> None:
     state = ClientCausalState("me")
     with pytest.raises(RemoteProtocolError) as caught:
-        state.on_event("comp", PARAMS_CHANNEL, data, path="/payload/params")  # type: ignore[arg-type]
+        state.on_event("comp", PARAMS_CHANNEL, data, path="/payload/params")  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
     assert caught.value.path == path
     assert not state.has_mask("comp", PARAMS_CHANNEL) or state.mask("comp").server_state == {}
 

@@ -411,10 +411,10 @@ async def test_malformed_answer_to_a_request_fails_that_request(server: FakeServ
         def broken(session: Any, correlation_id: str | None) -> envelope.Response:
             return envelope.pipeline_response(correlation_id, session_id=S, nodes={"comp": {"params": 3}}, connections=[])
 
-        server._pipeline = broken  # type: ignore[method-assign]
+        server._pipeline = broken  # type: ignore[method-assign]  # swapping the fake server's method for one test
         with pytest.raises(UnexpectedResponse):
             await client.get_pipeline(S)
-        server._pipeline = original  # type: ignore[method-assign]
+        server._pipeline = original  # type: ignore[method-assign]  # swapping the fake server's method for one test
         assert (await client.get_pipeline(S))["session_id"] == S
 
 

@@ -134,4 +134,4 @@ def test_settings_from_run_options_and_environment() -> None:
     defaults = Settings.from_args(argparse.Namespace(), {})
     assert (defaults.host, defaults.port, defaults.token, defaults.pipeline_file) == ("127.0.0.1", 4545, None, None)
     with pytest.raises(AttributeError):
-        defaults.port = 1  # type: ignore[misc]
+        defaults.port = 1  # type: ignore[misc]  # assigning a frozen field on purpose: the test shows it fails

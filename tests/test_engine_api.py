@@ -72,6 +72,7 @@ def sample_id(sample: Any) -> str:
 def test_every_command_and_event_type_has_a_sample() -> None:
     assert {type(sample) for sample in SAMPLES} == message_types()
     for message_type in message_types():
+        # __dataclass_params__ is how the dataclasses module records frozen=; typeshed does not declare it.
         assert dataclasses.is_dataclass(message_type) and message_type.__dataclass_params__.frozen, message_type  # type: ignore[attr-defined]
 
 

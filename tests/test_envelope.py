@@ -149,7 +149,7 @@ def test_size_limit_counts_utf8_bytes() -> None:
 
 def test_parse_message_rejects_non_text_as_our_own_bug() -> None:
     with pytest.raises(LocalProtocolError):
-        E.parse_message(12)  # type: ignore[arg-type]
+        E.parse_message(12)  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
 
 
 @pytest.mark.parametrize(
@@ -188,9 +188,9 @@ def test_bad_envelopes_report_every_field(doc: Any, errors: dict[str, str]) -> N
 def test_message_constructors_refuse_our_own_misuse() -> None:
     for make in (
         lambda: E.Request("Tune"),
-        lambda: E.Request("x", []),  # type: ignore[arg-type]
+        lambda: E.Request("x", []),  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
         lambda: E.Request("x", {"action": "y"}),
-        lambda: E.Response("x", {}, 5),  # type: ignore[arg-type]
+        lambda: E.Response("x", {}, 5),  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
         lambda: E.Event("x", {"event": "y"}),
         lambda: E.TuneNode("s", "n", "merge", {}),
     ):
@@ -201,7 +201,7 @@ def test_message_constructors_refuse_our_own_misuse() -> None:
 def test_serialize_refuses_non_json_values_as_our_own_bug() -> None:
     for message in (E.Event("x", {"v": float("nan")}), E.Event("x", {"v": object()}), "not a message"):
         with pytest.raises(LocalProtocolError):
-            E.serialize(message)  # type: ignore[arg-type]
+            E.serialize(message)  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
 
 
 # --- parse_action -------------------------------------------------------------------------------
@@ -442,7 +442,9 @@ def test_error_response_carries_the_stamp_and_node_per_rule_s6() -> None:
         "_rev": 7,
         "node_id": "comp",
     }
-    reply = E.ErrorReply.from_response(E.parse_message(E.serialize(response)))  # type: ignore[arg-type]
+    parsed = E.parse_message(E.serialize(response))
+    assert isinstance(parsed, E.Response)
+    reply = E.ErrorReply.from_response(parsed)
     assert reply == E.ErrorReply(
         "invalid_params",
         "/layers/in_1/opacity: must be between 0 and 1",

@@ -73,7 +73,7 @@ def test_parse_color() -> None:
     assert layout.parse_color("#00ff00") == (0.0, 1.0, 0.0, 1.0)
     for bad in ("red", "#12345", "#1234567", 7):
         with pytest.raises(ValueError, match="colour"):
-            layout.parse_color(bad)  # type: ignore[arg-type]
+            layout.parse_color(bad)  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
 
 
 def test_rect_to_dict_rounds_float_noise() -> None:

@@ -291,7 +291,7 @@ def test_strings_refuse_nul_and_wrong_types() -> None:
 
 def test_unknown_kind_refused() -> None:
     for kind in ("video::nope", "", None, 3):
-        found = errors_of(kind, {})  # type: ignore[arg-type]
+        found = errors_of(kind, {})  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
         assert list(found) == [""] and found[""].startswith("unknown node kind")
 
 

@@ -59,7 +59,10 @@ def rss_bytes() -> int:
 def variants() -> list[dict]:
     """Ten scenes that add and remove layers and overlays, change the output format and the canvas."""
     base = {"width": 64, "height": 64, "num_inputs": 3}
-    text = lambda i, s: {"id": f"t{i}", "text": s, "font_size": 12, "rect": {"x": 2, "y": 2 + 10 * i, "width": 60, "height": 12}}  # noqa: E731
+
+    def text(i: int, s: str) -> dict[str, object]:
+        return {"id": f"t{i}", "text": s, "font_size": 12, "rect": {"x": 2, "y": 2 + 10 * i, "width": 60, "height": 12}}
+
     return [
         {**base},
         {**base, "layers": {"in_1": {"rect": {"x": 4, "y": 4, "width": 30, "height": 30}, "rotation_degrees": 20}}},

@@ -47,7 +47,7 @@ class EchoDispatcher:
 async def running_server(
     dispatcher: EchoDispatcher | None = None, **overrides: object
 ) -> AsyncIterator[tuple[str, ControlServer]]:
-    options = ServerOptions(host="127.0.0.1", port=0, **overrides)  # type: ignore[arg-type]
+    options = ServerOptions(host="127.0.0.1", port=0, **overrides)  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
     server = ControlServer(options, dispatcher or EchoDispatcher())
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(server.run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,8 +161,6 @@ async def connect(harness: Harness) -> AsyncIterator[Client]:
     async with open_websocket_url(harness.url) as ws:
         yield Client(ws)
 
-
-from contextlib import asynccontextmanager  # noqa: E402
 
 connected = asynccontextmanager(connect)
 

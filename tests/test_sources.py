@@ -72,7 +72,7 @@ def test_source_frame_checks_its_byte_count() -> None:
     with pytest.raises(ValueError, match="needs 12"):
         SourceFrame("nv12", 4, 2, b"\0" * 11, 1)
     with pytest.raises(ValueError, match="pixel_format"):
-        SourceFrame("bgra", 4, 2, b"\0" * 32, 1)  # type: ignore[arg-type]
+        SourceFrame("bgra", 4, 2, b"\0" * 32, 1)  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
 
 
 def test_animated_bars_move_and_get_a_new_serial_per_time() -> None:

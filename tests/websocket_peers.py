@@ -119,7 +119,11 @@ class RawClient:
                 self._pieces.append(event.data)
                 if not event.message_finished:
                     continue
-                data = "".join(self._pieces) if isinstance(event.data, str) else b"".join(self._pieces)  # type: ignore[arg-type]
+                data: str | bytes = (
+                    "".join(p for p in self._pieces if isinstance(p, str))
+                    if isinstance(event.data, str)
+                    else b"".join(p for p in self._pieces if isinstance(p, bytes))
+                )
                 self._pieces = []
                 yield type(event)(data=data)
             else:

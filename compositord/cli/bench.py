@@ -23,15 +23,22 @@ SCENARIOS = ("compositor_pipeline", "compositor_only", "control_latency", "scali
 
 
 def _runner(name: str) -> Callable[[BenchOptions], dict[str, Any]]:
+    # Imported when chosen: each scenario pulls in what only it needs (GL, PyAV, a daemon).
     if name == "compositor_pipeline":
-        from compositord.perf import scenario_pipeline as module
-    elif name == "compositor_only":
-        from compositord.perf import scenario_compositor_only as module  # type: ignore[no-redef]
-    elif name == "control_latency":
-        from compositord.perf import scenario_latency as module  # type: ignore[no-redef]
-    else:
-        from compositord.perf import scenario_scaling as module  # type: ignore[no-redef]
-    return module.run
+        from compositord.perf import scenario_pipeline
+
+        return scenario_pipeline.run
+    if name == "compositor_only":
+        from compositord.perf import scenario_compositor_only
+
+        return scenario_compositor_only.run
+    if name == "control_latency":
+        from compositord.perf import scenario_latency
+
+        return scenario_latency.run
+    from compositord.perf import scenario_scaling
+
+    return scenario_scaling.run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
