@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from compositord.protocol import envelope
+from compositord.protocol import envelope, params
 from compositord.protocol.errors import MAX_LISTED_ERRORS, RemoteProtocolError
+
+COMP = "video::compositor"
 
 
 def refusal(fn: Any, *args: Any, **kwargs: Any) -> RemoteProtocolError:
@@ -43,3 +45,10 @@ def test_an_error_lists_at_most_50_fields_and_counts_the_rest() -> None:
     assert len(answer) < len(text) / 4, f"a {len(text)}-byte request got a {len(answer)}-byte answer"
     reply = envelope.ErrorReply.from_response(envelope.parse_message(answer))
     assert len(reply.errors) == MAX_LISTED_ERRORS
+
+
+def test_echoed_values_are_cut_short() -> None:
+    error = refusal(params.validate, COMP, {"output_format": "y" * 4000})
+    assert len(error.errors[0].message) < 200
+    error = refusal(params.validate_pipeline, {"nodes": {"a": {"kind": "k" * 60_000}}})
+    assert max(len(e.message) for e in error.errors) < 400
