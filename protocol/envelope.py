@@ -517,12 +517,17 @@ BatchOperation = AddNode | RemoveNode | Connect | Disconnect | TuneNode
 
 @dataclass(frozen=True)
 class ApplyBatch:
-    """Operations applied together; with ``atomic`` every one lands in the same output frame or none does."""
+    """Operations applied together, always atomically: every one lands (in one transaction and the same
+    output frame) or none does. ``atomic`` is on the wire for clients that send it; only ``true`` exists."""
 
     ACTION: ClassVar[str] = "applybatch"
     session_id: str
     operations: tuple[BatchOperation, ...]
     atomic: bool = True
+
+    def __post_init__(self) -> None:
+        if self.atomic is not True:
+            raise LocalProtocolError("applybatch is always atomic; send operations that may fail alone as separate requests")
 
     def to_request(self, correlation_id: str | None = None) -> Request:
         operations = [{"action": op.ACTION, **op.operation()} for op in self.operations]
@@ -595,13 +600,15 @@ def _parse_list_sessions(payload: Mapping[str, Any], base: str) -> ListSessions:
     return ListSessions()
 
 
-def _parse_create_session(payload: Mapping[str, Any], base: str) -> CreateSession:
+def _parse_create_session(
+    payload: Mapping[str, Any], base: str, *, context: node_params.ValidationContext = node_params.DAEMON
+) -> CreateSession:
     reader = _Reader("createsession", payload, base, ("name", "pipeline"))
     name = reader.string("name", max_len=256)
     pipeline = reader.mapping("pipeline")
     reader.done()
     try:
-        normalized = node_params.validate_pipeline(pipeline)
+        normalized = node_params.validate_pipeline(pipeline, context=context)
     except RemoteProtocolError as exc:
         raise _prefixed(exc, pointer.join(base, "pipeline")) from None
     return CreateSession(name, normalized)
@@ -614,7 +621,13 @@ def _parse_destroy_session(payload: Mapping[str, Any], base: str) -> DestroySess
     return action
 
 
-def _parse_add_node(payload: Mapping[str, Any], base: str, session_id: str | None = None) -> AddNode:
+def _parse_add_node(
+    payload: Mapping[str, Any],
+    base: str,
+    session_id: str | None = None,
+    *,
+    context: node_params.ValidationContext = node_params.DAEMON,
+) -> AddNode:
     reader = _Reader("addnode", payload, base, ("session_id", "node_id", "kind", "params"))
     session = session_id if session_id is not None else _session(reader)
     node_id = reader.node_id()
@@ -626,7 +639,7 @@ def _parse_add_node(payload: Mapping[str, Any], base: str, session_id: str | Non
         )
     reader.done()
     try:
-        validated = node_params.validate(kind, strip_private(raw_params))
+        validated = node_params.validate(kind, strip_private(raw_params), context=context)
     except RemoteProtocolError as exc:
         raise _prefixed(exc, pointer.join(base, "params")) from None
     return AddNode(session, node_id, kind, validated)
@@ -688,11 +701,19 @@ _BATCHABLE = {
 }
 
 
-def _parse_apply_batch(payload: Mapping[str, Any], base: str) -> ApplyBatch:
+def _parse_apply_batch(
+    payload: Mapping[str, Any], base: str, *, context: node_params.ValidationContext = node_params.DAEMON
+) -> ApplyBatch:
     reader = _Reader("applybatch", payload, base, ("session_id", "operations", "atomic"))
     session_id = _session(reader)
     raw = reader.array("operations")
-    atomic = reader.boolean("atomic", True)
+    if reader.boolean("atomic", True) is not True:
+        reader.errors.append(
+            FieldError(
+                pointer.join(base, "atomic"),
+                "applybatch is always atomic (all operations or none); send operations that may fail alone as separate requests",
+            )
+        )
     reader.done()
     ops_path = pointer.join(base, "operations")
     if len(raw) > MAX_BATCH_OPERATIONS:
@@ -710,8 +731,11 @@ def _parse_apply_batch(payload: Mapping[str, Any], base: str) -> ApplyBatch:
         if "session_id" in item and item["session_id"] != session_id:
             raise _bad(pointer.join(path, "session_id"), "must be the batch's session_id (or absent)")
         fields = {key: value for key, value in item.items() if key not in ("action", "session_id")}
-        operations.append(parse(fields, path, session_id))
-    return ApplyBatch(session_id, tuple(operations), atomic)
+        if parse is _parse_add_node:
+            operations.append(_parse_add_node(fields, path, session_id, context=context))
+        else:
+            operations.append(parse(fields, path, session_id))
+    return ApplyBatch(session_id, tuple(operations))
 
 
 def _preview_parser(cls: type[_PreviewAction]) -> Callable[[Mapping[str, Any], str], _PreviewAction]:
@@ -741,18 +765,23 @@ _PARSERS = {
     "unsubscribepreview": _preview_parser(UnsubscribePreview),
 }
 ACTIONS: tuple[str, ...] = tuple(_PARSERS)
+# The parsers that validate node params, and so need to know what the validating program allows.
+_VALIDATING_PARSERS = frozenset({_parse_create_session, _parse_add_node, _parse_apply_batch})
 
 
-def parse_action(request: Request) -> Action:
+def parse_action(request: Request, *, context: node_params.ValidationContext = node_params.DAEMON) -> Action:
     """The typed action of a request; :class:`RemoteProtocolError` with the path of the first bad field group.
 
     Codes: ``unknown_action``; ``bad_envelope`` for missing, unknown or
     wrongly typed fields and for a bad stamp; ``invalid_params`` for params or
-    a pipeline that fail their schema; ``too_large`` for an oversize batch.
+    a pipeline that fail their schema or the ``context`` (the daemon's
+    allowlist of stream destinations, say); ``too_large`` for an oversize batch.
     """
     parse = _PARSERS.get(request.action)
     if parse is None:
         raise _bad("/payload/action", f"unknown action {request.action!r}; known: {', '.join(ACTIONS)}", ErrorCode.UNKNOWN_ACTION)
+    if parse in _VALIDATING_PARSERS:
+        return parse(request.payload, "/payload", context=context)  # type: ignore[operator]
     return parse(request.payload, "/payload")  # type: ignore[operator]
 
 
