@@ -32,11 +32,12 @@ def _file(
     predecessor: Sink | None,
     *,
     output_dir: Path | None = None,
+    min_free_disk_bytes: int | None = None,
     **_: Any,
 ) -> Sink:
     from compositord.daemon.engine.sinks.file import FileSink
 
-    return FileSink(node_id, params, latch, predecessor, output_dir=output_dir)
+    return FileSink(node_id, params, latch, predecessor, output_dir=output_dir, min_free_disk_bytes=min_free_disk_bytes)
 
 
 def _y4m(
@@ -46,11 +47,12 @@ def _y4m(
     predecessor: Sink | None,
     *,
     output_dir: Path | None = None,
+    min_free_disk_bytes: int | None = None,
     **_: Any,
 ) -> Sink:
     from compositord.daemon.engine.sinks.y4m import Y4MSink
 
-    return Y4MSink(node_id, params, latch, predecessor, output_dir=output_dir)
+    return Y4MSink(node_id, params, latch, predecessor, output_dir=output_dir, min_free_disk_bytes=min_free_disk_bytes)
 
 
 def _stream(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, **_: Any) -> Sink:
@@ -90,10 +92,12 @@ class SinkSet:
         on_preview: Callable[[Any], None] | None = None,
         *,
         output_dir: str | os.PathLike[str] | None = None,
+        min_free_disk_bytes: int | None = None,
     ) -> None:
         self._report_error = report_error
         self._on_preview = on_preview
         self._output_dir = Path(output_dir) if output_dir is not None else None  # None: file outputs are refused
+        self._min_free_disk_bytes = min_free_disk_bytes  # None: the sinks' default floor
         self._sinks: dict[str, Sink] = {}
         self._kinds: dict[str, str] = {}  # node -> the kind its sink was made for
         self._miswired: set[str] = set()  # sink nodes fed by something other than a compositor
@@ -122,7 +126,15 @@ class SinkSet:
             if latch is None:
                 latch = self._latches[node_id] = ErrorLatch(node_id, self._report_error)
             full = params_schema.with_defaults(node.kind, node.params)
-            sink = factory(node_id, full, latch, old, on_preview=self._on_preview, output_dir=self._output_dir)
+            sink = factory(
+                node_id,
+                full,
+                latch,
+                old,
+                on_preview=self._on_preview,
+                output_dir=self._output_dir,
+                min_free_disk_bytes=self._min_free_disk_bytes,
+            )
             sink.start()
             self._sinks[node_id] = sink
             self._kinds[node_id] = node.kind
