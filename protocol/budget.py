@@ -10,7 +10,8 @@ that pushes it over and what would fit.
 The model, per node, in bytes (docs/OPERATIONS.md, "Budgets", explains how
 to size the budgets with it):
 
-- ``video::compositor``: its canvas, per pixel: the RGBA render target (4),
+- ``video::compositor``: its canvas, per pixel: the RGBA render target and
+  the GL driver's working memory for it (4 + :data:`DRIVER_BYTES_PER_PIXEL`),
   the NV12 / I420 planes (1.5, for those formats), three read-back frames
   (the planes read, the frame they are joined into, and the one the loop
   keeps as its latest output), and for
@@ -70,6 +71,8 @@ SINK_QUEUE_FRAMES: Mapping[str, int] = {
 }
 ENCODING_SINKS = frozenset({"sink::file", "sink::stream"})
 READBACK_FRAMES = 3
+DRIVER_BYTES_PER_PIXEL = 4.0
+"""What llvmpipe keeps per pixel of a canvas besides the target (measured: a 1920x1080 canvas costs that much more)."""
 ENCODER_FRAMES = 16
 """4:2:0 frames an encoder holds (x264's look-ahead and reference frames at the presets offered)."""
 
@@ -237,7 +240,7 @@ def _compositor_items(
     full = with_defaults("video::compositor", params)
     width, height = full["width"], full["height"]
     output = FORMAT_BYTES_PER_PIXEL[full["output_format"]]
-    per_pixel = RGBA + (0.0 if full["output_format"] == "rgba8" else YUV420) + READBACK_FRAMES * output
+    per_pixel = RGBA + DRIVER_BYTES_PER_PIXEL + (0.0 if full["output_format"] == "rgba8" else YUV420) + READBACK_FRAMES * output
     parts = ["render target", f"{READBACK_FRAMES} read-back frames"]
     if sinks:
         queued = max(SINK_QUEUE_FRAMES[kind] for kind in sinks)
