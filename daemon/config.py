@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from compositord.protocol.budget import BudgetLimits
+from compositord.protocol.destinations import LOOPBACK_ENTRIES, DestinationError, StreamDestinations
 from compositord.protocol.envelope import MAX_TEXT_BYTES
 from compositord.protocol.errors import FieldError, RemoteProtocolError
-from compositord.protocol.params import validate_pipeline
+from compositord.protocol.params import DAEMON, ValidationContext, validate_pipeline
 
 if TYPE_CHECKING:
     from compositord.daemon.control.server import ServerOptions
@@ -97,8 +100,11 @@ def parse_pipeline_text(text: str, file: Path) -> Any:
     raise ConfigError(file, [FieldError("", f"unknown file type {suffix or '(no suffix)'!r}; use one of {known}")])
 
 
-def load_pipeline(file: Path | str) -> dict[str, Any]:
-    """A validated, normalized pipeline from a TOML or YAML file, or ConfigError."""
+def load_pipeline(file: Path | str, *, context: ValidationContext = DAEMON) -> dict[str, Any]:
+    """A validated, normalized pipeline from a TOML or YAML file, or ConfigError.
+
+    ``context``: what the program that will run it allows (the daemon's rules by default).
+    """
     file = Path(file)
     try:
         text = file.read_text(encoding="utf-8")
@@ -106,7 +112,7 @@ def load_pipeline(file: Path | str) -> dict[str, Any]:
         raise ConfigError(file, [FieldError("", f"cannot read the file: {exc}")]) from exc
     doc = parse_pipeline_text(text, file)
     try:
-        return validate_pipeline(doc)
+        return validate_pipeline(doc, context=context)
     except RemoteProtocolError as exc:
         raise ConfigError(file, exc.errors or (FieldError(exc.path or "", exc.message),)) from exc
 
@@ -130,9 +136,39 @@ def default_state_dir(cli_value: str | Path | None, environ: Mapping[str, str] |
     return Path(from_systemd) if from_systemd else Path("state")
 
 
+class SettingsError(ValueError):
+    """A setting the daemon cannot start with; the message names the setting and what it accepts."""
+
+
+DEFAULT_MIN_FREE_DISK_BYTES = 256 * 1024 * 1024
+"""Sinks stop before free space in the output directory's file system falls under this (``min_free_disk_bytes``)."""
+
+_SIZE = re.compile(r"\s*([0-9]+)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, *, setting: str) -> int:
+    """Bytes from ``1073741824``, ``512M``, ``1GiB``, ``2 G`` (binary units); SettingsError naming ``setting``."""
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise SettingsError(f"{setting}: {text!r} is not a size (a whole number of bytes, or with K, M, G or T: 512M, 2G)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+# Environment variable -> Limits field: how an operator sets the budgets (systemd: Environment=).
+LIMITS_ENVIRONMENT: Mapping[str, str] = {
+    "COMPOSITORD_MAX_SESSION_BYTES": "max_session_bytes",
+    "COMPOSITORD_MAX_TOTAL_BYTES": "max_total_bytes",
+    "COMPOSITORD_MAX_SESSIONS": "max_sessions",
+    "COMPOSITORD_MAX_TOTAL_PIXELS_PER_SECOND": "max_total_pixels_per_second",
+    "COMPOSITORD_MIN_FREE_DISK_BYTES": "min_free_disk_bytes",
+}
+_COUNTS = frozenset({"max_sessions", "max_total_pixels_per_second"})
+
+
 @dataclass(frozen=True)
 class Limits:
-    """PROTOCOL.md section 1."""
+    """PROTOCOL.md section 1, and the budgets of docs/OPERATIONS.md ("Budgets")."""
 
     max_text_bytes: int = MAX_TEXT_BYTES
     max_binary_bytes: int = 32 * 1024 * 1024
@@ -143,6 +179,61 @@ class Limits:
     # retired_acks this long, at most this many per node, so a reconnecting client re-sends only what was not processed.
     retired_acks_grace_s: float = 300.0
     max_retired_acks: int = 4096
+    # Budgets (protocol/budget.py), sized for a 2-core machine with 4 GB of memory: the daemon's own
+    # code and libraries take about 160 MB, and the system needs the rest of the headroom.
+    max_session_bytes: int = 1 << 30  # a 4K RGBA recording with its sources fits
+    max_total_bytes: int = 2 << 30
+    max_sessions: int = 16
+    max_total_pixels_per_second: int = 250_000_000  # about 3840x2160 at 30 fps, or nine 1280x720 at 30 fps
+    min_free_disk_bytes: int = DEFAULT_MIN_FREE_DISK_BYTES
+
+    def __post_init__(self) -> None:
+        for name in ("max_session_bytes", "max_total_bytes", "max_sessions", "max_total_pixels_per_second"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name}: must be at least 1")
+        if self.min_free_disk_bytes < 0:
+            raise SettingsError("min_free_disk_bytes: must not be negative (0 turns the floor off)")
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Limits:
+        """The defaults, with every budget the environment sets (SettingsError naming a bad one)."""
+        values: dict[str, int] = {}
+        for variable, name in LIMITS_ENVIRONMENT.items():
+            text = environ.get(variable, "").strip()
+            if not text:
+                continue
+            if name in _COUNTS:
+                if not text.isdigit():
+                    raise SettingsError(f"{variable}: {text!r} is not a whole number")
+                values[name] = int(text)
+            else:
+                values[name] = parse_size(text, setting=variable)
+        return cls(**values)
+
+    def budget(self) -> BudgetLimits:
+        """The budgets as ``protocol.budget.check_session`` takes them."""
+        return BudgetLimits(
+            max_session_bytes=self.max_session_bytes,
+            max_total_bytes=self.max_total_bytes,
+            max_sessions=self.max_sessions,
+            max_total_pixels_per_second=self.max_total_pixels_per_second,
+        )
+
+
+# Visible ASCII without spaces: an HTTP header carries only ASCII, so a token with any other character
+# would never match in Authorization while it still matched in the (percent-decoded) query string.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
+def check_token(token: str | None) -> None:
+    """SettingsError when the bearer token could not travel in an HTTP header (the message never shows it)."""
+    if token is None or _TOKEN.fullmatch(token):
+        return
+    bad = next(index for index, char in enumerate(token) if not 0x21 <= ord(char) <= 0x7E)
+    raise SettingsError(
+        f"COMPOSITORD_TOKEN: character {bad + 1} of {len(token)} is not visible ASCII; a token must be ASCII letters,"
+        " digits and punctuation without spaces, or it can never match in an Authorization header"
+    )
 
 
 @dataclass(frozen=True)
@@ -157,10 +248,24 @@ class Settings:
     token: str | None = field(default=None, repr=False)  # never printed
     allowed_origins: frozenset[str] = frozenset()
     limits: Limits = Limits()
+    # Where sink::stream may send (protocol/destinations.py entries); loopback only unless the operator lists more.
+    allowed_stream_destinations: tuple[str, ...] = LOOPBACK_ENTRIES
 
     def __post_init__(self) -> None:
         if self.output_dir is None:
             object.__setattr__(self, "output_dir", Path(self.state_dir) / "outputs")
+        check_token(self.token)
+        self.stream_destinations()  # refuse a bad entry at start, not at the first stream sink
+
+    def stream_destinations(self) -> StreamDestinations:
+        try:
+            return StreamDestinations.parse(self.allowed_stream_destinations)
+        except DestinationError as exc:
+            raise SettingsError(f"allowed_stream_destinations: {exc}") from None
+
+    def validation_context(self) -> ValidationContext:
+        """What this daemon allows beyond the schema (its stream destinations; never standard output)."""
+        return ValidationContext(allow_stdout=False, stream_destinations=self.stream_destinations())
 
     @classmethod
     def from_args(cls, args: Any, environ: Mapping[str, str] | None = None) -> Settings:
@@ -172,7 +277,11 @@ class Settings:
         (comma-separated). The asset directory is ``--asset-dir``, else
         ``assets`` inside the state directory; the output directory is
         ``--output-dir``, else ``outputs`` inside the state directory (made
-        when a sink first writes).
+        when a sink first writes). Budgets and the disk floor come from
+        ``$COMPOSITORD_MAX_SESSION_BYTES`` and the other variables of
+        :data:`LIMITS_ENVIRONMENT`; stream destinations from
+        ``$COMPOSITORD_ALLOWED_STREAM_DESTINATIONS`` (comma-separated; unset:
+        loopback only). A bad value is a :class:`SettingsError`.
         """
         env = os.environ if environ is None else environ
         state_dir = default_state_dir(getattr(args, "state_dir", None), env)
@@ -182,6 +291,7 @@ class Settings:
             o.strip() for o in env.get("COMPOSITORD_ALLOWED_ORIGINS", "").split(",") if o.strip()
         ]
         config = getattr(args, "config", None)
+        destinations = env.get("COMPOSITORD_ALLOWED_STREAM_DESTINATIONS")
         return cls(
             host=getattr(args, "host", None) or cls.host,
             port=cls.port if getattr(args, "port", None) is None else int(args.port),
@@ -191,6 +301,10 @@ class Settings:
             pipeline_file=Path(config) if config else None,
             token=env.get("COMPOSITORD_TOKEN") or None,
             allowed_origins=frozenset(origins),
+            limits=Limits.from_environ(env),
+            allowed_stream_destinations=LOOPBACK_ENTRIES
+            if destinations is None
+            else tuple(entry.strip() for entry in destinations.split(",") if entry.strip()),
         )
 
     def server_options(self) -> ServerOptions:

@@ -553,12 +553,17 @@ BatchOperation = AddNode | RemoveNode | Connect | Disconnect | TuneNode
 
 @dataclass(frozen=True)
 class ApplyBatch:
-    """Operations applied together; with ``atomic`` every one lands in the same output frame or none does."""
+    """Operations applied together, always atomically: every one lands (in one transaction and the same
+    output frame) or none does. ``atomic`` is on the wire for clients that send it; only ``true`` exists."""
 
     ACTION: ClassVar[str] = "applybatch"
     session_id: str
     operations: tuple[BatchOperation, ...]
     atomic: bool = True
+
+    def __post_init__(self) -> None:
+        if self.atomic is not True:
+            raise LocalProtocolError("applybatch is always atomic; send operations that may fail alone as separate requests")
 
     def to_request(self, correlation_id: str | None = None) -> Request:
         operations = [{"action": op.ACTION, **op.operation()} for op in self.operations]
@@ -634,13 +639,15 @@ def _parse_list_sessions(payload: Mapping[str, Any], base: str) -> ListSessions:
     return ListSessions()
 
 
-def _parse_create_session(payload: Mapping[str, Any], base: str) -> CreateSession:
+def _parse_create_session(
+    payload: Mapping[str, Any], base: str, *, context: node_params.ValidationContext = node_params.DAEMON
+) -> CreateSession:
     reader = _Reader("createsession", payload, base, ("name", "pipeline"))
     name = reader.string("name", max_len=256)
     pipeline = reader.mapping("pipeline")
     reader.done()
     try:
-        normalized = node_params.validate_pipeline(pipeline)
+        normalized = node_params.validate_pipeline(pipeline, context=context)
     except RemoteProtocolError as exc:
         raise prefixed_error(exc, pointer.join(base, "pipeline")) from None
     return CreateSession(name, normalized)
@@ -653,7 +660,13 @@ def _parse_destroy_session(payload: Mapping[str, Any], base: str) -> DestroySess
     return action
 
 
-def _parse_add_node(payload: Mapping[str, Any], base: str, session_id: str | None = None) -> AddNode:
+def _parse_add_node(
+    payload: Mapping[str, Any],
+    base: str,
+    session_id: str | None = None,
+    *,
+    context: node_params.ValidationContext = node_params.DAEMON,
+) -> AddNode:
     reader = _Reader("addnode", payload, base, ("session_id", "node_id", "kind", "params"))
     session = session_id if session_id is not None else _session(reader)
     node_id = reader.node_id()
@@ -665,7 +678,7 @@ def _parse_add_node(payload: Mapping[str, Any], base: str, session_id: str | Non
         )
     reader.done()
     try:
-        validated = node_params.validate(kind, strip_private(raw_params))
+        validated = node_params.validate(kind, strip_private(raw_params), context=context)
     except RemoteProtocolError as exc:
         raise prefixed_error(exc, pointer.join(base, "params")) from None
     return AddNode(session, node_id, kind, validated)
@@ -731,11 +744,19 @@ _BATCHABLE: dict[str, Callable[[Mapping[str, Any], str, str], BatchOperation]] =
 }
 
 
-def _parse_apply_batch(payload: Mapping[str, Any], base: str) -> ApplyBatch:
+def _parse_apply_batch(
+    payload: Mapping[str, Any], base: str, *, context: node_params.ValidationContext = node_params.DAEMON
+) -> ApplyBatch:
     reader = _Reader("applybatch", payload, base, ("session_id", "operations", "atomic"))
     session_id = _session(reader)
     raw = reader.array("operations")
-    atomic = reader.boolean("atomic", True)
+    if reader.boolean("atomic", True) is not True:
+        reader.errors.append(
+            FieldError(
+                pointer.join(base, "atomic"),
+                "applybatch is always atomic (all operations or none); send operations that may fail alone as separate requests",
+            )
+        )
     reader.done()
     ops_path = pointer.join(base, "operations")
     if len(raw) > MAX_BATCH_OPERATIONS:
@@ -753,8 +774,11 @@ def _parse_apply_batch(payload: Mapping[str, Any], base: str) -> ApplyBatch:
         if "session_id" in item and item["session_id"] != session_id:
             raise _bad(pointer.join(path, "session_id"), "must be the batch's session_id (or absent)")
         fields = {key: value for key, value in item.items() if key not in ("action", "session_id")}
-        operations.append(parse(fields, path, session_id))
-    return ApplyBatch(session_id, tuple(operations), atomic)
+        if parse is _parse_add_node:
+            operations.append(_parse_add_node(fields, path, session_id, context=context))
+        else:
+            operations.append(parse(fields, path, session_id))
+    return ApplyBatch(session_id, tuple(operations))
 
 
 def _preview_parser(cls: type[_PreviewT]) -> Callable[[Mapping[str, Any], str], _PreviewT]:
@@ -767,36 +791,45 @@ def _preview_parser(cls: type[_PreviewT]) -> Callable[[Mapping[str, Any], str], 
     return parse
 
 
-_PARSERS: dict[str, Callable[[Mapping[str, Any], str], Action]] = {
-    "getpipeline": _parse_get_pipeline,
-    "listsessions": _parse_list_sessions,
-    "createsession": _parse_create_session,
-    "destroysession": _parse_destroy_session,
-    "addnode": _parse_add_node,
-    "removenode": _parse_remove_node,
-    "connect": _parse_connect,
-    "disconnect": _parse_disconnect,
-    "tunenode": _parse_tune,
-    "tunenodeasync": _parse_tune_async,
-    "applybatch": _parse_apply_batch,
-    "getpreview": _preview_parser(GetPreview),
-    "subscribepreview": _preview_parser(SubscribePreview),
-    "unsubscribepreview": _preview_parser(UnsubscribePreview),
+# Every parser takes the validation context; only those that validate node params use it.
+_Parse = Callable[[Mapping[str, Any], str, node_params.ValidationContext], Action]
+
+
+def _context_free(parse: Callable[[Mapping[str, Any], str], Action]) -> _Parse:
+    return lambda payload, base, context: parse(payload, base)
+
+
+_PARSERS: dict[str, _Parse] = {
+    "getpipeline": _context_free(_parse_get_pipeline),
+    "listsessions": _context_free(_parse_list_sessions),
+    "createsession": lambda payload, base, context: _parse_create_session(payload, base, context=context),
+    "destroysession": _context_free(_parse_destroy_session),
+    "addnode": lambda payload, base, context: _parse_add_node(payload, base, context=context),
+    "removenode": _context_free(_parse_remove_node),
+    "connect": _context_free(_parse_connect),
+    "disconnect": _context_free(_parse_disconnect),
+    "tunenode": _context_free(_parse_tune),
+    "tunenodeasync": _context_free(_parse_tune_async),
+    "applybatch": lambda payload, base, context: _parse_apply_batch(payload, base, context=context),
+    "getpreview": _context_free(_preview_parser(GetPreview)),
+    "subscribepreview": _context_free(_preview_parser(SubscribePreview)),
+    "unsubscribepreview": _context_free(_preview_parser(UnsubscribePreview)),
 }
 ACTIONS: tuple[str, ...] = tuple(_PARSERS)
 
 
-def parse_action(request: Request) -> Action:
+def parse_action(request: Request, *, context: node_params.ValidationContext = node_params.DAEMON) -> Action:
     """The typed action of a request; :class:`RemoteProtocolError` with the path of the first bad field group.
 
     Codes: ``unknown_action``; ``bad_envelope`` for missing, unknown or
     wrongly typed fields and for a bad stamp; ``invalid_params`` for params or
-    a pipeline that fail their schema; ``too_large`` for an oversize batch.
+    a pipeline that fail their schema or the ``context`` (the daemon's
+    allowlist of stream destinations, say); ``too_large`` for an oversize batch.
     """
     parse = _PARSERS.get(request.action)
     if parse is None:
         raise _bad("/payload/action", f"unknown action {request.action!r}; known: {', '.join(ACTIONS)}", ErrorCode.UNKNOWN_ACTION)
-    return parse(request.payload, "/payload")
+    return parse(request.payload, "/payload", context)
 
 
 def stamps_of(request: Request) -> list[tuple[str, Stamp]]:

@@ -10,6 +10,12 @@ Two kinds of failure, as in h11 and wsproto:
   this side). It is never sent to a peer.
 
 Codes are those of PROTOCOL.md section 2.
+
+An error response lists at most :data:`MAX_LISTED_ERRORS` field errors and
+counts the rest in ``errors_omitted``: a request of a few kilobytes must not
+buy an answer of hundreds (each field error repeats its path and a sentence).
+The exception itself keeps every error, so moving their paths under a prefix
+(``/payload/params``) loses none.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+MAX_LISTED_ERRORS = 50
+"""Field errors listed in one error payload; the rest are counted in ``errors_omitted``."""
 
 
 class ErrorCode(StrEnum):
@@ -27,6 +36,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     TOO_LARGE = "too_large"
+    RESOURCE_LIMIT = "resource_limit"
     RATE_LIMITED = "rate_limited"
     UNAUTHORIZED = "unauthorized"
     INTERNAL = "internal"
@@ -78,7 +88,9 @@ class RemoteProtocolError(Exception):
         if self.path is not None:
             payload["path"] = self.path
         if self.errors:
-            payload["errors"] = [e.to_json() for e in self.errors]
+            payload["errors"] = [e.to_json() for e in self.errors[:MAX_LISTED_ERRORS]]
+            if len(self.errors) > MAX_LISTED_ERRORS:
+                payload["errors_omitted"] = len(self.errors) - MAX_LISTED_ERRORS
         return payload
 
     def __str__(self) -> str:

@@ -19,6 +19,15 @@ Contracts (docs/INTERNALS.md):
   ``width``/``height``, ...) are present as ``None``. The compositor's
   ``layers`` map gets an entry for every input slot ``in_0 .. in_{n-1}``, with
   ``z_index`` defaulting to the slot number.
+- Keys that start with ``_`` are private (stamps, acks, a client's own notes):
+  they are stripped at any depth, never stored and never an error, on every
+  write path (``addnode``, tunes, ``createsession``, pipeline files), as
+  PROTOCOL.md section 3 says. Node ids are not keys of params: ``_bars`` is a
+  valid node id.
+- Some rules depend on the program that validates, not on the schema: the
+  daemon refuses standard output as a ``sink::y4m`` path and stream
+  destinations outside the operator's allowlist; a one-shot command run by a
+  local user allows both (:class:`ValidationContext`).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compositord.protocol import pointer
+from compositord.protocol.destinations import ANY_DESTINATION, LOOPBACK_ONLY, StreamDestinations
 from compositord.protocol.errors import ErrorCode, FieldError, LocalProtocolError, RemoteProtocolError
 
 MAX_CANVAS = 7680
@@ -52,6 +62,19 @@ REQUIRED = _Marker("REQUIRED")
 """Default of a field that must be given."""
 AUTO = _Marker("AUTO")
 """Default of an optional field whose absence means "computed": ``None`` in :func:`with_defaults`."""
+
+
+def is_private_key(key: Any) -> bool:
+    """A key that starts with ``_``: stripped from params wherever it is (PROTOCOL.md section 3)."""
+    return isinstance(key, str) and key.startswith("_")
+
+
+_SHOWN_VALUE_CHARS = 64
+
+
+def _shown(value: str) -> str:
+    """A client's string as an error message quotes it: cut short, so an error is never larger than its cause."""
+    return repr(value) if len(value) <= _SHOWN_VALUE_CHARS else repr(value[:_SHOWN_VALUE_CHARS]) + "..."
 
 
 def _type_name(value: Any) -> str:
@@ -215,7 +238,7 @@ class Enum(Spec):
 
     def check(self, value: Any, path: str, errors: list[FieldError]) -> Any:
         if not isinstance(value, str) or value not in self.choices:
-            shown = repr(value) if isinstance(value, str) else _type_name(value)
+            shown = _shown(value) if isinstance(value, str) else _type_name(value)
             errors.append(FieldError(path, f"must be one of {', '.join(self.choices)}; got {shown}"))
         return value
 
@@ -291,6 +314,12 @@ class RelativePath(Spec):
         if not isinstance(value, str):
             errors.append(FieldError(path, f"expected a string, got {_type_name(value)}"))
             return value
+        problem = self.problem(value)
+        if problem:
+            errors.append(FieldError(path, problem))
+        return value
+
+    def problem(self, value: str) -> str | None:
         problem = None
         if not value:
             problem = "must not be empty"
@@ -304,12 +333,23 @@ class RelativePath(Spec):
             problem = "must be a relative path"
         elif ".." in value.split("/"):
             problem = "must not contain a '..' component"
-        if problem:
-            errors.append(FieldError(path, problem))
-        return value
+        return problem
 
     def describe(self) -> str:
         return "relative path (no leading `/`, no `..`)"
+
+
+@dataclass(frozen=True)
+class FontName(RelativePath):
+    """``"default"`` (the bundled font), or a font file inside the asset directory, checked like any asset path."""
+
+    bundled: str = "default"
+
+    def problem(self, value: str) -> str | None:
+        return None if value == self.bundled else super().problem(value)
+
+    def describe(self) -> str:
+        return f'`"{self.bundled}"` or a relative path (no leading `/`, no `..`)'
 
 
 @dataclass(frozen=True)
@@ -326,6 +366,8 @@ class Object(Spec):
             return value
         result: dict[str, Any] = {}
         for key, child in value.items():
+            if is_private_key(key):
+                continue
             spec = self.fields.get(key)
             child_path = pointer.join(path, key)
             if spec is None:
@@ -363,6 +405,7 @@ class MapOf(Spec):
     value: Spec
     default: Any = REQUIRED
     doc: str = ""
+    keys_are_names: bool = False  # True: keys are ids chosen by the client (``_`` is then an ordinary first character)
 
     def check(self, value: Any, path: str, errors: list[FieldError]) -> Any:
         if not isinstance(value, Mapping):
@@ -370,6 +413,8 @@ class MapOf(Spec):
             return value
         result: dict[str, Any] = {}
         for key, child in value.items():
+            if is_private_key(key) and not self.keys_are_names:
+                continue
             child_path = pointer.join(path, key)
             # Keys are strings in JSON, but a YAML pipeline file can give numbers.
             if not isinstance(key, str) or re.fullmatch(self.key_pattern, key) is None:
@@ -450,6 +495,33 @@ class CrossCheck:
 
 
 @dataclass(frozen=True)
+class ValidationContext:
+    """What the validating program allows beyond the schema.
+
+    The default is the daemon's: clients are remote, so no standard output
+    and streams only to loopback unless the operator lists more
+    destinations. :data:`ONE_SHOT` is for a command a local user runs on
+    their own behalf (``compositord render``), who could write to their
+    terminal or open a connection anyway.
+    """
+
+    allow_stdout: bool = False
+    stream_destinations: StreamDestinations = LOOPBACK_ONLY
+
+
+DAEMON = ValidationContext()
+ONE_SHOT = ValidationContext(allow_stdout=True, stream_destinations=ANY_DESTINATION)
+
+
+@dataclass(frozen=True)
+class PolicyCheck:
+    """A rule that depends on the :class:`ValidationContext`; runs only when the fields it ``needs`` are valid."""
+
+    needs: tuple[str, ...]
+    run: Callable[[dict[str, Any], list[FieldError], ValidationContext], None]
+
+
+@dataclass(frozen=True)
 class NodeKind:
     name: str
     role: str  # SOURCE, COMPOSITOR or SINK
@@ -458,6 +530,7 @@ class NodeKind:
     cross_checks: tuple[CrossCheck, ...] = ()
     notes: tuple[str, ...] = ()
     fill_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    policy_checks: tuple[PolicyCheck, ...] = ()
 
 
 def _effective(params: Mapping[str, Any], schema: Object, key: str) -> Any:
@@ -530,7 +603,9 @@ _TEXT_OVERLAY = Object(
         "rect": _rect(sizes_required=False, doc="width/height auto: the measured text size"),
         "color": Color(default="#FFFFFFFF"),
         "font_size": Number(1, 512, default=32.0, doc="pixels"),
-        "font": Str(64, min_len=1, default="default", doc="a bundled font name"),
+        "font": FontName(
+            max_len=256, default="default", doc='`"default"`: the bundled font; else a TTF/OTF file inside the asset directory'
+        ),
         "opacity": _OPACITY,
         "rotation_degrees": _ROTATION,
         "z_index": Int(-1000, 1000, default=1000),
@@ -628,6 +703,27 @@ def _check_sink_file_container(params: dict[str, Any], errors: list[FieldError])
     codec = params.get("codec", _CODEC.default)
     if container in _CONTAINER_CODECS and codec in _CODEC.choices and codec not in _CONTAINER_CODECS[container]:
         errors.append(FieldError("/codec", f"{container} cannot hold {codec}; use {' or '.join(_CONTAINER_CODECS[container])}"))
+
+
+STDOUT_PATH = "-"
+"""``sink::y4m`` path meaning standard output: one-shot use only."""
+
+
+def _check_y4m_stdout(params: dict[str, Any], errors: list[FieldError], context: ValidationContext) -> None:
+    if params["path"] == STDOUT_PATH and not context.allow_stdout:
+        errors.append(
+            FieldError(
+                "/path",
+                'standard output ("-") is for one-shot use, never the daemon (whose output is its log);'
+                " name a file or FIFO inside the output directory",
+            )
+        )
+
+
+def _check_stream_destination(params: dict[str, Any], errors: list[FieldError], context: ValidationContext) -> None:
+    refusal = context.stream_destinations.refusal(params["url"])
+    if refusal is not None:
+        errors.append(FieldError("/url", refusal))
 
 
 def _check_stream_format(params: dict[str, Any], errors: list[FieldError]) -> None:
@@ -746,11 +842,14 @@ _register(
         Object(
             {
                 "path": RelativePath(
-                    max_len=4096, default="-", doc='file or FIFO inside the output directory; "-" is standard output'
+                    max_len=4096,
+                    doc='file or FIFO inside the output directory; `"-"` (standard output) only in one-shot use, never in the daemon',
                 )
             }
         ),
         "raw frames as YUV4MPEG2 to a file or FIFO",
+        notes=('The daemon refuses `"-"`: its standard output is its log (the journal under systemd), not a video pipe.',),
+        policy_checks=(PolicyCheck(("path",), _check_y4m_stdout),),
     )
 )
 _register(
@@ -776,7 +875,11 @@ _register(
         notes=(
             "`srt://` validates but puts the node in the error state: the FFmpeg bundled with PyAV has no SRT protocol.",
             "`rtmp://` and `rtmps://` need `format` `flv`.",
+            "The URL names its host as a name or an IP literal and its port (`HOST:PORT`; rtmp 1935 and rtmps 443 by"
+            " default); the daemon sends only to destinations its operator allows (`allowed_stream_destinations`,"
+            " docs/OPERATIONS.md; loopback by default).",
         ),
+        policy_checks=(PolicyCheck(("url",), _check_stream_destination),),
     )
 )
 _register(
@@ -812,11 +915,13 @@ NODE_KINDS: tuple[str, ...] = tuple(KINDS)
 
 
 def _unknown_kind(kind: Any, path: str) -> FieldError:
-    shown = repr(kind) if isinstance(kind, str) else _type_name(kind)
+    shown = _shown(kind) if isinstance(kind, str) else _type_name(kind)
     return FieldError(path, f"unknown node kind {shown}; known: {', '.join(NODE_KINDS)}")
 
 
-def _validate_into(kind: str, params: Any, base: str, errors: list[FieldError]) -> dict[str, Any] | None:
+def _validate_into(
+    kind: str, params: Any, base: str, errors: list[FieldError], context: ValidationContext
+) -> dict[str, Any] | None:
     spec = KINDS[kind]
     local: list[FieldError] = []
     result = spec.schema.check(params, "", local)
@@ -825,16 +930,19 @@ def _validate_into(kind: str, params: Any, base: str, errors: list[FieldError]) 
         for check in spec.cross_checks:
             if invalid.isdisjoint(check.needs):
                 check.run(result, local)
+        for policy in spec.policy_checks:
+            if invalid.isdisjoint(policy.needs):
+                policy.run(result, local, context)
     errors.extend(FieldError(base + e.path, e.message) for e in local)
     return result if not local else None
 
 
-def validate(kind: str, params: Any) -> dict[str, Any]:
+def validate(kind: str, params: Any, *, context: ValidationContext = DAEMON) -> dict[str, Any]:
     """Normalized durable params of a ``kind`` node; :class:`RemoteProtocolError` listing every problem."""
     errors: list[FieldError] = []
     if kind not in KINDS:
         raise RemoteProtocolError.from_field_errors(ErrorCode.INVALID_PARAMS, [_unknown_kind(kind, "")])
-    result = _validate_into(kind, params, "", errors)
+    result = _validate_into(kind, params, "", errors, context)
     if errors:
         raise RemoteProtocolError.from_field_errors(ErrorCode.INVALID_PARAMS, errors)
     assert result is not None
@@ -920,18 +1028,21 @@ _PIPELINE = Object(
             "a node id (letters, digits, '_', '.', '-')",
             Object({"kind": Str(64, min_len=1), "params": _AnyObject()}),
             default={},
+            keys_are_names=True,
         ),
         "connections": ListOf(_CONNECTION, MAX_CONNECTIONS, default=[]),
     }
 )
 
 
-def validate_pipeline(doc: Any) -> dict[str, Any]:
+def validate_pipeline(doc: Any, *, context: ValidationContext = DAEMON) -> dict[str, Any]:
     """A normalized pipeline ``{"nodes": {id: {"kind", "params"}}, "connections": [...]}``.
 
     Checks every node's params against its kind, and that every connection
     joins an existing node's output pin to another node's input pin, each input
-    pin fed at most once, with no cycle. Every problem is reported with its path.
+    pin fed at most once, with no cycle, and no compositor feeding a compositor
+    (nesting is not built). Keys that start with ``_`` are stripped wherever
+    they are, except node ids. Every problem is reported with its path.
     """
     errors: list[FieldError] = []
     shape = _PIPELINE.check(doc, "", errors)
@@ -955,7 +1066,7 @@ def validate_pipeline(doc: Any) -> dict[str, Any]:
         valid_kinds[node_id] = kind
         params = node.get("params", {})
         if isinstance(params, Mapping):
-            normalized = _validate_into(kind, params, pointer.join(base, "params"), errors)
+            normalized = _validate_into(kind, params, pointer.join(base, "params"), errors, context)
             if normalized is not None:
                 nodes[node_id] = {"kind": kind, "params": normalized}
     connections = shape.get("connections", [])
@@ -990,12 +1101,21 @@ def _check_connections(
         if conn["from_node"] == conn["to_node"]:
             errors.append(FieldError(pointer.join(base, "to_node"), "a node cannot feed itself"))
             continue
+        edges.setdefault(conn["from_node"], set()).add(conn["to_node"])  # a refused edge may still close a cycle
+        if KINDS[kinds[conn["from_node"]]].role == COMPOSITOR and KINDS[kinds[conn["to_node"]]].role == COMPOSITOR:
+            errors.append(
+                FieldError(
+                    base,
+                    f"compositor {conn['from_node']!r} cannot feed compositor {conn['to_node']!r}: nested compositing"
+                    " is not built yet (the inner output would render black); connect the sources to one compositor",
+                )
+            )
+            continue
         target = (conn["to_node"], conn["to_pin"])
         if target in fed_by:
             errors.append(FieldError(pointer.join(base, "to_pin"), f"input already fed by /connections/{fed_by[target]}"))
             continue
         fed_by[target] = index
-        edges.setdefault(conn["from_node"], set()).add(conn["to_node"])
     cycle = _find_cycle(edges)
     if cycle:
         errors.append(FieldError("/connections", "connections form a cycle: " + " -> ".join(cycle)))
@@ -1090,7 +1210,9 @@ def reference_markdown() -> str:
         'JSON pointer; every error is reported at once. "required" fields have no default;',
         '"auto" fields may be absent (or `null`, the same) and are then computed. Durable params',
         "keep only what was sent, normalized: numbers as floats, integers as ints, pixel values",
-        "rounded to whole pixels (halves up), colours as `#RRGGBBAA` upper case.",
+        "rounded to whole pixels (halves up), colours as `#RRGGBBAA` upper case. A key that starts",
+        "with `_` is private to the client: stripped at any depth on every write path (`addnode`,",
+        "tunes, `createsession`, pipeline files), never stored and never an error.",
         "",
         "Pins: sources have the output pin `out`; the compositor has inputs `in_0` ..",
         "`in_{num_inputs-1}` and the output `out`; sinks have the input `in`.",

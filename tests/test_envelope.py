@@ -322,7 +322,19 @@ def test_apply_batch() -> None:
         ),
         True,
     )
-    assert action_of("applybatch", session_id="s", operations=[], atomic=False) == E.ApplyBatch("s", (), False)
+    assert action_of("applybatch", session_id="s", operations=[], atomic=True) == E.ApplyBatch("s", ())
+
+
+def test_applybatch_is_always_atomic() -> None:
+    """`atomic: false` was parsed and never read (the daemon applied every batch all or nothing): now it is refused."""
+    with pytest.raises(RemoteProtocolError) as refused:
+        action_of("applybatch", session_id="s", operations=[], atomic=False)
+    assert refused.value.code is ErrorCode.BAD_ENVELOPE
+    assert refused.value.path == "/payload/atomic"
+    assert "always atomic" in refused.value.message
+    with pytest.raises(LocalProtocolError):
+        E.ApplyBatch("s", (), False)
+    assert E.ApplyBatch("s", ()).to_request().payload["atomic"] is True
 
 
 @pytest.mark.parametrize(
@@ -380,7 +392,7 @@ TYPED_ACTIONS: list[Any] = [
     E.Disconnect("s", "b", "out", "comp", "in_0"),
     E.TuneNode("s", "comp", E.UPDATE, {"width": 640}, Stamp("n", 1), True),
     E.TuneNode("s", "comp", E.PATCH, {"layers": {"in_0": None}}, None, False),
-    E.ApplyBatch("s", (E.TuneNode("s", "comp", E.PATCH, {"fps": 25}, Stamp("n", 2)), E.RemoveNode("s", "b")), False),
+    E.ApplyBatch("s", (E.TuneNode("s", "comp", E.PATCH, {"fps": 25}, Stamp("n", 2)), E.RemoveNode("s", "b"))),
     E.GetPreview("s", "thumbs"),
     E.SubscribePreview("s", "thumbs"),
     E.UnsubscribePreview("s", "thumbs"),

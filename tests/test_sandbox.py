@@ -157,12 +157,21 @@ def test_the_schema_refuses_paths_out_of_the_output_dir(kind: str, bad: dict, fi
     assert [e.path for e in refused.value.errors] == [field], refused.value.errors
 
 
-@pytest.mark.parametrize(
-    ("kind", "good"), [("sink::y4m", {"path": "-"}), ("sink::y4m", {}), ("sink::file", {"path": "rec/day-1.mkv"})]
-)
-def test_the_schema_keeps_stdout_and_relative_paths(kind: str, good: dict) -> None:
+@pytest.mark.parametrize(("kind", "good"), [("sink::y4m", {"path": "raw/out.y4m"}), ("sink::file", {"path": "rec/day-1.mkv"})])
+def test_the_schema_keeps_relative_paths(kind: str, good: dict) -> None:
     assert params.validate(kind, good) == good
-    assert params.with_defaults("sink::y4m", {})["path"] == "-"
+
+
+def test_stdout_is_for_one_shot_use_and_never_a_default() -> None:
+    assert "path" not in params.with_defaults("sink::y4m", {}), "no durable stdout default"
+    with pytest.raises(RemoteProtocolError) as missing:
+        params.validate("sink::y4m", {})
+    assert [(e.path, e.message) for e in missing.value.errors] == [("/path", "required")]
+    with pytest.raises(RemoteProtocolError) as refused:
+        params.validate("sink::y4m", {"path": "-"})
+    assert [e.path for e in refused.value.errors] == ["/path"]
+    assert "one-shot" in refused.value.errors[0].message
+    assert params.validate("sink::y4m", {"path": "-"}, context=params.ONE_SHOT) == {"path": "-"}
 
 
 def test_output_dir_setting_defaults_into_the_state_dir(tmp_path: Path) -> None:

@@ -4,15 +4,14 @@
   are node errors; nothing outside changes and the other sinks write on;
 - paths the schema can judge (absolute, '..') are invalid_params with their
   JSON pointer, and change nothing;
-- `compositord run` keeps its own lines off standard output, so a
-  ``sink::y4m`` with path ``"-"`` is a clean YUV4MPEG2 stream.
+- standard output is never a sink in the daemon (``"-"`` is refused as
+  invalid params, also in a pipeline file).
 
 Runtime: ~6 s (a render loop, a daemon, a daemon process)."""
 
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -20,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 import yaml
 
-from compositord.tests.sink_helpers import H, Peer, W, running_loop, sink_session, wait_frames_written, wait_until, y4m_pipeline
+from compositord.tests.sink_helpers import Peer, running_loop, sink_session, wait_frames_written, wait_until, y4m_pipeline
 
 pytestmark = pytest.mark.gl
 
@@ -96,41 +94,43 @@ async def test_the_daemon_refuses_absolute_and_dotdot_paths_as_invalid_params(co
     await wait_until(lambda: (output_dir / "raw.y4m").exists())  # the valid relative path landed in the output directory
 
 
-async def test_run_keeps_stdout_for_a_y4m_dash_sink(tmp_path: Path) -> None:
-    """`compositord run ... | ffmpeg -f yuv4mpegpipe -i -`: the first bytes on stdout are the Y4M header."""
-    pipeline = y4m_pipeline("-")
+async def test_the_daemon_never_writes_video_to_its_stdout(compositord_daemon: Any, tmp_path: Path) -> None:
+    """Standard output is the daemon's log (the journal under systemd): "-" is refused on every write path."""
+    from trio_websocket import open_websocket_url
+
+    session = compositord_daemon.session_id
+    async with open_websocket_url(compositord_daemon.url) as ws:
+        peer = Peer(ws)
+        before = await peer.request("getpipeline", session_id=session)
+        tuned = await peer.request("tunenode", session_id=session, node_id="raw", message={"UpdateParams": {"path": "-"}})
+        assert (tuned["code"], tuned["path"]) == ("invalid_params", "/payload/message/UpdateParams/path"), tuned
+        emptied = await peer.request("tunenode", session_id=session, node_id="raw", message={"UpdateParams": {}})
+        assert (emptied["code"], emptied["path"]) == ("invalid_params", "/payload/message/UpdateParams/path"), emptied
+        added = await peer.request("addnode", session_id=session, node_id="out", kind="sink::y4m", params={})
+        assert (added["code"], added["path"]) == ("invalid_params", "/payload/params/path"), added
+        after = await peer.request("getpipeline", session_id=session)
+    assert after["nodes"] == before["nodes"]
+
+
+def test_run_refuses_a_pipeline_that_writes_to_stdout(tmp_path: Path) -> None:
     config = tmp_path / "stdout.yaml"
-    config.write_text(yaml.safe_dump(pipeline))
-    stderr_path = tmp_path / "stderr.txt"
-    with stderr_path.open("wb") as stderr:
-        daemon = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "compositord",
-                "run",
-                "--config",
-                str(config),
-                "--state-dir",
-                str(tmp_path / "state"),
-                "--port",
-                "0",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
-    try:
-        frame_bytes = W * H * 3 // 2
-        head = await trio.to_thread.run_sync(lambda: daemon.stdout.read(64 + 2 * (6 + frame_bytes)))
-        header, _, rest = head.partition(b"\n")
-        assert header.startswith(b"YUV4MPEG2 W160 H90 F30:1"), head[:200]
-        assert rest.startswith(b"FRAME\n") and rest[6 + frame_bytes :].startswith(b"FRAME\n")
-        daemon.stdout.close()  # the reader goes away: a node error, the daemon runs on and stops cleanly
-        await wait_until(lambda: "compositord: serving ws://" in stderr_path.read_text(errors="replace"), timeout=30)
-        daemon.send_signal(signal.SIGTERM)
-        status = await trio.to_thread.run_sync(lambda: daemon.wait(timeout=30))
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-    assert status == 0, stderr_path.read_text(errors="replace")
+    config.write_text(yaml.safe_dump(y4m_pipeline("-")))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compositord",
+            "run",
+            "--config",
+            str(config),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert "/nodes/raw/params/path: standard output" in result.stderr.decode(), result.stderr

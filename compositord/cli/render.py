@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     from compositord.protocol.params import COMPOSITOR_KIND
 
     try:
-        pipeline = load_pipeline(args.scene)
+        pipeline = load_pipeline(args.scene, context=protocol_params.ONE_SHOT)  # a local user's own command
     except ConfigError as exc:
         print(f"compositord render: {args.scene} cannot be rendered:", file=sys.stderr)
         for line in exc.lines():

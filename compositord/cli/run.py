@@ -32,10 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     # Imported here so that `compositord --help` stays quick.
     from compositord.daemon.app import serve
-    from compositord.daemon.config import ConfigError, Settings
+    from compositord.daemon.config import ConfigError, Settings, SettingsError
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    settings = Settings.from_args(args)
+    try:
+        settings = Settings.from_args(args)
+    except SettingsError as exc:
+        print(f"compositord run: {exc}", file=sys.stderr)
+        return 1
     if settings.pipeline_file is not None:
         from compositord.daemon.config import load_pipeline
 

@@ -34,6 +34,7 @@ class SinkContext:
 
     output_dir: Path | None  # None: every file sink refuses its path
     on_preview: Callable[[str, PreviewImage], None] | None  # (node id, thumbnail), from the sink's own thread
+    min_free_disk_bytes: int | None = None  # file outputs stop before free space falls under it; None: the sinks' default
 
 
 # factory(node_id, params with defaults, latch, the sink it replaces or None, context) -> a sink not started yet.
@@ -56,13 +57,13 @@ class SinkKind:
 def _file(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, context: SinkContext) -> Sink:
     from compositord.daemon.engine.sinks.file import FileSink
 
-    return FileSink(node_id, params, latch, predecessor, output_dir=context.output_dir)
+    return FileSink(node_id, params, latch, predecessor, output_dir=context.output_dir, min_free_disk_bytes=context.min_free_disk_bytes)
 
 
 def _y4m(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, context: SinkContext) -> Sink:
     from compositord.daemon.engine.sinks.y4m import Y4MSink
 
-    return Y4MSink(node_id, params, latch, predecessor, output_dir=context.output_dir)
+    return Y4MSink(node_id, params, latch, predecessor, output_dir=context.output_dir, min_free_disk_bytes=context.min_free_disk_bytes)
 
 
 def _stream(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, context: SinkContext) -> Sink:

@@ -20,9 +20,18 @@ reason:
   and a regular file with other hard links (its inode may be a file outside).
 
 An output may be a FIFO the operator made inside the directory
-(``mkfifo <output_dir>/out.y4m``). The checks run just before the file is
-opened; a remote client cannot create links, so what they vouch for holds
-until the operator changes the directory.
+(``mkfifo <output_dir>/out.y4m``).
+
+The checks look at names; what is opened afterwards must be what they
+checked, even if something in the directory changes in between (a link
+swapped in for a directory or for the file, by another local user or
+program). So outputs are opened with :func:`open_output_directory`: it
+checks, then opens the real directory chain one component at a time with
+``O_NOFOLLOW`` from the real output directory, and the sink opens its file
+relative to that directory, again with ``O_NOFOLLOW``; :func:`check_opened`
+then looks at what was opened (a regular file with one link, or a FIFO). A
+link swapped in after the check makes the open fail instead of being
+followed.
 """
 
 from __future__ import annotations
@@ -127,3 +136,77 @@ def resolve_output(
     if status.st_nlink > 1:
         raise SandboxError(f"{field} {value!r}: the file has other hard links; remove it first")
     return OutputTarget(real, is_fifo=False)
+
+
+@dataclass
+class OutputDirectory:
+    """The directory an output goes into, open without following links, and the output's name in it."""
+
+    fd: int
+    name: str
+    target: OutputTarget  # what the check found (real path, FIFO or not)
+    value: str
+    field: str
+
+    def open(self, flags: int, mode: int = 0o644) -> int:
+        """``os.open`` of the output relative to the directory; never follows a link at the last component."""
+        return os.open(self.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> OutputDirectory:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_output_directory(
+    root_dir: str | os.PathLike[str] | None, value: str, *, field: str = "path", place: str = "output directory"
+) -> OutputDirectory:
+    """Check ``value`` (:func:`resolve_output`), then open the directory that holds it, link by link refused.
+
+    The walk starts at the real output directory and follows the real path the
+    check found; a component that is a link by now (swapped in since the check)
+    makes it fail with :class:`SandboxError`. Close the result (or use it in a
+    ``with``) once the output is open.
+    """
+    target = resolve_output(root_dir, value, field=field, place=place)
+    assert root_dir is not None  # resolve_output refused None
+    root = Path(root_dir).resolve(strict=True)
+    parts = target.path.parent.relative_to(root).parts
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SandboxError(f"{field} {value!r}: cannot open the {place}: {exc.strerror or exc}") from None
+    for part in parts:
+        try:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError as exc:
+            os.close(fd)
+            raise SandboxError(
+                f"{field} {value!r}: its directory changed while it was being opened ({exc.strerror or exc})"
+            ) from None
+        os.close(fd)
+        fd = child
+    return OutputDirectory(fd, target.path.name, target, value, field)
+
+
+def check_opened(fd: int, directory: OutputDirectory) -> bool:
+    """What ``fd`` (opened through ``directory``) is: True for a FIFO, False for a regular file with one link.
+
+    Anything else (a directory, a device, a file that gained a hard link to somewhere else since the
+    check) is :class:`SandboxError`; the caller closes ``fd`` then.
+    """
+    status = os.fstat(fd)
+    if stat.S_ISFIFO(status.st_mode):
+        return True
+    value, field = directory.value, directory.field
+    if not stat.S_ISREG(status.st_mode):
+        raise SandboxError(f"{field} {value!r}: not a regular file or FIFO")
+    if status.st_nlink > 1:
+        raise SandboxError(f"{field} {value!r}: the file has other hard links; remove it first")
+    return False

@@ -23,6 +23,20 @@ Promises (docs/DURABILITY.md says them for operators):
   defence in depth.
 - The schema is versioned with ``PRAGMA user_version``; a newer database than
   this code knows is refused rather than guessed at.
+- One daemon per state directory: ``run`` takes an exclusive lock
+  (``daemon/state/lock.py``) before it opens anything and holds it until the
+  writer has stopped; a second daemon gets :class:`StoreLocked`.
+- The store is checked before it is served: ``PRAGMA quick_check`` must say
+  ``ok`` (else :class:`StoreCorrupt`, and the file is left as it is), and a
+  missing or empty database where the marker file says one was created is
+  :class:`StoreMissing`, not a fresh start. The marker
+  (``compositord.sqlite3.created``) is written once the schema is committed.
+- A full disk is not fatal: a change that cannot commit (SQLite's
+  ``SQLITE_FULL``) is rolled back, its callers get :class:`StoreFull`, and
+  every change queued on top of it fails the same way (it was planned on
+  state that never reached the disk). The mirror is then reloaded from the
+  disk, revert listeners hear which sessions went back, and the store takes
+  new changes as before: they commit once there is space again.
 """
 
 from __future__ import annotations
@@ -31,6 +45,8 @@ import collections
 import contextlib
 import functools
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -43,12 +59,16 @@ from typing import Any, NamedTuple
 
 import trio
 
+from compositord.daemon.state.lock import StateDirectoryLock, StateDirectoryLocked
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord, refuse_private_keys
 from compositord.protocol import pointer
 from compositord.protocol.errors import LocalProtocolError
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 DB_FILE_NAME = "compositord.sqlite3"
+MARKER_SUFFIX = ".created"  # compositord.sqlite3.created: a store was made here
 GROUP_COMMIT_INTERVAL = 0.05
 QUEUE_CAPACITY = 1024
 
@@ -79,6 +99,25 @@ CREATE TABLE connections (
 
 class StoreError(Exception):
     """The database could not be opened or written; the mirror may be ahead of the disk."""
+
+
+class StoreLocked(StoreError):
+    """Another daemon holds the state directory (the message names it and the other pid)."""
+
+
+class StoreCorrupt(StoreError):
+    """The database fails its integrity check; it is left untouched for the operator."""
+
+
+class StoreMissing(StoreError):
+    """The database is missing or empty although the marker says a store was created here."""
+
+
+class StoreFull(StoreError):
+    """The disk under the store is full: this change was not stored (nothing of it is on disk or in the mirror).
+
+    The store stays usable: later changes commit once there is space again.
+    """
 
 
 # ---- operations (for apply_atomically; the single-change methods use them too) ----
@@ -130,6 +169,9 @@ class _WriteItem:
     done: trio.Event | None  # set on the trio thread once the item is committed (sync items only)
     queued_at: float = field(default_factory=time.monotonic)
     error: BaseException | None = None
+    # The mirror generation it was planned on: a failed commit ends a generation (the mirror is reloaded),
+    # and an item of an ended generation is refused unexecuted (it may build on what was lost).
+    generation: int = 0
 
 
 _STOP = _WriteItem([], None)
@@ -185,6 +227,16 @@ def database_path(state_dir: Path) -> Path:
     return Path(state_dir) / DB_FILE_NAME
 
 
+def marker_path(db_path: Path) -> Path:
+    """The file that says a store was created at ``db_path`` (so a vanished one is an error, not a fresh start)."""
+    return db_path.with_name(db_path.name + MARKER_SUFFIX)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL: "database or disk is full"."""
+    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
 def _encode_params(params: Mapping[str, Any], where: str) -> str:
     try:
         return json.dumps(params, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
@@ -218,6 +270,9 @@ class Store:
         self._running = False
         self._stopping = False
         self._stats = StoreStatistics()
+        self._generation = 0  # trio thread: the mirror's generation; +1 when a full disk made it reload
+        self._ended_generation = -1  # writer thread: items of this generation or older are refused
+        self._revert_listeners: list[Callable[[frozenset[str]], None]] = []
 
     # ---- lifecycle ----
 
@@ -226,6 +281,18 @@ class Store:
         thread; on cancellation commit everything queued and close."""
         if self._running or self._token is not None:
             raise LocalProtocolError("Store.run() may be called only once")
+        try:
+            lock = StateDirectoryLock.acquire(self.state_dir)
+        except StateDirectoryLocked as exc:
+            raise StoreLocked(str(exc)) from None
+        except OSError as exc:
+            raise StoreError(f"cannot lock the state directory {self.state_dir}: {exc.strerror or exc}") from exc
+        try:
+            await self._run_locked(task_status)
+        finally:
+            lock.release()  # only once the writer has stopped: no other daemon opens the store before
+
+    async def _run_locked(self, task_status: trio.TaskStatus[None]) -> None:
         self._running = True
         self._token = trio.lowlevel.current_trio_token()
         self._slots = trio.Semaphore(self._capacity)
@@ -241,6 +308,8 @@ class Store:
         thread.start()
         try:
             await loaded.wait()
+            if isinstance(self._fatal, StoreError):
+                raise type(self._fatal)(str(self._fatal)) from self._fatal
             if self._fatal is not None:
                 raise StoreError(f"cannot open the store at {self.db_path}: {self._fatal}") from self._fatal
             self._sessions.update(loaded_sessions)
@@ -263,6 +332,12 @@ class Store:
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(commits=self._stats.commits, items_written=self._stats.items_written, queued=len(self._inbox))
+
+    def add_revert_listener(self, listener: Callable[[frozenset[str]], None]) -> None:
+        """``listener(session_ids)`` runs on the trio thread when changes that could not be stored (a full
+        disk) were taken back out of the mirror: those sessions are as the disk has them again. Async
+        changes have no caller to tell, so whoever published them (events, render loops) learns it here."""
+        self._revert_listeners.append(listener)
 
     # ---- changes (trio thread) ----
 
@@ -448,7 +523,7 @@ class Store:
             # and publish before any checkpoint, so queue order equals mirror order.
             working = dict(self._sessions)
             statements, result = plan(working)
-            item = _WriteItem(statements, trio.Event() if wait_durable else None)
+            item = _WriteItem(statements, trio.Event() if wait_durable else None, generation=self._generation)
             self._inbox.put(item, urgent=wait_durable)
         except BaseException:
             self._slots.release()
@@ -457,9 +532,27 @@ class Store:
         self._sessions.update(working)
         if item.done is not None:
             await item.done.wait()
+            if isinstance(item.error, StoreFull):
+                raise StoreFull(str(item.error)) from item.error.__cause__
             if item.error is not None:
                 raise StoreError(f"commit failed: {item.error}") from item.error
         return result
+
+    def _apply_revert(self, sessions: dict[str, SessionRecord], ended: int) -> None:
+        """Trio thread: the mirror becomes what the disk holds after a commit that could not be made."""
+        if ended != self._generation:
+            return  # a later reload already replaced it
+        self._generation += 1
+        changed = frozenset(
+            session_id
+            for session_id in self._sessions.keys() | sessions.keys()
+            if self._sessions.get(session_id) != sessions.get(session_id)
+        )
+        self._sessions.clear()
+        self._sessions.update(sessions)
+        log.warning("the disk under the store is full: %d session(s) reverted to what is stored", len(changed))
+        for listener in self._revert_listeners:
+            listener(changed)
 
     # ---- writer thread: the only code that talks to SQLite ----
 
@@ -525,6 +618,14 @@ class Store:
             items = batch[:-1] if stopping else batch
             if items:
                 self._call_soon(functools.partial(self._release_slots, len(items)))
+            stale = [item for item in items if item.generation <= self._ended_generation]
+            if stale:
+                # Planned on a mirror that held changes the disk never got: refused, never executed.
+                lost = StoreFull("not stored: an earlier change could not be stored (the disk is full)")
+                for item in stale:
+                    self._finish(item, lost)
+                items = [item for item in items if item.generation > self._ended_generation]
+            if items:
                 if first_uncommitted_at is None:
                     # Measured from when the caller queued it, so a backlog cannot stretch the promise.
                     first_uncommitted_at = items[0].queued_at
@@ -553,29 +654,73 @@ class Store:
                     first_uncommitted_at = None
                     self._inbox.deadline_set = False  # from now on a new item must wake the writer
             except BaseException as exc:
-                # The mirror is already ahead of the disk: this is fatal, and every sync
-                # caller whose change was in the lost transaction learns it.
-                for waiting in uncommitted:
-                    self._finish(waiting, exc)
-                raise
+                if is_disk_full(exc):
+                    self._disk_full(conn, uncommitted, exc)
+                    uncommitted = []
+                    first_uncommitted_at = None
+                    self._inbox.deadline_set = False
+                else:
+                    # The mirror is already ahead of the disk: this is fatal, and every sync
+                    # caller whose change was in the lost transaction learns it.
+                    for waiting in uncommitted:
+                        self._finish(waiting, exc)
+                    raise
             if stopping:
                 return
+
+    def _disk_full(self, conn: sqlite3.Connection, lost: list[_WriteItem], exc: BaseException) -> None:
+        """Writer thread: roll back, refuse the lost changes, and reload the mirror from what the disk holds."""
+        with suppress(sqlite3.Error):
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        ended = max((item.generation for item in lost), default=self._ended_generation)
+        self._ended_generation = max(self._ended_generation, ended)
+        error = StoreFull(f"not stored: the disk under the store ({self.db_path.parent}) is full ({exc})")
+        error.__cause__ = exc
+        for item in lost:
+            self._finish(item, error)
+        self._call_soon(functools.partial(self._apply_revert, load_sessions(conn), ended))
 
 
 # ---- SQLite helpers (writer thread, and tools that inspect a state dir) ----
 
 
+QUICK_CHECK_ROWS = 5  # problems named in StoreCorrupt's message (quick_check lists them all)
+
+
 def open_database(db_path: Path, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
-    """Open or create the database, in WAL mode with synchronous=FULL, at the current schema."""
+    """Open or create the database, in WAL mode with synchronous=FULL, at the current schema, checked.
+
+    Refuses (:class:`StoreMissing`) a missing or empty file where the marker says a store was made,
+    and (:class:`StoreCorrupt`) one whose ``PRAGMA quick_check`` is not ``ok``; writes the marker once
+    the store is known good.
+    """
     db_path.parent.mkdir(parents=True, exist_ok=True)
+    marker = marker_path(db_path)
+    size = db_path.stat().st_size if db_path.exists() else None
+    if marker.exists() and not size:
+        state = "missing" if size is None else "empty (0 bytes)"
+        raise StoreMissing(
+            f"{db_path} is {state}, but {marker.name} says a store was created here: refusing to start with no sessions."
+            f" Restore the database from a backup, or delete {marker} to start with an empty store"
+        )
     # isolation_level=None: transactions are explicit (BEGIN/COMMIT), so group commit is ours to decide.
     conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=True)
     try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise _corrupt(db_path, [str(exc)]) from exc
         if str(mode).lower() != "wal":
             raise StoreError(f"{db_path}: SQLite refused WAL mode (journal_mode is {mode!r})")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as exc:
+            raise _corrupt(db_path, [str(exc)]) from exc
+        if problems != ["ok"]:
+            raise _corrupt(db_path, problems)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             conn.execute("BEGIN IMMEDIATE")
@@ -585,10 +730,37 @@ def open_database(db_path: Path, *, busy_timeout: float = 5.0) -> sqlite3.Connec
             conn.execute("COMMIT")
         elif version > SCHEMA_VERSION:
             raise StoreError(f"{db_path}: schema version {version} is newer than this compositord understands ({SCHEMA_VERSION})")
+        if not marker.exists():
+            _write_marker(marker)
         return conn
     except BaseException:
         conn.close()
         raise
+
+
+def _corrupt(db_path: Path, problems: list[str]) -> StoreCorrupt:
+    shown = "; ".join(problems[:QUICK_CHECK_ROWS]) + (
+        f"; and {len(problems) - QUICK_CHECK_ROWS} more" if len(problems) > QUICK_CHECK_ROWS else ""
+    )
+    return StoreCorrupt(
+        f"{db_path} is damaged (SQLite's integrity check: {shown}); the daemon will not serve from it, and the file is"
+        " left as it is. Restore it from a backup, or move it away (with its -wal file and the .created marker) to start empty"
+    )
+
+
+def _write_marker(marker: Path) -> None:
+    """Written and fsynced with its directory entry, so that once it exists it survives a crash as the store does."""
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, b"compositord created its store beside this file; without the store, the daemon will not start\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    directory = os.open(marker.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def load_sessions(conn: sqlite3.Connection) -> dict[str, SessionRecord]:

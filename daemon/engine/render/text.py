@@ -22,13 +22,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from compositord.daemon.engine.render.images import AssetError, resolve_asset
+from compositord.protocol.budget import MAX_TEXT_RASTER_SIDE  # one cap for the renderer and the budget
 from compositord.protocol.layout import parse_color
 
 DEFAULT_FONT_NAMES = (None, "", "default")
 # Each pipeline has its own render thread; cached FreeType faces are shared between them,
 # and a FreeType face must not be used by two threads at once.
 _FREETYPE_LOCK = threading.Lock()
-MAX_TEXT_RASTER_SIDE = 8192
 
 
 @dataclass(frozen=True)

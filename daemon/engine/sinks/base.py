@@ -24,8 +24,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from compositord.daemon.config import DEFAULT_MIN_FREE_DISK_BYTES
 from compositord.daemon.engine.render.frames import OutputFrame
-from compositord.daemon.engine.sandbox import OutputTarget, SandboxError, resolve_output
+from compositord.daemon.engine.sandbox import OutputDirectory, SandboxError, open_output_directory
 
 DEFAULT_QUEUE_CAPACITY = 8  # frames; at 30 fps about a quarter of a second of slack for an encoder
 
@@ -97,9 +98,12 @@ class Sink:
         predecessor: Sink | None = None,
         *,
         output_dir: str | os.PathLike[str] | None = None,
+        min_free_disk_bytes: int | None = None,
     ) -> None:
         self.node_id = node_id
         self.output_dir = output_dir  # sinks that write files resolve their path inside it (daemon.sandbox)
+        # Sinks that write files stop before free space there falls under this (sinks/disk_floor.py).
+        self.min_free_disk_bytes = DEFAULT_MIN_FREE_DISK_BYTES if min_free_disk_bytes is None else min_free_disk_bytes
         self.params = dict(params)
         self._latch = latch
         self._predecessor = predecessor
@@ -242,10 +246,12 @@ class Sink:
 
     # ------------------------------------------------------------------ subclass hooks (worker thread)
 
-    def output_target(self, path: str) -> OutputTarget:
-        """Where ``path`` (relative to the output directory) really is; a SinkError when it is not allowed."""
+    def output_directory(self, path: str) -> OutputDirectory:
+        """The directory ``path`` (relative to the output directory) goes into, checked and opened without
+        following links (``daemon.sandbox.open_output_directory``); a SinkError when it is not allowed.
+        Open the output through it, then close it."""
         try:
-            return resolve_output(self.output_dir, path)
+            return open_output_directory(self.output_dir, path)
         except SandboxError as exc:
             raise SinkError(str(exc)) from None
 

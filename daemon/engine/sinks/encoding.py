@@ -115,7 +115,12 @@ class EncoderSink(Sink):
         video.pts = pts
         video.time_base = self._stream.time_base
         self._last_pts = pts
-        self._container.mux(self._stream.encode(video))
+        packets = self._stream.encode(video)
+        self._container.mux(packets)
+        self.wrote(sum(packet.size for packet in packets))
+
+    def wrote(self, count: int) -> None:
+        """``count`` encoded bytes went to the output (a file sink watches its disk with it)."""
 
     def finish(self) -> None:
         container, self._container = self._container, None

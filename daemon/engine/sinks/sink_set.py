@@ -33,9 +33,10 @@ class SinkSet:
         on_preview: Callable[[str, PreviewImage], None] | None = None,
         *,
         output_dir: str | os.PathLike[str] | None = None,
+        min_free_disk_bytes: int | None = None,
     ) -> None:
         self._report_error = report_error
-        self._context = registry.SinkContext(Path(output_dir) if output_dir is not None else None, on_preview)
+        self._context = registry.SinkContext(Path(output_dir) if output_dir is not None else None, on_preview, min_free_disk_bytes)
         self._sinks: dict[str, Sink] = {}
         self._kinds: dict[str, str] = {}  # node -> the kind its sink was made for
         self._miswired: set[str] = set()  # sink nodes fed by something other than a compositor

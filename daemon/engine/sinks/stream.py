@@ -7,12 +7,31 @@ refused with a node error that says so (the system ffmpeg has SRT: pipe a
 ``sink::y4m`` into it instead). The encoder runs with x264's ``zerolatency``
 tune. UDP is fire-and-forget: a receiver that goes away costs nothing; a TCP
 or RTMP peer that goes away is a write error, hence the node's error state.
+
+Where a stream may go is the operator's choice (``allowed_stream_destinations``,
+checked when the params are validated). What went wrong on the way is not the
+client's business: whether a port was closed, filtered or answered with
+garbage would make this sink a port scanner. So every failure to reach or
+send to the destination is one node error, the same whatever the cause
+(:data:`UNREACHABLE`); the cause goes to the daemon's log. A ``tcp://`` URL
+gets FFmpeg's ``timeout`` (connect and each write, :data:`TCP_TIMEOUT_US`)
+unless it names one, so a peer that never answers or stops reading ends in
+that error instead of holding the sink's thread.
 """
 
 from __future__ import annotations
 
-from compositord.daemon.engine.sinks.base import SinkError
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+from compositord.daemon.engine.sinks.base import SinkError, SinkFrame
 from compositord.daemon.engine.sinks.encoding import EncoderSink
+
+log = logging.getLogger(__name__)
+
+UNREACHABLE = "could not send the stream to the destination (it is closed, filtered or refused it; the daemon's log says which)"
+TCP_TIMEOUT_US = 5_000_000
 
 # Output protocols the bundled FFmpeg lacks (PyAV lists none; it fails only at the first write, with
 # "Protocol not found"): refused up front so the node says why.
@@ -49,4 +68,34 @@ class StreamSink(EncoderSink):
         format_name = str(self.params.get("format", "mpegts"))
         if scheme in ("rtmp", "rtmps") and format_name != "flv":
             raise SinkError("rtmp:// carries FLV: set format to flv")
+        if scheme == "tcp":
+            url = with_tcp_timeout(url)
         return url, format_name, {}
+
+    # Every network failure reads the same to clients; the details go to the log.
+
+    def open(self, first: SinkFrame) -> None:
+        self._guarded(super().open, first)
+
+    def write(self, item: SinkFrame) -> None:
+        self._guarded(super().write, item)
+
+    def finish(self) -> None:
+        self._guarded(super().finish)
+
+    def _guarded(self, step: Any, *args: Any) -> None:
+        try:
+            step(*args)
+        except SinkError:
+            raise
+        except Exception as exc:
+            log.warning("%s %s (%s): %s", self.kind, self.node_id, self.where(), exc)
+            raise SinkError(UNREACHABLE) from None
+
+
+def with_tcp_timeout(url: str) -> str:
+    """``url`` with FFmpeg's tcp ``timeout`` option (microseconds) unless it has one."""
+    base, _, query = url.partition("?")
+    if any(key == "timeout" for key, _ in parse_qsl(query, keep_blank_values=True)):
+        return url
+    return f"{base}?{query + '&' if query else ''}timeout={TCP_TIMEOUT_US}"

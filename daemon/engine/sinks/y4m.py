@@ -1,9 +1,13 @@
-"""``sink::y4m``: YUV4MPEG2 (4:2:0, limited range) to a file, a FIFO or standard output.
+"""``sink::y4m``: YUV4MPEG2 (4:2:0, limited range) to a file or a FIFO.
 
-A file or FIFO path is relative to the output directory
-(``daemon.sandbox.resolve_output``); a FIFO must be one the operator made
-there (``mkfifo <output_dir>/out.y4m``). ``"-"`` is the daemon's standard
-output (``compositord run`` prints its own lines on standard error).
+A file or FIFO path is relative to the output directory, opened through
+``daemon.sandbox.open_output_directory`` (the directory chain without
+following links, the file with ``O_NOFOLLOW``: a link swapped in after the
+check is refused, not followed); a FIFO must be one the operator made there
+(``mkfifo <output_dir>/out.y4m``). ``"-"`` (standard output) is for one-shot
+use only: the daemon's standard output is its log, so the daemon's sinks are
+made without ``allow_stdout`` and refuse it (the params validation refuses
+it first).
 
 Opening a FIFO for writing blocks until a reader opens it, so the sink thread
 probes with ``O_NONBLOCK`` (``ENXIO`` while nobody reads) until a reader comes
@@ -11,7 +15,8 @@ or the sink is closed; frames offered meanwhile are dropped and counted. Once
 open, writes block on the sink thread only (the bounded queue protects the
 render loop). A reader that goes away (``EPIPE``: CPython ignores SIGPIPE, so
 the write raises) puts the node into its error state; send its params again to wait
-for the next reader.
+for the next reader. A regular file stops with a node error before free
+space on its disk falls under ``min_free_disk_bytes`` (``sinks/disk_floor.py``).
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ import os
 import select
 import sys
 import time
+from typing import Any
 
+from compositord.daemon.engine.sandbox import SandboxError, check_opened
 from compositord.daemon.engine.sinks import convert
 from compositord.daemon.engine.sinks.base import Sink, SinkError, SinkFrame
+from compositord.daemon.engine.sinks.disk_floor import DiskFloor
 
 STDOUT = "-"
 STALLED_READER_TIMEOUT = 2.0  # seconds a closing sink waits for a reader that no longer reads
@@ -36,36 +44,57 @@ def y4m_header(width: int, height: int, fps: int, color_matrix: str) -> bytes:
 class Y4MSink(Sink):
     kind = "sink::y4m"
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, allow_stdout: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.allow_stdout = allow_stdout
         self._fd: int | None = None
         self._owns_fd = False
         self._size: tuple[int, int] | None = None
+        self._floor: DiskFloor | None = None
 
     def where(self) -> str | None:
-        path = str(self.params.get("path", STDOUT))
-        return "standard output" if path == STDOUT else path
+        path = self.params.get("path")
+        return "standard output" if path == STDOUT else (str(path) if path else None)
 
     def open(self, first: SinkFrame) -> None:
-        path = str(self.params.get("path", STDOUT))
+        path = self.params.get("path")
+        if not path:
+            raise SinkError("no path: name a file or FIFO inside the output directory")
         if path == STDOUT:
+            if not self.allow_stdout:
+                raise SinkError(
+                    'standard output ("-") is for one-shot use; the daemon writes to a file or FIFO in its output directory'
+                )
             self._fd, self._owns_fd = sys.stdout.fileno(), False
         else:
-            target = self.output_target(path)
-            # O_NOFOLLOW: the real path has no link left; one swapped in since is refused, not followed.
-            if target.is_fifo:
-                flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
-                fd = self.wait_for_reader(lambda: os.open(target.path, flags))
-                if fd is None:
-                    return  # closed before any reader came
-                self._fd, self._owns_fd = fd, True  # stays non-blocking: see _write_all
-            else:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
-                self._fd = os.open(target.path, flags, 0o644)
-                self._owns_fd = True
+            fd = self._open_output(str(path))
+            if fd is None:
+                return  # closed before any reader came
+            self._fd, self._owns_fd = fd, True  # a FIFO stays non-blocking: see _write_all
         frame = first.frame
         self._size = (frame.width, frame.height)
         self._write_all(y4m_header(frame.width, frame.height, max(1, int(first.fps)), frame.color_matrix))
+
+    def _open_output(self, path: str) -> int | None:
+        with self.output_directory(path) as directory:
+            if directory.target.is_fifo:
+                fd = self.wait_for_reader(lambda: directory.open(os.O_WRONLY | os.O_NONBLOCK))
+                if fd is None:
+                    return None
+            else:
+                DiskFloor(directory.fd, self.min_free_disk_bytes).check_now()  # before a file is even created
+                # Not truncated before the check below: a hard link swapped in since would be emptied.
+                fd = directory.open(os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK, 0o644)
+            try:
+                if check_opened(fd, directory):
+                    self._floor = None  # a FIFO fills no disk
+                else:
+                    os.ftruncate(fd, 0)
+                    self._floor = DiskFloor(fd, self.min_free_disk_bytes)  # the directory's fd closes below
+            except (SandboxError, OSError) as exc:
+                os.close(fd)
+                raise SinkError(str(exc)) from None
+            return fd
 
     def write(self, item: SinkFrame) -> None:
         if self._fd is None:
@@ -73,7 +102,10 @@ class Y4MSink(Sink):
         frame = item.frame
         if (frame.width, frame.height) != self._size:
             raise SinkError(f"the output size changed to {frame.width}x{frame.height}; a Y4M stream has one size")
-        self._write_all(b"FRAME\n" + convert.i420_bytes(frame))
+        data = b"FRAME\n" + convert.i420_bytes(frame)
+        self._write_all(data)
+        if self._floor is not None:
+            self._floor.wrote(len(data))
 
     def _write_all(self, data: bytes) -> None:
         """Write everything; a FIFO whose reader stops reading is waited for in short steps, so that a

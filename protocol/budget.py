@@ -1,0 +1,474 @@
+"""What a pipeline will cost before anything is allocated, and the checks against the daemon's budgets.
+
+Pure functions over validated params (no I/O, no GL): the control process
+calls them before it stores a change, so that a small request cannot make an
+engine allocate gigabytes (a 953-byte ``createsession`` with 7680x7680
+canvases, a 1.4 KB tune with twelve 8192x8192 text overlays). A change that
+would pass a budget is refused with ``resource_limit``, naming the field
+that pushes it over and what would fit.
+
+The model, per node, in bytes (docs/OPERATIONS.md, "Budgets", explains how
+to size the budgets with it):
+
+- ``video::compositor``: its canvas, per pixel: the RGBA render target and
+  the GL driver's working memory for it (4 + :data:`DRIVER_BYTES_PER_PIXEL`),
+  the NV12 / I420 planes (1.5, for those formats), three read-back frames
+  (the planes read, the frame they are joined into, and the one the loop
+  keeps as its latest output), and for
+  the sinks it feeds the frames their queues may hold (the deepest queue:
+  sinks share each frame) plus, per encoding sink, a 4:2:0 conversion and
+  the encoder's own look-ahead (:data:`ENCODER_FRAMES`). Text overlays: the
+  raster of the overlay rect (or of the text's estimated size when the rect
+  has none), capped at :data:`MAX_TEXT_RASTER_SIDE` a side, as a texture and
+  the CPU raster it is made from, once per distinct raster (overlays with the
+  same text, style and size share one, as in the renderer). Image overlays:
+  the decoded image and its texture, one per asset.
+- Every source feeding a compositor pin: a texture of the source's size
+  (RGBA, plus the planes of a YUV source) per connection.
+- Sources' own frames: ``video::colorbars`` and ``video::push`` by their
+  params; ``video::image`` and ``video::file`` by the size the caller knows
+  (``media_sizes``, e.g. what the engine reported) or else
+  :data:`ASSUMED_MEDIA_SIZE`: their pixels are in files that only the engine
+  opens.
+- Every session: :data:`SESSION_OVERHEAD_BYTES` (a render thread and its GL
+  context).
+
+Rates: a compositor draws ``width * height * fps`` pixels a second; the sum
+over every session is held under ``max_total_pixels_per_second``.
+
+The costs are estimates of what stays allocated, measured against the
+daemon's resident memory on llvmpipe (docs/RELIABILITY.md); what matters is
+that they grow as the allocations do, so the budget bounds them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from compositord.protocol import pointer
+from compositord.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from compositord.protocol.params import KINDS, with_defaults
+
+MAX_TEXT_RASTER_SIDE = 8192
+"""The renderer clips a text raster to this many pixels a side (daemon/engine/render/text.py uses it)."""
+
+ASSUMED_MEDIA_SIZE = (1920, 1080)
+"""The size counted for an image or video file whose size the caller does not know."""
+
+SESSION_OVERHEAD_BYTES = 8 * 1024 * 1024
+"""A session's render thread and GL context, before any canvas."""
+
+# Frames a sink's queue may hold (daemon/engine/sinks: ``queue_capacity``; a test keeps them equal).
+SINK_QUEUE_FRAMES: Mapping[str, int] = {
+    "sink::file": 8,
+    "sink::y4m": 8,
+    "sink::stream": 4,
+    "sink::window": 2,
+    "sink::preview": 1,
+}
+ENCODING_SINKS = frozenset({"sink::file", "sink::stream"})
+READBACK_FRAMES = 3
+DRIVER_BYTES_PER_PIXEL = 4.0
+"""What llvmpipe keeps per pixel of a canvas besides the target (measured: a 1920x1080 canvas costs that much more)."""
+ENCODER_FRAMES = 16
+"""4:2:0 frames an encoder holds (x264's look-ahead and reference frames at the presets offered)."""
+
+# Bytes per pixel of the pixel formats.
+FORMAT_BYTES_PER_PIXEL: Mapping[str, float] = {"rgba8": 4.0, "nv12": 1.5, "i420": 1.5}
+RGBA = 4.0
+YUV420 = 1.5
+
+# Text estimate for an overlay without a rect size: the bundled font's widest glyphs are about one em,
+# and a line is about 1.2 em plus Pillow's 4-pixel spacing.
+TEXT_ADVANCE_EM = 1.0
+TEXT_LINE_EM = 1.2
+TEXT_LINE_SPACING_PX = 4
+
+
+@dataclass(frozen=True)
+class BudgetLimits:
+    """The daemon's budgets (``daemon/config.py`` ``Limits`` holds the operator's values)."""
+
+    max_session_bytes: int
+    max_total_bytes: int
+    max_sessions: int
+    max_total_pixels_per_second: int
+
+
+@dataclass(frozen=True)
+class CostItem:
+    """Memory that one field of the pipeline decides.
+
+    ``pointer`` names that field inside the pipeline document
+    (``/nodes/comp/params/width``); ``width``, ``height`` and
+    ``bytes_per_pixel`` say how the cost scales, so a refusal can say what
+    size would fit; ``what`` says what is counted.
+    """
+
+    pointer: str
+    what: str
+    width: int
+    height: int
+    bytes_per_pixel: float
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def bytes(self) -> int:
+        return math.ceil(self.pixels * self.bytes_per_pixel)
+
+    def fitting(self, room: int) -> tuple[int, int] | None:
+        """The largest size of the same aspect ratio whose cost fits in ``room`` bytes; None when none does."""
+        pixels = room / self.bytes_per_pixel
+        scale = min(1.0, math.sqrt(pixels / self.pixels)) if pixels > 0 else 0.0
+        width, height = math.floor(self.width * scale), math.floor(self.height * scale)
+        return (width, height) if width >= 1 and height >= 1 else None
+
+
+@dataclass(frozen=True)
+class RateItem:
+    """Pixels a second that one compositor draws."""
+
+    pointer: str  # the compositor's fps
+    node_id: str
+    width: int
+    height: int
+    fps: int
+
+    @property
+    def pixels_per_second(self) -> int:
+        return self.width * self.height * self.fps
+
+
+@dataclass(frozen=True)
+class SessionCost:
+    """What a session costs: every item, and the totals."""
+
+    items: tuple[CostItem, ...]
+    rates: tuple[RateItem, ...] = ()
+    overhead_bytes: int = SESSION_OVERHEAD_BYTES
+    by_pointer: Mapping[str, int] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        totals: dict[str, int] = {}
+        for item in self.items:
+            totals[item.pointer] = totals.get(item.pointer, 0) + item.bytes
+        object.__setattr__(self, "by_pointer", totals)
+
+    @property
+    def bytes(self) -> int:
+        return self.overhead_bytes + sum(item.bytes for item in self.items)
+
+    @property
+    def pixels_per_second(self) -> int:
+        return sum(rate.pixels_per_second for rate in self.rates)
+
+
+# ---------------------------------------------------------------------------
+# Costs
+
+
+def _text_size(overlay: Mapping[str, Any]) -> tuple[int, int]:
+    """The raster size of a text overlay: its rect, else the text's estimated size; clipped as the renderer clips it."""
+    rect = overlay.get("rect") or {}
+    font_size = max(1, round(float(overlay.get("font_size", 32.0))))
+    lines = str(overlay.get("text", "")).split("\n")
+    estimated_w = math.ceil(max(len(line) for line in lines) * font_size * TEXT_ADVANCE_EM)
+    estimated_h = math.ceil(len(lines) * (font_size * TEXT_LINE_EM + TEXT_LINE_SPACING_PX))
+    width = rect.get("width") if rect.get("width") is not None else estimated_w
+    height = rect.get("height") if rect.get("height") is not None else estimated_h
+    return (max(1, min(math.ceil(width), MAX_TEXT_RASTER_SIDE)), max(1, min(math.ceil(height), MAX_TEXT_RASTER_SIDE)))
+
+
+def _text_pointer(base: str, index: int, overlay: Mapping[str, Any]) -> str:
+    """The field that decides a text raster's size: the rect when it has a size, else the font size."""
+    rect = overlay.get("rect") or {}
+    here = pointer.join(base, "text_overlays", index)
+    if rect.get("width") is not None or rect.get("height") is not None:
+        return pointer.join(here, "rect")
+    return pointer.join(here, "font_size")
+
+
+def _source_size(
+    node_id: str, kind: str, params: Mapping[str, Any], media_sizes: Mapping[str, tuple[int, int]]
+) -> tuple[int, int]:
+    if kind in ("video::colorbars", "video::push"):
+        return (int(params["width"]), int(params["height"]))
+    return media_sizes.get(node_id, ASSUMED_MEDIA_SIZE)
+
+
+def _source_pointer(base: str, kind: str) -> str:
+    if kind == "video::image":
+        return pointer.join(base, "asset_path")
+    if kind == "video::file":
+        return pointer.join(base, "path")
+    return pointer.join(base, "width")
+
+
+def _source_frames(kind: str, params: Mapping[str, Any]) -> tuple[float, str]:
+    """Bytes per pixel a source keeps of its own frames, and what they are."""
+    if kind == "video::colorbars":
+        moving = params.get("animated") or params.get("timestamp")
+        return (3 * RGBA, "RGBA frames (shown, uploaded, being made)") if moving else (RGBA, "one RGBA frame")
+    if kind == "video::push":
+        return (2 * FORMAT_BYTES_PER_PIXEL[params["pixel_format"]], "the pushed frame and the one arriving")
+    if kind == "video::image":
+        return (2 * RGBA, "the decoded image and its premultiplied copy")
+    if kind == "video::file":
+        return (3 * YUV420, "decoded frames (decoder, hand-off slot, the one shown)")
+    raise LocalProtocolError(f"no source cost for {kind!r}")
+
+
+def _texture_bytes_per_pixel(kind: str, params: Mapping[str, Any]) -> float:
+    """A compositor's texture of one source: RGBA, plus the planes a YUV source is uploaded through."""
+    yuv = kind == "video::file" or (kind == "video::push" and params["pixel_format"] != "rgba8")
+    return RGBA + (YUV420 if yuv else 0.0)
+
+
+def _compositor_items(
+    node_id: str,
+    params: Mapping[str, Any],
+    base: str,
+    sinks: Sequence[str],
+    media_sizes: Mapping[str, tuple[int, int]],
+) -> list[CostItem]:
+    full = with_defaults("video::compositor", params)
+    width, height = full["width"], full["height"]
+    output = FORMAT_BYTES_PER_PIXEL[full["output_format"]]
+    per_pixel = RGBA + DRIVER_BYTES_PER_PIXEL + (0.0 if full["output_format"] == "rgba8" else YUV420) + READBACK_FRAMES * output
+    parts = ["render target", f"{READBACK_FRAMES} read-back frames"]
+    if sinks:
+        queued = max(SINK_QUEUE_FRAMES[kind] for kind in sinks)
+        encoders = sum(1 for kind in sinks if kind in ENCODING_SINKS)
+        per_pixel += queued * output + encoders * (YUV420 + ENCODER_FRAMES * YUV420)
+        parts.append(f"{queued} queued frames for {len(sinks)} sink(s)")
+        if encoders:
+            parts.append(f"{encoders} encoder(s)")
+    items = [
+        CostItem(
+            pointer.join(base, "width"),
+            f"compositor {node_id!r}: a {width}x{height} {full['output_format']} canvas ({', '.join(parts)})",
+            width,
+            height,
+            per_pixel,
+        )
+    ]
+    rasters: set[tuple[Any, ...]] = set()
+    for index, overlay in enumerate(full["text_overlays"]):
+        w, h = _text_size(overlay)
+        raster = (overlay["text"], overlay["color"], round(overlay["font_size"]), overlay["font"], w, h)
+        if raster in rasters:
+            continue  # the renderer keeps one texture per distinct raster
+        rasters.add(raster)
+        items.append(
+            CostItem(
+                _text_pointer(base, index, overlay),
+                f"compositor {node_id!r}: text overlay {overlay.get('id')!r}, a {w}x{h} raster and its texture",
+                w,
+                h,
+                2 * RGBA,
+            )
+        )
+    seen_assets: set[str] = set()
+    for index, overlay in enumerate(full["image_overlays"]):
+        asset = str(overlay["asset_path"])
+        if asset in seen_assets:
+            continue  # one texture per asset
+        seen_assets.add(asset)
+        w, h = media_sizes.get(asset, ASSUMED_MEDIA_SIZE)
+        items.append(
+            CostItem(
+                pointer.join(base, "image_overlays", index, "asset_path"),
+                f"compositor {node_id!r}: image overlay {asset!r} ({w}x{h}), decoded and as a texture",
+                w,
+                h,
+                2 * RGBA,
+            )
+        )
+    return items
+
+
+def session_cost(pipeline: Mapping[str, Any], *, media_sizes: Mapping[str, tuple[int, int]] | None = None) -> SessionCost:
+    """What a validated pipeline (``{"nodes": {id: {"kind", "params"}}, "connections": [...]}``) will cost.
+
+    ``media_sizes`` maps a ``video::image`` / ``video::file`` node id, or an
+    image overlay's ``asset_path``, to its pixel size when the caller knows
+    it; otherwise :data:`ASSUMED_MEDIA_SIZE` is counted.
+    """
+    sizes = media_sizes or {}
+    nodes: Mapping[str, Mapping[str, Any]] = pipeline.get("nodes", {})
+    connections: Sequence[Mapping[str, str]] = pipeline.get("connections", [])
+    for node_id, node in nodes.items():
+        if node.get("kind") not in KINDS:
+            raise LocalProtocolError(f"session_cost takes validated pipelines: node {node_id!r} has kind {node.get('kind')!r}")
+    sinks_of: dict[str, list[str]] = {}
+    for conn in connections:
+        target = nodes.get(conn["to_node"])
+        if target is not None and target["kind"] in SINK_QUEUE_FRAMES:
+            sinks_of.setdefault(conn["from_node"], []).append(target["kind"])
+    items: list[CostItem] = []
+    rates: list[RateItem] = []
+    for node_id, node in nodes.items():
+        kind, params = node["kind"], node.get("params", {})
+        base = pointer.join("/nodes", node_id, "params")
+        if kind == "video::compositor":
+            items += _compositor_items(node_id, params, base, sinks_of.get(node_id, []), sizes)
+            full = with_defaults(kind, params)
+            rates.append(RateItem(pointer.join(base, "fps"), node_id, full["width"], full["height"], full["fps"]))
+        elif KINDS[kind].role == "source":
+            full = with_defaults(kind, params)
+            width, height = _source_size(node_id, kind, full, sizes)
+            per_pixel, what = _source_frames(kind, full)
+            items.append(
+                CostItem(_source_pointer(base, kind), f"{kind} {node_id!r} ({width}x{height}): {what}", width, height, per_pixel)
+            )
+    for conn in connections:
+        source, target = nodes.get(conn["from_node"]), nodes.get(conn["to_node"])
+        if source is None or target is None or target["kind"] != "video::compositor" or KINDS[source["kind"]].role != "source":
+            continue
+        full = with_defaults(source["kind"], source.get("params", {}))
+        width, height = _source_size(conn["from_node"], source["kind"], full, sizes)
+        items.append(
+            CostItem(
+                _source_pointer(pointer.join("/nodes", conn["from_node"], "params"), source["kind"]),
+                f"compositor {conn['to_node']!r}: the texture of {conn['from_node']!r} ({width}x{height})",
+                width,
+                height,
+                _texture_bytes_per_pixel(source["kind"], full),
+            )
+        )
+    return SessionCost(tuple(items), tuple(rates))
+
+
+# ---------------------------------------------------------------------------
+# Checks
+
+
+def format_bytes(count: float) -> str:
+    """``1.5 GiB``, ``236 MiB``, ``12 KiB``: binary units, as the settings take them."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(count) >= size:
+            value = count / size
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{int(count)} bytes"
+
+
+def _blame(cost: SessionCost, previous: SessionCost | None) -> CostItem | None:
+    """The field that pushes the cost over: the one that grew most since ``previous``, else the costliest.
+
+    The items a field decides (a source's own frames and its textures) are summed into one; they share
+    the field's size, so what would fit scales with it.
+    """
+    if not cost.by_pointer:
+        return None
+    worst = max(cost.by_pointer, key=lambda key: cost.by_pointer[key])
+    if previous is not None:
+        growth = {key: value - previous.by_pointer.get(key, 0) for key, value in cost.by_pointer.items()}
+        grown = max(growth, key=lambda key: growth[key])
+        if growth[grown] > 0:
+            worst = grown
+    parts = [item for item in cost.items if item.pointer == worst]
+    first = max(parts, key=lambda item: item.pixels)
+    return CostItem(
+        worst,
+        "; ".join(item.what for item in parts),
+        first.width,
+        first.height,
+        sum(item.bytes for item in parts) / first.pixels,
+    )
+
+
+def _what_fits(item: CostItem, room: int, budget: int) -> str:
+    size = item.fitting(room)
+    if size is None:
+        return f"even without it, {format_bytes(budget - room)} is more than the budget: reduce the rest first"
+    return f"{size[0]}x{size[1]} would fit"
+
+
+def _relocate(path: str, base: str, params_paths: Mapping[str, str]) -> str:
+    """A pointer into the pipeline as the request names it: a node's params where the request holds them."""
+    parts = pointer.split(path)
+    if len(parts) >= 3 and parts[0] == "nodes" and parts[2] == "params" and parts[1] in params_paths:
+        rest = path[len(pointer.join("/nodes", parts[1], "params")) :]
+        return params_paths[parts[1]] + rest
+    return base + path
+
+
+def _refuse(path: str, message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(ErrorCode.RESOURCE_LIMIT, f"{path or '/'}: {message}", path)
+
+
+def check_session(
+    pipeline: Mapping[str, Any],
+    *,
+    limits: BudgetLimits,
+    other_sessions_bytes: int = 0,
+    other_sessions_pixels_per_second: int = 0,
+    previous: SessionCost | None = None,
+    base: str = "",
+    params_paths: Mapping[str, str] | None = None,
+    media_sizes: Mapping[str, tuple[int, int]] | None = None,
+) -> SessionCost:
+    """The session's cost, or ``resource_limit`` when it would pass a budget.
+
+    Call it with the pipeline a change would leave (``createsession``,
+    ``addnode``, a tune, ``applybatch``, ``connect``), the other sessions'
+    totals (``other_sessions_bytes`` / ``_pixels_per_second``: the sum of
+    their :class:`SessionCost`) and, for a change to a running session, its
+    cost before the change (``previous``), so the error names the field the
+    change grew. Error paths are pointers into the pipeline under ``base``;
+    ``params_paths`` maps a node id to where the request holds that node's
+    params (``{"comp": "/payload/message/PatchParams"}`` for a tune). The
+    checks: the session's bytes, the daemon's bytes, the daemon's pixels
+    per second, in that order.
+    """
+    cost = session_cost(pipeline, media_sizes=media_sizes)
+    paths = params_paths or {}
+    checks = (
+        (cost.bytes, limits.max_session_bytes, "this session", "max_session_bytes"),
+        (other_sessions_bytes + cost.bytes, limits.max_total_bytes, "the daemon (all sessions)", "max_total_bytes"),
+    )
+    for total, budget, whose, setting in checks:
+        if total <= budget:
+            continue
+        item = _blame(cost, previous)
+        room = budget - (total - (item.bytes if item else 0))
+        path = _relocate(item.pointer, base, paths) if item else base
+        largest = (
+            f"; the part this field decides: {item.what}, {format_bytes(item.bytes)}; {_what_fits(item, room, budget)}"
+            if item
+            else ""
+        )
+        raise _refuse(
+            path,
+            f"{whose} would use {format_bytes(total)} of memory, over the budget of {format_bytes(budget)} ({setting}){largest}",
+        )
+    rate_total = other_sessions_pixels_per_second + cost.pixels_per_second
+    if rate_total > limits.max_total_pixels_per_second and cost.rates:
+        rate = _blame_rate(cost, previous)
+        room = limits.max_total_pixels_per_second - (rate_total - rate.pixels_per_second)
+        fits = room // (rate.width * rate.height) if room > 0 else 0
+        advice = f"at most {fits} fps at {rate.width}x{rate.height} fits" if fits >= 1 else "no frame rate fits at this size"
+        raise _refuse(
+            _relocate(rate.pointer, base, paths),
+            f"the daemon would draw {rate_total:,} pixels a second, over the budget of"
+            f" {limits.max_total_pixels_per_second:,} (max_total_pixels_per_second); compositor {rate.node_id!r}"
+            f" draws {rate.width}x{rate.height} at {rate.fps} fps = {rate.pixels_per_second:,}; {advice}",
+        )
+    return cost
+
+
+def _blame_rate(cost: SessionCost, previous: SessionCost | None) -> RateItem:
+    before = {rate.node_id: rate.pixels_per_second for rate in previous.rates} if previous is not None else {}
+    return max(cost.rates, key=lambda rate: (rate.pixels_per_second - before.get(rate.node_id, 0), rate.pixels_per_second))
+
+
+def check_session_count(running: int, *, limits: BudgetLimits, path: str = "") -> None:
+    """``resource_limit`` when one more session would pass ``max_sessions`` (``running``: sessions now)."""
+    if running >= limits.max_sessions:
+        raise _refuse(path, f"the daemon runs {running} sessions, its maximum (max_sessions); destroy one first")
