@@ -128,7 +128,7 @@ def decode(path_or_url: str | Path, *, limit: int | None = None, **open_kwargs: 
                 if limit is not None and len(frames) >= limit:
                     break
         except av.error.OSError:
-            pass  # a UDP stream ends with an I/O error once its timeout runs out (KNOWN-TO-WORK.md)
+            pass  # a UDP stream ends with an I/O error once its timeout runs out
         return Decoded(stream.width, stream.height, pts, frames, stream.codec_context.name, container.format.name)
 
 

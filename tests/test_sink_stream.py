@@ -48,7 +48,7 @@ def listening(port: int) -> bool:
 async def test_mpegts_over_udp_reaches_a_receiver(tmp_path: Path) -> None:
     port = free_port()
     received: list[Decoded] = []
-    # The receiver ends 1.5 s after the last datagram (the I/O error of KNOWN-TO-WORK.md).
+    # The receiver ends 1.5 s after the last datagram: a UDP reader's end is an I/O error once its timeout runs out.
     url = f"udp://127.0.0.1:{port}?timeout=1500000&overrun_nonfatal=1&fifo_size=100000"
     receiver = threading.Thread(target=lambda: received.append(decode(url, format="mpegts")), daemon=True)
     receiver.start()

@@ -57,13 +57,17 @@ class SinkKind:
 def _file(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, context: SinkContext) -> Sink:
     from compositord.daemon.engine.sinks.file import FileSink
 
-    return FileSink(node_id, params, latch, predecessor, output_dir=context.output_dir, min_free_disk_bytes=context.min_free_disk_bytes)
+    return FileSink(
+        node_id, params, latch, predecessor, output_dir=context.output_dir, min_free_disk_bytes=context.min_free_disk_bytes
+    )
 
 
 def _y4m(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, context: SinkContext) -> Sink:
     from compositord.daemon.engine.sinks.y4m import Y4MSink
 
-    return Y4MSink(node_id, params, latch, predecessor, output_dir=context.output_dir, min_free_disk_bytes=context.min_free_disk_bytes)
+    return Y4MSink(
+        node_id, params, latch, predecessor, output_dir=context.output_dir, min_free_disk_bytes=context.min_free_disk_bytes
+    )
 
 
 def _stream(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, context: SinkContext) -> Sink:

@@ -1,7 +1,7 @@
 """NV12 in, NV12 out: compositing the Y and the CbCr planes separately, with no RGBA in between.
 
-KNOWN-TO-WORK measured this as the big win for NV12 output on llvmpipe
-(2.0-2.3x the RGBA-then-convert path): no YUV -> RGBA pass per new source
+This is the big win for NV12 output on llvmpipe (2.0-2.3x the
+RGBA-then-convert path, docs/RENDERING.md): no YUV -> RGBA pass per new source
 frame, no RGBA -> YUV pass per output frame, and a quarter of the fragments
 for chroma. It applies when every layer of the scene is a video input whose
 frame is NV12 in the scene's colour matrix, the canvas has even sides, and

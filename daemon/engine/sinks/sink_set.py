@@ -36,7 +36,9 @@ class SinkSet:
         min_free_disk_bytes: int | None = None,
     ) -> None:
         self._report_error = report_error
-        self._context = registry.SinkContext(Path(output_dir) if output_dir is not None else None, on_preview, min_free_disk_bytes)
+        self._context = registry.SinkContext(
+            Path(output_dir) if output_dir is not None else None, on_preview, min_free_disk_bytes
+        )
         self._sinks: dict[str, Sink] = {}
         self._kinds: dict[str, str] = {}  # node -> the kind its sink was made for
         self._miswired: set[str] = set()  # sink nodes fed by something other than a compositor

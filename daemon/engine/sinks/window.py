@@ -2,7 +2,8 @@
 
 The window lives on the sink's own thread with its own GL context (GLFW/GLX);
 the render thread keeps its EGL context and never sees the window. The frame
-the render thread read back is uploaded here (KNOWN-TO-WORK.md, option (a)):
+the render thread read back is uploaded here (an EGL context cannot share
+textures with a GLFW one, and this way the render thread runs without a display):
 RGBA output as it is, YUV output converted to RGB by libswscale first, then
 drawn scaled to the window. GLFW is not thread-safe, so every GLFW call of
 every window sink goes through one process-wide lock. Closing the window is
