@@ -534,6 +534,8 @@ _TEXT_OVERLAY = Object(
         "opacity": _OPACITY,
         "rotation_degrees": _ROTATION,
         "z_index": Int(-1000, 1000, default=1000),
+        "mirror_horizontal": Bool(default=False),
+        "mirror_vertical": Bool(default=False),
     }
 )
 
@@ -545,6 +547,8 @@ _IMAGE_OVERLAY = Object(
         "opacity": _OPACITY,
         "rotation_degrees": _ROTATION,
         "z_index": Int(-1000, 1000, default=1000),
+        "mirror_horizontal": Bool(default=False),
+        "mirror_vertical": Bool(default=False),
     }
 )
 
