@@ -185,12 +185,12 @@ def test_the_same_image_twice_is_stored_once() -> None:
 
 
 def test_streamkit_update_params_merge_objects_deeply_and_replace_the_rest() -> None:
-    current = {
+    current: dict[str, Any] = {
         "width": 640,
         "layers": {"in_0": {"opacity": 0.5, "rect": {"x": 1, "y": 2, "width": 3, "height": 4}}},
         "text_overlays": [{"id": "a"}],
     }
-    update = {"layers": {"in_0": {"rect": {"x": 9}}, "in_1": {"opacity": 1}}, "text_overlays": [], "fps": None}
+    update: dict[str, Any] = {"layers": {"in_0": {"rect": {"x": 9}}, "in_1": {"opacity": 1}}, "text_overlays": [], "fps": None}
     merged = streamkit.merge_update(current, update)
     assert merged == {
         "width": 640,
@@ -205,14 +205,15 @@ def test_streamkit_update_params_merge_objects_deeply_and_replace_the_rest() -> 
 
 def test_params_go_out_in_streamkit_spelling_and_come_back_the_same() -> None:
     durable = params.validate(COMP, streamkit.canonical_params(STREAMKIT_CONFIG).params)
-    known = {PNG_PATH: PNG_B64}
+    known: dict[str, str] = {PNG_PATH: PNG_B64}
     outgoing = streamkit.params_for_streamkit(durable, known.get)
     text, image = outgoing["text_overlays"][0], outgoing["image_overlays"][0]
     assert text["color"] == [255, 200, 0, 255] and text["font_name"] == "default" and "font" not in text
     assert image["data_base64"] == PNG_B64 and image["asset_path"] == PNG_PATH
     # What a StreamKit client sends back unchanged stores the same thing.
     assert params.validate(COMP, streamkit.canonical_params(outgoing).params) == durable
-    assert "data_base64" not in streamkit.params_for_streamkit(durable, {}.get)["image_overlays"][0]
+    unknown: dict[str, str] = {}
+    assert "data_base64" not in streamkit.params_for_streamkit(durable, unknown.get)["image_overlays"][0]
 
 
 def test_node_states_and_timestamps_in_streamkit_shapes() -> None:
