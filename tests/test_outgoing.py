@@ -236,3 +236,9 @@ def test_a_broadcast_variant_is_made_once_for_its_dialect_and_only_when_sent() -
     variant.frame()
     assert made == ["streamkit"]
     assert Broadcast("plain").for_dialect("streamkit").text == "plain"
+
+
+def test_an_event_for_one_dialect_only_is_nothing_for_the_others() -> None:
+    only = Broadcast("streamkit only", only_for=frozenset({"streamkit"}))
+    assert only.for_dialect(None) is None and only.for_dialect("other") is None
+    assert only.for_dialect("streamkit") is only

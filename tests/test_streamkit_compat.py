@@ -377,12 +377,26 @@ async def test_an_unknown_dialect_is_refused_at_the_handshake(compositord_daemon
                     break
 
 
-async def test_an_empty_session_is_created_listed_and_loaded(compositord_daemon: RunningDaemon) -> None:
-    async with streamkit_client(streamkit_url(compositord_daemon)) as kit:
+async def test_an_empty_session_is_created_listed_loaded_and_grows(compositord_daemon: RunningDaemon) -> None:
+    async with streamkit_client(streamkit_url(compositord_daemon)) as kit, open_client(compositord_daemon.url) as own:
         created = await kit.request("createsession", name="empty")
+        session_id = created["session_id"]
         listed = await kit.request("listsessions")
-        pipeline = await kit.load(created["session_id"])
+        pipeline = await kit.load(session_id)
+        added = await kit.request("addnode", session_id=session_id, node_id="bars", kind="video::colorbars", params=None)
+        assert added["action"] == "success", added
+        # StreamKit's UI shows a node it is told of as "Initializing" until a state comes: it is told at once.
+        await until(lambda: kit.states.get((session_id, "bars")) == "Running", what="the new node's state")
+        await own.add_node(session_id, "more", "video::colorbars")
+        await until(lambda: kit.states.get((session_id, "more")) == "Running", what="the other new node's state")
+        own_events = []
+        with trio.move_on_after(0.3):
+            async for event in own.events():
+                own_events.append(event.name)
     assert created["name"] == "empty"
-    assert created["session_id"] in {s["id"] for s in listed["sessions"]}
+    assert {"session_id": session_id, "id": session_id} == {
+        k: v for s in listed["sessions"] if s["id"] == session_id for k, v in s.items() if k in ("session_id", "id")
+    }
     assert pipeline["nodes"] == {} and pipeline["mode"] == "dynamic" and pipeline["name"] == "empty"
+    assert "nodeadded" in own_events and "nodestatechanged" not in own_events, "compositord's clients get no such event"
     assert kit.errors == []

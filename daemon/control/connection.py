@@ -141,8 +141,9 @@ class Connection:
         """
         if self._closing:
             return
-        if self.dialect is not None:
-            messages = [(key, m.for_dialect(self.dialect) if isinstance(m, Broadcast) else m) for key, m in messages]
+        messages = [(key, m) for key, m in self._in_dialect(messages) if m is not None]
+        if not messages:
+            return
         if not self._sending and not len(self.mailbox):
             data = b"".join(frame_of(message) for _, message in messages)
             written = self._websocket.try_write(data)
@@ -153,6 +154,10 @@ class Connection:
                     self.mailbox.put_first(data[written:])  # the rest, starting inside a frame maybe
                 return
         self.mailbox.put_all(messages)
+
+    def _in_dialect(self, messages: Sequence[tuple[Hashable | None, Outgoing]]) -> list[tuple[Hashable | None, Outgoing | None]]:
+        """Each event in this connection's dialect (None: not for it); responses as they are."""
+        return [(key, m.for_dialect(self.dialect) if isinstance(m, Broadcast) else m) for key, m in messages]
 
     def close_for_policy(self, reason: str) -> None:
         self.close(CLOSE_POLICY, reason)

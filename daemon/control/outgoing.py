@@ -72,25 +72,40 @@ class Broadcast:
 
     ``variants`` (``{dialect: encode}``): the same event in the shapes of a dialect a connection asked
     for (docs/PROTOCOL.md, "StreamKit clients"); :meth:`for_dialect` gives it, made once for every
-    connection of that dialect, and the event itself for a dialect it has no variant for.
+    connection of that dialect, and the event itself for a dialect it has no variant for. ``only_for``:
+    an event that only connections of these dialects get (None: every connection).
     """
 
-    __slots__ = ("_encode", "_frame", "_made", "_text", "_variants")
+    __slots__ = ("_encode", "_frame", "_made", "_only_for", "_text", "_variants")
 
-    def __init__(self, text: str, variants: Mapping[str, Callable[[], str]] | None = None) -> None:
+    def __init__(
+        self,
+        text: str,
+        variants: Mapping[str, Callable[[], str]] | None = None,
+        only_for: frozenset[str] | None = None,
+    ) -> None:
         self._text: str | None = text
         self._encode: Callable[[], str] | None = None
         self._frame: bytes | None = None
         self._variants = variants
+        self._only_for = only_for
         self._made: dict[str, Broadcast] | None = None
 
     @classmethod
-    def deferred(cls, encode: Callable[[], str], variants: Mapping[str, Callable[[], str]] | None = None) -> Broadcast:
-        message = cls("", variants)
+    def deferred(
+        cls,
+        encode: Callable[[], str],
+        variants: Mapping[str, Callable[[], str]] | None = None,
+        only_for: frozenset[str] | None = None,
+    ) -> Broadcast:
+        message = cls("", variants, only_for)
         message._text, message._encode = None, encode
         return message
 
-    def for_dialect(self, dialect: str | None) -> Broadcast:
+    def for_dialect(self, dialect: str | None) -> Broadcast | None:
+        """What a connection of ``dialect`` (None: compositord's own) sends; None: nothing."""
+        if self._only_for is not None and dialect not in self._only_for:
+            return None
         if dialect is None or not self._variants or dialect not in self._variants:
             return self
         if self._made is None:

@@ -109,6 +109,12 @@ class LiveSessions:
         # snapshot (its payload dicts are made for it, and stored params are never changed in place).
         variants = {streamkit.STREAMKIT: functools.partial(self._for_streamkit, event)}
         self.hub.publish(Broadcast.deferred(functools.partial(envelope.serialize, event), variants), coalesce_key)
+        if event.event == "nodeadded":
+            # StreamKit's UI shows a node it is told of as "Initializing" until a state event comes; compositord
+            # reports a state when it changes, so its dialect is told at once that the new node runs.
+            state = envelope.node_state_changed(event.payload["session_id"], event.payload["node_id"], None)
+            encode = functools.partial(self._for_streamkit, state)
+            self.hub.publish(Broadcast.deferred(encode, only_for=frozenset(streamkit.DIALECTS)))
 
     def _for_streamkit(self, event: envelope.Event) -> str:
         live = self.get(event.payload.get("session_id"))
