@@ -3,7 +3,8 @@
 The server accepts TCP itself and reads each request with h11
 (``http.HttpConnection``). A WebSocket upgrade is decided before any message
 is read: wrong path 404, wrong or missing bearer token 401 (compared in
-constant time), a browser ``Origin`` not on the allowlist 403, too many
+constant time), a browser ``Origin`` not on the allowlist 403, a dialect it
+does not speak 400 (``compat``, ``streamkit_http.py``), too many
 connections (or shutting down) 503, a malformed upgrade 400; every answer
 carries ``X-Compositord-Protocol: 1``. An accepted upgrade is handed to
 wsproto (``websocket.accept_upgrade``) and runs as one :class:`Connection`.

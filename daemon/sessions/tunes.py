@@ -2,9 +2,11 @@
 
 Order of work for a change (PROTOCOL.md section 3, steps 1-6): take the stamp,
 strip every ``_`` key, compute the resulting params (replace or RFC 7396 merge
-patch against the durable params), validate them whole, store them, hand the
-full validated params plus the stamp to the session's engine, and tell every
-connection (``nodeparamschanged``). Anything refused before the store step
+patch against the durable params; on a connection of StreamKit's dialect an
+``UpdateParams`` merges as StreamKit's server does), validate them whole, store
+the inline images they name, store them, hand the full validated params plus
+the stamp to the session's engine, and tell every connection
+(``nodeparamschanged``). Anything refused before the store step
 changes nothing.
 
 Ordering (rule S1): the session's lock covers everything from reading the
