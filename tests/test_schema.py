@@ -93,3 +93,11 @@ def test_docs_defaults_and_auto_fields_are_described() -> None:
     assert layer_schema["properties"]["z_index"]["type"] == ["integer", "null"]  # auto: the slot number
     assert "slot" in layer_schema["properties"]["z_index"]["description"]
     assert "num_inputs" not in SCHEMAS[params.COMPOSITOR_KIND].get("required", [])
+
+
+def test_a_spec_without_a_json_schema_is_our_own_bug() -> None:
+    class Unknown(params.Spec):
+        pass
+
+    with pytest.raises(TypeError, match="Unknown"):
+        schema._spec_schema(Unknown())

@@ -334,3 +334,24 @@ def test_additive_answers() -> None:
     assert E.session_created_event("s", "demo", 0.0).payload == created.payload
     pipeline = E.pipeline_response("c", session_id="s", nodes={}, connections=[], pipeline={"nodes": {}})
     assert pipeline.payload["pipeline"] == {"nodes": {}} and pipeline.payload["nodes"] == {}
+
+
+def test_what_is_not_an_overlay_is_left_for_validation_to_judge() -> None:
+    assert streamkit.canonical_params([1, 2]) == streamkit.Canonical([1, 2])
+    odd = {"text_overlays": ["x", {"id": "t", "color": "#FFF"}], "image_overlays": [3], "layers": None}
+    assert streamkit.canonical_params(odd).params == odd
+    assert streamkit.params_for_streamkit(None) is None
+    images = {"image_overlays": [7, {"id": "a"}, {"id": "b", "asset_path": "logo.png"}]}
+    known: dict[str, str] = {"logo.png": "not inline: never sent as data_base64"}
+    assert streamkit.params_for_streamkit({**odd, **images}, known.get) == {**odd, **images}
+
+
+def test_nodeadded_params_and_every_other_event_in_streamkit_shapes() -> None:
+    added = streamkit.event_for_streamkit(
+        "nodeadded", {"node_id": "c", "params": {"text_overlays": [{"font": "default"}]}}, now=0.0
+    )
+    assert added["params"] == {"text_overlays": [{"font_name": "default"}]}
+    view = streamkit.event_for_streamkit("nodeviewdataupdated", {"data": {}}, now=3.0)
+    assert view["timestamp"] == "1970-01-01T00:00:03.000Z", "without a time of its own: now"
+    stats = streamkit.event_for_streamkit("nodestatsupdated", {"stats": None}, now=0.0)
+    assert stats["stats"]["duration_secs"] == 0.0 and stats["stats"]["sent"] == 0
