@@ -99,6 +99,7 @@ class _Services:
                         self.engine_factory,
                         retired_acks_grace_s=self.settings.limits.retired_acks_grace_s,
                         max_retired_acks=self.settings.limits.max_retired_acks,
+                        asset_dir=self.settings.asset_dir,
                     )
                     # Coalescable events leave at most once per output frame of their session (PROTOCOL.md section 4).
                     nursery.start_soon(self.hub.run, self.service.frame_period)

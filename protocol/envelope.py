@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from compositord.protocol import params as node_params
-from compositord.protocol import pointer
+from compositord.protocol import pointer, streamkit
 from compositord.protocol.causal import ACKS_KEY, REV_KEY, SENDER_KEY, SEQ_KEY, Stamp, strip_private, take_stamp
 from compositord.protocol.errors import ErrorCode, FieldError, LocalProtocolError, RemoteProtocolError
 
@@ -438,8 +438,9 @@ class ListSessions:
 @dataclass(frozen=True)
 class CreateSession:
     ACTION: ClassVar[str] = "createsession"
-    name: str
-    pipeline: Mapping[str, Any]  # normalized by params.validate_pipeline
+    name: str | None  # None: named after its id
+    pipeline: Mapping[str, Any]  # normalized by params.validate_pipeline; empty when not given
+    images: tuple[streamkit.InlineImage, ...] = ()  # inline images of the params, to store first
 
     def to_request(self, correlation_id: str | None = None) -> Request:
         return Request(self.ACTION, {"name": self.name, "pipeline": self.pipeline}, correlation_id)
@@ -461,6 +462,7 @@ class AddNode:
     node_id: str
     kind: str
     params: Mapping[str, Any]  # validated durable params of ``kind``
+    images: tuple[streamkit.InlineImage, ...] = ()  # inline images of the params, to store first
 
     def operation(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "kind": self.kind, "params": self.params}
@@ -528,6 +530,7 @@ class TuneNode:
     params: Mapping[str, Any]
     stamp: Stamp | None = None
     sync: bool = True
+    images: tuple[streamkit.InlineImage, ...] = ()  # inline images of the params, to store first
 
     def __post_init__(self) -> None:
         if self.mode not in (UPDATE, PATCH):
@@ -643,14 +646,33 @@ def _parse_create_session(
     payload: Mapping[str, Any], base: str, *, context: node_params.ValidationContext = node_params.DAEMON
 ) -> CreateSession:
     reader = _Reader("createsession", payload, base, ("name", "pipeline"))
-    name = reader.string("name", max_len=256)
-    pipeline = reader.mapping("pipeline")
+    # Without a name (StreamKit sends null) the session is named after its id; without a pipeline it is empty.
+    name = reader.string("name", max_len=256) if payload.get("name") is not None else None
+    pipeline = reader.mapping("pipeline", required=False)
     reader.done()
+    pipeline_path = pointer.join(base, "pipeline")
+    pipeline, images = _canonical_pipeline(pipeline, pipeline_path)
     try:
         normalized = node_params.validate_pipeline(pipeline, context=context)
     except RemoteProtocolError as exc:
-        raise prefixed_error(exc, pointer.join(base, "pipeline")) from None
-    return CreateSession(name, normalized)
+        raise prefixed_error(exc, pipeline_path) from None
+    return CreateSession(name, normalized, images)
+
+
+def _canonical_pipeline(pipeline: Mapping[str, Any], path: str) -> tuple[Mapping[str, Any], tuple[streamkit.InlineImage, ...]]:
+    """The pipeline with StreamKit's spellings of node params rewritten (protocol/streamkit.py)."""
+    nodes = pipeline.get("nodes")
+    if not isinstance(nodes, Mapping):
+        return pipeline, ()
+    rewritten: dict[Any, Any] = {}
+    images: list[streamkit.InlineImage] = []
+    for node_id, node in nodes.items():
+        if isinstance(node, Mapping) and isinstance(node.get("params"), Mapping):
+            canonical = streamkit.canonical_params(node["params"], path=pointer.join(path, "nodes", node_id, "params"))
+            node = {**node, "params": canonical.params}
+            images += canonical.images
+        rewritten[node_id] = node
+    return {**pipeline, "nodes": rewritten}, tuple(images)
 
 
 def _parse_destroy_session(payload: Mapping[str, Any], base: str) -> DestroySession:
@@ -671,17 +693,20 @@ def _parse_add_node(
     session = session_id if session_id is not None else _session(reader)
     node_id = reader.node_id()
     kind = reader.string("kind", max_len=64)
-    raw_params = reader.mapping("params", required=False)
+    # `params: null` (StreamKit's "no params") is the same as none.
+    raw_params = reader.mapping("params", required=False) if payload.get("params") is not None else {}
     if kind and len(kind) <= 64 and kind not in node_params.KINDS:
         reader.errors.append(
             FieldError(pointer.join(base, "kind"), f"unknown node kind {kind!r}; known: {', '.join(node_params.NODE_KINDS)}")
         )
     reader.done()
+    params_path = pointer.join(base, "params")
+    canonical = streamkit.canonical_params(strip_private(raw_params), path=params_path)
     try:
-        validated = node_params.validate(kind, strip_private(raw_params), context=context)
+        validated = node_params.validate(kind, canonical.params, context=context)
     except RemoteProtocolError as exc:
-        raise prefixed_error(exc, pointer.join(base, "params")) from None
-    return AddNode(session, node_id, kind, validated)
+        raise prefixed_error(exc, params_path) from None
+    return AddNode(session, node_id, kind, validated, canonical.images)
 
 
 def _parse_remove_node(payload: Mapping[str, Any], base: str, session_id: str | None = None) -> RemoveNode:
@@ -692,8 +717,14 @@ def _parse_remove_node(payload: Mapping[str, Any], base: str, session_id: str | 
     return action
 
 
+# StreamKit's connection modes (backpressure); compositord's inputs always take the latest frame, so both mean the same.
+CONNECTION_MODES = ("reliable", "best_effort")
+
+
 def _parse_link(cls: type[_LinkT], payload: Mapping[str, Any], base: str, session_id: str | None) -> _LinkT:
-    reader = _Reader(cls.ACTION, payload, base, ("session_id", "from_node", "from_pin", "to_node", "to_pin"))
+    reader = _Reader(cls.ACTION, payload, base, ("session_id", "from_node", "from_pin", "to_node", "to_pin", "mode"))
+    if "mode" in payload and payload["mode"] not in CONNECTION_MODES:
+        reader.errors.append(FieldError(pointer.join(base, "mode"), f"must be one of {', '.join(CONNECTION_MODES)}"))
     session = session_id if session_id is not None else _session(reader)
     action = cls(
         session,
@@ -728,7 +759,8 @@ def _parse_tune(payload: Mapping[str, Any], base: str, session_id: str | None = 
     if not isinstance(body, Mapping):
         raise _bad(body_path, "must be an object")
     stamp, stripped = take_stamp(body, path=body_path)
-    return TuneNode(session, node_id, TUNE_VARIANTS[variant], stripped, stamp, sync)
+    canonical = streamkit.canonical_params(stripped, path=body_path)
+    return TuneNode(session, node_id, TUNE_VARIANTS[variant], canonical.params, stamp, sync, canonical.images)
 
 
 def _parse_tune_async(payload: Mapping[str, Any], base: str) -> TuneNode:
@@ -810,6 +842,9 @@ _PARSERS: dict[str, _Parse] = {
     "disconnect": _context_free(_parse_disconnect),
     "tunenode": _context_free(_parse_tune),
     "tunenodeasync": _context_free(_parse_tune_async),
+    # Older StreamKit clients' name of tunenodeasync (their server then kept the event from its sender;
+    # compositord suppresses nothing: the sender's acks are what keep its edits from flickering back).
+    "tunenodesilent": _context_free(_parse_tune_async),
     "applybatch": lambda payload, base, context: _parse_apply_batch(payload, base, context=context),
     "getpreview": _context_free(_preview_parser(GetPreview)),
     "subscribepreview": _context_free(_preview_parser(SubscribePreview)),
@@ -839,7 +874,7 @@ def stamps_of(request: Request) -> list[tuple[str, Stamp]]:
     still counts as processed and is named in the error response.
     """
     payload = request.payload
-    if request.action in ("tunenode", "tunenodeasync"):
+    if request.action in ("tunenode", "tunenodeasync", "tunenodesilent"):
         candidates = [payload]
     elif request.action == "applybatch" and isinstance(payload.get("operations"), list):
         candidates = [op for op in payload["operations"] if isinstance(op, Mapping) and op.get("action") == "tunenode"]
@@ -948,18 +983,22 @@ def pipeline_response(
     session_id: str,
     nodes: Mapping[str, Mapping[str, Any]],
     connections: Sequence[Mapping[str, Any]],
+    pipeline: Mapping[str, Any] | None = None,
 ) -> Response:
-    """``pipeline``: nodes ``{id: {"kind", "params", "view_data"?}}`` with durable params, and the connections."""
-    return Response(
-        "pipeline",
-        {
-            "session_id": session_id,
-            "protocol_version": PROTOCOL_VERSION,
-            "nodes": {node_id: dict(node) for node_id, node in nodes.items()},
-            "connections": [dict(c) for c in connections],
-        },
-        correlation_id,
-    )
+    """``pipeline``: nodes ``{id: {"kind", "params", "view_data"?}}`` with durable params, and the connections.
+
+    ``pipeline``: the same state as StreamKit's ``Pipeline`` object (``streamkit.pipeline_object``), for
+    StreamKit clients, which read ``payload.pipeline``.
+    """
+    payload: dict[str, Any] = {
+        "session_id": session_id,
+        "protocol_version": PROTOCOL_VERSION,
+        "nodes": {node_id: dict(node) for node_id, node in nodes.items()},
+        "connections": [dict(c) for c in connections],
+    }
+    if pipeline is not None:
+        payload["pipeline"] = dict(pipeline)
+    return Response("pipeline", payload, correlation_id)
 
 
 def sessions_listed(correlation_id: str | None, sessions: Sequence[Mapping[str, Any]]) -> Response:
@@ -967,8 +1006,16 @@ def sessions_listed(correlation_id: str | None, sessions: Sequence[Mapping[str, 
     return Response("sessionslisted", {"sessions": [dict(s) for s in sessions]}, correlation_id)
 
 
-def session_created_response(correlation_id: str | None, session_id: str, name: str) -> Response:
-    return Response("sessioncreated", {"session_id": session_id, "name": name}, correlation_id)
+def session_created_response(correlation_id: str | None, session_id: str, name: str, created_at: float | None = None) -> Response:
+    """``sessioncreated``; with ``created_at`` (wall clock) also as ISO 8601, as StreamKit clients read it."""
+    return Response("sessioncreated", _session_created_payload(session_id, name, created_at), correlation_id)
+
+
+def _session_created_payload(session_id: str, name: str, created_at: float | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {"session_id": session_id, "name": name}
+    if created_at is not None:
+        payload["created_at"] = streamkit.iso_timestamp(created_at)
+    return payload
 
 
 def session_destroyed_response(correlation_id: str | None, session_id: str) -> Response:
@@ -976,8 +1023,9 @@ def session_destroyed_response(correlation_id: str | None, session_id: str) -> R
 
 
 def batch_applied(correlation_id: str | None, session_id: str, applied: int) -> Response:
-    """``batchapplied``: ``applied`` is the number of operations that landed (all of them)."""
-    return Response("batchapplied", {"session_id": session_id, "applied": applied}, correlation_id)
+    """``batchapplied``: ``applied`` is the number of operations that landed (all of them); ``success``
+    and ``errors`` as StreamKit clients read them (a refused batch is an ``error`` response instead)."""
+    return Response("batchapplied", {"session_id": session_id, "applied": applied, "success": True, "errors": []}, correlation_id)
 
 
 def _preview_payload(
@@ -1065,8 +1113,8 @@ def connection_removed(session_id: str, from_node: str, from_pin: str, to_node: 
     return Event("connectionremoved", _connection_payload(session_id, from_node, from_pin, to_node, to_pin))
 
 
-def session_created_event(session_id: str, name: str) -> Event:
-    return Event("sessioncreated", {"session_id": session_id, "name": name})
+def session_created_event(session_id: str, name: str, created_at: float | None = None) -> Event:
+    return Event("sessioncreated", _session_created_payload(session_id, name, created_at))
 
 
 def session_destroyed_event(session_id: str) -> Event:

@@ -609,6 +609,8 @@ _TEXT_OVERLAY = Object(
         "opacity": _OPACITY,
         "rotation_degrees": _ROTATION,
         "z_index": Int(-1000, 1000, default=1000),
+        "mirror_horizontal": Bool(default=False),
+        "mirror_vertical": Bool(default=False),
     }
 )
 
@@ -620,6 +622,8 @@ _IMAGE_OVERLAY = Object(
         "opacity": _OPACITY,
         "rotation_degrees": _ROTATION,
         "z_index": Int(-1000, 1000, default=1000),
+        "mirror_horizontal": Bool(default=False),
+        "mirror_vertical": Bool(default=False),
     }
 )
 
@@ -751,6 +755,9 @@ _register(
             "An input without a `layers` entry, or a layer without `rect`, gets the auto-PiP rect: slot 0 fills the canvas; slot k > 0 sits at 1/3 size, 20 px from the bottom-right corner, aspect-fit.",
             "`output_format` `nv12` and `i420` need an even `width` and `height`.",
             "Overlay rects: `x`/`y` default 0; `width`/`height` absent = the content's own (measured) size.",
+            "Requests may spell overlays as StreamKit does; they are stored in the form above: `color` `[r, g, b, a]`,"
+            " `font_name`, an image as `data_base64` (stored as `inline/<sha256>.<ext>` in the asset directory), an overlay"
+            ' without `id` (`text_N` / `img_N`). docs/PROTOCOL.md, "StreamKit clients".',
         ),
         fill_hook=_fill_compositor,
     )

@@ -237,7 +237,7 @@ def test_missing_unknown_and_mistyped_fields_are_all_reported() -> None:
     assert action_error("listsessions", session_id="s").path == "/payload/session_id"
     assert action_error("tunenode", **TUNE).path == "/payload/message"
     assert action_error("applybatch", session_id="s").errors == (FieldError("/payload/operations", "required by applybatch"),)
-    assert action_error("createsession", name="x").path == "/payload/pipeline"
+    assert action_error("createsession", name="x", pipeline="none").path == "/payload/pipeline"
     assert action_error("getpipeline", session_id="s" * 129).path == "/payload/session_id"
 
 
@@ -522,7 +522,9 @@ def test_named_responses() -> None:
     assert E.sessions_listed(None, [{"session_id": "s", "name": "n"}]).payload == {"sessions": [{"session_id": "s", "name": "n"}]}
     assert E.session_created_response("c", "s", "demo") == E.Response("sessioncreated", {"session_id": "s", "name": "demo"}, "c")
     assert E.session_destroyed_response("c", "s") == E.Response("sessiondestroyed", {"session_id": "s"}, "c")
-    assert E.batch_applied("c", "s", 3) == E.Response("batchapplied", {"session_id": "s", "applied": 3}, "c")
+    assert E.batch_applied("c", "s", 3) == E.Response(
+        "batchapplied", {"session_id": "s", "applied": 3, "success": True, "errors": []}, "c"
+    )
     for response in (pipeline, E.sessions_listed(None, [])):
         assert E.parse_message(E.serialize(response)) == response
 

@@ -218,3 +218,27 @@ async def test_while_the_socket_is_full_events_wait_as_messages_and_coalesce() -
             assert [len(await client.get_message()) for _ in range(2)] == [len(big)] * 2
             assert await client.get_message() == "view 4"
         nursery.cancel_scope.cancel()
+
+
+def test_a_broadcast_variant_is_made_once_for_its_dialect_and_only_when_sent() -> None:
+    made: list[str] = []
+
+    def streamkit_shape() -> str:
+        made.append("streamkit")
+        return '{"shape":"streamkit"}'
+
+    event = Broadcast.deferred(lambda: '{"shape":"own"}', {"streamkit": streamkit_shape})
+    assert event.for_dialect(None) is event and event.for_dialect("other") is event
+    assert made == [], "a variant is encoded only when a connection of its dialect sends it"
+    variant = event.for_dialect("streamkit")
+    assert variant is event.for_dialect("streamkit"), "made once, for every connection of the dialect"
+    assert _decode_frames(variant.frame() + event.frame()) == ['{"shape":"streamkit"}', '{"shape":"own"}']
+    variant.frame()
+    assert made == ["streamkit"]
+    assert Broadcast("plain").for_dialect("streamkit").text == "plain"
+
+
+def test_an_event_for_one_dialect_only_is_nothing_for_the_others() -> None:
+    only = Broadcast("streamkit only", only_for=frozenset({"streamkit"}))
+    assert only.for_dialect(None) is None and only.for_dialect("other") is None
+    assert only.for_dialect("streamkit") is only

@@ -428,6 +428,8 @@ def test_with_defaults_fills_nested_entries_and_keeps_given_values() -> None:
         "opacity": 1.0,
         "rotation_degrees": 0.0,
         "z_index": 1000,
+        "mirror_horizontal": False,
+        "mirror_vertical": False,
     }
     image = full["image_overlays"][0]
     assert image["rect"] == {"x": 0, "y": 0, "width": None, "height": None} and image["z_index"] == 1000

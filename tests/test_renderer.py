@@ -178,6 +178,30 @@ def test_image_overlay_with_alpha(gl_ctx: moderngl.Context, tmp_path: Path) -> N
     assert_matches(output, reference, edges)
 
 
+@pytest.mark.parametrize(("horizontal", "vertical"), [(True, False), (False, True)])
+def test_image_overlay_mirrors(gl_ctx: moderngl.Context, tmp_path: Path, horizontal: bool, vertical: bool) -> None:
+    pixels = gradient(30, 20)
+    Image.fromarray(pixels).save(tmp_path / "badge.png")
+    overlay = {"id": "badge", "asset_path": "badge.png", "rect": rect(20, 20, 120, 80)}
+    params = canvas(image_overlays=[{**overlay, "mirror_horizontal": horizontal, "mirror_vertical": vertical}])
+    output = render(gl_ctx, params, {}, asset_dir=tmp_path).as_array()
+    ref = RefLayer(pixels, 20, 20, 120, 80, mirror_horizontal=horizontal, mirror_vertical=vertical)
+    reference, edges = composite(W, H, BACKGROUND_RGBA, [ref], EDGE_BAND)
+    assert_matches(output, reference, edges)
+    unmirrored = render(gl_ctx, canvas(image_overlays=[overlay]), {}, asset_dir=tmp_path).as_array()
+    flipped = unmirrored[20:100, 20:140][:, ::-1] if horizontal else unmirrored[20:100, 20:140][::-1]
+    assert np.abs(output[20:100, 20:140].astype(int) - flipped.astype(int)).max() <= TOLERANCE
+
+
+def test_text_overlay_mirrored_horizontally_is_the_text_flipped(gl_ctx: moderngl.Context) -> None:
+    text = {"id": "t", "text": "Ag 42", "font_size": 24, "color": "#FFFFFFFF", "rect": rect(20, 30, 120, 40)}
+    plain = render(gl_ctx, {"width": W, "height": H, "text_overlays": [text]}, {}).as_array()
+    mirrored = render(gl_ctx, {"width": W, "height": H, "text_overlays": [{**text, "mirror_horizontal": True}]}, {}).as_array()
+    region = (slice(30, 70), slice(20, 140))
+    assert (plain[region][..., 0] > 128).sum() > 100, "the text must have ink"
+    assert np.abs(mirrored[region].astype(int) - plain[region][:, ::-1].astype(int)).max() <= TOLERANCE
+
+
 def test_text_is_present_and_placed(gl_ctx: moderngl.Context) -> None:
     x, y, width, height = 20, 30, 120, 40
     params = {

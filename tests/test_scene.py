@@ -218,3 +218,18 @@ def test_background_output_format_and_matrix() -> None:
 def test_bad_pin_name_is_refused() -> None:
     with pytest.raises(ValueError, match="pin"):
         resolve_scene(full(CANVAS), {"video": (8, 8)})
+
+
+def test_overlay_mirrors_are_carried(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((4, 6, 4), dtype=np.uint8)).save(tmp_path / "logo.png")
+    params = full(
+        {
+            **CANVAS,
+            "text_overlays": [{"id": "t", "text": "hi", "mirror_horizontal": True}],
+            "image_overlays": [{"id": "i", "asset_path": "logo.png", "mirror_vertical": True}],
+        }
+    )
+    scene = resolve_scene(params, {}, asset_dir=tmp_path)
+    text, image = by_id(scene, "t"), by_id(scene, "i")
+    assert (text.mirror_horizontal, text.mirror_vertical) == (True, False)
+    assert (image.mirror_horizontal, image.mirror_vertical) == (False, True)

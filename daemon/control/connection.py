@@ -32,7 +32,7 @@ from typing import Protocol
 import trio
 
 from compositord.daemon.control.mailbox import Mailbox, MailboxClosed, MailboxFull
-from compositord.daemon.control.outgoing import Outgoing, frame_of, size_of
+from compositord.daemon.control.outgoing import Broadcast, Outgoing, frame_of, size_of
 from compositord.daemon.control.rate_limit import TokenBucket
 from compositord.daemon.control.websocket import (  # noqa: F401  (close codes: re-exported for the daemon's other modules)
     CLOSE_GOING_AWAY,
@@ -87,9 +87,13 @@ class Dispatcher(Protocol):
 
 
 class Connection:
-    def __init__(self, websocket: ServerWebSocket, limits: ConnectionLimits, *, remote: str = "") -> None:
+    def __init__(
+        self, websocket: ServerWebSocket, limits: ConnectionLimits, *, remote: str = "", dialect: str | None = None
+    ) -> None:
         self.connection_id = next(_connection_ids)
         self.remote = remote
+        # The dialect the client asked for at the handshake (protocol.streamkit.DIALECTS), None for compositord's own.
+        self.dialect = dialect
         self.mailbox = Mailbox(limits.mailbox_capacity)
         # Every `_sender` nonce seen on this connection; forgotten when it closes (S5).
         self.senders: set[str] = set()
@@ -137,6 +141,9 @@ class Connection:
         """
         if self._closing:
             return
+        messages = [(key, m) for key, m in self._in_dialect(messages) if m is not None]
+        if not messages:
+            return
         if not self._sending and not len(self.mailbox):
             data = b"".join(frame_of(message) for _, message in messages)
             written = self._websocket.try_write(data)
@@ -147,6 +154,10 @@ class Connection:
                     self.mailbox.put_first(data[written:])  # the rest, starting inside a frame maybe
                 return
         self.mailbox.put_all(messages)
+
+    def _in_dialect(self, messages: Sequence[tuple[Hashable | None, Outgoing]]) -> list[tuple[Hashable | None, Outgoing | None]]:
+        """Each event in this connection's dialect (None: not for it); responses as they are."""
+        return [(key, m.for_dialect(self.dialect) if isinstance(m, Broadcast) else m) for key, m in messages]
 
     def close_for_policy(self, reason: str) -> None:
         self.close(CLOSE_POLICY, reason)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, TextMessage
@@ -69,20 +69,51 @@ class Broadcast:
     ``Broadcast(text)`` holds encoded text; ``Broadcast.deferred(encode)`` encodes only if it is sent:
     the hub holds a node's events for the frame, and a newer one usually replaces a held one, so at
     600 tunes a second only 60 of the ``nodeparamschanged`` made are ever encoded.
+
+    ``variants`` (``{dialect: encode}``): the same event in the shapes of a dialect a connection asked
+    for (docs/PROTOCOL.md, "StreamKit clients"); :meth:`for_dialect` gives it, made once for every
+    connection of that dialect, and the event itself for a dialect it has no variant for. ``only_for``:
+    an event that only connections of these dialects get (None: every connection).
     """
 
-    __slots__ = ("_encode", "_frame", "_text")
+    __slots__ = ("_encode", "_frame", "_made", "_only_for", "_text", "_variants")
 
-    def __init__(self, text: str) -> None:
+    def __init__(
+        self,
+        text: str,
+        variants: Mapping[str, Callable[[], str]] | None = None,
+        only_for: frozenset[str] | None = None,
+    ) -> None:
         self._text: str | None = text
         self._encode: Callable[[], str] | None = None
         self._frame: bytes | None = None
+        self._variants = variants
+        self._only_for = only_for
+        self._made: dict[str, Broadcast] | None = None
 
     @classmethod
-    def deferred(cls, encode: Callable[[], str]) -> Broadcast:
-        message = cls("")
+    def deferred(
+        cls,
+        encode: Callable[[], str],
+        variants: Mapping[str, Callable[[], str]] | None = None,
+        only_for: frozenset[str] | None = None,
+    ) -> Broadcast:
+        message = cls("", variants, only_for)
         message._text, message._encode = None, encode
         return message
+
+    def for_dialect(self, dialect: str | None) -> Broadcast | None:
+        """What a connection of ``dialect`` (None: compositord's own) sends; None: nothing."""
+        if self._only_for is not None and dialect not in self._only_for:
+            return None
+        if dialect is None or not self._variants or dialect not in self._variants:
+            return self
+        if self._made is None:
+            self._made = {}
+        made = self._made.get(dialect)
+        if made is None:
+            made = self._made[dialect] = Broadcast.deferred(self._variants[dialect])
+        return made
 
     @property
     def text(self) -> str:

@@ -3,7 +3,8 @@
 The server accepts TCP itself and reads each request with h11
 (``http.HttpConnection``). A WebSocket upgrade is decided before any message
 is read: wrong path 404, wrong or missing bearer token 401 (compared in
-constant time), a browser ``Origin`` not on the allowlist 403, too many
+constant time), a browser ``Origin`` not on the allowlist 403, a dialect it
+does not speak 400 (``compat``, ``streamkit_http.py``), too many
 connections (or shutting down) 503, a malformed upgrade 400; every answer
 carries ``X-Compositord-Protocol: 1``. An accepted upgrade is handed to
 wsproto (``websocket.accept_upgrade``) and runs as one :class:`Connection`.
@@ -30,6 +31,7 @@ import h11
 import trio
 from wsproto.utilities import RemoteProtocolError as WebSocketHandshakeError
 
+from compositord.daemon.control import streamkit_http
 from compositord.daemon.control.connection import CLOSE_GOING_AWAY, Connection, ConnectionLimits, Dispatcher
 from compositord.daemon.control.http import PROTOCOL_VERSION_HEADER, HttpConnection, HttpRequest, HttpResponse
 from compositord.daemon.control.router import Handler, Router
@@ -68,19 +70,32 @@ def check_handshake(
     url = urlsplit(path)
     if url.path != CONTROL_PATH:
         return Refusal(404, f"no endpoint at {url.path}; use {CONTROL_PATH}")
+    headers = list(headers)
+    refusal = check_access(path, headers, options)
+    if refusal is not None:
+        return refusal
+    try:
+        streamkit_http.requested_dialect(path, headers)
+    except ValueError as exc:
+        return Refusal(400, str(exc))
+    if open_connections >= options.max_connections:
+        return Refusal(503, f"connection limit ({options.max_connections}) reached")
+    return None
+
+
+def check_access(target: str, headers: Iterable[tuple[bytes, bytes]], options: ServerOptions) -> Refusal | None:
+    """The bearer token (401) and Origin (403) rules, the same for the WebSocket handshake and the API routes."""
     header_map: dict[str, str] = {}
     for name, value in headers:
         header_map.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
     if options.token is not None:
-        presented = _presented_token(header_map.get("authorization"), url.query)
+        presented = _presented_token(header_map.get("authorization"), urlsplit(target).query)
         # compare_digest on bytes: constant time whatever the characters are.
         if presented is None or not hmac.compare_digest(presented.encode(), options.token.encode()):
             return Refusal(401, "missing or wrong bearer token")
     origin = header_map.get("origin")
     if origin is not None and origin not in options.allowed_origins:
         return Refusal(403, f"origin {origin!r} is not allowed")
-    if open_connections >= options.max_connections:
-        return Refusal(503, f"connection limit ({options.max_connections}) reached")
     return None
 
 
@@ -114,7 +129,12 @@ class ControlServer:
 
     def routes(self) -> dict[tuple[str, str], Handler]:
         """Plain HTTP: ``(method, path) -> handler``. The web panel's files, ``/metrics`` and ``/healthz`` go here."""
-        return {("GET", CONTROL_PATH): _upgrade_required}
+        routes: dict[tuple[str, str], Handler] = {("GET", CONTROL_PATH): _upgrade_required}
+        routes.update(streamkit_http.routes(self._check_access, self._dispatcher))
+        return routes
+
+    def _check_access(self, target: str, headers: Iterable[tuple[bytes, bytes]]) -> Refusal | None:
+        return check_access(target, headers, self.options)
 
     async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``task_status.started((host, port))`` once bound."""
@@ -185,7 +205,8 @@ class ControlServer:
             control_timeout=limits.close_timeout,
             trailing_data=http.trailing_data(),
         )
-        connection = Connection(websocket, limits, remote=remote)
+        dialect = streamkit_http.requested_dialect(request.target, request.headers)  # checked by check_handshake
+        connection = Connection(websocket, limits, remote=remote, dialect=dialect)
         self._connections.add(connection)
         if self._no_connections.is_set():
             self._no_connections = trio.Event()

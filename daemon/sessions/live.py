@@ -4,6 +4,7 @@ looking a session up, publishing an event, forgetting removed nodes."""
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from compositord.daemon.engine.api import Engine
 from compositord.daemon.sessions.refusals import not_found
 from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.state.store import Store
-from compositord.protocol import envelope
+from compositord.protocol import envelope, streamkit
 from compositord.protocol.causal import AckBook
 
 
@@ -27,6 +28,10 @@ class LiveSession:
 
     engine: Engine
     make_book: Callable[[], AckBook]  # rule S7's limits come with it
+    # When this process opened the session (wall clock, and monotonic for ages): StreamKit's created_at and
+    # its stats' duration_secs. The store keeps no creation time: after a restart it is the restart's.
+    created_at: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.monotonic)
     # Covers read-compute-store-publish of one change (rule S1): two edits never interleave.
     lock: trio.Lock = field(default_factory=trio.Lock)
     acks: dict[str, AckBook] = field(default_factory=dict)  # params channel, per node
@@ -54,10 +59,14 @@ class LiveSession:
 class LiveSessions:
     """The running sessions (those with an engine), the store they live in and the hub their events go to."""
 
-    def __init__(self, store: Store, hub: Hub, make_book: Callable[[], AckBook]) -> None:
+    def __init__(
+        self, store: Store, hub: Hub, make_book: Callable[[], AckBook], image_data: streamkit.ImageData | None = None
+    ) -> None:
         self.store = store
         self.hub = hub
         self._make_book = make_book
+        # The base64 of an inline image by asset path (inline_images.InlineImages.base64_of), for StreamKit clients.
+        self.image_data = image_data
         self._sessions: dict[str, LiveSession] = {}
 
     def add(self, session_id: str, engine: Engine) -> LiveSession:
@@ -94,7 +103,26 @@ class LiveSessions:
         return record, live
 
     def publish(self, event: envelope.Event, coalesce_key: Hashable | None = None) -> None:
-        """An event for every connection (the hub paces those with a key by their session's frames)."""
+        """An event for every connection (the hub paces those with a key by their session's frames);
+        connections of StreamKit's dialect get it in StreamKit's shapes."""
         # Encoded only if sent: a held event is often replaced by a newer one first. The event is a
         # snapshot (its payload dicts are made for it, and stored params are never changed in place).
-        self.hub.publish(Broadcast.deferred(functools.partial(envelope.serialize, event)), coalesce_key)
+        variants = {streamkit.STREAMKIT: functools.partial(self._for_streamkit, event)}
+        self.hub.publish(Broadcast.deferred(functools.partial(envelope.serialize, event), variants), coalesce_key)
+        if event.event == "nodeadded":
+            # StreamKit's UI shows a node it is told of as "Initializing" until a state event comes; compositord
+            # reports a state when it changes, so its dialect is told at once that the new node runs.
+            state = envelope.node_state_changed(event.payload["session_id"], event.payload["node_id"], None)
+            encode = functools.partial(self._for_streamkit, state)
+            self.hub.publish(Broadcast.deferred(encode, only_for=frozenset(streamkit.DIALECTS)))
+
+    def _for_streamkit(self, event: envelope.Event) -> str:
+        live = self.get(event.payload.get("session_id"))
+        payload = streamkit.event_for_streamkit(
+            event.event,
+            event.payload,
+            now=time.time(),
+            image_data=self.image_data,
+            session_age_s=time.monotonic() - live.started if live is not None else None,
+        )
+        return envelope.serialize(envelope.Event(event.event, payload))

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from compositord.daemon.sessions.live import LiveSessions
-from compositord.protocol import envelope
+from compositord.protocol import envelope, streamkit
 
 
 def getpipeline(live_sessions: LiveSessions, action: envelope.GetPipeline, cid: str | None) -> envelope.Response:
@@ -30,16 +30,28 @@ def getpipeline(live_sessions: LiveSessions, action: envelope.GetPipeline, cid: 
             entry["view_data"] = dict(live.last_view[node_id])
             entry["view_acks"] = dict(live.last_view_acks.get(node_id, {}))
         nodes[node_id] = entry
-    return envelope.pipeline_response(
-        cid, session_id=record.session_id, nodes=nodes, connections=[c.to_json() for c in record.connections]
-    )
+    connections = [c.to_json() for c in record.connections]
+    # The same state as StreamKit's Pipeline object, which its clients read (additive: the fields above stay).
+    pipeline = streamkit.pipeline_object(record.name, nodes, connections, live.last_view, live_sessions.image_data)
+    return envelope.pipeline_response(cid, session_id=record.session_id, nodes=nodes, connections=connections, pipeline=pipeline)
 
 
 def listsessions(live_sessions: LiveSessions, cid: str | None) -> envelope.Response:
-    """The running sessions (a stored session whose engine did not start is not listed)."""
-    sessions = [
-        {"session_id": s.session_id, "name": s.name, "nodes": len(s.nodes)}
-        for s in live_sessions.store.sessions().values()
-        if s.session_id in live_sessions
-    ]
+    """The running sessions (a stored session whose engine did not start is not listed); each also
+    with StreamKit's ``id`` and ``created_at``."""
+    sessions = [{"session_id": info["id"], **info, "nodes": nodes} for info, nodes in _running_sessions(live_sessions)]
     return envelope.sessions_listed(cid, sessions)
+
+
+def session_infos(live_sessions: LiveSessions) -> list[dict[str, Any]]:
+    """StreamKit's ``SessionInfo`` (``id``, ``name``, ``created_at``) of every running session."""
+    return [info for info, _ in _running_sessions(live_sessions)]
+
+
+def _running_sessions(live_sessions: LiveSessions) -> list[tuple[dict[str, Any], int]]:
+    found = []
+    for record in live_sessions.store.sessions().values():
+        live = live_sessions.get(record.session_id)
+        if live is not None:
+            found.append((streamkit.session_info(record.session_id, record.name, live.created_at), len(record.nodes)))
+    return found

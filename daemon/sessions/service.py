@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -21,8 +22,10 @@ import trio
 from compositord.daemon.control.connection import Connection
 from compositord.daemon.control.hub import Hub
 from compositord.daemon.engine import api
+from compositord.daemon.sessions import queries
 from compositord.daemon.sessions.dispatch import Dispatch
 from compositord.daemon.sessions.engine_events import EngineEventHandler
+from compositord.daemon.sessions.inline_images import InlineImages
 from compositord.daemon.sessions.live import LiveSessions
 from compositord.daemon.sessions.previews import Previews
 from compositord.daemon.sessions.pushed_frames import PushedFrames
@@ -46,6 +49,7 @@ class SessionService:
         *,
         retired_acks_grace_s: float = causal.RETIRED_ACKS_GRACE_S,
         max_retired_acks: int = causal.MAX_RETIRED_ACKS,
+        asset_dir: Path | None = None,
     ) -> None:
         # Rule S7: how long and how many closed senders' params acks getpipeline still reports, per node.
         make_book: Callable[[], AckBook] = functools.partial(
@@ -54,12 +58,15 @@ class SessionService:
         make_book()  # bad settings fail here, at start-up, not at the first tune
         self._hub = hub
         self._engine_factory = engine_factory
-        self._live = LiveSessions(store, hub, make_book)
+        # Inline images (StreamKit's data_base64) go into the asset directory, where engines read assets.
+        images = InlineImages(asset_dir)
+        self._live = LiveSessions(store, hub, make_book, images.base64_of)
         self._previews = Previews(self._live)
         self._engine_events = EngineEventHandler(self._live, self._previews)
-        self._tunes = Tunes(self._live)
+        self._tunes = Tunes(self._live, images)
         self._pushed_frames = PushedFrames(self._live)
-        self._dispatch = Dispatch(self._live, self._tunes, Structure(self._live, self.open_session), self._previews)
+        structure = Structure(self._live, self.open_session, images)
+        self._dispatch = Dispatch(self._live, self._tunes, structure, self._previews)
 
     # ------------------------------------------------------------------ engines
 
@@ -87,6 +94,10 @@ class SessionService:
             live.engine.submit(api.Stop())
         for live in stopping:
             await trio.to_thread.run_sync(live.engine.stop, timeout)
+
+    def session_infos(self) -> list[dict[str, Any]]:
+        """StreamKit's ``SessionInfo`` of every running session (``GET /api/v1/sessions``)."""
+        return queries.session_infos(self._live)
 
     # ------------------------------------------------------------------ the control side's Dispatcher protocol
 

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from compositord.daemon.engine import api
+from compositord.daemon.sessions.inline_images import InlineImages
 from compositord.daemon.sessions.live import LiveSession, LiveSessions
 from compositord.daemon.sessions.refusals import not_found
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
@@ -30,15 +31,20 @@ StructureAction = envelope.AddNode | envelope.RemoveNode | envelope.Connect | en
 class Structure:
     """``createsession``, ``destroysession``, ``addnode``, ``removenode``, ``connect``, ``disconnect``."""
 
-    def __init__(self, live: LiveSessions, open_session: Callable[[SessionRecord], Awaitable[None]]) -> None:
+    def __init__(
+        self, live: LiveSessions, open_session: Callable[[SessionRecord], Awaitable[None]], images: InlineImages
+    ) -> None:
         self._live = live
         self._open_session = open_session
+        self._images = images
         self._sessions_lock = trio.Lock()  # createsession / destroysession
 
     async def createsession(self, action: envelope.CreateSession, cid: str | None) -> envelope.Response:
         store = self._live.store
         session_id = str(uuid.uuid4())
-        record = SessionRecord.from_pipeline(session_id, action.name, action.pipeline)
+        name = action.name if action.name is not None else session_id
+        record = SessionRecord.from_pipeline(session_id, name, action.pipeline)
+        await self._images.store(action.images, "/payload/pipeline")
         async with self._sessions_lock:
             await store.create_session(record)
             try:
@@ -48,8 +54,10 @@ class Structure:
                 with trio.CancelScope(shield=True):
                     await store.destroy_session(session_id)
                 raise
-        self._live.publish(envelope.session_created_event(session_id, action.name))
-        return envelope.session_created_response(cid, session_id, action.name)
+        live = self._live.get(session_id)
+        created_at = live.created_at if live is not None else None
+        self._live.publish(envelope.session_created_event(session_id, name, created_at))
+        return envelope.session_created_response(cid, session_id, name, created_at)
 
     async def destroysession(self, action: envelope.DestroySession, cid: str | None) -> envelope.Response:
         session_id = action.session_id
@@ -69,6 +77,8 @@ class Structure:
             record, _ = self._live.lookup(action.session_id)  # it may have changed while we waited for the lock
             working = Working(record)
             events = working.apply(action, "/payload")
+            if isinstance(action, envelope.AddNode):
+                await self._images.store(action.images, "/payload/params")
             await self._live.store.apply_atomically(working.ops, wait_durable=False)
             live.engine.submit(api.TopologyUpdate(committed_topology(self._live, live, working)))
             for event in events:

@@ -2,9 +2,11 @@
 
 Order of work for a change (PROTOCOL.md section 3, steps 1-6): take the stamp,
 strip every ``_`` key, compute the resulting params (replace or RFC 7396 merge
-patch against the durable params), validate them whole, store them, hand the
-full validated params plus the stamp to the session's engine, and tell every
-connection (``nodeparamschanged``). Anything refused before the store step
+patch against the durable params; on a connection of StreamKit's dialect an
+``UpdateParams`` merges as StreamKit's server does), validate them whole, store
+the inline images they name, store them, hand the full validated params plus
+the stamp to the session's engine, and tell every connection
+(``nodeparamschanged``). Anything refused before the store step
 changes nothing.
 
 Ordering (rule S1): the session's lock covers everything from reading the
@@ -26,11 +28,12 @@ from typing import Any
 
 from compositord.daemon.control.connection import Connection
 from compositord.daemon.engine import api
+from compositord.daemon.sessions.inline_images import InlineImages
 from compositord.daemon.sessions.live import LiveSession, LiveSessions
 from compositord.daemon.sessions.refusals import Refusal, not_found
 from compositord.daemon.sessions.structure import Working, committed_topology
 from compositord.daemon.state.model import NodeRecord
-from compositord.protocol import causal, envelope, pointer
+from compositord.protocol import causal, envelope, pointer, streamkit
 from compositord.protocol import params as node_params
 from compositord.protocol.causal import AckBook, Stamp
 from compositord.protocol.errors import ErrorCode, RemoteProtocolError
@@ -45,14 +48,16 @@ class _Tune:
 
     action: envelope.TuneNode
     body_path: str  # "/payload/message/PatchParams", "/payload/operations/3/message/UpdateParams"
+    merge_updates: bool = False  # UpdateParams merges into the params (StreamKit's dialect) instead of replacing them
 
 
 class Tunes:
-    def __init__(self, live: LiveSessions) -> None:
+    def __init__(self, live: LiveSessions, images: InlineImages) -> None:
         self._live = live
+        self._images = images
 
     async def tunenode(self, connection: Connection, action: envelope.TuneNode, cid: str | None) -> envelope.Response | None:
-        tune = _Tune(action, pointer.join("/payload/message", action.variant))
+        tune = _Tune(action, pointer.join("/payload/message", action.variant), _merges_updates(connection))
         stamps = [(action.node_id, action.stamp)] if action.stamp is not None else []
         check_new_senders(connection, stamps, tune.body_path)
         for _, stamp in stamps:
@@ -65,6 +70,7 @@ class Tunes:
             record, _ = self._live.lookup(action.session_id)
             try:
                 node = _tuned_node(record.nodes, live, tune, None)
+                await self._images.store(action.images, tune.body_path)
             except RemoteProtocolError as error:
                 self.refuse_stamps(connection, action.session_id, stamps)
                 raise Refusal(error, stamps) from None
@@ -99,11 +105,15 @@ class Tunes:
                 for index, op in enumerate(action.operations):
                     path = pointer.join("/payload/operations", index)
                     if isinstance(op, envelope.TuneNode):
-                        node = _tuned_node(working.nodes, live, _Tune(op, pointer.join(path, "message", op.variant)), batch_books)
+                        tune = _Tune(op, pointer.join(path, "message", op.variant), _merges_updates(connection))
+                        node = _tuned_node(working.nodes, live, tune, batch_books)
                         working.set_params(node.node_id, node.params)
                         tuned.append(api.ParamsUpdate(node.node_id, node.params, op.stamp))
+                        await self._images.store(op.images, tune.body_path)
                     else:
                         events += working.apply(op, path)
+                        if isinstance(op, envelope.AddNode):
+                            await self._images.store(op.images, pointer.join(path, "params"))
             except RemoteProtocolError as error:
                 self.refuse_stamps(connection, session_id, stamps)  # S6: every stamp of a refused batch
                 raise Refusal(error, stamps) from None
@@ -173,12 +183,22 @@ def _tuned_node(
         live.book(action.node_id).check(action.stamp, path=tune.body_path)
         if taken is not None:
             taken.record(action.stamp)
-    candidate = action.params if action.mode == envelope.UPDATE else causal.merge_patch(node.params, action.params)
+    if action.mode == envelope.PATCH:
+        candidate = causal.merge_patch(node.params, action.params)
+    elif tune.merge_updates:
+        candidate = streamkit.merge_update(node.params, action.params)
+    else:
+        candidate = action.params
     try:
         validated = node_params.validate(node.kind, candidate)
     except RemoteProtocolError as error:
         raise envelope.prefixed_error(error, tune.body_path) from None
     return NodeRecord(node.node_id, node.kind, validated, node.seq + 1)
+
+
+def _merges_updates(connection: Connection) -> bool:
+    """StreamKit's server merges an ``UpdateParams`` into the params: so does this one for its dialect."""
+    return connection.dialect == streamkit.STREAMKIT
 
 
 def check_new_senders(connection: Connection, stamps: Sequence[tuple[str, Stamp]], path: str) -> None:

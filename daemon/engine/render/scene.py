@@ -208,8 +208,8 @@ def _overlay_common(entry: Mapping[str, Any]) -> dict[str, Any]:
         "crop": CropRegion(),
         "circle": False,
         "rotation_degrees": float(entry.get("rotation_degrees", 0.0)),
-        "mirror_horizontal": False,
-        "mirror_vertical": False,
+        "mirror_horizontal": bool(entry.get("mirror_horizontal", False)),
+        "mirror_vertical": bool(entry.get("mirror_vertical", False)),
         "opacity": float(entry.get("opacity", 1.0)),
     }
 
