@@ -78,6 +78,7 @@ def stored_params(state_dir: Path) -> dict[tuple[str, str], str]:
 async def test_a_second_process_cannot_open_the_same_state_directory(tmp_path: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_STORE, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout is not None  # stdout=PIPE
         assert await trio.to_thread.run_sync(holder.stdout.readline) == "open\n"
         with pytest.raises(StoreLocked) as info:
             async with open_store(tmp_path):
