@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.render.frames import PixelFormat, SourceFrame
 from compositord.daemon.engine.sources.colorbars import ramp, smpte_bars
 
 CYCLE = 8
@@ -59,7 +59,7 @@ def rgba_to_nv12(image: np.ndarray) -> np.ndarray:
 class CyclingSource:
     """``frame()`` returns the next frame of the cycle as a SourceFrame with a new serial."""
 
-    def __init__(self, frames: list[np.ndarray], pixel_format: str, width: int, height: int) -> None:
+    def __init__(self, frames: list[np.ndarray], pixel_format: PixelFormat, width: int, height: int) -> None:
         self._frames = frames
         self._format = pixel_format
         self._size = (width, height)
@@ -69,7 +69,7 @@ class CyclingSource:
         data = self._frames[self._index % len(self._frames)]
         self._index += 1
         width, height = self._size
-        return SourceFrame(self._format, width, height, data, next(_serials), opaque=True)  # type: ignore[arg-type]
+        return SourceFrame(self._format, width, height, data, next(_serials), opaque=True)
 
 
 def rgba_source(width: int, height: int, pattern: str = "smpte") -> CyclingSource:

@@ -180,8 +180,9 @@ def _text_size(overlay: Mapping[str, Any]) -> tuple[int, int]:
     lines = str(overlay.get("text", "")).split("\n")
     estimated_w = math.ceil(max(len(line) for line in lines) * font_size * TEXT_ADVANCE_EM)
     estimated_h = math.ceil(len(lines) * (font_size * TEXT_LINE_EM + TEXT_LINE_SPACING_PX))
-    width = rect.get("width") if rect.get("width") is not None else estimated_w
-    height = rect.get("height") if rect.get("height") is not None else estimated_h
+    rect_width, rect_height = rect.get("width"), rect.get("height")
+    width = rect_width if rect_width is not None else estimated_w
+    height = rect_height if rect_height is not None else estimated_h
     return (max(1, min(math.ceil(width), MAX_TEXT_RASTER_SIDE)), max(1, min(math.ceil(height), MAX_TEXT_RASTER_SIDE)))
 
 

@@ -8,6 +8,7 @@ example pipeline pass with room."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ LIMITS = Limits().budget()
 COMP = "video::compositor"
 
 
-def refused(pipeline: dict[str, Any], **kwargs: Any) -> RemoteProtocolError:
+def refused(pipeline: Mapping[str, Any], **kwargs: Any) -> RemoteProtocolError:
     with pytest.raises(RemoteProtocolError) as info:
         budget.check_session(pipeline, limits=kwargs.pop("limits", LIMITS), **kwargs)
     assert info.value.code is ErrorCode.RESOURCE_LIMIT
@@ -62,9 +63,12 @@ def test_a_small_createsession_with_7680_canvases_is_refused() -> None:
         envelope.Request("createsession", {"name": "big", "pipeline": {"nodes": nodes, "connections": connections}})
     )
     assert len(text) < 1000
-    action = envelope.parse_action(envelope.parse_message(text))  # valid: only the budget stops it
+    request = envelope.parse_message(text)
+    assert isinstance(request, envelope.Request)
+    action = envelope.parse_action(request)  # valid: only the budget stops it
+    assert isinstance(action, envelope.CreateSession)
     error = refused(action.pipeline, base="/payload/pipeline")
-    assert error.path.startswith("/payload/pipeline/nodes/")
+    assert error.path is not None and error.path.startswith("/payload/pipeline/nodes/")
     assert "max_session_bytes" in error.message
     assert budget.session_cost(action.pipeline).bytes > 2 * LIMITS.max_session_bytes
 
@@ -86,7 +90,7 @@ def test_a_tune_with_twelve_8192_text_overlays_is_refused_at_the_overlay() -> No
         },
     }
     error = refused(after, previous=budget.session_cost(before), params_paths={"comp": "/payload/message/PatchParams"})
-    assert error.path.startswith("/payload/message/PatchParams/text_overlays/")
+    assert error.path is not None and error.path.startswith("/payload/message/PatchParams/text_overlays/")
     assert error.path.endswith("/rect")
     assert "8192x8192 raster" in error.message
 

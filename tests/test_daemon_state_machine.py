@@ -177,6 +177,7 @@ class DaemonMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def connect_existing(self, data: st.DataObject) -> None:
         """An output of a node there into an input pin of another node there (maybe fed already, maybe nested)."""
+        assert self.last is not None  # the precondition
         nodes = self.last["nodes"]
         sources = sorted(node_id for node_id, (kind, _, _) in nodes.items() if params.output_pins(kind))
         targets = {
@@ -193,6 +194,7 @@ class DaemonMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.last is not None and bool(self.last["connections"]))
     @rule(data=st.data())
     def disconnect_existing(self, data: st.DataObject) -> None:
+        assert self.last is not None  # the precondition
         conn = data.draw(st.sampled_from(self.last["connections"]))
         self.request(
             self.client.disconnect, self.session_id, conn["from_node"], conn["from_pin"], conn["to_node"], conn["to_pin"]
@@ -271,7 +273,7 @@ async def test_the_daemon_and_its_store_agree_over_random_histories(compositord_
     class Machine(DaemonMachine):
         pass
 
-    Machine.call = staticmethod(call)  # type: ignore[assignment]
+    Machine.call = staticmethod(call)
     Machine.client = compositord_client
     Machine.database = str(compositord_daemon.database)
     run_settings = settings(

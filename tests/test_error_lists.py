@@ -43,7 +43,9 @@ def test_an_error_lists_at_most_50_fields_and_counts_the_rest() -> None:
     assert payload["errors_omitted"] == total - MAX_LISTED_ERRORS
     assert payload["message"].startswith(f"{total} errors; first: ")
     assert len(answer) < len(text) / 4, f"a {len(text)}-byte request got a {len(answer)}-byte answer"
-    reply = envelope.ErrorReply.from_response(envelope.parse_message(answer))
+    response = envelope.parse_message(answer)
+    assert isinstance(response, envelope.Response)
+    reply = envelope.ErrorReply.from_response(response)
     assert len(reply.errors) == MAX_LISTED_ERRORS
 
 

@@ -90,6 +90,7 @@ def test_createsession_strips_private_keys_like_addnode_and_tunes() -> None:
     add = envelope.parse_action(
         envelope.Request("addnode", {"session_id": "s", "node_id": "x", "kind": COMP, "params": {"fps": 25, "_y": {"_z": 1}}})
     )
+    assert isinstance(add, envelope.AddNode)
     assert add.params == {"fps": 25}
 
 
@@ -197,10 +198,12 @@ def test_the_context_reaches_addnode_createsession_and_batches() -> None:
     payload = {"session_id": "s", "node_id": "live", "kind": "sink::stream", "params": stream("udp://192.0.2.1:5000")}
     assert refusal(envelope.parse_action, envelope.Request("addnode", payload)).path == "/payload/params/url"
     context = params.ValidationContext(stream_destinations=StreamDestinations.parse(["udp://192.0.2.1:5000"]))
-    assert envelope.parse_action(envelope.Request("addnode", payload), context=context).params["url"].startswith("udp://")
+    added = envelope.parse_action(envelope.Request("addnode", payload), context=context)
+    assert isinstance(added, envelope.AddNode) and added.params["url"].startswith("udp://")
     batch = {"session_id": "s", "operations": [{"action": "addnode", **{k: v for k, v in payload.items() if k != "session_id"}}]}
     assert refusal(envelope.parse_action, envelope.Request("applybatch", batch)).path == "/payload/operations/0/params/url"
-    assert envelope.parse_action(envelope.Request("applybatch", batch), context=context).operations
+    batched = envelope.parse_action(envelope.Request("applybatch", batch), context=context)
+    assert isinstance(batched, envelope.ApplyBatch) and batched.operations
     doc = {"nodes": {"live": {"kind": "sink::stream", "params": stream("udp://192.0.2.1:5000")}}}
     create = envelope.CreateSession("s", doc).to_request()
     assert refusal(envelope.parse_action, create).path == "/payload/pipeline/nodes/live/params/url"

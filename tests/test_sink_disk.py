@@ -112,9 +112,10 @@ async def test_a_sink_stops_before_the_disk_fills(
     session.nodes["bars"] = type(bars)("bars", bars.kind, {**bars.params, "animated": True, "timestamp": True})
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_until(lambda: recorder.error_of("out") is not None, timeout=60)
-        assert loop.sink("out").frames_written > 0, "it wrote until the floor"
+        sink = loop.sink("out")
+        assert sink is not None and sink.frames_written > 0, "it wrote until the floor"
     message = recorder.error_of("out")
-    assert "under the floor of 8.0 MiB (min_free_disk_bytes)" in message, message
+    assert message is not None and "under the floor of 8.0 MiB (min_free_disk_bytes)" in message, message
     # At most CHECK_EVERY_BYTES (4 MiB) went past the floor: the disk never filled.
     assert free(small_disk) >= floor - CHECK_EVERY_BYTES
     (small_disk / "still-writable").write_bytes(b"x" * 4096)
@@ -128,7 +129,8 @@ async def test_a_sink_under_the_floor_does_not_even_create_its_file(
     session = sink_session({"rec": ("sink::file", {"path": f"{small_disk.name}/rec.mp4", "preset": "ultrafast"})})
     async with running_loop(session, tmp_path) as (_, recorder):
         await wait_until(lambda: recorder.error_of("rec") is not None)
-    assert "min_free_disk_bytes" in recorder.error_of("rec")
+    error = recorder.error_of("rec")
+    assert error is not None and "min_free_disk_bytes" in error
     assert not (small_disk / "rec.mp4").exists()
 
 
@@ -186,7 +188,8 @@ async def test_a_directory_swapped_for_a_link_after_the_check_is_not_followed(
     assert approved == ["day/rec.mp4"]
     assert sorted(p.name for p in outside.iterdir()) == ["victim.mp4"], "nothing was created outside"
     assert (outside / "victim.mp4").read_bytes() == b"keep me"
-    assert "changed while it was being opened" in recorder.error_of("out")
+    error = recorder.error_of("out")
+    assert error is not None and "changed while it was being opened" in error
 
 
 @pytest.mark.gl
@@ -203,9 +206,12 @@ async def test_a_file_swapped_for_a_link_or_hard_link_after_the_check_is_not_wri
 ) -> None:
     outputs, outside = outputs_and_outside
     (outputs / "rec.mp4").write_bytes(b"an earlier recording")
-    swap_after_check(
-        monkeypatch, lambda: ((outputs / "rec.mp4").unlink(), (outputs / "rec.mp4").symlink_to(outside / "victim.mp4"))
-    )
+
+    def swap() -> None:
+        (outputs / "rec.mp4").unlink()
+        (outputs / "rec.mp4").symlink_to(outside / "victim.mp4")
+
+    swap_after_check(monkeypatch, swap)
     async with running_loop(sink_session({"out": (kind, params)}), outputs) as (loop, recorder):
         if params.get("if_exists", "new_name") == "new_name" and kind == "sink::file":
             await wait_frames_written(loop, "out", 3)  # a new name is claimed with O_EXCL: the link is left alone
@@ -223,7 +229,8 @@ async def test_a_hard_link_swapped_in_is_refused_and_not_truncated(
     swap_after_check(monkeypatch, lambda: os.link(outside / "victim.mp4", outputs / "rec.y4m"))
     async with running_loop(sink_session({"out": ("sink::y4m", {"path": "rec.y4m"})}), outputs) as (_, recorder):
         await wait_until(lambda: recorder.error_of("out") is not None)
-    assert "other hard links" in recorder.error_of("out")
+    error = recorder.error_of("out")
+    assert error is not None and "other hard links" in error
     assert (outside / "victim.mp4").read_bytes() == b"keep me"
 
 
@@ -236,8 +243,9 @@ async def test_the_daemons_y4m_sink_refuses_stdout_and_a_missing_path(tmp_path: 
     session = sink_session({"dash": ("sink::y4m", {"path": "-"}), "none": ("sink::y4m", {})})
     async with running_loop(session, tmp_path) as (_, recorder):
         await wait_until(lambda: recorder.error_of("dash") is not None and recorder.error_of("none") is not None)
-    assert "one-shot" in recorder.error_of("dash")
-    assert "no path" in recorder.error_of("none")
+    dash_error, no_path_error = recorder.error_of("dash"), recorder.error_of("none")
+    assert dash_error is not None and "one-shot" in dash_error
+    assert no_path_error is not None and "no path" in no_path_error
 
 
 # --- stream errors say the same whatever the cause ----------------------------------------------------
@@ -286,8 +294,10 @@ async def test_a_closed_port_and_a_peer_that_hangs_up_read_the_same(tmp_path: Pa
     with caplog.at_level(logging.WARNING, logger="compositord.daemon.engine.sinks.stream"):
         async with running_loop(sink_session(sinks), tmp_path) as (_, recorder):
             await wait_until(lambda: all(recorder.error_of(node) is not None for node in sinks), timeout=30)
-    closed_error = recorder.error_of("closed").replace(str(closed), "PORT")
-    reset_error = recorder.error_of("reset").replace(str(hangs_up), "PORT")
+    closed_error, reset_error = recorder.error_of("closed"), recorder.error_of("reset")
+    assert closed_error is not None and reset_error is not None
+    closed_error = closed_error.replace(str(closed), "PORT")
+    reset_error = reset_error.replace(str(hangs_up), "PORT")
     assert closed_error == reset_error, (closed_error, reset_error)
     assert UNREACHABLE in closed_error
     assert "refused" not in closed_error.lower().replace("refused it", "")

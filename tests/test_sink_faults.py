@@ -18,6 +18,8 @@ import trio
 from compositord.daemon.engine import api
 from compositord.daemon.engine.sinks import base as sink_base
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkFrame
+from compositord.daemon.engine.sinks.file import FileSink
+from compositord.daemon.engine.sinks.y4m import Y4MSink
 from compositord.daemon.state.model import NodeRecord
 from compositord.tests.disk_helpers import CannotMount, small_tmpfs
 from compositord.tests.sink_helpers import (
@@ -69,14 +71,17 @@ async def test_full_disk_file_sink_errors_then_recovers(tmp_path: Path, tiny_dis
                 while True:
                     filler.write(b"\0" * 1024)
         await wait_until(lambda: recorder.error_of("rec") is not None, timeout=20)
-        assert "No space left on device" in recorder.error_of("rec")
+        error = recorder.error_of("rec")
+        assert error is not None and "No space left on device" in error
         await keeps_rendering(loop)
-        assert loop.sink("rec").stats()["state"] == "error"
+        failed = loop.sink("rec")
+        assert failed is not None and failed.stats()["state"] == "error"
         good = tmp_path / "recovered.mkv"  # another container: the params are corrected whole
         loop.submit(api.ParamsUpdate("rec", {**params, "path": good.name}, None))
         await wait_until(lambda: recorder.error_of("rec") is None)
         await wait_frames_written(loop, "rec", 5)
         sink = loop.sink("rec")
+        assert isinstance(sink, FileSink)
     assert len(decode(good).frames) == sink.frames_written
 
 
@@ -86,7 +91,8 @@ async def test_full_disk_y4m_is_a_node_error(tmp_path: Path, tiny_disk: Path) ->
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_until(lambda: recorder.error_of("raw") is not None)
         await keeps_rendering(loop)
-    assert "No space left on device" in recorder.error_of("raw")
+    error = recorder.error_of("raw")
+    assert error is not None and "No space left on device" in error
 
 
 async def test_fifo_reader_going_away_then_a_new_reader(tmp_path: Path) -> None:
@@ -103,7 +109,8 @@ async def test_fifo_reader_going_away_then_a_new_reader(tmp_path: Path) -> None:
     session = sink_session({"pipe": ("sink::y4m", {"path": fifo.name})}, fps=60)
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_until(lambda: recorder.error_of("pipe") is not None)
-        assert "reader went away" in recorder.error_of("pipe")
+        error = recorder.error_of("pipe")
+        assert error is not None and "reader went away" in error
         assert got and got[0].startswith(b"YUV4MPEG2 W160 H90 F60:1")
         await keeps_rendering(loop)
         # Corrected (here: the same) params again: the sink waits for the next reader, whose frames clear the error.
@@ -145,7 +152,8 @@ async def test_unwritable_paths(tmp_path: Path, kind: str, params: dict[str, Any
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_until(lambda: recorder.error_of("bad") is not None)
         await wait_frames_written(loop, "good", 5)  # the other sink of the same compositor is unaffected
-    assert expected in recorder.error_of("bad"), recorder.error_of("bad")
+    error = recorder.error_of("bad")
+    assert error is not None and expected in error, error
     assert recorder.error_of("good") is None
 
 
@@ -175,6 +183,7 @@ async def test_a_slow_sink_drops_and_counts_instead_of_stalling(tmp_path: Path, 
         await wait_until(lambda: any(e.node_id == "slow" and e.stats["frames_dropped"] > 10 for e in recorder.stats), timeout=10)
         stats = loop.statistics()
         sink = loop.sink("slow")
+        assert isinstance(sink, SlowSink)
         assert sink.frames_written < stats.frames_rendered / 2
         # The loop kept its pace: few late frames although the sink takes 6x a frame period per frame.
         assert stats.frames_late <= stats.frames_rendered // 4, stats
@@ -222,7 +231,7 @@ async def test_daemon_reports_the_sink_error_and_its_clearing(compositord_daemon
         good = compositord_daemon.settings.output_dir / "fixed.y4m"
         answer = await peer.request("tunenode", session_id=session, node_id="raw", message={"UpdateParams": {"path": good.name}})
         assert answer["action"] == "success"
-        changes = []
+        changes: list[dict[str, Any]] = []
         with trio.fail_after(10):
             while not any(c["node_id"] == "raw" and c["state"] == "ok" for c in changes):
                 changes += await peer.events("nodestatechanged", 0.2)
@@ -238,7 +247,8 @@ async def test_a_sink_fed_by_a_source_says_it_needs_a_compositor(tmp_path: Path)
     session.connections.append(ConnectionRecord("bars", "out", "raw", "in"))
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_until(lambda: recorder.error_of("raw") is not None)
-        assert "video::compositor" in recorder.error_of("raw")
+        error = recorder.error_of("raw")
+        assert error is not None and "video::compositor" in error
         await keeps_rendering(loop)
         assert not (tmp_path / "never.y4m").exists()
         rewired = session.copy()
@@ -258,7 +268,8 @@ async def test_a_missing_encoder_is_a_node_error(tmp_path: Path, monkeypatch: py
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_until(lambda: recorder.error_of("rec") is not None)
         await keeps_rendering(loop)
-    assert "no libvpx-vp9-not-in-this-build encoder" in recorder.error_of("rec")
+    error = recorder.error_of("rec")
+    assert error is not None and "no libvpx-vp9-not-in-this-build encoder" in error
     assert not (tmp_path / "out.webm").exists()
 
 
@@ -274,8 +285,9 @@ async def test_a_reader_that_stops_reading_costs_frames_not_the_loop(tmp_path: P
         session = sink_session({"pipe": ("sink::y4m", {"path": fifo.name})}, fps=60)
         started_stop = None
         async with running_loop(session, tmp_path) as (loop, recorder):
-            await wait_until(lambda: loop.sink("pipe") is not None and loop.sink("pipe").frames_dropped > 10)
+            await wait_until(lambda: (pipe := loop.sink("pipe")) is not None and pipe.frames_dropped > 10)
             sink = loop.sink("pipe")
+            assert isinstance(sink, Y4MSink)
             assert sink.frames_written <= 4
             await keeps_rendering(loop, 10)
             started_stop = time.monotonic()

@@ -18,7 +18,9 @@ import pytest
 import trio
 
 from compositord.daemon.engine import api
+from compositord.daemon.engine.sinks.base import Sink
 from compositord.daemon.engine.sinks.encoding import ENCODERS
+from compositord.daemon.engine.sinks.file import FileSink
 from compositord.daemon.state.model import NodeRecord
 from compositord.tests.sink_helpers import (
     H,
@@ -55,6 +57,7 @@ async def test_encoded_file_decodes(tmp_path: Path, codec: str, name: str, outpu
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_frames_written(loop, "rec", 12)
         sink = loop.sink("rec")
+        assert isinstance(sink, FileSink)
     written = sink.frames_written
     decoded = decode(path)
     assert container in decoded.format_name.split(","), decoded.format_name
@@ -72,6 +75,7 @@ async def test_removing_the_node_finishes_the_file(tmp_path: Path) -> None:
     async with running_loop(session, tmp_path) as (loop, _recorder):
         await wait_frames_written(loop, "rec", 5)
         sink = loop.sink("rec")
+        assert isinstance(sink, FileSink)
         without = session.copy()
         del without.nodes["rec"]
         without.connections = [c for c in without.connections if c.to_node != "rec"]
@@ -88,6 +92,7 @@ async def test_new_params_keep_the_first_recording_and_write_the_next_beside_it(
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_frames_written(loop, "rec", 5)
         first = loop.sink("rec")
+        assert isinstance(first, FileSink)
         assert first.stats()["path_written"] == "take.mp4"
         retuned = session.copy()
         node = retuned.nodes["rec"]
@@ -96,6 +101,7 @@ async def test_new_params_keep_the_first_recording_and_write_the_next_beside_it(
         await wait_until(lambda: loop.sink("rec") is not first and loop.sink("rec") is not None)
         await wait_frames_written(loop, "rec", 5)
         second = loop.sink("rec")
+        assert isinstance(second, FileSink)
         assert second.stats()["path_written"] == "take-1.mp4"
         await trio_join(first)
     assert len(decode(path).frames) == first.frames_written >= 5  # the first take is whole, trailer and all
@@ -111,12 +117,13 @@ async def test_if_exists_overwrite_writes_over_an_earlier_file(tmp_path: Path) -
     async with running_loop(session, tmp_path) as (loop, _recorder):
         await wait_frames_written(loop, "rec", 5)
         sink = loop.sink("rec")
+        assert isinstance(sink, FileSink)
         assert sink.stats()["path_written"] == "live.mp4"
     assert len(decode(path).frames) == sink.frames_written >= 5
     assert not (tmp_path / "live-1.mp4").exists()
 
 
-async def trio_join(sink) -> None:
+async def trio_join(sink: Sink) -> None:
     import trio
 
     await trio.to_thread.run_sync(sink.join, 10.0)
@@ -166,11 +173,13 @@ async def test_example_io_pipeline_records_mp4_and_feeds_a_y4m_pipe(tmp_path: Pa
         stderr=subprocess.PIPE,
         text=True,
     )
+    daemon_log = daemon.stderr
+    assert daemon_log is not None  # stderr=PIPE
     try:
-        line = await trio.to_thread.run_sync(daemon.stderr.readline)  # run's own lines go to stderr
+        line = await trio.to_thread.run_sync(daemon_log.readline)  # run's own lines go to stderr
         while line and not line.startswith("compositord: serving "):  # after any warning logged before it
-            line = await trio.to_thread.run_sync(daemon.stderr.readline)
-        assert line.startswith("compositord: serving "), line + daemon.stderr.read()
+            line = await trio.to_thread.run_sync(daemon_log.readline)
+        assert line.startswith("compositord: serving "), line + daemon_log.read()
         url = line.split("serving ", 1)[1].strip()
         camera = document["nodes"]["camera"]["params"]
         grey = np.full(camera["width"] * camera["height"] * 3 // 2, 128, np.uint8)
@@ -178,13 +187,13 @@ async def test_example_io_pipeline_records_mp4_and_feeds_a_y4m_pipe(tmp_path: Pa
             await client.push_frame("camera", camera["width"], camera["height"], camera["pixel_format"], grey)
             await trio.sleep(2.0)
         daemon.send_signal(signal.SIGTERM)
-        assert await trio.to_thread.run_sync(lambda: daemon.wait(timeout=30)) == 0, daemon.stderr.read()
-        _, reader_log = await trio.to_thread.run_sync(lambda: reader.communicate(timeout=30))
+        assert await trio.to_thread.run_sync(lambda: daemon.wait(timeout=30)) == 0, daemon_log.read()
+        _, reader_stderr = await trio.to_thread.run_sync(lambda: reader.communicate(timeout=30))
     finally:
         for process in (daemon, reader):
             if process.poll() is None:
                 process.kill()
-    reader_log = reader_log.decode(errors="replace")
+    reader_log = reader_stderr.decode(errors="replace")
     assert reader.returncode == 0 and "1280x720" in reader_log, reader_log
     piped = [int(n) for n in re.findall(r"frame=\s*(\d+)", reader_log)]
     assert piped and piped[-1] >= 5, reader_log

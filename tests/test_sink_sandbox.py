@@ -53,8 +53,9 @@ async def test_links_out_fifos_elsewhere_and_devices_are_node_errors(tmp_path: P
         await wait_until(lambda: all(recorder.error_of(node) is not None for node in bad))
         await wait_frames_written(loop, "good", 3)  # the compositor's other sink is unaffected
     for node, (kind, _, reason) in bad.items():
-        assert recorder.error_of(node).startswith(f"{kind}: "), recorder.error_of(node)
-        assert reason in recorder.error_of(node), (node, recorder.error_of(node))
+        error = recorder.error_of(node)
+        assert error is not None and error.startswith(f"{kind}: "), error
+        assert reason in error, (node, error)
     assert bashrc.read_text() == "keep me\n" and not (outside / "created.mkv").exists()
     assert (outputs / "good.y4m").read_bytes().startswith(b"YUV4MPEG2 W160 H90")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from compositord.daemon.engine.sinks.y4m import y4m_header
+from compositord.daemon.engine.sinks.y4m import Y4MSink, y4m_header
 from compositord.tests.sink_helpers import (
     H,
     W,
@@ -41,6 +41,7 @@ async def test_y4m_file_decodes(tmp_path: Path, output_format: str) -> None:
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_frames_written(loop, "raw", 6)
         sink = loop.sink("raw")
+        assert isinstance(sink, Y4MSink)
     frame_bytes = W * H * 3 // 2
     data = path.read_bytes()
     header_end = data.index(b"\n") + 1
@@ -63,6 +64,7 @@ async def test_fifo_into_ffmpeg(tmp_path: Path) -> None:
         rendered = loop.statistics().frames_rendered
         await wait_until(lambda: loop.statistics().frames_rendered >= rendered + 10)
         sink = loop.sink("pipe")
+        assert isinstance(sink, Y4MSink)
         assert sink.frames_written == 0 and sink.frames_dropped > 0
         reader = subprocess.Popen(
             ["ffmpeg", "-hide_banner", "-nostats", "-f", "yuv4mpegpipe", "-i", str(fifo), "-f", "null", "-"],

@@ -12,13 +12,14 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-import trio.testing
 
+from compositord.daemon.state import store as store_module
 from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.state.store import (
     StoreCorrupt,
@@ -78,6 +79,7 @@ def stored_params(state_dir: Path) -> dict[tuple[str, str], str]:
 async def test_a_second_process_cannot_open_the_same_state_directory(tmp_path: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_STORE, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout is not None  # stdout=PIPE
         assert await trio.to_thread.run_sync(holder.stdout.readline) == "open\n"
         with pytest.raises(StoreLocked) as info:
             async with open_store(tmp_path):
@@ -219,14 +221,16 @@ async def test_a_full_disk_refuses_changes_and_the_store_goes_on_once_there_is_s
         assert "disk" in str(info.value) and "full" in str(info.value)
         assert isinstance(info.value, StoreError)
         # The mirror is what the disk holds (the refused change is not in it), and the store still runs.
-        await trio.testing.wait_all_tasks_blocked()
+        # The writer thread sends the revert, and trio's wait_all_tasks_blocked does not wait for threads:
+        # the listener says when it came. (That it should come before StoreFull does is the xfail test below.)
+        await wait_until_reverted(reverted, count=1)
         on_disk = stored_params(tiny_state_dir)
         assert store.sessions()["s"].nodes["comp"].params == json.loads(on_disk[("s", "comp")])
         # Async changes queued now are refused too while the disk is full, and taken back out of the mirror.
         await store.set_params("s", "bars", {"width": 32, "height": 18}, wait_durable=False)
         with pytest.raises(StoreFull):
             await store.flush()
-        await trio.testing.wait_all_tasks_blocked()
+        await wait_until_reverted(reverted, count=2)
         assert store.sessions()["s"].nodes["bars"].params == PIPELINE["nodes"]["bars"]["params"]
         assert reverted and all(ids == {"s"} for ids in reverted)
         filler.unlink()
@@ -236,3 +240,36 @@ async def test_a_full_disk_refuses_changes_and_the_store_goes_on_once_there_is_s
     async with open_store(tiny_state_dir) as store:
         assert store.sessions()["s"].nodes["comp"].params == final
         assert store.sessions()["s"].nodes["bars"].params == {"width": 32, "height": 18}
+
+
+async def wait_until_reverted(reverted: list[frozenset[str]], *, count: int, timeout: float = 10.0) -> None:
+    """Until the store has reverted its mirror ``count`` times in all (its revert listener appends to ``reverted``)."""
+    with trio.fail_after(timeout):
+        while len(reverted) < count:
+            await trio.sleep(0.01)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="daemon/state/store.py, Store._disk_full: the writer thread wakes the refused callers before it reloads"
+    " the mirror from the disk, so a caller that catches StoreFull and reads sessions() can still see the change"
+    " that was refused (test_a_full_disk_refuses_changes_... failed about 1 run in 10 on this). Scheduling the"
+    " revert (_call_soon(_apply_revert ...)) before finishing the lost items makes the caller hear after the revert.",
+)
+async def test_a_refused_change_is_out_of_the_mirror_before_its_caller_hears_of_it(
+    tiny_state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load_sessions = store_module.load_sessions
+
+    def slow_load_sessions(conn: sqlite3.Connection) -> dict[str, SessionRecord]:
+        time.sleep(0.3)  # widens the window between the refusal and the reloaded mirror
+        return load_sessions(conn)
+
+    monkeypatch.setattr(store_module, "load_sessions", slow_load_sessions)
+    async with open_store(tiny_state_dir, commit_interval=0.01) as store:
+        await store.create_session(SessionRecord.from_pipeline("s", "s", PIPELINE))
+        fill(tiny_state_dir)
+        with pytest.raises(StoreFull):
+            for index in range(1000):
+                await store.set_params("s", "comp", big_params(index), wait_durable=True)
+        assert store.sessions()["s"].nodes["comp"].params == json.loads(stored_params(tiny_state_dir)[("s", "comp")])

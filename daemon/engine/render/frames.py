@@ -9,7 +9,7 @@ each).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 
@@ -19,6 +19,13 @@ PIXEL_FORMATS: tuple[str, ...] = ("rgba8", "nv12", "i420")
 COLOR_MATRICES: tuple[str, ...] = ("bt601", "bt709")
 # (Kr, Kb) of each colour matrix; shaders/color.glsl holds the same numbers for the GPU side.
 LUMA_COEFFICIENTS: dict[str, tuple[float, float]] = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
+
+
+def as_pixel_format(name: str) -> PixelFormat:
+    """``name`` as a :data:`PixelFormat`, for a format that arrives as a plain string; ValueError when it names none."""
+    if name not in PIXEL_FORMATS:
+        raise ValueError(f"unknown pixel format {name!r} (expected one of {', '.join(PIXEL_FORMATS)})")
+    return cast(PixelFormat, name)
 
 
 def chroma_size(width: int, height: int) -> tuple[int, int]:

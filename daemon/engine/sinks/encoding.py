@@ -103,15 +103,17 @@ class EncoderSink(Sink):
         self._first_time = first.media_time
 
     def write(self, item: SinkFrame) -> None:
+        size, first_time = self._size, self._first_time
+        assert size is not None and first_time is not None, "the worker opens a sink before it writes"
         frame = item.frame
-        if (frame.width, frame.height) != self._size:
+        if (frame.width, frame.height) != size:
             raise SinkError(
-                f"the output size changed from {self._size[0]}x{self._size[1]} to {frame.width}x{frame.height}; "
+                f"the output size changed from {size[0]}x{size[1]} to {frame.width}x{frame.height}; "
                 "send the node's params again to start a new output"
             )
         video = convert.to_yuv420p(frame)
         rate = self._stream.time_base.denominator
-        pts = max(self._last_pts + 1, round((item.media_time - self._first_time) * rate))
+        pts = max(self._last_pts + 1, round((item.media_time - first_time) * rate))
         video.pts = pts
         video.time_base = self._stream.time_base
         self._last_pts = pts

@@ -65,15 +65,16 @@ class Y4MSink(Sink):
                 raise SinkError(
                     'standard output ("-") is for one-shot use; the daemon writes to a file or FIFO in its output directory'
                 )
-            self._fd, self._owns_fd = sys.stdout.fileno(), False
+            fd, owns_fd = sys.stdout.fileno(), False
         else:
-            fd = self._open_output(str(path))
-            if fd is None:
+            opened = self._open_output(str(path))
+            if opened is None:
                 return  # closed before any reader came
-            self._fd, self._owns_fd = fd, True  # a FIFO stays non-blocking: see _write_all
+            fd, owns_fd = opened, True  # a FIFO stays non-blocking: see _write_all
+        self._fd, self._owns_fd = fd, owns_fd
         frame = first.frame
         self._size = (frame.width, frame.height)
-        self._write_all(y4m_header(frame.width, frame.height, max(1, int(first.fps)), frame.color_matrix))
+        self._write_all(fd, y4m_header(frame.width, frame.height, max(1, int(first.fps)), frame.color_matrix))
 
     def _open_output(self, path: str) -> int | None:
         with self.output_directory(path) as directory:
@@ -97,24 +98,25 @@ class Y4MSink(Sink):
             return fd
 
     def write(self, item: SinkFrame) -> None:
-        if self._fd is None:
+        fd = self._fd
+        if fd is None:
             return
         frame = item.frame
         if (frame.width, frame.height) != self._size:
             raise SinkError(f"the output size changed to {frame.width}x{frame.height}; a Y4M stream has one size")
         data = b"FRAME\n" + convert.i420_bytes(frame)
-        self._write_all(data)
+        self._write_all(fd, data)
         if self._floor is not None:
             self._floor.wrote(len(data))
 
-    def _write_all(self, data: bytes) -> None:
-        """Write everything; a FIFO whose reader stops reading is waited for in short steps, so that a
+    def _write_all(self, fd: int, data: bytes) -> None:
+        """Write everything to ``fd``; a FIFO whose reader stops reading is waited for in short steps, so that a
         closing sink gives up after ``STALLED_READER_TIMEOUT`` instead of hanging its thread."""
         view = memoryview(data)
         stalled_since: float | None = None
         while view:
             try:
-                written = os.write(self._fd, view)
+                written = os.write(fd, view)
             except BrokenPipeError:
                 raise SinkError("the reader went away (broken pipe)") from None
             except BlockingIOError:
@@ -124,7 +126,7 @@ class Y4MSink(Sink):
                     raise SinkError(
                         f"the reader stopped reading for {STALLED_READER_TIMEOUT:g} s while the sink was closing"
                     ) from None
-                select.select([], [self._fd], [], 0.1)
+                select.select([], [fd], [], 0.1)
                 continue
             stalled_since = None
             view = view[written:]

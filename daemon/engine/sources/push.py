@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from compositord.daemon.engine.api import PushedFrame
-from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.render.frames import SourceFrame, as_pixel_format
 from compositord.daemon.engine.sources.handoff import LatestFrameSlot
 
 _serials = itertools.count(1)
@@ -33,7 +33,7 @@ _serials = itertools.count(1)
 def source_frame_from_pushed(frame: PushedFrame) -> SourceFrame:
     """A checked pushed frame as a SourceFrame (no copy: a view of its bytes)."""
     pixels = np.frombuffer(frame.data, dtype=np.uint8)
-    return SourceFrame(frame.pixel_format, frame.width, frame.height, pixels, next(_serials))  # type: ignore[arg-type]
+    return SourceFrame(as_pixel_format(frame.pixel_format), frame.width, frame.height, pixels, next(_serials))
 
 
 class PushInlets:

@@ -37,7 +37,7 @@ from typing import Any
 import av
 import numpy as np
 
-from compositord.daemon.engine.render.frames import SourceFrame, chroma_size
+from compositord.daemon.engine.render.frames import ColorMatrix, SourceFrame, chroma_size
 from compositord.daemon.engine.sandbox import SandboxError, resolve_input
 from compositord.daemon.engine.sources.handoff import LatestFrameSlot
 
@@ -270,7 +270,7 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _color_matrix(frame: Any) -> str:
+def _color_matrix(frame: Any) -> ColorMatrix:
     colorspace = getattr(frame, "colorspace", 2)
     if colorspace in _BT709:
         return "bt709"
@@ -299,4 +299,4 @@ def _to_source_frame(frame: Any) -> SourceFrame:
         rows = np.frombuffer(plane, dtype=np.uint8, count=plane.line_size * plane_h).reshape(plane_h, plane.line_size)
         packed[offset : offset + plane_w * plane_h].reshape(plane_h, plane_w)[...] = rows[:, :plane_w]
         offset += plane_w * plane_h
-    return SourceFrame("i420", width, height, packed, next(_serials), opaque=True, color_matrix=matrix)  # type: ignore[arg-type]
+    return SourceFrame("i420", width, height, packed, next(_serials), opaque=True, color_matrix=matrix)
