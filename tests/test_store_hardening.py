@@ -222,7 +222,7 @@ async def test_a_full_disk_refuses_changes_and_the_store_goes_on_once_there_is_s
         assert isinstance(info.value, StoreError)
         # The mirror is what the disk holds (the refused change is not in it), and the store still runs.
         # The writer thread sends the revert, and trio's wait_all_tasks_blocked does not wait for threads:
-        # the listener says when it came. (That it should come before StoreFull does is the xfail test below.)
+        # the listener says when it came. (That it comes before StoreFull does is the test below.)
         await wait_until_reverted(reverted, count=1)
         on_disk = stored_params(tiny_state_dir)
         assert store.sessions()["s"].nodes["comp"].params == json.loads(on_disk[("s", "comp")])
@@ -249,13 +249,6 @@ async def wait_until_reverted(reverted: list[frozenset[str]], *, count: int, tim
             await trio.sleep(0.01)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon/state/store.py, Store._disk_full: the writer thread wakes the refused callers before it reloads"
-    " the mirror from the disk, so a caller that catches StoreFull and reads sessions() can still see the change"
-    " that was refused (test_a_full_disk_refuses_changes_... failed about 1 run in 10 on this). Scheduling the"
-    " revert (_call_soon(_apply_revert ...)) before finishing the lost items makes the caller hear after the revert.",
-)
 async def test_a_refused_change_is_out_of_the_mirror_before_its_caller_hears_of_it(
     tiny_state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

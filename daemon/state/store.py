@@ -677,9 +677,11 @@ class Store:
         self._ended_generation = max(self._ended_generation, ended)
         error = StoreFull(f"not stored: the disk under the store ({self.db_path.parent}) is full ({exc})")
         error.__cause__ = exc
+        # The revert is scheduled before the refusals: trio runs them in order, so a caller that hears
+        # StoreFull already reads the mirror without the change that was refused.
+        self._call_soon(functools.partial(self._apply_revert, load_sessions(conn), ended))
         for item in lost:
             self._finish(item, error)
-        self._call_soon(functools.partial(self._apply_revert, load_sessions(conn), ended))
 
 
 # ---- SQLite helpers (writer thread, and tools that inspect a state dir) ----
