@@ -385,7 +385,8 @@ class FakeServer:
                 correlation_id, [{"session_id": s.session_id, "name": s.name} for s in self.sessions.values()]
             )
         if isinstance(action, CreateSession):
-            session = self._install(f"s{next(self._ids)}", action.name, action.pipeline)
+            session_id = f"s{next(self._ids)}"
+            session = self._install(session_id, action.name or session_id, action.pipeline)
             self._broadcast(envelope.session_created_event(session.session_id, session.name))
             return envelope.session_created_response(correlation_id, session.session_id, session.name)
         session = self._session(action.session_id)

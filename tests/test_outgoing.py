@@ -231,11 +231,12 @@ def test_a_broadcast_variant_is_made_once_for_its_dialect_and_only_when_sent() -
     assert event.for_dialect(None) is event and event.for_dialect("other") is event
     assert made == [], "a variant is encoded only when a connection of its dialect sends it"
     variant = event.for_dialect("streamkit")
-    assert variant is event.for_dialect("streamkit"), "made once, for every connection of the dialect"
+    assert variant is not None and variant is event.for_dialect("streamkit"), "made once, for every connection of the dialect"
     assert _decode_frames(variant.frame() + event.frame()) == ['{"shape":"streamkit"}', '{"shape":"own"}']
     variant.frame()
     assert made == ["streamkit"]
-    assert Broadcast("plain").for_dialect("streamkit").text == "plain"
+    plain = Broadcast("plain").for_dialect("streamkit")
+    assert plain is not None and plain.text == "plain"
 
 
 def test_an_event_for_one_dialect_only_is_nothing_for_the_others() -> None:
