@@ -64,7 +64,7 @@ def y4m_pipeline(path: str) -> dict[str, Any]:
     }
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+async def wait_until(predicate: Callable[[], object], timeout: float = 15.0) -> None:
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(0.01)

@@ -41,7 +41,8 @@ def make_session(fps: int = 120, comp_params: dict[str, Any] | None = None) -> S
     )
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+async def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Until predicate() is truthy (a non-empty list of what arrived counts)."""
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(0.003)
