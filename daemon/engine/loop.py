@@ -216,7 +216,7 @@ class RenderLoop:
     def push_frame(self, frame: api.PushedFrame) -> None:
         """A checked pushed frame for its ``video::push`` node (any thread; never blocks): it waits in the
         node's one-frame slot, replacing (and counting as dropped) one not rendered yet."""
-        self._push_inlets.slot(frame.node_id).put(source_frame_from_pushed(frame))
+        self._push_inlets.slot(frame.node_id).push(source_frame_from_pushed(frame), frame.pts_us / 1_000_000)
 
     def last_progress(self) -> float:
         """``time.monotonic()`` of the last completed frame (start() time before the first)."""
