@@ -250,12 +250,21 @@ class Settings:
     limits: Limits = Limits()
     # Where sink::stream may send (protocol/destinations.py entries); loopback only unless the operator lists more.
     allowed_stream_destinations: tuple[str, ...] = LOOPBACK_ENTRIES
+    # Where av::stream_in may listen (bind) for a publisher, same entries; loopback only unless the operator lists more.
+    allowed_ingest_listen: tuple[str, ...] = LOOPBACK_ENTRIES
 
     def __post_init__(self) -> None:
         if self.output_dir is None:
             object.__setattr__(self, "output_dir", Path(self.state_dir) / "outputs")
         check_token(self.token)
         self.stream_destinations()  # refuse a bad entry at start, not at the first stream sink
+        self.ingest_listen()
+
+    def ingest_listen(self) -> StreamDestinations:
+        try:
+            return StreamDestinations.parse(self.allowed_ingest_listen)
+        except DestinationError as exc:
+            raise SettingsError(f"allowed_ingest_listen: {exc}") from None
 
     def stream_destinations(self) -> StreamDestinations:
         try:
@@ -265,7 +274,9 @@ class Settings:
 
     def validation_context(self) -> ValidationContext:
         """What this daemon allows beyond the schema (its stream destinations; never standard output)."""
-        return ValidationContext(allow_stdout=False, stream_destinations=self.stream_destinations())
+        return ValidationContext(
+            allow_stdout=False, stream_destinations=self.stream_destinations(), ingest_listen=self.ingest_listen()
+        )
 
     @classmethod
     def from_args(cls, args: Any, environ: Mapping[str, str] | None = None) -> Settings:
@@ -281,7 +292,8 @@ class Settings:
         ``$COMPOSITORD_MAX_SESSION_BYTES`` and the other variables of
         :data:`LIMITS_ENVIRONMENT`; stream destinations from
         ``$COMPOSITORD_ALLOWED_STREAM_DESTINATIONS`` (comma-separated; unset:
-        loopback only). A bad value is a :class:`SettingsError`.
+        loopback only), where ``av::stream_in`` may listen from
+        ``$COMPOSITORD_ALLOWED_INGEST_LISTEN`` (the same). A bad value is a :class:`SettingsError`.
         """
         env = os.environ if environ is None else environ
         state_dir = default_state_dir(getattr(args, "state_dir", None), env)
@@ -292,6 +304,7 @@ class Settings:
         ]
         config = getattr(args, "config", None)
         destinations = env.get("COMPOSITORD_ALLOWED_STREAM_DESTINATIONS")
+        ingest_listen = env.get("COMPOSITORD_ALLOWED_INGEST_LISTEN")
         return cls(
             host=getattr(args, "host", None) or cls.host,
             port=cls.port if getattr(args, "port", None) is None else int(args.port),
@@ -305,6 +318,9 @@ class Settings:
             allowed_stream_destinations=LOOPBACK_ENTRIES
             if destinations is None
             else tuple(entry.strip() for entry in destinations.split(",") if entry.strip()),
+            allowed_ingest_listen=LOOPBACK_ENTRIES
+            if ingest_listen is None
+            else tuple(entry.strip() for entry in ingest_listen.split(",") if entry.strip()),
         )
 
     def server_options(self) -> ServerOptions:

@@ -163,15 +163,16 @@ class StreamDestinations:
         """Entries as the operator wrote them (DestinationError for the first that cannot be read)."""
         return cls(tuple(AllowedDestination.parse(text) for text in texts if text.strip()))
 
-    def refusal(self, url: str) -> str | None:
-        """None when ``url`` may be sent to; else why not (names no more than the URL's host and port)."""
+    def refusal(self, url: str, *, role: str = "stream destination", setting: str = "allowed_stream_destinations") -> str | None:
+        """None when ``url`` may be sent to (or, for a listening input, bound); else why not (names no more
+        than the URL's host and port, and the operator's ``setting`` that would allow it)."""
         try:
             destination = parse_stream_url(url)
         except ValueError as exc:
             return str(exc)
         if self.allow_any or any(entry.allows(destination) for entry in self.entries):
             return None
-        return f"{destination} is not an allowed stream destination (the operator's allowed_stream_destinations)"
+        return f"{destination} is not an allowed {role} (the operator's {setting})"
 
 
 LOOPBACK_ENTRIES = ("*://127.0.0.0/8", "*://[::1]", "*://localhost")

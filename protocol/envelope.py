@@ -1126,17 +1126,29 @@ def node_stats_updated(session_id: str, node_id: str, stats: Mapping[str, Any]) 
     return Event("nodestatsupdated", {"session_id": session_id, "node_id": node_id, "stats": dict(stats)})
 
 
-def node_state_changed(session_id: str, node_id: str, error: str | None) -> Event:
-    """``nodestatechanged``: ``state`` is ``"ok"`` or ``{"error": message}`` (a missing file, undecodable
-    data, a receiver gone...); the same value as the node's ``state`` in ``getpipeline``."""
+LIVE_CONDITIONS = ("connecting", "live")
+"""What a live input (a capture device, a network stream) is doing when it has no error: waiting for its
+peer or device, or receiving frames. Other nodes are ``"ok"`` when they have no error."""
+
+
+def node_state_changed(session_id: str, node_id: str, error: str | None, condition: str | None = None) -> Event:
+    """``nodestatechanged``: ``state`` is ``"ok"``, ``"connecting"``, ``"live"`` or ``{"error": message}`` (a
+    missing file, undecodable data, a receiver gone...); the same value as the node's ``state`` in ``getpipeline``."""
     if error is not None and not (isinstance(error, str) and error):
         raise LocalProtocolError(f"node_state_changed: error must be a non-empty string or None, got {error!r}")
-    return Event("nodestatechanged", {"session_id": session_id, "node_id": node_id, "state": node_state(error)})
+    if condition is not None and condition not in LIVE_CONDITIONS:
+        raise LocalProtocolError(
+            f"node_state_changed: condition must be one of {', '.join(LIVE_CONDITIONS)} or None, got {condition!r}"
+        )
+    return Event("nodestatechanged", {"session_id": session_id, "node_id": node_id, "state": node_state(error, condition)})
 
 
-def node_state(error: str | None) -> str | dict[str, str]:
-    """A node's ``state`` as clients see it: ``"ok"``, or ``{"error": message}``."""
-    return "ok" if error is None else {"error": error}
+def node_state(error: str | None, condition: str | None = None) -> str | dict[str, str]:
+    """A node's ``state`` as clients see it: ``{"error": message}``, else its live condition
+    (``"connecting"``, ``"live"``), else ``"ok"``."""
+    if error is not None:
+        return {"error": error}
+    return condition if condition in LIVE_CONDITIONS else "ok"
 
 
 def node_preview_updated(session_id: str, node_id: str, **image: Any) -> Event:

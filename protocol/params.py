@@ -507,10 +507,11 @@ class ValidationContext:
 
     allow_stdout: bool = False
     stream_destinations: StreamDestinations = LOOPBACK_ONLY
+    ingest_listen: StreamDestinations = LOOPBACK_ONLY  # where an av::stream_in node may listen (bind)
 
 
 DAEMON = ValidationContext()
-ONE_SHOT = ValidationContext(allow_stdout=True, stream_destinations=ANY_DESTINATION)
+ONE_SHOT = ValidationContext(allow_stdout=True, stream_destinations=ANY_DESTINATION, ingest_listen=ANY_DESTINATION)
 
 
 @dataclass(frozen=True)
@@ -736,6 +737,37 @@ def _check_stream_format(params: dict[str, Any], errors: list[FieldError]) -> No
         errors.append(FieldError("/format", f"{scheme}:// carries FLV: set format to flv"))
 
 
+INGEST_SCHEMES = ("udp", "tcp", "rtmp", "rtmps", "rtsp", "rtsps", "http", "https", "srt")
+LISTEN_SCHEMES = ("tcp", "rtmp")  # can wait for a publisher (listen: true); udp always binds its address
+
+
+def _ingest_scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower()
+
+
+def _check_ingest_url(params: dict[str, Any], errors: list[FieldError]) -> None:
+    scheme = _ingest_scheme(params["url"])
+    if scheme == "srt":
+        errors.append(
+            FieldError(
+                "/url",
+                "srt:// is not available: the FFmpeg bundled with PyAV has no SRT protocol; publish MPEG-TS over udp:// or rtmp:// instead",
+            )
+        )
+    if params.get("listen", False) and scheme not in LISTEN_SCHEMES:
+        errors.append(
+            FieldError("/listen", f"{scheme}:// cannot listen; listen works with {', '.join(s + '://' for s in LISTEN_SCHEMES)}")
+        )
+
+
+def _check_ingest_listen(params: dict[str, Any], errors: list[FieldError], context: ValidationContext) -> None:
+    scheme = _ingest_scheme(params["url"])
+    if scheme == "udp" or (params.get("listen", False) and scheme in LISTEN_SCHEMES):
+        refusal = context.ingest_listen.refusal(params["url"], role="address to listen on", setting="allowed_ingest_listen")
+        if refusal is not None:
+            errors.append(FieldError("/url", refusal))
+
+
 KINDS: dict[str, NodeKind] = {}
 
 
@@ -799,6 +831,73 @@ _register(
             }
         ),
         "a video file decoded with PyAV, looped or once",
+    )
+)
+_register(
+    NodeKind(
+        "video::capture",
+        SOURCE,
+        Object(
+            {
+                "source": Enum(("x11", "v4l2"), default="x11", doc="x11: a region of an X display; v4l2: a camera"),
+                "display": Str(
+                    16, pattern=r":[0-9]{1,4}(\.[0-9]{1,3})?", pattern_doc="a local X display, :N or :N.S", default=":0"
+                ),
+                "x": Int(0, MAX_CANVAS, default=0, doc="x11: left edge of the region"),
+                "y": Int(0, MAX_CANVAS, default=0, doc="x11: top edge of the region"),
+                **_SIZE_FIELDS,
+                "frame_rate": Number(1, 120, default=30.0),
+                "draw_mouse": Bool(default=True, doc="x11: draw the pointer"),
+                "device": Str(
+                    32, pattern=r"/dev/video[0-9]{1,3}", pattern_doc="a V4L2 device, /dev/videoN", default="/dev/video0"
+                ),
+                "pixel_format": Enum(
+                    ("auto", "yuyv422", "mjpeg", "nv12", "yuv420p"), default="auto", doc="v4l2: what to ask the camera for"
+                ),
+            }
+        ),
+        "a live X11 screen region (x11grab) or V4L2 camera through PyAV",
+        notes=(
+            "x11 reads `display`, `x`, `y`, `width`, `height`, `frame_rate`, `draw_mouse`; v4l2 reads `device`,"
+            " `width`, `height`, `frame_rate`, `pixel_format`.",
+            "The node's state is `connecting` until the first frame, then `live`; a missing or busy device is an error,"
+            " tried again with backoff.",
+        ),
+    )
+)
+_register(
+    NodeKind(
+        "av::stream_in",
+        SOURCE,
+        Object(
+            {
+                "url": Str(
+                    4096,
+                    min_len=1,
+                    pattern=r"(?i:udp|tcp|rtmp|rtmps|rtsp|rtsps|http|https|srt)://[^\s]+",
+                    pattern_doc="a udp://, tcp://, rtmp://, rtmps://, rtsp://, rtsps://, http:// or https:// URL (HLS: an .m3u8 URL)",
+                ),
+                "listen": Bool(
+                    default=False, doc="rtmp:// and tcp://: wait for a publisher at the URL's address instead of pulling"
+                ),
+                "format": Enum(("auto", "mpegts", "flv", "hls"), default="auto", doc="auto: probe the stream"),
+                "open_timeout_s": Number(
+                    0.5, 60, default=5.0, doc="each open (or wait for a publisher) gives up after this long"
+                ),
+                "read_timeout_s": Number(0.5, 60, default=3.0, doc="no data for this long: the peer is gone, reconnect"),
+                "latency_ms": Int(0, 2000, default=100, doc="delay that absorbs network jitter before frames are shown"),
+            }
+        ),
+        "network ingest through PyAV: RTMP (pull or listen), MPEG-TS over UDP, RTSP, HLS, HTTP",
+        cross_checks=(CrossCheck(("url", "listen"), _check_ingest_url),),
+        notes=(
+            "`srt://` is refused: the FFmpeg bundled with PyAV has no SRT protocol.",
+            "`udp://HOST:PORT` binds HOST:PORT and receives MPEG-TS; `listen: true` waits for an RTMP or TCP publisher."
+            " The daemon listens only where its operator allows (`allowed_ingest_listen`, docs/OPERATIONS.md; loopback by default).",
+            "The node's state is `connecting` until frames arrive, then `live`; when the peer goes away it is `connecting`"
+            " again and reconnects; a failed attempt (refused, not found) is an error, tried again with backoff.",
+        ),
+        policy_checks=(PolicyCheck(("url", "listen"), _check_ingest_listen),),
     )
 )
 _PUSH = Object({**_SIZE_FIELDS, "pixel_format": Enum(("rgba8", "nv12", "i420"), default="rgba8")})

@@ -745,3 +745,14 @@ def test_prefixed_error_moves_every_path_under_the_prefix() -> None:
 )
 def test_correlation_id_of_parses_at_most_max_chars(message: str | bytes, max_chars: int | None, expected: str | None) -> None:
     assert E.correlation_id_of(message, max_chars=max_chars) == expected
+
+
+def test_node_state_carries_a_live_inputs_condition_unless_it_has_an_error() -> None:
+    assert E.node_state(None) == "ok"
+    assert E.node_state(None, "connecting") == "connecting"
+    assert E.node_state(None, "live") == "live"
+    assert E.node_state("gone", "live") == {"error": "gone"}
+    event = E.node_state_changed("s", "n", None, "live")
+    assert event.payload["state"] == "live"
+    with pytest.raises(LocalProtocolError, match="condition"):
+        E.node_state_changed("s", "n", None, "streaming")

@@ -187,7 +187,7 @@ def test_a_decoder_bug_is_shown_as_the_node_error(tmp_path: Path, monkeypatch: p
     def broken(frame: Any) -> Any:
         raise RuntimeError("conversion bug")
 
-    monkeypatch.setattr(video_file, "_to_source_frame", broken)
+    monkeypatch.setattr(video_file, "source_frame_from_av", broken)
     clip = write_clip(tmp_path / "clip.mkv", frames=2)
     source = video_file.VideoFileSource({"path": clip.name}, tmp_path)
     try:

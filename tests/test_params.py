@@ -605,3 +605,30 @@ def test_params_doc_lists_every_field_of_every_kind() -> None:
             assert f"| `{key}` |" in section, f"{kind}.{key} missing from docs/PARAMS.md"
     for key in ("rect.x", "crop_zoom", "asset_path", "font_size"):
         assert f".{key}` |" in doc
+
+
+def test_stream_in_refuses_srt_and_listening_beyond_what_the_operator_allows() -> None:
+    from compositord.protocol.destinations import StreamDestinations
+    from compositord.protocol.params import ValidationContext
+
+    assert params.validate("av::stream_in", {"url": "udp://127.0.0.1:5000"}) == {"url": "udp://127.0.0.1:5000"}
+    with pytest.raises(RemoteProtocolError) as srt:
+        params.validate("av::stream_in", {"url": "srt://127.0.0.1:9000"})
+    assert [(e.path, "no SRT protocol" in e.message) for e in srt.value.errors] == [("/url", True)]
+    with pytest.raises(RemoteProtocolError) as wide:
+        params.validate("av::stream_in", {"url": "rtmp://0.0.0.0:1935/live/key", "listen": True})
+    assert [e.path for e in wide.value.errors] == ["/url"] and "allowed_ingest_listen" in wide.value.errors[0].message
+    operator = ValidationContext(ingest_listen=StreamDestinations.parse(["rtmp://0.0.0.0:1935"]))
+    params.validate("av::stream_in", {"url": "rtmp://0.0.0.0:1935/live/key", "listen": True}, context=operator)
+    params.validate("av::stream_in", {"url": "rtmp://203.0.113.5/live/key"})  # a pull binds nothing
+    with pytest.raises(RemoteProtocolError) as pull_listen:
+        params.validate("av::stream_in", {"url": "https://example.com/live.m3u8", "listen": True})
+    assert [e.path for e in pull_listen.value.errors] == ["/listen"]
+
+
+def test_capture_names_only_local_displays_and_v4l2_devices() -> None:
+    assert params.validate("video::capture", {"display": ":3.0"}) == {"display": ":3.0"}
+    for field, value in (("display", "remote.example:0"), ("device", "/etc/passwd"), ("source", "dshow")):
+        with pytest.raises(RemoteProtocolError) as refused:
+            params.validate("video::capture", {field: value})
+        assert [e.path for e in refused.value.errors] == [f"/{field}"]

@@ -23,7 +23,7 @@ from trio_websocket import open_websocket_url
 from compositord.daemon.engine import api
 from compositord.daemon.engine.loop import RenderLoop
 from compositord.daemon.engine.render.frames import SourceFrame
-from compositord.daemon.engine.sources.handoff import LatestFrameSlot
+from compositord.daemon.engine.sources.pacing import FramePacer
 from compositord.daemon.engine.sources.push import PushSource
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.protocol.errors import LocalProtocolError
@@ -179,23 +179,48 @@ async def test_refused_frames_are_error_events_on_the_sender_only(compositord_da
     assert stats.name == "nodestatsupdated" and stats.payload["stats"]["frames_received"] == 1
 
 
-def test_slot_keeps_the_newest_and_counts_the_rest() -> None:
-    slot: LatestFrameSlot[SourceFrame] = LatestFrameSlot()
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_frames_pushed_together_with_one_pts_keep_the_newest_and_count_the_rest() -> None:
+    slot: FramePacer[SourceFrame] = FramePacer(clock=FakeClock(), latency_s=0.0)
     source = PushSource({"width": 2, "height": 2, "pixel_format": "rgba8"}, slot)
-    assert source.frame() is None  # nothing pushed yet: the layer is left out
+    assert source.frame(0.0) is None  # nothing pushed yet: the layer is left out
     frames = [SourceFrame("rgba8", 2, 2, bytes([i] * 16), 100 + i) for i in range(5)]
     for frame in frames:
-        slot.put(frame)
-    assert source.frame() is frames[-1]
-    assert source.frame() is frames[-1]  # no new frame: the last good one stays
-    assert source.stats() == {"frames_received": 5, "frames_dropped": 4}
+        slot.push(frame, 0.0)
+    assert source.frame(0.1) is frames[-1]
+    assert source.frame(0.2) is frames[-1]  # no new frame: the last good one stays (a repeat)
+    assert source.stats() == {"frames_received": 5, "frames_dropped": 4, "frames_repeated": 1, "resyncs": 0}
     # A frame checked against older params (another shape) is dropped, not shown.
-    slot.put(SourceFrame("rgba8", 4, 4, bytes(64), 200))
-    assert source.frame() is frames[-1]
+    slot.push(SourceFrame("rgba8", 4, 4, bytes(64), 200), 0.0)
+    assert source.frame(0.3) is frames[-1]
     assert source.stats()["frames_dropped"] == 5
     # New params of another shape: the held frame no longer fits and goes.
     source.configure({"width": 4, "height": 4, "pixel_format": "rgba8"})
-    assert source.frame() is None
+    assert source.frame(0.4) is None
+
+
+def test_pushed_frames_are_shown_at_the_spacing_of_their_pts_us() -> None:
+    """Three frames that arrive in one burst, stamped 40 ms apart, are shown 40 ms apart."""
+    clock = FakeClock()
+    slot: FramePacer[SourceFrame] = FramePacer(clock=clock, latency_s=0.0)
+    source = PushSource({"width": 2, "height": 2, "pixel_format": "rgba8"}, slot)
+    frames = [SourceFrame("rgba8", 2, 2, bytes([i] * 16), 300 + i) for i in range(3)]
+    clock.now = 5.0
+    for index, frame in enumerate(frames):
+        slot.push(frame, index * 40_000 / 1_000_000)
+    shown = []
+    for step in range(4):
+        clock.now = 5.0 + step * 0.04
+        shown.append(source.frame(clock.now))
+    assert shown == [frames[0], frames[1], frames[2], frames[2]]
+    assert source.stats()["frames_dropped"] == 0 and source.stats()["frames_repeated"] == 1
 
 
 @pytest.mark.gl

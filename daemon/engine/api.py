@@ -123,11 +123,13 @@ class NodeStats:
 
 @dataclass(frozen=True, slots=True)
 class NodeState:
-    """A node entered its error state (``error``: why) or left it (``error`` None)."""
+    """A node entered its error state (``error``: why) or left it (``error`` None); a live input also says
+    whether it is ``connecting`` or ``live`` (``condition``; None for other nodes)."""
 
     session_id: str
     node_id: str
     error: str | None
+    condition: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

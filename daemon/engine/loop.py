@@ -142,6 +142,7 @@ class RenderLoop:
         self._fps = IDLE_FPS
         self._latest_output: dict[str, OutputFrame] = {}
         self._source_errors: dict[str, str] = {}  # render thread only
+        self._source_conditions: dict[str, str] = {}  # live inputs' "connecting" / "live"; render thread only
         self._source_kinds: dict[str, str] = {}  # render thread only: the kind each live source was made for
         self._push_inlets = PushInlets()
         self._output_listeners: list[Callable[[str, OutputFrame], None]] = []
@@ -216,7 +217,7 @@ class RenderLoop:
     def push_frame(self, frame: api.PushedFrame) -> None:
         """A checked pushed frame for its ``video::push`` node (any thread; never blocks): it waits in the
         node's one-frame slot, replacing (and counting as dropped) one not rendered yet."""
-        self._push_inlets.slot(frame.node_id).put(source_frame_from_pushed(frame))
+        self._push_inlets.slot(frame.node_id).push(source_frame_from_pushed(frame), frame.pts_us / 1_000_000)
 
     def last_progress(self) -> float:
         """``time.monotonic()`` of the last completed frame (start() time before the first)."""
@@ -287,8 +288,8 @@ class RenderLoop:
                 self._settled.set()
             self._events.on_event(event)
 
-    def _report_node_state(self, node_id: str, message: str | None) -> None:
-        self._emit(api.NodeState(self.session_id, node_id, message), node_id)
+    def _report_node_state(self, node_id: str, message: str | None, condition: str | None = None) -> None:
+        self._emit(api.NodeState(self.session_id, node_id, message, condition), node_id)
 
     def _report_preview(self, node_id: str, image: api.PreviewImage) -> None:
         self._emit(api.PreviewUpdated(self.session_id, node_id, image), node_id)
@@ -346,7 +347,7 @@ class RenderLoop:
                 break
             applied_stamps = self._latch(ctx, compositors, sources)
             for source_id, source in sources.items():
-                self._set_source_error(source_id, getattr(source, "error", None))
+                self._set_source_error(source_id, getattr(source, "error", None), getattr(source, "condition", None))
             if self._fps != fps:
                 # This frame's params changed the rate: the new schedule starts with this frame.
                 media_base += n * period
@@ -399,8 +400,8 @@ class RenderLoop:
         if inbox.topology is not None:
             # A node removed and added again between two frames looks unchanged here, but the
             # session forgot its error with the removal: say again what is still wrong.
-            for node_id, message in self._source_errors.items():
-                self._report_node_state(node_id, message)
+            for node_id in {*self._source_errors, *self._source_conditions}:
+                self._report_node_state(node_id, self._source_errors.get(node_id), self._source_conditions.get(node_id))
             for node_id, state in compositors.items():
                 if state.error is not None:
                     self._report_node_state(node_id, state.error)
@@ -441,6 +442,8 @@ class RenderLoop:
             self._source_kinds.pop(node_id, None)
         for node_id in [n for n in self._source_errors if n not in nodes]:
             del self._source_errors[node_id]  # a node added again under this id starts without a reported error
+        for node_id in [n for n in self._source_conditions if n not in nodes]:
+            del self._source_conditions[node_id]
         self._push_inlets.retain(n for n, node in nodes.items() if node.kind == PUSH_KIND)
         fps_values = []
         for node_id, node in nodes.items():
@@ -482,17 +485,18 @@ class RenderLoop:
             self._set_source_error(node_id, f"{node.kind}: {exc}")
         else:
             # A source that works in the background (a decoder) keeps its error until it has checked the new params.
-            self._set_source_error(node_id, getattr(source, "error", None))
+            self._set_source_error(node_id, getattr(source, "error", None), getattr(source, "condition", None))
 
-    def _set_source_error(self, node_id: str, message: str | None) -> None:
-        """Report a source node's error state when it changed (render thread)."""
-        if self._source_errors.get(node_id) == message:
+    def _set_source_error(self, node_id: str, message: str | None, condition: str | None = None) -> None:
+        """Report a source node's error state, and a live input's condition, when either changed (render thread)."""
+        if self._source_errors.get(node_id) == message and self._source_conditions.get(node_id) == condition:
             return
-        if message is None:
-            del self._source_errors[node_id]
-        else:
-            self._source_errors[node_id] = message
-        self._report_node_state(node_id, message)
+        for kept, value in ((self._source_errors, message), (self._source_conditions, condition)):
+            if value is None:
+                kept.pop(node_id, None)
+            else:
+                kept[node_id] = value
+        self._report_node_state(node_id, message, condition)
 
     def _emit_source_stats(self, sources: Mapping[str, FrameSource]) -> None:
         for node_id, source in sources.items():

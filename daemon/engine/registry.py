@@ -22,9 +22,11 @@ from typing import Any
 from compositord.daemon.engine.api import PreviewImage
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink
 from compositord.daemon.engine.sources.base import SourceFactory
+from compositord.daemon.engine.sources.capture import CaptureSource
 from compositord.daemon.engine.sources.colorbars import ColorbarsSource
 from compositord.daemon.engine.sources.image import ImageSource
 from compositord.daemon.engine.sources.push import PushSource
+from compositord.daemon.engine.sources.stream_in import StreamInSource
 from compositord.daemon.engine.sources.video_file import VideoFileSource
 
 
@@ -95,6 +97,8 @@ IMPLEMENTATIONS: dict[str, SourceKind | SinkKind] = {
     "video::push": SourceKind(
         lambda params, context: PushSource(params, context.push_inlets.slot(context.node_id)), standalone=False
     ),
+    "video::capture": SourceKind(lambda params, context: CaptureSource(params), standalone=False),
+    "av::stream_in": SourceKind(lambda params, context: StreamInSource(params), standalone=False),
     "sink::file": SinkKind(_file),
     "sink::y4m": SinkKind(_y4m),
     "sink::stream": SinkKind(_stream),

@@ -58,20 +58,25 @@ class EngineEventHandler:
         self._live.publish(published, (event.session_id, event.node_id, causal.VIEW_CHANNEL))
 
     def _node_state(self, event: api.NodeState) -> None:
-        """A node entered (``error``) or left (None) its error state: remembered for ``getpipeline``
-        and told to every client with ``nodestatechanged``."""
-        session_id, node_id, message = event.session_id, event.node_id, event.error
+        """A node entered (``error``) or left (None) its error state, or a live input changed its condition
+        (``connecting`` / ``live``): remembered for ``getpipeline`` and told to every client with ``nodestatechanged``."""
+        session_id, node_id = event.session_id, event.node_id
+        message = event.error or None
+        condition = event.condition if event.condition in envelope.LIVE_CONDITIONS else None
         live = self._live.get(session_id)
         record = self._live.store.sessions().get(session_id)
         if live is None or record is None or node_id not in record.nodes:
             return  # a late report about a session or node that is gone
         if message:
             log.warning("session %s node %s: %s", session_id, node_id, message)
-            if live.node_errors.get(node_id) == message:
-                return
-            live.node_errors[node_id] = message
-        else:
-            if live.node_errors.pop(node_id, None) is None:
-                return
+        before = (live.node_errors.get(node_id), live.node_conditions.get(node_id))
+        if before == (message, condition):
+            return
+        for kept, value in ((live.node_errors, message), (live.node_conditions, condition)):
+            if value is None:
+                kept.pop(node_id, None)
+            else:
+                kept[node_id] = value
+        if message is None and before[0] is not None:
             log.info("session %s node %s: error cleared", session_id, node_id)
-        self._live.publish(envelope.node_state_changed(session_id, node_id, message or None), (session_id, node_id, "state"))
+        self._live.publish(envelope.node_state_changed(session_id, node_id, message, condition), (session_id, node_id, "state"))

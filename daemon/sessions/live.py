@@ -38,6 +38,7 @@ class LiveSession:
     last_view: dict[str, dict[str, Any]] = field(default_factory=dict)  # per node, without "_" keys
     last_view_acks: dict[str, dict[str, int]] = field(default_factory=dict)  # per node: the acks sent with last_view
     node_errors: dict[str, str] = field(default_factory=dict)  # nodes in the error state, with why
+    node_conditions: dict[str, str] = field(default_factory=dict)  # live inputs: "connecting" or "live"
     preview_subscribers: dict[str, set[Connection]] = field(default_factory=dict)  # sink::preview node -> connections
 
     def book(self, node_id: str) -> AckBook:
@@ -53,6 +54,7 @@ class LiveSession:
             self.last_view.pop(node_id, None)
             self.last_view_acks.pop(node_id, None)
             self.node_errors.pop(node_id, None)
+            self.node_conditions.pop(node_id, None)
             self.preview_subscribers.pop(node_id, None)
 
 

@@ -19,7 +19,7 @@ def getpipeline(live_sessions: LiveSessions, action: envelope.GetPipeline, cid: 
             "kind": node.kind,
             "params": dict(node.params),
             "seq": node.seq,
-            "state": envelope.node_state(live.node_errors.get(node_id)),
+            "state": envelope.node_state(live.node_errors.get(node_id), live.node_conditions.get(node_id)),
         }
         # The acks as of this state (S2), per channel: a client that resyncs drops the pending
         # values already processed at once instead of masking them until the node's next event.

@@ -3,12 +3,16 @@
 The trio thread parses and checks each message (``protocol.frames``) and hands
 it to the engine as an ``api.PushedFrame`` (``Engine.push_frame``); the render
 loop makes a :class:`SourceFrame` of it (:func:`source_frame_from_pushed`) and
-puts that into the node's :class:`LatestFrameSlot` (in :class:`PushInlets`). The render
-thread's :class:`PushSource` takes the newest frame at each frame start:
-frames that arrive faster than the compositor renders are dropped and counted,
-never queued. Before the first frame the node shows nothing; afterwards it
-keeps its last good frame until a newer one arrives. ``pts_us`` is carried but
-not used for pacing: a pushed stream is live, the newest frame wins.
+pushes that into the node's :class:`FramePacer` (in :class:`PushInlets`) with
+the frame's ``pts_us``. The render thread's :class:`PushSource` takes, at each
+output frame, the newest frame whose time has come: frames keep the spacing
+their ``pts_us`` gives them (a burst that arrived together is spread out
+again), frames that arrive faster than the compositor renders are dropped and
+an output frame with nothing new repeats the last one, both counted
+(``sources.pacing``). With no added latency a frame is due as soon as it
+arrives, so a client that stamps every frame alike gets "the newest wins".
+Before the first frame the node shows nothing; afterwards it keeps its last
+good frame until a newer one arrives.
 
 RGBA8 frames are straight (not premultiplied) alpha; NV12 / I420 are read
 with the BT.709 matrix, limited range.
@@ -25,9 +29,10 @@ import numpy as np
 
 from compositord.daemon.engine.api import PushedFrame
 from compositord.daemon.engine.render.frames import SourceFrame, as_pixel_format
-from compositord.daemon.engine.sources.handoff import LatestFrameSlot
+from compositord.daemon.engine.sources.pacing import FramePacer
 
 _serials = itertools.count(1)
+PUSH_LATENCY_S = 0.0  # a pushed frame is due on arrival; its pts only spaces frames that arrive together
 
 
 def source_frame_from_pushed(frame: PushedFrame) -> SourceFrame:
@@ -37,18 +42,18 @@ def source_frame_from_pushed(frame: PushedFrame) -> SourceFrame:
 
 
 class PushInlets:
-    """Per push node, the slot its frames wait in; shared by the trio thread (put) and the render thread (take)."""
+    """Per push node, the pacer its frames wait in; shared by the loop's inbox (push) and the render thread (take)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._slots: dict[str, LatestFrameSlot[SourceFrame]] = {}
+        self._slots: dict[str, FramePacer[SourceFrame]] = {}
 
-    def slot(self, node_id: str) -> LatestFrameSlot[SourceFrame]:
-        """The node's slot, made on first use (a frame may arrive before the render thread made the source)."""
+    def slot(self, node_id: str) -> FramePacer[SourceFrame]:
+        """The node's pacer, made on first use (a frame may arrive before the render thread made the source)."""
         with self._lock:
             found = self._slots.get(node_id)
             if found is None:
-                found = self._slots[node_id] = LatestFrameSlot()
+                found = self._slots[node_id] = FramePacer(latency_s=PUSH_LATENCY_S)
             return found
 
     def retain(self, node_ids: Iterable[str]) -> None:
@@ -62,8 +67,9 @@ class PushInlets:
 class PushSource:
     """Render thread side of one push node."""
 
-    def __init__(self, params: Mapping[str, Any], slot: LatestFrameSlot[SourceFrame]) -> None:
+    def __init__(self, params: Mapping[str, Any], slot: FramePacer[SourceFrame]) -> None:
         self._slot = slot
+        self._taken_at: float | None = None
         self._frame: SourceFrame | None = None
         self._mismatched = 0
         self.configure(params)
@@ -75,6 +81,9 @@ class PushSource:
         self._shape = shape
 
     def frame(self, t: float = 0.0) -> SourceFrame | None:
+        if t == self._taken_at:
+            return self._frame  # a second compositor reading this input in the same output frame
+        self._taken_at = t
         newest = self._slot.take()
         if newest is not None:
             if (newest.pixel_format, newest.width, newest.height) == self._shape:
@@ -84,7 +93,5 @@ class PushSource:
         return self._frame
 
     def stats(self) -> dict[str, Any]:
-        return {
-            "frames_received": self._slot.offered,
-            "frames_dropped": self._slot.dropped + self._mismatched,
-        }
+        paced = self._slot.stats()
+        return {**paced, "frames_dropped": paced["frames_dropped"] + self._mismatched}

@@ -148,7 +148,7 @@ class VideoFileSource:
                 except InputFault as fault:
                     self.error = str(fault)
                 except (av.error.FFmpegError, OSError, ValueError) as exc:
-                    self.error = f"{wanted.path}: {_describe(exc)}"
+                    self.error = f"{wanted.path}: {describe_av_error(exc)}"
                 except Exception as exc:  # a bug here: the node says so instead of going quietly dark
                     log.exception("decoder of %s failed", wanted.path)
                     self.error = f"{wanted.path}: decoder failed: {type(exc).__name__}: {exc}"
@@ -172,7 +172,7 @@ class VideoFileSource:
         try:
             container = av.open(real, timeout=OPEN_TIMEOUT_S)
         except (av.error.FFmpegError, OSError) as exc:
-            raise InputFault(f"cannot open {path}: {_describe(exc)}") from exc
+            raise InputFault(f"cannot open {path}: {describe_av_error(exc)}") from exc
         if not container.streams.video:
             container.close()
             raise InputFault(f"{path}: no video stream")
@@ -211,7 +211,7 @@ class VideoFileSource:
                     return
                 if time.monotonic() - due > REANCHOR_AFTER_S:
                     clock = (time.monotonic(), media_time)
-                self._slot.put(_to_source_frame(frame))
+                self._slot.put(source_frame_from_av(frame))
                 self.frames_decoded += 1
                 shown += 1
                 if self.error is not None:
@@ -262,7 +262,7 @@ def _seek(container: Any, stream: Any, seconds: float) -> None:
     container.seek(target, stream=stream, backward=True, any_frame=False)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_av_error(exc: BaseException) -> str:
     """FFmpeg's and the OS's own words, without the errno and the repeated file name."""
     strerror = getattr(exc, "strerror", None)
     if isinstance(strerror, str) and strerror:
@@ -279,7 +279,7 @@ def _color_matrix(frame: Any) -> ColorMatrix:
     return "bt709" if frame.height >= 720 else "bt601"  # FFmpeg's guess for untagged video
 
 
-def _to_source_frame(frame: Any) -> SourceFrame:
+def source_frame_from_av(frame: Any) -> SourceFrame:
     """A decoded frame as a tightly packed I420 SourceFrame, limited range (what the renderer reads)."""
     name = frame.format.name
     matrix = _color_matrix(frame)

@@ -1,0 +1,46 @@
+"""An ``av::stream_in`` node: network ingest through PyAV (RTMP pull or listen, MPEG-TS over UDP, RTSP, HLS, HTTP).
+
+The stream is opened on the node's own receiver thread (``live_av``) with
+open and read timeouts; the node is ``connecting`` until frames arrive, then
+``live``; when the peer goes away (no data for ``read_timeout_s``, or the end
+of the stream) it is ``connecting`` again and reopens at once; a failed
+attempt is an error, retried with backoff. Frames are paced by the stream's
+timestamps, ``latency_ms`` behind their arrival (``sources.pacing``). Where a
+node may listen is the schema's policy (``allowed_ingest_listen``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from compositord.daemon.engine.sources.live_av import AVInput, LiveAVSource
+
+
+def describe_stream_in(params: Mapping[str, Any]) -> AVInput:
+    url = str(params["url"])
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "srt":
+        raise ValueError("url: srt:// is not available: the FFmpeg bundled with PyAV has no SRT protocol")
+    # A live stream is probed for half a second at most (FFmpeg's default of 5 s would hold back, then burst,
+    # the first seconds), and read without demuxer buffering.
+    options: dict[str, str] = {"analyzeduration": "500000", "fflags": "nobuffer"}
+    if params.get("listen", False):
+        options["listen"] = "1"
+    if scheme == "udp":
+        options["overrun_nonfatal"] = "1"  # a late reader loses datagrams instead of failing the stream
+    fmt = str(params.get("format", "auto"))
+    return AVInput(
+        url,
+        None if fmt == "auto" else fmt,
+        options,
+        label=url.split("?", 1)[0],
+        open_timeout_s=float(params.get("open_timeout_s", 5.0)),
+        read_timeout_s=float(params.get("read_timeout_s", 3.0)),
+        latency_s=int(params.get("latency_ms", 100)) / 1000,
+    )
+
+
+class StreamInSource(LiveAVSource):
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        super().__init__(params, describe_stream_in, name="stream-in")

@@ -1,0 +1,302 @@
+"""Live inputs: video::capture (x11grab under Xvfb, V4L2 where a camera exists) and av::stream_in
+(a local ffmpeg publishing MPEG-TS over UDP and RTMP to a listening node, dropping out and coming back)."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.sources.capture import CaptureSource
+from compositord.daemon.engine.sources.live_av import LiveAVSource
+from compositord.daemon.engine.sources.stream_in import StreamInSource
+
+FFMPEG = shutil.which("ffmpeg")
+XVFB = shutil.which("Xvfb")
+needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="no ffmpeg command on the PATH to publish a stream")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def poll_frames(source: LiveAVSource, seconds: float) -> list[SourceFrame]:
+    """Drive the source like a 50 fps render loop for ``seconds``; the distinct frames shown."""
+    shown: list[SourceFrame] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        frame = source.frame(time.monotonic())
+        if frame is not None and (not shown or shown[-1].serial != frame.serial):
+            shown.append(frame)
+        time.sleep(0.02)
+    return shown
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def closing(source: LiveAVSource) -> Iterator[LiveAVSource]:
+    try:
+        yield source
+    finally:
+        source.close(timeout=5.0)
+        assert not source.receiver_alive
+
+
+# ---------------------------------------------------------------- video::capture, x11
+
+
+@pytest.fixture
+def display() -> Iterator[str]:
+    if XVFB is None:
+        pytest.skip("no Xvfb command (scripts/dev installs the xvfb package)")
+    for number in range(140, 180):
+        if not os.path.exists(f"/tmp/.X11-unix/X{number}") and not os.path.exists(f"/tmp/.X{number}-lock"):
+            break
+    name = f":{number}"
+    server = subprocess.Popen([XVFB, name, "-screen", "0", "640x480x24", "-nolisten", "tcp"], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: os.path.exists(f"/tmp/.X11-unix/X{number}") or server.poll() is not None, 10, "Xvfb to start")
+        if server.poll() is not None:
+            pytest.skip(f"Xvfb {name} did not start (exit status {server.returncode})")
+        yield name
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+DRAW_TWO_COLOURS = """
+import tkinter
+root = tkinter.Tk()
+root.overrideredirect(True)
+root.geometry("320x120+0+0")
+canvas = tkinter.Canvas(root, width=320, height=120, highlightthickness=0, borderwidth=0)
+canvas.pack()
+canvas.create_rectangle(0, 0, 160, 120, fill="#ff0000", outline="")
+canvas.create_rectangle(160, 0, 320, 120, fill="#0000ff", outline="")
+root.after(300, lambda: print("drawn", flush=True))
+root.mainloop()
+"""
+
+
+def bt709_limited(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
+    r, g, b = (c / 255 for c in rgb)
+    y = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return 16 + 219 * y, 128 + 224 * (b - y) / 1.8556, 128 + 224 * (r - y) / 1.5748
+
+
+def i420_at(frame: SourceFrame, x: int, y: int) -> tuple[int, int, int]:
+    pixels = np.asarray(frame.data, dtype=np.uint8)
+    w, h = frame.width, frame.height
+    cw, ch = (w + 1) // 2, (h + 1) // 2
+    luma = pixels[: w * h].reshape(h, w)
+    u = pixels[w * h : w * h + cw * ch].reshape(ch, cw)
+    v = pixels[w * h + cw * ch :].reshape(ch, cw)
+    return int(luma[y, x]), int(u[y // 2, x // 2]), int(v[y // 2, x // 2])
+
+
+def test_x11_capture_shows_the_region_of_the_display_it_names(display: str) -> None:
+    try:
+        import tkinter  # noqa: F401  # only to know whether the drawing window can be made
+    except ImportError:
+        pytest.skip("no tkinter in this Python to draw known content on the display")
+    painter = subprocess.Popen(
+        [sys.executable, "-c", DRAW_TWO_COLOURS], env={**os.environ, "DISPLAY": display}, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert painter.stdout is not None and painter.stdout.readline().strip() == "drawn"
+        params = {
+            "source": "x11",
+            "display": display,
+            "x": 40,
+            "y": 20,
+            "width": 200,
+            "height": 80,
+            "frame_rate": 15,
+            "draw_mouse": False,
+        }
+        with closing(CaptureSource(params)) as source:
+            assert source.condition == "connecting"
+            wait_for(lambda: source.condition == "live", 10, "the capture to go live")
+            shown = poll_frames(source, 1.0)
+            assert len(shown) >= 5  # about 15 a second
+            frame = shown[-1]
+            assert (frame.width, frame.height) == (200, 80)
+            # Display x 40..200 is red (region 0..120), 200..360 blue (region 120..200), below y 120 black.
+            for (x, y), colour in (((60, 40), (255, 0, 0)), ((160, 40), (0, 0, 255)), ((60, 79), (255, 0, 0))):
+                got = i420_at(frame, x, y)
+                assert got == pytest.approx(bt709_limited(colour), abs=6), (x, y, got)
+            assert source.error is None
+            stats = source.stats()
+            assert stats["state"] == "live" and stats["frames_decoded"] >= len(shown)
+    finally:
+        painter.terminate()
+        painter.wait(timeout=10)
+
+
+def test_x11_capture_of_a_display_that_is_not_there_is_a_node_error() -> None:
+    with closing(CaptureSource({"source": "x11", "display": ":4242", "width": 64, "height": 48})) as source:
+        wait_for(lambda: source.error is not None, 10, "the node's error")
+        assert ":4242" in source.error  # type: ignore[operator]
+        assert source.condition == "connecting" and source.frame(1.0) is None
+
+
+# ---------------------------------------------------------------- video::capture, v4l2
+
+
+def test_v4l2_device_that_does_not_exist_is_a_node_error_and_the_receiver_keeps_trying() -> None:
+    with closing(CaptureSource({"source": "v4l2", "device": "/dev/video97", "width": 640, "height": 480})) as source:
+        wait_for(lambda: source.error is not None, 10, "the node's error")
+        assert source.error is not None and "/dev/video97" in source.error and "No such file" in source.error
+        assert source.condition == "connecting"
+        assert source.receiver_alive  # tries again with backoff; the node is not gone
+        assert source.frame(1.0) is None
+
+
+CAMERAS = sorted(glob.glob("/dev/video*"))
+
+
+@pytest.mark.skipif(not CAMERAS, reason="no V4L2 device: /dev/video* does not exist on this machine")
+def test_v4l2_camera_goes_live() -> None:
+    with closing(
+        CaptureSource({"source": "v4l2", "device": CAMERAS[0], "width": 640, "height": 480, "frame_rate": 30})
+    ) as source:
+        wait_for(lambda: source.condition == "live" or source.error is not None, 15, "the camera")
+        assert source.error is None, source.error
+        assert poll_frames(source, 1.0)
+
+
+# ---------------------------------------------------------------- av::stream_in
+
+
+def publish(url: str, fmt: str, codec: str, seconds: float) -> subprocess.Popen[bytes]:
+    assert FFMPEG is not None
+    command = [
+        FFMPEG,
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc=size=160x120:rate=25:duration={seconds}",
+    ]
+    command += ["-c:v", codec, "-g", "10", "-f", fmt, url]
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL)
+
+
+def start_until_live(source: LiveAVSource, start_publisher: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """Start a publisher; start it again if it gave up before the node went live (it connected
+    in the moment a listening node was between two waits, as a real publisher would retry)."""
+    deadline = time.monotonic() + 30
+    publisher = start_publisher()
+    while source.condition != "live":
+        if time.monotonic() > deadline:
+            publisher.kill()
+            raise AssertionError(f"the publisher never went live: {source.stats()}, error {source.error}")
+        if publisher.poll() is not None:
+            publisher = start_publisher()
+        time.sleep(0.02)
+    return publisher
+
+
+def go_live_drop_out_and_come_back(source: LiveAVSource, start_publisher: Callable[[], subprocess.Popen[bytes]]) -> None:
+    states: list[str] = []
+    recorder_stop = threading.Event()
+
+    def record() -> None:
+        while not recorder_stop.is_set():
+            if not states or states[-1] != source.condition:
+                states.append(source.condition)
+            time.sleep(0.01)
+
+    recorder = threading.Thread(target=record, daemon=True)
+    recorder.start()
+    try:
+        first = start_until_live(source, start_publisher)
+        before = poll_frames(source, 0.8)
+        assert len(before) >= 4, source.stats()  # frames flow (about 20 at 25 fps; a loaded 2-core machine shows fewer)
+        first.wait(timeout=30)  # the publisher's clip ends: the peer is gone
+        wait_for(lambda: source.condition == "connecting", 15, "the node to notice the peer went away")
+        second = start_until_live(source, start_publisher)
+        after = [frame for frame in poll_frames(source, 0.8) if frame.serial > before[-1].serial]
+        assert len(after) >= 4, source.stats()  # frames flow again
+        second.kill()
+        second.wait(timeout=10)
+    finally:
+        recorder_stop.set()
+        recorder.join(5)
+    assert states[:4] == ["connecting", "live", "connecting", "live"]
+    assert source.connects == 2
+    assert source.error is None
+
+
+@needs_ffmpeg
+def test_udp_mpegts_ingest_goes_live_then_connecting_when_the_sender_stops_then_live_again() -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    params = {"url": f"udp://127.0.0.1:{port}", "open_timeout_s": 3.0, "read_timeout_s": 1.0, "latency_ms": 40}
+    with closing(StreamInSource(params)) as source:
+        go_live_drop_out_and_come_back(
+            source, lambda: publish(f"udp://127.0.0.1:{port}?pkt_size=1316", "mpegts", "mpeg2video", seconds=3.0)
+        )
+
+
+@needs_ffmpeg
+def test_rtmp_listening_node_takes_a_publisher_loses_it_and_takes_the_next() -> None:
+    port = free_port(socket.SOCK_STREAM)
+    url = f"rtmp://127.0.0.1:{port}/live/key"
+    params = {"url": url, "listen": True, "open_timeout_s": 2.0, "read_timeout_s": 1.0, "latency_ms": 40}
+    with closing(StreamInSource(params)) as source:
+        go_live_drop_out_and_come_back(source, lambda: publish(url, "flv", "flv1", seconds=3.0))
+
+
+def test_waiting_for_a_publisher_does_not_hold_other_threads() -> None:
+    """The receiver waits inside FFmpeg for a publisher; the render thread must keep its rate meanwhile."""
+    port = free_port(socket.SOCK_STREAM)
+    params = {"url": f"rtmp://127.0.0.1:{port}/live/key", "listen": True, "open_timeout_s": 1.0}
+    with closing(StreamInSource(params)) as source:
+        time.sleep(0.1)
+        gaps = []
+        last = time.monotonic()
+        end = last + 2.5  # spans at least one whole open that times out and the next
+        while time.monotonic() < end:
+            time.sleep(0.005)
+            source.frame(time.monotonic())
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+        assert max(gaps) < 0.25, f"a thread was held for {max(gaps) * 1000:.0f} ms"
+        assert source.condition == "connecting" and source.error is None  # nobody published: not an error
+
+
+def test_a_refused_pull_is_an_error_retried_with_backoff() -> None:
+    port = free_port(socket.SOCK_STREAM)  # nothing listens there
+    with closing(StreamInSource({"url": f"rtmp://127.0.0.1:{port}/live/key", "open_timeout_s": 2.0})) as source:
+        wait_for(lambda: source.error is not None, 10, "the node's error")
+        assert f"127.0.0.1:{port}" in source.error  # type: ignore[operator]
+        assert source.condition == "connecting" and source.receiver_alive
+
+
+def test_srt_is_refused_when_the_node_is_made() -> None:
+    with pytest.raises(ValueError, match="no SRT protocol"):
+        StreamInSource({"url": "srt://127.0.0.1:9000"})
