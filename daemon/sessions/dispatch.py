@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from compositord.daemon.control.connection import Connection
-from compositord.daemon.sessions import queries
+from compositord.daemon.sessions import pipeline_files, queries
 from compositord.daemon.sessions.live import LiveSessions
 from compositord.daemon.sessions.previews import Previews
 from compositord.daemon.sessions.refusals import Refusal
@@ -85,6 +85,14 @@ class Dispatch:
             return self._previews.handle(connection, action, cid)
         if isinstance(action, (envelope.AddNode, envelope.RemoveNode, envelope.Connect, envelope.Disconnect)):
             return await self._structure.change(action, cid)
+        if isinstance(action, envelope.GetSchema):
+            return pipeline_files.getschema(cid)
+        if isinstance(action, envelope.ExportPipeline):
+            return pipeline_files.exportpipeline(self._live, action, cid)
+        if isinstance(action, envelope.ParsePipeline):
+            return pipeline_files.parsepipeline(action, cid)
+        if isinstance(action, envelope.ListExamples):
+            return pipeline_files.listexamples(cid)
         raise LocalProtocolError(f"no handler for {type(action).__name__}")
 
 
