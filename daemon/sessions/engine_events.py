@@ -40,6 +40,8 @@ class EngineEventHandler:
             self._node_state(event)
         elif isinstance(event, api.PreviewUpdated):
             self._previews.deliver(event)
+        elif isinstance(event, api.CompositorPreviewUpdated):
+            self._previews.deliver_compositor(event)
         elif isinstance(event, api.Started):
             log.debug("session %s: first frame rendered", event.session_id)
         elif isinstance(event, api.Failed) and event.session_id in self._live:
