@@ -656,6 +656,16 @@ class ParsePipeline:
 
 
 @dataclass(frozen=True)
+class ListAssets:
+    """The images in the daemon's asset directory (for image inputs and overlays), answered with ``assetslisted``."""
+
+    ACTION: ClassVar[str] = "listassets"
+
+    def to_request(self, correlation_id: str | None = None) -> Request:
+        return Request(self.ACTION, {}, correlation_id)
+
+
+@dataclass(frozen=True)
 class ListExamples:
     """The example pipelines shipped with the daemon, answered with ``exampleslisted``."""
 
@@ -688,6 +698,7 @@ Action = (
     | ExportPipeline
     | ParsePipeline
     | ListExamples
+    | ListAssets
 )
 
 
@@ -894,6 +905,11 @@ def _parse_list_examples(payload: Mapping[str, Any], base: str) -> ListExamples:
     return ListExamples()
 
 
+def _parse_list_assets(payload: Mapping[str, Any], base: str) -> ListAssets:
+    _Reader(ListAssets.ACTION, payload, base, ()).done()
+    return ListAssets()
+
+
 _PARSERS: dict[str, Callable[[Mapping[str, Any], str], Action]] = {
     "getpipeline": _parse_get_pipeline,
     "listsessions": _parse_list_sessions,
@@ -913,6 +929,7 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], str], Action]] = {
     "exportpipeline": _parse_export_pipeline,
     "parsepipeline": _parse_parse_pipeline,
     "listexamples": _parse_list_examples,
+    "listassets": _parse_list_assets,
 }
 ACTIONS: tuple[str, ...] = tuple(_PARSERS)
 
@@ -1096,6 +1113,11 @@ def pipeline_parsed(correlation_id: str | None, pipeline: Mapping[str, Any]) -> 
 def examples_listed(correlation_id: str | None, examples: Sequence[Mapping[str, Any]]) -> Response:
     """``exampleslisted``: ``examples`` is a list of ``{"name", "file", "pipeline"}``."""
     return Response("exampleslisted", {"examples": [dict(e) for e in examples]}, correlation_id)
+
+
+def assets_listed(correlation_id: str | None, assets: Sequence[str], truncated: bool) -> Response:
+    """``assetslisted``: paths relative to the asset directory, sorted; ``truncated`` when there were more."""
+    return Response("assetslisted", {"assets": list(assets), "truncated": truncated}, correlation_id)
 
 
 def _preview_payload(

@@ -55,6 +55,7 @@ from compositord.daemon.engine.render import gl_context
 from compositord.daemon.engine.render import renderer as renderer_module
 from compositord.daemon.engine.render.frames import OutputFrame, SourceFrame
 from compositord.daemon.engine.render.scene import resolve_scene
+from compositord.daemon.engine.render_times import RenderTimeHistogram
 from compositord.daemon.engine.sinks.base import Sink
 from compositord.daemon.engine.sinks.compositor_preview import CompositorPreviews
 from compositord.daemon.engine.sinks.sink_set import SinkSet
@@ -93,6 +94,7 @@ class _CompositorState:
     last_layout: dict[str, Any] | None = None
     view_seq: int = 0
     render_ms: deque[float] = field(default_factory=lambda: deque(maxlen=RENDER_MS_WINDOW))
+    render_histogram: RenderTimeHistogram = field(default_factory=RenderTimeHistogram)
     error: str | None = None
     params_source: dict[str, Any] | None = None  # the durable params `full` was made from
     full: dict[str, Any] = field(default_factory=dict)  # with defaults
@@ -577,6 +579,7 @@ class RenderLoop:
         for node_id, state in compositors.items():
             samples = np.fromiter(state.render_ms, dtype=float)
             state.render_ms.clear()
+            state.render_histogram.observe(samples)
             p50, p90, p99 = np.percentile(samples, [50, 90, 99]) if samples.size else (0.0, 0.0, 0.0)
             stats = {
                 "frames_rendered": self._frames_rendered,
@@ -586,6 +589,7 @@ class RenderLoop:
                 "render_ms_p50": round(float(p50), 3),
                 "render_ms_p90": round(float(p90), 3),
                 "render_ms_p99": round(float(p99), 3),
+                "render_histogram": state.render_histogram.as_stats(),
             }
             self._emit(api.NodeStats(self.session_id, node_id, stats), node_id)
         for node_id, stats in self._sinks.stats().items():
