@@ -409,6 +409,7 @@ def test_a_colorbars_input_added_gets_its_auto_pip_box(daemon: Daemon, tabs: tup
     Select(driver.find_element("id", "add-node-kind")).select_by_value("video::colorbars")
     driver.find_element("id", "add-node-id").send_keys("extra")
     params = driver.find_element("id", "add-node-params")
+    params.find_element("css selector", "details.more-params > summary").click()  # width, height and pattern have defaults
     params.find_element("css selector", 'input[data-pointer="/width"]').send_keys("320")
     params.find_element("css selector", 'input[data-pointer="/height"]').send_keys("180")
     Select(params.find_element("css selector", 'select[data-pointer="/pattern"]')).select_by_value("ramp")

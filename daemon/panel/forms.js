@@ -98,10 +98,18 @@ export function objectControls(fields, base, values) {
   };
 }
 
-/** A form for a node kind's params: `{element, read}`; field pointers start at `base` ("" for params). */
-export function kindForm(kindSchema, values = {}, base = "") {
+/**
+ * A form for a node kind's params: `{element, read}`; field pointers start at `base` ("" for params).
+ * With `foldOptional`, the fields that have a default (or are computed) sit in a folded "more" section.
+ */
+export function kindForm(kindSchema, values = {}, base = "", { foldOptional = false } = {}) {
   const controls = objectControls(kindSchema.fields, base, values);
-  return { element: h("div", { class: "kind-form" }, ...controls.elements), read: controls.read };
+  if (!foldOptional) return { element: h("div", { class: "kind-form" }, ...controls.elements), read: controls.read };
+  const names = Object.keys(kindSchema.fields);
+  const required = controls.elements.filter((_, index) => kindSchema.fields[names[index]].required);
+  const optional = controls.elements.filter((_, index) => !kindSchema.fields[names[index]].required);
+  const more = optional.length ? h("details", { class: "more-params" }, h("summary", {}, `${optional.length} optional params`), ...optional) : null;
+  return { element: h("div", { class: "kind-form" }, ...required, more), read: controls.read };
 }
 
 /** Show `message` at the field whose pointer is `pointer` (or the nearest enclosing one) inside `root`. */
@@ -113,6 +121,7 @@ export function showFieldError(root, pointer, message) {
       const slot = row.querySelector(":scope > .field-error") ?? row.appendChild(h("div", { class: "field-error", role: "alert" }));
       slot.textContent = message;
       row.classList.add("has-error");
+      row.closest("details")?.setAttribute("open", ""); // a folded field with an error is shown
       return row;
     }
     if (candidate === "") break;

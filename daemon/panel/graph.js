@@ -177,7 +177,8 @@ export class PipelineGraph extends EventTarget {
       const bend = Math.max(30, (x2 - x1) / 2);
       this._edges.append(
         svg("path", { d: `M${x1},${y1} C${x1 + bend},${y1} ${x2 - bend},${y2} ${x2},${y2}`, class: "edge" }),
-        svg("text", { x: x2 - 4, y: y2 - 4, class: "edge-label", "text-anchor": "end" }, c.to_pin),
+        // At the curve's middle: edges into one node end at one point, their middles differ.
+        svg("text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 4, class: "edge-label", "text-anchor": "middle" }, c.to_pin),
       );
     }
   }
@@ -206,7 +207,7 @@ export class PipelineGraph extends EventTarget {
     const paramsRoot = this._addForm.querySelector("#add-node-params");
     const showKind = () => {
       const kind = kindSelect.value;
-      this._addParams = kind ? kindForm(this.schema[kind], {}) : null;
+      this._addParams = kind ? kindForm(this.schema[kind], {}, "", { foldOptional: true }) : null;
       clear(paramsRoot);
       if (this._addParams) paramsRoot.append(this._addParams.element);
     };
