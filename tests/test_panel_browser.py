@@ -28,7 +28,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -125,17 +127,15 @@ class Daemon:
     proxy: ProxyThread
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    state = tmp_path_factory.mktemp("panel-state")
+@contextmanager
+def running_daemon(state: Path, *, token: str = "", allow_origin: str | None = None) -> Iterator[str]:
+    """`compositord run` on the test pipeline; yields the panel URL it printed (without its last /)."""
     config = state / "panel-test.yaml"
     config.write_text(yaml.safe_dump(PIPELINE), encoding="utf-8")
-    proxy = ProxyThread()
-    proxy_port = proxy.start()
     log = (state / "daemon.log").open("w+")
     command = [sys.executable, "-m", "compositord", "run", "--config", str(config), "--state-dir", str(state), "--port", "0"]
-    command += ["--allow-origin", f"http://127.0.0.1:{proxy_port}"]
-    process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, "COMPOSITORD_TOKEN": ""})
+    command += ["--allow-origin", allow_origin] if allow_origin else []
+    process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, "COMPOSITORD_TOKEN": token})
     try:
         deadline = time.monotonic() + 60
         url = None
@@ -145,16 +145,26 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
             url = found.group(1) if found else None
             time.sleep(0.1)
         assert url is not None, f"compositord run printed no panel URL:\n{(state / 'daemon.log').read_text()}"
-        proxy.proxy.target_port = int(url.rsplit(":", 1)[1])
-        yield Daemon(url, url.replace("http://", "ws://") + "/api/v1/control", f"http://127.0.0.1:{proxy_port}", proxy)
+        yield url
     finally:
         process.terminate()
         try:
             process.wait(15)
         except subprocess.TimeoutExpired:
             process.kill()
-        proxy.stop()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    proxy = ProxyThread()
+    proxy_port = proxy.start()
+    try:
+        with running_daemon(tmp_path_factory.mktemp("panel-state"), allow_origin=f"http://127.0.0.1:{proxy_port}") as url:
+            proxy.proxy.target_port = int(url.rsplit(":", 1)[1])
+            yield Daemon(url, url.replace("http://", "ws://") + "/api/v1/control", f"http://127.0.0.1:{proxy_port}", proxy)
+    finally:
+        proxy.stop()
 
 
 def request(daemon: Daemon, action: str, **payload: Any) -> dict[str, Any]:
@@ -500,3 +510,67 @@ def test_a_websocket_cut_mid_drag_converges_without_losing_the_other_tabs_edit(d
         f"the drag made while disconnected reached the server: {server['layers']['in_1']['rect']}"
     )
     assert json.loads(json.dumps(server)) == server
+
+
+def test_a_pipeline_file_imported_becomes_a_session_that_can_be_deleted(
+    daemon: Daemon, tabs: tuple[Any, Any], tmp_path: Path
+) -> None:
+    driver, _ = tabs
+    session_id = new_session(daemon, "before-import")
+    open_panel(driver, daemon.base, session_id)
+    file = tmp_path / "imported-show.yaml"
+    file.write_text(yaml.safe_dump(PIPELINE), encoding="utf-8")
+    driver.find_element("id", "import-file").send_keys(str(file))
+
+    def imported() -> str | None:
+        sessions = request(daemon, "listsessions")["sessions"]
+        return next((s["session_id"] for s in sessions if s["name"] == "imported-show"), None)
+
+    imported_id = wait_until(imported, 10, "a session named after the imported file")
+    wait_until(
+        lambda: driver.execute_script("return window.compositordPanel.panel.sessionId") == imported_id, 5, "the panel to show it"
+    )
+    wait_until(lambda: driver.find_elements("css selector", '.node[data-node="probe"]'), 5, "its graph")
+    assert (
+        request(daemon, "getpipeline", session_id=imported_id)["nodes"]["comp"]["params"] == PIPELINE["nodes"]["comp"]["params"]
+    )
+    driver.find_element("css selector", f'#sessions li[data-session="{imported_id}"] button').click()
+    wait_until(lambda: imported() is None, 5, "the session deleted")
+
+
+def test_with_a_token_the_panel_asks_once_and_keeps_it_out_of_urls(tabs: tuple[Any, Any], tmp_path: Path) -> None:
+    driver, _ = tabs
+    token = "panel-token/é"
+    with running_daemon(tmp_path, token=token) as url:
+        driver.get(url + "/")
+        dialog = wait_until(
+            lambda: driver.find_element("id", "token-dialog").get_attribute("open") is not None, 10, "the token dialog"
+        )
+        assert dialog
+        # The page's one refused check is the console's only error: a 401 for /api/v1/auth, nothing else.
+        refused = console_errors(driver)
+        assert refused and all("/api/v1/auth" in message and "401" in message for message in refused), refused
+        driver.find_element("id", "token-input").send_keys("wrong\n")
+        wait_until(
+            lambda: driver.find_element("id", "token-error").text == "that token was refused", 10, "the wrong token refused"
+        )
+        console_errors(driver)
+        driver.find_element("id", "token-input").send_keys(token + "\n")
+        wait_until(
+            lambda: driver.execute_script("const p = window.compositordPanel; return p && p.connection.status === 'open'"),
+            15,
+            "the panel connected with the token",
+        )
+        assert driver.execute_script("return sessionStorage.getItem('compositord.token')") == token
+        assert token not in driver.current_url and "token" not in driver.current_url
+        wait_until(lambda: driver.find_elements("css selector", '.box[data-key="layer:in_1"]'), 10, "the session's boxes")
+        driver.refresh()  # the same tab: no second question
+        wait_until(
+            lambda: driver.execute_script("const p = window.compositordPanel; return p && p.connection.status === 'open'"),
+            15,
+            "the panel connected again without asking",
+        )
+        assert driver.find_element("id", "token-dialog").get_attribute("open") is None
+        errors = [message for message in console_errors(driver) if "/api/v1/auth" not in message]
+        assert errors == []
+        driver.get("about:blank")  # before this daemon stops: the page would try to reconnect to it
