@@ -382,6 +382,21 @@ def test_resize_and_rotate_handles(daemon: Daemon, tabs: tuple[Any, Any]) -> Non
     rotation = wait_until(lambda: comp_params(daemon, session_id)["layers"]["in_1"].get("rotation_degrees"), 5, "a rotation")
     assert rotation == pytest.approx(90, abs=6)
 
+    # Arrow keys nudge the selected box by 1 px, 10 with Shift; the inspector moves it in z.
+    from selenium.webdriver.common.keys import Keys
+
+    stage = driver.find_element("id", "stage")
+    stage.send_keys(Keys.ARROW_RIGHT)
+    stage.send_keys(Keys.SHIFT, Keys.ARROW_DOWN)
+    nudged = wait_until(
+        lambda: (r := comp_params(daemon, session_id)["layers"]["in_1"]["rect"])["y"] != keep["y"] and r, 5, "the nudges"
+    )
+    assert (nudged["x"], nudged["y"]) == (keep["x"] + 1, keep["y"] + 10)
+    driver.find_element("css selector", 'button[aria-label="z up"]').click()
+    wait_until(
+        lambda: comp_params(daemon, session_id)["layers"]["in_1"].get("z_index") == 2, 5, "in_1 one step up (from its slot, 1)"
+    )
+
 
 def test_a_text_overlay_edited_in_the_inspector(daemon: Daemon, tabs: tuple[Any, Any]) -> None:
     driver, _ = tabs
@@ -446,6 +461,14 @@ def test_a_colorbars_input_added_gets_its_auto_pip_box(daemon: Daemon, tabs: tup
     left = float(pip.value_of_css_property("left").removesuffix("px")) / scale
     width = float(pip.value_of_css_property("width").removesuffix("px")) / scale
     assert width == pytest.approx(W / 3, abs=2) and left + width == pytest.approx(W - 20, abs=2)
+
+    # And out again: disconnected, its box goes; removed from the inspector, the node goes.
+    driver.find_element("css selector", 'button[aria-label="disconnect extra.out → comp.in_2"]').click()
+    wait_until(lambda: not driver.find_elements("css selector", '.box[data-key="layer:in_2"]'), 10, "the box of in_2 gone")
+    driver.find_element("css selector", '.node[data-node="extra"]').click()
+    driver.find_element("css selector", "#inspector button.danger").click()
+    wait_until(lambda: "extra" not in request(daemon, "getpipeline", session_id=session_id)["nodes"], 5, "the node removed")
+    wait_until(lambda: not driver.find_elements("css selector", '.node[data-node="extra"]'), 5, "its card gone")
 
 
 def test_an_invalid_value_shows_the_error_at_its_field_and_reverts(daemon: Daemon, tabs: tuple[Any, Any]) -> None:
