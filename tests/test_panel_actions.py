@@ -240,3 +240,13 @@ async def test_a_compositor_preview_lives_as_long_as_its_subscribers(daemon: Any
         while not stops():
             await trio.sleep(0.02)
     assert [s.preview_id for s in stops()] == [starts()[0].preview_id]
+
+
+def test_a_spec_the_schema_does_not_know_still_says_what_it_takes() -> None:
+    class Odd(node_params.Spec):
+        default = node_params.AUTO
+
+        def describe(self) -> str:
+            return "something odd"
+
+    assert kind_schema.field_schema(Odd()) == {"type": "other", "description": "something odd", "auto": True}
