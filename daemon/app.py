@@ -24,7 +24,10 @@ import trio
 
 from compositord.daemon.config import Settings, demo_pipeline, load_pipeline, session_name_for
 from compositord.daemon.control.connection import CLOSE_GOING_AWAY
+from compositord.daemon.control.health import HEALTH_PATH, health_route
 from compositord.daemon.control.hub import Hub
+from compositord.daemon.control.metrics import DaemonMetrics, metrics_route
+from compositord.daemon.control.panel_files import AUTH_CHECK_PATH, auth_check, panel_routes
 from compositord.daemon.control.server import ControlServer
 from compositord.daemon.engine.api import Engine, EngineEvents, EngineFactory
 from compositord.daemon.notify import Notifier, watchdog_from_environment
@@ -69,7 +72,8 @@ class _Services:
         self.notifier = notifier
         self.environ = environ
         self.engine_factory = engine_factory
-        self.store = Store(settings.state_dir)
+        self.metrics = DaemonMetrics()
+        self.store = Store(settings.state_dir, commit_observer=self.metrics.commit_observed)
         self.hub = Hub()
         self.service: SessionService | None = None
         self.server: ControlServer | None = None
@@ -99,12 +103,13 @@ class _Services:
                         self.engine_factory,
                         retired_acks_grace_s=self.settings.limits.retired_acks_grace_s,
                         max_retired_acks=self.settings.limits.max_retired_acks,
+                        observer=self.metrics,
                         asset_dir=self.settings.asset_dir,
                     )
                     # Coalescable events leave at most once per output frame of their session (PROTOCOL.md section 4).
                     nursery.start_soon(self.hub.run, self.service.frame_period)
                     await self._open_sessions()
-                    self.server = ControlServer(self.settings.server_options(), self.service)
+                    self.server = self._make_server(self.service)
                     address = await nursery.start(self.server.run)
                     service = self.service
                     watchdog = watchdog_from_environment(
@@ -117,6 +122,23 @@ class _Services:
                     self._ready.set()
         finally:
             self._done.set()
+
+    def _make_server(self, service: SessionService) -> ControlServer:
+        """The server with the panel's files, ``/metrics`` and ``/healthz`` (public: the panel and the health check)."""
+        panel = panel_routes()
+        server: ControlServer | None = None
+        health = health_route(service.problems, lambda: server is not None and server.accepting)
+        routes = {
+            **panel,
+            ("GET", "/metrics"): metrics_route(self.metrics),
+            ("GET", HEALTH_PATH): health,
+            ("GET", AUTH_CHECK_PATH): auth_check,
+        }
+        server = ControlServer(
+            self.settings.server_options(), service, routes=routes, public_paths={path for _, path in panel} | {HEALTH_PATH}
+        )
+        self.metrics.bind(engines=lambda: service.engines, connections=lambda: len(server.connections) if server else 0)
+        return server
 
     async def _open_sessions(self) -> None:
         assert self.service is not None

@@ -599,9 +599,88 @@ class GetPreview(_PreviewAction):
 
 @dataclass(frozen=True)
 class SubscribePreview(_PreviewAction):
-    """From now on this connection gets ``nodepreviewupdated`` for the node (at most its ``max_fps``)."""
+    """From now on this connection gets ``nodepreviewupdated`` for the node (at most its ``max_fps``).
+
+    For a compositor node the thumbnails come from an ephemeral preview of its output that lives as
+    long as its subscriptions: ``max_width`` and ``max_fps`` choose its size and rate (None: the
+    defaults below). A ``sink::preview`` node has them in its params instead.
+    """
 
     ACTION: ClassVar[str] = "subscribepreview"
+    max_width: int | None = None
+    max_fps: float | None = None
+
+    def to_request(self, correlation_id: str | None = None) -> Request:
+        payload: dict[str, Any] = {"session_id": self.session_id, "node_id": self.node_id}
+        if self.max_width is not None:
+            payload["max_width"] = self.max_width
+        if self.max_fps is not None:
+            payload["max_fps"] = self.max_fps
+        return Request(self.ACTION, payload, correlation_id)
+
+
+# A compositor preview's size and rate: defaults, and the bounds a subscription may ask for.
+COMPOSITOR_PREVIEW_WIDTH = 640
+COMPOSITOR_PREVIEW_FPS = 15.0
+COMPOSITOR_PREVIEW_WIDTH_RANGE = (16, 3840)
+COMPOSITOR_PREVIEW_FPS_RANGE = (0.5, 60.0)
+
+
+@dataclass(frozen=True)
+class GetSchema:
+    """Every node kind's params (``protocol.kind_schema``), answered with ``schema``."""
+
+    ACTION: ClassVar[str] = "getschema"
+
+    def to_request(self, correlation_id: str | None = None) -> Request:
+        return Request(self.ACTION, {}, correlation_id)
+
+
+PIPELINE_FORMATS = ("yaml", "toml")
+
+
+@dataclass(frozen=True)
+class ExportPipeline:
+    """A running session as a pipeline file's text, answered with ``pipelineexported``."""
+
+    ACTION: ClassVar[str] = "exportpipeline"
+    session_id: str
+    format: str = "yaml"
+
+    def to_request(self, correlation_id: str | None = None) -> Request:
+        return Request(self.ACTION, {"session_id": self.session_id, "format": self.format}, correlation_id)
+
+
+@dataclass(frozen=True)
+class ParsePipeline:
+    """A pipeline file's text read and validated, answered with ``pipelineparsed`` (creates nothing)."""
+
+    ACTION: ClassVar[str] = "parsepipeline"
+    text: str
+    format: str = "yaml"
+
+    def to_request(self, correlation_id: str | None = None) -> Request:
+        return Request(self.ACTION, {"text": self.text, "format": self.format}, correlation_id)
+
+
+@dataclass(frozen=True)
+class ListAssets:
+    """The images in the daemon's asset directory (for image inputs and overlays), answered with ``assetslisted``."""
+
+    ACTION: ClassVar[str] = "listassets"
+
+    def to_request(self, correlation_id: str | None = None) -> Request:
+        return Request(self.ACTION, {}, correlation_id)
+
+
+@dataclass(frozen=True)
+class ListExamples:
+    """The example pipelines shipped with the daemon, answered with ``exampleslisted``."""
+
+    ACTION: ClassVar[str] = "listexamples"
+
+    def to_request(self, correlation_id: str | None = None) -> Request:
+        return Request(self.ACTION, {}, correlation_id)
 
 
 @dataclass(frozen=True)
@@ -623,6 +702,11 @@ Action = (
     | GetPreview
     | SubscribePreview
     | UnsubscribePreview
+    | GetSchema
+    | ExportPipeline
+    | ParsePipeline
+    | ListExamples
+    | ListAssets
 )
 
 
@@ -823,6 +907,65 @@ def _preview_parser(cls: type[_PreviewT]) -> Callable[[Mapping[str, Any], str], 
     return parse
 
 
+def _optional_number(reader: _Reader, key: str, bounds: tuple[float, float], *, integer: bool) -> Any:
+    if key not in reader.payload:
+        return None
+    value = reader.payload[key]
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+        reader.errors.append(FieldError(pointer.join(reader.base, key), f"must be {'a whole number' if integer else 'a number'}"))
+        return None
+    if not low <= value <= high:
+        reader.errors.append(FieldError(pointer.join(reader.base, key), f"must be between {low:g} and {high:g}"))
+        return None
+    return int(value) if integer else float(value)
+
+
+def _parse_subscribe_preview(payload: Mapping[str, Any], base: str) -> SubscribePreview:
+    reader = _Reader(SubscribePreview.ACTION, payload, base, ("session_id", "node_id", "max_width", "max_fps"))
+    session_id, node_id = _session(reader), reader.node_id()
+    max_width = _optional_number(reader, "max_width", COMPOSITOR_PREVIEW_WIDTH_RANGE, integer=True)
+    max_fps = _optional_number(reader, "max_fps", COMPOSITOR_PREVIEW_FPS_RANGE, integer=False)
+    reader.done()
+    return SubscribePreview(session_id, node_id, max_width, max_fps)
+
+
+def _parse_get_schema(payload: Mapping[str, Any], base: str) -> GetSchema:
+    _Reader(GetSchema.ACTION, payload, base, ()).done()
+    return GetSchema()
+
+
+def _pipeline_format(reader: _Reader) -> str:
+    value = reader.payload.get("format", "yaml")
+    if value not in PIPELINE_FORMATS:
+        reader.errors.append(FieldError(pointer.join(reader.base, "format"), f"must be one of {', '.join(PIPELINE_FORMATS)}"))
+    return str(value)
+
+
+def _parse_export_pipeline(payload: Mapping[str, Any], base: str) -> ExportPipeline:
+    reader = _Reader(ExportPipeline.ACTION, payload, base, ("session_id", "format"))
+    action = ExportPipeline(_session(reader), _pipeline_format(reader))
+    reader.done()
+    return action
+
+
+def _parse_parse_pipeline(payload: Mapping[str, Any], base: str) -> ParsePipeline:
+    reader = _Reader(ParsePipeline.ACTION, payload, base, ("text", "format"))
+    action = ParsePipeline(reader.string("text", max_len=MAX_TEXT_BYTES), _pipeline_format(reader))
+    reader.done()
+    return action
+
+
+def _parse_list_examples(payload: Mapping[str, Any], base: str) -> ListExamples:
+    _Reader(ListExamples.ACTION, payload, base, ()).done()
+    return ListExamples()
+
+
+def _parse_list_assets(payload: Mapping[str, Any], base: str) -> ListAssets:
+    _Reader(ListAssets.ACTION, payload, base, ()).done()
+    return ListAssets()
+
+
 # Every parser takes the validation context; only those that validate node params use it.
 _Parse = Callable[[Mapping[str, Any], str, node_params.ValidationContext], Action]
 
@@ -847,8 +990,13 @@ _PARSERS: dict[str, _Parse] = {
     "tunenodesilent": _context_free(_parse_tune_async),
     "applybatch": lambda payload, base, context: _parse_apply_batch(payload, base, context=context),
     "getpreview": _context_free(_preview_parser(GetPreview)),
-    "subscribepreview": _context_free(_preview_parser(SubscribePreview)),
+    "subscribepreview": _context_free(_parse_subscribe_preview),
     "unsubscribepreview": _context_free(_preview_parser(UnsubscribePreview)),
+    "getschema": _context_free(_parse_get_schema),
+    "exportpipeline": _context_free(_parse_export_pipeline),
+    "parsepipeline": _context_free(_parse_parse_pipeline),
+    "listexamples": _context_free(_parse_list_examples),
+    "listassets": _context_free(_parse_list_assets),
 }
 ACTIONS: tuple[str, ...] = tuple(_PARSERS)
 
@@ -1028,12 +1176,46 @@ def batch_applied(correlation_id: str | None, session_id: str, applied: int) -> 
     return Response("batchapplied", {"session_id": session_id, "applied": applied, "success": True, "errors": []}, correlation_id)
 
 
+def schema_response(correlation_id: str | None, kinds: Mapping[str, Any]) -> Response:
+    """``schema``: ``kinds`` maps every node kind to its params (``protocol.kind_schema``)."""
+    return Response("schema", {"protocol_version": PROTOCOL_VERSION, "kinds": dict(kinds)}, correlation_id)
+
+
+def pipeline_exported(correlation_id: str | None, session_id: str, format: str, text: str) -> Response:
+    """``pipelineexported``: the session as the text of a pipeline file in ``format``."""
+    return Response("pipelineexported", {"session_id": session_id, "format": format, "text": text}, correlation_id)
+
+
+def pipeline_parsed(correlation_id: str | None, pipeline: Mapping[str, Any]) -> Response:
+    """``pipelineparsed``: the validated, normalized pipeline (the ``createsession`` payload's shape)."""
+    return Response("pipelineparsed", {"pipeline": dict(pipeline)}, correlation_id)
+
+
+def examples_listed(correlation_id: str | None, examples: Sequence[Mapping[str, Any]]) -> Response:
+    """``exampleslisted``: ``examples`` is a list of ``{"name", "file", "pipeline"}``."""
+    return Response("exampleslisted", {"examples": [dict(e) for e in examples]}, correlation_id)
+
+
+def assets_listed(correlation_id: str | None, assets: Sequence[str], truncated: bool) -> Response:
+    """``assetslisted``: paths relative to the asset directory, sorted; ``truncated`` when there were more."""
+    return Response("assetslisted", {"assets": list(assets), "truncated": truncated}, correlation_id)
+
+
 def _preview_payload(
-    session_id: str, node_id: str, *, jpeg: bytes, width: int, height: int, frame_number: int, media_time: float, timestamp: float
+    session_id: str,
+    node_id: str,
+    *,
+    jpeg: bytes,
+    width: int,
+    height: int,
+    frame_number: int,
+    media_time: float,
+    timestamp: float,
+    rendered_at: float | None = None,
 ) -> dict[str, Any]:
     if not isinstance(jpeg, (bytes, bytearray)) or not jpeg:
         raise LocalProtocolError("a preview needs the JPEG bytes")
-    return {
+    payload = {
         "session_id": session_id,
         "node_id": node_id,
         "content_type": PREVIEW_CONTENT_TYPE,
@@ -1044,6 +1226,10 @@ def _preview_payload(
         "media_time": media_time,
         "timestamp": timestamp,
     }
+    if rendered_at is not None:
+        # A compositor's preview also says when its frame was rendered (wall clock): a client can tell its latency.
+        payload["rendered_at"] = rendered_at
+    return payload
 
 
 def preview_response(correlation_id: str | None, session_id: str, node_id: str, **image: Any) -> Response:

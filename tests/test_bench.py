@@ -169,3 +169,20 @@ def test_summary_and_ratio_arithmetic() -> None:
     assert "min=1.000s  max=2.000s  σ=0.7071s" in ours.summary()
     assert percentiles([5.0, 1.0, 3.0, 2.0, 4.0]) == {"p50": 3.0, "p99": 5.0, "max": 5.0, "count": 5}
     assert percentiles([])["count"] == 0
+
+
+@pytest.mark.gl
+@pytest.mark.slow
+def test_panel_preview_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    from compositord.testing.browser import missing_browser
+
+    reason = missing_browser()
+    if reason is not None:
+        pytest.skip(f"no browser to drive: {reason}")
+    code, out = run_bench(capsys, "panel_preview", "--quick", "--seconds", "1")
+    assert code == 0
+    record = load_results(out)["panel_preview"]
+    assert (record["preview"]["width"], record["preview"]["height"]) == (640, 360)
+    for phase in ("idle", "editing_60hz"):
+        assert record[phase]["frames_shown"] > 0 and record[phase]["latency_ms"]["count"] > 0, phase
+    assert record["console_errors"] == []

@@ -46,6 +46,8 @@ SAMPLES: list[Any] = [
     api.BatchUpdate((api.ParamsUpdate("comp", {"fps": 60}, None),)),
     api.TopologyUpdate(SESSION),
     api.ForgetSender("a"),
+    api.StartCompositorPreview("p1", "comp", 640, 15.0),
+    api.StopCompositorPreview("p1"),
     api.Stop(),
     api.PushedFrame("cam", 2, 2, "rgba8", -33_333, bytes(range(16))),
     api.ViewData("s1", "comp", LAYOUT, Stamp("a", 7), {"a": 7, "b": 2}, 12, 1_700_000_000.25),
@@ -54,6 +56,9 @@ SAMPLES: list[Any] = [
     api.NodeState("s1", "clip", "video::file: cannot open clip.mp4"),
     api.NodeState("s1", "clip", None),
     api.PreviewUpdated("s1", "thumbs", api.PreviewImage(b"\xff\xd8\xff\xe0jpeg", 160, 90, 41, 1.366667, 1_700_000_001.0)),
+    api.CompositorPreviewUpdated(
+        "s1", "p1", "comp", api.PreviewImage(b"\xff\xd8\xff\xe0jpeg", 640, 360, 42, 1.4, 1_700_000_001.5), 1_700_000_001.49
+    ),
     api.FrameEnded("s1"),
     api.Started("s1"),
     api.Failed("s1", "GLContextError: no OpenGL context"),

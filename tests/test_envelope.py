@@ -396,7 +396,38 @@ TYPED_ACTIONS: list[Any] = [
     E.GetPreview("s", "thumbs"),
     E.SubscribePreview("s", "thumbs"),
     E.UnsubscribePreview("s", "thumbs"),
+    E.SubscribePreview("s", "comp", 640, 15.0),
+    E.GetSchema(),
+    E.ExportPipeline("s"),
+    E.ParsePipeline("nodes: {}\n", "toml"),
+    E.ListExamples(),
+    E.ListAssets(),
 ]
+
+
+@pytest.mark.parametrize(
+    ("payload", "path"),
+    [
+        ({"max_width": "640"}, "/payload/max_width"),
+        ({"max_width": 640.5}, "/payload/max_width"),
+        ({"max_width": True}, "/payload/max_width"),
+        ({"max_width": 8}, "/payload/max_width"),
+        ({"max_fps": 0}, "/payload/max_fps"),
+        ({"max_fps": None}, "/payload/max_fps"),
+    ],
+)
+def test_bad_preview_options(payload: dict[str, Any], path: str) -> None:
+    err = action_error("subscribepreview", session_id="s", node_id="comp", **payload)
+    assert (err.code, err.path) == (ErrorCode.BAD_ENVELOPE, path)
+
+
+def test_pipeline_file_actions_name_their_bad_fields() -> None:
+    assert action_error("exportpipeline", session_id="s", format="xml").path == "/payload/format"
+    assert action_error("parsepipeline", text="", format="yaml").path == "/payload/text"
+    assert action_error("parsepipeline", text=5).path == "/payload/text"
+    assert action_error("getschema", extra=1).path == "/payload/extra"
+    assert action_error("listassets", extra=1).path == "/payload/extra"
+    assert action_error("listexamples", extra=1).path == "/payload/extra"
 
 
 @pytest.mark.parametrize("action", TYPED_ACTIONS, ids=lambda a: type(a).__name__)

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import sysconfig
 import tomllib
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -209,6 +210,14 @@ def test_installed_wheel_serves_and_stops_on_sigterm(installed: tuple[Path, dict
                     break
             else:
                 pytest.fail(f"the installed daemon ended before serving (exit {daemon.wait()}):\n{''.join(seen)[-3000:]}")
+            panel = next((line for line in daemon.stderr if line.startswith(("panel: ", "compositord: serving"))), "")
+            if panel.startswith("compositord: serving"):  # the printed line, after the log's
+                panel = daemon.stderr.readline()
+            assert panel.startswith("panel: http://"), panel
+            # The web panel's files are package data: the installed daemon serves them.
+            for path in ("", "app.js", "causal.js", "favicon.ico"):
+                with urllib.request.urlopen(panel.removeprefix("panel: ").strip() + path, timeout=10) as response:
+                    assert response.status == 200 and response.read(), path
             daemon.send_signal(signal.SIGTERM)
             rest = daemon.stderr.read()
             assert daemon.wait(timeout=30) == 0, "".join(seen)[-2000:] + rest[-2000:]

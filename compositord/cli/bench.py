@@ -36,6 +36,10 @@ def _runner(name: str) -> Callable[[BenchOptions], dict[str, Any]]:
         from compositord.perf import scenario_latency
 
         return scenario_latency.run
+    if name == "panel_preview":
+        from compositord.perf import scenario_panel_preview
+
+        return scenario_panel_preview.run
     from compositord.perf import scenario_scaling
 
     return scenario_scaling.run
@@ -44,8 +48,9 @@ def _runner(name: str) -> Callable[[BenchOptions], dict[str, Any]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "scenario",
-        choices=(*SCENARIOS, "all", "soak"),
-        help="what to measure (all: the four scenarios in turn; soak: perf/soak.py, long-running, not part of all)",
+        choices=(*SCENARIOS, "all", "soak", "panel_preview"),
+        help="what to measure (all: the four scenarios in turn; soak: perf/soak.py, long-running, not part of all; "
+        "panel_preview: the web panel's preview in headless Chromium, not part of all)",
     )
     parser.add_argument(
         "--compare", action="store_true", help="also run the workload in FFmpeg / GStreamer (when installed), interleaved"
@@ -63,7 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-startup-correction", action="store_true", help="do not subtract a peer's measured process start-up time"
     )
     parser.add_argument(
-        "--seconds", type=float, default=None, help="control_latency: seconds of edits per configuration (default 8, --quick 1)"
+        "--seconds",
+        type=float,
+        default=None,
+        help="control_latency: seconds of edits per configuration (default 8, --quick 1); panel_preview: seconds per phase",
     )
     parser.add_argument(
         "--observers",

@@ -79,6 +79,7 @@ class _PrintAddress:
         shown_host = f"[{host}]" if ":" in host else host
         # stderr: stdout may carry a sink::y4m with path "-" (raw video for a pipe).
         print(f"compositord: serving ws://{shown_host}:{port}/api/v1/control", file=sys.stderr, flush=True)
+        print(f"panel: http://{shown_host}:{port}/", file=sys.stderr, flush=True)
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

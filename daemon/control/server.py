@@ -9,7 +9,10 @@ connections (or shutting down) 503, a malformed upgrade 400; every answer
 carries ``X-Compositord-Protocol: 1``. An accepted upgrade is handed to
 wsproto (``websocket.accept_upgrade``) and runs as one :class:`Connection`.
 Any other request is answered by the router (``router.py``, the table in
-:meth:`ControlServer.routes`).
+:meth:`ControlServer.routes`): with a token set, every path but the public
+ones (the panel's files, ``/healthz``) first needs ``Authorization: Bearer``
+(401 otherwise). A browser presents the token as a subprotocol and the
+panel's own origin is admitted (``browser_auth.py``).
 
 Bounded: at most ``max_connections`` WebSocket connections, and at most
 ``MAX_HTTP_STREAMS`` more TCP connections on their way to one (or asking
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from urllib.parse import parse_qs, urlsplit
@@ -31,7 +34,7 @@ import h11
 import trio
 from wsproto.utilities import RemoteProtocolError as WebSocketHandshakeError
 
-from compositord.daemon.control import streamkit_http
+from compositord.daemon.control import browser_auth, streamkit_http
 from compositord.daemon.control.connection import CLOSE_GOING_AWAY, Connection, ConnectionLimits, Dispatcher
 from compositord.daemon.control.http import PROTOCOL_VERSION_HEADER, HttpConnection, HttpRequest, HttpResponse
 from compositord.daemon.control.router import Handler, Router
@@ -64,14 +67,23 @@ class Refusal:
 
 
 def check_handshake(
-    path: str, headers: Iterable[tuple[bytes, bytes]], options: ServerOptions, open_connections: int
+    path: str,
+    headers: Iterable[tuple[bytes, bytes]],
+    options: ServerOptions,
+    open_connections: int,
+    *,
+    bound_port: int | None = None,
 ) -> Refusal | None:
-    """Why this upgrade request is refused, or None to accept it. Pure: tested without sockets."""
+    """Why this upgrade request is refused, or None to accept it. Pure: tested without sockets.
+
+    ``bound_port``: the port the daemon listens on; with it, the daemon's own origin (the panel's) is
+    admitted besides ``options.allowed_origins``.
+    """
     url = urlsplit(path)
     if url.path != CONTROL_PATH:
         return Refusal(404, f"no endpoint at {url.path}; use {CONTROL_PATH}")
     headers = list(headers)
-    refusal = check_access(path, headers, options)
+    refusal = check_access(path, headers, options, bound_port=bound_port)
     if refusal is not None:
         return refusal
     try:
@@ -83,28 +95,55 @@ def check_handshake(
     return None
 
 
-def check_access(target: str, headers: Iterable[tuple[bytes, bytes]], options: ServerOptions) -> Refusal | None:
-    """The bearer token (401) and Origin (403) rules, the same for the WebSocket handshake and the API routes."""
+def check_access(
+    target: str, headers: Iterable[tuple[bytes, bytes]], options: ServerOptions, *, bound_port: int | None = None
+) -> Refusal | None:
+    """The bearer token (401) and Origin (403) rules, the same for the WebSocket handshake and the API routes.
+
+    ``bound_port``: the port the daemon listens on; with it, the daemon's own origin (the panel's) is
+    admitted besides ``options.allowed_origins``.
+    """
     header_map: dict[str, str] = {}
+    subprotocol_headers: list[str] = []
     for name, value in headers:
-        header_map.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        key = name.decode("latin-1").lower()
+        header_map.setdefault(key, value.decode("latin-1"))
+        if key == "sec-websocket-protocol":
+            subprotocol_headers.append(value.decode("latin-1"))
     if options.token is not None:
-        presented = _presented_token(header_map.get("authorization"), urlsplit(target).query)
-        # compare_digest on bytes: constant time whatever the characters are.
-        if presented is None or not hmac.compare_digest(presented.encode(), options.token.encode()):
+        presented = _presented_token(header_map.get("authorization"), urlsplit(target).query, subprotocol_headers)
+        if not token_matches(presented, options.token):
             return Refusal(401, "missing or wrong bearer token")
     origin = header_map.get("origin")
-    if origin is not None and origin not in options.allowed_origins:
+    if (
+        origin is not None
+        and origin not in options.allowed_origins
+        and not (bound_port is not None and browser_auth.is_own_origin(origin, header_map.get("host"), options.host, bound_port))
+    ):
         return Refusal(403, f"origin {origin!r} is not allowed")
     return None
 
 
-def _presented_token(authorization: str | None, query: str) -> str | None:
-    if authorization is not None:
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
-            return credentials.strip()
+def token_matches(presented: str | None, token: str) -> bool:
+    # compare_digest on bytes: constant time whatever the characters are.
+    return presented is not None and hmac.compare_digest(presented.encode(), token.encode())
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer`` header; None for another scheme or none."""
+    if authorization is None:
         return None
+    scheme, _, credentials = authorization.partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
+
+
+def _presented_token(authorization: str | None, query: str, subprotocol_headers: list[str]) -> str | None:
+    """The header decides when there is one; then a browser's token subprotocol; then the ``token`` query parameter."""
+    if authorization is not None:
+        return bearer_token(authorization)
+    from_subprotocol = browser_auth.token_from_subprotocols(browser_auth.offered_subprotocols(subprotocol_headers))
+    if from_subprotocol is not None:
+        return from_subprotocol
     values = parse_qs(query).get("token")
     return values[0] if values else None
 
@@ -113,9 +152,20 @@ class ControlServer:
     """Accepts TCP connections: WebSocket clients run as a :class:`Connection` served by ``dispatcher``,
     plain HTTP requests are answered by :meth:`routes`."""
 
-    def __init__(self, options: ServerOptions, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        options: ServerOptions,
+        dispatcher: Dispatcher,
+        *,
+        routes: Mapping[tuple[str, str], Handler] | None = None,
+        public_paths: Iterable[str] = (),
+    ) -> None:
+        """``routes``: plain HTTP endpoints besides the WebSocket's; ``public_paths``: those that need no token."""
         self.options = options
         self._dispatcher = dispatcher
+        self._extra_routes = dict(routes or {})
+        self._public_paths = frozenset(public_paths)
+        self._bound_port: int | None = None
         self._connections: set[Connection] = set()
         self._no_connections = trio.Event()
         self._no_connections.set()
@@ -128,19 +178,27 @@ class ControlServer:
         return frozenset(self._connections)
 
     def routes(self) -> dict[tuple[str, str], Handler]:
-        """Plain HTTP: ``(method, path) -> handler``. The web panel's files, ``/metrics`` and ``/healthz`` go here."""
+        """Plain HTTP: ``(method, path) -> handler``: the WebSocket path's 426, StreamKit's API
+        (``streamkit_http.py``) and the routes given at construction (the panel, ``/metrics``, ``/healthz``)."""
         routes: dict[tuple[str, str], Handler] = {("GET", CONTROL_PATH): _upgrade_required}
         routes.update(streamkit_http.routes(self._check_access, self._dispatcher))
+        routes.update(self._extra_routes)
         return routes
 
     def _check_access(self, target: str, headers: Iterable[tuple[bytes, bytes]]) -> Refusal | None:
-        return check_access(target, headers, self.options)
+        return check_access(target, headers, self.options, bound_port=self._bound_port)
+
+    @property
+    def accepting(self) -> bool:
+        """False once :meth:`close_all` began (shutting down)."""
+        return self._accepting
 
     async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``task_status.started((host, port))`` once bound."""
         listeners = await trio.open_tcp_listeners(self.options.port, host=self.options.host)
         address = listeners[0].socket.getsockname()
         host, port = str(address[0]), int(address[1])
+        self._bound_port = port
         log.info("serving ws://%s:%d%s", host, port, CONTROL_PATH)
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(trio.serve_listeners, self._serve_stream, listeners))
@@ -170,19 +228,38 @@ class ControlServer:
                     return  # the WebSocket connection ran and closed its stream
                 await connection.finish()
                 return
-            if request is None or not await connection.respond(await self._router.answer(request)):
+            if request is None or not await connection.respond(await self._answer(request)):
                 await connection.finish()
                 return
+
+    async def _answer(self, request: HttpRequest) -> HttpResponse:
+        """The router's answer, once the request passes the WebSocket's own token and Origin rules
+        (:func:`check_access`), unless its path is public (the panel's files, ``/healthz``)."""
+        if request.path not in self._public_paths:
+            refusal = check_access(request.target, request.headers, self.options, bound_port=self._bound_port)
+            if refusal is not None:
+                challenge = [("www-authenticate", 'Bearer realm="compositord"')] if refusal.status == 401 else []
+                return HttpResponse.text(refusal.status, refusal.reason, challenge)
+        return await self._router.answer(request)
 
     async def _upgrade(self, stream: trio.SocketStream, http: HttpConnection, request: HttpRequest) -> bool:
         """Refuse the upgrade (False) or run the WebSocket connection it opens until it closes (True)."""
         remote = remote_of(stream)
-        refusal = check_handshake(request.target, request.headers, self.options, len(self._connections))
+        refusal = check_handshake(
+            request.target, request.headers, self.options, len(self._connections), bound_port=self._bound_port
+        )
         if refusal is None and not self._accepting:
             refusal = Refusal(503, "shutting down")
         if refusal is None:
+            offered = browser_auth.offered_subprotocols(
+                [value.decode("latin-1") for name, value in request.headers if name == b"sec-websocket-protocol"]
+            )
+            # A browser must get one of the subprotocols it offered back, or it drops the connection.
+            subprotocol = browser_auth.SUBPROTOCOL if browser_auth.SUBPROTOCOL in offered else None
             try:
-                protocol, accepted = accept_upgrade(list(request.headers), request.target, [PROTOCOL_VERSION_HEADER])
+                protocol, accepted = accept_upgrade(
+                    list(request.headers), request.target, [PROTOCOL_VERSION_HEADER], subprotocol=subprotocol
+                )
             except (WebSocketHandshakeError, h11.LocalProtocolError) as exc:
                 refusal = Refusal(400, f"not a WebSocket handshake: {exc}")
         if refusal is not None:

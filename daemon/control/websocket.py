@@ -109,10 +109,15 @@ def remote_of(stream: trio.SocketStream) -> str:
 
 
 def accept_upgrade(
-    headers: list[tuple[bytes, bytes]], target: str, extra_headers: list[tuple[bytes, bytes]]
+    headers: list[tuple[bytes, bytes]],
+    target: str,
+    extra_headers: list[tuple[bytes, bytes]],
+    *,
+    subprotocol: str | None = None,
 ) -> tuple[WSConnection, bytes]:
     """Take over an upgrade request parsed elsewhere (h11): the wsproto connection and its 101 response.
 
+    ``subprotocol``: the one to select, from those the request offered (None: select none).
     Raises ``wsproto.utilities.RemoteProtocolError`` (or h11's ``LocalProtocolError``, for a request
     h11 accepted as HTTP/1.0 but that cannot be replayed as an upgrade) when the request is not a valid
     WebSocket upgrade; the caller answers 400 with its message.
@@ -122,7 +127,7 @@ def accept_upgrade(
     for _ in connection.events():  # the Request event: checked already by the caller (path, token, origin)
         pass
     # No extension is accepted: every server frame is then the same bytes for every client (outgoing.py).
-    return connection, connection.send(AcceptConnection(extra_headers=extra_headers))
+    return connection, connection.send(AcceptConnection(subprotocol=subprotocol, extra_headers=extra_headers))
 
 
 class ServerWebSocket:

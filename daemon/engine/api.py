@@ -69,12 +69,30 @@ class ForgetSender:
 
 
 @dataclass(frozen=True, slots=True)
+class StartCompositorPreview:
+    """Make JPEG thumbnails of a compositor's output, at most ``max_width`` wide and ``max_fps`` a second,
+    reported as :class:`CompositorPreviewUpdated` until :class:`StopCompositorPreview` (or the node goes).
+    Ephemeral: no node in the pipeline, nothing stored."""
+
+    preview_id: str
+    node_id: str
+    max_width: int
+    max_fps: float
+    quality: int = 70
+
+
+@dataclass(frozen=True, slots=True)
+class StopCompositorPreview:
+    preview_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """Finish: release everything, finish the sinks' files. :meth:`Engine.stop` submits it and waits."""
 
 
 # What Engine.submit takes. Every one is non-blocking and latched by the engine at its next frame start.
-Command = ParamsUpdate | BatchUpdate | TopologyUpdate | ForgetSender | Stop
+Command = ParamsUpdate | BatchUpdate | TopologyUpdate | ForgetSender | StartCompositorPreview | StopCompositorPreview | Stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +172,18 @@ class PreviewUpdated:
 
 
 @dataclass(frozen=True, slots=True)
+class CompositorPreviewUpdated:
+    """A thumbnail of a compositor preview (:class:`StartCompositorPreview`); ``rendered_at`` is the wall
+    clock (time.time()) when its frame finished rendering."""
+
+    session_id: str
+    preview_id: str
+    node_id: str
+    image: PreviewImage
+    rendered_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class FrameEnded:
     """The engine finished a frame; emitted after that frame's view data."""
 
@@ -176,7 +206,7 @@ class Failed:
     message: str
 
 
-Event = ViewData | NodeStats | NodeState | PreviewUpdated | FrameEnded | Started | Failed
+Event = ViewData | NodeStats | NodeState | PreviewUpdated | CompositorPreviewUpdated | FrameEnded | Started | Failed
 
 
 @dataclass(frozen=True, slots=True)

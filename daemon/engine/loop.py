@@ -55,7 +55,9 @@ from compositord.daemon.engine.render import gl_context
 from compositord.daemon.engine.render import renderer as renderer_module
 from compositord.daemon.engine.render.frames import OutputFrame, SourceFrame
 from compositord.daemon.engine.render.scene import resolve_scene
+from compositord.daemon.engine.render_times import RenderTimeHistogram
 from compositord.daemon.engine.sinks.base import Sink
+from compositord.daemon.engine.sinks.compositor_preview import CompositorPreviews
 from compositord.daemon.engine.sinks.sink_set import SinkSet
 from compositord.daemon.engine.sources.base import FrameSource, SourceContext
 from compositord.daemon.engine.sources.push import PushInlets, source_frame_from_pushed
@@ -78,9 +80,11 @@ class _Inbox:
     last_stamp: dict[str, Stamp] = field(default_factory=dict)  # node -> last stamp submitted
     topology: SessionRecord | None = None
     forget: set[str] = field(default_factory=set)
+    # Compositor previews to start and stop, in the order asked (a start and a stop of one id may both wait).
+    previews: list[api.StartCompositorPreview | api.StopCompositorPreview] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not (self.params or self.stamps or self.topology is not None or self.forget)
+        return not (self.params or self.stamps or self.topology is not None or self.forget or self.previews)
 
 
 @dataclass
@@ -90,6 +94,7 @@ class _CompositorState:
     last_layout: dict[str, Any] | None = None
     view_seq: int = 0
     render_ms: deque[float] = field(default_factory=lambda: deque(maxlen=RENDER_MS_WINDOW))
+    render_histogram: RenderTimeHistogram = field(default_factory=RenderTimeHistogram)
     error: str | None = None
     params_source: dict[str, Any] | None = None  # the durable params `full` was made from
     full: dict[str, Any] = field(default_factory=dict)  # with defaults
@@ -149,6 +154,7 @@ class RenderLoop:
         self._media_time = 0.0  # the current frame's slot on the loop's clock (seconds), for sink timestamps
         # Sinks report errors and previews from their own threads through the outbox.
         self._sinks = SinkSet(self._report_node_state, self._report_preview, output_dir=output_dir)
+        self._compositor_previews = CompositorPreviews(self._report_compositor_preview)  # render thread
 
     # ------------------------------------------------------------------ trio side (api.Engine)
 
@@ -185,6 +191,10 @@ class RenderLoop:
                 self._set_topology(snapshot)
         elif isinstance(command, api.ForgetSender):
             self._forget_sender(command.sender)
+        elif isinstance(command, (api.StartCompositorPreview, api.StopCompositorPreview)):
+            with self._inbox_lock:
+                # Bounded: the control side starts one preview per compositor, size and rate, and stops it once.
+                self._inbox.previews.append(command)
         elif isinstance(command, api.Stop):
             self._stop.set()
         else:
@@ -294,6 +304,12 @@ class RenderLoop:
     def _report_preview(self, node_id: str, image: api.PreviewImage) -> None:
         self._emit(api.PreviewUpdated(self.session_id, node_id, image), node_id)
 
+    def _report_compositor_preview(self, preview_id: str, node_id: str, image: api.PreviewImage, rendered_at: float) -> None:
+        # Keyed by preview: two previews of one compositor (two sizes) must not replace each other's image.
+        self._emit(
+            api.CompositorPreviewUpdated(self.session_id, preview_id, node_id, image, rendered_at), f"preview:{preview_id}"
+        )
+
     def _report_started(self) -> None:
         if not self._start_reported:
             self._start_reported = True
@@ -325,6 +341,7 @@ class RenderLoop:
             for source in sources.values():
                 _close_source(source)
             self._sinks.close_all(SINK_CLOSE_TIMEOUT)  # files get their trailers before the loop counts as stopped
+            self._compositor_previews.close_all(SINK_CLOSE_TIMEOUT)
             if ctx is not None:
                 ctx.release()
             if failure is None and not self._start_reported:
@@ -397,6 +414,11 @@ class RenderLoop:
             self._session.nodes[node_id] = NodeRecord(node_id, node.kind, node_params, node.seq)
             changed_sources.add(node_id)
         self._sync_topology(ctx, compositors, sources, changed_sources)
+        for command in inbox.previews:
+            if isinstance(command, api.StopCompositorPreview):
+                self._compositor_previews.stop(command.preview_id)
+            elif command.node_id in compositors:
+                self._compositor_previews.start(command)
         if inbox.topology is not None:
             # A node removed and added again between two frames looks unchanged here, but the
             # session forgot its error with the removal: say again what is still wrong.
@@ -466,6 +488,7 @@ class RenderLoop:
                 self._configure_source(node_id, node, implementation, sources)
         self._fps = max(fps_values) if fps_values else IDLE_FPS
         self._sinks.sync(self._session, changed_sources)
+        self._compositor_previews.retain(compositors)
 
     def _configure_source(
         self, node_id: str, node: NodeRecord, implementation: registry.SourceKind, sources: dict[str, FrameSource]
@@ -543,6 +566,7 @@ class RenderLoop:
                 except Exception as exc:  # a sink's bug must not stop the pipeline
                     error = f"output listener {getattr(listener, '__qualname__', listener)!s} failed: {exc}"
             self._sinks.deliver(node_id, output, self._media_time, self._fps)
+            self._compositor_previews.deliver(node_id, output, self._media_time, self._fps)
             layout = scene.layout()
             if layout != state.last_layout or stamp is not None:
                 state.last_layout = layout
@@ -559,6 +583,7 @@ class RenderLoop:
         for node_id, state in compositors.items():
             samples = np.fromiter(state.render_ms, dtype=float)
             state.render_ms.clear()
+            state.render_histogram.observe(samples)
             p50, p90, p99 = np.percentile(samples, [50, 90, 99]) if samples.size else (0.0, 0.0, 0.0)
             stats = {
                 "frames_rendered": self._frames_rendered,
@@ -568,6 +593,7 @@ class RenderLoop:
                 "render_ms_p50": round(float(p50), 3),
                 "render_ms_p90": round(float(p90), 3),
                 "render_ms_p99": round(float(p99), 3),
+                "render_histogram": state.render_histogram.as_stats(),
             }
             self._emit(api.NodeStats(self.session_id, node_id, stats), node_id)
         for node_id, stats in self._sinks.stats().items():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from compositord.daemon.control.connection import Connection
-from compositord.daemon.sessions import queries
+from compositord.daemon.sessions import assets, pipeline_files, queries
 from compositord.daemon.sessions.live import LiveSessions
+from compositord.daemon.sessions.observer import SessionObserver
 from compositord.daemon.sessions.previews import Previews
 from compositord.daemon.sessions.refusals import Refusal
 from compositord.daemon.sessions.structure import Structure
@@ -19,8 +21,18 @@ log = logging.getLogger(__name__)
 
 
 class Dispatch:
-    def __init__(self, live: LiveSessions, tunes: Tunes, structure: Structure, previews: Previews) -> None:
+    def __init__(
+        self,
+        live: LiveSessions,
+        tunes: Tunes,
+        structure: Structure,
+        previews: Previews,
+        observer: SessionObserver,
+        asset_dir: Path | None = None,
+    ) -> None:
         self._live = live
+        self._asset_dir = asset_dir
+        self._observer = observer
         self._tunes = tunes
         self._structure = structure
         self._previews = previews
@@ -78,13 +90,27 @@ class Dispatch:
         if isinstance(action, envelope.DestroySession):
             return await self._structure.destroysession(action, cid)
         if isinstance(action, envelope.TuneNode):
-            return await self._tunes.tunenode(connection, action, cid)
+            response = await self._tunes.tunenode(connection, action, cid)  # a refused tune raises
+            self._observer.tunes_applied(action.session_id, 1)
+            return response
         if isinstance(action, envelope.ApplyBatch):
-            return await self._tunes.applybatch(connection, action, cid)
+            response = await self._tunes.applybatch(connection, action, cid)
+            self._observer.tunes_applied(action.session_id, sum(isinstance(op, envelope.TuneNode) for op in action.operations))
+            return response
         if isinstance(action, (envelope.GetPreview, envelope.SubscribePreview, envelope.UnsubscribePreview)):
             return self._previews.handle(connection, action, cid)
         if isinstance(action, (envelope.AddNode, envelope.RemoveNode, envelope.Connect, envelope.Disconnect)):
             return await self._structure.change(action, cid)
+        if isinstance(action, envelope.GetSchema):
+            return pipeline_files.getschema(cid)
+        if isinstance(action, envelope.ExportPipeline):
+            return pipeline_files.exportpipeline(self._live, action, cid)
+        if isinstance(action, envelope.ParsePipeline):
+            return pipeline_files.parsepipeline(action, cid)
+        if isinstance(action, envelope.ListExamples):
+            return pipeline_files.listexamples(cid)
+        if isinstance(action, envelope.ListAssets):
+            return await assets.listassets(self._asset_dir, cid)
         raise LocalProtocolError(f"no handler for {type(action).__name__}")
 
 

@@ -13,6 +13,7 @@ import logging
 
 from compositord.daemon.engine import api
 from compositord.daemon.sessions.live import LiveSessions
+from compositord.daemon.sessions.observer import SessionObserver
 from compositord.daemon.sessions.previews import Previews
 from compositord.protocol import causal, envelope
 
@@ -20,9 +21,10 @@ log = logging.getLogger(__name__)
 
 
 class EngineEventHandler:
-    def __init__(self, live: LiveSessions, previews: Previews) -> None:
+    def __init__(self, live: LiveSessions, previews: Previews, observer: SessionObserver) -> None:
         self._live = live
         self._previews = previews
+        self._observer = observer
 
     def on_event(self, event: api.Event) -> None:
         # The most frequent first: a frame end every frame, view data whenever the layout moves.
@@ -32,6 +34,7 @@ class EngineEventHandler:
             self._view_data(event)
         elif isinstance(event, api.NodeStats):
             if event.session_id in self._live:
+                self._observer.node_stats(event.session_id, event.node_id, event.stats)
                 self._live.publish(
                     envelope.node_stats_updated(event.session_id, event.node_id, event.stats),
                     (event.session_id, event.node_id, "stats"),
@@ -40,6 +43,8 @@ class EngineEventHandler:
             self._node_state(event)
         elif isinstance(event, api.PreviewUpdated):
             self._previews.deliver(event)
+        elif isinstance(event, api.CompositorPreviewUpdated):
+            self._previews.deliver_compositor(event)
         elif isinstance(event, api.Started):
             log.debug("session %s: first frame rendered", event.session_id)
         elif isinstance(event, api.Failed) and event.session_id in self._live:

@@ -23,6 +23,17 @@ from compositord.protocol.causal import AckBook
 
 
 @dataclass
+class CompositorWatch:
+    """An ephemeral preview of a compositor's output (``subscribepreview`` of a compositor node) and the
+    connections that watch it; one per node, width and rate, shared by every connection that asks for those."""
+
+    node_id: str
+    max_width: int
+    max_fps: float
+    subscribers: set[Connection] = field(default_factory=set)
+
+
+@dataclass
 class LiveSession:
     """What the service keeps per running session besides the store's records."""
 
@@ -40,6 +51,7 @@ class LiveSession:
     node_errors: dict[str, str] = field(default_factory=dict)  # nodes in the error state, with why
     node_conditions: dict[str, str] = field(default_factory=dict)  # live inputs: "connecting" or "live"
     preview_subscribers: dict[str, set[Connection]] = field(default_factory=dict)  # sink::preview node -> connections
+    compositor_previews: dict[str, CompositorWatch] = field(default_factory=dict)  # by preview id
 
     def book(self, node_id: str) -> AckBook:
         found = self.acks.get(node_id)
@@ -56,6 +68,8 @@ class LiveSession:
             self.node_errors.pop(node_id, None)
             self.node_conditions.pop(node_id, None)
             self.preview_subscribers.pop(node_id, None)
+        # The engine stops the previews of compositors it no longer has.
+        self.compositor_previews = {p: w for p, w in self.compositor_previews.items() if w.node_id not in node_ids}
 
 
 class LiveSessions:

@@ -22,11 +22,12 @@ import trio
 from compositord.daemon.control.connection import Connection
 from compositord.daemon.control.hub import Hub
 from compositord.daemon.engine import api
-from compositord.daemon.sessions import queries
+from compositord.daemon.sessions import health, queries
 from compositord.daemon.sessions.dispatch import Dispatch
 from compositord.daemon.sessions.engine_events import EngineEventHandler
 from compositord.daemon.sessions.inline_images import InlineImages
 from compositord.daemon.sessions.live import LiveSessions
+from compositord.daemon.sessions.observer import NoObserver, SessionObserver
 from compositord.daemon.sessions.previews import Previews
 from compositord.daemon.sessions.pushed_frames import PushedFrames
 from compositord.daemon.sessions.structure import Structure
@@ -49,6 +50,7 @@ class SessionService:
         *,
         retired_acks_grace_s: float = causal.RETIRED_ACKS_GRACE_S,
         max_retired_acks: int = causal.MAX_RETIRED_ACKS,
+        observer: SessionObserver | None = None,
         asset_dir: Path | None = None,
     ) -> None:
         # Rule S7: how long and how many closed senders' params acks getpipeline still reports, per node.
@@ -62,11 +64,12 @@ class SessionService:
         images = InlineImages(asset_dir)
         self._live = LiveSessions(store, hub, make_book, images.base64_of)
         self._previews = Previews(self._live)
-        self._engine_events = EngineEventHandler(self._live, self._previews)
+        observer = observer if observer is not None else NoObserver()
+        self._engine_events = EngineEventHandler(self._live, self._previews, observer)
         self._tunes = Tunes(self._live, images)
         self._pushed_frames = PushedFrames(self._live)
         structure = Structure(self._live, self.open_session, images)
-        self._dispatch = Dispatch(self._live, self._tunes, structure, self._previews)
+        self._dispatch = Dispatch(self._live, self._tunes, structure, self._previews, observer, asset_dir)
 
     # ------------------------------------------------------------------ engines
 
@@ -79,6 +82,10 @@ class SessionService:
         live = self._live.get(session_id)
         fps = live.engine.statistics().fps if live is not None else 0
         return 1.0 / fps if fps > 0 else None
+
+    def problems(self) -> list[dict[str, Any]]:
+        """What is wrong with the running pipelines (``sessions.health``); [] when all is well."""
+        return health.problems(self._live)
 
     async def open_session(self, record: SessionRecord) -> None:
         """Start the engine of a session that is in the store; returns after its first frame."""

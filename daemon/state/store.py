@@ -252,13 +252,16 @@ class Store:
         commit_interval: float = GROUP_COMMIT_INTERVAL,
         queue_capacity: int = QUEUE_CAPACITY,
         busy_timeout: float = 5.0,
+        commit_observer: Callable[[float], None] | None = None,
     ) -> None:
+        """``commit_observer(seconds)``: called on the writer thread with each COMMIT's duration (metrics)."""
         if queue_capacity < 1:
             raise ValueError("queue_capacity must be at least 1")
         self.state_dir = Path(state_dir)
         self.db_path = database_path(self.state_dir)
         self._commit_interval = commit_interval
         self._busy_timeout = busy_timeout  # how long the writer waits for a lock another process holds
+        self._commit_observer = commit_observer
         self._capacity = queue_capacity
         # One extra place for the stop sentinel, which must never wait for a slot.
         self._inbox = _WriterInbox()  # bounded by the slots: a change takes one before it is put
@@ -646,8 +649,11 @@ class Store:
                 waited_on = any(item.done is not None for item in items)
                 if uncommitted and (stopping or waited_on or due):
                     if conn.in_transaction:
+                        commit_started = time.monotonic()
                         conn.execute("COMMIT")
                         self._stats.commits += 1
+                        if self._commit_observer is not None:
+                            self._commit_observer(time.monotonic() - commit_started)
                     for waiting in uncommitted:
                         self._finish(waiting, None)
                     uncommitted = []

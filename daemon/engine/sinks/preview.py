@@ -28,6 +28,16 @@ def thumbnail_size(width: int, height: int, max_width: int) -> tuple[int, int]:
     return max_width, max(1, round(height * max_width / width))
 
 
+def encode_thumbnail(item: SinkFrame, max_width: int, quality: int) -> PreviewImage:
+    """A JPEG of ``item``'s frame, at most ``max_width`` wide (aspect kept)."""
+    frame = item.frame
+    width, height = thumbnail_size(frame.width, frame.height, max_width)
+    rgb = convert.to_rgb(frame, width, height)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buffer, format="JPEG", quality=quality)
+    return PreviewImage(buffer.getvalue(), width, height, frame.frame_number, item.media_time, time.time())
+
+
 class PreviewSink(Sink):
     kind = "sink::preview"
     queue_capacity = 1
@@ -43,12 +53,7 @@ class PreviewSink(Sink):
 
     def write(self, item: SinkFrame) -> None:
         started = time.monotonic()
-        frame = item.frame
-        width, height = thumbnail_size(frame.width, frame.height, int(self.params.get("max_width", 320)))
-        rgb = convert.to_rgb(frame, width, height)
-        buffer = io.BytesIO()
-        Image.fromarray(rgb, "RGB").save(buffer, format="JPEG", quality=int(self.params.get("quality", 75)))
-        image = PreviewImage(buffer.getvalue(), width, height, frame.frame_number, item.media_time, time.time())
+        image = encode_thumbnail(item, int(self.params.get("max_width", 320)), int(self.params.get("quality", 75)))
         self.latest = image
         if self._on_image is not None:
             self._on_image(self.node_id, image)
