@@ -381,6 +381,10 @@ def test_compositor_defaults() -> None:
         "output_format": "rgba8",
         "text_overlays": [],
         "image_overlays": [],
+        "scenes": {},
+        "program_scene": None,
+        "preview_scene": None,
+        "transition": {"kind": "cut", "duration_ms": 500, "easing": "linear", "direction": "left"},
     }
     assert list(full["layers"]) == ["in_0", "in_1"]
     assert full["layers"]["in_1"] == {
@@ -458,7 +462,7 @@ def test_local_misuse_of_an_unknown_kind_is_a_local_error() -> None:
 
 def test_pins_and_roles() -> None:
     assert params.role(COMP) == params.COMPOSITOR and params.role("sink::y4m") == params.SINK
-    assert params.output_pins("video::colorbars") == ("out",) and params.output_pins(COMP) == ("out",)
+    assert params.output_pins("video::colorbars") == ("out",) and params.output_pins(COMP) == ("out", "preview")
     assert params.output_pins("sink::file") == ()
     assert params.input_pins(COMP, {}) == ("in_0", "in_1")
     assert params.input_pins(COMP, {"num_inputs": 0}) == ()

@@ -74,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
     from compositord.daemon.config import ConfigError, load_pipeline
     from compositord.protocol import params as protocol_params
     from compositord.protocol.params import COMPOSITOR_KIND
+    from compositord.protocol.scenes import scene_params
 
     try:
         pipeline = load_pipeline(args.scene)
@@ -132,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
     from compositord.daemon.engine.render.scene import resolve_scene
 
     params = protocol_params.with_defaults(COMPOSITOR_KIND, nodes[node_id]["params"])
-    scene = resolve_scene(params, frames, asset_dir=asset_dir)
+    scene = resolve_scene(scene_params(params, params["program_scene"]), frames, asset_dir=asset_dir)
     warnings.extend(f"overlay {overlay_id}: {message}" for overlay_id, message in scene.errors)
     try:
         ctx = create_context(args.device)

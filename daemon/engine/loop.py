@@ -61,6 +61,7 @@ from compositord.daemon.engine.sources.base import FrameSource, SourceContext
 from compositord.daemon.engine.sources.push import PushInlets, source_frame_from_pushed
 from compositord.daemon.state.model import NodeRecord, SessionRecord
 from compositord.protocol import params as params_schema
+from compositord.protocol import scenes
 from compositord.protocol.causal import AckBook, Stamp
 from compositord.protocol.errors import RemoteProtocolError
 from compositord.protocol.params import COMPOSITOR_KIND, PUSH_KIND
@@ -521,7 +522,8 @@ class RenderLoop:
                     frame = source.frame(t)
                     if frame is not None:  # None: nothing to show yet, the layer is left out
                         frames[pin] = frame
-            scene = resolve_scene(full, frames, asset_dir=self._asset_dir)
+            program = full["program_scene"]
+            scene = resolve_scene(scenes.scene_params(full, program), frames, asset_dir=self._asset_dir)
             output = state.renderer.render(scene, frames)
         except Exception as exc:
             error = f"frame failed: {type(exc).__name__}: {exc}"
@@ -540,6 +542,8 @@ class RenderLoop:
                     error = f"output listener {getattr(listener, '__qualname__', listener)!s} failed: {exc}"
             self._sinks.deliver(node_id, output, self._media_time, self._fps)
             layout = scene.layout()
+            if program is not None:
+                layout["scene"] = program
             if layout != state.last_layout or stamp is not None:
                 state.last_layout = layout
                 state.view_seq += 1

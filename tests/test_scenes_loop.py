@@ -1,0 +1,131 @@
+"""Scenes in a running render loop (llvmpipe, small canvases): the program scene is what the output
+and the view data show; editing another scene changes neither."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from compositord.daemon.engine import api
+from compositord.daemon.engine.loop import RenderLoop
+from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
+from compositord.protocol.causal import Stamp
+from compositord.tests.engine_recorder import EventRecorder
+from compositord.tests.sink_helpers import wait_first_frame_or_skip
+
+pytestmark = pytest.mark.gl
+
+W, H = 96, 54
+RED, BLUE = "#FF0000", "#0000FF"
+
+
+def full_rect(x: int = 0, y: int = 0, width: int = W, height: int = H) -> dict[str, Any]:
+    return {"x": x, "y": y, "width": width, "height": height}
+
+
+def scenes_params(**extra: Any) -> dict[str, Any]:
+    """Scene ``red`` shows in_0 full frame, scene ``blue`` shows in_1 full frame."""
+    return {
+        "width": W,
+        "height": H,
+        "fps": 60,
+        "scenes": {
+            "red": {"layers": {"in_0": {"rect": full_rect()}, "in_1": {"visible": False}}},
+            "blue": {"layers": {"in_0": {"visible": False}, "in_1": {"rect": full_rect(), "aspect_fit": False}}},
+        },
+        "program_scene": "red",
+        **extra,
+    }
+
+
+def scenes_session(comp_params: dict[str, Any]) -> SessionRecord:
+    solid = {"width": W, "height": H, "pattern": "solid"}
+    return SessionRecord(
+        "s1",
+        "scenes",
+        {
+            "red": NodeRecord("red", "video::colorbars", {**solid, "color": RED}),
+            "blue": NodeRecord("blue", "video::colorbars", {**solid, "color": BLUE}),
+            "comp": NodeRecord("comp", "video::compositor", comp_params),
+        },
+        [ConnectionRecord("red", "out", "comp", "in_0"), ConnectionRecord("blue", "out", "comp", "in_1")],
+    )
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.003)
+
+
+@pytest.fixture
+async def start_loop(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    loops: list[RenderLoop] = []
+
+    async def start(session: SessionRecord, recorder: EventRecorder) -> RenderLoop:
+        loop = RenderLoop(session, recorder, trio_token=trio.lowlevel.current_trio_token(), asset_dir=tmp_path)
+        loops.append(loop)
+        loop.start()
+        await wait_first_frame_or_skip(loop)
+        return loop
+
+    yield start
+    for loop in loops:
+        loop.stop()
+
+
+def centre_pixel(loop: RenderLoop) -> tuple[int, ...]:
+    output = loop.latest_output("comp")
+    assert output is not None
+    return tuple(int(v) for v in output.as_array()[H // 2, W // 2, :3])
+
+
+async def test_the_program_scene_is_on_the_output_and_in_the_view_data(start_loop: Callable[..., Any]) -> None:
+    recorder = EventRecorder()
+    loop = await start_loop(scenes_session(scenes_params()), recorder)
+    await wait_until(lambda: recorder.views)
+    assert recorder.views[-1].layout["scene"] == "red"
+    assert [layer["id"] for layer in recorder.views[-1].layout["layers"]] == ["in_0"], "the other layer is hidden in red"
+    assert centre_pixel(loop) == (255, 0, 0)
+
+    # Editing the scene that is not on program changes neither the output nor the layout.
+    views = len(recorder.views)
+    edited = scenes_params()
+    edited["scenes"]["blue"]["layers"]["in_1"]["rect"] = full_rect(10, 10, 20, 20)
+    loop.submit(api.ParamsUpdate("comp", edited, None))
+    frames = loop.statistics().frames_rendered
+    await wait_until(lambda: loop.statistics().frames_rendered >= frames + 5)
+    assert len(recorder.views) == views and centre_pixel(loop) == (255, 0, 0)
+
+    # Editing the program scene is seen at once, with the stamp in the view data.
+    edited["scenes"]["red"]["layers"]["in_0"]["rect"] = full_rect(0, 0, W // 2, H)
+    edited["scenes"]["red"]["layers"]["in_0"]["aspect_fit"] = False
+    loop.submit(api.ParamsUpdate("comp", edited, Stamp("alice", 1)))
+    await wait_until(lambda: recorder.views[-1].stamp == Stamp("alice", 1))
+    (layer,) = recorder.views[-1].layout["layers"]
+    assert (layer["x"], layer["width"]) == (0, W // 2)
+    await wait_until(lambda: centre_pixel(loop) == (0, 0, 0))  # the right half shows the background now
+
+    # A cut (the default transition) to blue: the next frame shows it.
+    loop.submit(api.ParamsUpdate("comp", {**edited, "program_scene": "blue"}, Stamp("alice", 2)))
+    await wait_until(lambda: recorder.views[-1].stamp == Stamp("alice", 2))
+    assert recorder.views[-1].layout["scene"] == "blue"
+    assert [(layer["id"], layer["width"]) for layer in recorder.views[-1].layout["layers"]] == [("in_1", 20)]
+    output = loop.latest_output("comp")
+    assert output is not None
+    pixels = output.as_array()
+    assert tuple(pixels[20, 20, :3]) == (0, 0, 255) and tuple(pixels[40, 60, :3]) == (0, 0, 0)
+
+
+async def test_params_without_scenes_have_no_scene_in_the_view_data(start_loop: Callable[..., Any]) -> None:
+    recorder = EventRecorder()
+    loop = await start_loop(scenes_session({"width": W, "height": H, "fps": 60}), recorder)
+    await wait_until(lambda: recorder.views)
+    assert "scene" not in recorder.views[-1].layout
+    assert set(recorder.views[-1].layout) == {"canvas_width", "canvas_height", "layers", "text_overlays", "image_overlays"}
+    assert np.array_equal(loop.latest_output("comp").as_array()[0, 0, :3], [255, 0, 0])  # type: ignore[union-attr]
