@@ -607,7 +607,11 @@ _COMPOSITOR = Object(
 
 
 def _no_such_input(num_inputs: int) -> str:
-    return f"no such input: num_inputs is {num_inputs} (pins in_0 .. in_{num_inputs - 1})" if num_inputs else "no such input: num_inputs is 0"
+    return (
+        f"no such input: num_inputs is {num_inputs} (pins in_0 .. in_{num_inputs - 1})"
+        if num_inputs
+        else "no such input: num_inputs is 0"
+    )
 
 
 def _check_layer_slots(params: dict[str, Any], errors: list[FieldError]) -> None:
@@ -639,7 +643,9 @@ def _check_scenes(params: dict[str, Any], errors: list[FieldError]) -> None:
     if named:
         for key in scenes.SCENE_LAYOUT_KEYS:
             if params.get(key):
-                errors.append(FieldError(pointer.join("", key), f"must be empty when scenes is given: each scene has its own {key}"))
+                errors.append(
+                    FieldError(pointer.join("", key), f"must be empty when scenes is given: each scene has its own {key}")
+                )
 
 
 def _filled_layers(given: Mapping[str, Any], num_inputs: int) -> dict[str, Any]:
