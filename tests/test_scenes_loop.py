@@ -3,6 +3,7 @@ and the view data show; editing another scene changes neither."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,105 @@ async def test_params_without_scenes_have_no_scene_in_the_view_data(start_loop: 
     assert "scene" not in recorder.views[-1].layout
     assert set(recorder.views[-1].layout) == {"canvas_width", "canvas_height", "layers", "text_overlays", "image_overlays"}
     assert np.array_equal(loop.latest_output("comp").as_array()[0, 0, :3], [255, 0, 0])  # type: ignore[union-attr]
+
+
+async def test_view_data_during_a_transition(start_loop: Callable[..., Any]) -> None:
+    recorder = EventRecorder()
+    params = scenes_params(fps=30)
+    params["scenes"]["blue"]["layers"]["in_1"]["rect"] = full_rect(8, 4, 48, 27)
+    loop = await start_loop(scenes_session(params), recorder)
+    await wait_until(lambda: recorder.views)
+    change = {**params, "program_scene": "blue", "transition": {"kind": "push", "duration_ms": 400, "direction": "up"}}
+    loop.submit(api.ParamsUpdate("comp", change, Stamp("alice", 1)))
+    await wait_until(lambda: recorder.views[-1].layout.get("scene") == "blue" and "transition" not in recorder.views[-1].layout)
+    during = [view for view in recorder.views if "transition" in view.layout]
+    assert during, "view data names the running transition"
+    first = during[0]
+    assert first.acks == {"alice": 1}, "the ack comes with the frame the transition starts"
+    frames = 12  # 400 ms at 30 fps
+    seen = [view.layout["transition"]["frame"] for view in during]
+    assert seen == sorted(set(seen)) and seen[-1] <= frames - 1
+    for view in during:
+        transition = view.layout["transition"]
+        assert (transition["kind"], transition["direction"], transition["from"], transition["to"]) == (
+            "push",
+            "up",
+            "red",
+            "blue",
+        )
+        assert transition["frames"] == frames
+        assert transition["progress"] == pytest.approx(transition["frame"] / frames, abs=1e-6)
+        # The layout is the incoming scene's, where its params put it.
+        assert view.layout["scene"] == "blue"
+        assert [(layer["id"], layer["x"], layer["y"]) for layer in view.layout["layers"]] == [("in_1", 8, 4)]
+        assert view.acks == {"alice": 1}
+    assert [view.seq for view in recorder.views] == sorted({view.seq for view in recorder.views})
+    # After the transition, nothing moves: no more view data.
+    count = len(recorder.views)
+    frames_then = loop.statistics().frames_rendered
+    await wait_until(lambda: loop.statistics().frames_rendered >= frames_then + 5)
+    assert len(recorder.views) == count
+
+
+def recorded_session() -> SessionRecord:
+    """Bars and a ramp in two scenes with different layouts, recorded to Y4M."""
+    session = scenes_session(
+        {
+            "width": W,
+            "height": H,
+            "fps": 30,
+            "output_format": "nv12",
+            "scenes": {
+                "a": {"layers": {"in_0": {"rect": full_rect()}, "in_1": {"rect": full_rect(50, 28, 40, 22)}}},
+                "b": {
+                    "layers": {
+                        "in_1": {"rect": full_rect(), "z_index": 0},
+                        "in_0": {"rect": full_rect(10, 8, 40, 24), "rotation_degrees": 20, "opacity": 0.7, "z_index": 1},
+                    }
+                },
+            },
+            "program_scene": "a",
+        }
+    )
+    session.nodes["red"] = NodeRecord("red", "video::colorbars", {"width": W, "height": H, "pattern": "smpte"})
+    session.nodes["blue"] = NodeRecord("blue", "video::colorbars", {"width": 64, "height": 36, "pattern": "ramp"})
+    session.nodes["rec"] = NodeRecord("rec", "sink::y4m", {"path": "transition.y4m"})
+    session.connections.append(ConnectionRecord("comp", "out", "rec", "in"))
+    return session
+
+
+async def record_transition(directory: Path) -> list[np.ndarray]:
+    """Run the session, switch to scene b with a fade-and-push pair, and return the recorded frames from the
+    first one that differs from scene a."""
+    from compositord.tests.sink_helpers import decode, running_loop
+
+    session = recorded_session()
+    directory.mkdir()
+    async with running_loop(session, directory) as (loop, _):
+        frames = loop.statistics().frames_rendered
+        await wait_until(lambda: loop.statistics().frames_rendered >= frames + 3)
+        comp = session.nodes["comp"].params
+        loop.submit(
+            api.ParamsUpdate(
+                "comp",
+                {**comp, "program_scene": "b", "transition": {"kind": "push", "duration_ms": 300, "easing": "ease_in_out"}},
+                None,
+            )
+        )
+        await wait_until(lambda: loop.statistics().frames_rendered >= frames + 20)
+        sink = loop.sink("rec")
+        assert sink is not None and sink.stats()["frames_dropped"] == 0
+    recorded = decode(directory / "transition.y4m").frames
+    start = next(index for index, frame in enumerate(recorded) if not np.array_equal(frame, recorded[0]))
+    assert len(recorded) >= start + 10
+    return recorded[start : start + 10]
+
+
+async def test_a_recorded_transition_is_the_same_frame_for_frame_in_a_second_run(tmp_path: Path) -> None:
+    first = await record_transition(tmp_path / "one")
+    second = await record_transition(tmp_path / "two")
+    for index, (one, two) in enumerate(zip(first, second, strict=True)):
+        assert np.array_equal(one, two), f"frame {index} of the transition differs between the runs"
+    # The frames are the transition's: each one differs from the one before, then it holds still.
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(first[:9]))
+    assert np.array_equal(first[9], first[8])
