@@ -55,6 +55,7 @@ from compositord.protocol.frames import frame_size as frame_size
 from compositord.protocol.frames import node_id_hash as node_id_hash
 from compositord.protocol.frames import pack_frame_header as pack_frame_header
 from compositord.protocol.frames import parse_frame_header as parse_frame_header
+from compositord.protocol.scenes import ANIMATE_KEY, AnimateSpec, parse_animate
 
 PROTOCOL_VERSION = 1
 PREVIEW_CONTENT_TYPE = "image/jpeg"
@@ -504,7 +505,8 @@ class TuneNode:
     """``tunenode`` (``sync``) or ``tunenodeasync``: replace (``update``) or merge-patch (``patch``) a node's params.
 
     ``params`` has every ``_`` key stripped at any depth; ``stamp`` is the
-    ``(_sender, _rev)`` taken out of the message, or None.
+    ``(_sender, _rev)`` taken out of the message, or None; ``animate`` the
+    message's ``_animate`` (an animated edit, protocol/scenes.py), or None.
     """
 
     ACTION: ClassVar[str] = "tunenode"
@@ -514,6 +516,7 @@ class TuneNode:
     params: Mapping[str, Any]
     stamp: Stamp | None = None
     sync: bool = True
+    animate: AnimateSpec | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in (UPDATE, PATCH):
@@ -527,6 +530,8 @@ class TuneNode:
         body = dict(self.params)
         if self.stamp is not None:
             body.update(self.stamp.to_json())
+        if self.animate is not None:
+            body[ANIMATE_KEY] = self.animate.to_json()
         return {"node_id": self.node_id, "message": {self.variant: body}}
 
     def to_request(self, correlation_id: str | None = None) -> Request:
@@ -701,7 +706,8 @@ def _parse_tune(payload: Mapping[str, Any], base: str, session_id: str | None = 
     if not isinstance(body, Mapping):
         raise _bad(body_path, "must be an object")
     stamp, stripped = take_stamp(body, path=body_path)
-    return TuneNode(session, node_id, TUNE_VARIANTS[variant], stripped, stamp, sync)
+    animate = parse_animate(body[ANIMATE_KEY], pointer.join(body_path, ANIMATE_KEY)) if ANIMATE_KEY in body else None
+    return TuneNode(session, node_id, TUNE_VARIANTS[variant], stripped, stamp, sync, animate)
 
 
 def _parse_tune_async(payload: Mapping[str, Any], base: str) -> TuneNode:

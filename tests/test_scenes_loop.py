@@ -16,6 +16,7 @@ from compositord.daemon.engine import api
 from compositord.daemon.engine.loop import RenderLoop
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.protocol.causal import Stamp
+from compositord.protocol.scenes import AnimateSpec
 from compositord.tests.engine_recorder import EventRecorder
 from compositord.tests.sink_helpers import wait_first_frame_or_skip
 
@@ -232,3 +233,43 @@ async def test_a_recorded_transition_is_the_same_frame_for_frame_in_a_second_run
     # The frames are the transition's: each one differs from the one before, then it holds still.
     assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(first[:9]))
     assert np.array_equal(first[9], first[8])
+
+
+async def test_view_data_during_an_animated_edit(start_loop: Callable[..., Any]) -> None:
+    """A rect animated over 10 frames: the first view data carries the stamp and the first step, each later one
+    the layout of its frame, the last the durable value; a newer edit starts from where the layer is."""
+    recorder = EventRecorder()
+    base = {"width": W, "height": H, "fps": 30, "layers": {"in_1": {"rect": full_rect(0, 0, 40, 20), "aspect_fit": False}}}
+    loop = await start_loop(scenes_session(base), recorder)
+    await wait_until(lambda: recorder.views)
+    moved = {**base, "layers": {"in_1": {"rect": full_rect(50, 30, 40, 20), "aspect_fit": False}}}
+    loop.submit(api.ParamsUpdate("comp", moved, Stamp("alice", 1), AnimateSpec(333, "linear")))  # 10 frames
+
+    def pip(view: api.ViewData) -> tuple[float, float]:
+        (layer,) = [entry for entry in view.layout["layers"] if entry["id"] == "in_1"]
+        return (layer["x"], layer["y"])
+
+    await wait_until(lambda: pip(recorder.views[-1]) == (50, 30))
+    during = recorder.views[1:]
+    assert during[0].stamp == Stamp("alice", 1), "the ack comes with the frame the animation starts"
+    assert pip(during[0]) == pytest.approx((5, 3)), "frame 1 of 10 is the first step, not the old value"
+    steps = [pip(view) for view in during]
+    assert steps == sorted(steps) and all(y == pytest.approx(x * 0.6) for x, y in steps)
+    assert all(round(x / 5, 6).is_integer() for x, _ in steps), "each one a frame's layout: whole tenths of the way"
+    assert all(view.acks == {"alice": 1} for view in during)
+
+    # A newer animated edit during the animation starts from the current value.
+    count = len(recorder.views)
+    loop.submit(api.ParamsUpdate("comp", base, Stamp("alice", 2), AnimateSpec(1000, "linear")))
+    await wait_until(lambda: len(recorder.views) > count + 2)
+    loop.submit(api.ParamsUpdate("comp", moved, Stamp("alice", 3), AnimateSpec(1000, "linear")))
+    await wait_until(lambda: any(view.stamp == Stamp("alice", 3) for view in recorder.views))
+    (turn,) = [index for index, view in enumerate(recorder.views) if view.stamp == Stamp("alice", 3)]
+    before, after = pip(recorder.views[turn - 1]), pip(recorder.views[turn])
+    assert 0 < before[0] < 50 and after[0] > before[0], "from where the layer was, back towards x = 50"
+    assert after[0] < 49, "a step of a 30-frame animation, not a jump to the end"
+    # An edit without _animate ends it: the durable value at once.
+    loop.submit(api.ParamsUpdate("comp", base, Stamp("alice", 4)))
+    await wait_until(lambda: pip(recorder.views[-1]) == (0, 0))
+    (jump,) = [view for view in recorder.views if view.stamp == Stamp("alice", 4)]
+    assert pip(jump) == (0, 0)

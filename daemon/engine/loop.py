@@ -51,6 +51,7 @@ import numpy as np
 import trio
 
 from compositord.daemon.engine import api, compositor_graph, registry
+from compositord.daemon.engine.animation import Animator
 from compositord.daemon.engine.compositor_graph import OutputUses
 from compositord.daemon.engine.render import gl_context
 from compositord.daemon.engine.render import renderer as renderer_module
@@ -67,6 +68,7 @@ from compositord.protocol import scenes
 from compositord.protocol.causal import AckBook, Stamp
 from compositord.protocol.errors import RemoteProtocolError
 from compositord.protocol.params import COMPOSITOR_KIND, OUTPUT_PIN, PREVIEW_PIN, PUSH_KIND
+from compositord.protocol.scenes import AnimateSpec
 
 STATS_INTERVAL = 1.0  # seconds between nodestatsupdated emissions (at most)
 RENDER_MS_WINDOW = 1024  # render times kept for the percentiles (one stats interval at up to 240 fps, with room)
@@ -81,6 +83,8 @@ class _Inbox:
     last_stamp: dict[str, Stamp] = field(default_factory=dict)  # node -> last stamp submitted
     topology: SessionRecord | None = None
     forget: set[str] = field(default_factory=set)
+    # node -> JSON pointer -> how its latest change asked to be shown (None: at once); bounded by the params' leaves
+    animations: dict[str, dict[str, AnimateSpec | None]] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not (self.params or self.stamps or self.topology is not None or self.forget)
@@ -97,6 +101,7 @@ class _CompositorState:
     error: str | None = None
     params_source: dict[str, Any] | None = None  # the durable params `full` was made from
     full: dict[str, Any] = field(default_factory=dict)  # with defaults
+    animator: Animator = field(default_factory=Animator)
 
     def full_params(self, durable: dict[str, Any]) -> dict[str, Any]:
         if durable is not self.params_source:
@@ -127,6 +132,10 @@ class RenderLoop:
 
         self._inbox = _Inbox()
         self._inbox_lock = threading.Lock()
+        # Under the inbox lock: the params last submitted per node, and the nodes that ever had an animated
+        # edit (only their edits are compared leaf by leaf, to say which values an edit moves or ends).
+        self._submitted: dict[str, dict[str, Any]] = {node_id: node.params for node_id, node in session.nodes.items()}
+        self._animated_nodes: set[str] = set()
         self._outbox: dict[tuple[type, str], api.Event] = {}  # (event type, node id) -> the latest undelivered
         self._delivery_scheduled = False  # a _deliver is pending on the trio thread
         self._outbox_lock = threading.Lock()
@@ -180,10 +189,10 @@ class RenderLoop:
         elif isinstance(command, api.BatchUpdate):
             snapshot = command.topology.copy() if command.topology is not None else None
             with self._inbox_lock:
-                if snapshot is not None:
-                    self._set_topology(snapshot)
                 for update in command.updates:
                     self._put(update)
+                if snapshot is not None:
+                    self._set_topology(snapshot)
         elif isinstance(command, api.TopologyUpdate):
             snapshot = command.session.copy()
             with self._inbox_lock:
@@ -199,6 +208,7 @@ class RenderLoop:
         self._inbox.topology = snapshot
         # Params queued before this snapshot are in it already (the store is updated first).
         self._inbox.params = {n: p for n, p in self._inbox.params.items() if n in snapshot.nodes}
+        self._submitted = {node_id: node.params for node_id, node in snapshot.nodes.items()}
 
     def _forget_sender(self, sender: str) -> None:
         with self._inbox_lock:
@@ -210,6 +220,12 @@ class RenderLoop:
 
     def _put(self, update: api.ParamsUpdate) -> None:
         inbox = self._inbox
+        if update.animate is not None or update.node_id in self._animated_nodes:
+            self._animated_nodes.add(update.node_id)
+            marks = inbox.animations.setdefault(update.node_id, {})
+            for path in scenes.changed_leaves(self._submitted.get(update.node_id, {}), update.params):
+                marks[path] = update.animate
+        self._submitted[update.node_id] = update.params
         inbox.params[update.node_id] = dict(update.params)
         stamp = update.stamp
         if stamp is not None:
@@ -416,6 +432,13 @@ class RenderLoop:
                     self._report_node_state(node_id, state.error)
             for node_id, message in self._sinks.standing_errors().items():
                 self._report_node_state(node_id, message)
+        for node_id, marks in inbox.animations.items():
+            state = compositors.get(node_id)
+            if state is not None and state.params_source is not None and node_id in self._session.nodes:
+                before = state.full
+                after = state.full_params(self._session.nodes[node_id].params)
+                for path, spec in marks.items():
+                    state.animator.edited(path, spec, before, after, self._fps)
         applied: dict[str, Stamp] = {}
         for node_id, senders in inbox.stamps.items():
             stamped = compositors.get(node_id)
@@ -529,7 +552,7 @@ class RenderLoop:
         outputs: dict[str, OutputFrame | None] = {}
         scene_errors: list[tuple[str, str]] = []
         try:
-            full = state.full_params(node.params)
+            full = state.animator.next_frame(state.full_params(node.params))
             frames = self._input_frames(node_id, full, sources, pictures, t)
             renderer = state.renderer
             plan = state.program.next_frame(full, self._fps, can_snapshot=renderer.program_texture() is not None)

@@ -71,7 +71,7 @@ class Tunes:
             seq = await self._live.store.set_params(action.session_id, node.node_id, node.params, wait_durable=False)
             if action.stamp is not None:
                 live.book(node.node_id).record(action.stamp)
-            live.engine.submit(api.ParamsUpdate(node.node_id, node.params, action.stamp))
+            live.engine.submit(api.ParamsUpdate(node.node_id, node.params, action.stamp, action.animate))
             self._publish_params(action.session_id, live, node.node_id, node.params, seq, action.stamp)
         if not action.sync:
             return None
@@ -101,7 +101,7 @@ class Tunes:
                     if isinstance(op, envelope.TuneNode):
                         node = _tuned_node(working.nodes, live, _Tune(op, pointer.join(path, "message", op.variant)), batch_books)
                         working.set_params(node.node_id, node.params)
-                        tuned.append(api.ParamsUpdate(node.node_id, node.params, op.stamp))
+                        tuned.append(api.ParamsUpdate(node.node_id, node.params, op.stamp, op.animate))
                     else:
                         events += working.apply(op, path)
             except RemoteProtocolError as error:
