@@ -543,6 +543,27 @@ BatchOperation = AddNode | RemoveNode | Connect | Disconnect | TuneNode
 
 
 @dataclass(frozen=True)
+class Take:
+    """``take``: a compositor's ``preview_scene`` goes to program and its program scene to preview, in one
+    stamped change of its params, shown with ``transition`` (a patch of the params' ``transition``) or
+    the one the params hold."""
+
+    ACTION: ClassVar[str] = "take"
+    session_id: str
+    node_id: str
+    stamp: Stamp | None = None
+    transition: Mapping[str, Any] | None = None
+
+    def to_request(self, correlation_id: str | None = None) -> Request:
+        payload: dict[str, Any] = {"session_id": self.session_id, "node_id": self.node_id}
+        if self.transition is not None:
+            payload["transition"] = dict(self.transition)
+        if self.stamp is not None:
+            payload.update(self.stamp.to_json())
+        return Request(self.ACTION, payload, correlation_id)
+
+
+@dataclass(frozen=True)
 class ApplyBatch:
     """Operations applied together; with ``atomic`` every one lands in the same output frame or none does."""
 
@@ -603,6 +624,7 @@ Action = (
     | Disconnect
     | TuneNode
     | ApplyBatch
+    | Take
     | GetPreview
     | SubscribePreview
     | UnsubscribePreview
@@ -749,6 +771,16 @@ def _parse_apply_batch(payload: Mapping[str, Any], base: str) -> ApplyBatch:
     return ApplyBatch(session_id, tuple(operations), atomic)
 
 
+def _parse_take(payload: Mapping[str, Any], base: str) -> Take:
+    reader = _Reader("take", payload, base, ("session_id", "node_id", "transition", SENDER_KEY, REV_KEY))
+    session_id = _session(reader)
+    node_id = reader.node_id()
+    transition = reader.mapping("transition", required=False) if "transition" in payload else None
+    reader.done()
+    stamp, _ = take_stamp({key: payload[key] for key in (SENDER_KEY, REV_KEY) if key in payload}, path=base)
+    return Take(session_id, node_id, stamp, strip_private(transition) if transition is not None else None)
+
+
 def _preview_parser(cls: type[_PreviewT]) -> Callable[[Mapping[str, Any], str], _PreviewT]:
     def parse(payload: Mapping[str, Any], base: str) -> _PreviewT:
         reader = _Reader(cls.ACTION, payload, base, ("session_id", "node_id"))
@@ -771,6 +803,7 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], str], Action]] = {
     "tunenode": _parse_tune,
     "tunenodeasync": _parse_tune_async,
     "applybatch": _parse_apply_batch,
+    "take": _parse_take,
     "getpreview": _preview_parser(GetPreview),
     "subscribepreview": _preview_parser(SubscribePreview),
     "unsubscribepreview": _preview_parser(UnsubscribePreview),
@@ -798,6 +831,13 @@ def stamps_of(request: Request) -> list[tuple[str, Stamp]]:
     still counts as processed and is named in the error response.
     """
     payload = request.payload
+    if request.action == Take.ACTION:
+        try:
+            stamp, _ = take_stamp({k: payload[k] for k in (SENDER_KEY, REV_KEY) if k in payload})
+        except RemoteProtocolError:
+            return []
+        node_id = payload.get("node_id")
+        return [(node_id, stamp)] if stamp is not None and isinstance(node_id, str) else []
     if request.action in ("tunenode", "tunenodeasync"):
         candidates = [payload]
     elif request.action == "applybatch" and isinstance(payload.get("operations"), list):

@@ -1,4 +1,4 @@
-"""Animated edits: the Animator's rules (engine/animation.py, no GL) and the `_animate` of a tune message."""
+"""Animated edits: the Animator's rules (engine/animation.py), no GL."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 
 from compositord.daemon.engine.animation import Animator
-from compositord.protocol import envelope, params, scenes
-from compositord.protocol.errors import ErrorCode, RemoteProtocolError
+from compositord.protocol import params, scenes
 from compositord.protocol.scenes import AnimateSpec
 
 COMP = "video::compositor"
@@ -89,43 +88,3 @@ def test_overlay_values_in_lists_move_too() -> None:
     before, after = overlays(1.0, 0.0)
     animator.edited("/text_overlays/0/opacity", AnimateSpec(200), before, after, FPS)
     assert animator.next_frame(after)["text_overlays"][0]["opacity"] == pytest.approx(0.5)
-
-
-# --- the message -----------------------------------------------------------------------------
-
-
-def tune(body: dict[str, Any]) -> envelope.TuneNode:
-    request = envelope.Request("tunenode", {"session_id": "s", "node_id": "comp", "message": {"PatchParams": body}})
-    action = envelope.parse_action(request)
-    assert isinstance(action, envelope.TuneNode)
-    return action
-
-
-def test_animate_travels_in_the_message_and_never_in_the_params() -> None:
-    body = {
-        "layers": {"in_1": {"opacity": 0.2}},
-        "_sender": "me",
-        "_rev": 3,
-        "_animate": {"duration_ms": 250, "easing": "ease_out"},
-    }
-    action = tune(body)
-    assert action.animate == AnimateSpec(250, "ease_out")
-    assert action.params == {"layers": {"in_1": {"opacity": 0.2}}}
-    assert tune({"layers": {}}).animate is None
-    # What a client sends carries it back in the same place.
-    assert action.operation()["message"]["PatchParams"]["_animate"] == {"duration_ms": 250, "easing": "ease_out"}
-    assert tune(action.operation()["message"]["PatchParams"]) == action
-
-
-def test_a_bad_animate_is_refused_with_its_path_and_counts_as_processed() -> None:
-    payload = {
-        "session_id": "s",
-        "node_id": "comp",
-        "message": {"PatchParams": {"_sender": "me", "_rev": 4, "_animate": {"duration_ms": -5}}},
-    }
-    request = envelope.Request("tunenode", payload)
-    with pytest.raises(RemoteProtocolError) as info:
-        envelope.parse_action(request)
-    assert info.value.code is ErrorCode.INVALID_PARAMS
-    assert info.value.path == "/payload/message/PatchParams/_animate/duration_ms"
-    assert envelope.stamps_of(request) == [("comp", envelope.Stamp("me", 4))]

@@ -81,6 +81,8 @@ class Dispatch:
             return await self._tunes.tunenode(connection, action, cid)
         if isinstance(action, envelope.ApplyBatch):
             return await self._tunes.applybatch(connection, action, cid)
+        if isinstance(action, envelope.Take):
+            return await self._tunes.take(connection, action, cid)
         if isinstance(action, (envelope.GetPreview, envelope.SubscribePreview, envelope.UnsubscribePreview)):
             return self._previews.handle(connection, action, cid)
         if isinstance(action, (envelope.AddNode, envelope.RemoveNode, envelope.Connect, envelope.Disconnect)):
