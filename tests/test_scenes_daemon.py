@@ -224,3 +224,30 @@ async def test_an_animated_tune_is_acknowledged_at_once_and_moves_frame_by_frame
         between = [x for x in xs if 20 < x < 100]
         assert len(between) >= 3, f"the layer moved through the frames in between: {xs}"
         assert np.all(np.diff([x for x in xs if x <= 100]) <= 0)
+
+
+async def test_compositors_nest_through_the_daemon_but_never_in_a_cycle(daemon: tuple[RunningDaemon, list[RenderLoop]]) -> None:
+    running, loops = daemon
+    (loop,) = loops
+    session = running.session_id
+    async with open_client(running.url) as a:
+        await a.get_pipeline(session)
+        await a.add_node(session, "outer", "video::compositor", {"width": W, "height": H, "fps": 30, "num_inputs": 1})
+        await a.connect(session, "comp", "out", "outer", "in_0")
+        await a.tune(session, "comp", {"num_inputs": 3})
+        with pytest.raises(CompositordError) as info:
+            await a.connect(session, "outer", "out", "comp", "in_2")
+        assert info.value.code == "invalid_params" and info.value.path == "/payload"
+        assert "connections form a cycle: comp -> outer -> comp" in info.value.message
+        # The outer compositor shows the program of comp, as one layer.
+        await wait_until(lambda: (a.shown(session, "outer", "view") or {}).get("layers"))
+        (layer,) = a.shown(session, "outer", "view")["layers"]
+        assert (layer["id"], layer["source_width"], layer["source_height"]) == ("in_0", W, H)
+        await wait_until(lambda: loop.latest_output("outer") is not None and pixel_of(loop, "outer", 120, 60) == (0, 0, 255))
+        assert pixel_of(loop, "outer", 10, 10) == (255, 0, 0)
+
+
+def pixel_of(loop: RenderLoop, node: str, x: int, y: int) -> tuple[int, ...]:
+    output = loop.latest_output(node)
+    assert output is not None
+    return tuple(int(v) for v in output.as_array()[y, x, :3])
