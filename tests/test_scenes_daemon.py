@@ -7,7 +7,10 @@ both converge on the server's params; program edits show on the output, preview 
 
 from __future__ import annotations
 
+import argparse
 import copy
+import io
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import numpy as np
 import pytest
 import trio
 
+from compositord.cli import ctl as cli_ctl
 from compositord.client import Client, CompositordError, open_client
 from compositord.daemon.engine.api import EngineEvents
 from compositord.daemon.engine.loop import RenderLoop
@@ -251,3 +255,38 @@ def pixel_of(loop: RenderLoop, node: str, x: int, y: int) -> tuple[int, ...]:
     output = loop.latest_output(node)
     assert output is not None
     return tuple(int(v) for v in output.as_array()[y, x, :3])
+
+
+async def test_ctl_scene_and_take(daemon: tuple[RunningDaemon, list[RenderLoop]]) -> None:
+    running, _ = daemon
+    session = running.session_id
+
+    async def ctl(*argv: str) -> tuple[int, Any]:
+        parser = argparse.ArgumentParser()
+        cli_ctl.add_arguments(parser)
+        parsed = parser.parse_args(["--url", running.url, *argv])
+        if parsed.ctl_command == "tune":
+            parsed.patch = json.loads(parsed.params)
+        out = io.StringIO()
+        status = await cli_ctl.run(parsed, out)
+        return status, json.loads(out.getvalue()) if out.getvalue() else None
+
+    async def params() -> dict[str, Any]:
+        async with open_client(running.url) as client:
+            return dict((await client.get_pipeline(session))["nodes"]["comp"]["params"])
+
+    status, printed = await ctl("scene", session, "comp", "pip", "--transition", "wipe", "--ms", "300", "--direction", "down")
+    assert status == 0 and printed["action"] == "success" and printed["_rev"] == 1
+    found = await params()
+    assert found["program_scene"] == "pip"
+    assert found["transition"] == {"kind": "wipe", "duration_ms": 300, "direction": "down"}
+    assert (await ctl("scene", session, "comp", "wide", "--preview"))[0] == 0
+    assert (await params())["preview_scene"] == "wide"
+    assert (await ctl("take", session, "comp", "--transition", "cut"))[0] == 0
+    found = await params()
+    assert (found["program_scene"], found["preview_scene"], found["transition"]["kind"]) == ("wide", "pip", "cut")
+    assert (await ctl("scene", session, "comp", "missing"))[0] == 1, "a refusal exits 1"
+    status, _ = await ctl(
+        "tune", session, "comp", '{"scenes": {"wide": {"layers": {"in_1": {"opacity": 0.5}}}}}', "--animate", "200"
+    )
+    assert status == 0 and (await params())["scenes"]["wide"]["layers"]["in_1"]["opacity"] == 0.5
