@@ -242,24 +242,42 @@ class Renderer:
         if transition is None:
             self._compose(scene, frames, targets.frame, targets.frame_fbo)
         else:
-            if transition.outgoing is not None:
-                outgoing = self._canvas("outgoing", canvas)
-                self._compose(transition.outgoing, frames, outgoing.texture, outgoing.fbo)
-                picture = outgoing.texture
-            else:
-                picture = self._canvas("snapshot", canvas).texture
-            raw_gl.flush()
-            incoming = self._canvas("incoming", canvas)
-            self._compose(scene, frames, incoming.texture, incoming.fbo)
-            if self._transition_pass is None:
-                self._transition_pass = TransitionPass(self._ctx)
-            self._transition_pass.draw(picture, incoming.texture, transition.mix, targets.frame_fbo)
+            self._draw_transition(scene, frames, transition, targets, canvas)
             self.stats.transition_frames += 1
         self._program_picture = True
         # Both scenes share the node's background; a snapshot is of an earlier program picture of it.
         self._program_opaque = scene.background[3] >= 1.0
         targets.convert()
         return self._program_output(targets, read_back)
+
+    def _draw_transition(
+        self,
+        scene: ResolvedScene,
+        frames: Mapping[str, InputFrame],
+        transition: Transition,
+        targets: OutputTargets,
+        canvas: tuple[int, int],
+    ) -> None:
+        """The outgoing picture into the target where it stays in place (else into a canvas), the incoming
+        one into a canvas, then the mix (``render/transitions``)."""
+        outgoing: moderngl.Texture | None = None
+        if transition.mix.from_offset == (0, 0):
+            if transition.outgoing is not None:
+                self._compose(transition.outgoing, frames, targets.frame, targets.frame_fbo)
+            else:
+                self._ctx.copy_framebuffer(targets.frame_fbo, self._canvas("snapshot", canvas).fbo)
+        elif transition.outgoing is not None:
+            picture = self._canvas("outgoing", canvas)
+            self._compose(transition.outgoing, frames, picture.texture, picture.fbo)
+            outgoing = picture.texture
+        else:
+            outgoing = self._canvas("snapshot", canvas).texture
+        incoming = self._canvas("incoming", canvas)
+        self._compose(scene, frames, incoming.texture, incoming.fbo)
+        if self._transition_pass is None:
+            assert self._layer_pass is not None
+            self._transition_pass = TransitionPass(self._layer_pass)
+        self._transition_pass.draw(targets.frame_fbo, canvas, transition.mix, outgoing, incoming.texture)
 
     def draw_preview(
         self, scene: ResolvedScene, frames: Mapping[str, InputFrame], *, read_back: bool = True
@@ -504,9 +522,7 @@ class Renderer:
         for canvas in self._canvases.values():
             canvas.release()
         self._canvases.clear()
-        if self._transition_pass is not None:
-            self._transition_pass.release()
-            self._transition_pass = None
+        self._transition_pass = None  # it owns no GL object: it draws with the layer pass
         self._release_preview()
         self._release_targets()
         if self._layer_pass is not None:

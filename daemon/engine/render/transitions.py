@@ -1,10 +1,22 @@
 """Scene transitions on the GPU: canvas-sized pictures and the pass that mixes two of them.
 
-During a transition the renderer draws the outgoing scene (or a snapshot of
-what was on screen) and the incoming scene each into a :class:`Canvas`, then
-:class:`TransitionPass` mixes them into the program's render target as
-``protocol.scenes.MixGeometry`` says (``shaders/transition.glsl``). Render
-thread only.
+During a transition the renderer draws the incoming scene into a
+:class:`Canvas`, and the outgoing one (or a snapshot of what the output
+showed) either straight into the program's render target, when it stays in
+place (fade, slide, wipe), or into a canvas of its own (push moves it).
+:class:`TransitionPass` then lays the pictures into the target as
+``protocol.scenes.MixGeometry`` says, each as one screen-aligned quad of the
+layer program's ``PASS`` variant (``shaders/layer.glsl``: the texel as it is):
+
+- fade: the incoming picture over the outgoing one with constant-alpha
+  blending at the eased progress w, which is w * incoming + (1 - w) *
+  outgoing for all four channels, opaque or not;
+- slide, push, wipe: blending off, each picture copied at a whole-pixel
+  offset (texel centres on pixel centres, so bilinear sampling returns the
+  texels exactly), the incoming one cut to its region.
+
+Both are what llvmpipe's linear rasterizer draws (docs/RENDERING.md,
+"Transitions", has the measurement). Render thread only.
 """
 
 from __future__ import annotations
@@ -12,7 +24,9 @@ from __future__ import annotations
 import moderngl
 
 from compositord.daemon.engine.render import raw_gl
-from compositord.daemon.engine.render.shader_loader import compile_program, uniform
+from compositord.daemon.engine.render.layer_pass import LayerPass
+from compositord.daemon.engine.render.scene import CropRegion, ResolvedLayer
+from compositord.protocol.layout import Rect
 from compositord.protocol.scenes import MixGeometry
 
 
@@ -24,7 +38,7 @@ class Canvas:
         self.height = height
         self.texture = ctx.texture((width, height), 4)
         raw_gl.allocate_rgba(self.texture)
-        # Drawn from as a layer (nested compositors): bilinear, clamped, as every source.
+        # Sampled as a layer is: bilinear, clamped.
         self.texture.filter = (moderngl.LINEAR, moderngl.LINEAR)
         self.texture.repeat_x = False
         self.texture.repeat_y = False
@@ -39,41 +53,61 @@ class Canvas:
         self.texture.release()
 
 
-class TransitionPass:
-    """Owns the two variants of ``transition.glsl``; :meth:`draw` writes every pixel of the target."""
+def _picture(region: tuple[int, int, int, int], offset: tuple[int, int], size: tuple[int, int], opacity: float) -> ResolvedLayer:
+    """A quad covering ``region`` (x0, y0, x1, y1) of the canvas, showing a canvas-sized picture moved by ``offset``."""
+    x0, y0, x1, y1 = region
+    width, height = size
+    crop = CropRegion((x0 - offset[0]) / width, (y0 - offset[1]) / height, (x1 - offset[0]) / width, (y1 - offset[1]) / height)
+    return ResolvedLayer(
+        kind="video",
+        id="transition",
+        order=0,
+        z_index=0,
+        rect=Rect(float(x0), float(y0), float(x1 - x0), float(y1 - y0)),
+        crop=crop,
+        circle=False,
+        rotation_degrees=0.0,
+        mirror_horizontal=False,
+        mirror_vertical=False,
+        opacity=opacity,
+        source_width=width,
+        source_height=height,
+    )
 
-    def __init__(self, ctx: moderngl.Context) -> None:
-        self._ctx = ctx
-        self._fade = compile_program(ctx, "transition", ("FADE",))
-        self._move = compile_program(ctx, "transition", ("MOVE",))
-        self._fade_vao = ctx.vertex_array(self._fade, [])
-        self._move_vao = ctx.vertex_array(self._move, [])
-        self._released = False
+
+class TransitionPass:
+    """Lays the two pictures of a transition frame into the target (see the module docstring)."""
+
+    def __init__(self, layer_pass: LayerPass) -> None:
+        self._layer_pass = layer_pass
 
     def draw(
-        self, outgoing: moderngl.Texture, incoming: moderngl.Texture, mix: MixGeometry, target: moderngl.Framebuffer
+        self,
+        target: moderngl.Framebuffer,
+        size: tuple[int, int],
+        mix: MixGeometry,
+        outgoing: moderngl.Texture | None,
+        incoming: moderngl.Texture,
     ) -> None:
-        if mix.kind == "fade":
-            program, vao = self._fade, self._fade_vao
-            uniform(program, "u_weight").value = mix.weight
-        else:
-            program, vao = self._move, self._move_vao
-            uniform(program, "u_from_offset").value = mix.from_offset
-            uniform(program, "u_to_offset").value = mix.to_offset
-            uniform(program, "u_to_region").value = mix.to_region
-        outgoing.use(location=0)
-        incoming.use(location=1)
-        uniform(program, "u_from").value = 0
-        uniform(program, "u_to").value = 1
+        """``outgoing`` None: the outgoing picture is in the target already (only where it stays in place)."""
+        width, height = size
+        whole = (0, 0, width, height)
         target.use()
-        self._ctx.disable(moderngl.BLEND)
-        vao.render(moderngl.TRIANGLES, vertices=3)
-
-    def release(self) -> None:
-        if self._released:
+        if outgoing is not None:
+            dx, dy = mix.from_offset
+            moved = (max(0, dx), max(0, dy), min(width, dx + width), min(height, dy + height))
+            if moved[2] > moved[0] and moved[3] > moved[1]:
+                self._draw(outgoing, _picture(moved, mix.from_offset, size, 1.0), size)
+        elif mix.from_offset != (0, 0):
+            raise ValueError(f"the outgoing picture moves ({mix.from_offset}): it must be given, not drawn in place")
+        if mix.kind == "fade":
+            self._draw(incoming, _picture(whole, (0, 0), size, mix.weight), size)
             return
-        self._released = True
-        self._move_vao.release()
-        self._fade_vao.release()
-        self._move.release()
-        self._fade.release()
+        x0, y0, x1, y1 = mix.to_region
+        if x1 > x0 and y1 > y0:
+            self._draw(incoming, _picture(mix.to_region, mix.to_offset, size, 1.0), size)
+
+    def _draw(self, texture: moderngl.Texture, quad: ResolvedLayer, size: tuple[int, int]) -> None:
+        # "Opaque source" selects the PASS program: the texel as it is; at opacity 1 blending is off (a copy), below
+        # it constant-alpha blending is exactly the mix. Neither needs the texels to be opaque.
+        self._layer_pass.draw(texture, quad, size, premultiply=False, opaque_source=True)
