@@ -130,6 +130,7 @@ def frame_function(ctx: Any, mode: str, layers: int, width: int, height: int) ->
             picture = inner.program_texture()
         finally:
             inner.end_frame(frames)
+        assert picture is not None
         nested = {"in_0": picture}
         outer.begin_frame()
         try:

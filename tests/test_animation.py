@@ -73,7 +73,8 @@ def test_values_that_cannot_move_jump() -> None:
     animator.edited("/layers/in_1/opacity", AnimateSpec(50), placed, full(opacity=0.5), FPS)  # one frame
     assert not animator.active
     # A value whose layer went away ends its animation.
-    animator.edited("/text_overlays/0/opacity", AnimateSpec(1000), *overlays(1.0, 0.0), FPS)
+    shown, hidden = overlays(1.0, 0.0)
+    animator.edited("/text_overlays/0/opacity", AnimateSpec(1000), shown, hidden, FPS)
     assert animator.active
     assert animator.next_frame(params.with_defaults(COMP, {})) == params.with_defaults(COMP, {})
     assert not animator.active

@@ -130,7 +130,7 @@ async def test_params_without_scenes_have_no_scene_in_the_view_data(start_loop: 
     await wait_until(lambda: recorder.views)
     assert "scene" not in recorder.views[-1].layout
     assert set(recorder.views[-1].layout) == {"canvas_width", "canvas_height", "layers", "text_overlays", "image_overlays"}
-    assert np.array_equal(loop.latest_output("comp").as_array()[0, 0, :3], [255, 0, 0])  # type: ignore[union-attr]
+    assert np.array_equal(loop.latest_output("comp").as_array()[0, 0, :3], [255, 0, 0])
 
 
 async def test_view_data_during_a_transition(start_loop: Callable[..., Any]) -> None:

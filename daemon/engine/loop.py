@@ -433,12 +433,12 @@ class RenderLoop:
             for node_id, message in self._sinks.standing_errors().items():
                 self._report_node_state(node_id, message)
         for node_id, marks in inbox.animations.items():
-            state = compositors.get(node_id)
-            if state is not None and state.params_source is not None and node_id in self._session.nodes:
-                before = state.full
-                after = state.full_params(self._session.nodes[node_id].params)
+            animated = compositors.get(node_id)
+            if animated is not None and animated.params_source is not None and node_id in self._session.nodes:
+                before = animated.full
+                after = animated.full_params(self._session.nodes[node_id].params)
                 for path, spec in marks.items():
-                    state.animator.edited(path, spec, before, after, self._fps)
+                    animated.animator.edited(path, spec, before, after, self._fps)
         applied: dict[str, Stamp] = {}
         for node_id, senders in inbox.stamps.items():
             stamped = compositors.get(node_id)

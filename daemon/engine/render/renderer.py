@@ -41,6 +41,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import moderngl
 
@@ -233,7 +234,9 @@ class Renderer:
             and planes[1] is not None
             and planes_apply(scene, frames)
         ):
-            uploads, direct = draw_planes(self._ctx, self._layer_pass, scene, frames, self._plane_sources, planes[0], planes[1])
+            # planes_apply found every layer's frame an NV12 SourceFrame.
+            nv12 = cast(Mapping[str, SourceFrame], frames)
+            uploads, direct = draw_planes(self._ctx, self._layer_pass, scene, nv12, self._plane_sources, planes[0], planes[1])
             self.stats.source_uploads += uploads
             self.stats.direct_writes += int(direct)
             self.stats.plane_frames += 1
