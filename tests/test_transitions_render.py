@@ -294,3 +294,34 @@ def test_a_cut_switches_in_the_next_frame(renderer: Renderer) -> None:
     c, c_edges = model("c")
     assert_close(output, c, c_edges)
     assert renderer.stats.transition_frames == 0
+
+
+def test_transitions_previews_and_snapshots_leave_no_gl_object_behind(renderer: Renderer) -> None:
+    """Many transitions (interrupted ones too) and preview pictures, then plain frames: the live GL objects are
+    what they were after the first plain frame (the canvases and the preview targets are released)."""
+    from compositord.tests.test_render_leaks import live_gl_objects
+
+    program = SceneProgram()
+    next_frame(program, renderer, full("b"))  # both inputs drawn: their textures are made, and kept while connected
+    baseline = live_gl_objects()
+    kinds = ["fade", "push", "slide", "wipe"]
+    for round_ in range(12):
+        target = "abc"[(round_ + 1) % 3]
+        params = full(target, {"kind": kinds[round_ % 4], "duration_ms": 200, "direction": scenes.DIRECTIONS[round_ % 4]})
+        for _ in range(3 if round_ % 2 else 7):  # odd rounds are interrupted by the next one
+            plan = program.next_frame(params, FPS, can_snapshot=renderer.program_texture() is not None)
+            scene = resolve_scene(plan.params, FRAMES)
+            outgoing = resolve_scene(plan.outgoing_params, FRAMES) if plan.outgoing_params is not None else None
+            renderer.begin_frame()
+            try:
+                if plan.take_snapshot:
+                    renderer.take_snapshot()
+                transition = Transition(plan.mix, outgoing) if plan.mix is not None else None
+                renderer.draw_program(scene, FRAMES, transition=transition)
+                renderer.draw_preview(resolve_scene(scenes.scene_params(params, "a"), FRAMES), FRAMES, read_back=round_ % 3 == 0)
+            finally:
+                renderer.end_frame(FRAMES)
+    assert renderer.stats.transition_frames > 30 and renderer.stats.preview_frames == 12 * 5
+    for _ in range(8):
+        next_frame(program, renderer, full("b"))
+    assert live_gl_objects() == baseline
