@@ -84,6 +84,7 @@ class TextureFrame:
     width: int
     height: int
     opaque: bool = False
+    framebuffer: Any = None  # the texture's framebuffer (a ``moderngl.Framebuffer``), to copy it whole with a blit
     pixel_format: ClassVar[str] = "texture"
     premultiplied: ClassVar[bool] = True
 

@@ -135,6 +135,7 @@ class Renderer:
         # frame), and whether it is opaque: what a snapshot or a nesting compositor may take of it.
         self._program_picture: bool = False
         self._program_opaque = False
+        self._preview_opaque = False
         self.stats = RenderStats()
         self.overlay_errors: dict[str, str] = {}  # overlay id -> why it was not drawn (last frame)
         self._allocate(width, height, output_format)
@@ -296,6 +297,7 @@ class Renderer:
             preview = self._preview = OutputTargets(self._ctx, scene.width, scene.height, scene.output_format, scene.color_matrix)
             self._preview_readback = Readback(self._ctx, preview.planes, self._readback_mode)
         frame.preview = True
+        self._preview_opaque = scene.background[3] >= 1.0
         self._compose(scene, frames, preview.frame, preview.frame_fbo)
         preview.convert()
         self.stats.preview_frames += 1
@@ -338,14 +340,14 @@ class Renderer:
         targets = self._targets
         if not self._program_picture or targets is None:
             return None
-        return TextureFrame(targets.frame, targets.width, targets.height, self._program_opaque)
+        return TextureFrame(targets.frame, targets.width, targets.height, self._program_opaque, targets.frame_fbo)
 
     def preview_texture(self) -> TextureFrame | None:
         """The preview picture, if this frame drew one."""
         preview = self._preview
         if preview is None or self._frame is None or not self._frame.preview:
             return None
-        return TextureFrame(preview.frame, preview.width, preview.height, False)
+        return TextureFrame(preview.frame, preview.width, preview.height, self._preview_opaque, preview.frame_fbo)
 
     def end_frame(self, frames: Mapping[str, InputFrame]) -> None:
         """Release what this frame did not use; bound to framebuffer 0 again."""
@@ -370,8 +372,20 @@ class Renderer:
         assert self._layer_pass is not None and self._frame is not None
         canvas = (scene.width, scene.height)
         layers = list(scene.layers)
+        bottom = frames.get(layers[0].id) if layers and layers[0].kind == "video" else None
         if layers and self._can_write_directly(layers[0], frames, canvas):
             raw_gl.upload_rgba(texture, as_buffer(frames[layers[0].id].data))  # type: ignore[union-attr]
+            self.stats.direct_writes += 1
+            layers = layers[1:]
+            fbo.use()
+        elif (
+            isinstance(bottom, TextureFrame)
+            and bottom.opaque
+            and bottom.framebuffer is not None
+            and layers[0].covers_canvas_unscaled((bottom.width, bottom.height), canvas)
+        ):
+            # Another compositor's opaque picture, 1:1 over the whole canvas: a blit, cheaper than drawing it.
+            self._ctx.copy_framebuffer(fbo, bottom.framebuffer)
             self.stats.direct_writes += 1
             layers = layers[1:]
             fbo.use()
