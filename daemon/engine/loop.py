@@ -209,6 +209,7 @@ class RenderLoop:
         # Params queued before this snapshot are in it already (the store is updated first).
         self._inbox.params = {n: p for n, p in self._inbox.params.items() if n in snapshot.nodes}
         self._submitted = {node_id: node.params for node_id, node in snapshot.nodes.items()}
+        self._animated_nodes &= snapshot.nodes.keys()
 
     def _forget_sender(self, sender: str) -> None:
         with self._inbox_lock:
