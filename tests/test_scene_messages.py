@@ -68,6 +68,7 @@ def test_take_parses_with_its_stamp_and_transition() -> None:
     }
     bare = envelope.parse_action(envelope.Request("take", {"session_id": "s", "node_id": "comp"}))
     assert bare == envelope.Take("s", "comp") and "take" in envelope.ACTIONS
+    assert bare.to_request().payload == {"session_id": "s", "node_id": "comp"}
 
 
 @pytest.mark.parametrize(
