@@ -74,9 +74,11 @@ from compositord.protocol.envelope import (
     ListSessions,
     RemoveNode,
     Response,
+    Take,
     TuneNode,
 )
 from compositord.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from compositord.protocol.scenes import AnimateSpec, parse_animate
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +286,7 @@ class Client:
         *,
         replace: bool = False,
         sync: bool = True,
+        animate: AnimateSpec | Mapping[str, Any] | None = None,
     ) -> Stamp:
         """Change a node's params: a merge patch (``PatchParams``), or the whole params with ``replace=True``.
 
@@ -291,11 +294,35 @@ class Client:
         ``sync`` this waits until the server stored it and raises
         :class:`CompositordError` if it refused it; without, it returns once
         sent and a refusal only drops the pending value (and shows up as the
-        shown state falling back). Returns the stamp.
+        shown state falling back). ``animate`` (``{"duration_ms", "easing"}``,
+        a compositor's params): the numbers it changes move there over the
+        duration (PROTOCOL.md section 3, animated edits). Returns the stamp.
         """
         body = strip_private(dict(patch))
-        operation = TuneNode(session_id, node_id, UPDATE if replace else PATCH, body, None, sync)
+        spec = parse_animate(animate, "/animate") if isinstance(animate, Mapping) else animate
+        operation = TuneNode(session_id, node_id, UPDATE if replace else PATCH, body, None, sync, animate=spec)
         stamp: Stamp = await self._request(operation, "success" if sync else None)
+        return stamp
+
+    async def set_program_scene(
+        self, session_id: str, node_id: str, scene: str, *, transition: Mapping[str, Any] | None = None, sync: bool = True
+    ) -> Stamp:
+        """Put a compositor's scene on program; ``transition`` (``{"kind", "duration_ms", "easing",
+        "direction"}``, a patch of the params' ``transition``) is how it is shown, and stays the default."""
+        patch: dict[str, Any] = {"program_scene": scene}
+        if transition is not None:
+            patch["transition"] = dict(transition)
+        return await self.tune(session_id, node_id, patch, sync=sync)
+
+    async def set_preview_scene(self, session_id: str, node_id: str, scene: str | None, *, sync: bool = True) -> Stamp:
+        """Put a compositor's scene on its ``preview`` output (None: nothing there)."""
+        return await self.tune(session_id, node_id, {"preview_scene": scene}, sync=sync)
+
+    async def take(self, session_id: str, node_id: str, *, transition: Mapping[str, Any] | None = None) -> Stamp:
+        """``take``: the preview scene goes to program (with ``transition``, or the params' own) and the
+        program scene to preview, as one change the server makes from the params it holds. Shown at once
+        as predicted from this client's view of the params; waits until stored. Returns the stamp."""
+        stamp: Stamp = await self._request(Take(session_id, node_id, None, transition), "success")
         return stamp
 
     async def apply_batch(self, session_id: str, operations: Sequence[BatchOperation], *, atomic: bool = True) -> int:
@@ -363,7 +390,9 @@ class Client:
         return f"c{next(self._correlation_ids)}"
 
     def _stamp_operation(self, operation: Any) -> Any:
-        """Stamp and mask an unstamped tune (call with the send lock held, so revs go out in order)."""
+        """Stamp and mask an unstamped tune or take (call with the send lock held, so revs go out in order)."""
+        if isinstance(operation, Take) and operation.stamp is None:
+            return dataclasses.replace(operation, stamp=self._stamp_take(operation))
         if not isinstance(operation, TuneNode) or operation.stamp is not None:
             return operation
         state = self._states.session(operation.session_id)
@@ -372,6 +401,18 @@ class Client:
         else:
             stamp = state.edit_patch(operation.node_id, operation.params)
         return dataclasses.replace(operation, stamp=stamp)
+
+    def _stamp_take(self, take: Take) -> Stamp:
+        """A take's stamp, its outcome masked as this client predicts it from the params it shows."""
+        state = self._states.session(take.session_id)
+        shown = state.shown(take.node_id)
+        preview = shown.get("preview_scene") if isinstance(shown, Mapping) else None
+        if preview is None:
+            return state.stamp_for(take.node_id)  # nothing to predict: the server's answer will say
+        predicted: dict[str, Any] = {"program_scene": preview, "preview_scene": shown.get("program_scene")}
+        if take.transition is not None:
+            predicted["transition"] = dict(take.transition)
+        return state.edit_patch(take.node_id, predicted)
 
     async def _wait_ready(self) -> WebSocketConnection:
         while True:
@@ -382,7 +423,7 @@ class Client:
             await self._gate.wait_changed()
 
     @overload
-    async def _request(self, action: TuneNode, expect: str | None) -> Stamp: ...
+    async def _request(self, action: TuneNode | Take, expect: str | None) -> Stamp: ...
     @overload
     async def _request(self, action: _RepliedAction, expect: str) -> Response: ...
     async def _request(self, action: Action, expect: str | None) -> Stamp | Response | None:
@@ -420,7 +461,7 @@ class Client:
                             raise ConnectionLost("the connection dropped while sending") from exc
                         break
                 if waiter is None:
-                    return action.stamp if isinstance(action, TuneNode) else None
+                    return action.stamp if isinstance(action, (TuneNode, Take)) else None
                 try:
                     await waiter.done.wait()
                 finally:
@@ -433,7 +474,7 @@ class Client:
             raise CompositordError.from_reply(ErrorReply.from_response(response))
         if response.action != expect:
             raise UnexpectedResponse(f"expected {expect!r}, got {response.action!r}")
-        if isinstance(action, TuneNode):
+        if isinstance(action, (TuneNode, Take)):
             return action.stamp
         return response
 

@@ -42,9 +42,10 @@ class CompositorRun:
 
     def frame(self) -> OutputFrame:
         from compositord.daemon.engine.render.scene import resolve_scene
+        from compositord.protocol.scenes import scene_params
 
         frames = {pin: make() for pin, make in self._sources.items()}
-        scene = resolve_scene(self._params, frames)
+        scene = resolve_scene(scene_params(self._params, self._params["program_scene"]), frames)
         return self.renderer.render(scene, frames)
 
     def release(self) -> None:

@@ -155,6 +155,11 @@ def block(results: dict[str, dict[str, Any]], env: dict[str, str], command: str)
         from compositord.perf.scenario_scaling import table
 
         out += ["", "### scaling (ms per frame, mean; peak RSS of the process)", "", table(scaling["rows"])]
+        if scaling.get("scene_rows"):
+            from compositord.perf.scenario_scaling import SCENE_LAYERS, scene_table
+
+            out += ["", f"### scaling: scenes at {SCENE_LAYERS} layers (wall / CPU ms per frame, mean; CPU x the one scene)", ""]
+            out.append(scene_table(scaling["scene_rows"]))
     out += ["", END]
     return "\n".join(out)
 

@@ -55,6 +55,7 @@ from compositord.protocol.frames import frame_size as frame_size
 from compositord.protocol.frames import node_id_hash as node_id_hash
 from compositord.protocol.frames import pack_frame_header as pack_frame_header
 from compositord.protocol.frames import parse_frame_header as parse_frame_header
+from compositord.protocol.scenes import ANIMATE_KEY, AnimateSpec, parse_animate
 
 PROTOCOL_VERSION = 1
 PREVIEW_CONTENT_TYPE = "image/jpeg"
@@ -520,7 +521,8 @@ class TuneNode:
     """``tunenode`` (``sync``) or ``tunenodeasync``: replace (``update``) or merge-patch (``patch``) a node's params.
 
     ``params`` has every ``_`` key stripped at any depth; ``stamp`` is the
-    ``(_sender, _rev)`` taken out of the message, or None.
+    ``(_sender, _rev)`` taken out of the message, or None; ``animate`` the
+    message's ``_animate`` (an animated edit, protocol/scenes.py), or None.
     """
 
     ACTION: ClassVar[str] = "tunenode"
@@ -531,6 +533,7 @@ class TuneNode:
     stamp: Stamp | None = None
     sync: bool = True
     images: tuple[streamkit.InlineImage, ...] = ()  # inline images of the params, to store first
+    animate: AnimateSpec | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in (UPDATE, PATCH):
@@ -544,6 +547,8 @@ class TuneNode:
         body = dict(self.params)
         if self.stamp is not None:
             body.update(self.stamp.to_json())
+        if self.animate is not None:
+            body[ANIMATE_KEY] = self.animate.to_json()
         return {"node_id": self.node_id, "message": {self.variant: body}}
 
     def to_request(self, correlation_id: str | None = None) -> Request:
@@ -552,6 +557,27 @@ class TuneNode:
 
 
 BatchOperation = AddNode | RemoveNode | Connect | Disconnect | TuneNode
+
+
+@dataclass(frozen=True)
+class Take:
+    """``take``: a compositor's ``preview_scene`` goes to program and its program scene to preview, in one
+    stamped change of its params, shown with ``transition`` (a patch of the params' ``transition``) or
+    the one the params hold."""
+
+    ACTION: ClassVar[str] = "take"
+    session_id: str
+    node_id: str
+    stamp: Stamp | None = None
+    transition: Mapping[str, Any] | None = None
+
+    def to_request(self, correlation_id: str | None = None) -> Request:
+        payload: dict[str, Any] = {"session_id": self.session_id, "node_id": self.node_id}
+        if self.transition is not None:
+            payload["transition"] = dict(self.transition)
+        if self.stamp is not None:
+            payload.update(self.stamp.to_json())
+        return Request(self.ACTION, payload, correlation_id)
 
 
 @dataclass(frozen=True)
@@ -699,6 +725,7 @@ Action = (
     | Disconnect
     | TuneNode
     | ApplyBatch
+    | Take
     | GetPreview
     | SubscribePreview
     | UnsubscribePreview
@@ -844,7 +871,8 @@ def _parse_tune(payload: Mapping[str, Any], base: str, session_id: str | None = 
         raise _bad(body_path, "must be an object")
     stamp, stripped = take_stamp(body, path=body_path)
     canonical = streamkit.canonical_params(stripped, path=body_path)
-    return TuneNode(session, node_id, TUNE_VARIANTS[variant], canonical.params, stamp, sync, canonical.images)
+    animate = parse_animate(body[ANIMATE_KEY], pointer.join(body_path, ANIMATE_KEY)) if ANIMATE_KEY in body else None
+    return TuneNode(session, node_id, TUNE_VARIANTS[variant], canonical.params, stamp, sync, canonical.images, animate)
 
 
 def _parse_tune_async(payload: Mapping[str, Any], base: str) -> TuneNode:
@@ -895,6 +923,16 @@ def _parse_apply_batch(
         else:
             operations.append(parse(fields, path, session_id))
     return ApplyBatch(session_id, tuple(operations))
+
+
+def _parse_take(payload: Mapping[str, Any], base: str) -> Take:
+    reader = _Reader("take", payload, base, ("session_id", "node_id", "transition", SENDER_KEY, REV_KEY))
+    session_id = _session(reader)
+    node_id = reader.node_id()
+    transition = reader.mapping("transition", required=False) if "transition" in payload else None
+    reader.done()
+    stamp, _ = take_stamp({key: payload[key] for key in (SENDER_KEY, REV_KEY) if key in payload}, path=base)
+    return Take(session_id, node_id, stamp, strip_private(transition) if transition is not None else None)
 
 
 def _preview_parser(cls: type[_PreviewT]) -> Callable[[Mapping[str, Any], str], _PreviewT]:
@@ -989,6 +1027,7 @@ _PARSERS: dict[str, _Parse] = {
     # compositord suppresses nothing: the sender's acks are what keep its edits from flickering back).
     "tunenodesilent": _context_free(_parse_tune_async),
     "applybatch": lambda payload, base, context: _parse_apply_batch(payload, base, context=context),
+    "take": _context_free(_parse_take),
     "getpreview": _context_free(_preview_parser(GetPreview)),
     "subscribepreview": _context_free(_parse_subscribe_preview),
     "unsubscribepreview": _context_free(_preview_parser(UnsubscribePreview)),
@@ -1022,6 +1061,13 @@ def stamps_of(request: Request) -> list[tuple[str, Stamp]]:
     still counts as processed and is named in the error response.
     """
     payload = request.payload
+    if request.action == Take.ACTION:
+        try:
+            stamp, _ = take_stamp({k: payload[k] for k in (SENDER_KEY, REV_KEY) if k in payload})
+        except RemoteProtocolError:
+            return []
+        node_id = payload.get("node_id")
+        return [(node_id, stamp)] if stamp is not None and isinstance(node_id, str) else []
     if request.action in ("tunenode", "tunenodeasync", "tunenodesilent"):
         candidates = [payload]
     elif request.action == "applybatch" and isinstance(payload.get("operations"), list):

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from compositord.protocol import pointer
+from compositord.protocol import pointer, scenes
 from compositord.protocol.destinations import ANY_DESTINATION, LOOPBACK_ONLY, StreamDestinations
 from compositord.protocol.errors import ErrorCode, FieldError, LocalProtocolError, RemoteProtocolError
 
@@ -406,10 +406,15 @@ class MapOf(Spec):
     default: Any = REQUIRED
     doc: str = ""
     keys_are_names: bool = False  # True: keys are ids chosen by the client (``_`` is then an ordinary first character)
+    max_items: int | None = None
+    key_placeholder: str = "in_N"  # how docs/PARAMS.md names a key of this map
 
     def check(self, value: Any, path: str, errors: list[FieldError]) -> Any:
         if not isinstance(value, Mapping):
             errors.append(FieldError(path, f"expected an object, got {_type_name(value)}"))
+            return value
+        if self.max_items is not None and len(value) > self.max_items:
+            errors.append(FieldError(path, f"must have at most {self.max_items} entries"))
             return value
         result: dict[str, Any] = {}
         for key, child in value.items():
@@ -427,7 +432,8 @@ class MapOf(Spec):
         return {key: self.value.fill(child) for key, child in value.items()}
 
     def describe(self) -> str:
-        return f"map: {self.key_doc} → object"
+        bound = f", at most {self.max_items}" if self.max_items is not None else ""
+        return f"map: {self.key_doc} → object{bound}"
 
 
 @dataclass(frozen=True)
@@ -630,6 +636,30 @@ _IMAGE_OVERLAY = Object(
 
 _LAYER_KEY = r"in_(0|[1-9][0-9]?)"
 
+_LAYOUT = {
+    "layers": MapOf(_LAYER_KEY, "an input pin `in_N` with N < num_inputs", _LAYER, default={}),
+    "text_overlays": ListOf(_TEXT_OVERLAY, MAX_OVERLAYS, unique="id", default=[]),
+    "image_overlays": ListOf(_IMAGE_OVERLAY, MAX_OVERLAYS, unique="id", default=[]),
+}
+_SCENE = Object(_LAYOUT)
+_SCENE_NAME_DOC = "a scene name (letters, digits, '_', '.', '-'; not '.' or '-' first)"
+
+
+def _scene_name(doc: str) -> Str:
+    return Str(64, min_len=1, pattern=scenes.SCENE_NAME_PATTERN, pattern_doc=_SCENE_NAME_DOC, default=AUTO, doc=doc)
+
+
+_TRANSITION = Object(
+    {
+        "kind": Enum(scenes.TRANSITION_KINDS, default="cut"),
+        "duration_ms": Int(0, scenes.MAX_DURATION_MS, default=500, doc="counted in output frames: round(ms * fps / 1000)"),
+        "easing": Enum(scenes.EASINGS, default="linear"),
+        "direction": Enum(scenes.DIRECTIONS, default="left", doc="slide, push, wipe: where the picture moves"),
+    },
+    default={},
+    doc="how the next change of `program_scene` is shown",
+)
+
 _COMPOSITOR = Object(
     {
         "width": Int(1, MAX_CANVAS, default=1280),
@@ -639,40 +669,80 @@ _COMPOSITOR = Object(
         "num_inputs": Int(0, MAX_INPUTS, default=2, doc="input pins in_0 .. in_{num_inputs-1}"),
         "color_matrix": Enum(("bt601", "bt709"), default="bt709", doc="for nv12 / i420 output (limited range)"),
         "output_format": Enum(("rgba8", "nv12", "i420"), default="rgba8"),
-        "layers": MapOf(_LAYER_KEY, "an input pin `in_N` with N < num_inputs", _LAYER, default={}),
-        "text_overlays": ListOf(_TEXT_OVERLAY, MAX_OVERLAYS, unique="id", default=[]),
-        "image_overlays": ListOf(_IMAGE_OVERLAY, MAX_OVERLAYS, unique="id", default=[]),
+        **_LAYOUT,
+        "scenes": MapOf(
+            scenes.SCENE_NAME_PATTERN,
+            _SCENE_NAME_DOC,
+            _SCENE,
+            default={},
+            max_items=scenes.MAX_SCENES,
+            key_placeholder="NAME",
+            doc="named layouts; empty: the top-level layout is the one scene",
+        ),
+        "program_scene": _scene_name("the scene on the output pin `out`; required when `scenes` is not empty"),
+        "preview_scene": _scene_name("the scene on the output pin `preview`; auto: nothing is drawn there"),
+        "transition": _TRANSITION,
     }
 )
 
 
+def _no_such_input(num_inputs: int) -> str:
+    return (
+        f"no such input: num_inputs is {num_inputs} (pins in_0 .. in_{num_inputs - 1})"
+        if num_inputs
+        else "no such input: num_inputs is 0"
+    )
+
+
 def _check_layer_slots(params: dict[str, Any], errors: list[FieldError]) -> None:
     num_inputs = _effective(params, _COMPOSITOR, "num_inputs")
-    layers = params.get("layers")
-    if not isinstance(num_inputs, int) or not isinstance(layers, Mapping):
+    if not isinstance(num_inputs, int):
         return
-    for key in layers:
-        if re.fullmatch(_LAYER_KEY, key) and int(key[3:]) >= num_inputs:
-            errors.append(
-                FieldError(
-                    pointer.join("/layers", key),
-                    f"no such input: num_inputs is {num_inputs} (pins in_0 .. in_{num_inputs - 1})"
-                    if num_inputs
-                    else "no such input: num_inputs is 0",
+    layouts: list[tuple[str, Any]] = [("", params)]
+    if isinstance(params.get("scenes"), Mapping):
+        layouts += [(pointer.join("/scenes", name), scene) for name, scene in params["scenes"].items()]
+    for base, layout in layouts:
+        layers = layout.get("layers") if isinstance(layout, Mapping) else None
+        if not isinstance(layers, Mapping):
+            continue
+        for key in layers:
+            if re.fullmatch(_LAYER_KEY, key) and int(key[3:]) >= num_inputs:
+                errors.append(FieldError(pointer.join(base, "layers", key), _no_such_input(num_inputs)))
+
+
+def _check_scenes(params: dict[str, Any], errors: list[FieldError]) -> None:
+    """``program_scene`` and ``preview_scene`` name scenes; with scenes, the top-level layout is empty."""
+    named = params.get("scenes") or {}
+    listed = ", ".join(sorted(named)) or "none"
+    if named and params.get("program_scene") is None:
+        errors.append(FieldError("/program_scene", "required when scenes is not empty"))
+    for key in ("program_scene", "preview_scene"):
+        name = params.get(key)
+        if name is not None and name not in named:
+            errors.append(FieldError(pointer.join("", key), f"no scene {name!r} in scenes (scenes: {listed})"))
+    if named:
+        for key in scenes.SCENE_LAYOUT_KEYS:
+            if params.get(key):
+                errors.append(
+                    FieldError(pointer.join("", key), f"must be empty when scenes is given: each scene has its own {key}")
                 )
-            )
 
 
-def _fill_compositor(full: dict[str, Any]) -> dict[str, Any]:
-    given = full["layers"]
+def _filled_layers(given: Mapping[str, Any], num_inputs: int) -> dict[str, Any]:
     layers: dict[str, Any] = {}
-    for slot in range(full["num_inputs"]):
+    for slot in range(num_inputs):
         key = f"in_{slot}"
         layer = given[key] if key in given else _LAYER.fill({})
         if layer["z_index"] is None:
             layer = {**layer, "z_index": slot}
         layers[key] = layer
-    full["layers"] = layers
+    return layers
+
+
+def _fill_compositor(full: dict[str, Any]) -> dict[str, Any]:
+    full["layers"] = _filled_layers(full["layers"], full["num_inputs"])
+    for scene in full["scenes"].values():
+        scene["layers"] = _filled_layers(scene["layers"], full["num_inputs"])
     return full
 
 
@@ -781,7 +851,11 @@ _register(
         COMPOSITOR,
         _COMPOSITOR,
         "the layers, overlays and output of one pipeline; emits view data",
-        cross_checks=(CrossCheck(("num_inputs",), _check_layer_slots), _even_dimensions_check(_COMPOSITOR, "output_format")),
+        cross_checks=(
+            CrossCheck(("num_inputs",), _check_layer_slots),
+            CrossCheck(("scenes", "program_scene", "preview_scene", *scenes.SCENE_LAYOUT_KEYS), _check_scenes),
+            _even_dimensions_check(_COMPOSITOR, "output_format"),
+        ),
         notes=(
             "`layers` is keyed by input pin `in_N`, N < `num_inputs` (so at most 16 layers).",
             "An input without a `layers` entry, or a layer without `rect`, gets the auto-PiP rect: slot 0 fills the canvas; slot k > 0 sits at 1/3 size, 20 px from the bottom-right corner, aspect-fit.",
@@ -790,6 +864,12 @@ _register(
             "Requests may spell overlays as StreamKit does; they are stored in the form above: `color` `[r, g, b, a]`,"
             " `font_name`, an image as `data_base64` (stored as `inline/<sha256>.<ext>` in the asset directory), an overlay"
             ' without `id` (`text_N` / `img_N`). docs/PROTOCOL.md, "StreamKit clients".',
+            "Scenes: each entry of `scenes` is a whole layout (`layers`, `text_overlays`, `image_overlays`, with the rules"
+            " above); the top-level ones must then be empty. Without scenes the top-level layout is the one scene.",
+            "A change of `program_scene` is shown with `transition` as the params hold it after the change (so a patch may"
+            " set both); progress counts output frames. `cut` switches in the next frame.",
+            "Output pins: `out` shows `program_scene`; `preview` shows `preview_scene` (nothing without one) and is drawn only"
+            " while a sink or another compositor takes it.",
         ),
         fill_hook=_fill_compositor,
     )
@@ -1079,9 +1159,16 @@ def role(kind: str) -> str:
     return _kind(kind).role
 
 
+OUTPUT_PIN = "out"
+PREVIEW_PIN = "preview"  # the compositor's second output: its preview_scene
+
+
 def output_pins(kind: str) -> tuple[str, ...]:
-    """Sources and the compositor have one output pin ``out``; sinks none."""
-    return () if _kind(kind).role == SINK else ("out",)
+    """Sources have one output pin ``out``; the compositor ``out`` and ``preview``; sinks none."""
+    node_role = _kind(kind).role
+    if node_role == COMPOSITOR:
+        return (OUTPUT_PIN, PREVIEW_PIN)
+    return () if node_role == SINK else (OUTPUT_PIN,)
 
 
 def input_pins(kind: str, params: Mapping[str, Any]) -> tuple[str, ...]:
@@ -1146,8 +1233,8 @@ def validate_pipeline(doc: Any, *, context: ValidationContext = DAEMON) -> dict[
 
     Checks every node's params against its kind, and that every connection
     joins an existing node's output pin to another node's input pin, each input
-    pin fed at most once, with no cycle, and no compositor feeding a compositor
-    (nesting is not built). Keys that start with ``_`` are stripped wherever
+    pin fed at most once, with no cycle (a compositor may feed another: nesting).
+    Keys that start with ``_`` are stripped wherever
     they are, except node ids. Every problem is reported with its path.
     """
     errors: list[FieldError] = []
@@ -1208,15 +1295,6 @@ def _check_connections(
             errors.append(FieldError(pointer.join(base, "to_node"), "a node cannot feed itself"))
             continue
         edges.setdefault(conn["from_node"], set()).add(conn["to_node"])  # a refused edge may still close a cycle
-        if KINDS[kinds[conn["from_node"]]].role == COMPOSITOR and KINDS[kinds[conn["to_node"]]].role == COMPOSITOR:
-            errors.append(
-                FieldError(
-                    base,
-                    f"compositor {conn['from_node']!r} cannot feed compositor {conn['to_node']!r}: nested compositing"
-                    " is not built yet (the inner output would render black); connect the sources to one compositor",
-                )
-            )
-            continue
         target = (conn["to_node"], conn["to_pin"])
         if target in fed_by:
             errors.append(FieldError(pointer.join(base, "to_pin"), f"input already fed by /connections/{fed_by[target]}"))
@@ -1294,7 +1372,7 @@ def _rows(schema: Object, prefix: str) -> list[str]:
         if isinstance(spec, Object):
             nested = spec
         elif isinstance(spec, MapOf) and isinstance(spec.value, Object):
-            nested, nested_prefix = spec.value, f"{prefix}{key}.in_N."
+            nested, nested_prefix = spec.value, f"{prefix}{key}.{spec.key_placeholder}."
         elif isinstance(spec, ListOf) and isinstance(spec.item, Object):
             nested, nested_prefix = spec.item, f"{prefix}{key}[]."
         if nested is not None:
@@ -1321,7 +1399,8 @@ def reference_markdown() -> str:
         "tunes, `createsession`, pipeline files), never stored and never an error.",
         "",
         "Pins: sources have the output pin `out`; the compositor has inputs `in_0` ..",
-        "`in_{num_inputs-1}` and the output `out`; sinks have the input `in`.",
+        "`in_{num_inputs-1}` and the outputs `out` (program) and `preview`; sinks have the input `in`.",
+        "A compositor's output may feed another compositor's input (nested compositors); cycles are refused.",
     ]
     for kind in KINDS.values():
         lines += ["", f"## `{kind.name}` ({kind.role})", "", kind.summary[0].upper() + kind.summary[1:] + ".", ""]

@@ -99,6 +99,12 @@ def test_scaling_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert {(row["layers"], row["size"]) for row in rows} == {(1, "720p"), (4, "720p")}
     assert all(row["peak_rss_mib"] > 0 and row["ms_per_frame_mean"] > 0 for row in rows)
     assert "| 720p |" in out
+    scene_rows = load_results(out)["scaling"]["scene_rows"]
+    assert {(row["mode"], row["size"], row["layers"]) for row in scene_rows} == {
+        (mode, "720p", 4) for mode in ("scene", "fade", "push", "nested")
+    }
+    assert all(row["ms_per_frame_mean"] > 0 for row in scene_rows)
+    assert "| output | one scene | fade frame | push frame | nested (flat: one scene) |" in out
 
 
 def test_write_readme_replaces_only_the_results_block(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

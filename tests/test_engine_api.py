@@ -19,6 +19,7 @@ import pytest
 from compositord.daemon.engine import api
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.protocol.causal import Stamp
+from compositord.protocol.scenes import AnimateSpec
 from compositord.tests.engine_recorder import assert_plain
 
 SESSION = SessionRecord(
@@ -42,6 +43,7 @@ SAMPLES: list[Any] = [
         "comp", {"width": 640, "layers": {"in_0": {"rect": {"x": 1, "y": 2, "width": 3, "height": 4}}}}, Stamp("a", 7)
     ),
     api.ParamsUpdate("bars", {"pattern": "ramp"}, None),
+    api.ParamsUpdate("comp", {"layers": {"in_0": {"opacity": 0.2}}}, Stamp("a", 9), AnimateSpec(400, "ease_out")),
     api.BatchUpdate((api.ParamsUpdate("comp", {"width": 320}, Stamp("a", 8)), api.ParamsUpdate("bars", {}, None)), SESSION),
     api.BatchUpdate((api.ParamsUpdate("comp", {"fps": 60}, None),)),
     api.TopologyUpdate(SESSION),

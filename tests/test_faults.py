@@ -412,21 +412,21 @@ async def test_a_failed_frame_is_reported_and_the_last_good_frame_kept(tmp_path:
         loops.append(loop)
         return loop
 
-    original_render = renderer_module.Renderer.render
+    original_render = renderer_module.Renderer.draw_program
     fail_next = {"frames": 0}
 
     kept: dict[str, Any] = {}
 
-    def failing_render(self: Any, scene: Any, frames: Any) -> Any:
+    def failing_render(self: Any, scene: Any, frames: Any, **options: Any) -> Any:
         if fail_next["frames"] > 0:  # the test hook: set from the trio thread, read on the render thread
             fail_next["frames"] -= 1
             kept["before_failure"] = loops[0].latest_output("comp")
             raise RuntimeError("injected render failure")
         if "before_failure" in kept and "after_failure" not in kept:
             kept["after_failure"] = loops[0].latest_output("comp")  # the output as the failed frame left it
-        return original_render(self, scene, frames)
+        return original_render(self, scene, frames, **options)
 
-    monkeypatch.setattr(renderer_module.Renderer, "render", failing_render)
+    monkeypatch.setattr(renderer_module.Renderer, "draw_program", failing_render)
     async with trio.open_nursery() as nursery:
         daemon = await start_daemon(nursery, settings, engine_factory=remembered_loop)
         (loop,) = loops

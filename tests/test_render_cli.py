@@ -92,3 +92,36 @@ def test_a_source_with_no_frame_outside_the_daemon_is_left_out_with_a_warning(
     image = np.asarray(Image.open(out).convert("RGBA"))
     x, y = auto_pip_box(1, 64, 32).center
     assert close(image[int(y), int(x)], (0, 255, 0))  # where in_1 would sit: the bars show through
+
+
+SCENES = Path(__file__).resolve().parent.parent / "examples" / "scenes-pipeline.yaml"
+
+
+def rendered(tmp_path: Path, name: str, *options: str) -> np.ndarray:
+    out = tmp_path / f"{name}.png"
+    assert cli.main(["render", str(SCENES), "--node", "studio", "--out", str(out), *options]) == EXIT_OK
+    return np.asarray(Image.open(out).convert("RGBA")).astype(np.float64)
+
+
+@pytest.mark.gl
+def test_scenes_example_renders_scenes_a_nested_card_and_a_transition_midpoint(gl_ctx: moderngl.Context, tmp_path: Path) -> None:
+    wide = rendered(tmp_path, "wide")
+    split = rendered(tmp_path, "split", "--scene", "split")
+    assert not np.array_equal(wide, split)
+    # The nested card compositor is drawn into the program: its translucent strip darkens the bars' white patch.
+    assert close(wide[10, 100].astype(np.uint8), (191, 191, 191)) and wide[700, 300, :3].min() > 250
+    assert wide[672, 300, :3].max() < 120
+    # The params' transition is a fade, ease_in_out: at 0.5 it is the mean of both scenes.
+    midpoint = rendered(tmp_path, "midpoint", "--to", "split", "--at", "0.5")
+    assert np.abs(midpoint - (wide + split) / 2).max() <= 1.0
+    # At 0 and 1 the transition is each scene.
+    assert np.array_equal(rendered(tmp_path, "start", "--to", "split", "--at", "0"), wide)
+    assert np.array_equal(rendered(tmp_path, "end", "--to", "split", "--at", "1"), split)
+
+
+def test_an_unknown_scene_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "never.png"
+    assert cli.main(["render", str(SCENES), "--node", "studio", "--scene", "nope", "--out", str(out)]) == EXIT_BAD_INPUT
+    assert "--scene 'nope': studio has no such scene (scenes: wide, pip, split)" in capsys.readouterr().err
+    assert cli.main(["render", str(SCENES), "--node", "studio", "--to", "wide", "--at", "2", "--out", str(out)]) == EXIT_BAD_INPUT
+    assert not out.exists()

@@ -294,7 +294,7 @@ async def test_gl_is_touched_only_on_the_render_thread(start_loop: Callable[...,
         return ctx
 
     monkeypatch.setattr(gl_context, "create_context", create_context)
-    for method in ("__init__", "render", "release"):
+    for method in ("__init__", "draw_program", "release"):
         monkeypatch.setattr(
             renderer_module.Renderer, method, recorded(f"Renderer.{method}", getattr(renderer_module.Renderer, method))
         )
@@ -310,7 +310,7 @@ async def test_gl_is_touched_only_on_the_render_thread(start_loop: Callable[...,
     await wait_until(lambda: sum(1 for name, _ in threads if name == "Renderer.release") >= 1)
     loop.stop()
     names = {name for name, _ in threads}
-    assert names >= {"create_context", "Renderer.__init__", "Renderer.render", "Renderer.release", "ctx.release"}
+    assert names >= {"create_context", "Renderer.__init__", "Renderer.draw_program", "Renderer.release", "ctx.release"}
     render_threads = {ident for _, ident in threads}
     assert len(render_threads) == 1
     assert threading.get_ident() not in render_threads

@@ -2,7 +2,9 @@
 
     compositord ctl [--url URL] [--token T] sessions
     compositord ctl get SESSION
-    compositord ctl tune SESSION NODE JSON [--replace] [--async]
+    compositord ctl tune SESSION NODE JSON [--replace] [--async] [--animate MS [--easing E]]
+    compositord ctl scene SESSION NODE NAME [--preview] [--transition KIND] [--ms N] [--easing E] [--direction D]
+    compositord ctl take SESSION NODE [--transition KIND] [--ms N] [--easing E] [--direction D]
     compositord ctl watch [SESSION]
 
 Output is JSON (``watch``: one event per line, as it arrives). A refused
@@ -20,6 +22,8 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 import trio
+
+from compositord.protocol.scenes import DIRECTIONS, EASINGS, TRANSITION_KINDS
 
 DEFAULT_URL = "ws://127.0.0.1:4545/api/v1/control"
 
@@ -41,8 +45,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tune.add_argument("params", metavar="JSON", help='for example \'{"layers": {"in_1": {"opacity": 0.5}}}\'')
     tune.add_argument("--replace", action="store_true", help="UpdateParams: the params become exactly JSON")
     tune.add_argument("--async", dest="is_async", action="store_true", help="tunenodeasync: do not wait for the commit")
+    tune.add_argument("--animate", metavar="MS", type=int, help="move the numbers the patch changes over MS milliseconds")
+    tune.add_argument("--easing", choices=EASINGS, default="linear", help="of --animate (default: linear)")
+    scene = commands.add_parser("scene", help="put a compositor's scene on program (or on preview)")
+    scene.add_argument("session", metavar="SESSION")
+    scene.add_argument("node", metavar="NODE")
+    scene.add_argument("scene", metavar="NAME")
+    scene.add_argument("--preview", action="store_true", help="on the preview output instead (no transition)")
+    _transition_arguments(scene)
+    take = commands.add_parser("take", help="studio mode: the preview scene to program, the program scene to preview")
+    take.add_argument("session", metavar="SESSION")
+    take.add_argument("node", metavar="NODE")
+    _transition_arguments(take)
     watch = commands.add_parser("watch", help="print events as JSON lines until interrupted")
     watch.add_argument("session", metavar="SESSION", nargs="?", help="only this session's events")
+
+
+def _transition_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the change is shown; what is given is laid into the params' transition (and stays the default)."""
+    parser.add_argument("--transition", choices=TRANSITION_KINDS, help="cut, fade, slide, push or wipe")
+    parser.add_argument("--ms", type=int, help="duration in milliseconds (counted in output frames)")
+    parser.add_argument("--easing", choices=EASINGS)
+    parser.add_argument("--direction", choices=DIRECTIONS, help="slide, push, wipe: where the picture moves")
+
+
+def transition_of(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The transition patch the options give, or None when none was given."""
+    given = {"kind": args.transition, "duration_ms": args.ms, "easing": args.easing, "direction": args.direction}
+    patch = {key: value for key, value in given.items() if value is not None}
+    return patch or None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -73,8 +104,20 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
             elif args.ctl_command == "get":
                 _print(out, await client.get_pipeline(args.session), indent=2)
             elif args.ctl_command == "tune":
-                stamp = await client.tune(args.session, args.node, args.patch, replace=args.replace, sync=not args.is_async)
+                animate = {"duration_ms": args.animate, "easing": args.easing} if args.animate is not None else None
+                stamp = await client.tune(
+                    args.session, args.node, args.patch, replace=args.replace, sync=not args.is_async, animate=animate
+                )
                 _print(out, {"action": "tunenodeasync" if args.is_async else "success", **stamp.to_json()})
+            elif args.ctl_command == "scene":
+                if args.preview:
+                    stamp = await client.set_preview_scene(args.session, args.node, args.scene)
+                else:
+                    stamp = await client.set_program_scene(args.session, args.node, args.scene, transition=transition_of(args))
+                _print(out, {"action": "success", **stamp.to_json()})
+            elif args.ctl_command == "take":
+                stamp = await client.take(args.session, args.node, transition=transition_of(args))
+                _print(out, {"action": "success", **stamp.to_json()})
             elif args.ctl_command == "watch":
                 async for event in client.events():
                     if args.session is None or event.session_id == args.session:

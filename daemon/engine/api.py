@@ -32,17 +32,23 @@ from typing import Any, Protocol
 
 from compositord.daemon.state.model import SessionRecord
 from compositord.protocol.causal import Stamp
+from compositord.protocol.scenes import AnimateSpec
 
 # --------------------------------------------------------------------------- commands (control -> engine)
 
 
 @dataclass(frozen=True, slots=True)
 class ParamsUpdate:
-    """New durable params of a node (defaults not filled in), with the stamp of the tune that made them."""
+    """New durable params of a node (defaults not filled in), with the stamp of the tune that made them.
+
+    ``animate`` (an animated edit, a compositor's only): the numbers this update changes move there over
+    its duration instead of jumping (``protocol.scenes``); None: they jump, ending any animation of them.
+    """
 
     node_id: str
     params: dict[str, Any]
     stamp: Stamp | None  # None: the change has no sender (a structure change, the server itself)
+    animate: AnimateSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

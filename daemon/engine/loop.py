@@ -50,12 +50,15 @@ from typing import Any
 import numpy as np
 import trio
 
-from compositord.daemon.engine import api, registry
+from compositord.daemon.engine import api, compositor_graph, registry
+from compositord.daemon.engine.animation import Animator
+from compositord.daemon.engine.compositor_graph import OutputUses
 from compositord.daemon.engine.render import gl_context
 from compositord.daemon.engine.render import renderer as renderer_module
-from compositord.daemon.engine.render.frames import OutputFrame, SourceFrame
+from compositord.daemon.engine.render.frames import InputFrame, OutputFrame, TextureFrame
 from compositord.daemon.engine.render.scene import resolve_scene
 from compositord.daemon.engine.render_times import RenderTimeHistogram
+from compositord.daemon.engine.scene_program import SceneProgram
 from compositord.daemon.engine.sinks.base import Sink
 from compositord.daemon.engine.sinks.compositor_preview import CompositorPreviews
 from compositord.daemon.engine.sinks.sink_set import SinkSet
@@ -63,9 +66,11 @@ from compositord.daemon.engine.sources.base import FrameSource, SourceContext
 from compositord.daemon.engine.sources.push import PushInlets, source_frame_from_pushed
 from compositord.daemon.state.model import NodeRecord, SessionRecord
 from compositord.protocol import params as params_schema
+from compositord.protocol import scenes
 from compositord.protocol.causal import AckBook, Stamp
 from compositord.protocol.errors import RemoteProtocolError
-from compositord.protocol.params import COMPOSITOR_KIND, PUSH_KIND
+from compositord.protocol.params import COMPOSITOR_KIND, OUTPUT_PIN, PREVIEW_PIN, PUSH_KIND
+from compositord.protocol.scenes import AnimateSpec
 
 STATS_INTERVAL = 1.0  # seconds between nodestatsupdated emissions (at most)
 RENDER_MS_WINDOW = 1024  # render times kept for the percentiles (one stats interval at up to 240 fps, with room)
@@ -82,6 +87,8 @@ class _Inbox:
     forget: set[str] = field(default_factory=set)
     # Compositor previews to start and stop, in the order asked (a start and a stop of one id may both wait).
     previews: list[api.StartCompositorPreview | api.StopCompositorPreview] = field(default_factory=list)
+    # node -> JSON pointer -> how its latest change asked to be shown (None: at once); bounded by the params' leaves
+    animations: dict[str, dict[str, AnimateSpec | None]] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not (self.params or self.stamps or self.topology is not None or self.forget or self.previews)
@@ -90,6 +97,7 @@ class _Inbox:
 @dataclass
 class _CompositorState:
     renderer: Any
+    program: SceneProgram = field(default_factory=SceneProgram)
     acks: AckBook = field(default_factory=AckBook)
     last_layout: dict[str, Any] | None = None
     view_seq: int = 0
@@ -98,6 +106,7 @@ class _CompositorState:
     error: str | None = None
     params_source: dict[str, Any] | None = None  # the durable params `full` was made from
     full: dict[str, Any] = field(default_factory=dict)  # with defaults
+    animator: Animator = field(default_factory=Animator)
 
     def full_params(self, durable: dict[str, Any]) -> dict[str, Any]:
         if durable is not self.params_source:
@@ -128,6 +137,10 @@ class RenderLoop:
 
         self._inbox = _Inbox()
         self._inbox_lock = threading.Lock()
+        # Under the inbox lock: the params last submitted per node, and the nodes that ever had an animated
+        # edit (only their edits are compared leaf by leaf, to say which values an edit moves or ends).
+        self._submitted: dict[str, dict[str, Any]] = {node_id: node.params for node_id, node in session.nodes.items()}
+        self._animated_nodes: set[str] = set()
         self._outbox: dict[tuple[type, str], api.Event] = {}  # (event type, node id) -> the latest undelivered
         self._delivery_scheduled = False  # a _deliver is pending on the trio thread
         self._outbox_lock = threading.Lock()
@@ -145,7 +158,9 @@ class RenderLoop:
         self._frames_dropped = 0
         self._frames_late = 0
         self._fps = IDLE_FPS
-        self._latest_output: dict[str, OutputFrame] = {}
+        self._latest_output: dict[tuple[str, str], OutputFrame] = {}  # (compositor, output pin) -> its last frame
+        self._render_order: list[str] = []  # render thread: compositors, each after those that feed it
+        self._output_uses: dict[str, OutputUses] = {}  # render thread: who takes each compositor's outputs
         self._source_errors: dict[str, str] = {}  # render thread only
         self._source_conditions: dict[str, str] = {}  # live inputs' "connecting" / "live"; render thread only
         self._source_kinds: dict[str, str] = {}  # render thread only: the kind each live source was made for
@@ -181,10 +196,10 @@ class RenderLoop:
         elif isinstance(command, api.BatchUpdate):
             snapshot = command.topology.copy() if command.topology is not None else None
             with self._inbox_lock:
-                if snapshot is not None:
-                    self._set_topology(snapshot)
                 for update in command.updates:
                     self._put(update)
+                if snapshot is not None:
+                    self._set_topology(snapshot)
         elif isinstance(command, api.TopologyUpdate):
             snapshot = command.session.copy()
             with self._inbox_lock:
@@ -204,6 +219,8 @@ class RenderLoop:
         self._inbox.topology = snapshot
         # Params queued before this snapshot are in it already (the store is updated first).
         self._inbox.params = {n: p for n, p in self._inbox.params.items() if n in snapshot.nodes}
+        self._submitted = {node_id: node.params for node_id, node in snapshot.nodes.items()}
+        self._animated_nodes &= snapshot.nodes.keys()
 
     def _forget_sender(self, sender: str) -> None:
         with self._inbox_lock:
@@ -215,6 +232,12 @@ class RenderLoop:
 
     def _put(self, update: api.ParamsUpdate) -> None:
         inbox = self._inbox
+        if update.animate is not None or update.node_id in self._animated_nodes:
+            self._animated_nodes.add(update.node_id)
+            marks = inbox.animations.setdefault(update.node_id, {})
+            for path in scenes.changed_leaves(self._submitted.get(update.node_id, {}), update.params):
+                marks[path] = update.animate
+        self._submitted[update.node_id] = update.params
         inbox.params[update.node_id] = dict(update.params)
         stamp = update.stamp
         if stamp is not None:
@@ -249,9 +272,10 @@ class RenderLoop:
 
     # ------------------------------------------------------------------ beyond api.Engine: tests, benchmarks
 
-    def latest_output(self, node_id: str) -> OutputFrame | None:
-        """The last frame a compositor node rendered (a failed frame leaves the one before); any thread may read it."""
-        return self._latest_output.get(node_id)
+    def latest_output(self, node_id: str, pin: str = OUTPUT_PIN) -> OutputFrame | None:
+        """The last frame a compositor node read back on an output pin (a failed frame leaves the one before);
+        any thread may read it. A program output that only other compositors take is not read back."""
+        return self._latest_output.get((node_id, pin))
 
     def sink(self, node_id: str) -> Sink | None:
         """The running sink of a sink node, or None; any thread may call it."""
@@ -373,8 +397,11 @@ class RenderLoop:
                 t0, n = time.monotonic(), 0
             self._media_time = media_base + n * period
             frame_time = time.monotonic() - started
-            for node_id, state in compositors.items():
-                self._render_compositor(node_id, state, sources, applied_stamps.get(node_id), frame_time)
+            pictures: dict[tuple[str, str], TextureFrame] = {}  # this frame's compositor outputs other compositors take
+            for node_id in self._render_order:
+                state = compositors.get(node_id)
+                if state is not None:
+                    self._render_compositor(node_id, state, sources, pictures, applied_stamps.get(node_id), frame_time)
             self._emit(self._frame_ended)  # after this frame's view data: the hub sends them together
             finished = time.monotonic()
             self._frames_rendered += 1
@@ -429,6 +456,13 @@ class RenderLoop:
                     self._report_node_state(node_id, state.error)
             for node_id, message in self._sinks.standing_errors().items():
                 self._report_node_state(node_id, message)
+        for node_id, marks in inbox.animations.items():
+            animated = compositors.get(node_id)
+            if animated is not None and animated.params_source is not None and node_id in self._session.nodes:
+                before = animated.full
+                after = animated.full_params(self._session.nodes[node_id].params)
+                for path, spec in marks.items():
+                    animated.animator.edited(path, spec, before, after, self._fps)
         applied: dict[str, Stamp] = {}
         for node_id, senders in inbox.stamps.items():
             stamped = compositors.get(node_id)
@@ -458,7 +492,10 @@ class RenderLoop:
         nodes = self._session.nodes
         for node_id in [n for n in compositors if n not in nodes or nodes[n].kind != COMPOSITOR_KIND]:
             compositors.pop(node_id).renderer.release()
-            self._latest_output.pop(node_id, None)
+            for pin in params_schema.output_pins(COMPOSITOR_KIND):
+                self._latest_output.pop((node_id, pin), None)
+        self._render_order = compositor_graph.render_order(self._session)
+        self._output_uses = compositor_graph.output_uses(self._session, lambda kind: registry.sink(kind) is not None)
         for node_id in [n for n in sources if n not in nodes or nodes[n].kind != self._source_kinds.get(n)]:
             _close_source(sources.pop(node_id))
             self._source_kinds.pop(node_id, None)
@@ -532,42 +569,75 @@ class RenderLoop:
         node_id: str,
         state: _CompositorState,
         sources: Mapping[str, FrameSource],
+        pictures: dict[tuple[str, str], TextureFrame],
         stamp: Stamp | None,
         t: float,
     ) -> None:
         node = self._session.nodes[node_id]
+        uses = self._output_uses.get(node_id, OutputUses())
         started = time.perf_counter()
         error: str | None = None
+        outputs: dict[str, OutputFrame | None] = {}
+        scene_errors: list[tuple[str, str]] = []
         try:
-            full = state.full_params(node.params)
-            pins = set(params_schema.input_pins(COMPOSITOR_KIND, full))
-            frames: dict[str, SourceFrame] = {}
-            for pin, conn in sorted(self._session.inputs_of(node_id).items()):
-                source = sources.get(conn.from_node)
-                if pin in pins and source is not None:
-                    frame = source.frame(t)
-                    if frame is not None:  # None: nothing to show yet, the layer is left out
-                        frames[pin] = frame
-            scene = resolve_scene(full, frames, asset_dir=self._asset_dir)
-            output = state.renderer.render(scene, frames)
+            full = state.animator.next_frame(state.full_params(node.params))
+            frames = self._input_frames(node_id, full, sources, pictures, t)
+            renderer = state.renderer
+            plan = state.program.next_frame(full, self._fps, can_snapshot=renderer.program_texture() is not None)
+            scene = resolve_scene(plan.params, frames, asset_dir=self._asset_dir)
+            scene_errors += scene.errors
+            transition = None
+            if plan.mix is not None:
+                outgoing = None
+                if plan.outgoing_params is not None:
+                    outgoing = resolve_scene(plan.outgoing_params, frames, asset_dir=self._asset_dir)
+                    scene_errors += outgoing.errors
+                transition = renderer_module.Transition(plan.mix, outgoing)
+            # Read back what sinks and listeners take; a program only other compositors take stays a texture.
+            read_program = uses.program_to_sinks or bool(self._output_listeners) or not uses.program_to_compositors
+            renderer.begin_frame()
+            try:
+                if plan.take_snapshot:
+                    renderer.take_snapshot()
+                outputs[OUTPUT_PIN] = renderer.draw_program(
+                    scene, frames, transition=transition, read_back=read_program, keep_rgba=uses.program_to_compositors
+                )
+                if uses.program_to_compositors and (picture := renderer.program_texture()) is not None:
+                    pictures[(node_id, OUTPUT_PIN)] = picture
+                if uses.preview_wanted and full["preview_scene"] is not None:
+                    preview = resolve_scene(scenes.scene_params(full, full["preview_scene"]), frames, asset_dir=self._asset_dir)
+                    scene_errors += preview.errors
+                    outputs[PREVIEW_PIN] = renderer.draw_preview(preview, frames, read_back=uses.preview_to_sinks)
+                    if uses.preview_to_compositors and (picture := renderer.preview_texture()) is not None:
+                        pictures[(node_id, PREVIEW_PIN)] = picture
+            finally:
+                renderer.end_frame(frames)
         except Exception as exc:
             error = f"frame failed: {type(exc).__name__}: {exc}"
-            scene = None
+            plan = None
         state.render_ms.append((time.perf_counter() - started) * 1000.0)
-        if scene is not None:
-            overlay_errors = dict(scene.errors)
+        if plan is not None:
+            overlay_errors = dict(scene_errors)
             overlay_errors.update(getattr(state.renderer, "overlay_errors", {}) or {})
             if overlay_errors:
                 error = "; ".join(f"overlay {key}: {message}" for key, message in sorted(overlay_errors.items()))
-            self._latest_output[node_id] = output
-            for listener in self._output_listeners:
-                try:
-                    listener(node_id, output)
-                except Exception as exc:  # a sink's bug must not stop the pipeline
-                    error = f"output listener {getattr(listener, '__qualname__', listener)!s} failed: {exc}"
-            self._sinks.deliver(node_id, output, self._media_time, self._fps)
-            self._compositor_previews.deliver(node_id, output, self._media_time, self._fps)
+            for pin, output in outputs.items():
+                if output is None:
+                    continue
+                self._latest_output[(node_id, pin)] = output
+                if pin == OUTPUT_PIN:
+                    for listener in self._output_listeners:
+                        try:
+                            listener(node_id, output)
+                        except Exception as exc:  # a sink's bug must not stop the pipeline
+                            error = f"output listener {getattr(listener, '__qualname__', listener)!s} failed: {exc}"
+                    self._compositor_previews.deliver(node_id, output, self._media_time, self._fps)
+                self._sinks.deliver(node_id, output, self._media_time, self._fps, pin=pin)
             layout = scene.layout()
+            if plan.scene is not None:
+                layout["scene"] = plan.scene
+            if plan.transition is not None:
+                layout["transition"] = plan.transition
             if layout != state.last_layout or stamp is not None:
                 state.last_layout = layout
                 state.view_seq += 1
@@ -578,6 +648,32 @@ class RenderLoop:
         if error != state.error:
             state.error = error
             self._report_node_state(node_id, error)
+
+    def _input_frames(
+        self,
+        node_id: str,
+        full: Mapping[str, Any],
+        sources: Mapping[str, FrameSource],
+        pictures: Mapping[tuple[str, str], TextureFrame],
+        t: float,
+    ) -> dict[str, InputFrame]:
+        """This frame's picture of every connected input pin: a source's frame, or another compositor's
+        output drawn earlier in this frame (left out when there is none yet)."""
+        pins = set(params_schema.input_pins(COMPOSITOR_KIND, full))
+        frames: dict[str, InputFrame] = {}
+        for pin, conn in sorted(self._session.inputs_of(node_id).items()):
+            if pin not in pins:
+                continue
+            picture = pictures.get((conn.from_node, conn.from_pin))
+            if picture is not None:
+                frames[pin] = picture
+                continue
+            source = sources.get(conn.from_node)
+            if source is not None:
+                frame = source.frame(t)
+                if frame is not None:  # None: nothing to show yet, the layer is left out
+                    frames[pin] = frame
+        return frames
 
     def _emit_stats(self, compositors: Mapping[str, _CompositorState]) -> None:
         for node_id, state in compositors.items():

@@ -97,6 +97,10 @@ class Dispatch:
             response = await self._tunes.applybatch(connection, action, cid)
             self._observer.tunes_applied(action.session_id, sum(isinstance(op, envelope.TuneNode) for op in action.operations))
             return response
+        if isinstance(action, envelope.Take):
+            response = await self._tunes.take(connection, action, cid)
+            self._observer.tunes_applied(action.session_id, 1)
+            return response
         if isinstance(action, (envelope.GetPreview, envelope.SubscribePreview, envelope.UnsubscribePreview)):
             return self._previews.handle(connection, action, cid)
         if isinstance(action, (envelope.AddNode, envelope.RemoveNode, envelope.Connect, envelope.Disconnect)):

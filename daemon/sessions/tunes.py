@@ -22,7 +22,7 @@ S7: retired when a connection closes); the view channel's acks live in the engin
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,27 +58,50 @@ class Tunes:
 
     async def tunenode(self, connection: Connection, action: envelope.TuneNode, cid: str | None) -> envelope.Response | None:
         tune = _Tune(action, pointer.join("/payload/message", action.variant), _merges_updates(connection))
-        stamps = [(action.node_id, action.stamp)] if action.stamp is not None else []
-        check_new_senders(connection, stamps, tune.body_path)
-        for _, stamp in stamps:
-            connection.senders.add(stamp.sender)
+        return await self._tune_one(
+            connection, action.session_id, action.node_id, action.stamp, tune.body_path, lambda _: tune, cid
+        )
+
+    async def take(self, connection: Connection, action: envelope.Take, cid: str | None) -> envelope.Response | None:
+        """Preview to program, program to preview: one patch, computed from the params under the session's lock."""
+        return await self._tune_one(
+            connection, action.session_id, action.node_id, action.stamp, "/payload", lambda nodes: _take_tune(nodes, action), cid
+        )
+
+    async def _tune_one(
+        self,
+        connection: Connection,
+        session_id: str,
+        node_id: str,
+        stamp: Stamp | None,
+        path: str,
+        tune_of: Callable[[Mapping[str, NodeRecord]], _Tune],
+        cid: str | None,
+    ) -> envelope.Response | None:
+        """One change of one node: ``tune_of`` makes it from the session's nodes, read under the lock."""
+        stamps = [(node_id, stamp)] if stamp is not None else []
+        check_new_senders(connection, stamps, path)
+        for _, taken in stamps:
+            connection.senders.add(taken.sender)
         try:
-            _, live = self._live.lookup(action.session_id)
+            _, live = self._live.lookup(session_id)
         except RemoteProtocolError as error:
             raise Refusal(error, stamps) from None
         async with live.lock:
-            record, _ = self._live.lookup(action.session_id)
+            record, _ = self._live.lookup(session_id)
             try:
+                tune = tune_of(record.nodes)
                 node = _tuned_node(record.nodes, live, tune, None)
-                await self._images.store(action.images, tune.body_path)
+                await self._images.store(tune.action.images, tune.body_path)
             except RemoteProtocolError as error:
-                self.refuse_stamps(connection, action.session_id, stamps)
+                self.refuse_stamps(connection, session_id, stamps)
                 raise Refusal(error, stamps) from None
-            seq = await self._live.store.set_params(action.session_id, node.node_id, node.params, wait_durable=False)
+            action = tune.action
+            seq = await self._live.store.set_params(session_id, node.node_id, node.params, wait_durable=False)
             if action.stamp is not None:
                 live.book(node.node_id).record(action.stamp)
-            live.engine.submit(api.ParamsUpdate(node.node_id, node.params, action.stamp))
-            self._publish_params(action.session_id, live, node.node_id, node.params, seq, action.stamp)
+            live.engine.submit(api.ParamsUpdate(node.node_id, node.params, action.stamp, action.animate))
+            self._publish_params(session_id, live, node.node_id, node.params, seq, action.stamp)
         if not action.sync:
             return None
         await self._live.store.flush()  # answered once the change is committed
@@ -108,7 +131,7 @@ class Tunes:
                         tune = _Tune(op, pointer.join(path, "message", op.variant), _merges_updates(connection))
                         node = _tuned_node(working.nodes, live, tune, batch_books)
                         working.set_params(node.node_id, node.params)
-                        tuned.append(api.ParamsUpdate(node.node_id, node.params, op.stamp))
+                        tuned.append(api.ParamsUpdate(node.node_id, node.params, op.stamp, op.animate))
                         await self._images.store(op.images, tune.body_path)
                     else:
                         events += working.apply(op, path)
@@ -199,6 +222,30 @@ def _tuned_node(
 def _merges_updates(connection: Connection) -> bool:
     """StreamKit's server merges an ``UpdateParams`` into the params: so does this one for its dialect."""
     return connection.dialect == streamkit.STREAMKIT
+
+
+def _take_tune(nodes: Mapping[str, NodeRecord], take: envelope.Take) -> _Tune:
+    """The patch a ``take`` makes of the node's params now: preview and program scenes exchanged."""
+    node = nodes.get(take.node_id)
+    if node is None:
+        raise not_found(f"no node {take.node_id!r} in this session", "/payload/node_id")
+    if node.kind != node_params.COMPOSITOR_KIND:
+        raise RemoteProtocolError(
+            ErrorCode.INVALID_PARAMS,
+            f"/payload/node_id: {take.node_id!r} is a {node.kind}, not a {node_params.COMPOSITOR_KIND}",
+            "/payload/node_id",
+        )
+    preview = node.params.get("preview_scene")
+    if preview is None:
+        raise RemoteProtocolError(
+            ErrorCode.INVALID_PARAMS,
+            f"/payload/node_id: compositor {take.node_id!r} has no preview_scene to take",
+            "/payload/node_id",
+        )
+    patch: dict[str, Any] = {"program_scene": preview, "preview_scene": node.params.get("program_scene")}
+    if take.transition is not None:
+        patch["transition"] = dict(take.transition)
+    return _Tune(envelope.TuneNode(take.session_id, take.node_id, envelope.PATCH, patch, take.stamp), "/payload")
 
 
 def check_new_senders(connection: Connection, stamps: Sequence[tuple[str, Stamp]], path: str) -> None:

@@ -9,7 +9,7 @@ each).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 
@@ -75,6 +75,29 @@ class SourceFrame:
             raise ValueError(
                 f"SourceFrame.data: {actual} bytes, but {self.pixel_format} {self.width}x{self.height} needs {expected}"
             )
+
+
+@dataclass(frozen=True)
+class TextureFrame:
+    """Another compositor's picture of this frame, drawn from its texture with no read back (nested compositors).
+
+    ``texture`` (a ``moderngl.Texture``) is canvas-sized premultiplied RGBA with
+    BGRA-ordered storage (``render/raw_gl``), owned by that compositor's
+    renderer: valid until its next frame, and only on the render thread.
+    ``opaque`` promises every alpha is 255 (its background is opaque).
+    """
+
+    texture: Any
+    width: int
+    height: int
+    opaque: bool = False
+    framebuffer: Any = None  # the texture's framebuffer (a ``moderngl.Framebuffer``), to copy it whole with a blit
+    pixel_format: ClassVar[str] = "texture"
+    premultiplied: ClassVar[bool] = True
+
+
+# What the renderer takes for one input pin.
+InputFrame = SourceFrame | TextureFrame
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import moderngl
 
 from compositord.daemon.engine.render import raw_gl
-from compositord.daemon.engine.render.frames import LUMA_COEFFICIENTS, SourceFrame, chroma_size
+from compositord.daemon.engine.render.frames import LUMA_COEFFICIENTS, InputFrame, SourceFrame, chroma_size
 from compositord.daemon.engine.render.layer_pass import LayerPass, configure_sampling
 from compositord.daemon.engine.render.scene import ResolvedLayer, ResolvedScene
 from compositord.daemon.engine.render.source_textures import as_buffer
@@ -49,18 +49,20 @@ def is_full_frame_unscaled(layer: ResolvedLayer, canvas: tuple[int, int], frame:
     return (frame.opaque or frame.pixel_format != "rgba8") and layer.covers_canvas_unscaled((frame.width, frame.height), canvas)
 
 
-def planes_apply(scene: ResolvedScene, frames: Mapping[str, SourceFrame]) -> bool:
+def planes_apply(scene: ResolvedScene, frames: Mapping[str, InputFrame]) -> bool:
     """Whether ``scene`` can be composited plane by plane (see the module docstring)."""
     if scene.output_format != "nv12" or scene.width % 2 or scene.height % 2:
         return False
+    nv12: list[SourceFrame] = []
     for layer in scene.layers:
         frame = frames.get(layer.id) if layer.kind == "video" else None
-        if frame is None or frame.pixel_format != "nv12" or frame.color_matrix != scene.color_matrix:
-            return False
+        if not isinstance(frame, SourceFrame) or frame.pixel_format != "nv12" or frame.color_matrix != scene.color_matrix:
+            return False  # an overlay, an RGBA input, another compositor's picture, another matrix
+        nv12.append(frame)
     if scene.background[3] >= 1.0:
         return True
     # A transparent background shows through unless an opaque full-frame bottom layer covers it.
-    return bool(scene.layers) and is_full_frame_unscaled(scene.layers[0], (scene.width, scene.height), frames[scene.layers[0].id])
+    return bool(scene.layers) and is_full_frame_unscaled(scene.layers[0], (scene.width, scene.height), nv12[0])
 
 
 class PlaneSource:

@@ -23,7 +23,7 @@ from compositord.daemon.engine.render.frames import OutputFrame
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkFrame
 from compositord.daemon.state.model import SessionRecord
 from compositord.protocol import params as params_schema
-from compositord.protocol.params import COMPOSITOR_KIND
+from compositord.protocol.params import COMPOSITOR_KIND, OUTPUT_PIN
 
 
 class SinkSet:
@@ -44,7 +44,7 @@ class SinkSet:
         self._miswired: set[str] = set()  # sink nodes fed by something other than a compositor
         self._latches: dict[str, ErrorLatch] = {}
         self._retiring: list[Sink] = []  # told to finish, maybe still flushing
-        self._feeds: dict[str, tuple[Sink, ...]] = {}  # compositor node -> the sinks it feeds
+        self._feeds: dict[tuple[str, str], tuple[Sink, ...]] = {}  # (compositor node, output pin) -> the sinks it feeds
 
     # ---- render thread
 
@@ -72,7 +72,7 @@ class SinkSet:
             self._sinks[node_id] = sink
             self._kinds[node_id] = node.kind
         self._retiring = [sink for sink in self._retiring if not sink.close()]
-        feeds: dict[str, list[Sink]] = {}
+        feeds: dict[tuple[str, str], list[Sink]] = {}
         for node_id, sink in self._sinks.items():
             upstream = session.inputs_of(node_id).get("in")
             upstream_kind = nodes[upstream.from_node].kind if upstream is not None and upstream.from_node in nodes else None
@@ -87,11 +87,12 @@ class SinkSet:
                 self._miswired.discard(node_id)
                 self._latches[node_id].set(None)
             if upstream is not None:
-                feeds.setdefault(upstream.from_node, []).append(sink)
+                feeds.setdefault((upstream.from_node, upstream.from_pin), []).append(sink)
         self._feeds = {node_id: tuple(sinks) for node_id, sinks in feeds.items()}
 
-    def deliver(self, compositor_id: str, frame: OutputFrame, media_time: float, fps: int) -> None:
-        sinks = self._feeds.get(compositor_id)
+    def deliver(self, compositor_id: str, frame: OutputFrame, media_time: float, fps: int, *, pin: str = OUTPUT_PIN) -> None:
+        """A frame of a compositor's output ``pin`` (``out``: the program, or ``preview``) to the sinks it feeds."""
+        sinks = self._feeds.get((compositor_id, pin))
         if sinks:
             item = SinkFrame(frame, media_time, fps)
             for sink in sinks:
