@@ -54,6 +54,7 @@ def render_loop_factory(settings: Settings, *, device_index: int | None = None) 
             asset_dir=settings.asset_dir,
             output_dir=settings.output_dir,
             device_index=device_index,
+            min_free_disk_bytes=settings.limits.min_free_disk_bytes,
         )
 
     return make
