@@ -100,6 +100,7 @@ class _Services:
                         self.engine_factory,
                         retired_acks_grace_s=self.settings.limits.retired_acks_grace_s,
                         max_retired_acks=self.settings.limits.max_retired_acks,
+                        validation_context=self.settings.validation_context(),
                     )
                     # Coalescable events leave at most once per output frame of their session (PROTOCOL.md section 4).
                     nursery.start_soon(self.hub.run, self.service.frame_period)
@@ -123,7 +124,11 @@ class _Services:
         stored = dict(self.store.sessions())
         configured_id = session_name_for(self.settings.pipeline_file)
         if configured_id not in stored:
-            pipeline = demo_pipeline() if self.settings.pipeline_file is None else load_pipeline(self.settings.pipeline_file)
+            pipeline = (
+                demo_pipeline()
+                if self.settings.pipeline_file is None
+                else load_pipeline(self.settings.pipeline_file, context=self.settings.validation_context())
+            )
             record = SessionRecord.from_pipeline(configured_id, configured_id, pipeline)
             await self.store.create_session(record)
             log.info("created session %r from %s", configured_id, self.settings.pipeline_file or "the demo pipeline")

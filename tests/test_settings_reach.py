@@ -7,10 +7,14 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from compositord.client import open_client
+from compositord.cli.main import main as cli_main
+from compositord.client import CompositordError, open_client
 from compositord.daemon.config import Limits
+from compositord.daemon.state.lock import StateDirectoryLock
+from compositord.protocol.envelope import PATCH, AddNode, TuneNode
 from compositord.testing.plugin import SMALL_PIPELINE, settings_for, start_daemon
 
 
@@ -36,3 +40,61 @@ async def test_the_disk_floor_setting_reaches_the_sinks_of_the_daemons_render_lo
         assert "min_free_disk_bytes" in state["error"]
         assert not (settings.output_dir / "out.y4m").exists() or (settings.output_dir / "out.y4m").stat().st_size == 0
         nursery.cancel_scope.cancel()
+
+
+ALLOWED = "udp://192.0.2.10:5000"  # TEST-NET-1: an address the operator listed; loopback is then not allowed
+
+
+def stream_node(url: str) -> dict[str, Any]:
+    return {"kind": "sink::stream", "params": {"url": url}}
+
+
+async def test_the_stream_allowlist_applies_to_pipeline_files_createsession_addnode_tunes_and_batches(tmp_path: Path) -> None:
+    pipeline = copy.deepcopy(SMALL_PIPELINE)
+    pipeline["nodes"]["out"] = stream_node(ALLOWED)  # a pipeline file: loaded by the daemon's rules
+    settings = settings_for(tmp_path / "state", pipeline, allowed_stream_destinations=(ALLOWED,))
+    async with trio.open_nursery() as nursery:
+        daemon = await start_daemon(nursery, settings)
+        async with open_client(daemon.url) as client:
+            session = daemon.session_id
+            await client.add_node(session, "out2", "sink::stream", {"url": ALLOWED})
+            await client.tune(session, "out2", {"url": ALLOWED})
+            await client.apply_batch(session, [AddNode(session, "out4", "sink::stream", {"url": ALLOWED})])
+            created = await client.create_session("more", {"nodes": {"s": stream_node(ALLOWED)}, "connections": []})
+            for refused in (
+                client.add_node(session, "out3", "sink::stream", {"url": "udp://127.0.0.1:5000"}),
+                client.tune(session, "out2", {"url": "udp://127.0.0.1:5000"}),
+                client.create_session("loop", {"nodes": {"s": stream_node("udp://127.0.0.1:5000")}, "connections": []}),
+                client.apply_batch(session, [TuneNode(session, "out2", PATCH, {"url": "udp://127.0.0.1:5000"})]),
+                client.apply_batch(session, [AddNode(session, "out5", "sink::stream", {"url": "udp://127.0.0.1:5000"})]),
+            ):
+                try:
+                    await refused
+                except CompositordError as error:
+                    assert error.code == "invalid_params" and "allowed_stream_destinations" in str(error)
+                else:
+                    raise AssertionError("a stream to a destination the operator did not list was accepted")
+            nodes = (await client.get_pipeline(session))["nodes"]
+            assert nodes["out2"]["params"]["url"] == ALLOWED and "out4" in nodes
+            assert "out3" not in nodes and "out5" not in nodes
+            await client.destroy_session(created)
+        nursery.cancel_scope.cancel()
+
+
+def test_compositord_run_checks_the_pipeline_file_by_the_daemons_allowlist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = copy.deepcopy(SMALL_PIPELINE)
+    pipeline["nodes"]["out"] = stream_node(ALLOWED)
+    settings = settings_for(tmp_path / "state", pipeline)
+    monkeypatch.setenv("COMPOSITORD_ALLOWED_STREAM_DESTINATIONS", ALLOWED)
+    # The state directory is held by "another daemon": run gets past the pipeline check, then stops there.
+    held = StateDirectoryLock.acquire(settings.state_dir)
+    try:
+        status = cli_main(["run", "--config", str(settings.pipeline_file), "--state-dir", str(settings.state_dir), "--port", "0"])
+    finally:
+        held.release()
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "in use by another compositord" in err
+    assert "/url" not in err

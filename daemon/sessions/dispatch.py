@@ -42,7 +42,7 @@ class Dispatch:
         correlation_id = message.correlation_id
         try:
             try:
-                action = envelope.parse_action(message)
+                action = envelope.parse_action(message, context=self._live.context)
             except RemoteProtocolError as error:
                 stamps = envelope.stamps_of(message)
                 self._tunes.refuse_stamps(connection, message.payload.get("session_id"), stamps)

@@ -19,6 +19,7 @@ from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.state.store import Store
 from compositord.protocol import envelope
 from compositord.protocol.causal import AckBook
+from compositord.protocol.params import DAEMON, ValidationContext
 
 
 @dataclass
@@ -52,11 +53,13 @@ class LiveSession:
 
 
 class LiveSessions:
-    """The running sessions (those with an engine), the store they live in and the hub their events go to."""
+    """The running sessions (those with an engine), the store they live in, the hub their events go to, and
+    what the operator allows in params (``context``: the stream allowlist, never standard output)."""
 
-    def __init__(self, store: Store, hub: Hub, make_book: Callable[[], AckBook]) -> None:
+    def __init__(self, store: Store, hub: Hub, make_book: Callable[[], AckBook], *, context: ValidationContext = DAEMON) -> None:
         self.store = store
         self.hub = hub
+        self.context = context
         self._make_book = make_book
         self._sessions: dict[str, LiveSession] = {}
 

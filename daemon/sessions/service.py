@@ -33,6 +33,7 @@ from compositord.daemon.state.store import Store
 from compositord.protocol import causal
 from compositord.protocol.causal import AckBook
 from compositord.protocol.errors import RemoteProtocolError
+from compositord.protocol.params import DAEMON, ValidationContext
 
 
 class SessionService:
@@ -46,6 +47,7 @@ class SessionService:
         *,
         retired_acks_grace_s: float = causal.RETIRED_ACKS_GRACE_S,
         max_retired_acks: int = causal.MAX_RETIRED_ACKS,
+        validation_context: ValidationContext = DAEMON,
     ) -> None:
         # Rule S7: how long and how many closed senders' params acks getpipeline still reports, per node.
         make_book: Callable[[], AckBook] = functools.partial(
@@ -54,7 +56,7 @@ class SessionService:
         make_book()  # bad settings fail here, at start-up, not at the first tune
         self._hub = hub
         self._engine_factory = engine_factory
-        self._live = LiveSessions(store, hub, make_book)
+        self._live = LiveSessions(store, hub, make_book, context=validation_context)
         self._previews = Previews(self._live)
         self._engine_events = EngineEventHandler(self._live, self._previews)
         self._tunes = Tunes(self._live)

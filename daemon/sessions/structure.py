@@ -67,7 +67,7 @@ class Structure:
         _, live = self._live.lookup(action.session_id)
         async with live.lock:
             record, _ = self._live.lookup(action.session_id)  # it may have changed while we waited for the lock
-            working = Working(record)
+            working = Working(record, self._live.context)
             events = working.apply(action, "/payload")
             await self._live.store.apply_atomically(working.ops, wait_durable=False)
             live.engine.submit(api.TopologyUpdate(committed_topology(self._live, live, working)))
@@ -86,8 +86,9 @@ def committed_topology(sessions: LiveSessions, live: LiveSession, working: Worki
 class Working:
     """A working copy of one session's structure: changes are checked here, then committed as store ops."""
 
-    def __init__(self, record: SessionRecord) -> None:
+    def __init__(self, record: SessionRecord, context: node_params.ValidationContext) -> None:
         self.session_id = record.session_id
+        self.context = context  # what the operator allows (stream destinations)
         self.nodes: dict[str, NodeRecord] = dict(record.nodes)
         self.connections: list[ConnectionRecord] = list(record.connections)
         self.ops: list[StoreOp] = []
@@ -149,7 +150,7 @@ class Working:
         }
         own = f"/connections/{len(self.connections)}"
         try:
-            node_params.validate_pipeline(candidate)
+            node_params.validate_pipeline(candidate, context=self.context)
         except RemoteProtocolError as error:
             # Report the new connection's fields at their place in the request.
             moved = [

@@ -64,7 +64,7 @@ class Tunes:
         async with live.lock:
             record, _ = self._live.lookup(action.session_id)
             try:
-                node = _tuned_node(record.nodes, live, tune, None)
+                node = _tuned_node(record.nodes, live, tune, None, self._live.context)
             except RemoteProtocolError as error:
                 self.refuse_stamps(connection, action.session_id, stamps)
                 raise Refusal(error, stamps) from None
@@ -91,7 +91,7 @@ class Tunes:
             raise Refusal(error, stamps) from None
         async with live.lock:
             record, _ = self._live.lookup(session_id)
-            working = Working(record)
+            working = Working(record, self._live.context)
             events: list[envelope.Event] = []
             tuned: list[api.ParamsUpdate] = []
             batch_books: dict[str, AckBook] = {}
@@ -99,7 +99,13 @@ class Tunes:
                 for index, op in enumerate(action.operations):
                     path = pointer.join("/payload/operations", index)
                     if isinstance(op, envelope.TuneNode):
-                        node = _tuned_node(working.nodes, live, _Tune(op, pointer.join(path, "message", op.variant)), batch_books)
+                        node = _tuned_node(
+                            working.nodes,
+                            live,
+                            _Tune(op, pointer.join(path, "message", op.variant)),
+                            batch_books,
+                            self._live.context,
+                        )
                         working.set_params(node.node_id, node.params)
                         tuned.append(api.ParamsUpdate(node.node_id, node.params, op.stamp))
                     else:
@@ -152,7 +158,11 @@ class Tunes:
 
 
 def _tuned_node(
-    nodes: Mapping[str, NodeRecord], live: LiveSession, tune: _Tune, batch_books: dict[str, AckBook] | None
+    nodes: Mapping[str, NodeRecord],
+    live: LiveSession,
+    tune: _Tune,
+    batch_books: dict[str, AckBook] | None,
+    context: node_params.ValidationContext,
 ) -> NodeRecord:
     """The node with the params a tune results in; raises without changing anything.
 
@@ -175,7 +185,7 @@ def _tuned_node(
             taken.record(action.stamp)
     candidate = action.params if action.mode == envelope.UPDATE else causal.merge_patch(node.params, action.params)
     try:
-        validated = node_params.validate(node.kind, candidate)
+        validated = node_params.validate(node.kind, candidate, context=context)
     except RemoteProtocolError as error:
         raise envelope.prefixed_error(error, tune.body_path) from None
     return NodeRecord(node.node_id, node.kind, validated, node.seq + 1)
