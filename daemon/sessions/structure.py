@@ -10,7 +10,7 @@ transaction and lands in one frame.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
@@ -20,7 +20,7 @@ from compositord.daemon.sessions.live import LiveSession, LiveSessions
 from compositord.daemon.sessions.refusals import not_found
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.daemon.state.store import AddConnection, PutNode, RemoveConnection, RemoveNode, SetParams, StoreOp
-from compositord.protocol import envelope
+from compositord.protocol import envelope, pointer
 from compositord.protocol import params as node_params
 from compositord.protocol.errors import ErrorCode, FieldError, LocalProtocolError, RemoteProtocolError
 
@@ -75,6 +75,28 @@ class Structure:
                 self._live.publish(event)
         await self._live.store.flush()  # the commit wait holds up no other edit
         return envelope.success(cid)
+
+
+def check_inputs_kept(node: NodeRecord, connections: Iterable[ConnectionRecord], body_path: str) -> None:
+    """Refuse params that would take away an input pin a connection feeds (``num_inputs`` lowered under it).
+
+    A dangling connection would make the session's pipeline invalid (every later ``connect`` of the session
+    validates it whole and would fail) and ``getpipeline`` would export a pipeline nobody can load. The
+    client disconnects first (in the same ``applybatch``, before the tune, to land both in one frame).
+    """
+    pins = node_params.input_pins(node.kind, node.params)
+    fed = [conn for conn in connections if conn.to_node == node.node_id and conn.to_pin not in pins]
+    if not fed:
+        return
+    path = pointer.join(body_path, "num_inputs")
+    named = ", ".join(f"{c.from_node}.{c.from_pin} -> {c.to_node}.{c.to_pin}" for c in fed)
+    have = f"pins {pins[0]}..{pins[-1]}" if pins else "no input pins"
+    raise RemoteProtocolError(
+        ErrorCode.INVALID_PARAMS,
+        f"{path}: {node.node_id!r} would have {have}, but the connection {named} feeds a pin it removes;"
+        " disconnect first (before this tune in the same applybatch, to land both in one frame)",
+        path,
+    )
 
 
 def committed_topology(sessions: LiveSessions, live: LiveSession, working: Working) -> SessionRecord:

@@ -28,7 +28,7 @@ from compositord.daemon.control.connection import Connection
 from compositord.daemon.engine import api
 from compositord.daemon.sessions.live import LiveSession, LiveSessions
 from compositord.daemon.sessions.refusals import Refusal, not_found
-from compositord.daemon.sessions.structure import Working, committed_topology
+from compositord.daemon.sessions.structure import Working, check_inputs_kept, committed_topology
 from compositord.daemon.state.model import NodeRecord
 from compositord.protocol import causal, envelope, pointer
 from compositord.protocol import params as node_params
@@ -65,6 +65,7 @@ class Tunes:
             record, _ = self._live.lookup(action.session_id)
             try:
                 node = _tuned_node(record.nodes, live, tune, None, self._live.context)
+                check_inputs_kept(node, record.connections, tune.body_path)
             except RemoteProtocolError as error:
                 self.refuse_stamps(connection, action.session_id, stamps)
                 raise Refusal(error, stamps) from None
@@ -99,13 +100,9 @@ class Tunes:
                 for index, op in enumerate(action.operations):
                     path = pointer.join("/payload/operations", index)
                     if isinstance(op, envelope.TuneNode):
-                        node = _tuned_node(
-                            working.nodes,
-                            live,
-                            _Tune(op, pointer.join(path, "message", op.variant)),
-                            batch_books,
-                            self._live.context,
-                        )
+                        tune = _Tune(op, pointer.join(path, "message", op.variant))
+                        node = _tuned_node(working.nodes, live, tune, batch_books, self._live.context)
+                        check_inputs_kept(node, working.connections, tune.body_path)
                         working.set_params(node.node_id, node.params)
                         tuned.append(api.ParamsUpdate(node.node_id, node.params, op.stamp))
                     else:
