@@ -26,6 +26,7 @@ from compositord.daemon.sessions.engine_events import EngineEventHandler
 from compositord.daemon.sessions.live import LiveSessions
 from compositord.daemon.sessions.previews import Previews
 from compositord.daemon.sessions.pushed_frames import PushedFrames
+from compositord.daemon.sessions.senders import SenderOwners
 from compositord.daemon.sessions.structure import Structure
 from compositord.daemon.sessions.tunes import Tunes
 from compositord.daemon.state.model import SessionRecord
@@ -59,7 +60,7 @@ class SessionService:
         self._live = LiveSessions(store, hub, make_book, context=validation_context)
         self._previews = Previews(self._live)
         self._engine_events = EngineEventHandler(self._live, self._previews)
-        self._tunes = Tunes(self._live)
+        self._tunes = Tunes(self._live, SenderOwners(grace_s=retired_acks_grace_s))
         self._pushed_frames = PushedFrames(self._live)
         self._dispatch = Dispatch(self._live, self._tunes, Structure(self._live, self.open_session), self._previews)
 

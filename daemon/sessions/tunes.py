@@ -28,15 +28,13 @@ from compositord.daemon.control.connection import Connection
 from compositord.daemon.engine import api
 from compositord.daemon.sessions.live import LiveSession, LiveSessions
 from compositord.daemon.sessions.refusals import Refusal, not_found
+from compositord.daemon.sessions.senders import SenderOwners, sender_path
 from compositord.daemon.sessions.structure import Working, check_inputs_kept, committed_topology
 from compositord.daemon.state.model import NodeRecord
 from compositord.protocol import causal, envelope, pointer
 from compositord.protocol import params as node_params
 from compositord.protocol.causal import AckBook, Stamp
-from compositord.protocol.errors import ErrorCode, RemoteProtocolError
-
-# Each sender of a connection has an entry in the acks maps until the connection closes (S5).
-MAX_SENDERS_PER_CONNECTION = 16
+from compositord.protocol.errors import RemoteProtocolError
 
 
 @dataclass(frozen=True)
@@ -48,15 +46,14 @@ class _Tune:
 
 
 class Tunes:
-    def __init__(self, live: LiveSessions) -> None:
+    def __init__(self, live: LiveSessions, owners: SenderOwners) -> None:
         self._live = live
+        self._owners = owners
 
     async def tunenode(self, connection: Connection, action: envelope.TuneNode, cid: str | None) -> envelope.Response | None:
         tune = _Tune(action, pointer.join("/payload/message", action.variant))
         stamps = [(action.node_id, action.stamp)] if action.stamp is not None else []
-        check_new_senders(connection, stamps, tune.body_path)
-        for _, stamp in stamps:
-            connection.senders.add(stamp.sender)
+        self._claim(connection, [(stamp, sender_path(tune.body_path)) for _, stamp in stamps], stamps)
         try:
             _, live = self._live.lookup(action.session_id)
         except RemoteProtocolError as error:
@@ -83,9 +80,15 @@ class Tunes:
         """Every operation checked on a working copy, then one transaction and one frame."""
         session_id = action.session_id
         stamps = [(op.node_id, op.stamp) for op in action.operations if isinstance(op, envelope.TuneNode) and op.stamp]
-        check_new_senders(connection, stamps, "/payload/operations")
-        for _, stamp in stamps:
-            connection.senders.add(stamp.sender)
+        self._claim(
+            connection,
+            [
+                (op.stamp, sender_path(pointer.join("/payload/operations", index, "message", op.variant)))
+                for index, op in enumerate(action.operations)
+                if isinstance(op, envelope.TuneNode) and op.stamp
+            ],
+            stamps,
+        )
         try:
             _, live = self._live.lookup(session_id)
         except RemoteProtocolError as error:
@@ -129,19 +132,30 @@ class Tunes:
         await self._live.store.flush()  # one transaction (apply_atomically), answered once committed
         return envelope.batch_applied(cid, session_id, len(action.operations))
 
+    def _claim(self, connection: Connection, claimed: Sequence[tuple[Stamp, str]], stamps: list[tuple[str, Stamp]]) -> None:
+        """The request's nonces become this connection's, or it is refused before it changes anything (no ack)."""
+        try:
+            self._owners.claim(connection, [(stamp.sender, path) for stamp, path in claimed])
+        except RemoteProtocolError as error:
+            raise Refusal(error, stamps) from None
+
     def refuse_stamps(self, connection: Connection, session_id: Any, stamps: Sequence[tuple[str, Stamp]]) -> None:
-        """Rule S6: a refused stamped message still counts as processed (for nodes that exist)."""
+        """Rule S6: a refused stamped message still counts as processed (for nodes that exist), but only
+        for a nonce this connection owns: another connection's acks never move."""
         live = self._live.get(session_id)
         record = self._live.store.sessions().get(session_id) if isinstance(session_id, str) else None
         for node_id, stamp in stamps:
-            connection.senders.add(stamp.sender)
+            try:
+                self._owners.claim(connection, [(stamp.sender, "")])
+            except RemoteProtocolError:
+                continue  # someone else's nonce, or one too many: the error already says why the message was refused
             if live is not None and record is not None and node_id in record.nodes:
                 live.book(node_id).refuse(stamp)
 
     def connection_closed(self, connection: Connection) -> None:
-        """Rule S5 on both channels; S7 keeps the params acks as retired acks."""
+        """Rule S5 on both channels for the nonces this connection owns; S7 keeps the params acks as retired acks."""
         now = time.monotonic()
-        for sender in connection.senders:
+        for sender in self._owners.release(connection):
             for _, live in self._live.items():
                 for book in live.acks.values():
                     book.retire(sender, now)
@@ -186,15 +200,3 @@ def _tuned_node(
     except RemoteProtocolError as error:
         raise envelope.prefixed_error(error, tune.body_path) from None
     return NodeRecord(node.node_id, node.kind, validated, node.seq + 1)
-
-
-def check_new_senders(connection: Connection, stamps: Sequence[tuple[str, Stamp]], path: str) -> None:
-    """Bound the acks maps: a client makes one nonce per connection, so a few per connection is plenty."""
-    new = {stamp.sender for _, stamp in stamps} - connection.senders
-    if new and len(connection.senders) + len(new) > MAX_SENDERS_PER_CONNECTION:
-        sender_path = pointer.join(path, causal.SENDER_KEY)
-        raise RemoteProtocolError(
-            ErrorCode.BAD_ENVELOPE,
-            f"{sender_path}: more than {MAX_SENDERS_PER_CONNECTION} distinct _sender values on one connection",
-            sender_path,
-        )
