@@ -101,6 +101,7 @@ class _Services:
                         retired_acks_grace_s=self.settings.limits.retired_acks_grace_s,
                         max_retired_acks=self.settings.limits.max_retired_acks,
                         validation_context=self.settings.validation_context(),
+                        budget=self.settings.limits.budget(),
                     )
                     # Coalescable events leave at most once per output frame of their session (PROTOCOL.md section 4).
                     nursery.start_soon(self.hub.run, self.service.frame_period)
@@ -133,8 +134,8 @@ class _Services:
             await self.store.create_session(record)
             log.info("created session %r from %s", configured_id, self.settings.pipeline_file or "the demo pipeline")
         for session_id, record in self.store.sessions().items():
-            await self.service.open_session(record)
-            log.info("session %r: first frame rendered", session_id)
+            if await self.service.restore_session(record):  # one over a budget is parked, not started
+                log.info("session %r: first frame rendered", session_id)
 
     async def stop(self, timeout: float) -> None:
         """Drain in order (clients 1001, engines, store), then end the services; at most ``timeout`` s."""

@@ -5,14 +5,32 @@ The engine is the recording stand-in of tests/test_sessions.py (no GL)."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
 import trio
 
+from compositord.client import CompositordError, open_client
+from compositord.daemon.config import Limits
+from compositord.daemon.control.hub import Hub
+from compositord.daemon.control.server import CONTROL_PATH, ControlServer, ServerOptions
+from compositord.daemon.engine import api
+from compositord.daemon.sessions.service import SessionService
+from compositord.daemon.state.model import ConnectionRecord, SessionRecord
+from compositord.daemon.state.store import Store, open_store
+from compositord.protocol import params as node_params
+from compositord.testing.plugin import SMALL_PIPELINE, settings_for, start_daemon
 from compositord.tests import test_sessions
-from compositord.tests.test_sessions import Harness, connected
+from compositord.tests.test_sessions import PIPELINE, Harness, RecordingLoop, connected
 
 harness = test_sessions.harness  # the same fixture: a session "s1" behind a real server, engines recorded
 
 BIG_REV = 2**53
+COMP = "video::compositor"
 
 
 async def wait_forgotten(harness: Harness, sender: str) -> None:
@@ -76,3 +94,137 @@ async def test_a_nonce_belongs_to_the_connection_that_used_it_first(harness: Har
         pipeline = await mallory.request({"action": "getpipeline", "session_id": "s1"})
         assert pipeline["nodes"]["comp"]["retired_acks"] == {"alice": 3}
         assert pipeline["nodes"]["comp"]["params"]["fps"] == 25
+
+
+# --- budgets on every action --------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def budgeted(tmp_path: Path, **limits: int) -> AsyncIterator[Harness]:
+    """The harness of tests/test_sessions.py with the daemon's budgets changed by ``limits``."""
+    loops: dict[str, RecordingLoop] = {}
+
+    def factory(record: SessionRecord, events: api.EngineEvents) -> RecordingLoop:
+        loops[record.session_id] = RecordingLoop(record)
+        return loops[record.session_id]
+
+    async with trio.open_nursery() as nursery:
+        store = Store(tmp_path)
+        await nursery.start(store.run)
+        service = SessionService(store, Hub(), factory, budget=dataclasses.replace(Limits(), **limits).budget())
+        await store.create_session(SessionRecord.from_pipeline("s1", "test", node_params.validate_pipeline(PIPELINE)))
+        assert await service.restore_session(store.sessions()["s1"])
+        server = ControlServer(ServerOptions(host="127.0.0.1", port=0), service)
+        host, port = await nursery.start(server.run)
+        yield Harness(f"ws://{host}:{port}{CONTROL_PATH}", store, loops)
+        nursery.cancel_scope.cancel()
+
+
+def huge_pipeline(side: int = 7680) -> dict[str, Any]:
+    nodes: dict[str, Any] = {}
+    connections = []
+    for index in range(3):
+        nodes[f"c{index}"] = {"kind": COMP, "params": {"width": side, "height": side, "num_inputs": 1, "fps": 1}}
+        nodes[f"b{index}"] = {"kind": "video::colorbars", "params": {"width": side, "height": side, "animated": True}}
+        connections.append({"from_node": f"b{index}", "from_pin": "out", "to_node": f"c{index}", "to_pin": "in_0"})
+    return {"nodes": nodes, "connections": connections}
+
+
+def assert_over(reply: dict[str, Any], path: str, setting: str) -> None:
+    assert reply.get("code") == "resource_limit", reply
+    assert reply["path"] == path, reply
+    assert setting in reply["message"], reply
+
+
+async def test_createsession_over_the_budget_is_refused_before_anything_is_stored(tmp_path: Path) -> None:
+    async with budgeted(tmp_path) as harness, connected(harness) as client:
+        reply = await client.request({"action": "createsession", "name": "big", "pipeline": huge_pipeline()})
+        assert reply["code"] == "resource_limit" and reply["path"].startswith("/payload/pipeline/nodes/")
+        assert "max_session_bytes" in reply["message"]
+        assert list(harness.store.sessions()) == ["s1"] and list(harness.loops) == ["s1"]
+
+
+async def test_the_session_count_and_the_daemons_pixel_rate_across_sessions(tmp_path: Path) -> None:
+    s1_rate = 320 * 180 * 30  # PIPELINE's compositor: 320x180 at its default 30 fps
+    async with budgeted(tmp_path, max_sessions=2, max_total_pixels_per_second=s1_rate + 640 * 360 * 30) as harness:
+        async with connected(harness) as client:
+            fast = {"nodes": {"c": {"kind": COMP, "params": {"width": 640, "height": 360, "fps": 31}}}, "connections": []}
+            reply = await client.request({"action": "createsession", "name": "fast", "pipeline": fast})
+            assert_over(reply, "/payload/pipeline/nodes/c/params/fps", "max_total_pixels_per_second")
+            assert "at most 30 fps at 640x360 fits" in reply["message"]
+            fast["nodes"]["c"]["params"]["fps"] = 30
+            created = await client.request({"action": "createsession", "name": "fast", "pipeline": fast})
+            assert created["action"] == "sessioncreated"
+            reply = await client.request({"action": "createsession", "name": "third", "pipeline": {"nodes": {}}})
+            assert_over(reply, "/payload", "max_sessions")
+            # A tune of the first session may not take the room the second one holds now.
+            reply = await client.tune("comp", {"fps": 31})
+            assert_over(reply, "/payload/message/PatchParams/fps", "max_total_pixels_per_second")
+            # Destroying a session gives its room back.
+            await client.request({"action": "destroysession", "session_id": created["session_id"]})
+            assert (await client.tune("comp", {"fps": 31})) == {"action": "success"}
+
+
+async def test_tunes_addnode_connect_and_batches_are_checked_and_name_the_field(tmp_path: Path) -> None:
+    async with budgeted(tmp_path, max_session_bytes=64 << 20) as harness, connected(harness) as client:
+        overlays = [
+            {"id": f"t{n}", "text": f"attack {n}", "rect": {"x": 0, "y": 0, "width": 8192, "height": 8192}} for n in range(12)
+        ]
+        reply = await client.tune("comp", {"text_overlays": overlays, "_sender": "me", "_rev": 1})
+        assert reply["code"] == "resource_limit" and reply["path"].startswith("/payload/message/PatchParams/text_overlays/")
+        assert (reply["_sender"], reply["_rev"], reply["node_id"]) == ("me", 1, "comp")  # S6: the client drops its value
+        reply = await client.request(
+            {
+                "action": "addnode",
+                "session_id": "s1",
+                "node_id": "big",
+                "kind": "video::colorbars",
+                "params": {"width": 4096, "height": 4096},
+            }
+        )
+        assert_over(reply, "/payload/params/width", "max_session_bytes")
+        # A sink connected to the compositor adds its queue to the canvas: the connect is what is refused.
+        await client.tune("comp", {"width": 1920, "height": 1080})
+        await client.request(
+            {"action": "addnode", "session_id": "s1", "node_id": "rec", "kind": "sink::file", "params": {"path": "a.mp4"}}
+        )
+        reply = await client.request(
+            {"action": "connect", "session_id": "s1", "from_node": "comp", "from_pin": "out", "to_node": "rec", "to_pin": "in"}
+        )
+        assert_over(reply, "/payload", "max_session_bytes")
+        assert "compositor 'comp'" in reply["message"]
+        reply = await client.request(
+            {
+                "action": "applybatch",
+                "session_id": "s1",
+                "operations": [
+                    {"action": "tunenode", "node_id": "comp", "message": {"PatchParams": {"fps": 25}}},
+                    {"action": "tunenode", "node_id": "comp", "message": {"PatchParams": {"width": 4000, "height": 4000}}},
+                ],
+            }
+        )
+        assert_over(reply, "/payload/operations/1/message/PatchParams/width", "max_session_bytes")
+        stored = harness.store.sessions()["s1"]
+        assert stored.nodes["comp"].params["width"] == 1920 and stored.nodes["comp"].params.get("fps") is None
+        assert "big" not in stored.nodes and stored.connections == [ConnectionRecord("bars", "out", "comp", "in_0")]
+
+
+async def test_a_stored_session_over_the_budget_is_parked_at_start_and_the_daemon_serves(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    big = node_params.validate_pipeline(huge_pipeline(side=1920))
+    async with open_store(state_dir) as store:
+        await store.create_session(SessionRecord.from_pipeline("big", "big", big))
+    settings = settings_for(state_dir, SMALL_PIPELINE, limits=Limits(max_session_bytes=64 << 20))
+    async with trio.open_nursery() as nursery:
+        daemon = await start_daemon(nursery, settings)
+        async with open_client(daemon.url) as client:
+            listed = {s["session_id"]: s for s in await client.list_sessions()}
+            assert listed[daemon.session_id]["state"] == "ok"
+            assert "max_session_bytes" in listed["big"]["state"]["error"]
+            with pytest.raises(CompositordError) as info:
+                await client.get_pipeline("big")
+            assert (info.value.code, info.value.path) == ("resource_limit", "/payload/session_id")
+            await client.tune(daemon.session_id, "comp", {"fps": 25})  # the rest is served
+            await client.destroy_session("big")
+            assert [s["session_id"] for s in await client.list_sessions()] == [daemon.session_id]
+        nursery.cancel_scope.cancel()

@@ -36,10 +36,16 @@ def getpipeline(live_sessions: LiveSessions, action: envelope.GetPipeline, cid: 
 
 
 def listsessions(live_sessions: LiveSessions, cid: str | None) -> envelope.Response:
-    """The running sessions (a stored session whose engine did not start is not listed)."""
+    """The running sessions, ``state`` ``"ok"``, and those parked at start, ``state`` ``{"error": why}``."""
+    parked = live_sessions.parked()
     sessions = [
-        {"session_id": s.session_id, "name": s.name, "nodes": len(s.nodes)}
+        {
+            "session_id": s.session_id,
+            "name": s.name,
+            "nodes": len(s.nodes),
+            "state": envelope.node_state(parked.get(s.session_id)),
+        }
         for s in live_sessions.store.sessions().values()
-        if s.session_id in live_sessions
+        if s.session_id in live_sessions or s.session_id in parked
     ]
     return envelope.sessions_listed(cid, sessions)

@@ -13,14 +13,17 @@ hands each the same ``EngineEvents`` sink. The work itself is done by
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
+from compositord.daemon.config import Limits
 from compositord.daemon.control.connection import Connection
 from compositord.daemon.control.hub import Hub
 from compositord.daemon.engine import api
+from compositord.daemon.sessions.budgets import Budgets, pipeline_of
 from compositord.daemon.sessions.dispatch import Dispatch
 from compositord.daemon.sessions.engine_events import EngineEventHandler
 from compositord.daemon.sessions.live import LiveSessions
@@ -32,9 +35,12 @@ from compositord.daemon.sessions.tunes import Tunes
 from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.state.store import Store
 from compositord.protocol import causal
+from compositord.protocol.budget import BudgetLimits
 from compositord.protocol.causal import AckBook
 from compositord.protocol.errors import RemoteProtocolError
 from compositord.protocol.params import DAEMON, ValidationContext
+
+log = logging.getLogger(__name__)
 
 
 class SessionService:
@@ -49,6 +55,7 @@ class SessionService:
         retired_acks_grace_s: float = causal.RETIRED_ACKS_GRACE_S,
         max_retired_acks: int = causal.MAX_RETIRED_ACKS,
         validation_context: ValidationContext = DAEMON,
+        budget: BudgetLimits | None = None,
     ) -> None:
         # Rule S7: how long and how many closed senders' params acks getpipeline still reports, per node.
         make_book: Callable[[], AckBook] = functools.partial(
@@ -57,7 +64,8 @@ class SessionService:
         make_book()  # bad settings fail here, at start-up, not at the first tune
         self._hub = hub
         self._engine_factory = engine_factory
-        self._live = LiveSessions(store, hub, make_book, context=validation_context)
+        budgets = Budgets(budget if budget is not None else Limits().budget())
+        self._live = LiveSessions(store, hub, make_book, budgets, context=validation_context)
         self._previews = Previews(self._live)
         self._engine_events = EngineEventHandler(self._live, self._previews)
         self._tunes = Tunes(self._live, SenderOwners(grace_s=retired_acks_grace_s))
@@ -82,6 +90,22 @@ class SessionService:
         self._live.add(record.session_id, engine)
         engine.start()
         await engine.wait_first_frame()
+
+    async def restore_session(self, record: SessionRecord) -> bool:
+        """Start a session the store held at start, if it fits the budgets (returns after its first frame);
+        else park it (stored, listed with why, not started: a stored 7680x7680 session must not keep the
+        daemon from serving) and return False."""
+        budgets = self._live.budgets
+        try:
+            cost = budgets.check_new(record.session_id, pipeline_of(record.nodes, record.connections), base="", count_path="")
+        except RemoteProtocolError as error:
+            reason = f"over a budget at start: {error.message}"
+            log.error("session %r is not started: %s", record.session_id, reason)
+            self._live.park(record.session_id, reason)
+            return False
+        with budgets.reserve(record.session_id, cost):
+            await self.open_session(record)
+        return True
 
     async def stop_all(self, timeout: float) -> None:
         """Stop every engine: all are told at once, then each is waited for (up to ``timeout`` each)."""

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from compositord.daemon.engine import api
+from compositord.daemon.sessions.budgets import pipeline_of
 from compositord.daemon.sessions.live import LiveSession, LiveSessions
 from compositord.daemon.sessions.refusals import not_found
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
@@ -40,25 +41,36 @@ class Structure:
         session_id = str(uuid.uuid4())
         record = SessionRecord.from_pipeline(session_id, action.name, action.pipeline)
         async with self._sessions_lock:
-            await store.create_session(record)
-            try:
-                await self._open_session(store.sessions()[session_id])
-            except BaseException:
-                self._live.remove(session_id)
-                with trio.CancelScope(shield=True):
-                    await store.destroy_session(session_id)
-                raise
+            cost = self._live.budgets.check_new(session_id, action.pipeline, base="/payload/pipeline", count_path="/payload")
+            with self._live.budgets.reserve(session_id, cost):
+                await store.create_session(record)
+                try:
+                    await self._open_session(store.sessions()[session_id])
+                except BaseException:
+                    self._live.remove(session_id)
+                    with trio.CancelScope(shield=True):
+                        await store.destroy_session(session_id)
+                    raise
         self._live.publish(envelope.session_created_event(session_id, action.name))
         return envelope.session_created_response(cid, session_id, action.name)
 
     async def destroysession(self, action: envelope.DestroySession, cid: str | None) -> envelope.Response:
         session_id = action.session_id
         async with self._sessions_lock:
-            _, live = self._live.lookup(session_id)
-            async with live.lock:
-                self._live.remove(session_id)
-                await self._live.store.destroy_session(session_id)
-            await trio.to_thread.run_sync(live.engine.stop)
+            if session_id in self._live.parked() and session_id in self._live.store.sessions():
+                await self._live.store.destroy_session(session_id)  # never started: nothing else to stop
+                self._live.unpark(session_id)
+            else:
+                _, live = self._live.lookup(session_id)
+                async with live.lock:
+                    self._live.remove(session_id)
+                    try:
+                        await self._live.store.destroy_session(session_id)
+                    except BaseException:
+                        self._live.restore(session_id, live)  # not stored (a full disk): it goes on running
+                        raise
+                    self._live.budgets.forget(session_id)
+                await trio.to_thread.run_sync(live.engine.stop)
         self._live.publish(envelope.session_destroyed_event(session_id))
         return envelope.session_destroyed_response(cid, session_id)
 
@@ -69,7 +81,14 @@ class Structure:
             record, _ = self._live.lookup(action.session_id)  # it may have changed while we waited for the lock
             working = Working(record, self._live.context)
             events = working.apply(action, "/payload")
-            await self._live.store.apply_atomically(working.ops, wait_durable=False)
+            cost = self._live.budgets.check(
+                action.session_id,
+                pipeline_of(working.nodes, working.connections),
+                params_paths={action.node_id: "/payload/params"} if isinstance(action, envelope.AddNode) else {},
+                request_path="/payload",
+            )
+            with self._live.budgets.reserve(action.session_id, cost):
+                await self._live.store.apply_atomically(working.ops, wait_durable=False)
             live.engine.submit(api.TopologyUpdate(committed_topology(self._live, live, working)))
             for event in events:
                 self._live.publish(event)

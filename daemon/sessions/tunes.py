@@ -26,6 +26,7 @@ from typing import Any
 
 from compositord.daemon.control.connection import Connection
 from compositord.daemon.engine import api
+from compositord.daemon.sessions.budgets import pipeline_of
 from compositord.daemon.sessions.live import LiveSession, LiveSessions
 from compositord.daemon.sessions.refusals import Refusal, not_found
 from compositord.daemon.sessions.senders import SenderOwners, sender_path
@@ -63,10 +64,17 @@ class Tunes:
             try:
                 node = _tuned_node(record.nodes, live, tune, None, self._live.context)
                 check_inputs_kept(node, record.connections, tune.body_path)
+                cost = self._live.budgets.check(
+                    action.session_id,
+                    pipeline_of({**record.nodes, node.node_id: node}, record.connections),
+                    params_paths={node.node_id: tune.body_path},
+                    request_path=tune.body_path,
+                )
             except RemoteProtocolError as error:
                 self.refuse_stamps(connection, action.session_id, stamps)
                 raise Refusal(error, stamps) from None
-            seq = await self._live.store.set_params(action.session_id, node.node_id, node.params, wait_durable=False)
+            with self._live.budgets.reserve(action.session_id, cost):
+                seq = await self._live.store.set_params(action.session_id, node.node_id, node.params, wait_durable=False)
             if action.stamp is not None:
                 live.book(node.node_id).record(action.stamp)
             live.engine.submit(api.ParamsUpdate(node.node_id, node.params, action.stamp))
@@ -99,6 +107,7 @@ class Tunes:
             events: list[envelope.Event] = []
             tuned: list[api.ParamsUpdate] = []
             batch_books: dict[str, AckBook] = {}
+            params_paths: dict[str, str] = {}  # node -> where the batch last set its params (budget errors name it)
             try:
                 for index, op in enumerate(action.operations):
                     path = pointer.join("/payload/operations", index)
@@ -108,12 +117,22 @@ class Tunes:
                         check_inputs_kept(node, working.connections, tune.body_path)
                         working.set_params(node.node_id, node.params)
                         tuned.append(api.ParamsUpdate(node.node_id, node.params, op.stamp))
+                        params_paths[node.node_id] = tune.body_path
                     else:
                         events += working.apply(op, path)
+                        if isinstance(op, envelope.AddNode):
+                            params_paths[op.node_id] = pointer.join(path, "params")
+                cost = self._live.budgets.check(
+                    session_id,
+                    pipeline_of(working.nodes, working.connections),
+                    params_paths=params_paths,
+                    request_path="/payload/operations",
+                )
             except RemoteProtocolError as error:
                 self.refuse_stamps(connection, session_id, stamps)  # S6: every stamp of a refused batch
                 raise Refusal(error, stamps) from None
-            await self._live.store.apply_atomically(working.ops, wait_durable=False)
+            with self._live.budgets.reserve(session_id, cost):
+                await self._live.store.apply_atomically(working.ops, wait_durable=False)
             for update in tuned:
                 if update.stamp is not None:
                     live.book(update.node_id).record(update.stamp)
