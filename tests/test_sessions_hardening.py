@@ -6,6 +6,7 @@ The engine is the recording stand-in of tests/test_sessions.py (no GL)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +26,9 @@ from compositord.daemon.state.store import Store, open_store
 from compositord.protocol import params as node_params
 from compositord.testing.plugin import SMALL_PIPELINE, settings_for, start_daemon
 from compositord.tests import test_sessions
+from compositord.tests.disk_helpers import CannotMount, fill, small_tmpfs
 from compositord.tests.test_sessions import PIPELINE, Harness, RecordingLoop, connected
+from compositord.tests.test_store_hardening import big_params
 
 harness = test_sessions.harness  # the same fixture: a session "s1" behind a real server, engines recorded
 
@@ -228,3 +231,86 @@ async def test_a_stored_session_over_the_budget_is_parked_at_start_and_the_daemo
             await client.destroy_session("big")
             assert [s["session_id"] for s in await client.list_sessions()] == [daemon.session_id]
         nursery.cancel_scope.cancel()
+
+
+# --- a full disk under the store ----------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_state_dir(tmp_path: Path) -> Any:
+    try:
+        with small_tmpfs(tmp_path / "state", "1m") as mounted:
+            yield mounted
+    except CannotMount as exc:
+        pytest.skip(str(exc))
+
+
+async def told(client: Any, predicate: Any) -> dict[str, Any]:
+    """The first event so far that ``predicate`` accepts, reading on (a request at a time) until there is one."""
+    with trio.fail_after(5):
+        while True:
+            for event in client.events:
+                if predicate(event):
+                    return event
+            await client.request({"action": "listsessions"})
+
+
+def params_event(node_id: str, check: Any) -> Any:
+    return lambda e: e["event"] == "nodeparamschanged" and e["node_id"] == node_id and check(e["params"])
+
+
+async def test_a_full_disk_under_the_store_refuses_the_change_takes_it_back_and_serves_on(tiny_state_dir: Path) -> None:
+    async with budgeted(tiny_state_dir) as harness, connected(harness) as client:
+        loop = harness.loops["s1"]
+        filler = fill(tiny_state_dir)
+        for rev in range(1, 300):
+            reply = await client.tune("comp", {**big_params(rev), "_sender": "me", "_rev": rev})
+            if reply != {"action": "success"}:
+                break
+        assert reply["code"] == "resource_limit" and "disk" in reply["message"] and "full" in reply["message"], reply
+        assert (reply["_sender"], reply["_rev"], reply["node_id"]) == ("me", rev, "comp")
+        assert str(tiny_state_dir) not in reply["message"]
+        stored = harness.store.sessions()["s1"].nodes["comp"]
+        assert stored.params != big_params(rev)
+        assert (await client.request({"action": "getpipeline", "session_id": "s1"}))["nodes"]["comp"]["params"] == stored.params
+        # Everyone is told what is stored (the refused rev acknowledged, S6), and the engine renders it.
+        await told(
+            client,
+            params_event("comp", lambda p: p["_acks"]["me"] == rev and "_rev" not in p and p["width"] == stored.params["width"]),
+        )
+        assert loop.topologies[-1].nodes["comp"].params == stored.params
+        # An async tune has nobody waiting: it is taken back all the same.
+        await client.ws.send_message(
+            json.dumps(
+                {
+                    "type": "request",
+                    "payload": {
+                        "action": "tunenodeasync",
+                        "session_id": "s1",
+                        "node_id": "bars",
+                        "message": {"PatchParams": {"width": 64, "_sender": "me", "_rev": rev + 1}},
+                    },
+                }
+            )
+        )
+        await told(client, params_event("bars", lambda p: p["_acks"]["me"] == rev + 1 and p["width"] == 320))
+        assert harness.store.sessions()["s1"].nodes["bars"].params["width"] == 320
+        assert loop.topologies[-1].nodes["bars"].params["width"] == 320
+        # A structure change: refused, and the node it added is removed again for everyone.
+        reply = await client.request(
+            {
+                "action": "addnode",
+                "session_id": "s1",
+                "node_id": "extra",
+                "kind": "video::colorbars",
+                "params": {"width": 16, "height": 16},
+            }
+        )
+        assert reply["code"] == "resource_limit"
+        await told(client, lambda e: e["event"] == "noderemoved" and e["node_id"] == "extra")
+        assert "extra" not in harness.store.sessions()["s1"].nodes and "extra" not in loop.topologies[-1].nodes
+        # Space again: changes commit as before.
+        filler.unlink()
+        assert await client.tune("comp", {"fps": 12, "_sender": "me", "_rev": rev + 2}) == {"action": "success"}
+    async with open_store(tiny_state_dir) as store:
+        assert store.sessions()["s1"].nodes["comp"].params["fps"] == 12

@@ -94,6 +94,11 @@ class Budgets:
                 self._costs[session_id] = previous
             raise
 
+    @staticmethod
+    def cost_of(pipeline: Mapping[str, Any]) -> SessionCost:
+        """What a pipeline costs, unchecked (a session as the store holds it after a revert)."""
+        return budget.session_cost(pipeline)
+
     def set(self, session_id: str, cost: SessionCost) -> None:
         self._costs[session_id] = cost
 

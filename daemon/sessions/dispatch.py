@@ -8,10 +8,10 @@ from compositord.daemon.control.connection import Connection
 from compositord.daemon.sessions import queries
 from compositord.daemon.sessions.live import LiveSessions
 from compositord.daemon.sessions.previews import Previews
-from compositord.daemon.sessions.refusals import Refusal
+from compositord.daemon.sessions.refusals import Refusal, disk_full
 from compositord.daemon.sessions.structure import Structure
 from compositord.daemon.sessions.tunes import Tunes
-from compositord.daemon.state.store import StoreError
+from compositord.daemon.state.store import StoreError, StoreFull
 from compositord.protocol import envelope
 from compositord.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
@@ -53,6 +53,11 @@ class Dispatch:
             return
         except RemoteProtocolError as error:
             send(connection, envelope.error_response(error, correlation_id))
+            return
+        except StoreFull:
+            # Nothing of the change is kept (the store took it back and StoreReverts told everyone); the daemon runs on.
+            log.warning("%s not stored: the disk under the store is full", message.action)
+            send(connection, envelope.error_response(disk_full(), correlation_id))
             return
         except StoreError:
             raise  # the store cannot write: the daemon stops rather than answer without durability

@@ -29,6 +29,7 @@ from compositord.daemon.sessions.engine_events import EngineEventHandler
 from compositord.daemon.sessions.live import LiveSessions
 from compositord.daemon.sessions.previews import Previews
 from compositord.daemon.sessions.pushed_frames import PushedFrames
+from compositord.daemon.sessions.reverts import StoreReverts
 from compositord.daemon.sessions.senders import SenderOwners
 from compositord.daemon.sessions.structure import Structure
 from compositord.daemon.sessions.tunes import Tunes
@@ -66,6 +67,7 @@ class SessionService:
         self._engine_factory = engine_factory
         budgets = Budgets(budget if budget is not None else Limits().budget())
         self._live = LiveSessions(store, hub, make_book, budgets, context=validation_context)
+        store.add_revert_listener(StoreReverts(self._live).reverted)  # a full disk: take back what could not be stored
         self._previews = Previews(self._live)
         self._engine_events = EngineEventHandler(self._live, self._previews)
         self._tunes = Tunes(self._live, SenderOwners(grace_s=retired_acks_grace_s))

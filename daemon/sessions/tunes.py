@@ -28,10 +28,11 @@ from compositord.daemon.control.connection import Connection
 from compositord.daemon.engine import api
 from compositord.daemon.sessions.budgets import pipeline_of
 from compositord.daemon.sessions.live import LiveSession, LiveSessions
-from compositord.daemon.sessions.refusals import Refusal, not_found
+from compositord.daemon.sessions.refusals import Refusal, disk_full, not_found
 from compositord.daemon.sessions.senders import SenderOwners, sender_path
 from compositord.daemon.sessions.structure import Working, check_inputs_kept, committed_topology
 from compositord.daemon.state.model import NodeRecord
+from compositord.daemon.state.store import StoreFull
 from compositord.protocol import causal, envelope, pointer
 from compositord.protocol import params as node_params
 from compositord.protocol.causal import AckBook, Stamp
@@ -81,7 +82,7 @@ class Tunes:
             self._publish_params(action.session_id, live, node.node_id, node.params, seq, action.stamp)
         if not action.sync:
             return None
-        await self._live.store.flush()  # answered once the change is committed
+        await self._committed(stamps)  # answered once the change is committed
         return envelope.success(cid)
 
     async def applybatch(self, connection: Connection, action: envelope.ApplyBatch, cid: str | None) -> envelope.Response:
@@ -148,8 +149,16 @@ class Tunes:
                 if node_id in stored.nodes:
                     node = stored.nodes[node_id]
                     self._publish_params(session_id, live, node_id, node.params, node.seq, node_stamp)
-        await self._live.store.flush()  # one transaction (apply_atomically), answered once committed
+        await self._committed(stamps)  # one transaction (apply_atomically), answered once committed
         return envelope.batch_applied(cid, session_id, len(action.operations))
+
+    async def _committed(self, stamps: list[tuple[str, Stamp]]) -> None:
+        """Wait for the COMMIT; on a full disk the change was taken back: refused, naming its stamps (they
+        were recorded, and stay: S6), so the client drops what it masks."""
+        try:
+            await self._live.store.flush()
+        except StoreFull:
+            raise Refusal(disk_full(), stamps) from None
 
     def _claim(self, connection: Connection, claimed: Sequence[tuple[Stamp, str]], stamps: list[tuple[str, Stamp]]) -> None:
         """The request's nonces become this connection's, or it is refused before it changes anything (no ack)."""
