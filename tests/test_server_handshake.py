@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from compositord.daemon.control.connection import Connection, ConnectionLimits
@@ -111,6 +112,50 @@ async def test_connection_limit_refuses_with_503() -> None:
                 await trio.sleep(0.01)
         async with open_websocket_url(url):
             pass
+
+
+async def raw_upgrade(port: int, go: trio.Event, accepted: list[trio.SocketStream], refused: list[int]) -> None:
+    """One upgrade request on a plain socket, sent once ``go`` is set; an accepted stream is kept open."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await go.wait()
+    await stream.send_all(
+        f"GET {CONTROL_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    with trio.fail_after(10):
+        while b"\r\n\r\n" not in head:
+            chunk = await stream.receive_some(4096)
+            assert chunk, "the server closed without an answer"
+            head += chunk
+    status = int(head.split(b" ", 2)[1])
+    if status == 101:
+        accepted.append(stream)
+    else:
+        refused.append(status)
+        await stream.aclose()
+
+
+async def test_the_connection_limit_holds_exactly_when_handshakes_arrive_together() -> None:
+    """The limit counted connections only once their 101 was written: handshakes arriving together all
+    passed the check while the first ones were being answered (258 accepted with a limit of 256)."""
+    async with running_server(max_connections=3) as (base, server):
+        port = int(base.rsplit(":", 1)[1])
+        accepted: list[trio.SocketStream] = []
+        refused: list[int] = []
+        go = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for _ in range(24):
+                nursery.start_soon(raw_upgrade, port, go, accepted, refused)
+            await trio.testing.wait_all_tasks_blocked()  # every socket connected: the requests arrive together
+            go.set()
+        assert (len(accepted), refused) == (3, [503] * 21)
+        with trio.fail_after(5):
+            while len(server.connections) < 3:
+                await trio.sleep(0.01)
+        assert len(server.connections) == 3
+        for stream in accepted:
+            await stream.aclose()
 
 
 async def test_text_over_limit_gets_too_large_and_the_connection_stays_open() -> None:

@@ -106,6 +106,9 @@ class ControlServer:
         self._no_connections.set()
         self._accepting = True
         self._streams = 0  # open TCP connections, WebSocket or not
+        # Upgrades accepted and still being answered (their 101 on its way): they count against
+        # max_connections from the check on, or handshakes arriving together would all pass it.
+        self._upgrading = 0
         self._router = Router(self.routes())
 
     @property
@@ -157,7 +160,7 @@ class ControlServer:
     async def _upgrade(self, stream: trio.SocketStream, http: HttpConnection, request: HttpRequest) -> bool:
         """Refuse the upgrade (False) or run the WebSocket connection it opens until it closes (True)."""
         remote = remote_of(stream)
-        refusal = check_handshake(request.target, request.headers, self.options, len(self._connections))
+        refusal = check_handshake(request.target, request.headers, self.options, len(self._connections) + self._upgrading)
         if refusal is None and not self._accepting:
             refusal = Refusal(503, "shutting down")
         if refusal is None:
@@ -169,13 +172,17 @@ class ControlServer:
             log.info("refused %s: %d %s", remote, refusal.status, refusal.reason)
             await http.respond(HttpResponse.text(refusal.status, refusal.reason, [("connection", "close")]))
             return False
-        with trio.move_on_after(self.options.limits.send_timeout) as scope:
-            try:
-                await stream.send_all(accepted)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return True  # the client is gone: nothing to finish
-        if scope.cancelled_caught:
-            return True
+        self._upgrading += 1  # no checkpoint between the check and here
+        try:
+            with trio.move_on_after(self.options.limits.send_timeout) as scope:
+                try:
+                    await stream.send_all(accepted)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return True  # the client is gone: nothing to finish
+            if scope.cancelled_caught:
+                return True
+        finally:
+            self._upgrading -= 1
         limits = self.options.limits
         websocket = ServerWebSocket(
             stream,
@@ -189,6 +196,8 @@ class ControlServer:
         self._connections.add(connection)
         if self._no_connections.is_set():
             self._no_connections = trio.Event()
+        if not self._accepting:
+            connection.close(CLOSE_GOING_AWAY, "server shutting down")  # close_all ran while its 101 was on its way
         try:
             self._dispatcher.connection_opened(connection)
             await connection.run(self._dispatcher)
