@@ -16,6 +16,7 @@ from compositord.daemon.control.connection import Connection, ConnectionLimits
 from compositord.daemon.control.outgoing import Broadcast, frame_of, frame_text, text_of
 from compositord.daemon.control.websocket import ConnectionClosed, ServerWebSocket
 from compositord.protocol.errors import RemoteProtocolError
+from compositord.protocol.message_head import MessageHead
 from compositord.tests.websocket_peers import RawClient, serve_websockets
 
 
@@ -65,7 +66,7 @@ class _Echo:
 
     def handle_binary(self, connection: Connection, data: bytes) -> None: ...
 
-    def refuse(self, connection: Connection, error: RemoteProtocolError, correlation_id: str | None) -> None: ...
+    def refuse(self, connection: Connection, error: RemoteProtocolError, head: MessageHead) -> None: ...
 
     def connection_closed(self, connection: Connection) -> None: ...
 

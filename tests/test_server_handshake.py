@@ -19,6 +19,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 from compositord.daemon.control.connection import Connection, ConnectionLimits
 from compositord.daemon.control.server import CONTROL_PATH, ControlServer, ServerOptions, check_handshake
 from compositord.protocol.errors import RemoteProtocolError
+from compositord.protocol.message_head import MessageHead
 
 
 class EchoDispatcher:
@@ -37,8 +38,8 @@ class EchoDispatcher:
     def handle_binary(self, connection: Connection, data: bytes) -> None:
         connection.send(json.dumps({"binary": len(data)}))
 
-    def refuse(self, connection: Connection, error: RemoteProtocolError, correlation_id: str | None) -> None:
-        connection.send(json.dumps({"payload": error.to_payload(), "correlation_id": correlation_id}))
+    def refuse(self, connection: Connection, error: RemoteProtocolError, head: MessageHead) -> None:
+        connection.send(json.dumps({"payload": error.to_payload(), "correlation_id": head.correlation_id}))
 
     def connection_closed(self, connection: Connection) -> None:
         self.closed.append(connection)

@@ -17,6 +17,7 @@ import trio
 
 from compositord.client import CompositordError, open_client
 from compositord.daemon.config import Limits
+from compositord.daemon.control.connection import ConnectionLimits
 from compositord.daemon.control.hub import Hub
 from compositord.daemon.control.server import CONTROL_PATH, ControlServer, ServerOptions
 from compositord.daemon.engine import api
@@ -103,7 +104,7 @@ async def test_a_nonce_belongs_to_the_connection_that_used_it_first(harness: Har
 
 
 @asynccontextmanager
-async def budgeted(tmp_path: Path, **limits: int) -> AsyncIterator[Harness]:
+async def budgeted(tmp_path: Path, connection_limits: ConnectionLimits | None = None, **limits: int) -> AsyncIterator[Harness]:
     """The harness of tests/test_sessions.py with the daemon's budgets changed by ``limits``."""
     loops: dict[str, RecordingLoop] = {}
 
@@ -117,7 +118,8 @@ async def budgeted(tmp_path: Path, **limits: int) -> AsyncIterator[Harness]:
         service = SessionService(store, Hub(), factory, budget=dataclasses.replace(Limits(), **limits).budget())
         await store.create_session(SessionRecord.from_pipeline("s1", "test", node_params.validate_pipeline(PIPELINE)))
         assert await service.restore_session(store.sessions()["s1"])
-        server = ControlServer(ServerOptions(host="127.0.0.1", port=0), service)
+        options = ServerOptions(host="127.0.0.1", port=0, limits=connection_limits or ConnectionLimits())
+        server = ControlServer(options, service)
         host, port = await nursery.start(server.run)
         yield Harness(f"ws://{host}:{port}{CONTROL_PATH}", store, loops)
         nursery.cancel_scope.cancel()
@@ -314,3 +316,37 @@ async def test_a_full_disk_under_the_store_refuses_the_change_takes_it_back_and_
         assert await client.tune("comp", {"fps": 12, "_sender": "me", "_rev": rev + 2}) == {"action": "success"}
     async with open_store(tiny_state_dir) as store:
         assert store.sessions()["s1"].nodes["comp"].params["fps"] == 12
+
+
+# --- messages refused unread name what they carried ----------------------------------------------
+
+
+async def wait_settled(client: Any, session: str, node: str) -> None:
+    with trio.fail_after(5):
+        while client.pending(session, node):
+            await trio.sleep(0.01)
+
+
+async def test_too_large_answers_the_correlation_id_and_the_stamp_so_the_client_drops_its_value(tmp_path: Path) -> None:
+    async with budgeted(tmp_path, ConnectionLimits(max_text_bytes=4096)) as harness, open_client(harness.url) as client:
+        huge = {"text_overlays": [{"id": "t", "text": "x" * 5000}]}
+        with trio.fail_after(5), pytest.raises(CompositordError) as info:  # answered, not left waiting
+            await client.tune("s1", "comp", huge)
+        assert info.value.code == "too_large" and info.value.stamp is not None
+        assert info.value.stamp.sender == client.nonce and info.value.node_id == "comp"
+        assert client.pending("s1", "comp") == {}
+        stamp = await client.tune("s1", "comp", huge, sync=False)
+        await wait_settled(client, "s1", "comp")
+        pipeline = await client.get_pipeline("s1")
+        assert pipeline["nodes"]["comp"]["acks"] == {client.nonce: stamp.rev}  # counted as processed (S6)
+        assert "text_overlays" not in pipeline["nodes"]["comp"]["params"]
+
+
+async def test_rate_limited_tunes_name_their_stamps_so_the_client_drops_their_values(tmp_path: Path) -> None:
+    async with budgeted(tmp_path, ConnectionLimits(messages_per_second=5)) as harness, open_client(harness.url) as client:
+        for fps in range(1, 41):
+            await client.tune("s1", "comp", {"fps": fps}, sync=False)
+        await wait_settled(client, "s1", "comp")
+        shown = client.shown("s1", "comp")
+        stored = harness.store.sessions()["s1"].nodes["comp"].params
+        assert shown["fps"] == stored["fps"] < 40  # the refused values are not shown, the last stored one is

@@ -76,9 +76,13 @@ class MessageRefused(Exception):
 
 @dataclass(frozen=True)
 class TextOverLimit:
-    """A text message passed ``limit`` bytes: refused, the rest of it is skipped as it arrives."""
+    """A text message passed ``limit`` bytes: refused, the rest of it is skipped as it arrives.
+
+    ``head``: its first ``limit`` characters at most (what had arrived), where the refusal looks for
+    the correlation id and stamps to name (``protocol/message_head.py``)."""
 
     limit: int
+    head: str = ""
 
 
 @dataclass(frozen=True)
@@ -240,7 +244,8 @@ class ServerWebSocket:
             if not isinstance(data, str):
                 self._refuse(CLOSE_TOO_BIG, f"binary message over {limit} bytes")
                 return
-            self._received.append(TextOverLimit(limit))
+            head = "".join(cast("list[str]", self._parts))
+            self._received.append(TextOverLimit(limit, (head + data[: max(0, limit - len(head))])[:limit]))
             self._parts = []
             if event.message_finished:
                 self._end_message()

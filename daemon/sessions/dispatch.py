@@ -14,6 +14,7 @@ from compositord.daemon.sessions.tunes import Tunes
 from compositord.daemon.state.store import StoreError, StoreFull
 from compositord.protocol import envelope
 from compositord.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from compositord.protocol.message_head import MessageHead
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,13 @@ class Dispatch:
         if response is not None:
             send(connection, response)
 
-    def refuse(self, connection: Connection, error: RemoteProtocolError, correlation_id: str | None) -> None:
-        send(connection, envelope.error_response(error, correlation_id))
+    def refuse(self, connection: Connection, error: RemoteProtocolError, head: MessageHead) -> None:
+        """A message refused unread (too large, rate limited): the error names what could be read of it, and
+        its stamps count as processed (S6) as for any refusal, so the client drops the values it masks."""
+        stamps = list(head.stamps)
+        if stamps:
+            self._tunes.refuse_stamps(connection, head.session_id, stamps)
+        send(connection, Refusal(error, stamps).response(head.correlation_id))
 
     async def _run(self, connection: Connection, action: envelope.Action, cid: str | None) -> envelope.Response | None:
         if isinstance(action, envelope.GetPipeline):

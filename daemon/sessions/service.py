@@ -39,6 +39,7 @@ from compositord.protocol import causal
 from compositord.protocol.budget import BudgetLimits
 from compositord.protocol.causal import AckBook
 from compositord.protocol.errors import RemoteProtocolError
+from compositord.protocol.message_head import MessageHead
 from compositord.protocol.params import DAEMON, ValidationContext
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,8 @@ class SessionService:
     def handle_binary(self, connection: Connection, data: bytes) -> None:
         self._pushed_frames.handle(connection, data)
 
-    def refuse(self, connection: Connection, error: RemoteProtocolError, correlation_id: str | None) -> None:
-        self._dispatch.refuse(connection, error, correlation_id)
+    def refuse(self, connection: Connection, error: RemoteProtocolError, head: MessageHead) -> None:
+        self._dispatch.refuse(connection, error, head)
 
     def connection_closed(self, connection: Connection) -> None:
         self._hub.unsubscribe(connection)
