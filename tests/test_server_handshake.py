@@ -15,11 +15,13 @@ import pytest
 import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from compositord.daemon.control.connection import Connection, ConnectionLimits
 from compositord.daemon.control.server import CONTROL_PATH, ControlServer, ServerOptions, check_handshake
 from compositord.protocol.errors import RemoteProtocolError
 from compositord.protocol.message_head import MessageHead
+from compositord.tests.websocket_peers import RawClient
 
 
 class EchoDispatcher:
@@ -203,10 +205,14 @@ def test_check_handshake_is_pure_and_names_the_reason() -> None:
     assert refusal is not None and refusal.status == 401
 
 
-@pytest.mark.parametrize("capacity", [4096, 4], ids=["send-timeout", "mailbox-full"])
-async def test_a_client_that_does_not_read_is_closed_with_1008(capacity: int) -> None:
+@pytest.mark.parametrize(
+    ("capacity", "mailbox_bytes", "expected"),
+    [(4096, 64 << 20, "send timed out"), (4, 64 << 20, "messages waiting"), (4096, 4 << 20, "bytes waiting")],
+    ids=["send-timeout", "mailbox-full", "mailbox-bytes"],
+)
+async def test_a_client_that_does_not_read_is_closed_with_1008(capacity: int, mailbox_bytes: int, expected: str) -> None:
     dispatcher = EchoDispatcher()
-    limits = ConnectionLimits(send_timeout=0.3, mailbox_capacity=capacity, max_text_bytes=1000)
+    limits = ConnectionLimits(send_timeout=0.3, mailbox_capacity=capacity, mailbox_bytes=mailbox_bytes, max_text_bytes=1000)
     async with running_server(dispatcher, limits=limits) as (base, _):
         async with open_websocket_url(base + CONTROL_PATH, max_message_size=64 * 1024 * 1024) as ws:
             # ~40 MB of answers that this client never reads: socket buffers fill, the sender blocks
@@ -217,5 +223,38 @@ async def test_a_client_that_does_not_read_is_closed_with_1008(capacity: int) ->
                     await trio.sleep(0.05)
             (closed,) = dispatcher.closed
             assert closed.close_code == 1008
-            expected = "send timed out" if capacity > 40 else "too slow"
             assert expected in closed.close_reason
+
+
+async def wait_held(server: ControlServer, count: int) -> None:
+    with trio.fail_after(5):
+        while server.partial_messages.held != count:
+            await trio.sleep(0.01)
+
+
+async def test_messages_still_arriving_share_one_budget_and_give_it_back() -> None:
+    """Each connection may hold a message of up to max_binary_bytes while it arrives; together they hold at most
+    max_partial_bytes (else 256 connections could hold 8 GiB): past it, the connection that would pass it is closed
+    with 1009, and a connection gives back what it held when its message ends or it closes."""
+    async with running_server(max_partial_bytes=3_000_000) as (base, server):
+        host, port = base.removeprefix("ws://").rsplit(":", 1)
+        async with await RawClient.connect(host, int(port), CONTROL_PATH) as first:
+            await first.send(BytesMessage(b"\1" * 1_600_000, message_finished=False))
+            await wait_held(server, 1_600_000)
+            async with await RawClient.connect(host, int(port), CONTROL_PATH) as second:
+                await second.send(BytesMessage(b"\2" * 1_600_000, message_finished=False))
+                closed = await second.next_event()
+                assert isinstance(closed, CloseConnection) and closed.code == 1009
+            await wait_held(server, 1_600_000)  # the refused connection holds nothing
+            await first.send(BytesMessage(b"\1" * 10, message_finished=True))
+            answer = await first.next_event()
+            assert isinstance(answer, TextMessage) and json.loads(answer.data) == {"binary": 1_600_010}
+            await wait_held(server, 0)
+            await first.send(BytesMessage(b"\1" * 2_900_000, message_finished=False))
+            await wait_held(server, 2_900_000)
+            trims = server.partial_messages.trims
+        await wait_held(server, 0)  # the stream ended: a message that will never finish gives its bytes back
+        if server.partial_messages.gives_memory_back:  # and the pages go back to the system (glibc)
+            with trio.fail_after(5):
+                while server.partial_messages.trims == trims:
+                    await trio.sleep(0.01)

@@ -12,7 +12,7 @@ import trio
 
 from compositord.cli.main import main as cli_main
 from compositord.client import CompositordError, open_client
-from compositord.daemon.config import Limits
+from compositord.daemon.config import Limits, Settings, SettingsError
 from compositord.daemon.state.lock import StateDirectoryLock
 from compositord.protocol.envelope import PATCH, AddNode, TuneNode
 from compositord.testing.plugin import SMALL_PIPELINE, settings_for, start_daemon
@@ -98,3 +98,14 @@ def test_compositord_run_checks_the_pipeline_file_by_the_daemons_allowlist(
     assert status == 1
     assert "in use by another compositord" in err
     assert "/url" not in err
+
+
+def test_the_partial_message_budget_and_the_queued_bytes_bound_are_settings() -> None:
+    limits = Limits.from_environ({"COMPOSITORD_MAX_PARTIAL_BYTES": "64M", "COMPOSITORD_MAX_QUEUED_BYTES": "2M"})
+    options = Settings(limits=limits).server_options()
+    assert options.max_partial_bytes == 64 << 20
+    assert options.limits.mailbox_bytes == 2 << 20
+    defaults = Settings().server_options()
+    assert (defaults.max_partial_bytes, defaults.limits.mailbox_bytes) == (256 << 20, 8 << 20)
+    with pytest.raises(SettingsError, match="max_queued_bytes"):
+        Limits(max_queued_bytes=0)

@@ -67,6 +67,7 @@ class ConnectionLimits:
     messages_per_second: float = 2000.0
     send_timeout: float = 5.0
     mailbox_capacity: int = 4096
+    mailbox_bytes: int = 8 * 1024 * 1024  # what may wait for a client that reads too slowly, in bytes (mailbox.py)
     close_timeout: float = 2.0
 
 
@@ -92,7 +93,7 @@ class Connection:
     def __init__(self, websocket: ServerWebSocket, limits: ConnectionLimits, *, remote: str = "") -> None:
         self.connection_id = next(_connection_ids)
         self.remote = remote
-        self.mailbox = Mailbox(limits.mailbox_capacity)
+        self.mailbox = Mailbox(limits.mailbox_capacity, limits.mailbox_bytes)
         # Every `_sender` nonce seen on this connection; forgotten when it closes (S5).
         self.senders: set[str] = set()
         self._websocket = websocket

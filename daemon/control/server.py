@@ -32,6 +32,7 @@ from wsproto.utilities import RemoteProtocolError as WebSocketHandshakeError
 
 from compositord.daemon.control.connection import CLOSE_GOING_AWAY, Connection, ConnectionLimits, Dispatcher
 from compositord.daemon.control.http import PROTOCOL_VERSION_HEADER, HttpConnection, HttpRequest, HttpResponse
+from compositord.daemon.control.partial_budget import PartialMessageBudget
 from compositord.daemon.control.router import Handler, Router
 from compositord.daemon.control.websocket import ServerWebSocket, accept_upgrade, remote_of
 from compositord.protocol.envelope import CONTROL_PATH
@@ -52,6 +53,8 @@ class ServerOptions:
     allowed_origins: frozenset[str] = field(default_factory=frozenset)
     max_connections: int = 256
     max_binary_bytes: int = 32 * 1024 * 1024
+    # Messages still arriving, all connections together (partial_budget.py): eight pushed 4K RGBA frames at once.
+    max_partial_bytes: int = 256 * 1024 * 1024
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
@@ -110,6 +113,7 @@ class ControlServer:
         # max_connections from the check on, or handshakes arriving together would all pass it.
         self._upgrading = 0
         self._router = Router(self.routes())
+        self.partial_messages = PartialMessageBudget(options.max_partial_bytes)
 
     @property
     def connections(self) -> frozenset[Connection]:
@@ -126,6 +130,7 @@ class ControlServer:
         host, port = str(address[0]), int(address[1])
         log.info("serving ws://%s:%d%s", host, port, CONTROL_PATH)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.partial_messages.run)
             await nursery.start(partial(trio.serve_listeners, self._serve_stream, listeners))
             task_status.started((host, port))
 
@@ -191,6 +196,7 @@ class ControlServer:
             max_binary_bytes=self.options.max_binary_bytes,
             control_timeout=limits.close_timeout,
             trailing_data=http.trailing_data(),
+            partial_budget=self.partial_messages,
         )
         connection = Connection(websocket, limits, remote=remote)
         self._connections.add(connection)
