@@ -27,7 +27,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import ijson
+import ijson  # type: ignore[import-untyped]  # ijson ships no type information
 
 from compositord.protocol.causal import REV_KEY, SENDER_KEY, Stamp, take_stamp
 from compositord.protocol.envelope import MAX_CORRELATION_ID

@@ -153,7 +153,10 @@ async def test_the_session_count_and_the_daemons_pixel_rate_across_sessions(tmp_
     s1_rate = 320 * 180 * 30  # PIPELINE's compositor: 320x180 at its default 30 fps
     async with budgeted(tmp_path, max_sessions=2, max_total_pixels_per_second=s1_rate + 640 * 360 * 30) as harness:
         async with connected(harness) as client:
-            fast = {"nodes": {"c": {"kind": COMP, "params": {"width": 640, "height": 360, "fps": 31}}}, "connections": []}
+            fast: dict[str, Any] = {
+                "nodes": {"c": {"kind": COMP, "params": {"width": 640, "height": 360, "fps": 31}}},
+                "connections": [],
+            }
             reply = await client.request({"action": "createsession", "name": "fast", "pipeline": fast})
             assert_over(reply, "/payload/pipeline/nodes/c/params/fps", "max_total_pixels_per_second")
             assert "at most 30 fps at 640x360 fits" in reply["message"]

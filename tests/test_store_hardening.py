@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,12 @@ async def test_a_full_disk_refuses_changes_and_the_store_goes_on_once_there_is_s
         await store.create_session(SessionRecord.from_pipeline("s", "s", PIPELINE))
         reverted: list[frozenset[str]] = []
         before: list[dict[str, Any]] = []
-        store.add_revert_listener(lambda ids, was: (reverted.append(ids), before.append(dict(was))))
+
+        def listener(ids: frozenset[str], was: Mapping[str, Any]) -> None:
+            reverted.append(ids)
+            before.append(dict(was))
+
+        store.add_revert_listener(listener)
         filler = fill(tiny_state_dir)
         with pytest.raises(StoreFull) as info:
             for index in range(1000):
