@@ -325,12 +325,13 @@ class Client:
         stamp: Stamp = await self._request(Take(session_id, node_id, None, transition), "success")
         return stamp
 
-    async def apply_batch(self, session_id: str, operations: Sequence[BatchOperation], *, atomic: bool = True) -> int:
-        """Apply operations together; a :class:`TuneNode` without a stamp is stamped and masked here.
+    async def apply_batch(self, session_id: str, operations: Sequence[BatchOperation]) -> int:
+        """Apply operations together, all or none (a batch is always atomic); a :class:`TuneNode` without a
+        stamp is stamped and masked here.
 
         Returns the number of operations applied.
         """
-        response = await self._request(ApplyBatch(session_id, tuple(operations), atomic), "batchapplied")
+        response = await self._request(ApplyBatch(session_id, tuple(operations)), "batchapplied")
         return int(response.payload.get("applied", len(operations)))
 
     async def push_frame(

@@ -57,6 +57,7 @@ def render_loop_factory(settings: Settings, *, device_index: int | None = None) 
             asset_dir=settings.asset_dir,
             output_dir=settings.output_dir,
             device_index=device_index,
+            min_free_disk_bytes=settings.limits.min_free_disk_bytes,
         )
 
     return make
@@ -105,6 +106,8 @@ class _Services:
                         max_retired_acks=self.settings.limits.max_retired_acks,
                         observer=self.metrics,
                         asset_dir=self.settings.asset_dir,
+                        validation_context=self.settings.validation_context(),
+                        budget=self.settings.limits.budget(),
                     )
                     # Coalescable events leave at most once per output frame of their session (PROTOCOL.md section 4).
                     nursery.start_soon(self.hub.run, self.service.frame_period)
@@ -145,13 +148,17 @@ class _Services:
         stored = dict(self.store.sessions())
         configured_id = session_name_for(self.settings.pipeline_file)
         if configured_id not in stored:
-            pipeline = demo_pipeline() if self.settings.pipeline_file is None else load_pipeline(self.settings.pipeline_file)
+            pipeline = (
+                demo_pipeline()
+                if self.settings.pipeline_file is None
+                else load_pipeline(self.settings.pipeline_file, context=self.settings.validation_context())
+            )
             record = SessionRecord.from_pipeline(configured_id, configured_id, pipeline)
             await self.store.create_session(record)
             log.info("created session %r from %s", configured_id, self.settings.pipeline_file or "the demo pipeline")
         for session_id, record in self.store.sessions().items():
-            await self.service.open_session(record)
-            log.info("session %r: first frame rendered", session_id)
+            if await self.service.restore_session(record):  # one over a budget is parked, not started
+                log.info("session %r: first frame rendered", session_id)
 
     async def stop(self, timeout: float) -> None:
         """Drain in order (clients 1001, engines, store), then end the services; at most ``timeout`` s."""

@@ -162,6 +162,8 @@ LIMITS_ENVIRONMENT: Mapping[str, str] = {
     "COMPOSITORD_MAX_SESSIONS": "max_sessions",
     "COMPOSITORD_MAX_TOTAL_PIXELS_PER_SECOND": "max_total_pixels_per_second",
     "COMPOSITORD_MIN_FREE_DISK_BYTES": "min_free_disk_bytes",
+    "COMPOSITORD_MAX_PARTIAL_BYTES": "max_partial_bytes",
+    "COMPOSITORD_MAX_QUEUED_BYTES": "max_queued_bytes",
 }
 _COUNTS = frozenset({"max_sessions", "max_total_pixels_per_second"})
 
@@ -173,8 +175,12 @@ class Limits:
     max_text_bytes: int = MAX_TEXT_BYTES
     max_binary_bytes: int = 32 * 1024 * 1024
     max_connections: int = 256
+    # Binary and text messages still arriving, all connections together (past it: that connection closed, 1009).
+    max_partial_bytes: int = 256 * 1024 * 1024
     messages_per_second: float = 2000.0
     send_timeout: float = 5.0
+    # Waiting for one client that reads too slowly (besides at most 4,096 messages; past it: closed, 1008).
+    max_queued_bytes: int = 8 * 1024 * 1024
     # Rule S7 (docs/PROTOCOL-EXTENSIONS.md): a closed connection's params acks stay in getpipeline's
     # retired_acks this long, at most this many per node, so a reconnecting client re-sends only what was not processed.
     retired_acks_grace_s: float = 300.0
@@ -188,7 +194,14 @@ class Limits:
     min_free_disk_bytes: int = DEFAULT_MIN_FREE_DISK_BYTES
 
     def __post_init__(self) -> None:
-        for name in ("max_session_bytes", "max_total_bytes", "max_sessions", "max_total_pixels_per_second"):
+        for name in (
+            "max_session_bytes",
+            "max_total_bytes",
+            "max_sessions",
+            "max_total_pixels_per_second",
+            "max_partial_bytes",
+            "max_queued_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name}: must be at least 1")
         if self.min_free_disk_bytes < 0:
@@ -335,9 +348,11 @@ class Settings:
             allowed_origins=self.allowed_origins,
             max_connections=self.limits.max_connections,
             max_binary_bytes=self.limits.max_binary_bytes,
+            max_partial_bytes=self.limits.max_partial_bytes,
             limits=ConnectionLimits(
                 max_text_bytes=self.limits.max_text_bytes,
                 messages_per_second=self.limits.messages_per_second,
                 send_timeout=self.limits.send_timeout,
+                mailbox_bytes=self.limits.max_queued_bytes,
             ),
         )

@@ -233,12 +233,12 @@ def _texture_bytes_per_pixel(kind: str, params: Mapping[str, Any]) -> float:
 
 def _compositor_items(
     node_id: str,
-    params: Mapping[str, Any],
+    full: Mapping[str, Any],
     base: str,
     sinks: Sequence[str],
     media_sizes: Mapping[str, tuple[int, int]],
 ) -> list[CostItem]:
-    full = with_defaults("video::compositor", params)
+    """``full``: the compositor's params with defaults filled in."""
     width, height = full["width"], full["height"]
     output = FORMAT_BYTES_PER_PIXEL[full["output_format"]]
     per_pixel = RGBA + DRIVER_BYTES_PER_PIXEL + (0.0 if full["output_format"] == "rgba8" else YUV420) + READBACK_FRAMES * output
@@ -312,17 +312,23 @@ def session_cost(pipeline: Mapping[str, Any], *, media_sizes: Mapping[str, tuple
         target = nodes.get(conn["to_node"])
         if target is not None and target["kind"] in SINK_QUEUE_FRAMES:
             sinks_of.setdefault(conn["from_node"], []).append(target["kind"])
+    # Filled in once per node: defaults are most of the work, and a session is checked at every tune.
+    full_params = {
+        node_id: with_defaults(node["kind"], node.get("params", {}))
+        for node_id, node in nodes.items()
+        if node["kind"] == "video::compositor" or KINDS[node["kind"]].role == "source"
+    }
     items: list[CostItem] = []
     rates: list[RateItem] = []
     for node_id, node in nodes.items():
-        kind, params = node["kind"], node.get("params", {})
+        kind = node["kind"]
         base = pointer.join("/nodes", node_id, "params")
         if kind == "video::compositor":
-            items += _compositor_items(node_id, params, base, sinks_of.get(node_id, []), sizes)
-            full = with_defaults(kind, params)
+            full = full_params[node_id]
+            items += _compositor_items(node_id, full, base, sinks_of.get(node_id, []), sizes)
             rates.append(RateItem(pointer.join(base, "fps"), node_id, full["width"], full["height"], full["fps"]))
         elif KINDS[kind].role == "source":
-            full = with_defaults(kind, params)
+            full = full_params[node_id]
             width, height = _source_size(node_id, kind, full, sizes)
             per_pixel, what = _source_frames(kind, full)
             items.append(
@@ -332,7 +338,7 @@ def session_cost(pipeline: Mapping[str, Any], *, media_sizes: Mapping[str, tuple
         source, target = nodes.get(conn["from_node"]), nodes.get(conn["to_node"])
         if source is None or target is None or target["kind"] != "video::compositor" or KINDS[source["kind"]].role != "source":
             continue
-        full = with_defaults(source["kind"], source.get("params", {}))
+        full = full_params[conn["from_node"]]
         width, height = _source_size(conn["from_node"], source["kind"], full, sizes)
         items.append(
             CostItem(
@@ -391,13 +397,14 @@ def _what_fits(item: CostItem, room: int, budget: int) -> str:
     return f"{size[0]}x{size[1]} would fit"
 
 
-def _relocate(path: str, base: str, params_paths: Mapping[str, str]) -> str:
-    """A pointer into the pipeline as the request names it: a node's params where the request holds them."""
+def _relocate(path: str, base: str, params_paths: Mapping[str, str], request_path: str | None = None) -> str:
+    """A pointer into the pipeline as the request names it: a node's params where the request holds them;
+    a field the request does not hold at ``request_path`` when given (the message says which field it is)."""
     parts = pointer.split(path)
     if len(parts) >= 3 and parts[0] == "nodes" and parts[2] == "params" and parts[1] in params_paths:
         rest = path[len(pointer.join("/nodes", parts[1], "params")) :]
         return params_paths[parts[1]] + rest
-    return base + path
+    return request_path if request_path is not None else base + path
 
 
 def _refuse(path: str, message: str) -> RemoteProtocolError:
@@ -413,6 +420,7 @@ def check_session(
     previous: SessionCost | None = None,
     base: str = "",
     params_paths: Mapping[str, str] | None = None,
+    request_path: str | None = None,
     media_sizes: Mapping[str, tuple[int, int]] | None = None,
 ) -> SessionCost:
     """The session's cost, or ``resource_limit`` when it would pass a budget.
@@ -424,7 +432,10 @@ def check_session(
     cost before the change (``previous``), so the error names the field the
     change grew. Error paths are pointers into the pipeline under ``base``;
     ``params_paths`` maps a node id to where the request holds that node's
-    params (``{"comp": "/payload/message/PatchParams"}`` for a tune). The
+    params (``{"comp": "/payload/message/PatchParams"}`` for a tune), and
+    ``request_path`` is where a blamed field the request does not hold is
+    reported (the request's own change: ``/payload`` of a ``connect``); without
+    it such a field is reported at ``base`` + its pipeline pointer. The
     checks: the session's bytes, the daemon's bytes, the daemon's pixels
     per second, in that order.
     """
@@ -439,7 +450,7 @@ def check_session(
             continue
         item = _blame(cost, previous)
         room = budget - (total - (item.bytes if item else 0))
-        path = _relocate(item.pointer, base, paths) if item else base
+        path = _relocate(item.pointer, base, paths, request_path) if item else (request_path or base)
         largest = (
             f"; the part this field decides: {item.what}, {format_bytes(item.bytes)}; {_what_fits(item, room, budget)}"
             if item
@@ -456,7 +467,7 @@ def check_session(
         fits = room // (rate.width * rate.height) if room > 0 else 0
         advice = f"at most {fits} fps at {rate.width}x{rate.height} fits" if fits >= 1 else "no frame rate fits at this size"
         raise _refuse(
-            _relocate(rate.pointer, base, paths),
+            _relocate(rate.pointer, base, paths, request_path),
             f"the daemon would draw {rate_total:,} pixels a second, over the budget of"
             f" {limits.max_total_pixels_per_second:,} (max_total_pixels_per_second); compositor {rate.node_id!r}"
             f" draws {rate.width}x{rate.height} at {rate.fps} fps = {rate.pixels_per_second:,}; {advice}",

@@ -544,9 +544,10 @@ class TuneNode:
         return "UpdateParams" if self.mode == UPDATE else "PatchParams"
 
     def operation(self) -> dict[str, Any]:
-        body = dict(self.params)
-        if self.stamp is not None:
-            body.update(self.stamp.to_json())
+        # The stamp goes first: a message refused as too large is read only as far as its limit, and
+        # the server names the stamp it read there so the client drops its value (protocol/message_head.py).
+        body: dict[str, Any] = self.stamp.to_json() if self.stamp is not None else {}
+        body.update(self.params)
         if self.animate is not None:
             body[ANIMATE_KEY] = self.animate.to_json()
         return {"node_id": self.node_id, "message": {self.variant: body}}

@@ -297,6 +297,8 @@ async def test_session_and_graph_actions(server: FakeServer) -> None:
         )
         assert applied == 2
         assert server.params_of("c", session_id)["fps"] == 60
+        with pytest.raises(TypeError):  # batches are always atomic: there is no keyword to say otherwise
+            await client.apply_batch(session_id, [], atomic=False)  # type: ignore[call-arg]  # the keyword under test is gone
         assert server.acks_of("c", session_id) == {client.nonce: 1}
         await client.disconnect(session_id, "bars", "out", "c", "in_0")
         await client.remove_node(session_id, "bars2")

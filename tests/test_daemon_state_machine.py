@@ -32,6 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from compositord.client import CompositordError
 from compositord.daemon.state.store import load_sessions
 from compositord.protocol import envelope, params
+from compositord.protocol.envelope import PATCH, Disconnect, TuneNode
 from compositord.protocol.errors import RemoteProtocolError
 
 pytestmark = pytest.mark.gl
@@ -52,9 +53,8 @@ START = {
     "connections": [{"from_node": "bars", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"}],
 }
 
-# num_inputs never drops below a connected pin here (no tune sets it; every compositor has at most the default 2,
-# which a replace restores): the daemon accepts such a tune and leaves a dangling connection
-# (test_a_tune_that_drops_a_connected_input_is_refused, below).
+# Tunes lower num_inputs under connected pins too: the daemon must refuse those, as
+# test_a_tune_that_drops_a_connected_input_is_refused (below) checks on its own.
 sizes = st.sampled_from([16, 32, 48, 0, 7])  # 0 is refused; 7 is refused for nv12/i420
 private = st.dictionaries(st.sampled_from(["_note", "_sender_like", "_ui"]), st.integers(0, 3), max_size=1)
 layer = st.fixed_dictionaries(
@@ -66,6 +66,7 @@ compositor_patch = st.fixed_dictionaries(
         "width": sizes,
         "height": sizes,
         "fps": st.sampled_from([1, 15, 30, 0]),
+        "num_inputs": st.integers(0, 3),
         "background": st.sampled_from(["#102030", "#FFFFFF80", "red"]),
         "output_format": st.sampled_from(["rgba8", "nv12", "i420"]),
         "layers": st.dictionaries(st.sampled_from(["in_0", "in_1", "in_3", "in_9"]), layer, max_size=2),
@@ -289,12 +290,6 @@ async def test_the_daemon_and_its_store_agree_over_random_histories(compositord_
     await trio.to_thread.run_sync(lambda: run_state_machine_as_test(Machine, settings=run_settings))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the machine above: a tune is validated against its node's schema only, so lowering num_inputs"
-    " below a connected pin leaves a connection into a pin that no longer exists (getpipeline is then no valid"
-    " pipeline file). The sessions layer must validate the resulting pipeline, as connect does.",
-)
 async def test_a_tune_that_drops_a_connected_input_is_refused(compositord_daemon: Any, compositord_client: Any) -> None:
     session = compositord_daemon.session_id
     before = await compositord_client.get_pipeline(session)
@@ -302,6 +297,8 @@ async def test_a_tune_that_drops_a_connected_input_is_refused(compositord_daemon
     with pytest.raises(CompositordError) as info:
         await compositord_client.tune(session, "comp", {"num_inputs": 0})
     assert info.value.code == "invalid_params"
+    assert info.value.path == "/payload/message/PatchParams/num_inputs"
+    assert "bars.out -> comp.in_0" in info.value.message
     after = await compositord_client.get_pipeline(session)
     params.validate_pipeline(
         {
@@ -309,3 +306,17 @@ async def test_a_tune_that_drops_a_connected_input_is_refused(compositord_daemon
             "connections": after["connections"],
         }
     )
+    assert after["nodes"]["comp"]["params"] == before["nodes"]["comp"]["params"]
+
+
+async def test_a_batch_that_disconnects_first_may_lower_num_inputs(compositord_daemon: Any, compositord_client: Any) -> None:
+    session = compositord_daemon.session_id
+    tune = TuneNode(session, "comp", PATCH, {"num_inputs": 0})
+    unplug = Disconnect(session, "bars", "out", "comp", "in_0")
+    with pytest.raises(CompositordError) as info:
+        await compositord_client.apply_batch(session, [tune, unplug])  # the tune first: refused, the batch changes nothing
+    assert info.value.path == "/payload/operations/0/message/PatchParams/num_inputs"
+    assert (await compositord_client.get_pipeline(session))["connections"]
+    await compositord_client.apply_batch(session, [unplug, tune])
+    after = await compositord_client.get_pipeline(session)
+    assert after["connections"] == [] and after["nodes"]["comp"]["params"]["num_inputs"] == 0

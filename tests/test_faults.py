@@ -7,6 +7,7 @@ elsewhere. docs/RELIABILITY.md states what these tests hold the daemon to.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ import yaml
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from compositord.daemon.state.store import database_path
+from compositord.protocol import frames
 from compositord.testing.plugin import SMALL_PIPELINE
 from compositord.tests.raw_requests import ask, request_text
 
@@ -66,11 +68,11 @@ class DaemonProcess:
 
 @asynccontextmanager
 async def daemon_process(
-    tmp_path: Path, state_dir: Path | None = None, *, log_level: str = "WARNING"
+    tmp_path: Path, state_dir: Path | None = None, *, log_level: str = "WARNING", pipeline: dict[str, Any] | None = None
 ) -> AsyncIterator[DaemonProcess]:
     state_dir = state_dir or tmp_path / "state"
     config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump(SMALL_PIPELINE))
+    config.write_text(yaml.safe_dump(pipeline or SMALL_PIPELINE))
     stamp = time.monotonic_ns()
     stdout_path, stderr_path = tmp_path / f"stdout-{stamp}.txt", tmp_path / f"stderr-{stamp}.txt"
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
@@ -312,6 +314,52 @@ async def test_sigterm_under_load_closes_everyone_with_1001_flushes_and_exits_in
     (overlay,) = stored["text_overlays"]
     writer = int(overlay["id"][1:])
     assert int(overlay["text"]) >= acknowledged[writer]
+
+
+async def test_sigterm_closes_clients_pushing_frames_with_1001(tmp_path: Path) -> None:
+    """Clients pushing 640x360 RGBA frames as fast as they can (and reading what the daemon sends) are closed
+    with 1001 like any other. A client whose WebSocket library stops reading the socket while the
+    application does not take its messages (trio-websocket's default queue of one message) cannot see the
+    close frame at all and sees 1006: docs/RELIABILITY.md, "Attacks tried and what held"."""
+    pipeline = {
+        "nodes": {
+            "cam": {"kind": "video::push", "params": {"width": 640, "height": 360, "pixel_format": "rgba8"}},
+            "comp": {"kind": "video::compositor", "params": {"width": 160, "height": 90, "fps": 30, "num_inputs": 1}},
+        },
+        "connections": [{"from_node": "cam", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"}],
+    }
+    frame = frames.pack_frame_header("cam", 640, 360, "rgba8", 0) + bytes(640 * 360 * 4)
+    close_codes: list[int | None] = [None] * 3
+    pushed = [0] * 3
+    async with daemon_process(tmp_path, pipeline=pipeline) as daemon:
+        url = await daemon.read_url()
+
+        async def push(index: int, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            async with open_websocket_url(url) as ws, trio.open_nursery() as nursery:
+                nursery.start_soon(drain, ws)
+                task_status.started()
+                try:
+                    while True:
+                        await ws.send_message(frame)
+                        pushed[index] += 1
+                except ConnectionClosed as closed:
+                    assert closed.reason is not None
+                    close_codes[index] = closed.reason.code
+
+        async def drain(ws: Any) -> None:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await ws.get_message()
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(close_codes)):
+                await nursery.start(push, index)
+            await trio.sleep(1.0)
+            daemon.process.send_signal(signal.SIGTERM)
+            status = await daemon.wait_exit(STOP_TIMEOUT_S + 2)
+        assert status == 0, daemon.stderr
+    assert min(pushed) > 0
+    assert close_codes == [1001] * len(close_codes)
 
 
 # ----------------------------------------------------------------------------- churn: tasks, file descriptors, memory

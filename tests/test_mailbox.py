@@ -119,3 +119,22 @@ def test_token_bucket_allows_the_rate_and_refuses_beyond_it() -> None:
     assert sum(bucket.try_take() for _ in range(20)) == 5
     now[0] += 100.0  # the burst is capped
     assert sum(bucket.try_take() for _ in range(20)) == 10
+
+
+def test_the_bytes_waiting_behind_the_next_message_are_bounded_too() -> None:
+    box = Mailbox(capacity=100, max_bytes=1000)
+    box.put("h" * 5000)  # the next message to write: larger than the bound, never a reason to close
+    box.put("a" * 600)
+    box.put_coalescing(("s", "n", "params"), "p" * 300)
+    box.put_coalescing(("s", "n", "params"), "q" * 400)  # replaces the 300: 1,000 wait behind the next message
+    assert box.queued_bytes == 6000
+    with pytest.raises(MailboxFull, match="bytes waiting"):
+        box.put("b")
+    with pytest.raises(MailboxFull):
+        box.put_coalescing(("s", "n", "params"), "r" * 401)  # a replacement that grows past the bound
+    assert drain(box)[0] == "h" * 5000 and box.queued_bytes == 0
+    box.put("c" * 999)
+    box.put("d" * 1000)
+    box.get_nowait()
+    box.put("e" * 1000)  # room again once the sender took the next message
+    assert box.queued_bytes == 2000

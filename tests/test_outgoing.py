@@ -16,6 +16,7 @@ from compositord.daemon.control.connection import Connection, ConnectionLimits
 from compositord.daemon.control.outgoing import Broadcast, frame_of, frame_text, text_of
 from compositord.daemon.control.websocket import ConnectionClosed, ServerWebSocket
 from compositord.protocol.errors import RemoteProtocolError
+from compositord.protocol.message_head import MessageHead
 from compositord.tests.websocket_peers import RawClient, serve_websockets
 
 
@@ -65,7 +66,7 @@ class _Echo:
 
     def handle_binary(self, connection: Connection, data: bytes) -> None: ...
 
-    def refuse(self, connection: Connection, error: RemoteProtocolError, correlation_id: str | None) -> None: ...
+    def refuse(self, connection: Connection, error: RemoteProtocolError, head: MessageHead) -> None: ...
 
     def connection_closed(self, connection: Connection) -> None: ...
 
@@ -122,13 +123,15 @@ async def test_send_frames_to_a_closed_connection_raises_connection_closed() -> 
     assert isinstance(outcome[0], ConnectionClosed)
 
 
-async def _connection_pair(nursery: trio.Nursery, **client_options: Any) -> tuple[Connection, Any]:
+async def _connection_pair(
+    nursery: trio.Nursery, limits: ConnectionLimits | None = None, **client_options: Any
+) -> tuple[Connection, Any]:
     """A server-side Connection (running) and a trio-websocket client connected to it."""
     made: list[Connection] = []
     ready = trio.Event()
 
     async def on_connection(websocket: ServerWebSocket) -> None:
-        connection = Connection(websocket, ConnectionLimits())
+        connection = Connection(websocket, limits or ConnectionLimits())
         made.append(connection)
         ready.set()
         await connection.run(_Echo())
@@ -204,7 +207,9 @@ async def test_what_the_socket_does_not_take_goes_first_and_whole() -> None:
 async def test_while_the_socket_is_full_events_wait_as_messages_and_coalesce() -> None:
     big = "x" * (24 * 1024 * 1024)
     async with trio.open_nursery() as nursery:
-        connection, client = await _connection_pair(nursery, max_message_size=64 * 1024 * 1024, message_queue_size=0)
+        # Two big messages wait: a byte bound above them (the default would rightly close this client).
+        limits = ConnectionLimits(mailbox_bytes=64 * 1024 * 1024)
+        connection, client = await _connection_pair(nursery, limits, max_message_size=64 * 1024 * 1024, message_queue_size=0)
         # The client takes in the first message and then waits to be asked for it: the second stays in the
         # socket, and the sender waits for room while holding the stream.
         connection.deliver([(None, big)])

@@ -460,7 +460,7 @@ async def test_no_private_keys_reach_the_database(harness: Harness) -> None:
 
 
 async def test_distinct_senders_per_connection_are_bounded(harness: Harness) -> None:
-    from compositord.daemon.sessions.tunes import MAX_SENDERS_PER_CONNECTION
+    from compositord.daemon.sessions.senders import MAX_SENDERS_PER_CONNECTION
 
     async with connected(harness) as client:
         for i in range(MAX_SENDERS_PER_CONNECTION):

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +214,13 @@ async def test_a_full_disk_refuses_changes_and_the_store_goes_on_once_there_is_s
     async with open_store(tiny_state_dir, commit_interval=0.01) as store:
         await store.create_session(SessionRecord.from_pipeline("s", "s", PIPELINE))
         reverted: list[frozenset[str]] = []
-        store.add_revert_listener(reverted.append)
+        before: list[dict[str, Any]] = []
+
+        def listener(ids: frozenset[str], was: Mapping[str, Any]) -> None:
+            reverted.append(ids)
+            before.append(dict(was))
+
+        store.add_revert_listener(listener)
         filler = fill(tiny_state_dir)
         with pytest.raises(StoreFull) as info:
             for index in range(1000):
@@ -233,6 +240,8 @@ async def test_a_full_disk_refuses_changes_and_the_store_goes_on_once_there_is_s
         await wait_until_reverted(reverted, count=2)
         assert store.sessions()["s"].nodes["bars"].params == PIPELINE["nodes"]["bars"]["params"]
         assert reverted and all(ids == {"s"} for ids in reverted)
+        # What the mirror held before: the refused params, which listeners take back from whoever they told.
+        assert before[-1]["s"].nodes["bars"].params == {"width": 32, "height": 18}
         filler.unlink()
         final = big_params(99_999)
         await store.set_params("s", "comp", final, wait_durable=True)

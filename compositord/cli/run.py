@@ -44,7 +44,8 @@ def main(args: argparse.Namespace) -> int:
         from compositord.daemon.config import load_pipeline
 
         try:
-            load_pipeline(settings.pipeline_file)  # fail before anything starts, with every error
+            # Fail before anything starts, with every error, by the rules this daemon will apply.
+            load_pipeline(settings.pipeline_file, context=settings.validation_context())
         except ConfigError as exc:
             for line in exc.lines():
                 print(line, file=sys.stderr)

@@ -44,8 +44,9 @@ from compositord.daemon.control.websocket import (  # noqa: F401  (close codes: 
     ServerWebSocket,
     TextOverLimit,
 )
-from compositord.protocol.envelope import MAX_TEXT_BYTES, correlation_id_of
+from compositord.protocol.envelope import MAX_TEXT_BYTES
 from compositord.protocol.errors import ErrorCode, RemoteProtocolError
+from compositord.protocol.message_head import MessageHead, read_head
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,9 @@ _connection_ids = itertools.count(1)
 # enough for a frame's events to every node, small enough that one write does not hold the loop long.
 _BATCH_BYTES = 256 * 1024
 
-# A message refused unread (rate limited) has its correlation id echoed only when it is this short: finding
-# it means parsing the message, which a client over its rate must not be able to make expensive.
-_CORRELATION_ID_SEARCH_MAX = 4096
+# A message refused unread (rate limited) is read this far for its correlation id and stamps: reading it
+# costs, which a client over its rate must not be able to make expensive.
+_HEAD_READ_WHEN_RATE_LIMITED = 4096
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class ConnectionLimits:
     messages_per_second: float = 2000.0
     send_timeout: float = 5.0
     mailbox_capacity: int = 4096
+    mailbox_bytes: int = 8 * 1024 * 1024  # what may wait for a client that reads too slowly, in bytes (mailbox.py)
     close_timeout: float = 2.0
 
 
@@ -79,8 +81,9 @@ class Dispatcher(Protocol):
     def handle_binary(self, connection: Connection, data: bytes) -> None:
         """Handle one binary message (pushed frames, PROTOCOL.md section 6)."""
 
-    def refuse(self, connection: Connection, error: RemoteProtocolError, correlation_id: str | None) -> None:
-        """Answer a message that never reached the session logic (too large, rate limited)."""
+    def refuse(self, connection: Connection, error: RemoteProtocolError, head: MessageHead) -> None:
+        """Answer a message that never reached the session logic (too large, rate limited); ``head`` is
+        what could be read of it (its correlation id and stamps)."""
 
     def connection_closed(self, connection: Connection) -> None:
         """The connection is gone: forget its senders (rule S5). Must not block."""
@@ -94,7 +97,7 @@ class Connection:
         self.remote = remote
         # The dialect the client asked for at the handshake (protocol.streamkit.DIALECTS), None for compositord's own.
         self.dialect = dialect
-        self.mailbox = Mailbox(limits.mailbox_capacity)
+        self.mailbox = Mailbox(limits.mailbox_capacity, limits.mailbox_bytes)
         # Every `_sender` nonce seen on this connection; forgotten when it closes (S5).
         self.senders: set[str] = set()
         self._websocket = websocket
@@ -221,14 +224,14 @@ class Connection:
                         ErrorCode.RATE_LIMITED,
                         f"more than {self._limits.messages_per_second:g} messages per second; message not processed",
                     ),
-                    _cheap_correlation_id(message),
+                    _head_of(message, _HEAD_READ_WHEN_RATE_LIMITED),
                 )
                 continue
             if isinstance(message, TextOverLimit):
                 dispatcher.refuse(
                     self,
                     RemoteProtocolError(ErrorCode.TOO_LARGE, f"text message over {message.limit} bytes; message not processed"),
-                    None,
+                    read_head(message.head, max_chars=message.limit),
                 )
             elif isinstance(message, str):
                 await dispatcher.handle_text(self, message)
@@ -268,5 +271,7 @@ class Connection:
                 return
 
 
-def _cheap_correlation_id(message: str | bytes | TextOverLimit) -> str | None:
-    return correlation_id_of(message, max_chars=_CORRELATION_ID_SEARCH_MAX) if isinstance(message, str) else None
+def _head_of(message: str | bytes | TextOverLimit, max_chars: int) -> MessageHead:
+    if isinstance(message, TextOverLimit):
+        return read_head(message.head, max_chars=max_chars)
+    return read_head(message, max_chars=max_chars) if isinstance(message, str) else MessageHead()

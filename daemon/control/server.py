@@ -37,6 +37,7 @@ from wsproto.utilities import RemoteProtocolError as WebSocketHandshakeError
 from compositord.daemon.control import browser_auth, streamkit_http
 from compositord.daemon.control.connection import CLOSE_GOING_AWAY, Connection, ConnectionLimits, Dispatcher
 from compositord.daemon.control.http import PROTOCOL_VERSION_HEADER, HttpConnection, HttpRequest, HttpResponse
+from compositord.daemon.control.partial_budget import PartialMessageBudget
 from compositord.daemon.control.router import Handler, Router
 from compositord.daemon.control.websocket import ServerWebSocket, accept_upgrade, remote_of
 from compositord.protocol.envelope import CONTROL_PATH
@@ -57,6 +58,8 @@ class ServerOptions:
     allowed_origins: frozenset[str] = field(default_factory=frozenset)
     max_connections: int = 256
     max_binary_bytes: int = 32 * 1024 * 1024
+    # Messages still arriving, all connections together (partial_budget.py): eight pushed 4K RGBA frames at once.
+    max_partial_bytes: int = 256 * 1024 * 1024
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
@@ -171,7 +174,11 @@ class ControlServer:
         self._no_connections.set()
         self._accepting = True
         self._streams = 0  # open TCP connections, WebSocket or not
+        # Upgrades accepted and still being answered (their 101 on its way): they count against
+        # max_connections from the check on, or handshakes arriving together would all pass it.
+        self._upgrading = 0
         self._router = Router(self.routes())
+        self.partial_messages = PartialMessageBudget(options.max_partial_bytes)
 
     @property
     def connections(self) -> frozenset[Connection]:
@@ -201,6 +208,7 @@ class ControlServer:
         self._bound_port = port
         log.info("serving ws://%s:%d%s", host, port, CONTROL_PATH)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.partial_messages.run)
             await nursery.start(partial(trio.serve_listeners, self._serve_stream, listeners))
             task_status.started((host, port))
 
@@ -246,7 +254,7 @@ class ControlServer:
         """Refuse the upgrade (False) or run the WebSocket connection it opens until it closes (True)."""
         remote = remote_of(stream)
         refusal = check_handshake(
-            request.target, request.headers, self.options, len(self._connections), bound_port=self._bound_port
+            request.target, request.headers, self.options, len(self._connections) + self._upgrading, bound_port=self._bound_port
         )
         if refusal is None and not self._accepting:
             refusal = Refusal(503, "shutting down")
@@ -266,13 +274,17 @@ class ControlServer:
             log.info("refused %s: %d %s", remote, refusal.status, refusal.reason)
             await http.respond(HttpResponse.text(refusal.status, refusal.reason, [("connection", "close")]))
             return False
-        with trio.move_on_after(self.options.limits.send_timeout) as scope:
-            try:
-                await stream.send_all(accepted)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return True  # the client is gone: nothing to finish
-        if scope.cancelled_caught:
-            return True
+        self._upgrading += 1  # no checkpoint between the check and here
+        try:
+            with trio.move_on_after(self.options.limits.send_timeout) as scope:
+                try:
+                    await stream.send_all(accepted)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return True  # the client is gone: nothing to finish
+            if scope.cancelled_caught:
+                return True
+        finally:
+            self._upgrading -= 1
         limits = self.options.limits
         websocket = ServerWebSocket(
             stream,
@@ -281,12 +293,15 @@ class ControlServer:
             max_binary_bytes=self.options.max_binary_bytes,
             control_timeout=limits.close_timeout,
             trailing_data=http.trailing_data(),
+            partial_budget=self.partial_messages,
         )
         dialect = streamkit_http.requested_dialect(request.target, request.headers)  # checked by check_handshake
         connection = Connection(websocket, limits, remote=remote, dialect=dialect)
         self._connections.add(connection)
         if self._no_connections.is_set():
             self._no_connections = trio.Event()
+        if not self._accepting:
+            connection.close(CLOSE_GOING_AWAY, "server shutting down")  # close_all ran while its 101 was on its way
         try:
             self._dispatcher.connection_opened(connection)
             await connection.run(self._dispatcher)

@@ -17,7 +17,9 @@ What the class does, and what it leaves to its owner (``connection.Connection``)
   so the owner can answer ``too_large`` while the connection stays usable)
   and the rest of it is skipped as it arrives, never buffered; a binary
   message over ``max_binary_bytes``, or a skipped text that goes past that
-  same ceiling, raises :class:`MessageRefused` with 1009; a peer that breaks
+  same ceiling, or a fragment that would pass the budget every connection
+  shares for messages still arriving (``partial_budget.py``), raises
+  :class:`MessageRefused` with 1009; a peer that breaks
   the protocol (bad UTF-8, a bad frame) raises it with wsproto's code (1007,
   1002). Pings are answered with a pong; the peer's close is answered and
   raises :class:`ConnectionClosed`.
@@ -43,6 +45,8 @@ import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Pong, TextMessage
+
+from compositord.daemon.control.partial_budget import PartialMessageBudget
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -76,9 +80,13 @@ class MessageRefused(Exception):
 
 @dataclass(frozen=True)
 class TextOverLimit:
-    """A text message passed ``limit`` bytes: refused, the rest of it is skipped as it arrives."""
+    """A text message passed ``limit`` bytes: refused, the rest of it is skipped as it arrives.
+
+    ``head``: its first ``limit`` characters at most (what had arrived), where the refusal looks for
+    the correlation id and stamps to name (``protocol/message_head.py``)."""
 
     limit: int
+    head: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,7 @@ class ServerWebSocket:
         max_binary_bytes: int,
         control_timeout: float,
         trailing_data: bytes = b"",
+        partial_budget: PartialMessageBudget | None = None,
     ) -> None:
         """``connection`` is OPEN (after :func:`accept_upgrade`); ``trailing_data``: bytes the HTTP parser
         read past the request, the start of the WebSocket stream."""
@@ -153,10 +162,13 @@ class ServerWebSocket:
         self._control_timeout = control_timeout
         self._write_lock = trio.Lock()
         self._received: deque[_Received] = deque()
-        # The message being received: its parts, its size in bytes so far, and whether it is being skipped.
+        # The message being received: its parts, its size in bytes so far, and whether it is being skipped;
+        # the bytes of its parts are charged to the budget shared by every connection while they are held.
         self._parts: list[str | bytes] = []
         self._size = 0
         self._skipping = False
+        self._partial_budget = partial_budget
+        self._held = 0
         self._refusal: MessageRefused | None = None  # queued once: nothing after it is parsed
         self._unparsable = False  # wsproto failed to parse the stream: it cannot read the peer's close either
         self._closed: ConnectionClosed | None = None
@@ -229,10 +241,8 @@ class ServerWebSocket:
     def _take_fragment(self, event: TextMessage | BytesMessage) -> None:
         data: str | bytes = event.data if isinstance(event.data, str) else bytes(event.data)  # bytes(bytes): no copy
         # wsproto decodes text as it arrives; a str that is all ASCII (an O(1) check) has one byte a character.
-        if isinstance(data, str):
-            self._size += len(data) if data.isascii() else len(data.encode("utf-8"))
-        else:
-            self._size += len(data)
+        count = len(data) if not isinstance(data, str) or data.isascii() else len(data.encode("utf-8"))
+        self._size += count
         ceiling = self._max_binary_bytes  # the largest message read at all, even to skip it
         if self._skipping:
             if self._size > ceiling:
@@ -245,7 +255,8 @@ class ServerWebSocket:
             if not isinstance(data, str):
                 self._refuse(CLOSE_TOO_BIG, f"binary message over {limit} bytes")
                 return
-            self._received.append(TextOverLimit(limit))
+            head = "".join(cast("list[str]", self._parts))
+            self._received.append(TextOverLimit(limit, (head + data[: max(0, limit - len(head))])[:limit]))
             self._parts = []
             if event.message_finished:
                 self._end_message()
@@ -253,7 +264,12 @@ class ServerWebSocket:
                 self._skipping = True
             return
         if not event.message_finished:
+            if self._partial_budget is not None and not self._partial_budget.take(count):
+                limit = self._partial_budget.limit
+                self._refuse(CLOSE_TOO_BIG, f"messages still arriving on all connections would pass {limit} bytes")
+                return
             self._parts.append(data)
+            self._held += count
             return
         if self._parts:  # the last fragment of several: wsproto keeps a message's fragments of one type
             self._parts.append(data)
@@ -265,9 +281,18 @@ class ServerWebSocket:
 
     def _end_message(self) -> None:
         self._parts, self._size, self._skipping = [], 0, False
+        self._give_back()
+
+    def _give_back(self, *, closing: bool = False) -> None:
+        """What this connection held of an unfinished message goes back to the shared budget (``closing``:
+        and, its parts dropped, to the system)."""
+        if self._held and self._partial_budget is not None:
+            self._partial_budget.give_back(self._held, closing=closing)
+        self._held = 0
 
     def _refuse(self, code: int, reason: str) -> None:
         self._parts = []
+        self._give_back(closing=True)  # the connection closes on a refusal
         self._refusal = MessageRefused(code, reason)
         self._received.append(self._refusal)
 
@@ -360,6 +385,8 @@ class ServerWebSocket:
                 await self._close_handshake(code, reason)
         finally:
             self._transport_closed = True
+            self._parts = []  # a message that will never finish: its memory and its budget go back now
+            self._give_back(closing=True)
             if self._closed is None:
                 self._closed = ConnectionClosed(code, reason)
             await trio.aclose_forcefully(self._transport)

@@ -10,12 +10,13 @@ from compositord.daemon.sessions import assets, pipeline_files, queries
 from compositord.daemon.sessions.live import LiveSessions
 from compositord.daemon.sessions.observer import SessionObserver
 from compositord.daemon.sessions.previews import Previews
-from compositord.daemon.sessions.refusals import Refusal
+from compositord.daemon.sessions.refusals import Refusal, disk_full
 from compositord.daemon.sessions.structure import Structure
 from compositord.daemon.sessions.tunes import Tunes
-from compositord.daemon.state.store import StoreError
+from compositord.daemon.state.store import StoreError, StoreFull
 from compositord.protocol import envelope
 from compositord.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from compositord.protocol.message_head import MessageHead
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Dispatch:
         correlation_id = message.correlation_id
         try:
             try:
-                action = envelope.parse_action(message)
+                action = envelope.parse_action(message, context=self._live.context)
             except RemoteProtocolError as error:
                 stamps = envelope.stamps_of(message)
                 self._tunes.refuse_stamps(connection, message.payload.get("session_id"), stamps)
@@ -65,6 +66,11 @@ class Dispatch:
             return
         except RemoteProtocolError as error:
             send(connection, envelope.error_response(error, correlation_id))
+            return
+        except StoreFull:
+            # Nothing of the change is kept (the store took it back and StoreReverts told everyone); the daemon runs on.
+            log.warning("%s not stored: the disk under the store is full", message.action)
+            send(connection, envelope.error_response(disk_full(), correlation_id))
             return
         except StoreError:
             raise  # the store cannot write: the daemon stops rather than answer without durability
@@ -77,8 +83,13 @@ class Dispatch:
         if response is not None:
             send(connection, response)
 
-    def refuse(self, connection: Connection, error: RemoteProtocolError, correlation_id: str | None) -> None:
-        send(connection, envelope.error_response(error, correlation_id))
+    def refuse(self, connection: Connection, error: RemoteProtocolError, head: MessageHead) -> None:
+        """A message refused unread (too large, rate limited): the error names what could be read of it, and
+        its stamps count as processed (S6) as for any refusal, so the client drops the values it masks."""
+        stamps = list(head.stamps)
+        if stamps:
+            self._tunes.refuse_stamps(connection, head.session_id, stamps)
+        send(connection, Refusal(error, stamps).response(head.correlation_id))
 
     async def _run(self, connection: Connection, action: envelope.Action, cid: str | None) -> envelope.Response | None:
         if isinstance(action, envelope.GetPipeline):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,11 +15,14 @@ from compositord.daemon.control.connection import Connection
 from compositord.daemon.control.hub import Hub
 from compositord.daemon.control.outgoing import Broadcast
 from compositord.daemon.engine.api import Engine
+from compositord.daemon.sessions.budgets import Budgets
 from compositord.daemon.sessions.refusals import not_found
 from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.state.store import Store
 from compositord.protocol import envelope, streamkit
 from compositord.protocol.causal import AckBook
+from compositord.protocol.errors import ErrorCode, RemoteProtocolError
+from compositord.protocol.params import DAEMON, ValidationContext
 
 
 @dataclass
@@ -73,17 +76,28 @@ class LiveSession:
 
 
 class LiveSessions:
-    """The running sessions (those with an engine), the store they live in and the hub their events go to."""
+    """The running sessions (those with an engine), the store they live in, the hub their events go to, and
+    what the operator allows in params (``context``: the stream allowlist, never standard output)."""
 
     def __init__(
-        self, store: Store, hub: Hub, make_book: Callable[[], AckBook], image_data: streamkit.ImageData | None = None
+        self,
+        store: Store,
+        hub: Hub,
+        make_book: Callable[[], AckBook],
+        budgets: Budgets,
+        *,
+        context: ValidationContext = DAEMON,
+        image_data: streamkit.ImageData | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
+        self.budgets = budgets
+        self.context = context
         self._make_book = make_book
         # The base64 of an inline image by asset path (inline_images.InlineImages.base64_of), for StreamKit clients.
         self.image_data = image_data
         self._sessions: dict[str, LiveSession] = {}
+        self._parked: dict[str, str] = {}  # stored sessions not started, with why (over a budget at start)
 
     def add(self, session_id: str, engine: Engine) -> LiveSession:
         live = self._sessions[session_id] = LiveSession(engine, self._make_book)
@@ -91,6 +105,20 @@ class LiveSessions:
 
     def remove(self, session_id: str) -> LiveSession | None:
         return self._sessions.pop(session_id, None)
+
+    def restore(self, session_id: str, live: LiveSession) -> None:
+        """Put back a session whose removal could not be stored (its engine still runs)."""
+        self._sessions[session_id] = live
+
+    def park(self, session_id: str, reason: str) -> None:
+        """A stored session that is not started: ``lookup`` answers with ``reason``, ``listsessions`` lists it."""
+        self._parked[session_id] = reason
+
+    def unpark(self, session_id: str) -> None:
+        self._parked.pop(session_id, None)
+
+    def parked(self) -> Mapping[str, str]:
+        return self._parked
 
     def remove_all(self) -> list[LiveSession]:
         removed = list(self._sessions.values())
@@ -114,6 +142,14 @@ class LiveSessions:
         """The stored record and the running state of a session; ``not_found`` at ``/payload/session_id``."""
         record = self.store.sessions().get(session_id)
         live = self._sessions.get(session_id)
+        if record is not None and session_id in self._parked:
+            path = "/payload/session_id"
+            raise RemoteProtocolError(
+                ErrorCode.RESOURCE_LIMIT,
+                f"{path}: session {session_id!r} is stored but not running: {self._parked[session_id]}"
+                " (destroy it, or raise the budget and restart the daemon)",
+                path,
+            )
         if record is None or live is None:
             raise not_found(f"no session {session_id!r}", "/payload/session_id")
         return record, live

@@ -37,9 +37,18 @@ def getpipeline(live_sessions: LiveSessions, action: envelope.GetPipeline, cid: 
 
 
 def listsessions(live_sessions: LiveSessions, cid: str | None) -> envelope.Response:
-    """The running sessions (a stored session whose engine did not start is not listed); each also
-    with StreamKit's ``id`` and ``created_at``."""
-    sessions = [{"session_id": info["id"], **info, "nodes": nodes} for info, nodes in _running_sessions(live_sessions)]
+    """The running sessions, ``state`` ``"ok"`` (each also with StreamKit's ``id`` and ``created_at``), and
+    those parked at start, ``state`` ``{"error": why}``."""
+    parked = live_sessions.parked()
+    sessions = [
+        {"session_id": info["id"], **info, "nodes": nodes, "state": envelope.node_state(None)}
+        for info, nodes in _running_sessions(live_sessions)
+    ]
+    sessions += [
+        {"session_id": s.session_id, "id": s.session_id, "name": s.name, "nodes": len(s.nodes), "state": envelope.node_state(why)}
+        for s in live_sessions.store.sessions().values()
+        if s.session_id in parked and (why := parked[s.session_id]) is not None
+    ]
     return envelope.sessions_listed(cid, sessions)
 
 

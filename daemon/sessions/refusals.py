@@ -27,3 +27,15 @@ class Refusal(Exception):
 
 def not_found(what: str, path: str) -> RemoteProtocolError:
     return RemoteProtocolError(ErrorCode.NOT_FOUND, f"{path}: {what}", path)
+
+
+def disk_full() -> RemoteProtocolError:
+    """A change the store could not commit (``StoreFull``): refused, and taken back wherever it was shown.
+
+    ``resource_limit`` rather than ``internal``: nothing is broken, the daemon runs on and the same change
+    can succeed once the operator frees space. The message names no path on the server."""
+    return RemoteProtocolError(
+        ErrorCode.RESOURCE_LIMIT,
+        "not stored: the disk under the daemon's store is full, so this change was taken back (events say what is"
+        " stored); try again once the operator has freed space",
+    )

@@ -13,16 +13,19 @@ hands each the same ``EngineEvents`` sink. The work itself is done by
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from compositord.daemon.config import Limits
 from compositord.daemon.control.connection import Connection
 from compositord.daemon.control.hub import Hub
 from compositord.daemon.engine import api
 from compositord.daemon.sessions import health, queries
+from compositord.daemon.sessions.budgets import Budgets, pipeline_of
 from compositord.daemon.sessions.dispatch import Dispatch
 from compositord.daemon.sessions.engine_events import EngineEventHandler
 from compositord.daemon.sessions.inline_images import InlineImages
@@ -30,13 +33,20 @@ from compositord.daemon.sessions.live import LiveSessions
 from compositord.daemon.sessions.observer import NoObserver, SessionObserver
 from compositord.daemon.sessions.previews import Previews
 from compositord.daemon.sessions.pushed_frames import PushedFrames
+from compositord.daemon.sessions.reverts import StoreReverts
+from compositord.daemon.sessions.senders import SenderOwners
 from compositord.daemon.sessions.structure import Structure
 from compositord.daemon.sessions.tunes import Tunes
 from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.state.store import Store
 from compositord.protocol import causal
+from compositord.protocol.budget import BudgetLimits
 from compositord.protocol.causal import AckBook
 from compositord.protocol.errors import RemoteProtocolError
+from compositord.protocol.message_head import MessageHead
+from compositord.protocol.params import DAEMON, ValidationContext
+
+log = logging.getLogger(__name__)
 
 
 class SessionService:
@@ -52,6 +62,8 @@ class SessionService:
         max_retired_acks: int = causal.MAX_RETIRED_ACKS,
         observer: SessionObserver | None = None,
         asset_dir: Path | None = None,
+        validation_context: ValidationContext = DAEMON,
+        budget: BudgetLimits | None = None,
     ) -> None:
         # Rule S7: how long and how many closed senders' params acks getpipeline still reports, per node.
         make_book: Callable[[], AckBook] = functools.partial(
@@ -62,11 +74,13 @@ class SessionService:
         self._engine_factory = engine_factory
         # Inline images (StreamKit's data_base64) go into the asset directory, where engines read assets.
         images = InlineImages(asset_dir)
-        self._live = LiveSessions(store, hub, make_book, images.base64_of)
+        budgets = Budgets(budget if budget is not None else Limits().budget())
+        self._live = LiveSessions(store, hub, make_book, budgets, context=validation_context, image_data=images.base64_of)
+        store.add_revert_listener(StoreReverts(self._live).reverted)  # a full disk: take back what could not be stored
         self._previews = Previews(self._live)
         observer = observer if observer is not None else NoObserver()
         self._engine_events = EngineEventHandler(self._live, self._previews, observer)
-        self._tunes = Tunes(self._live, images)
+        self._tunes = Tunes(self._live, images, SenderOwners(grace_s=retired_acks_grace_s))
         self._pushed_frames = PushedFrames(self._live)
         structure = Structure(self._live, self.open_session, images)
         self._dispatch = Dispatch(self._live, self._tunes, structure, self._previews, observer, asset_dir)
@@ -94,6 +108,22 @@ class SessionService:
         engine.start()
         await engine.wait_first_frame()
 
+    async def restore_session(self, record: SessionRecord) -> bool:
+        """Start a session the store held at start, if it fits the budgets (returns after its first frame);
+        else park it (stored, listed with why, not started: a stored 7680x7680 session must not keep the
+        daemon from serving) and return False."""
+        budgets = self._live.budgets
+        try:
+            cost = budgets.check_new(record.session_id, pipeline_of(record.nodes, record.connections), base="", count_path="")
+        except RemoteProtocolError as error:
+            reason = f"over a budget at start: {error.message}"
+            log.error("session %r is not started: %s", record.session_id, reason)
+            self._live.park(record.session_id, reason)
+            return False
+        with budgets.reserve(record.session_id, cost):
+            await self.open_session(record)
+        return True
+
     async def stop_all(self, timeout: float) -> None:
         """Stop every engine: all are told at once, then each is waited for (up to ``timeout`` each)."""
         stopping = self._live.remove_all()
@@ -117,8 +147,8 @@ class SessionService:
     def handle_binary(self, connection: Connection, data: bytes) -> None:
         self._pushed_frames.handle(connection, data)
 
-    def refuse(self, connection: Connection, error: RemoteProtocolError, correlation_id: str | None) -> None:
-        self._dispatch.refuse(connection, error, correlation_id)
+    def refuse(self, connection: Connection, error: RemoteProtocolError, head: MessageHead) -> None:
+        self._dispatch.refuse(connection, error, head)
 
     def connection_closed(self, connection: Connection) -> None:
         self._hub.unsubscribe(connection)

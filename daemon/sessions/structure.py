@@ -10,18 +10,19 @@ transaction and lands in one frame.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
 
 from compositord.daemon.engine import api
+from compositord.daemon.sessions.budgets import pipeline_of
 from compositord.daemon.sessions.inline_images import InlineImages
 from compositord.daemon.sessions.live import LiveSession, LiveSessions
 from compositord.daemon.sessions.refusals import not_found
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.daemon.state.store import AddConnection, PutNode, RemoveConnection, RemoveNode, SetParams, StoreOp
-from compositord.protocol import envelope
+from compositord.protocol import envelope, pointer
 from compositord.protocol import params as node_params
 from compositord.protocol.errors import ErrorCode, FieldError, LocalProtocolError, RemoteProtocolError
 
@@ -46,14 +47,16 @@ class Structure:
         record = SessionRecord.from_pipeline(session_id, name, action.pipeline)
         await self._images.store(action.images, "/payload/pipeline")
         async with self._sessions_lock:
-            await store.create_session(record)
-            try:
-                await self._open_session(store.sessions()[session_id])
-            except BaseException:
-                self._live.remove(session_id)
-                with trio.CancelScope(shield=True):
-                    await store.destroy_session(session_id)
-                raise
+            cost = self._live.budgets.check_new(session_id, action.pipeline, base="/payload/pipeline", count_path="/payload")
+            with self._live.budgets.reserve(session_id, cost):
+                await store.create_session(record)
+                try:
+                    await self._open_session(store.sessions()[session_id])
+                except BaseException:
+                    self._live.remove(session_id)
+                    with trio.CancelScope(shield=True):
+                        await store.destroy_session(session_id)
+                    raise
         live = self._live.get(session_id)
         created_at = live.created_at if live is not None else None
         self._live.publish(envelope.session_created_event(session_id, name, created_at))
@@ -62,11 +65,20 @@ class Structure:
     async def destroysession(self, action: envelope.DestroySession, cid: str | None) -> envelope.Response:
         session_id = action.session_id
         async with self._sessions_lock:
-            _, live = self._live.lookup(session_id)
-            async with live.lock:
-                self._live.remove(session_id)
-                await self._live.store.destroy_session(session_id)
-            await trio.to_thread.run_sync(live.engine.stop)
+            if session_id in self._live.parked() and session_id in self._live.store.sessions():
+                await self._live.store.destroy_session(session_id)  # never started: nothing else to stop
+                self._live.unpark(session_id)
+            else:
+                _, live = self._live.lookup(session_id)
+                async with live.lock:
+                    self._live.remove(session_id)
+                    try:
+                        await self._live.store.destroy_session(session_id)
+                    except BaseException:
+                        self._live.restore(session_id, live)  # not stored (a full disk): it goes on running
+                        raise
+                    self._live.budgets.forget(session_id)
+                await trio.to_thread.run_sync(live.engine.stop)
         self._live.publish(envelope.session_destroyed_event(session_id))
         return envelope.session_destroyed_response(cid, session_id)
 
@@ -75,16 +87,45 @@ class Structure:
         _, live = self._live.lookup(action.session_id)
         async with live.lock:
             record, _ = self._live.lookup(action.session_id)  # it may have changed while we waited for the lock
-            working = Working(record)
+            working = Working(record, self._live.context)
             events = working.apply(action, "/payload")
-            if isinstance(action, envelope.AddNode):
-                await self._images.store(action.images, "/payload/params")
-            await self._live.store.apply_atomically(working.ops, wait_durable=False)
+            cost = self._live.budgets.check(
+                action.session_id,
+                pipeline_of(working.nodes, working.connections),
+                params_paths={action.node_id: "/payload/params"} if isinstance(action, envelope.AddNode) else {},
+                request_path="/payload",
+            )
+            with self._live.budgets.reserve(action.session_id, cost):
+                if isinstance(action, envelope.AddNode):
+                    await self._images.store(action.images, "/payload/params")
+                await self._live.store.apply_atomically(working.ops, wait_durable=False)
             live.engine.submit(api.TopologyUpdate(committed_topology(self._live, live, working)))
             for event in events:
                 self._live.publish(event)
         await self._live.store.flush()  # the commit wait holds up no other edit
         return envelope.success(cid)
+
+
+def check_inputs_kept(node: NodeRecord, connections: Iterable[ConnectionRecord], body_path: str) -> None:
+    """Refuse params that would take away an input pin a connection feeds (``num_inputs`` lowered under it).
+
+    A dangling connection would make the session's pipeline invalid (every later ``connect`` of the session
+    validates it whole and would fail) and ``getpipeline`` would export a pipeline nobody can load. The
+    client disconnects first (in the same ``applybatch``, before the tune, to land both in one frame).
+    """
+    pins = node_params.input_pins(node.kind, node.params)
+    fed = [conn for conn in connections if conn.to_node == node.node_id and conn.to_pin not in pins]
+    if not fed:
+        return
+    path = pointer.join(body_path, "num_inputs")
+    named = ", ".join(f"{c.from_node}.{c.from_pin} -> {c.to_node}.{c.to_pin}" for c in fed)
+    have = f"pins {pins[0]}..{pins[-1]}" if pins else "no input pins"
+    raise RemoteProtocolError(
+        ErrorCode.INVALID_PARAMS,
+        f"{path}: {node.node_id!r} would have {have}, but the connection {named} feeds a pin it removes;"
+        " disconnect first (before this tune in the same applybatch, to land both in one frame)",
+        path,
+    )
 
 
 def committed_topology(sessions: LiveSessions, live: LiveSession, working: Working) -> SessionRecord:
@@ -96,8 +137,9 @@ def committed_topology(sessions: LiveSessions, live: LiveSession, working: Worki
 class Working:
     """A working copy of one session's structure: changes are checked here, then committed as store ops."""
 
-    def __init__(self, record: SessionRecord) -> None:
+    def __init__(self, record: SessionRecord, context: node_params.ValidationContext) -> None:
         self.session_id = record.session_id
+        self.context = context  # what the operator allows (stream destinations)
         self.nodes: dict[str, NodeRecord] = dict(record.nodes)
         self.connections: list[ConnectionRecord] = list(record.connections)
         self.ops: list[StoreOp] = []
@@ -159,7 +201,7 @@ class Working:
         }
         own = f"/connections/{len(self.connections)}"
         try:
-            node_params.validate_pipeline(candidate)
+            node_params.validate_pipeline(candidate, context=self.context)
         except RemoteProtocolError as error:
             # Report the new connection's fields at their place in the request.
             moved = [

@@ -28,18 +28,18 @@ from typing import Any
 
 from compositord.daemon.control.connection import Connection
 from compositord.daemon.engine import api
+from compositord.daemon.sessions.budgets import pipeline_of
 from compositord.daemon.sessions.inline_images import InlineImages
 from compositord.daemon.sessions.live import LiveSession, LiveSessions
-from compositord.daemon.sessions.refusals import Refusal, not_found
-from compositord.daemon.sessions.structure import Working, committed_topology
+from compositord.daemon.sessions.refusals import Refusal, disk_full, not_found
+from compositord.daemon.sessions.senders import SenderOwners, sender_path
+from compositord.daemon.sessions.structure import Working, check_inputs_kept, committed_topology
 from compositord.daemon.state.model import NodeRecord
+from compositord.daemon.state.store import StoreFull
 from compositord.protocol import causal, envelope, pointer, streamkit
 from compositord.protocol import params as node_params
 from compositord.protocol.causal import AckBook, Stamp
 from compositord.protocol.errors import ErrorCode, RemoteProtocolError
-
-# Each sender of a connection has an entry in the acks maps until the connection closes (S5).
-MAX_SENDERS_PER_CONNECTION = 16
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,10 @@ class _Tune:
 
 
 class Tunes:
-    def __init__(self, live: LiveSessions, images: InlineImages) -> None:
+    def __init__(self, live: LiveSessions, images: InlineImages, owners: SenderOwners) -> None:
         self._live = live
         self._images = images
+        self._owners = owners
 
     async def tunenode(self, connection: Connection, action: envelope.TuneNode, cid: str | None) -> envelope.Response | None:
         tune = _Tune(action, pointer.join("/payload/message", action.variant), _merges_updates(connection))
@@ -80,9 +81,7 @@ class Tunes:
     ) -> envelope.Response | None:
         """One change of one node: ``tune_of`` makes it from the session's nodes, read under the lock."""
         stamps = [(node_id, stamp)] if stamp is not None else []
-        check_new_senders(connection, stamps, path)
-        for _, taken in stamps:
-            connection.senders.add(taken.sender)
+        self._claim(connection, [(taken, sender_path(path)) for _, taken in stamps], stamps)
         try:
             _, live = self._live.lookup(session_id)
         except RemoteProtocolError as error:
@@ -91,56 +90,81 @@ class Tunes:
             record, _ = self._live.lookup(session_id)
             try:
                 tune = tune_of(record.nodes)
-                node = _tuned_node(record.nodes, live, tune, None)
+                node = _tuned_node(record.nodes, live, tune, None, self._live.context)
+                check_inputs_kept(node, record.connections, tune.body_path)
+                cost = self._live.budgets.check(
+                    session_id,
+                    pipeline_of({**record.nodes, node.node_id: node}, record.connections),
+                    params_paths={node.node_id: tune.body_path},
+                    request_path=tune.body_path,
+                )
                 await self._images.store(tune.action.images, tune.body_path)
             except RemoteProtocolError as error:
                 self.refuse_stamps(connection, session_id, stamps)
                 raise Refusal(error, stamps) from None
             action = tune.action
-            seq = await self._live.store.set_params(session_id, node.node_id, node.params, wait_durable=False)
+            with self._live.budgets.reserve(session_id, cost):
+                seq = await self._live.store.set_params(session_id, node.node_id, node.params, wait_durable=False)
             if action.stamp is not None:
                 live.book(node.node_id).record(action.stamp)
             live.engine.submit(api.ParamsUpdate(node.node_id, node.params, action.stamp, action.animate))
             self._publish_params(session_id, live, node.node_id, node.params, seq, action.stamp)
         if not action.sync:
             return None
-        await self._live.store.flush()  # answered once the change is committed
+        await self._committed(stamps)  # answered once the change is committed
         return envelope.success(cid)
 
     async def applybatch(self, connection: Connection, action: envelope.ApplyBatch, cid: str | None) -> envelope.Response:
         """Every operation checked on a working copy, then one transaction and one frame."""
         session_id = action.session_id
         stamps = [(op.node_id, op.stamp) for op in action.operations if isinstance(op, envelope.TuneNode) and op.stamp]
-        check_new_senders(connection, stamps, "/payload/operations")
-        for _, stamp in stamps:
-            connection.senders.add(stamp.sender)
+        self._claim(
+            connection,
+            [
+                (op.stamp, sender_path(pointer.join("/payload/operations", index, "message", op.variant)))
+                for index, op in enumerate(action.operations)
+                if isinstance(op, envelope.TuneNode) and op.stamp
+            ],
+            stamps,
+        )
         try:
             _, live = self._live.lookup(session_id)
         except RemoteProtocolError as error:
             raise Refusal(error, stamps) from None
         async with live.lock:
             record, _ = self._live.lookup(session_id)
-            working = Working(record)
+            working = Working(record, self._live.context)
             events: list[envelope.Event] = []
             tuned: list[api.ParamsUpdate] = []
             batch_books: dict[str, AckBook] = {}
+            params_paths: dict[str, str] = {}  # node -> where the batch last set its params (budget errors name it)
             try:
                 for index, op in enumerate(action.operations):
                     path = pointer.join("/payload/operations", index)
                     if isinstance(op, envelope.TuneNode):
                         tune = _Tune(op, pointer.join(path, "message", op.variant), _merges_updates(connection))
-                        node = _tuned_node(working.nodes, live, tune, batch_books)
+                        node = _tuned_node(working.nodes, live, tune, batch_books, self._live.context)
+                        check_inputs_kept(node, working.connections, tune.body_path)
                         working.set_params(node.node_id, node.params)
+                        params_paths[node.node_id] = tune.body_path
                         tuned.append(api.ParamsUpdate(node.node_id, node.params, op.stamp, op.animate))
                         await self._images.store(op.images, tune.body_path)
                     else:
                         events += working.apply(op, path)
                         if isinstance(op, envelope.AddNode):
+                            params_paths[op.node_id] = pointer.join(path, "params")
                             await self._images.store(op.images, pointer.join(path, "params"))
+                cost = self._live.budgets.check(
+                    session_id,
+                    pipeline_of(working.nodes, working.connections),
+                    params_paths=params_paths,
+                    request_path="/payload/operations",
+                )
             except RemoteProtocolError as error:
                 self.refuse_stamps(connection, session_id, stamps)  # S6: every stamp of a refused batch
                 raise Refusal(error, stamps) from None
-            await self._live.store.apply_atomically(working.ops, wait_durable=False)
+            with self._live.budgets.reserve(session_id, cost):
+                await self._live.store.apply_atomically(working.ops, wait_durable=False)
             for update in tuned:
                 if update.stamp is not None:
                     live.book(update.node_id).record(update.stamp)
@@ -156,22 +180,41 @@ class Tunes:
                 if node_id in stored.nodes:
                     node = stored.nodes[node_id]
                     self._publish_params(session_id, live, node_id, node.params, node.seq, node_stamp)
-        await self._live.store.flush()  # one transaction (apply_atomically), answered once committed
+        await self._committed(stamps)  # one transaction (apply_atomically), answered once committed
         return envelope.batch_applied(cid, session_id, len(action.operations))
 
+    async def _committed(self, stamps: list[tuple[str, Stamp]]) -> None:
+        """Wait for the COMMIT; on a full disk the change was taken back: refused, naming its stamps (they
+        were recorded, and stay: S6), so the client drops what it masks."""
+        try:
+            await self._live.store.flush()
+        except StoreFull:
+            raise Refusal(disk_full(), stamps) from None
+
+    def _claim(self, connection: Connection, claimed: Sequence[tuple[Stamp, str]], stamps: list[tuple[str, Stamp]]) -> None:
+        """The request's nonces become this connection's, or it is refused before it changes anything (no ack)."""
+        try:
+            self._owners.claim(connection, [(stamp.sender, path) for stamp, path in claimed])
+        except RemoteProtocolError as error:
+            raise Refusal(error, stamps) from None
+
     def refuse_stamps(self, connection: Connection, session_id: Any, stamps: Sequence[tuple[str, Stamp]]) -> None:
-        """Rule S6: a refused stamped message still counts as processed (for nodes that exist)."""
+        """Rule S6: a refused stamped message still counts as processed (for nodes that exist), but only
+        for a nonce this connection owns: another connection's acks never move."""
         live = self._live.get(session_id)
         record = self._live.store.sessions().get(session_id) if isinstance(session_id, str) else None
         for node_id, stamp in stamps:
-            connection.senders.add(stamp.sender)
+            try:
+                self._owners.claim(connection, [(stamp.sender, "")])
+            except RemoteProtocolError:
+                continue  # someone else's nonce, or one too many: the error already says why the message was refused
             if live is not None and record is not None and node_id in record.nodes:
                 live.book(node_id).refuse(stamp)
 
     def connection_closed(self, connection: Connection) -> None:
-        """Rule S5 on both channels; S7 keeps the params acks as retired acks."""
+        """Rule S5 on both channels for the nonces this connection owns; S7 keeps the params acks as retired acks."""
         now = time.monotonic()
-        for sender in connection.senders:
+        for sender in self._owners.release(connection):
             for _, live in self._live.items():
                 for book in live.acks.values():
                     book.retire(sender, now)
@@ -185,7 +228,11 @@ class Tunes:
 
 
 def _tuned_node(
-    nodes: Mapping[str, NodeRecord], live: LiveSession, tune: _Tune, batch_books: dict[str, AckBook] | None
+    nodes: Mapping[str, NodeRecord],
+    live: LiveSession,
+    tune: _Tune,
+    batch_books: dict[str, AckBook] | None,
+    context: node_params.ValidationContext,
 ) -> NodeRecord:
     """The node with the params a tune results in; raises without changing anything.
 
@@ -213,7 +260,7 @@ def _tuned_node(
     else:
         candidate = action.params
     try:
-        validated = node_params.validate(node.kind, candidate)
+        validated = node_params.validate(node.kind, candidate, context=context)
     except RemoteProtocolError as error:
         raise envelope.prefixed_error(error, tune.body_path) from None
     return NodeRecord(node.node_id, node.kind, validated, node.seq + 1)
@@ -246,15 +293,3 @@ def _take_tune(nodes: Mapping[str, NodeRecord], take: envelope.Take) -> _Tune:
     if take.transition is not None:
         patch["transition"] = dict(take.transition)
     return _Tune(envelope.TuneNode(take.session_id, take.node_id, envelope.PATCH, patch, take.stamp), "/payload")
-
-
-def check_new_senders(connection: Connection, stamps: Sequence[tuple[str, Stamp]], path: str) -> None:
-    """Bound the acks maps: a client makes one nonce per connection, so a few per connection is plenty."""
-    new = {stamp.sender for _, stamp in stamps} - connection.senders
-    if new and len(connection.senders) + len(new) > MAX_SENDERS_PER_CONNECTION:
-        sender_path = pointer.join(path, causal.SENDER_KEY)
-        raise RemoteProtocolError(
-            ErrorCode.BAD_ENVELOPE,
-            f"{sender_path}: more than {MAX_SENDERS_PER_CONNECTION} distinct _sender values on one connection",
-            sender_path,
-        )

@@ -275,7 +275,7 @@ class Store:
         self._stats = StoreStatistics()
         self._generation = 0  # trio thread: the mirror's generation; +1 when a full disk made it reload
         self._ended_generation = -1  # writer thread: items of this generation or older are refused
-        self._revert_listeners: list[Callable[[frozenset[str]], None]] = []
+        self._revert_listeners: list[Callable[[frozenset[str], Mapping[str, SessionRecord]], None]] = []
 
     # ---- lifecycle ----
 
@@ -336,10 +336,12 @@ class Store:
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(commits=self._stats.commits, items_written=self._stats.items_written, queued=len(self._inbox))
 
-    def add_revert_listener(self, listener: Callable[[frozenset[str]], None]) -> None:
-        """``listener(session_ids)`` runs on the trio thread when changes that could not be stored (a full
-        disk) were taken back out of the mirror: those sessions are as the disk has them again. Async
-        changes have no caller to tell, so whoever published them (events, render loops) learns it here."""
+    def add_revert_listener(self, listener: Callable[[frozenset[str], Mapping[str, SessionRecord]], None]) -> None:
+        """``listener(session_ids, before)`` runs on the trio thread when changes that could not be stored
+        (a full disk) were taken back out of the mirror: those sessions are as the disk has them again
+        (:meth:`sessions`), and ``before`` holds them as the mirror had them until then (a session absent
+        from it did not exist). Async changes have no caller to tell, so whoever published them (events,
+        render loops) learns it here, and can tell what to take back."""
         self._revert_listeners.append(listener)
 
     # ---- changes (trio thread) ----
@@ -551,11 +553,12 @@ class Store:
             for session_id in self._sessions.keys() | sessions.keys()
             if self._sessions.get(session_id) != sessions.get(session_id)
         )
+        before = {session_id: self._sessions[session_id] for session_id in changed if session_id in self._sessions}
         self._sessions.clear()
         self._sessions.update(sessions)
         log.warning("the disk under the store is full: %d session(s) reverted to what is stored", len(changed))
         for listener in self._revert_listeners:
-            listener(changed)
+            listener(changed, MappingProxyType(before))
 
     # ---- writer thread: the only code that talks to SQLite ----
 
