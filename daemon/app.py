@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -26,9 +26,10 @@ from compositord.daemon.config import Settings, demo_pipeline, load_pipeline, se
 from compositord.daemon.control.connection import CLOSE_GOING_AWAY
 from compositord.daemon.control.hub import Hub
 from compositord.daemon.control.server import ControlServer
-from compositord.daemon.engine.api import Engine, EngineEvents, EngineFactory
+from compositord.daemon.engine.api import Engine, EngineError, EngineEvents, EngineFactory
 from compositord.daemon.notify import Notifier, watchdog_from_environment
 from compositord.daemon.sessions.service import SessionService
+from compositord.daemon.sessions.supervisor import EngineSupervisor
 from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.state.store import Store, StoreError
 from compositord.protocol.errors import LocalProtocolError
@@ -40,8 +41,8 @@ DEFAULT_STOP_TIMEOUT = 10.0
 
 
 def render_loop_factory(settings: Settings, *, device_index: int | None = None) -> EngineFactory:
-    """The default engines: a render loop per session, in this process (each makes its GL context in its
-    own thread). Call the factory on the trio thread: the loop reports through that trio run."""
+    """Engines in this process (``engine_mode = "thread"``): a render loop per session, each making its GL
+    context in its own thread. Call the factory on the trio thread: the loop reports through that trio run."""
 
     def make(record: SessionRecord, events: EngineEvents) -> Engine:
         # Imported here: the render loop pulls in moderngl and the codecs; the control side does not.
@@ -63,12 +64,18 @@ class _Services:
     """Everything the daemon runs, in one shielded nursery that only :meth:`stop` ends."""
 
     def __init__(
-        self, settings: Settings, notifier: Notifier, environ: Mapping[str, str] | None, engine_factory: EngineFactory
+        self,
+        settings: Settings,
+        notifier: Notifier,
+        environ: Mapping[str, str] | None,
+        engine_factory: EngineFactory | None,
+        device_index: int | None,
     ) -> None:
         self.settings = settings
         self.notifier = notifier
         self.environ = environ
-        self.engine_factory = engine_factory
+        self.engine_factory = engine_factory  # None: the settings' engine mode decides
+        self.device_index = device_index
         self.store = Store(settings.state_dir)
         self.hub = Hub()
         self.service: SessionService | None = None
@@ -96,7 +103,7 @@ class _Services:
                     self.service = SessionService(
                         self.store,
                         self.hub,
-                        self.engine_factory,
+                        self._engine_factory(nursery),
                         retired_acks_grace_s=self.settings.limits.retired_acks_grace_s,
                         max_retired_acks=self.settings.limits.max_retired_acks,
                     )
@@ -105,10 +112,7 @@ class _Services:
                     await self._open_sessions()
                     self.server = ControlServer(self.settings.server_options(), self.service)
                     address = await nursery.start(self.server.run)
-                    service = self.service
-                    watchdog = watchdog_from_environment(
-                        self.notifier, lambda: [engine.last_progress() for engine in service.engines.values()], self.environ
-                    )
+                    watchdog = watchdog_from_environment(self.notifier, self._progress(), self.environ)
                     if watchdog is not None:
                         await nursery.start(watchdog.run)
                     self.notifier.ready(f"serving ws://{address[0]}:{address[1]}/api/v1/control")
@@ -116,6 +120,34 @@ class _Services:
                     self._ready.set()
         finally:
             self._done.set()
+
+    def _engine_factory(self, nursery: trio.Nursery) -> EngineFactory:
+        if self.engine_factory is not None:
+            return self.engine_factory
+        if self.settings.engine.mode == "thread":
+            return render_loop_factory(self.settings, device_index=self.device_index)
+        store = self.store
+        supervisor = EngineSupervisor(
+            nursery,
+            self.settings.engine,
+            asset_dir=self.settings.asset_dir,
+            output_dir=self.settings.output_dir,
+            current_record=lambda session_id: store.sessions().get(session_id),
+            device_index=self.device_index,
+            environ=self.environ,
+        )
+        return supervisor.make_engine
+
+    def _progress(self) -> Callable[[], list[float]]:
+        """What the service watchdog checks besides its own ticks. In process mode nothing: the control
+        process is healthy while this trio run gets the watchdog's task to run on time (a hung engine is
+        its supervisor's to restart, not a reason to restart the service and every other session with
+        it). In thread mode the render loops share this process, so a hung one is the service's problem."""
+        if self.engine_factory is None and self.settings.engine.mode == "process":
+            return list
+        service = self.service
+        assert service is not None
+        return lambda: [engine.last_progress() for engine in service.engines.values()]
 
     async def _open_sessions(self) -> None:
         assert self.service is not None
@@ -126,9 +158,24 @@ class _Services:
             record = SessionRecord.from_pipeline(configured_id, configured_id, pipeline)
             await self.store.create_session(record)
             log.info("created session %r from %s", configured_id, self.settings.pipeline_file or "the demo pipeline")
-        for session_id, record in self.store.sessions().items():
-            await self.service.open_session(record)
-            log.info("session %r: first frame rendered", session_id)
+        supervised = self.engine_factory is None and self.settings.engine.mode == "process"
+        service = self.service
+
+        async def open_one(session_id: str, record: SessionRecord) -> None:
+            try:
+                await service.open_session(record)
+            except EngineError as exc:
+                if not supervised:
+                    raise
+                # Its supervisor restarts it (or parks it): the daemon serves the other sessions meanwhile.
+                log.error("session %r: %s", session_id, exc)
+            else:
+                log.info("session %r: first frame rendered", session_id)
+
+        # All at once: an engine process takes a while to start, and a failing one must not hold up the rest.
+        async with trio.open_nursery() as opening:
+            for session_id, record in self.store.sessions().items():
+                opening.start_soon(open_one, session_id, record)
 
     async def stop(self, timeout: float) -> None:
         """Drain in order (clients 1001, engines, store), then end the services; at most ``timeout`` s."""
@@ -171,13 +218,14 @@ async def serve(
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT (when ``handle_signals``) or until cancelled.
 
-    ``task_status.started((host, port))`` once bound and every pipeline has rendered a frame.
-    ``engine_factory`` makes each session's engine (default: :func:`render_loop_factory` with
-    ``device_index``); tests and benchmarks pass their own.
+    ``task_status.started((host, port))`` once bound and every pipeline has rendered a frame (or, in
+    process mode, its engine failed and is being restarted). ``engine_factory`` makes each session's
+    engine; by default ``settings.engine.mode`` decides: supervised engine processes
+    (``sessions/supervisor.py``) or render loops in this process (:func:`render_loop_factory`).
+    ``device_index`` picks the GPU of either; tests and benchmarks may pass their own factory.
     """
     notifier = Notifier(environ)
-    factory = engine_factory if engine_factory is not None else render_loop_factory(settings, device_index=device_index)
-    services = _Services(settings, notifier, environ, factory)
+    services = _Services(settings, notifier, environ, engine_factory, device_index)
     try:
         async with trio.open_nursery() as nursery:
             try:

@@ -901,18 +901,22 @@ def pipeline_response(
     session_id: str,
     nodes: Mapping[str, Mapping[str, Any]],
     connections: Sequence[Mapping[str, Any]],
+    state: str | None = None,
+    engine: Mapping[str, Any] | None = None,
 ) -> Response:
-    """``pipeline``: nodes ``{id: {"kind", "params", "view_data"?}}`` with durable params, and the connections."""
-    return Response(
-        "pipeline",
-        {
-            "session_id": session_id,
-            "protocol_version": PROTOCOL_VERSION,
-            "nodes": {node_id: dict(node) for node_id, node in nodes.items()},
-            "connections": [dict(c) for c in connections],
-        },
-        correlation_id,
-    )
+    """``pipeline``: nodes ``{id: {"kind", "params", "view_data"?}}`` with durable params, and the connections;
+    ``state`` is the session's (its engine's) state and ``engine`` its engine's health, when known."""
+    payload: dict[str, Any] = {
+        "session_id": session_id,
+        "protocol_version": PROTOCOL_VERSION,
+        "nodes": {node_id: dict(node) for node_id, node in nodes.items()},
+        "connections": [dict(c) for c in connections],
+    }
+    if state is not None:
+        payload["state"] = state
+    if engine is not None:
+        payload["engine"] = dict(engine)
+    return Response("pipeline", payload, correlation_id)
 
 
 def sessions_listed(correlation_id: str | None, sessions: Sequence[Mapping[str, Any]]) -> Response:

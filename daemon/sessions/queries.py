@@ -30,16 +30,24 @@ def getpipeline(live_sessions: LiveSessions, action: envelope.GetPipeline, cid: 
             entry["view_data"] = dict(live.last_view[node_id])
             entry["view_acks"] = dict(live.last_view_acks.get(node_id, {}))
         nodes[node_id] = entry
+    health = live.engine.health()
     return envelope.pipeline_response(
-        cid, session_id=record.session_id, nodes=nodes, connections=[c.to_json() for c in record.connections]
+        cid,
+        session_id=record.session_id,
+        nodes=nodes,
+        connections=[c.to_json() for c in record.connections],
+        state=health.state,
+        engine=health.to_json(),
     )
 
 
 def listsessions(live_sessions: LiveSessions, cid: str | None) -> envelope.Response:
-    """The running sessions (a stored session whose engine did not start is not listed)."""
-    sessions = [
-        {"session_id": s.session_id, "name": s.name, "nodes": len(s.nodes)}
-        for s in live_sessions.store.sessions().values()
-        if s.session_id in live_sessions
-    ]
+    """The sessions that have an engine, with its state (a supervised one that keeps failing is listed
+    ``parked``); a stored session whose in-process engine did not start is not listed."""
+    sessions = []
+    for record in live_sessions.store.sessions().values():
+        live = live_sessions.get(record.session_id)
+        if live is not None:
+            state = live.engine.health().state
+            sessions.append({"session_id": record.session_id, "name": record.name, "nodes": len(record.nodes), "state": state})
     return envelope.sessions_listed(cid, sessions)
