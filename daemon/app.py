@@ -55,6 +55,7 @@ def render_loop_factory(settings: Settings, *, device_index: int | None = None) 
             asset_dir=settings.asset_dir,
             output_dir=settings.output_dir,
             device_index=device_index,
+            listen_hosts=settings.engine.listen_hosts,
         )
 
     return make

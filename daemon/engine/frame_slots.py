@@ -77,12 +77,17 @@ class FrameSlot:
     def fileno(self) -> int:
         return self._fd
 
+    @property
+    def next_buffer(self) -> int:
+        """The buffer the next :meth:`write` goes into."""
+        return self._writes % BUFFERS
+
     def write(self, data: bytes | bytearray | memoryview) -> tuple[int, int]:
         """Copy ``data`` into the next buffer; ``(buffer, seq)`` to announce to the reader."""
         length = len(data)
         if length > self.capacity:
             raise ValueError(f"{length} bytes do not fit a slot of {self.capacity}")
-        buffer = self._writes % BUFFERS
+        buffer = self.next_buffer
         base = buffer * self._stride
         (previous,) = _HEADER.unpack_from(self._map, base)
         seq = previous + 2

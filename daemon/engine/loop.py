@@ -129,6 +129,7 @@ class RenderLoop:
         asset_dir: Path,
         output_dir: Path | None = None,
         device_index: int | None = None,
+        listen_hosts: tuple[str, ...] = api.LOOPBACK_HOSTS,
     ) -> None:
         self.session_id = session.session_id
         self._session = session.copy()
@@ -170,7 +171,7 @@ class RenderLoop:
         self._output_listeners: list[Callable[[str, OutputFrame], None]] = []
         self._media_time = 0.0  # the current frame's slot on the loop's clock (seconds), for sink timestamps
         # Sinks report errors and previews from their own threads through the outbox.
-        self._sinks = SinkSet(self._report_node_state, self._report_preview, output_dir=output_dir)
+        self._sinks = SinkSet(self._report_node_state, self._report_preview, output_dir=output_dir, listen_hosts=listen_hosts)
 
     # ------------------------------------------------------------------ trio side (api.Engine)
 

@@ -263,6 +263,7 @@ def run_engine(sock: socket.socket) -> int:
         asset_dir=Path(config.asset_dir),
         output_dir=Path(config.output_dir) if config.output_dir is not None else None,
         device_index=config.device_index,
+        listen_hosts=config.listen_hosts,
     )
     loop_holder.append(loop)
     listener = _output_listener(config)

@@ -5,7 +5,9 @@ extension (``params.validate`` has checked that one of them names a container
 that can hold the codec). The path is relative to the output directory
 (``daemon.sandbox.resolve_output``: no way out of it). PyAV writes the file in place and ``finish``
 writes the trailer, so the file plays once the sink was closed (stop, node
-removal, new params, SIGTERM). MP4 uses ``+faststart`` (index at the front).
+removal, new params, SIGTERM). MP4 uses ``+faststart`` (index at the front). A FIFO at the path is refused
+(``sink::y4m`` writes pipes without blocking; FFmpeg's open of a FIFO blocks
+until a reader comes, holding the GIL).
 
 A recording is never overwritten by default (``if_exists: new_name``): new
 params start a new sink while the old one still writes its trailer, and a
@@ -66,7 +68,12 @@ class FileSink(EncoderSink):
         container = container_of(self.params)
         if container not in MUXERS:
             raise SinkError(f"no container for {path!r}: set container to mp4, webm or mkv")
-        real = self.output_target(path).path
+        found = self.output_target(path)
+        if found.is_fifo:
+            # FFmpeg would open it for writing, which blocks until a reader comes, with the GIL held: every
+            # thread of the engine would stop. A recording is a file; raw frames for a pipe are sink::y4m's.
+            raise SinkError(f"{path!r} is a FIFO: sink::file records into regular files; use sink::y4m for a pipe")
+        real = found.path
         if not os.access(real.parent, os.W_OK):
             raise SinkError(f"cannot write {path!r}: its directory in the output directory is not writable")
         if self.params.get("if_exists", "new_name") == "new_name":
