@@ -176,11 +176,18 @@ class EngineSettings:
 
     def __post_init__(self) -> None:
         if self.mode not in ENGINE_MODES:
-            raise ValueError(f"engine mode {self.mode!r}: use one of {', '.join(ENGINE_MODES)}")
-        if self.stall_frames < 1 or self.park_after_failures < 1 or self.memory_budget_mb < 1:
-            raise ValueError("stall_frames, park_after_failures and memory_budget_mb must be at least 1")
-        if self.start_timeout_s <= 0 or self.restart_backoff_s < 0 or self.restart_backoff_max_s < self.restart_backoff_s:
-            raise ValueError("start_timeout_s must be positive and 0 <= restart_backoff_s <= restart_backoff_max_s")
+            raise ValueError(f"engine.mode {self.mode!r}: use one of {', '.join(ENGINE_MODES)}")
+        for name in ("stall_frames", "park_after_failures", "memory_budget_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"engine.{name} {getattr(self, name)!r}: must be at least 1")
+        for name in ("start_timeout_s", "park_window_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"engine.{name} {getattr(self, name)!r}: must be positive")
+        if not 0 <= self.restart_backoff_s <= self.restart_backoff_max_s:
+            raise ValueError(
+                f"engine.restart_backoff_s {self.restart_backoff_s!r}: must be between 0 and "
+                f"engine.restart_backoff_max_s ({self.restart_backoff_max_s!r})"
+            )
 
 
 @dataclass(frozen=True)

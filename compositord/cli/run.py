@@ -61,7 +61,11 @@ def main(args: argparse.Namespace) -> int:
     from compositord.daemon.config import ConfigError, Settings
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    settings = Settings.from_args(args)
+    try:
+        settings = Settings.from_args(args)
+    except ValueError as exc:  # an engine setting out of range: say which, before anything starts
+        print(f"compositord run: {exc}", file=sys.stderr)
+        return 2
     if settings.pipeline_file is not None:
         from compositord.daemon.config import load_pipeline
 
