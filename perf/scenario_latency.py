@@ -120,7 +120,8 @@ class RunLog:
     events_dropped: int = 0
     refused: int = 0
     window: tuple[float, float] = (0.0, 0.0)  # monotonic start and stop of the edits
-    cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)  # cores used during the edits: (daemon, this process, watchers' process)
+    # Cores used during the edits: (the daemon's own process, this process, the watchers' process, the daemon's engine processes).
+    cpu: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     watchers: dict[str, Any] = field(default_factory=dict)  # what perf.latency_watchers reported
     view_delivery_ms: list[float] = field(default_factory=list)  # frame end (view data "timestamp") -> read by an editor
     finished: Any = None  # trio.Event: the run is over (edits done, last acks in or given up)
@@ -185,6 +186,38 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes started by ``pid``, their children and so on (engine processes and their helpers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    pending = list(children.get(pid, []))
+    while pending:
+        child = pending.pop()
+        found.append(child)
+        pending.extend(children.get(child, []))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(CPU seconds of ``pid`` itself, of its living descendants); a process that ended meanwhile counts as 0."""
+
+    def safe(process: int) -> float:
+        try:
+            return cpu_seconds(process)
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    return safe(pid), sum(safe(child) for child in descendants(pid))
+
+
 async def _drive(
     url: str, clients: int, editing: int, seconds: float, daemon_pid: int, observers: str = "raw", watchers_nice: int = 0
 ) -> RunLog:
@@ -212,8 +245,9 @@ async def _drive(
     log.editors = [EditorLog(phase=index / max(1, editing)) for index in range(editing)]  # editors out of phase
     log.window = (start_at, stop_at)
 
-    def cpu_now() -> tuple[float, float, float]:
-        return (cpu_seconds(daemon_pid), cpu_seconds(), cpu_seconds(watchers.pid) if watchers is not None else 0.0)
+    def cpu_now() -> tuple[float, float, float, float]:
+        control, engines = tree_cpu_seconds(daemon_pid)
+        return (control, cpu_seconds(), cpu_seconds(watchers.pid) if watchers is not None else 0.0, engines)
 
     async def cpu_meter() -> None:
         await trio.sleep(max(0.0, start_at - time.monotonic()))
@@ -292,7 +326,9 @@ def _tunes_per_second(log: RunLog) -> float:
     return len(sent) / max(1e-3, max(sent) - min(sent))
 
 
-def run_config(clients: int, editing: int, seconds: float, observers: str = "raw", watchers_nice: int = 0) -> dict[str, Any]:
+def run_config(
+    clients: int, editing: int, seconds: float, observers: str = "raw", watchers_nice: int = 0, engine_mode: str = "process"
+) -> dict[str, Any]:
     import trio
     import yaml
 
@@ -311,6 +347,7 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
                 str(pipeline_file),
                 str(probe_file),
                 str(PROBE_ROW),
+                engine_mode,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -354,6 +391,7 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
     return {
         "clients": clients,
         "editing": editing,
+        "engine_mode": engine_mode,
         "observers": observers,
         "watchers_nice": watchers_nice,
         "watchers_niceness": log.watchers.get("nice"),  # as the watchers' process saw it
@@ -363,6 +401,7 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
         "refused": log.refused,
         "client_events_dropped": log.events_dropped,
         "cpu_cores_daemon": round(log.cpu[0], 2),
+        "cpu_cores_engines": round(log.cpu[3], 2),
         "cpu_cores_clients": round(log.cpu[1], 2),
         "cpu_cores_watchers": round(log.cpu[2], 2),
         "watchers_connected": log.watchers.get("connected", 0),
@@ -395,12 +434,63 @@ def run(options: BenchOptions) -> dict[str, Any]:
         f"watching clients: {options.observers}"
         + (f", their process {options.watchers_nice} nice steps down" if options.watchers_nice else "")
     )
+    modes = ("process", "thread") if options.engine_mode == "both" else (options.engine_mode,)
+    repetitions = options.iterations_or(1, 1)
     rows = []
-    for clients, editing in configs:
-        row = run_config(clients, editing, seconds, options.observers, options.watchers_nice)
-        rows.append(row)
-        options.say(format_row(row))
-    return {"rows": rows, "fps": FPS, "frame_interval_target_ms": round(1000.0 / FPS, 2)}
+    for repetition in range(repetitions):
+        for clients, editing in configs:
+            for mode in modes:  # interleaved, so both modes see the same machine
+                row = run_config(clients, editing, seconds, options.observers, options.watchers_nice, mode)
+                row["repetition"] = repetition + 1
+                rows.append(row)
+                options.say(format_row(row))
+    result: dict[str, Any] = {"rows": rows, "fps": FPS, "frame_interval_target_ms": round(1000.0 / FPS, 2)}
+    result["summary"] = summarize(rows)
+    for line in format_summary(result["summary"]):
+        options.say(line)
+    return result
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (clients, editing, mode): the view-ack p99 of every repetition, how many met the target, and drops."""
+    groups: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["clients"], row["editing"], row["engine_mode"]), []).append(row)
+    summary = []
+    for (clients, editing, mode), group in groups.items():
+        p99s = [row["b_view_ack_ms"].get("p99") for row in group]
+        target = group[0]["b_p99_target_ms"]
+        summary.append(
+            {
+                "clients": clients,
+                "editing": editing,
+                "engine_mode": mode,
+                "view_ack_p99_ms": p99s,
+                "runs_meeting_target": sum(1 for p99 in p99s if p99 is not None and p99 <= target),
+                "runs_meeting_target_without_drops": sum(
+                    1
+                    for row, p99 in zip(group, p99s, strict=True)
+                    if p99 is not None and p99 <= target and row["frames_dropped_under_load"] <= row["frames_dropped_idle"]
+                ),
+                "runs": len(group),
+                "frames_dropped_under_load": [row["frames_dropped_under_load"] for row in group],
+                "target_ms": target,
+            }
+        )
+    return summary
+
+
+def format_summary(summary: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "== control_latency summary: view-ack p99 per run (target: at most two frame intervals, no frame dropped for the load)"
+    ]
+    for item in summary:
+        lines.append(
+            f"-- ({item['clients']}, {item['editing']}) {item['engine_mode']:7s}: p99 {item['view_ack_p99_ms']} ms; "
+            f"{item['runs_meeting_target_without_drops']}/{item['runs']} runs meet {item['target_ms']} ms without drops "
+            f"(drops under load {item['frames_dropped_under_load']})"
+        )
+    return lines
 
 
 def _fmt(p: dict[str, Any]) -> str:
@@ -412,7 +502,8 @@ def _fmt(p: dict[str, Any]) -> str:
 def format_row(row: dict[str, Any]) -> str:
     return (
         f"-- ({row['clients']}, {row['editing']}): {row['tunes_sent']} tunes ({row['tunes_per_second']}/s), {row['events_read']} events read; "
-        f"CPU cores used: daemon {row['cpu_cores_daemon']}, clients {row['cpu_cores_clients']}, watchers {row['cpu_cores_watchers']}\n"
+        f"[{row['engine_mode']} engines] CPU cores used: daemon {row['cpu_cores_daemon']}, its engines {row['cpu_cores_engines']}, "
+        f"clients {row['cpu_cores_clients']}, watchers {row['cpu_cores_watchers']}\n"
         f"   (a) tune -> params ack : {_fmt(row['a_params_ack_ms'])}\n"
         f"   (b) tune -> view ack   : {_fmt(row['b_view_ack_ms'])}   [target p99 <= {row['b_p99_target_ms']} ms]\n"
         f"   view data frame -> read: {_fmt(row['view_delivery_ms'])}; by the watchers: {_fmt(row['watchers_view_delivery_ms'] or {})}\n"

@@ -19,7 +19,7 @@ from typing import Any
 
 from compositord.perf.options import BenchOptions
 
-SCENARIOS = ("compositor_pipeline", "compositor_only", "control_latency", "scaling")
+SCENARIOS = ("compositor_pipeline", "compositor_only", "control_latency", "scaling", "sessions")
 
 
 def _runner(name: str) -> Callable[[BenchOptions], dict[str, Any]]:
@@ -29,6 +29,8 @@ def _runner(name: str) -> Callable[[BenchOptions], dict[str, Any]]:
         from compositord.perf import scenario_compositor_only as module  # type: ignore[no-redef]
     elif name == "control_latency":
         from compositord.perf import scenario_latency as module  # type: ignore[no-redef]
+    elif name == "sessions":
+        from compositord.perf import scenario_sessions as module  # type: ignore[no-redef]
     else:
         from compositord.perf import scenario_scaling as module  # type: ignore[no-redef]
     return module.run
@@ -38,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "scenario",
         choices=(*SCENARIOS, "all", "soak"),
-        help="what to measure (all: the four scenarios in turn; soak: perf/soak.py, long-running, not part of all)",
+        help="what to measure (all: the five scenarios in turn; soak: perf/soak.py, long-running, not part of all)",
     )
     parser.add_argument(
         "--compare", action="store_true", help="also run the workload in FFmpeg / GStreamer (when installed), interleaved"
@@ -70,6 +72,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="N",
         help="control_latency: run the watching clients' process N nice steps down (they stand in for other machines)",
+    )
+    parser.add_argument(
+        "--engine-mode",
+        choices=("process", "thread", "both"),
+        default="process",
+        help="control_latency: the daemon's engine mode; both: each configuration in both modes, interleaved",
+    )
+    parser.add_argument(
+        "--sessions",
+        default="1,2,4,8",
+        metavar="N,N,...",
+        help="sessions: the session counts to run (default 1,2,4,8)",
     )
     parser.add_argument("--minutes", type=float, default=None, help="soak: how long (perf/soak.py's default when absent)")
     parser.add_argument("--interval", type=float, default=None, help="soak: seconds between samples")
@@ -104,6 +118,13 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        sessions = tuple(int(count) for count in args.sessions.split(","))
+    except ValueError:
+        sessions = ()
+    if not sessions or min(sessions) < 1:
+        print(f"compositord bench: --sessions {args.sessions!r}: a comma-separated list of positive counts", file=sys.stderr)
+        return 2
     from compositord.perf.harness import set_llvmpipe_threads
 
     set_llvmpipe_threads(args.lp_threads)
@@ -117,6 +138,8 @@ def main(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         observers=args.observers,
         watchers_nice=args.watchers_nice,
+        engine_mode=args.engine_mode,
+        sessions=sessions,
     )
     from compositord.perf.measure import json_line
 
