@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -99,6 +100,9 @@ class EditorLog:
     sent: dict[int, Sent] = field(default_factory=dict)  # rev -> when and what
     acked: dict[str, int] = field(default_factory=lambda: {"params": 0, "view": 0})  # channel -> highest rev seen acked
     phase: float = 0.0  # fraction of a period: editors are spread over it
+    # Each send at a random point of its period (still EDIT_HZ on average): the sends then meet the frame
+    # clock at every phase, so two runs (two engine modes) compare without the luck of one fixed phase.
+    jitter: bool = False
 
     def read_ack(self, channel: str, ack: int, now: float) -> None:
         """An event of ``channel`` acknowledged every rev up to ``ack``: time the ones not acknowledged before."""
@@ -163,8 +167,10 @@ async def _client(
             if editor is not None:
                 period = 1.0 / EDIT_HZ
                 next_at = start_at + period * editor.phase
+                jitter = random.Random(editor.phase) if editor.jitter else None
                 while next_at < stop_at:
-                    await trio.sleep(max(0.0, next_at - time.monotonic()))
+                    send_at = next_at + (jitter.random() * period if jitter is not None else 0.0)
+                    await trio.sleep(max(0.0, send_at - time.monotonic()))
                     x = 16 + next(x_counter) % X_VALUES
                     sent_t = time.monotonic()
                     stamp = await client.tune(SESSION, NODE, {"layers": {"in_1": {"rect": _rect(x)}}}, sync=False)
@@ -219,7 +225,14 @@ def tree_cpu_seconds(pid: int) -> tuple[float, float]:
 
 
 async def _drive(
-    url: str, clients: int, editing: int, seconds: float, daemon_pid: int, observers: str = "raw", watchers_nice: int = 0
+    url: str,
+    clients: int,
+    editing: int,
+    seconds: float,
+    daemon_pid: int,
+    observers: str = "raw",
+    watchers_nice: int = 0,
+    jitter: bool = False,
 ) -> RunLog:
     import trio
 
@@ -242,7 +255,7 @@ async def _drive(
     # The edits start once every client is connected and the daemon has settled.
     start_at = time.monotonic() + 1.0 + (editing if watchers is not None else clients) * 0.02
     stop_at = start_at + seconds
-    log.editors = [EditorLog(phase=index / max(1, editing)) for index in range(editing)]  # editors out of phase
+    log.editors = [EditorLog(phase=index / max(1, editing), jitter=jitter) for index in range(editing)]  # out of phase
     log.window = (start_at, stop_at)
 
     def cpu_now() -> tuple[float, float, float, float]:
@@ -327,7 +340,13 @@ def _tunes_per_second(log: RunLog) -> float:
 
 
 def run_config(
-    clients: int, editing: int, seconds: float, observers: str = "raw", watchers_nice: int = 0, engine_mode: str = "process"
+    clients: int,
+    editing: int,
+    seconds: float,
+    observers: str = "raw",
+    watchers_nice: int = 0,
+    engine_mode: str = "process",
+    jitter: bool = False,
 ) -> dict[str, Any]:
     import trio
     import yaml
@@ -361,7 +380,7 @@ def run_config(
                 raise RuntimeError(f"latency daemon did not start: {line!r} {daemon.stderr.read() if daemon.stderr else ''}")
             url = f"ws://127.0.0.1:{int(line.split()[1])}/api/v1/control"
             time.sleep(IDLE_SECONDS)
-            log = trio.run(_drive, url, clients, editing, seconds, daemon.pid, observers, watchers_nice)
+            log = trio.run(_drive, url, clients, editing, seconds, daemon.pid, observers, watchers_nice, jitter)
         finally:
             daemon.terminate()
             try:
@@ -392,6 +411,7 @@ def run_config(
         "clients": clients,
         "editing": editing,
         "engine_mode": engine_mode,
+        "jitter": jitter,
         "observers": observers,
         "watchers_nice": watchers_nice,
         "watchers_niceness": log.watchers.get("nice"),  # as the watchers' process saw it
@@ -428,7 +448,7 @@ def run_config(
 
 def run(options: BenchOptions) -> dict[str, Any]:
     seconds = options.seconds if options.seconds is not None else (1.0 if options.quick else 8.0)
-    configs = QUICK_CONFIGS if options.quick else CONFIGS
+    configs = QUICK_CONFIGS if options.quick else (options.latency_configs or CONFIGS)
     options.say(
         f"== {NAME}: daemon at {FPS} fps, {WIDTH}x{HEIGHT}; tunes at {EDIT_HZ} Hz per editing client, {seconds:g} s per config; "
         f"watching clients: {options.observers}"
@@ -437,18 +457,31 @@ def run(options: BenchOptions) -> dict[str, Any]:
     modes = ("process", "thread") if options.engine_mode == "both" else (options.engine_mode,)
     repetitions = options.iterations_or(1, 1)
     rows = []
+    failures: list[dict[str, Any]] = []
     for repetition in range(repetitions):
         for clients, editing in configs:
             for mode in modes:  # interleaved, so both modes see the same machine
-                row = run_config(clients, editing, seconds, options.observers, options.watchers_nice, mode)
+                try:
+                    row = run_config(clients, editing, seconds, options.observers, options.watchers_nice, mode, options.jitter)
+                except Exception as exc:  # one configuration that fails (the daemon cut a client) ends no other
+                    failures.append({"clients": clients, "editing": editing, "engine_mode": mode, "error": _last_line(exc)})
+                    options.say(f"-- ({clients}, {editing}) [{mode} engines]: failed: {failures[-1]['error']}")
+                    continue
                 row["repetition"] = repetition + 1
                 rows.append(row)
                 options.say(format_row(row))
-    result: dict[str, Any] = {"rows": rows, "fps": FPS, "frame_interval_target_ms": round(1000.0 / FPS, 2)}
+    result: dict[str, Any] = {"rows": rows, "fps": FPS, "frame_interval_target_ms": round(1000.0 / FPS, 2), "failures": failures}
     result["summary"] = summarize(rows)
     for line in format_summary(result["summary"]):
         options.say(line)
     return result
+
+
+def _last_line(exc: BaseException) -> str:
+    """The innermost message of an exception (group)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -80,6 +80,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="control_latency: the daemon's engine mode; both: each configuration in both modes, interleaved",
     )
     parser.add_argument(
+        "--jitter",
+        action="store_true",
+        help="control_latency: send each edit at a random point of its period (compares runs without the luck of one phase)",
+    )
+    parser.add_argument(
+        "--configs",
+        default=None,
+        metavar="CxE,...",
+        help="control_latency: the (clients x editing) configurations to run, e.g. 10x10,100x10 (default: all four)",
+    )
+    parser.add_argument(
         "--sessions",
         default="1,2,4,8",
         metavar="N,N,...",
@@ -125,6 +136,16 @@ def main(args: argparse.Namespace) -> int:
     if not sessions or min(sessions) < 1:
         print(f"compositord bench: --sessions {args.sessions!r}: a comma-separated list of positive counts", file=sys.stderr)
         return 2
+    try:
+        latency_configs = tuple(
+            (int(clients), int(editing))
+            for clients, editing in (item.split("x") for item in (args.configs.split(",") if args.configs else []))
+        )
+    except ValueError:
+        latency_configs = ((0, 0),)
+    if any(clients < 1 or not 1 <= editing <= clients for clients, editing in latency_configs):
+        print(f"compositord bench: --configs {args.configs!r}: CLIENTSxEDITING pairs, 1 <= editing <= clients", file=sys.stderr)
+        return 2
     from compositord.perf.harness import set_llvmpipe_threads
 
     set_llvmpipe_threads(args.lp_threads)
@@ -140,6 +161,8 @@ def main(args: argparse.Namespace) -> int:
         watchers_nice=args.watchers_nice,
         engine_mode=args.engine_mode,
         sessions=sessions,
+        latency_configs=latency_configs,
+        jitter=args.jitter,
     )
     from compositord.perf.measure import json_line
 
