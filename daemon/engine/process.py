@@ -52,6 +52,7 @@ log = logging.getLogger("compositord.engine")
 CONFIG_TIMEOUT = 30.0  # seconds to wait for the first message before giving up
 STOP_DEADLINE = int(SINK_CLOSE_TIMEOUT) + 5  # seconds from the start of a stop to the kernel ending the process
 READ_SIZE = 256 * 1024
+GIL_SWITCH_INTERVAL_S = 0.001
 PREVIEW_SLOT_MIN = 256 * 1024  # bytes; a preview slot grows (a new slot) when a thumbnail does not fit
 
 
@@ -309,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # A command that arrives while the render thread runs Python waits for the GIL up to the switch
+    # interval (5 ms by default) before the reader thread can hand it over; 1 ms keeps that wait below
+    # a frame's slack at 240 fps, at the cost of a few more GIL hand-overs while the reader is waiting.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     sock = socket.socket(fileno=int(args[0]))
     started = time.monotonic()
     try:
