@@ -72,12 +72,15 @@ class Watcher:
         self.frames: dict[str, list[tuple[float, int]]] = {}  # session -> (time, frames_rendered) of its compositor stats
         self.slowest_reply = 0.0
         self.replies = 0
+        self.views: list[tuple[float, str, dict[str, Any]]] = []  # (time, session, data with its "_" keys)
 
     async def collect(self) -> None:
         async for event in self.client.events():
             payload = event.payload
             if event.name == "nodestatechanged":
                 self.states.append((payload["session_id"], payload["node_id"], payload["state"]))
+            elif event.name == "nodeviewdataupdated":
+                self.views.append((time.monotonic(), payload["session_id"], dict(payload["data"])))
             elif event.name == "nodestatsupdated" and "frames_rendered" in payload.get("stats", {}):
                 self.frames.setdefault(payload["session_id"], []).append((time.monotonic(), payload["stats"]["frames_rendered"]))
 
@@ -169,7 +172,16 @@ async def test_kill_9_of_an_engine_restarts_it_and_nothing_else_notices(tmp_path
             nursery.start_soon(watcher.collect)
             nursery.start_soon(watcher.probe, [daemon.session_id, other])
             await wait_for(lambda: len(watcher.frames.get(other, [])) >= 2, 10, "the other session's stats")
+            # A stamped tune the first engine acknowledges in its view data; the second must too.
+            rect = {"x": 10, "y": 20, "width": 64, "height": 36}
+            stamp = await client.tune(daemon.session_id, "comp", {"layers": {"in_0": {"rect": rect}}})
+
+            def acked_views() -> list[tuple[float, str, dict[str, Any]]]:
+                return [v for v in watcher.views if v[1] == daemon.session_id and v[2]["_acks"].get(stamp.sender, 0) >= stamp.rev]
+
+            await wait_for(acked_views, 10, "the view ack of the tune")
             victim = (await engine_of(client, daemon.session_id))["pid"]
+            seq_before = max(data["_seq"] for _, session, data in watcher.views if session == daemon.session_id)
             os.kill(victim, signal.SIGKILL)
             await wait_for(lambda: any(state != "ok" for state in watcher.errors_of(daemon.session_id, "comp")), 10, "an error")
             error = next(state for state in watcher.errors_of(daemon.session_id, "comp") if state != "ok")
@@ -180,6 +192,13 @@ async def test_kill_9_of_an_engine_restarts_it_and_nothing_else_notices(tmp_path
             engine = await engine_of(client, daemon.session_id)
             assert engine["state"] == "running" and engine["restarts"] == 1 and engine["pid"] != victim
             assert "SIGKILL" in engine["reason"]
+            # The new engine's view data goes on from the old one's seq and still acknowledges the tune.
+            await wait_for(
+                lambda: any(d["_seq"] > seq_before for _, s, d in watcher.views if s == daemon.session_id), 10, "view data"
+            )
+            after = [d for _, s, d in watcher.views if s == daemon.session_id and d["_seq"] > seq_before]
+            assert all(d["_acks"].get(stamp.sender, 0) >= stamp.rev for d in after)
+            assert after[0]["layers"][0]["x"] == rect["x"]  # rendered with the stored params
             killed_at = time.monotonic()
             await wait_for(lambda: watcher.frames[other][-1][0] > killed_at + 1.5, 10, "more stats of the other session")
             nursery.cancel_scope.cancel()

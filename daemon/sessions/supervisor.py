@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 MIN_STALL_S = 2.0  # however fast the frame rate, an engine gets this long between frame ends
 CHECK_INTERVAL_S = 0.1  # how often a running engine is looked at (an exit is noticed at once)
 MEMORY_CHECK_INTERVAL_S = 1.0
+CONTROL_LAG_S = 0.5  # a check this much later than due means the control process was held up, not the engine
 
 
 class EngineSupervisor:
@@ -338,9 +339,14 @@ class SupervisedEngine:
         settings = self._settings
         next_memory_check = 0.0
         budget = settings.memory_budget_mb * 2**20
+        looked = time.monotonic()
         while True:
             with trio.move_on_after(CHECK_INTERVAL_S):
                 await process.ended.wait()
+            # When this process itself could not run for a while, the engine's reports may just be waiting in
+            # the socket: judge its progress only after a round that came on time.
+            came_late = time.monotonic() - looked > CHECK_INTERVAL_S + CONTROL_LAG_S
+            looked = time.monotonic()
             if self._stopping:
                 await process.ended.wait()  # aclose() waits for it, and kills it when it takes too long
                 return None
@@ -355,7 +361,7 @@ class SupervisedEngine:
             if not process.started:
                 if now - process.spawned_at > settings.start_timeout_s:
                     return f"no first frame within {settings.start_timeout_s:g} s"
-            else:
+            elif not came_late:
                 fps = max(1, process.statistics.fps)
                 limit = max(settings.stall_frames / fps, MIN_STALL_S)
                 last = process.last_frame_end or process.spawned_at
