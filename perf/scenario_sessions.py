@@ -41,7 +41,7 @@ GST_ELEMENTS = ("compositor", "videotestsrc", "textoverlay", "fpsdisplaysink", "
 
 
 def pipeline(index: int) -> dict[str, Any]:
-    layers = {"in_0": {"rect": {"x": 0, "y": 0, "width": WIDTH, "height": HEIGHT}}}
+    layers: dict[str, Any] = {"in_0": {"rect": {"x": 0, "y": 0, "width": WIDTH, "height": HEIGHT}}}
     for slot, rect in enumerate(PIP_RECTS, start=1):
         layers[f"in_{slot}"] = {"rect": rect, "aspect_fit": False}
     return {
