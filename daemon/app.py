@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -29,9 +29,10 @@ from compositord.daemon.control.hub import Hub
 from compositord.daemon.control.metrics import DaemonMetrics, metrics_route
 from compositord.daemon.control.panel_files import AUTH_CHECK_PATH, auth_check, panel_routes
 from compositord.daemon.control.server import ControlServer
-from compositord.daemon.engine.api import Engine, EngineEvents, EngineFactory
+from compositord.daemon.engine.api import Engine, EngineError, EngineEvents, EngineFactory
 from compositord.daemon.notify import Notifier, watchdog_from_environment
 from compositord.daemon.sessions.service import SessionService
+from compositord.daemon.sessions.supervisor import EngineSupervisor
 from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.state.store import Store, StoreError
 from compositord.protocol.errors import LocalProtocolError
@@ -43,8 +44,8 @@ DEFAULT_STOP_TIMEOUT = 10.0
 
 
 def render_loop_factory(settings: Settings, *, device_index: int | None = None) -> EngineFactory:
-    """The default engines: a render loop per session, in this process (each makes its GL context in its
-    own thread). Call the factory on the trio thread: the loop reports through that trio run."""
+    """Engines in this process (``engine_mode = "thread"``): a render loop per session, each making its GL
+    context in its own thread. Call the factory on the trio thread: the loop reports through that trio run."""
 
     def make(record: SessionRecord, events: EngineEvents) -> Engine:
         # Imported here: the render loop pulls in moderngl and the codecs; the control side does not.
@@ -58,6 +59,7 @@ def render_loop_factory(settings: Settings, *, device_index: int | None = None) 
             output_dir=settings.output_dir,
             device_index=device_index,
             min_free_disk_bytes=settings.limits.min_free_disk_bytes,
+            listen_hosts=settings.engine.listen_hosts,
         )
 
     return make
@@ -67,12 +69,18 @@ class _Services:
     """Everything the daemon runs, in one shielded nursery that only :meth:`stop` ends."""
 
     def __init__(
-        self, settings: Settings, notifier: Notifier, environ: Mapping[str, str] | None, engine_factory: EngineFactory
+        self,
+        settings: Settings,
+        notifier: Notifier,
+        environ: Mapping[str, str] | None,
+        engine_factory: EngineFactory | None,
+        device_index: int | None,
     ) -> None:
         self.settings = settings
         self.notifier = notifier
         self.environ = environ
-        self.engine_factory = engine_factory
+        self.engine_factory = engine_factory  # None: the settings' engine mode decides
+        self.device_index = device_index
         self.metrics = DaemonMetrics()
         self.store = Store(settings.state_dir, commit_observer=self.metrics.commit_observed)
         self.hub = Hub()
@@ -101,7 +109,7 @@ class _Services:
                     self.service = SessionService(
                         self.store,
                         self.hub,
-                        self.engine_factory,
+                        self._engine_factory(nursery),
                         retired_acks_grace_s=self.settings.limits.retired_acks_grace_s,
                         max_retired_acks=self.settings.limits.max_retired_acks,
                         observer=self.metrics,
@@ -114,10 +122,7 @@ class _Services:
                     await self._open_sessions()
                     self.server = self._make_server(self.service)
                     address = await nursery.start(self.server.run)
-                    service = self.service
-                    watchdog = watchdog_from_environment(
-                        self.notifier, lambda: [engine.last_progress() for engine in service.engines.values()], self.environ
-                    )
+                    watchdog = watchdog_from_environment(self.notifier, self._progress(), self.environ)
                     if watchdog is not None:
                         await nursery.start(watchdog.run)
                     self.notifier.ready(f"serving ws://{address[0]}:{address[1]}/api/v1/control")
@@ -143,6 +148,35 @@ class _Services:
         self.metrics.bind(engines=lambda: service.engines, connections=lambda: len(server.connections) if server else 0)
         return server
 
+    def _engine_factory(self, nursery: trio.Nursery) -> EngineFactory:
+        if self.engine_factory is not None:
+            return self.engine_factory
+        if self.settings.engine.mode == "thread":
+            return render_loop_factory(self.settings, device_index=self.device_index)
+        store = self.store
+        supervisor = EngineSupervisor(
+            nursery,
+            self.settings.engine,
+            asset_dir=self.settings.asset_dir,
+            output_dir=self.settings.output_dir,
+            current_record=lambda session_id: store.sessions().get(session_id),
+            device_index=self.device_index,
+            environ=self.environ,
+            min_free_disk_bytes=self.settings.limits.min_free_disk_bytes,
+        )
+        return supervisor.make_engine
+
+    def _progress(self) -> Callable[[], list[float]]:
+        """What the service watchdog checks besides its own ticks. In process mode nothing: the control
+        process is healthy while this trio run gets the watchdog's task to run on time (a hung engine is
+        its supervisor's to restart, not a reason to restart the service and every other session with
+        it). In thread mode the render loops share this process, so a hung one is the service's problem."""
+        if self.engine_factory is None and self.settings.engine.mode == "process":
+            return list
+        service = self.service
+        assert service is not None
+        return lambda: [engine.last_progress() for engine in service.engines.values()]
+
     async def _open_sessions(self) -> None:
         assert self.service is not None
         stored = dict(self.store.sessions())
@@ -156,9 +190,25 @@ class _Services:
             record = SessionRecord.from_pipeline(configured_id, configured_id, pipeline)
             await self.store.create_session(record)
             log.info("created session %r from %s", configured_id, self.settings.pipeline_file or "the demo pipeline")
-        for session_id, record in self.store.sessions().items():
-            if await self.service.restore_session(record):  # one over a budget is parked, not started
-                log.info("session %r: first frame rendered", session_id)
+        supervised = self.engine_factory is None and self.settings.engine.mode == "process"
+        service = self.service
+
+        async def open_one(session_id: str, record: SessionRecord) -> None:
+            try:
+                started = await service.restore_session(record)  # one over a budget is parked, not started
+            except EngineError as exc:
+                if not supervised:
+                    raise
+                # Its supervisor restarts it (or parks it): the daemon serves the other sessions meanwhile.
+                log.error("session %r: %s", session_id, exc)
+            else:
+                if started:
+                    log.info("session %r: first frame rendered", session_id)
+
+        # All at once: an engine process takes a while to start, and a failing one must not hold up the rest.
+        async with trio.open_nursery() as opening:
+            for session_id, record in self.store.sessions().items():
+                opening.start_soon(open_one, session_id, record)
 
     async def stop(self, timeout: float) -> None:
         """Drain in order (clients 1001, engines, store), then end the services; at most ``timeout`` s."""
@@ -201,13 +251,14 @@ async def serve(
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT (when ``handle_signals``) or until cancelled.
 
-    ``task_status.started((host, port))`` once bound and every pipeline has rendered a frame.
-    ``engine_factory`` makes each session's engine (default: :func:`render_loop_factory` with
-    ``device_index``); tests and benchmarks pass their own.
+    ``task_status.started((host, port))`` once bound and every pipeline has rendered a frame (or, in
+    process mode, its engine failed and is being restarted). ``engine_factory`` makes each session's
+    engine; by default ``settings.engine.mode`` decides: supervised engine processes
+    (``sessions/supervisor.py``) or render loops in this process (:func:`render_loop_factory`).
+    ``device_index`` picks the GPU of either; tests and benchmarks may pass their own factory.
     """
     notifier = Notifier(environ)
-    factory = engine_factory if engine_factory is not None else render_loop_factory(settings, device_index=device_index)
-    services = _Services(settings, notifier, environ, factory)
+    services = _Services(settings, notifier, environ, engine_factory, device_index)
     try:
         async with trio.open_nursery() as nursery:
             try:

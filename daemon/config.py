@@ -10,6 +10,7 @@ pointer of its field.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 import tomllib
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from compositord.daemon.engine.api import LOOPBACK_HOSTS
 from compositord.protocol.budget import BudgetLimits
 from compositord.protocol.destinations import LOOPBACK_ENTRIES, DestinationError, StreamDestinations
 from compositord.protocol.envelope import MAX_TEXT_BYTES
@@ -249,6 +251,50 @@ def check_token(token: str | None) -> None:
     )
 
 
+ENGINE_MODES = ("process", "thread")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How sessions' engines run and are supervised (docs/OPERATIONS.md, "Engines")."""
+
+    # "process": each session's engine in a supervised process of its own (the default);
+    # "thread": a render thread inside the daemon's process (no isolation, no supervision).
+    mode: str = "process"
+    # An engine that reports no frame end for this many frame intervals (and at least MIN_STALL_S) is killed and restarted.
+    stall_frames: int = 90
+    # An engine that has not rendered its first frame this long after it was started is killed and restarted.
+    start_timeout_s: float = 30.0
+    # An engine process whose resident memory passes this is killed and restarted.
+    memory_budget_mb: int = 2048
+    # The first restart waits this long; each failure in a row doubles it, up to the maximum.
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 10.0
+    # After this many failures within the window the session is parked: not restarted until it changes.
+    park_after_failures: int = 5
+    park_window_s: float = 120.0
+    # Hosts a sink::stream listen URL may bind (loopback only unless the operator allows more).
+    listen_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    # Benchmarks only: "module:function" run in each engine, returning an output listener (never from a client).
+    output_listener: str | None = None
+    listener_argument: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ENGINE_MODES:
+            raise ValueError(f"engine.mode {self.mode!r}: use one of {', '.join(ENGINE_MODES)}")
+        for name in ("stall_frames", "park_after_failures", "memory_budget_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"engine.{name} {getattr(self, name)!r}: must be at least 1")
+        for name in ("start_timeout_s", "park_window_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"engine.{name} {getattr(self, name)!r}: must be positive")
+        if not 0 <= self.restart_backoff_s <= self.restart_backoff_max_s:
+            raise ValueError(
+                f"engine.restart_backoff_s {self.restart_backoff_s!r}: must be between 0 and "
+                f"engine.restart_backoff_max_s ({self.restart_backoff_max_s!r})"
+            )
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -265,6 +311,7 @@ class Settings:
     allowed_stream_destinations: tuple[str, ...] = LOOPBACK_ENTRIES
     # Where av::stream_in may listen (bind) for a publisher, same entries; loopback only unless the operator lists more.
     allowed_ingest_listen: tuple[str, ...] = LOOPBACK_ENTRIES
+    engine: EngineSettings = EngineSettings()
 
     def __post_init__(self) -> None:
         if self.output_dir is None:
@@ -318,6 +365,18 @@ class Settings:
         config = getattr(args, "config", None)
         destinations = env.get("COMPOSITORD_ALLOWED_STREAM_DESTINATIONS")
         ingest_listen = env.get("COMPOSITORD_ALLOWED_INGEST_LISTEN")
+        engine = EngineSettings()
+        overrides: dict[str, Any] = {
+            "mode": getattr(args, "engine_mode", None) or env.get("COMPOSITORD_ENGINE_MODE") or None,
+            "memory_budget_mb": getattr(args, "engine_memory_mb", None),
+            "stall_frames": getattr(args, "engine_stall_frames", None),
+            "park_after_failures": getattr(args, "engine_park_after", None),
+            "park_window_s": getattr(args, "engine_park_window", None),
+        }
+        extra_hosts = tuple(getattr(args, "allow_listen_host", None) or ())
+        if extra_hosts:
+            overrides["listen_hosts"] = (*engine.listen_hosts, *extra_hosts)
+        engine = dataclasses.replace(engine, **{key: value for key, value in overrides.items() if value is not None})
         return cls(
             host=getattr(args, "host", None) or cls.host,
             port=cls.port if getattr(args, "port", None) is None else int(args.port),
@@ -334,6 +393,7 @@ class Settings:
             allowed_ingest_listen=LOOPBACK_ENTRIES
             if ingest_listen is None
             else tuple(entry.strip() for entry in ingest_listen.split(",") if entry.strip()),
+            engine=engine,
         )
 
     def server_options(self) -> ServerOptions:

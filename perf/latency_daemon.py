@@ -1,12 +1,14 @@
 """The daemon for control_latency, in its own process, with a probe on the render loop's output.
 
-``python -m compositord.perf.latency_daemon STATE_DIR PIPELINE_FILE PROBE_FILE PROBE_ROW`` runs the
-real daemon (``daemon.app.serve``, signals handled: SIGTERM drains it) with an engine factory that
-adds one output listener to every render loop: after each frame it writes ``<time.monotonic()> <x>``
-to PROBE_FILE, where x is the first column of row PROBE_ROW whose pixel has the probe colour (-1 if
-none). CLOCK_MONOTONIC is one
+``python -m compositord.perf.latency_daemon STATE_DIR PIPELINE_FILE PROBE_FILE PROBE_ROW [MODE]`` runs
+the real daemon (``daemon.app.serve``, signals handled: SIGTERM drains it) with one output listener on
+every render loop: after each frame it writes ``<time.monotonic()> <x>`` to PROBE_FILE, where x is the
+first column of row PROBE_ROW whose pixel has the probe colour (-1 if none). CLOCK_MONOTONIC is one
 clock for every process of the machine, so the bench compares these times with its own.
-Prints ``READY <port>`` once serving.
+
+MODE is the engine mode: ``process`` (the default, as deployed: the probe runs in each engine
+process, installed through ``EngineSettings.output_listener``) or ``thread`` (render loops in the
+daemon's process, the probe added by an engine factory). Prints ``READY <port>`` once serving.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import atexit
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,16 +30,16 @@ PROBE_RGB = (16, 240, 32)
 PROBE_COLOR = "#10F020"
 
 
-def _probed_engines(settings: Settings, probe_file: Path, probe_row: int) -> EngineFactory:
-    """The daemon's render loops, each with the probe as an output listener."""
+def probe_listener(argument: str) -> Callable[[str, OutputFrame], None]:
+    """The output listener that logs where the probe is; ``argument`` is ``PROBE_FILE:PROBE_ROW``.
+    Runs where the render loop runs (an engine process, or the daemon's process in thread mode)."""
     import numpy as np
-    import trio
 
-    from compositord.daemon.engine.loop import RenderLoop
-
+    path, _, row_text = argument.rpartition(":")
+    probe_row = int(row_text)
     # Buffered, flushed at exit: a write system call per frame would hand the GIL away from the render
-    # thread each frame, which the daemon itself does not do.
-    out = probe_file.open("w", buffering=1 << 20)
+    # thread each frame, which the daemon itself does not do. Opened for appending: a restarted engine adds on.
+    out = Path(path).open("a", buffering=1 << 20)  # noqa: SIM115 (open for the process's life, closed at exit)
     atexit.register(out.close)
     r, g, b = PROBE_RGB
 
@@ -45,6 +48,17 @@ def _probed_engines(settings: Settings, probe_file: Path, probe_row: int) -> Eng
         row = frame.as_array()[probe_row]
         hits = np.flatnonzero((row[:, 0] == r) & (row[:, 1] == g) & (row[:, 2] == b))
         out.write(f"{time.monotonic():.6f} {int(hits[0]) if hits.size else -1}\n")
+
+    return probe
+
+
+def _probed_engines(settings: Settings, probe_file: Path, probe_row: int) -> EngineFactory:
+    """Thread mode: the daemon's render loops, each with the probe as an output listener."""
+    import trio
+
+    from compositord.daemon.engine.loop import RenderLoop
+
+    probe = probe_listener(f"{probe_file}:{probe_row}")
 
     def make(record: SessionRecord, events: EngineEvents) -> Engine:
         loop = RenderLoop(
@@ -64,13 +78,22 @@ def main(argv: list[str]) -> int:
     import trio
 
     from compositord.daemon.app import serve
-    from compositord.daemon.config import Settings
+    from compositord.daemon.config import EngineSettings, Settings
 
     state_dir, pipeline_file, probe_file, probe_row = Path(argv[0]), Path(argv[1]), Path(argv[2]), int(argv[3])
-    settings = Settings(
-        host="127.0.0.1", port=0, state_dir=state_dir, asset_dir=state_dir / "assets", pipeline_file=pipeline_file
+    mode = argv[4] if len(argv) > 4 else "process"
+    engine = EngineSettings(
+        mode=mode, output_listener="compositord.perf.latency_daemon:probe_listener", listener_argument=f"{probe_file}:{probe_row}"
     )
-    engines = _probed_engines(settings, probe_file, probe_row)
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        state_dir=state_dir,
+        asset_dir=state_dir / "assets",
+        pipeline_file=pipeline_file,
+        engine=engine,
+    )
+    engines = _probed_engines(settings, probe_file, probe_row) if mode == "thread" else None
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

@@ -135,7 +135,7 @@ def block(results: dict[str, dict[str, Any]], env: dict[str, str], command: str)
             "",
         ]
         out += [
-            "| (clients, editing) | tunes/s | (a) params ack | (b) view ack | missing (a) / (b) | (c) on screen | shown / overtaken | frame interval | frame end -> view read | dropped load (idle) | render ms p99 per s | CPU cores daemon / editors / watchers |",
+            "| (clients, editing) engines | tunes/s | (a) params ack | (b) view ack | missing (a) / (b) | (c) on screen | shown / overtaken | frame interval | frame end -> view read | dropped load (idle) | render ms p99 per s | CPU cores daemon + engines / editors / watchers |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in lat["rows"]:
@@ -144,12 +144,41 @@ def block(results: dict[str, dict[str, Any]], env: dict[str, str], command: str)
                 return "n/a" if not p.get("count") else f"{p['p50']:.1f} / {p['p99']:.1f} / {p['max']:.1f}"
 
             out.append(
-                f"| ({row['clients']}, {row['editing']}) | {row['tunes_per_second']} | {f(row['a_params_ack_ms'])} | {f(row['b_view_ack_ms'])} | "
+                f"| ({row['clients']}, {row['editing']}) {row.get('engine_mode', 'thread')} | {row['tunes_per_second']} | {f(row['a_params_ack_ms'])} | {f(row['b_view_ack_ms'])} | "
                 f"{row['params_acks_missing']} / {row['view_acks_missing']} | "
                 f"{f(row['c_frame_shown_ms'])} | {row['c_frame_shown_ms'].get('count', 0)} / {row['tunes_never_shown']} | {f(row['frame_interval_ms'])} | "
                 f"{f(row['view_delivery_ms'])} | {row['frames_dropped_under_load']} ({row['frames_dropped_idle']}) | "
-                f"{max((v for v in row['render_ms_p99'] if v is not None), default='n/a')} | {row['cpu_cores_daemon']} / {row['cpu_cores_clients']} / {row.get('cpu_cores_watchers', 0.0)} |"
+                f"{max((v for v in row['render_ms_p99'] if v is not None), default='n/a')} | {row['cpu_cores_daemon']} + {row.get('cpu_cores_engines', 0.0)} / {row['cpu_cores_clients']} / {row.get('cpu_cores_watchers', 0.0)} |"
             )
+        for item in lat.get("summary", []):
+            out.append(
+                f"\n({item['clients']}, {item['editing']}) {item['engine_mode']}: view-ack p99 per run {item['view_ack_p99_ms']} ms; "
+                f"{item['runs_meeting_target_without_drops']}/{item['runs']} runs within {item['target_ms']} ms without drops."
+            )
+    sessions = results.get("sessions")
+    if sessions:
+        out += [
+            "",
+            f"### sessions ({sessions['seconds']:g} s per N; per session or pipeline: dropped / rendered, render p99 ms, CPU cores)",
+            "",
+        ]
+        out += ["| N | compositord | GStreamer |", "| --- | --- | --- |"]
+        for row in sessions["rows"]:
+            ours = "; ".join(
+                f"{r.get('frames_dropped')} / {r.get('frames_rendered')}, {r.get('render_ms_p99')} ms, {r.get('cpu_cores')}"
+                for r in row["ours"]["sessions"]
+            )
+            theirs = "; ".join(
+                f"{r.get('frames_dropped')} / {r.get('frames_rendered')}, {r.get('cpu_cores')}"
+                for r in row.get("gstreamer", {}).get("pipelines", [])
+            )
+            out.append(f"| {row['sessions']} | {ours} (control {row['ours']['control_cpu_cores']}) | {theirs or 'not run'} |")
+        summary = sessions["summary"]
+        out.append(
+            f"\nSustained without a dropped frame: compositord {summary['ours_max_sustained_strict']}, "
+            f"GStreamer {summary['gstreamer_max_sustained_strict']} (1 % tolerance: {summary['ours_max_sustained_1pct']} / "
+            f"{summary['gstreamer_max_sustained_1pct']})."
+        )
     scaling = results.get("scaling")
     if scaling:
         from compositord.perf.scenario_scaling import table

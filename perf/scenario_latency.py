@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -99,6 +100,9 @@ class EditorLog:
     sent: dict[int, Sent] = field(default_factory=dict)  # rev -> when and what
     acked: dict[str, int] = field(default_factory=lambda: {"params": 0, "view": 0})  # channel -> highest rev seen acked
     phase: float = 0.0  # fraction of a period: editors are spread over it
+    # Each send at a random point of its period (still EDIT_HZ on average): the sends then meet the frame
+    # clock at every phase, so two runs (two engine modes) compare without the luck of one fixed phase.
+    jitter: bool = False
 
     def read_ack(self, channel: str, ack: int, now: float) -> None:
         """An event of ``channel`` acknowledged every rev up to ``ack``: time the ones not acknowledged before."""
@@ -120,7 +124,8 @@ class RunLog:
     events_dropped: int = 0
     refused: int = 0
     window: tuple[float, float] = (0.0, 0.0)  # monotonic start and stop of the edits
-    cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)  # cores used during the edits: (daemon, this process, watchers' process)
+    # Cores used during the edits: (the daemon's own process, this process, the watchers' process, the daemon's engine processes).
+    cpu: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     watchers: dict[str, Any] = field(default_factory=dict)  # what perf.latency_watchers reported
     view_delivery_ms: list[float] = field(default_factory=list)  # frame end (view data "timestamp") -> read by an editor
     finished: Any = None  # trio.Event: the run is over (edits done, last acks in or given up)
@@ -162,8 +167,10 @@ async def _client(
             if editor is not None:
                 period = 1.0 / EDIT_HZ
                 next_at = start_at + period * editor.phase
+                jitter = random.Random(editor.phase) if editor.jitter else None
                 while next_at < stop_at:
-                    await trio.sleep(max(0.0, next_at - time.monotonic()))
+                    send_at = next_at + (jitter.random() * period if jitter is not None else 0.0)
+                    await trio.sleep(max(0.0, send_at - time.monotonic()))
                     x = 16 + next(x_counter) % X_VALUES
                     sent_t = time.monotonic()
                     stamp = await client.tune(SESSION, NODE, {"layers": {"in_1": {"rect": _rect(x)}}}, sync=False)
@@ -185,8 +192,47 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes started by ``pid``, their children and so on (engine processes and their helpers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    pending = list(children.get(pid, []))
+    while pending:
+        child = pending.pop()
+        found.append(child)
+        pending.extend(children.get(child, []))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(CPU seconds of ``pid`` itself, of its living descendants); a process that ended meanwhile counts as 0."""
+
+    def safe(process: int) -> float:
+        try:
+            return cpu_seconds(process)
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    return safe(pid), sum(safe(child) for child in descendants(pid))
+
+
 async def _drive(
-    url: str, clients: int, editing: int, seconds: float, daemon_pid: int, observers: str = "raw", watchers_nice: int = 0
+    url: str,
+    clients: int,
+    editing: int,
+    seconds: float,
+    daemon_pid: int,
+    observers: str = "raw",
+    watchers_nice: int = 0,
+    jitter: bool = False,
 ) -> RunLog:
     import trio
 
@@ -209,19 +255,20 @@ async def _drive(
     # The edits start once every client is connected and the daemon has settled.
     start_at = time.monotonic() + 1.0 + (editing if watchers is not None else clients) * 0.02
     stop_at = start_at + seconds
-    log.editors = [EditorLog(phase=index / max(1, editing)) for index in range(editing)]  # editors out of phase
+    log.editors = [EditorLog(phase=index / max(1, editing), jitter=jitter) for index in range(editing)]  # out of phase
     log.window = (start_at, stop_at)
 
-    def cpu_now() -> tuple[float, float, float]:
-        return (cpu_seconds(daemon_pid), cpu_seconds(), cpu_seconds(watchers.pid) if watchers is not None else 0.0)
+    def cpu_now() -> tuple[float, float, float, float]:
+        control, engines = tree_cpu_seconds(daemon_pid)
+        return (control, cpu_seconds(), cpu_seconds(watchers.pid) if watchers is not None else 0.0, engines)
 
     async def cpu_meter() -> None:
         await trio.sleep(max(0.0, start_at - time.monotonic()))
         before = cpu_now()
         await trio.sleep(max(0.0, stop_at - time.monotonic()))
         after = cpu_now()
-        daemon, ours, watchers_cpu = ((a - b) / seconds for a, b in zip(after, before, strict=True))
-        log.cpu = (daemon, ours, watchers_cpu)
+        daemon, ours, watchers_cpu, engines = ((a - b) / seconds for a, b in zip(after, before, strict=True))
+        log.cpu = (daemon, ours, watchers_cpu, engines)
 
     async def finish() -> None:
         """After the edits, wait (bounded) until every editor has both acks of its last tune."""
@@ -293,7 +340,15 @@ def _tunes_per_second(log: RunLog) -> float:
     return len(sent) / max(1e-3, max(sent) - min(sent))
 
 
-def run_config(clients: int, editing: int, seconds: float, observers: str = "raw", watchers_nice: int = 0) -> dict[str, Any]:
+def run_config(
+    clients: int,
+    editing: int,
+    seconds: float,
+    observers: str = "raw",
+    watchers_nice: int = 0,
+    engine_mode: str = "process",
+    jitter: bool = False,
+) -> dict[str, Any]:
     import trio
     import yaml
 
@@ -312,6 +367,7 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
                 str(pipeline_file),
                 str(probe_file),
                 str(PROBE_ROW),
+                engine_mode,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -325,7 +381,7 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
                 raise RuntimeError(f"latency daemon did not start: {line!r} {daemon.stderr.read() if daemon.stderr else ''}")
             url = f"ws://127.0.0.1:{int(line.split()[1])}/api/v1/control"
             time.sleep(IDLE_SECONDS)
-            log = trio.run(_drive, url, clients, editing, seconds, daemon.pid, observers, watchers_nice)
+            log = trio.run(_drive, url, clients, editing, seconds, daemon.pid, observers, watchers_nice, jitter)
         finally:
             daemon.terminate()
             try:
@@ -355,6 +411,8 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
     return {
         "clients": clients,
         "editing": editing,
+        "engine_mode": engine_mode,
+        "jitter": jitter,
         "observers": observers,
         "watchers_nice": watchers_nice,
         "watchers_niceness": log.watchers.get("nice"),  # as the watchers' process saw it
@@ -364,6 +422,7 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
         "refused": log.refused,
         "client_events_dropped": log.events_dropped,
         "cpu_cores_daemon": round(log.cpu[0], 2),
+        "cpu_cores_engines": round(log.cpu[3], 2),
         "cpu_cores_clients": round(log.cpu[1], 2),
         "cpu_cores_watchers": round(log.cpu[2], 2),
         "watchers_connected": log.watchers.get("connected", 0),
@@ -390,18 +449,82 @@ def run_config(clients: int, editing: int, seconds: float, observers: str = "raw
 
 def run(options: BenchOptions) -> dict[str, Any]:
     seconds = options.seconds if options.seconds is not None else (1.0 if options.quick else 8.0)
-    configs = QUICK_CONFIGS if options.quick else CONFIGS
+    configs = QUICK_CONFIGS if options.quick else (options.latency_configs or CONFIGS)
     options.say(
         f"== {NAME}: daemon at {FPS} fps, {WIDTH}x{HEIGHT}; tunes at {EDIT_HZ} Hz per editing client, {seconds:g} s per config; "
         f"watching clients: {options.observers}"
         + (f", their process {options.watchers_nice} nice steps down" if options.watchers_nice else "")
     )
+    modes = ("process", "thread") if options.engine_mode == "both" else (options.engine_mode,)
+    repetitions = options.iterations_or(1, 1)
     rows = []
-    for clients, editing in configs:
-        row = run_config(clients, editing, seconds, options.observers, options.watchers_nice)
-        rows.append(row)
-        options.say(format_row(row))
-    return {"rows": rows, "fps": FPS, "frame_interval_target_ms": round(1000.0 / FPS, 2)}
+    failures: list[dict[str, Any]] = []
+    for repetition in range(repetitions):
+        for clients, editing in configs:
+            for mode in modes:  # interleaved, so both modes see the same machine
+                try:
+                    row = run_config(clients, editing, seconds, options.observers, options.watchers_nice, mode, options.jitter)
+                except Exception as exc:  # one configuration that fails (the daemon cut a client) ends no other
+                    failures.append({"clients": clients, "editing": editing, "engine_mode": mode, "error": _last_line(exc)})
+                    options.say(f"-- ({clients}, {editing}) [{mode} engines]: failed: {failures[-1]['error']}")
+                    continue
+                row["repetition"] = repetition + 1
+                rows.append(row)
+                options.say(format_row(row))
+    result: dict[str, Any] = {"rows": rows, "fps": FPS, "frame_interval_target_ms": round(1000.0 / FPS, 2), "failures": failures}
+    result["summary"] = summarize(rows)
+    for line in format_summary(result["summary"]):
+        options.say(line)
+    return result
+
+
+def _last_line(exc: BaseException) -> str:
+    """The innermost message of an exception (group)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (clients, editing, mode): the view-ack p99 of every repetition, how many met the target, and drops."""
+    groups: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["clients"], row["editing"], row["engine_mode"]), []).append(row)
+    summary = []
+    for (clients, editing, mode), group in groups.items():
+        p99s = [row["b_view_ack_ms"].get("p99") for row in group]
+        target = group[0]["b_p99_target_ms"]
+        summary.append(
+            {
+                "clients": clients,
+                "editing": editing,
+                "engine_mode": mode,
+                "view_ack_p99_ms": p99s,
+                "runs_meeting_target": sum(1 for p99 in p99s if p99 is not None and p99 <= target),
+                "runs_meeting_target_without_drops": sum(
+                    1
+                    for row, p99 in zip(group, p99s, strict=True)
+                    if p99 is not None and p99 <= target and row["frames_dropped_under_load"] <= row["frames_dropped_idle"]
+                ),
+                "runs": len(group),
+                "frames_dropped_under_load": [row["frames_dropped_under_load"] for row in group],
+                "target_ms": target,
+            }
+        )
+    return summary
+
+
+def format_summary(summary: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "== control_latency summary: view-ack p99 per run (target: at most two frame intervals, no frame dropped for the load)"
+    ]
+    for item in summary:
+        lines.append(
+            f"-- ({item['clients']}, {item['editing']}) {item['engine_mode']:7s}: p99 {item['view_ack_p99_ms']} ms; "
+            f"{item['runs_meeting_target_without_drops']}/{item['runs']} runs meet {item['target_ms']} ms without drops "
+            f"(drops under load {item['frames_dropped_under_load']})"
+        )
+    return lines
 
 
 def _fmt(p: dict[str, Any]) -> str:
@@ -413,7 +536,8 @@ def _fmt(p: dict[str, Any]) -> str:
 def format_row(row: dict[str, Any]) -> str:
     return (
         f"-- ({row['clients']}, {row['editing']}): {row['tunes_sent']} tunes ({row['tunes_per_second']}/s), {row['events_read']} events read; "
-        f"CPU cores used: daemon {row['cpu_cores_daemon']}, clients {row['cpu_cores_clients']}, watchers {row['cpu_cores_watchers']}\n"
+        f"[{row['engine_mode']} engines] CPU cores used: daemon {row['cpu_cores_daemon']}, its engines {row['cpu_cores_engines']}, "
+        f"clients {row['cpu_cores_clients']}, watchers {row['cpu_cores_watchers']}\n"
         f"   (a) tune -> params ack : {_fmt(row['a_params_ack_ms'])}\n"
         f"   (b) tune -> view ack   : {_fmt(row['b_view_ack_ms'])}   [target p99 <= {row['b_p99_target_ms']} ms]\n"
         f"   view data frame -> read: {_fmt(row['view_delivery_ms'])}; by the watchers: {_fmt(row['watchers_view_delivery_ms'] or {})}\n"

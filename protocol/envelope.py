@@ -1179,8 +1179,11 @@ def pipeline_response(
     nodes: Mapping[str, Mapping[str, Any]],
     connections: Sequence[Mapping[str, Any]],
     pipeline: Mapping[str, Any] | None = None,
+    state: str | None = None,
+    engine: Mapping[str, Any] | None = None,
 ) -> Response:
-    """``pipeline``: nodes ``{id: {"kind", "params", "view_data"?}}`` with durable params, and the connections.
+    """``pipeline``: nodes ``{id: {"kind", "params", "view_data"?}}`` with durable params, and the connections;
+    ``state`` is the session's (its engine's) state and ``engine`` its engine's health, when known.
 
     ``pipeline``: the same state as StreamKit's ``Pipeline`` object (``streamkit.pipeline_object``), for
     StreamKit clients, which read ``payload.pipeline``.
@@ -1193,6 +1196,10 @@ def pipeline_response(
     }
     if pipeline is not None:
         payload["pipeline"] = dict(pipeline)
+    if state is not None:
+        payload["state"] = state
+    if engine is not None:
+        payload["engine"] = dict(engine)
     return Response("pipeline", payload, correlation_id)
 
 

@@ -192,3 +192,30 @@ def test_panel_preview_quick(capsys: pytest.CaptureFixture[str]) -> None:
     for phase in ("idle", "editing_60hz"):
         assert record[phase]["frames_shown"] > 0 and record[phase]["latency_ms"]["count"] > 0, phase
     assert record["console_errors"] == []
+
+
+def test_sessions_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_bench(capsys, "sessions", "--quick", "--seconds", "1.5")
+    assert code == 0
+    record = load_results(out)["sessions"]
+    (row,) = record["rows"]
+    assert row["sessions"] == 1
+    (session,) = row["ours"]["sessions"]
+    assert "error" not in session, session
+    # One engine process rendered about 30 frames a second over the window, and its CPU was measured.
+    assert session["frames_rendered"] > 0 and session["frames_due"] >= 30
+    assert session["cpu_cores"] > 0 and session["render_ms_p99"] > 0
+    assert set(record["summary"]) >= {"ours_max_sustained_strict", "gstreamer_max_sustained_strict"}
+
+
+def test_control_latency_can_run_both_engine_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    from compositord.perf.scenario_latency import summarize
+
+    rows = [
+        {"clients": 1, "editing": 1, "engine_mode": mode, "b_view_ack_ms": {"p99": p99}, "b_p99_target_ms": 33.33}
+        | {"frames_dropped_under_load": dropped, "frames_dropped_idle": 0}
+        for mode, p99, dropped in (("process", 20.0, 0), ("process", 40.0, 0), ("thread", 20.0, 2))
+    ]
+    summary = {item["engine_mode"]: item for item in summarize(rows)}
+    assert summary["process"]["view_ack_p99_ms"] == [20.0, 40.0] and summary["process"]["runs_meeting_target_without_drops"] == 1
+    assert summary["thread"]["runs_meeting_target"] == 1 and summary["thread"]["runs_meeting_target_without_drops"] == 0

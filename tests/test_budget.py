@@ -217,7 +217,7 @@ def test_the_model_matches_the_engine() -> None:
     engine = {
         "sink::file": file.FileSink.queue_capacity,
         "sink::y4m": y4m.Y4MSink.queue_capacity,
-        "sink::stream": stream.StreamSink.queue_capacity,
+        "sink::stream": stream.StreamOutput.queue_capacity,  # the node in the engine (its encoder is a helper process)
         "sink::window": window.WindowSink.queue_capacity,
         "sink::preview": preview.PreviewSink.queue_capacity,
     }

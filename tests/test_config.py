@@ -135,3 +135,33 @@ def test_settings_from_run_options_and_environment() -> None:
     assert (defaults.host, defaults.port, defaults.token, defaults.pipeline_file) == ("127.0.0.1", 4545, None, None)
     with pytest.raises(AttributeError):
         defaults.port = 1  # type: ignore[misc]  # assigning a frozen field on purpose: the test shows it fails
+
+
+def _run_args(argv: list[str]) -> argparse.Namespace:
+    from compositord.cli import run
+
+    parser = argparse.ArgumentParser()
+    run.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "field"),
+    [
+        ("--engine-park-after", "0", "park_after_failures"),
+        ("--engine-memory-mb", "-5", "memory_budget_mb"),
+        ("--engine-park-window", "0", "park_window_s"),
+    ],
+)
+def test_engine_settings_out_of_range_are_refused_by_name(flag: str, value: str, field: str) -> None:
+    args = _run_args([flag, value])
+    with pytest.raises(ValueError, match=f"engine.{field}"):
+        Settings.from_args(args, environ={})
+
+
+def test_engine_settings_from_the_command_line_and_the_environment() -> None:
+    args = _run_args(["--engine-memory-mb", "512", "--allow-listen-host", "0.0.0.0"])
+    settings = Settings.from_args(args, environ={"COMPOSITORD_ENGINE_MODE": "thread"})
+    assert settings.engine.mode == "thread" and settings.engine.memory_budget_mb == 512
+    assert "0.0.0.0" in settings.engine.listen_hosts and "127.0.0.1" in settings.engine.listen_hosts
+    assert Settings.from_args(_run_args([]), environ={}).engine.mode == "process"

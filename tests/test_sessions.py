@@ -79,6 +79,9 @@ class RecordingLoop:
     def last_progress(self) -> float:
         return trio.current_time()
 
+    def health(self) -> api.EngineHealth:
+        return api.EngineHealth("thread", api.ENGINE_STOPPED if self.stopped else api.ENGINE_RUNNING)
+
     def stop(self, timeout: float = 5.0) -> None:
         self.stopped = True
 

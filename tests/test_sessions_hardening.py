@@ -227,7 +227,7 @@ async def test_a_stored_session_over_the_budget_is_parked_at_start_and_the_daemo
         daemon = await start_daemon(nursery, settings)
         async with open_client(daemon.url) as client:
             listed = {s["session_id"]: s for s in await client.list_sessions()}
-            assert listed[daemon.session_id]["state"] == "ok"
+            assert listed[daemon.session_id]["state"] == "running"  # its engine's state (docs/PROTOCOL.md section 3)
             assert "max_session_bytes" in listed["big"]["state"]["error"]
             with pytest.raises(CompositordError) as info:
                 await client.get_pipeline("big")

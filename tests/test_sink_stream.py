@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from compositord.daemon.engine.sinks.stream import StreamSink
+from compositord.daemon.engine.sinks.stream import StreamOutput
 from compositord.tests.sink_helpers import (
     Decoded,
     H,
@@ -58,7 +58,7 @@ async def test_mpegts_over_udp_reaches_a_receiver(tmp_path: Path) -> None:
     async with running_loop(session, tmp_path) as (loop, recorder):
         await wait_frames_written(loop, "live", 15)
         sink = loop.sink("live")
-        assert isinstance(sink, StreamSink)
+        assert isinstance(sink, StreamOutput)  # the node in the engine; the encoder runs in its helper process
     await trio.to_thread.run_sync(receiver.join, 20.0)
     assert received, "the receiver got no stream"
     decoded = received[0]
@@ -100,7 +100,7 @@ async def test_rtmp_to_a_local_server(tmp_path: Path) -> None:
         async with running_loop(session, tmp_path) as (loop, _recorder):
             await wait_frames_written(loop, "live", 15)
             sink = loop.sink("live")
-            assert isinstance(sink, StreamSink)
+            assert isinstance(sink, StreamOutput)  # the node in the engine; the encoder runs in its helper process
         await trio.to_thread.run_sync(lambda: server.wait(timeout=20))
     finally:
         if server.poll() is None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from compositord.perf.options import BenchOptions
 
-SCENARIOS = ("compositor_pipeline", "compositor_only", "control_latency", "scaling")
+SCENARIOS = ("compositor_pipeline", "compositor_only", "control_latency", "scaling", "sessions")
 
 
 def _runner(name: str) -> Callable[[BenchOptions], dict[str, Any]]:
@@ -36,6 +36,10 @@ def _runner(name: str) -> Callable[[BenchOptions], dict[str, Any]]:
         from compositord.perf import scenario_latency
 
         return scenario_latency.run
+    if name == "sessions":
+        from compositord.perf import scenario_sessions
+
+        return scenario_sessions.run
     if name == "panel_preview":
         from compositord.perf import scenario_panel_preview
 
@@ -49,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "scenario",
         choices=(*SCENARIOS, "all", "soak", "panel_preview"),
-        help="what to measure (all: the four scenarios in turn; soak: perf/soak.py, long-running, not part of all; "
+        help="what to measure (all: the five scenarios in turn; soak: perf/soak.py, long-running, not part of all; "
         "panel_preview: the web panel's preview in headless Chromium, not part of all)",
     )
     parser.add_argument(
@@ -86,6 +90,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="control_latency: run the watching clients' process N nice steps down (they stand in for other machines)",
     )
+    parser.add_argument(
+        "--engine-mode",
+        choices=("process", "thread", "both"),
+        default="process",
+        help="control_latency: the daemon's engine mode; both: each configuration in both modes, interleaved",
+    )
+    parser.add_argument(
+        "--jitter",
+        action="store_true",
+        help="control_latency: send each edit at a random point of its period (compares runs without the luck of one phase)",
+    )
+    parser.add_argument(
+        "--configs",
+        default=None,
+        metavar="CxE,...",
+        help="control_latency: the (clients x editing) configurations to run, e.g. 10x10,100x10 (default: all four)",
+    )
+    parser.add_argument(
+        "--sessions",
+        default="1,2,4,8",
+        metavar="N,N,...",
+        help="sessions: the session counts to run (default 1,2,4,8)",
+    )
     parser.add_argument("--minutes", type=float, default=None, help="soak: how long (perf/soak.py's default when absent)")
     parser.add_argument("--interval", type=float, default=None, help="soak: seconds between samples")
     parser.add_argument("--clients", type=int, default=None, help="soak: clients")
@@ -119,6 +146,23 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        sessions = tuple(int(count) for count in args.sessions.split(","))
+    except ValueError:
+        sessions = ()
+    if not sessions or min(sessions) < 1:
+        print(f"compositord bench: --sessions {args.sessions!r}: a comma-separated list of positive counts", file=sys.stderr)
+        return 2
+    try:
+        latency_configs = tuple(
+            (int(clients), int(editing))
+            for clients, editing in (item.split("x") for item in (args.configs.split(",") if args.configs else []))
+        )
+    except ValueError:
+        latency_configs = ((0, 0),)
+    if any(clients < 1 or not 1 <= editing <= clients for clients, editing in latency_configs):
+        print(f"compositord bench: --configs {args.configs!r}: CLIENTSxEDITING pairs, 1 <= editing <= clients", file=sys.stderr)
+        return 2
     from compositord.perf.harness import set_llvmpipe_threads
 
     set_llvmpipe_threads(args.lp_threads)
@@ -132,6 +176,10 @@ def main(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         observers=args.observers,
         watchers_nice=args.watchers_nice,
+        engine_mode=args.engine_mode,
+        sessions=sessions,
+        latency_configs=latency_configs,
+        jitter=args.jitter,
     )
     from compositord.perf.measure import json_line
 

@@ -26,6 +26,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         help="a browser Origin allowed to connect (repeatable; default: $COMPOSITORD_ALLOWED_ORIGINS, else none)",
     )
+    engines = parser.add_argument_group('engines (docs/OPERATIONS.md, "Engines")')
+    engines.add_argument(
+        "--engine-mode",
+        choices=["process", "thread"],
+        help="process: each session's engine in a supervised process (default; $COMPOSITORD_ENGINE_MODE); "
+        "thread: inside the daemon's process",
+    )
+    engines.add_argument(
+        "--engine-memory-mb", type=int, metavar="MB", help="an engine process over this is restarted (default 2048)"
+    )
+    engines.add_argument(
+        "--engine-stall-frames",
+        type=int,
+        metavar="N",
+        help="an engine without a frame end for N frame intervals is restarted (default 90)",
+    )
+    engines.add_argument(
+        "--engine-park-after", type=int, metavar="N", help="park a session after N engine failures within the window (default 5)"
+    )
+    engines.add_argument("--engine-park-window", type=float, metavar="S", help="the window, in seconds (default 120)")
+    engines.add_argument(
+        "--allow-listen-host",
+        metavar="HOST",
+        action="append",
+        help="a host a sink::stream listen URL may bind besides loopback (repeatable; 0.0.0.0 allows every interface)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -40,6 +66,9 @@ def main(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"compositord run: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # an engine setting out of range: say which, before anything starts
+        print(f"compositord run: {exc}", file=sys.stderr)
+        return 2
     if settings.pipeline_file is not None:
         from compositord.daemon.config import load_pipeline
 

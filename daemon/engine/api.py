@@ -34,6 +34,10 @@ from compositord.daemon.state.model import SessionRecord
 from compositord.protocol.causal import Stamp
 from compositord.protocol.scenes import AnimateSpec
 
+# Hosts a ``sink::stream`` with a ``listen`` URL may bind unless the operator allows more (a client must
+# not be able to open a listener on every interface past the daemon's token).
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
 # --------------------------------------------------------------------------- commands (control -> engine)
 
 
@@ -225,6 +229,38 @@ class EngineStatistics:
     fps: int
 
 
+# EngineHealth.state values
+ENGINE_STARTING = "starting"  # before its first frame
+ENGINE_RUNNING = "running"
+ENGINE_RESTARTING = "restarting"  # a supervised engine failed and waits for (or is in) its next start
+ENGINE_PARKED = "parked"  # failed too often: not restarted until the session changes
+ENGINE_FAILED = "failed"  # an in-process engine whose render thread died
+ENGINE_STOPPED = "stopped"
+ENGINE_STATES = (ENGINE_STARTING, ENGINE_RUNNING, ENGINE_RESTARTING, ENGINE_PARKED, ENGINE_FAILED, ENGINE_STOPPED)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    """How a session's engine is doing, for ``getpipeline``, ``listsessions``, the stats and the logs."""
+
+    mode: str  # "process" (a supervised engine process) or "thread" (a render thread in the daemon's process)
+    state: str  # one of ENGINE_STATES
+    reason: str | None = None  # why it is restarting, parked or failed (the last failure while running)
+    pid: int | None = None  # the engine process (None in thread mode and between two processes)
+    restarts: int = 0  # engine processes started after the first
+    rss_bytes: int | None = None  # the engine process's resident memory, last measured
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "state": self.state,
+            "reason": self.reason,
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "rss_mb": None if self.rss_bytes is None else round(self.rss_bytes / 2**20, 1),
+        }
+
+
 class EngineError(RuntimeError):
     """The engine could not start (no GL context) or died; the message says why."""
 
@@ -268,6 +304,10 @@ class Engine(Protocol):
 
     def last_progress(self) -> float:
         """``time.monotonic()`` of the last completed frame (the start time before the first): the watchdog's input."""
+        ...
+
+    def health(self) -> EngineHealth:
+        """What state the engine is in, and why."""
         ...
 
     def stop(self, timeout: float = 5.0) -> None:

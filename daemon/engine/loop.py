@@ -14,10 +14,13 @@ two bounded structures:
   submission takes one lock, so a batch is never split, and the whole inbox is
   latched at the start of a frame (rule S4: one frame never shows half a batch).
 - the *outbox* (render -> trio): the latest undelivered event per node and
-  event type, handed over with ``trio_token.run_sync_soon``, with at most one
-  delivery pending for the whole outbox. The render thread never blocks on trio; when
-  trio is gone, events are dropped. Replacing an undelivered event by a
-  newer one loses nothing: each carries the whole layout and the whole acks map.
+  event type, handed over with ``run_sync_soon`` of the loop's *delivery*
+  (in the daemon's process: its trio token, so events arrive on the trio
+  thread; in an engine process: the thread that writes them to the control
+  process's socket), with at most one delivery pending for the whole outbox.
+  The render thread never blocks on delivery; when the receiver is gone,
+  events are dropped. Replacing an undelivered event by a newer one loses
+  nothing: each carries the whole layout and the whole acks map.
 
 Rule S4, as applied here per compositor node (its view channel):
 
@@ -45,7 +48,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import trio
@@ -76,6 +79,18 @@ STATS_INTERVAL = 1.0  # seconds between nodestatsupdated emissions (at most)
 RENDER_MS_WINDOW = 1024  # render times kept for the percentiles (one stats interval at up to 240 fps, with room)
 IDLE_FPS = 1  # a pipeline with no compositor still ticks (and reports progress) this often
 SINK_CLOSE_TIMEOUT = 5.0  # seconds the render thread waits, when it ends, for sinks to finish their files
+
+
+class Delivery(Protocol):
+    """Where the outbox is handed over: ``run_sync_soon(fn)`` makes ``fn`` run soon on the receiving
+    thread, never blocking the caller; it raises :class:`DeliveryClosed` (or trio's
+    ``RunFinishedError``) once nobody receives any more. A ``trio.lowlevel.TrioToken`` is one."""
+
+    def run_sync_soon(self, sync_fn: Callable[[], object]) -> None: ...
+
+
+class DeliveryClosed(RuntimeError):
+    """The receiver of a :class:`Delivery` is gone: later events are dropped."""
 
 
 @dataclass
@@ -123,16 +138,25 @@ class RenderLoop:
         session: SessionRecord,
         events: api.EngineEvents,
         *,
-        trio_token: trio.lowlevel.TrioToken,
+        trio_token: trio.lowlevel.TrioToken | None = None,
+        delivery: Delivery | None = None,
         asset_dir: Path,
         output_dir: Path | None = None,
         device_index: int | None = None,
         min_free_disk_bytes: int | None = None,
+        listen_hosts: tuple[str, ...] = api.LOOPBACK_HOSTS,
     ) -> None:
         self.session_id = session.session_id
         self._session = session.copy()
         self._events = events
-        self._trio_token = trio_token
+        # Events reach the sink on trio's thread (``trio_token``) or on another receiving thread (``delivery``).
+        if delivery is None:
+            if trio_token is None:
+                raise TypeError("RenderLoop needs a trio_token or a delivery")
+            delivery = trio_token
+        elif trio_token is not None:
+            raise TypeError("RenderLoop takes a trio_token or a delivery, not both")
+        self._delivery: Delivery = delivery
         self._asset_dir = Path(asset_dir)
         self._device_index = device_index
 
@@ -170,7 +194,11 @@ class RenderLoop:
         self._media_time = 0.0  # the current frame's slot on the loop's clock (seconds), for sink timestamps
         # Sinks report errors and previews from their own threads through the outbox.
         self._sinks = SinkSet(
-            self._report_node_state, self._report_preview, output_dir=output_dir, min_free_disk_bytes=min_free_disk_bytes
+            self._report_node_state,
+            self._report_preview,
+            output_dir=output_dir,
+            min_free_disk_bytes=min_free_disk_bytes,
+            listen_hosts=listen_hosts,
         )
         self._compositor_previews = CompositorPreviews(self._report_compositor_preview)  # render thread
 
@@ -262,6 +290,14 @@ class RenderLoop:
     def statistics(self) -> api.EngineStatistics:
         return api.EngineStatistics(self._frames_rendered, self._frames_dropped, self._frames_late, self._fps)
 
+    def health(self) -> api.EngineHealth:
+        if self._failure is not None:
+            reason = "".join(traceback.format_exception_only(type(self._failure), self._failure)).strip()
+            return api.EngineHealth("thread", api.ENGINE_FAILED, reason)
+        if self._thread is None or not self._thread.is_alive():
+            return api.EngineHealth("thread", api.ENGINE_STOPPED if self._stop.is_set() else api.ENGINE_STARTING)
+        return api.EngineHealth("thread", api.ENGINE_RUNNING if self._start_reported else api.ENGINE_STARTING)
+
     def preview(self, node_id: str) -> api.PreviewImage | None:
         """The latest thumbnail of a ``sink::preview`` node, or None."""
         return self._sinks.preview(node_id)
@@ -307,14 +343,14 @@ class RenderLoop:
             # One hand-over for everything emitted meanwhile: each run_sync_soon writes trio's wake-up
             # socket, and that system call gives the GIL away, which costs the render thread up to a
             # GIL switch interval to get back while the trio thread is busy.
-            self._trio_token.run_sync_soon(self._deliver)
-        except trio.RunFinishedError:
+            self._delivery.run_sync_soon(self._deliver)
+        except (trio.RunFinishedError, DeliveryClosed):
             with self._outbox_lock:
                 self._outbox.clear()
                 self._delivery_scheduled = False
 
     def _deliver(self) -> None:
-        """On the trio thread: everything in the outbox, in the order emitted."""
+        """On the receiving thread (trio's, or an engine process's socket writer): everything in the outbox, in the order emitted."""
         with self._outbox_lock:
             outbox, self._outbox = self._outbox, {}
             self._delivery_scheduled = False

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compositord.daemon.engine.api import PreviewImage
+from compositord.daemon.engine.api import LOOPBACK_HOSTS, PreviewImage
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink
 from compositord.daemon.engine.sources.base import SourceFactory
 from compositord.daemon.engine.sources.capture import CaptureSource
@@ -37,6 +37,7 @@ class SinkContext:
     output_dir: Path | None  # None: every file sink refuses its path
     on_preview: Callable[[str, PreviewImage], None] | None  # (node id, thumbnail), from the sink's own thread
     min_free_disk_bytes: int | None = None  # file outputs stop before free space falls under it; None: the sinks' default
+    listen_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # what a sink::stream listen URL may bind
 
 
 # factory(node_id, params with defaults, latch, the sink it replaces or None, context) -> a sink not started yet.
@@ -73,9 +74,9 @@ def _y4m(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor
 
 
 def _stream(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, context: SinkContext) -> Sink:
-    from compositord.daemon.engine.sinks.stream import StreamSink
+    from compositord.daemon.engine.sinks.stream import StreamOutput
 
-    return StreamSink(node_id, params, latch, predecessor)
+    return StreamOutput(node_id, params, latch, predecessor, listen_hosts=context.listen_hosts)
 
 
 def _window(node_id: str, params: Mapping[str, Any], latch: ErrorLatch, predecessor: Sink | None, context: SinkContext) -> Sink:

@@ -33,17 +33,28 @@ def getpipeline(live_sessions: LiveSessions, action: envelope.GetPipeline, cid: 
     connections = [c.to_json() for c in record.connections]
     # The same state as StreamKit's Pipeline object, which its clients read (additive: the fields above stay).
     pipeline = streamkit.pipeline_object(record.name, nodes, connections, live.last_view, live_sessions.image_data)
-    return envelope.pipeline_response(cid, session_id=record.session_id, nodes=nodes, connections=connections, pipeline=pipeline)
+    health = live.engine.health()
+    return envelope.pipeline_response(
+        cid,
+        session_id=record.session_id,
+        nodes=nodes,
+        connections=connections,
+        pipeline=pipeline,
+        state=health.state,
+        engine=health.to_json(),
+    )
 
 
 def listsessions(live_sessions: LiveSessions, cid: str | None) -> envelope.Response:
-    """The running sessions, ``state`` ``"ok"`` (each also with StreamKit's ``id`` and ``created_at``), and
-    those parked at start, ``state`` ``{"error": why}``."""
+    """The sessions that have an engine, with its state (a supervised one that keeps failing is
+    ``parked``; each also with StreamKit's ``id`` and ``created_at``), and those parked at start over
+    a budget, ``state`` ``{"error": why}``."""
     parked = live_sessions.parked()
-    sessions = [
-        {"session_id": info["id"], **info, "nodes": nodes, "state": envelope.node_state(None)}
-        for info, nodes in _running_sessions(live_sessions)
-    ]
+    sessions = []
+    for info, nodes in _running_sessions(live_sessions):
+        live = live_sessions.get(info["id"])
+        state = live.engine.health().state if live is not None else "ok"
+        sessions.append({"session_id": info["id"], **info, "nodes": nodes, "state": state})
     sessions += [
         {"session_id": s.session_id, "id": s.session_id, "name": s.name, "nodes": len(s.nodes), "state": envelope.node_state(why)}
         for s in live_sessions.store.sessions().values()

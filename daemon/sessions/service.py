@@ -125,12 +125,14 @@ class SessionService:
         return True
 
     async def stop_all(self, timeout: float) -> None:
-        """Stop every engine: all are told at once, then each is waited for (up to ``timeout`` each)."""
+        """Stop every engine: all are told at once and waited for together, up to ``timeout`` in all (an
+        engine process still running then is killed; the others have finished meanwhile)."""
         stopping = self._live.remove_all()
         for live in stopping:
             live.engine.submit(api.Stop())
-        for live in stopping:
-            await trio.to_thread.run_sync(live.engine.stop, timeout)
+        async with trio.open_nursery() as nursery:
+            for live in stopping:
+                nursery.start_soon(functools.partial(trio.to_thread.run_sync, live.engine.stop, timeout))
 
     def session_infos(self) -> list[dict[str, Any]]:
         """StreamKit's ``SessionInfo`` of every running session (``GET /api/v1/sessions``)."""

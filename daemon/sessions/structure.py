@@ -53,8 +53,12 @@ class Structure:
                 try:
                     await self._open_session(store.sessions()[session_id])
                 except BaseException:
-                    self._live.remove(session_id)
+                    # Its engine could not start: the session goes, engine and all (a supervised engine would
+                    # otherwise be restarted for a session nobody was told exists).
+                    removed = self._live.remove(session_id)
                     with trio.CancelScope(shield=True):
+                        if removed is not None:
+                            await trio.to_thread.run_sync(removed.engine.stop, 5.0)
                         await store.destroy_session(session_id)
                     raise
         live = self._live.get(session_id)

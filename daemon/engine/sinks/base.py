@@ -86,6 +86,9 @@ class Sink:
 
     kind = "sink"
     queue_capacity = DEFAULT_QUEUE_CAPACITY
+    # True: a frame counts as written when ``write`` returns (and the first one clears the node's error).
+    # False: the subclass counts itself (a sink whose frames are written by a helper process).
+    counts_writes = True
     # False: a full queue refuses the new frame (encoders keep a continuous run of frames);
     # True: the new frame replaces the oldest (previews and windows want the latest only).
     keep_latest = False
@@ -195,9 +198,10 @@ class Sink:
                 except Exception as exc:
                     self._fail(exc)
                     break
-                self.frames_written += 1
-                if self.frames_written == 1:
-                    self._latch.set(None)
+                if self.counts_writes:
+                    self.frames_written += 1
+                    if self.frames_written == 1:
+                        self._latch.set(None)
         finally:
             self._finish_quietly()
 

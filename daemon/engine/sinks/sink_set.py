@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from compositord.daemon.engine import registry
-from compositord.daemon.engine.api import PreviewImage
+from compositord.daemon.engine.api import LOOPBACK_HOSTS, PreviewImage
 from compositord.daemon.engine.render.frames import OutputFrame
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkFrame
 from compositord.daemon.state.model import SessionRecord
@@ -34,10 +34,11 @@ class SinkSet:
         *,
         output_dir: str | os.PathLike[str] | None = None,
         min_free_disk_bytes: int | None = None,
+        listen_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
     ) -> None:
         self._report_error = report_error
         self._context = registry.SinkContext(
-            Path(output_dir) if output_dir is not None else None, on_preview, min_free_disk_bytes
+            Path(output_dir) if output_dir is not None else None, on_preview, min_free_disk_bytes, listen_hosts
         )
         self._sinks: dict[str, Sink] = {}
         self._kinds: dict[str, str] = {}  # node -> the kind its sink was made for

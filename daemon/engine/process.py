@@ -1,0 +1,332 @@
+"""An engine process: one session's render loop, sources and sinks, steered over a socket.
+
+``python -m compositord.daemon.engine.process FD`` is started by the control
+process (``daemon/control/engine_client.py``) with ``FD``, its end of a
+private ``socket.socketpair``, inherited. The first message on it is a
+``wire.EngineConfig``; then commands and pushed-frame references come in, and
+events go out (``wire`` frames them; ``frame_slots`` carries the pixels).
+
+Threads, and why nothing here can hold up the render thread:
+
+- the *render thread* is the in-process ``RenderLoop``, unchanged: it emits
+  into its bounded, coalescing outbox (the latest event per node and kind) and
+  hands the outbox over with ``SocketDelivery.run_sync_soon``, which only sets
+  a flag and wakes the writer;
+- the *writer thread* takes the whole outbox and writes it to the socket.
+  While a write blocks (the control process is busy), newer events replace
+  older ones in the outbox, exactly as on a busy trio thread in-process;
+- the *main thread* reads the socket: commands go to ``RenderLoop.submit``
+  (its inbox coalesces them), pushed frames are copied out of their slot into
+  the node's one-frame handoff (``RenderLoop.push_frame``).
+
+The engine stops, finishing its sinks' files, on ``api.Stop``, when the
+control process closes the socket (it exited or was killed), or on SIGTERM
+(systemd's ``KillMode=control-group`` sends it to every process of the
+service). SIGINT is ignored: a Ctrl-C in a terminal reaches the whole process
+group, and the control process decides when its engines stop. A stop is
+bounded by ``signal.alarm``: SIGALRM has no handler here, so the kernel ends a
+process that did not finish in time, whatever its threads are stuck in.
+"""
+
+from __future__ import annotations
+
+import array
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from compositord.daemon.engine import api, wire
+from compositord.daemon.engine.frame_slots import FrameSlot
+from compositord.daemon.engine.loop import SINK_CLOSE_TIMEOUT, DeliveryClosed, RenderLoop
+
+log = logging.getLogger("compositord.engine")
+
+CONFIG_TIMEOUT = 30.0  # seconds to wait for the first message before giving up
+STOP_DEADLINE = int(SINK_CLOSE_TIMEOUT) + 5  # seconds from the start of a stop to the kernel ending the process
+READ_SIZE = 256 * 1024
+GIL_SWITCH_INTERVAL_S = 0.001
+PREVIEW_SLOT_MIN = 256 * 1024  # bytes; a preview slot grows (a new slot) when a thumbnail does not fit
+
+
+class SocketDelivery:
+    """The render loop's ``Delivery`` in an engine process: runs the handed-over function on the writer thread."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: list[Callable[[], object]] = []  # at most one per loop: the loop schedules one delivery at a time
+        self._closed = False
+
+    def run_sync_soon(self, sync_fn: Callable[[], object]) -> None:
+        with self._cond:
+            if self._closed:
+                raise DeliveryClosed("the control process is gone")
+            self._pending.append(sync_fn)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def run(self) -> None:
+        """The writer thread: run what was handed over until closed (then once more, for the last events)."""
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                pending, self._pending = self._pending, []
+                closed = self._closed
+            for fn in pending:
+                fn()
+            if closed and not pending:
+                return
+
+
+class SocketEvents:
+    """The loop's ``EngineEvents`` sink: events become frames on the socket (writer thread only)."""
+
+    def __init__(self, sock: socket.socket, statistics: Callable[[], api.EngineStatistics]) -> None:
+        self._sock = sock
+        self._statistics = statistics
+        self._broken = False
+        self.failed = False  # the loop reported api.Failed
+        self._preview_slots: dict[str, tuple[int, FrameSlot]] = {}  # node -> (slot id, slot)
+        self._next_slot_id = 1
+
+    def on_event(self, event: api.Event) -> None:
+        if self._broken:
+            return
+        try:
+            if isinstance(event, api.FrameEnded):
+                self._send(wire.Progress(self._statistics()))
+            elif isinstance(event, api.PreviewUpdated):
+                self._send_preview(event)
+            else:
+                self._send(event)
+            if isinstance(event, api.Failed):
+                # The render thread is gone for good: stop reading commands, so the main thread ends the process.
+                self.failed = True
+                self._sock.shutdown(socket.SHUT_RD)
+        except OSError as exc:
+            # The control process is gone: nothing to tell any more. The main thread sees EOF and stops the loop.
+            self._broken = True
+            log.warning("engine: cannot write to the control process: %s", exc)
+
+    def _send_preview(self, event: api.PreviewUpdated) -> None:
+        image = event.image
+        found = self._preview_slots.get(event.node_id)
+        if found is None or found[1].capacity < len(image.jpeg):
+            if found is not None:
+                self._send(wire.SlotClosed(found[0]))
+                found[1].close()
+            slot = FrameSlot.create(max(PREVIEW_SLOT_MIN, 2 * len(image.jpeg)), f"compositord-preview-{event.node_id}")
+            found = self._preview_slots[event.node_id] = (self._next_slot_id, slot)
+            self._next_slot_id += 1
+            self._send(wire.SlotOpened(found[0], slot.size), fd=slot.fileno())
+        slot_id, slot = found
+        buffer, seq = slot.write(image.jpeg)
+        self._send(
+            wire.PreviewRef(
+                event.node_id,
+                slot_id,
+                buffer,
+                seq,
+                len(image.jpeg),
+                image.width,
+                image.height,
+                image.frame_number,
+                image.media_time,
+                image.timestamp,
+            )
+        )
+
+    def _send(self, message: wire.Message, fd: int | None = None) -> None:
+        data = wire.encode(message)
+        if fd is None:
+            self._sock.sendall(data)
+            return
+        sent = self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        if sent < len(data):
+            self._sock.sendall(data[sent:])
+
+    def close(self) -> None:
+        for _, slot in self._preview_slots.values():
+            slot.close()
+        self._preview_slots.clear()
+
+
+class EngineMain:
+    """The main thread's part: read the socket, feed the loop, stop it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._reader = wire.FrameReader()
+        self._push_slots: dict[int, FrameSlot] = {}
+        self._pending: list[wire.Message] = []
+        self.frames_unreadable = 0  # pushed frames overwritten before they were copied out (latest wins)
+
+    def _read_messages(self) -> list[wire.Message] | None:
+        """The next messages from the socket; None at end of file."""
+        data, ancillary, _flags, _address = self._sock.recvmsg(READ_SIZE, socket.CMSG_SPACE(wire.MAX_FDS_PER_READ * 4))
+        fds: list[int] = []
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received = array.array("i")
+                received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+                fds.extend(received)
+        if not data and not fds:
+            return None
+        return self._reader.feed(data, fds)
+
+    def read_config(self) -> wire.EngineConfig:
+        self._sock.settimeout(CONFIG_TIMEOUT)
+        try:
+            while True:
+                messages = self._read_messages()
+                if messages is None:
+                    raise wire.WireError("the control process closed the socket before configuring the engine")
+                if messages:
+                    first, *self._pending = messages
+                    if not isinstance(first, wire.EngineConfig):
+                        raise wire.WireError(f"the first message is a {type(first).__name__}, not an EngineConfig")
+                    return first
+        finally:
+            self._sock.settimeout(None)
+
+    def serve(self, loop: RenderLoop) -> None:
+        """Until Stop or end of file: every message to the loop."""
+        messages: list[wire.Message] | None = self._pending
+        self._pending = []
+        while messages is not None:
+            for message in messages:
+                if isinstance(message, api.Stop):
+                    return
+                self._handle(loop, message)
+            messages = self._read_messages()
+
+    def _handle(self, loop: RenderLoop, message: wire.Message) -> None:
+        if isinstance(message, wire.PushedFrameRef):
+            slot = self._push_slots.get(message.slot_id)
+            data = slot.read(message.buffer, message.seq, message.length) if slot is not None else None
+            if data is None:
+                self.frames_unreadable += 1
+                return
+            loop.push_frame(
+                api.PushedFrame(message.node_id, message.width, message.height, message.pixel_format, message.pts_us, data)
+            )
+        elif isinstance(message, wire.SlotOpened):
+            self._push_slots[message.slot_id] = FrameSlot.attach(self._reader.take_fd(), message.size)
+        elif isinstance(message, wire.SlotClosed):
+            closed = self._push_slots.pop(message.slot_id, None)
+            if closed is not None:
+                closed.close()
+        elif isinstance(message, api.Command) and not isinstance(message, api.Stop):
+            loop.submit(message)
+        else:
+            raise wire.WireError(f"an engine does not take a {type(message).__name__}")
+
+    def close(self) -> None:
+        for slot in self._push_slots.values():
+            slot.close()
+        self._push_slots.clear()
+        for fd in self._reader.close():
+            os.close(fd)
+
+
+def _output_listener(config: wire.EngineConfig) -> Callable[[str, Any], None] | None:
+    if not config.output_listener:
+        return None
+    module_name, _, function_name = config.output_listener.partition(":")
+    make = getattr(importlib.import_module(module_name), function_name)
+    listener: Callable[[str, Any], None] = make(config.listener_argument)
+    return listener
+
+
+def run_engine(sock: socket.socket) -> int:
+    """The engine's whole life on an open socket; the exit status."""
+    main = EngineMain(sock)
+    config = main.read_config()
+    delivery = SocketDelivery()
+    loop_holder: list[RenderLoop] = []
+    events = SocketEvents(sock, lambda: loop_holder[0].statistics())
+    loop = RenderLoop(
+        config.session,
+        events,
+        delivery=delivery,
+        asset_dir=Path(config.asset_dir),
+        output_dir=Path(config.output_dir) if config.output_dir is not None else None,
+        device_index=config.device_index,
+        listen_hosts=config.listen_hosts,
+        min_free_disk_bytes=config.min_free_disk_bytes,
+    )
+    loop_holder.append(loop)
+    listener = _output_listener(config)
+    if listener is not None:
+        loop.add_output_listener(listener)
+    writer = threading.Thread(target=delivery.run, name="compositord-engine-writer", daemon=True)
+    writer.start()
+    try:
+        loop.start()
+        main.serve(loop)
+    except _Terminated:
+        log.info("engine %s: SIGTERM: finishing", config.session.session_id)
+    except OSError as exc:
+        log.warning("engine %s: reading from the control process failed: %s", config.session.session_id, exc)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the drain short
+        signal.alarm(STOP_DEADLINE)  # from here on the process ends in time, whatever hangs
+        loop.stop(timeout=SINK_CLOSE_TIMEOUT + 1.0)
+        delivery.close()
+        writer.join(2.0)
+        events.close()
+        main.close()
+    return 1 if events.failed else 0
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived: stop as for api.Stop."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not args[0].isdigit():
+        print("usage: python -m compositord.daemon.engine.process FD  (started by the daemon, not by hand)", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=os.environ.get("COMPOSITORD_ENGINE_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    # A command that arrives while the render thread runs Python waits for the GIL up to the switch
+    # interval (5 ms by default) before the reader thread can hand it over; 1 ms keeps that wait below
+    # a frame's slack at 240 fps, at the cost of a few more GIL hand-overs while the reader is waiting.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    sock = socket.socket(fileno=int(args[0]))
+    started = time.monotonic()
+    try:
+        return run_engine(sock)
+    except _Terminated:
+        return 0  # before the engine was configured: nothing to finish
+    except wire.WireError as exc:
+        log.error("engine: %s (after %.1f s)", exc, time.monotonic() - started)
+        return 3
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""engine/wire.py and engine/frame_slots.py: what crosses between the control process and an engine.
+
+Every api message survives the framing; a frame split anywhere is put back together; the restricted
+unpickler refuses what is not a message (an engine that a crafted file took over must not run code in
+the control process); shared-memory slots carry a frame across a descriptor and detect an overwritten one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import struct
+from typing import Any
+
+import pytest
+
+from compositord.daemon.engine import api, wire
+from compositord.daemon.engine.frame_slots import FrameSlot
+from compositord.tests.test_engine_api import SAMPLES, SESSION, sample_id
+
+WIRE_SAMPLES: list[Any] = [
+    *(sample for sample in SAMPLES if not isinstance(sample, (api.PushedFrame, api.EngineHealth))),
+    wire.EngineConfig(
+        SESSION, "/assets", None, 1, ("127.0.0.1",), output_listener="compositord.perf.latency_probe:make", listener_argument="3"
+    ),
+    wire.PushedFrameRef("cam", 640, 360, "i420", 33_333, 2, 1, 6, 345_600),
+    wire.Progress(api.EngineStatistics(10, 1, 1, 30)),
+    wire.PreviewRef("thumbs", 1, 0, 2, 1234, 160, 90, 41, 1.5, 1_700_000_000.0),
+    wire.SlotOpened(3, 4096),
+    wire.SlotClosed(3),
+]
+
+
+@pytest.mark.parametrize("message", WIRE_SAMPLES, ids=sample_id)
+def test_a_message_survives_the_framing(message: Any) -> None:
+    reader = wire.FrameReader()
+    assert reader.feed(wire.encode(message)) == [message]
+
+
+def test_frames_split_anywhere_come_out_whole_and_in_order() -> None:
+    stream = b"".join(wire.encode(message) for message in WIRE_SAMPLES)
+    reader = wire.FrameReader()
+    received: list[Any] = []
+    for start in range(0, len(stream), 7):
+        received += reader.feed(stream[start : start + 7])
+    assert received == WIRE_SAMPLES
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (os.system, ("true",))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [_Exploit(), {"a": 1}, [api.FrameEnded("s1")], pickle.PickleError("x")],
+    ids=["a function call", "a dict", "a list", "another class"],
+)
+def test_the_unpickler_builds_messages_only(payload: Any) -> None:
+    body = pickle.dumps(payload)
+    with pytest.raises(wire.WireError):
+        wire.FrameReader().feed(struct.pack(">I", len(body)) + body)
+
+
+def test_a_frame_longer_than_the_limit_is_refused_before_it_is_read() -> None:
+    with pytest.raises(wire.WireError, match="announces"):
+        wire.FrameReader().feed(struct.pack(">I", wire.MAX_MESSAGE_BYTES + 1))
+
+
+def test_a_slot_carries_frames_across_a_descriptor() -> None:
+    writer = FrameSlot.create(1000)
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        socket.send_fds(left, [wire.encode(wire.SlotOpened(1, writer.size))], [writer.fileno()])
+        data, fds, _flags, _address = socket.recv_fds(right, 4096, 4)
+        reader_side = wire.FrameReader()
+        (opened,) = reader_side.feed(data, fds)
+        assert isinstance(opened, wire.SlotOpened)
+        reader = FrameSlot.attach(reader_side.take_fd(), opened.size)
+        first = writer.write(b"a" * 1000)
+        second = writer.write(b"b" * 10)
+        assert first[0] != second[0]  # two buffers in turn: the last announced is never overwritten next
+        assert reader.read(*first, 1000) == b"a" * 1000
+        assert reader.read(*second, 10) == b"b" * 10
+        writer.write(b"c" * 5)  # comes round to the first buffer again
+        assert reader.read(*first, 1000) is None  # overwritten: dropped, never torn
+        with pytest.raises(ValueError, match="do not fit"):
+            writer.write(b"x" * (writer.capacity + 1))
+        reader.close()
+    finally:
+        writer.close()
+        left.close()
+        right.close()
+
+
+def test_a_slot_refuses_a_descriptor_smaller_than_announced() -> None:
+    writer = FrameSlot.create(100)
+    try:
+        with pytest.raises(ValueError, match="came with a descriptor"):
+            FrameSlot.attach(os.dup(writer.fileno()), writer.size * 4)
+    finally:
+        writer.close()
