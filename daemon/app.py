@@ -163,6 +163,7 @@ class _Services:
             device_index=self.device_index,
             environ=self.environ,
             min_free_disk_bytes=self.settings.limits.min_free_disk_bytes,
+            on_restart=self.metrics.engine_restarted,
         )
         return supervisor.make_engine
 

@@ -49,6 +49,24 @@ async def running_daemon(tmp_path: Path, pipeline: dict[str, Any] | None = None,
         nursery.cancel_scope.cancel()
 
 
+async def restarts_in_metrics(daemon: RunningDaemon, session_id: str) -> float:
+    """``compositord_engine_restarts_total`` of a session, as Prometheus would scrape it from ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    stream = await trio.open_tcp_stream(daemon.host, daemon.port)
+    async with stream:
+        await stream.send_all(f"GET /metrics HTTP/1.1\r\nHost: {daemon.host}\r\nConnection: close\r\n\r\n".encode())
+        response = b""
+        while chunk := await stream.receive_some(65536):
+            response += chunk
+    text = response.split(b"\r\n\r\n", 1)[1].decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "compositord_engine_restarts_total" and sample.labels.get("session") == session_id:
+                return float(sample.value)
+    return 0.0
+
+
 async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> None:
     with trio.move_on_after(timeout):
         while not predicate():
@@ -192,6 +210,7 @@ async def test_kill_9_of_an_engine_restarts_it_and_nothing_else_notices(tmp_path
             engine = await engine_of(client, daemon.session_id)
             assert engine["state"] == "running" and engine["restarts"] == 1 and engine["pid"] != victim
             assert "SIGKILL" in engine["reason"]
+            assert await restarts_in_metrics(daemon, daemon.session_id) == 1
             # The new engine's view data goes on from the old one's seq and still acknowledges the tune.
             await wait_for(
                 lambda: any(d["_seq"] > seq_before for _, s, d in watcher.views if s == daemon.session_id), 10, "view data"

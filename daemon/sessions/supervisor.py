@@ -67,6 +67,7 @@ class EngineSupervisor:
         device_index: int | None = None,
         environ: Mapping[str, str] | None = None,
         min_free_disk_bytes: int | None = None,
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
         self.nursery = nursery
         self.settings = settings
@@ -76,6 +77,7 @@ class EngineSupervisor:
         self._device_index = device_index
         self._min_free_disk_bytes = min_free_disk_bytes
         self.environ = environ
+        self.on_restart = on_restart  # told the session id of every restart (the daemon's metrics)
 
     def make_engine(self, record: SessionRecord, events: api.EngineEvents) -> SupervisedEngine:
         return SupervisedEngine(record, events, self)
@@ -307,6 +309,8 @@ class SupervisedEngine:
         self._seq_base = dict(self._last_seq)
         if generation > 1:
             self._restarts += 1
+            if self._supervisor.on_restart is not None:
+                self._supervisor.on_restart(self.session_id)
             self._set_state(api.ENGINE_STARTING, self._reason)
         started = time.monotonic()
         reason: str | None = None
