@@ -152,3 +152,14 @@ class StreamOutput(HelperSink):
 
     def check(self) -> None:
         target(self.params, self._listen_hosts)
+
+    def _check_helper(self) -> None:
+        # A helper that ended before its own error reached us (a peer that hung up can end it first) is
+        # one more way of not reaching the destination: the same node error, the details in the log.
+        try:
+            super()._check_helper()
+        except SinkError as exc:
+            if str(exc).startswith("the helper process ended"):
+                log.warning("%s %s (%s): %s", self.kind, self.node_id, self.where(), exc)
+                raise SinkError(UNREACHABLE) from None
+            raise
