@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compositord.daemon.config import DEFAULT_MIN_FREE_DISK_BYTES
+from compositord.daemon.engine.audio.bus import AudioBlock
 from compositord.daemon.engine.render.frames import OutputFrame
 from compositord.daemon.engine.sandbox import OutputDirectory, SandboxError, open_output_directory
 
@@ -42,11 +43,15 @@ class SinkFrame:
     ``media_time`` is the frame's slot on the render loop's clock (seconds:
     slot index / fps, summed over fps changes), so timestamps have no
     wall-clock jitter and a dropped slot leaves a gap of exactly its length.
+    ``audio`` is the compositor's mixed sound since the previous frame it
+    handed this pin's sinks (contiguous: a dropped slot's sound rides with the
+    next frame), or None when the compositor mixes no sound.
     """
 
     frame: OutputFrame
     media_time: float
     fps: int
+    audio: AudioBlock | None = None
 
 
 class ErrorLatch:

@@ -112,7 +112,7 @@ class CompositorPreviews:
         now, rendered_at = time.monotonic(), time.time()
         for preview in self._previews.values():
             if preview.node_id == node_id and preview.due(now):
-                preview.offer(RenderedFrame(frame, media_time, fps, rendered_at))
+                preview.offer(RenderedFrame(frame, media_time, fps, rendered_at=rendered_at))
 
     def close_all(self, timeout: float) -> None:
         previews = [*self._previews.values(), *self._retiring]

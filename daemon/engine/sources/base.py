@@ -17,7 +17,10 @@ class FrameSource(Protocol):
 
     Optional members, looked up with getattr: ``error`` (str or None, read every frame: the node's
     error state, e.g. a file that cannot be decoded), ``stats()`` (a dict sent as the node's
-    ``nodestatsupdated``), ``close()`` (the node left the pipeline or the loop ends: stop threads).
+    ``nodestatsupdated``), ``close()`` (the node left the pipeline or the loop ends: stop threads),
+    ``audio`` (an ``audio.buffer.AudioBuffer`` the source fills with bus-format sound, or None: a source
+    without sound; the mixer reads it on the render thread, ``audio_time(t)`` when the source also has
+    that method (a timed source: the play-clock time of the sound that goes with ``frame(t)``)).
     """
 
     def configure(self, params: Mapping[str, Any]) -> None: ...

@@ -1,0 +1,1 @@
+"""Sound inside an engine: the bus format, the buffers sources fill, the mixer that reads them per frame."""
