@@ -22,7 +22,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from typing import Any
 import trio
 import yaml
 
+from compositord.testing.daemon_process import daemon_process
 from compositord.testing.dropping_proxy import DroppingProxy
 
 SESSION = "soak"
@@ -76,15 +76,40 @@ class Totals:
     stats_at: float = 0.0  # trio time the latest stats arrived
 
 
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants: the control process and its engines (and their helper processes)."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        for task in Path(f"/proc/{tree[index]}/task").iterdir():
+            try:
+                tree += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue  # the task ended meanwhile
+        index += 1
+    return tree
+
+
 def _proc_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The resident memory of the daemon's whole process tree (each engine is a process of its own)."""
+    total_kb = 0
+    for member in _process_tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total_kb += next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), 0)
+    return total_kb / 1024
 
 
 def _proc_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """Open file descriptors over the daemon's process tree."""
+    count = 0
+    for member in _process_tree(pid):
+        try:
+            count += len(os.listdir(f"/proc/{member}/fd"))
+        except OSError:
+            continue
+    return count
 
 
 def _p99(values: Sequence[float]) -> float:
@@ -144,32 +169,11 @@ async def soak(minutes: float, interval: float, clients: int, out: Any) -> dict[
     with tempfile.TemporaryDirectory(prefix="compositord-soak-") as tmp:
         config = Path(tmp) / f"{SESSION}.yaml"
         config.write_text(yaml.safe_dump(soak_pipeline()))
-        # `compositord run` prints its serving line (and logs) on stderr: into a file, so a long soak never
-        # fills an undrained pipe.
-        stderr_path = Path(tmp) / "daemon-stderr.txt"
-        with stderr_path.open("wb") as stderr:
-            process = await trio.lowlevel.open_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "compositord",
-                    "run",
-                    "--port",
-                    "0",
-                    "--state-dir",
-                    str(Path(tmp) / "state"),
-                    "--config",
-                    str(config),
-                    "--log-level",
-                    "WARNING",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            )
-        try:
-            url = await _read_url(process, stderr_path)
-            port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        # `compositord run` logs into files (testing.daemon_process), so a long soak never fills an undrained pipe.
+        async with daemon_process(config, Path(tmp) / "state", Path(tmp)) as daemon:
+            process = daemon.process
+            await daemon.read_url()
+            port = daemon.port
             totals = Totals()
             samples: list[dict[str, Any]] = []
             stop = trio.Event()
@@ -224,12 +228,7 @@ async def soak(minutes: float, interval: float, clients: int, out: Any) -> dict[
                 await trio.sleep(0.5)  # a grace for the tunes in flight
                 nursery.cancel_scope.cancel()
             process.send_signal(signal.SIGTERM)
-            with trio.fail_after(15):
-                status = await process.wait()
-        finally:
-            if process.poll() is None:
-                process.kill()
-                await process.wait()
+            status = await daemon.wait_exit(15)
     first, last = samples[0], samples[-1]
     summary = {
         "minutes": minutes,
@@ -256,18 +255,6 @@ def _fmt(value: Any, width: int = 6) -> str:
     if value is None:
         return "-".rjust(width)
     return f"{value:{width}.1f}" if isinstance(value, float) else f"{value:{width}d}"
-
-
-async def _read_url(process: trio.Process, stderr_path: Path) -> str:
-    with trio.fail_after(60):
-        while True:
-            text = stderr_path.read_text(errors="replace")
-            lines = [line for line in text.splitlines() if line.startswith("compositord: serving ")]
-            if lines:
-                return lines[0].split("serving ", 1)[1].strip()
-            if process.poll() is not None:
-                raise RuntimeError(f"the daemon exited before serving (status {process.poll()}):\n{text}")
-            await trio.sleep(0.05)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

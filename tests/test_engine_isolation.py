@@ -13,13 +13,12 @@ while one engine is stuck (SIGSTOP) and has to be killed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ import yaml
 from compositord.client import open_client
 from compositord.daemon.config import EngineSettings
 from compositord.daemon.engine.sinks.helper import CONNECT_TIMEOUT_S
+from compositord.testing.daemon_process import daemon_process
 from compositord.testing.plugin import SMALL_PIPELINE, settings_for, start_daemon
 
 CONTROL_REPLY_BUDGET_S = 0.1
@@ -231,65 +231,28 @@ async def test_sigterm_drains_every_engine_in_time_even_with_one_stuck_and_the_f
             pipeline["connections"].append({"from_node": "comp", "from_pin": "out", "to_node": node_id, "to_pin": "in"})
         config = tmp_path / "pipeline.yaml"
         config.write_text(yaml.safe_dump(pipeline))
-        stderr_path = tmp_path / "stderr.txt"
-        with stderr_path.open("wb") as stderr:
-            process = await trio.lowlevel.open_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "compositord",
-                    "run",
-                    "--port",
-                    "0",
-                    "--state-dir",
-                    str(state_dir),
-                    "--config",
-                    str(config),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            )
         stuck_pid: int | None = None
-        try:
-            with trio.fail_after(60):
-                while "compositord: serving ws://" not in (text := stderr_path.read_text(errors="replace")):
-                    assert process.poll() is None, text
-                    await trio.sleep(0.05)
-            url = text.split("compositord: serving ", 1)[1].split()[0]
-            async with open_client(url) as client:
-                stuck = await client.create_session("stuck", recording_pipeline("stuck.mp4"))
-                await trio.sleep(2.0)  # both record for a while
-                stuck_pid = (await client.get_pipeline(stuck))["engine"]["pid"]
-            os.kill(stuck_pid, signal.SIGSTOP)  # hangs as an engine stuck in a blocking call would
-            signalled = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            with trio.fail_after(STOP_TIMEOUT_S + 5):
-                status = await process.wait()
-            took = time.monotonic() - signalled
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            if stuck_pid is not None:
-                with contextlib_suppress():
-                    os.kill(stuck_pid, signal.SIGKILL)
-        log = stderr_path.read_text(errors="replace")
+        async with daemon_process(config, state_dir, tmp_path, log_level=None) as daemon:
+            try:
+                async with open_client(await daemon.read_url()) as client:
+                    stuck = await client.create_session("stuck", recording_pipeline("stuck.mp4"))
+                    await trio.sleep(2.0)  # both record for a while
+                    stuck_pid = (await client.get_pipeline(stuck))["engine"]["pid"]
+                os.kill(stuck_pid, signal.SIGSTOP)  # hangs as an engine stuck in a blocking call would
+                signalled = time.monotonic()
+                daemon.process.send_signal(signal.SIGTERM)
+                status = await daemon.wait_exit(STOP_TIMEOUT_S + 5)
+                took = time.monotonic() - signalled
+            finally:
+                if stuck_pid is not None:
+                    with contextlib.suppress(ProcessLookupError):  # it may have gone already
+                        os.kill(stuck_pid, signal.SIGKILL)
+            log = daemon.stderr
         assert status == 0, log
         assert took < STOP_TIMEOUT_S + 1.0, log
         assert "did not finish" in log  # the stuck engine was killed, not waited for past the deadline
         assert decoded_frames(outputs / "main.mp4") >= 10  # the other session's recording plays
         nursery.cancel_scope.cancel()
-
-
-class contextlib_suppress:
-    """Suppress ProcessLookupError: the process may have gone already."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is ProcessLookupError
 
 
 @pytest.mark.parametrize(

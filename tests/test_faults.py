@@ -13,8 +13,6 @@ import os
 import signal
 import socket
 import sqlite3
-import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +25,8 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from compositord.daemon.state.store import database_path
 from compositord.protocol import frames
+from compositord.testing import daemon_process as subprocess_daemon
+from compositord.testing.daemon_process import DaemonProcess
 from compositord.testing.plugin import SMALL_PIPELINE
 from compositord.tests.raw_requests import ask, request_text
 
@@ -36,73 +36,14 @@ STOP_TIMEOUT_S = 10.0  # DEFAULT_STOP_TIMEOUT of daemon/app.py, what `compositor
 # ----------------------------------------------------------------------------- subprocess daemons
 
 
-class DaemonProcess:
-    def __init__(self, process: trio.Process, state_dir: Path, stdout_path: Path, stderr_path: Path) -> None:
-        self.process = process
-        self.state_dir = state_dir
-        self.stdout_path = stdout_path
-        self.stderr_path = stderr_path
-        self.url = ""
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    async def read_url(self) -> str:
-        """The ``compositord: serving ws://...`` line, from stdout or stderr (both go to files: no pipe to fill)."""
-        with trio.fail_after(60):
-            while True:
-                for path in (self.stdout_path, self.stderr_path):
-                    for line in path.read_text(errors="replace").splitlines():
-                        if line.startswith("compositord: serving ws://"):
-                            self.url = line.split("serving ", 1)[1].strip()
-                            return self.url
-                if self.process.poll() is not None:
-                    raise AssertionError(f"the daemon exited before serving:\n{self.stderr}")
-                await trio.sleep(0.02)
-
-    async def wait_exit(self, timeout: float) -> int:
-        with trio.fail_after(timeout):
-            return await self.process.wait()
-
-
 @asynccontextmanager
 async def daemon_process(
     tmp_path: Path, state_dir: Path | None = None, *, log_level: str = "WARNING", pipeline: dict[str, Any] | None = None
 ) -> AsyncIterator[DaemonProcess]:
-    state_dir = state_dir or tmp_path / "state"
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump(pipeline or SMALL_PIPELINE))
-    stamp = time.monotonic_ns()
-    stdout_path, stderr_path = tmp_path / f"stdout-{stamp}.txt", tmp_path / f"stderr-{stamp}.txt"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
-    env.pop("NOTIFY_SOCKET", None)
-    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-        process = await trio.lowlevel.open_process(
-            [
-                sys.executable,
-                "-m",
-                "compositord",
-                "run",
-                "--port",
-                "0",
-                "--state-dir",
-                str(state_dir),
-                "--config",
-                str(config),
-                "--log-level",
-                log_level,
-            ],
-            stdout=stdout,
-            stderr=stderr,
-            env=env,
-        )
-    try:
-        yield DaemonProcess(process, state_dir, stdout_path, stderr_path)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            await process.wait()
+    async with subprocess_daemon.daemon_process(config, state_dir or tmp_path / "state", tmp_path, log_level=log_level) as daemon:
+        yield daemon
 
 
 # ----------------------------------------------------------------------------- SIGTERM before the first frame

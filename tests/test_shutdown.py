@@ -11,12 +11,9 @@ with status 0 within the stop timeout.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,22 +23,10 @@ import yaml
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from compositord.daemon.state.store import database_path
+from compositord.testing.daemon_process import daemon_process
 from compositord.testing.plugin import SMALL_PIPELINE
 
 STOP_BUDGET_S = 10.0  # the daemon's stop timeout; systemd's TimeoutStopSec is 15 s
-
-
-async def _read_url(process: trio.Process, stderr_path: Path) -> str:
-    """The URL from the serving line `compositord run` prints on stderr (written to ``stderr_path``)."""
-    with trio.fail_after(60):
-        while True:
-            text = stderr_path.read_text(errors="replace")
-            lines = [line for line in text.splitlines() if line.startswith("compositord: serving ws://")]
-            if lines:
-                return lines[0].split("serving ", 1)[1].strip()
-            if process.poll() is not None:
-                raise AssertionError(f"the daemon exited before printing its URL (status {process.poll()}):\n{text}")
-            await trio.sleep(0.02)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -52,39 +37,18 @@ async def test_signal_drains_clients_flushes_store_and_notifies(tmp_path: Path, 
     notify_path = tmp_path / "notify.sock"
     receiver = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     await receiver.bind(str(notify_path))
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), WATCHDOG_USEC="400000", PYTHONUNBUFFERED="1")
-    env.pop("WATCHDOG_PID", None)
+    env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"}
     notifications: list[str] = []
 
     async def collect() -> None:
         while True:
             notifications.extend((await receiver.recv(4096)).decode().splitlines())
 
-    stderr_path = tmp_path / "stderr.txt"
-    with stderr_path.open("wb") as stderr:
-        process = await trio.lowlevel.open_process(
-            [
-                sys.executable,
-                "-m",
-                "compositord",
-                "run",
-                "--port",
-                "0",
-                "--state-dir",
-                str(state_dir),
-                "--config",
-                str(config),
-                "--log-level",
-                "WARNING",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env=env,
-        )
     try:
-        async with trio.open_nursery() as nursery:
+        async with daemon_process(config, state_dir, tmp_path, env=env) as daemon, trio.open_nursery() as nursery:
+            process = daemon.process
             nursery.start_soon(collect)
-            url = await _read_url(process, stderr_path)
+            url = await daemon.read_url()
             assert "READY=1" in notifications or await _wait_for(notifications, "READY=1")
             async with open_websocket_url(url) as ws:
                 tune = {
@@ -120,9 +84,6 @@ async def test_signal_drains_clients_flushes_store_and_notifies(tmp_path: Path, 
             assert await _wait_for(notifications, "STOPPING=1")
             nursery.cancel_scope.cancel()
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
         receiver.close()
     assert notifications.index("READY=1") < notifications.index("STOPPING=1")
     database = database_path(state_dir)
