@@ -65,9 +65,11 @@ def y4m_pipeline(path: str) -> dict[str, Any]:
 
 
 async def wait_until(predicate: Callable[[], object], timeout: float = 15.0) -> None:
+    """Until ``predicate()`` is truthy (a non-empty list of what arrived counts); polled often enough for a
+    render loop at 120 fps."""
     with trio.fail_after(timeout):
         while not predicate():
-            await trio.sleep(0.01)
+            await trio.sleep(0.003)
 
 
 async def wait_first_frame_or_skip(loop: RenderLoop, timeout: float = 30.0) -> None:

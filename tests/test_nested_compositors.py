@@ -7,13 +7,11 @@ compositor's view data shows the inner one as one layer; cycles are refused befo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-import trio
 
 from compositord.daemon.engine import compositor_graph
 from compositord.daemon.engine.loop import RenderLoop
@@ -22,7 +20,7 @@ from compositord.protocol.errors import RemoteProtocolError
 from compositord.protocol.params import validate_pipeline
 from compositord.tests.engine_recorder import EventRecorder
 from compositord.tests.render_reference import EDGE_BAND, RefLayer, assert_close, composite
-from compositord.tests.sink_helpers import wait_first_frame_or_skip
+from compositord.tests.sink_helpers import wait_until
 
 pytestmark = pytest.mark.gl
 
@@ -61,28 +59,6 @@ def nested_session(outer_layers: dict[str, Any], extra: dict[str, NodeRecord] | 
         ConnectionRecord("ramp", "out", "flat", "in_1"),
     ]
     return SessionRecord("s1", "nested", nodes, connections)
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
-
-
-@pytest.fixture
-async def start_loop(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    loops: list[RenderLoop] = []
-
-    async def start(session: SessionRecord, recorder: EventRecorder) -> RenderLoop:
-        loop = RenderLoop(session, recorder, trio_token=trio.lowlevel.current_trio_token(), asset_dir=tmp_path)
-        loops.append(loop)
-        loop.start()
-        await wait_first_frame_or_skip(loop)
-        return loop
-
-    yield start
-    for loop in loops:
-        loop.stop()
 
 
 def rgba(loop: RenderLoop, node: str, pin: str = "out") -> np.ndarray:

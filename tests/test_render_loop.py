@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from compositord.daemon.state.model import ConnectionRecord, NodeRecord, Session
 from compositord.protocol.causal import Stamp
 from compositord.protocol.layout import auto_pip_rect
 from compositord.tests.engine_recorder import EventRecorder as Recorder
-from compositord.tests.sink_helpers import wait_first_frame_or_skip
+from compositord.tests.sink_helpers import wait_until
 
 pytestmark = pytest.mark.gl
 
@@ -39,29 +39,6 @@ def make_session(fps: int = 120, comp_params: dict[str, Any] | None = None) -> S
         },
         [ConnectionRecord("bars", "out", "comp", "in_0")],
     )
-
-
-async def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    """Until predicate() is truthy (a non-empty list of what arrived counts)."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.003)
-
-
-@pytest.fixture
-async def start_loop(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    loops: list[RenderLoop] = []
-
-    async def start(session: SessionRecord, recorder: Recorder) -> RenderLoop:
-        loop = RenderLoop(session, recorder, trio_token=trio.lowlevel.current_trio_token(), asset_dir=tmp_path)
-        loops.append(loop)
-        loop.start()
-        await wait_first_frame_or_skip(loop)
-        return loop
-
-    yield start
-    for loop in loops:
-        loop.stop()
 
 
 def layer(emission: api.ViewData, pin: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import argparse
 import copy
 import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from compositord.daemon.engine.api import EngineEvents
 from compositord.daemon.engine.loop import RenderLoop
 from compositord.daemon.state.model import SessionRecord
 from compositord.testing.plugin import RunningDaemon, settings_for, start_daemon
+from compositord.tests.sink_helpers import wait_until
 
 pytestmark = pytest.mark.gl
 
@@ -87,12 +88,6 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[RunningDaemon, list[Rend
         running = await start_daemon(nursery, settings, engine_factory=remembered_loop)
         yield running, loops
         nursery.cancel_scope.cancel()
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 async def settled(*clients: Client, session_id: str) -> None:

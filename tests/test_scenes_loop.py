@@ -4,13 +4,12 @@ and the view data show; editing another scene changes neither."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import trio
 
 from compositord.daemon.engine import api
 from compositord.daemon.engine.loop import RenderLoop
@@ -18,7 +17,7 @@ from compositord.daemon.state.model import ConnectionRecord, NodeRecord, Session
 from compositord.protocol.causal import Stamp
 from compositord.protocol.scenes import AnimateSpec
 from compositord.tests.engine_recorder import EventRecorder
-from compositord.tests.sink_helpers import wait_first_frame_or_skip
+from compositord.tests.sink_helpers import wait_until
 
 pytestmark = pytest.mark.gl
 
@@ -57,28 +56,6 @@ def scenes_session(comp_params: dict[str, Any]) -> SessionRecord:
         },
         [ConnectionRecord("red", "out", "comp", "in_0"), ConnectionRecord("blue", "out", "comp", "in_1")],
     )
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.003)
-
-
-@pytest.fixture
-async def start_loop(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    loops: list[RenderLoop] = []
-
-    async def start(session: SessionRecord, recorder: EventRecorder) -> RenderLoop:
-        loop = RenderLoop(session, recorder, trio_token=trio.lowlevel.current_trio_token(), asset_dir=tmp_path)
-        loops.append(loop)
-        loop.start()
-        await wait_first_frame_or_skip(loop)
-        return loop
-
-    yield start
-    for loop in loops:
-        loop.stop()
 
 
 def centre_pixel(loop: RenderLoop) -> tuple[int, ...]:
