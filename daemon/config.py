@@ -311,6 +311,8 @@ class Settings:
     allowed_stream_destinations: tuple[str, ...] = LOOPBACK_ENTRIES
     # Where av::stream_in may listen (bind) for a publisher, same entries; loopback only unless the operator lists more.
     allowed_ingest_listen: tuple[str, ...] = LOOPBACK_ENTRIES
+    # Where av::stream_in may pull from (connect to a server), same entries; loopback only unless the operator lists more.
+    allowed_ingest_sources: tuple[str, ...] = LOOPBACK_ENTRIES
     engine: EngineSettings = EngineSettings()
 
     def __post_init__(self) -> None:
@@ -319,6 +321,13 @@ class Settings:
         check_token(self.token)
         self.stream_destinations()  # refuse a bad entry at start, not at the first stream sink
         self.ingest_listen()
+        self.ingest_sources()
+
+    def ingest_sources(self) -> StreamDestinations:
+        try:
+            return StreamDestinations.parse(self.allowed_ingest_sources)
+        except DestinationError as exc:
+            raise SettingsError(f"allowed_ingest_sources: {exc}") from None
 
     def ingest_listen(self) -> StreamDestinations:
         try:
@@ -335,7 +344,10 @@ class Settings:
     def validation_context(self) -> ValidationContext:
         """What this daemon allows beyond the schema (its stream destinations; never standard output)."""
         return ValidationContext(
-            allow_stdout=False, stream_destinations=self.stream_destinations(), ingest_listen=self.ingest_listen()
+            allow_stdout=False,
+            stream_destinations=self.stream_destinations(),
+            ingest_listen=self.ingest_listen(),
+            ingest_sources=self.ingest_sources(),
         )
 
     @classmethod
@@ -353,7 +365,8 @@ class Settings:
         :data:`LIMITS_ENVIRONMENT`; stream destinations from
         ``$COMPOSITORD_ALLOWED_STREAM_DESTINATIONS`` (comma-separated; unset:
         loopback only), where ``av::stream_in`` may listen from
-        ``$COMPOSITORD_ALLOWED_INGEST_LISTEN`` (the same). A bad value is a :class:`SettingsError`.
+        ``$COMPOSITORD_ALLOWED_INGEST_LISTEN`` and where it may pull from
+        ``$COMPOSITORD_ALLOWED_INGEST_SOURCES`` (the same). A bad value is a :class:`SettingsError`.
         """
         env = os.environ if environ is None else environ
         state_dir = default_state_dir(getattr(args, "state_dir", None), env)
@@ -365,6 +378,7 @@ class Settings:
         config = getattr(args, "config", None)
         destinations = env.get("COMPOSITORD_ALLOWED_STREAM_DESTINATIONS")
         ingest_listen = env.get("COMPOSITORD_ALLOWED_INGEST_LISTEN")
+        ingest_sources = env.get("COMPOSITORD_ALLOWED_INGEST_SOURCES")
         engine = EngineSettings()
         overrides: dict[str, Any] = {
             "mode": getattr(args, "engine_mode", None) or env.get("COMPOSITORD_ENGINE_MODE") or None,
@@ -393,6 +407,9 @@ class Settings:
             allowed_ingest_listen=LOOPBACK_ENTRIES
             if ingest_listen is None
             else tuple(entry.strip() for entry in ingest_listen.split(",") if entry.strip()),
+            allowed_ingest_sources=LOOPBACK_ENTRIES
+            if ingest_sources is None
+            else tuple(entry.strip() for entry in ingest_sources.split(",") if entry.strip()),
             engine=engine,
         )
 

@@ -25,11 +25,12 @@ to size the budgets with it):
   the decoded image and its texture, one per asset.
 - Every source feeding a compositor pin: a texture of the source's size
   (RGBA, plus the planes of a YUV source) per connection.
-- Sources' own frames: ``video::colorbars`` and ``video::push`` by their
-  params; ``video::image`` and ``video::file`` by the size the caller knows
-  (``media_sizes``, e.g. what the engine reported) or else
-  :data:`ASSUMED_MEDIA_SIZE`: their pixels are in files that only the engine
-  opens.
+- Sources' own frames (:data:`SOURCE_MODELS`, one entry per source kind):
+  ``video::colorbars``, ``video::push`` and ``video::capture`` by their
+  params; ``video::image``, ``video::file`` and ``av::stream_in`` by the size
+  the caller knows (``media_sizes``, e.g. what the engine reported) or else
+  :data:`ASSUMED_MEDIA_SIZE`: their pixels are in files or streams that only
+  the engine opens. A live input keeps :data:`LIVE_INPUT_FRAMES` frames.
 - Every session: :data:`SESSION_OVERHEAD_BYTES` (a render thread and its GL
   context).
 
@@ -44,7 +45,7 @@ that they grow as the allocations do, so the budget bounds them.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,40 +196,84 @@ def _text_pointer(base: str, index: int, overlay: Mapping[str, Any]) -> str:
     return pointer.join(here, "font_size")
 
 
+@dataclass(frozen=True)
+class SourceModel:
+    """How one source kind is counted: where its picture size comes from, the field a refusal names, the
+    frames it keeps of its own (bytes per pixel and what they are), and whether a compositor uploads it
+    through YUV planes as well as RGBA."""
+
+    size_from_params: bool  # width/height params; else the size the caller knows (``media_sizes``) or assumed
+    field: str  # the param a refusal points at
+    frames: Callable[[Mapping[str, Any]], tuple[float, str]]
+    yuv: Callable[[Mapping[str, Any]], bool]
+
+
+# A live input keeps its pacer's queue (``sources/pacing.py``: 8 frames), the frame being decoded and the one shown.
+LIVE_INPUT_FRAMES = 10
+
+
+def _colorbars_frames(params: Mapping[str, Any]) -> tuple[float, str]:
+    moving = params.get("animated") or params.get("timestamp")
+    return (3 * RGBA, "RGBA frames (shown, uploaded, being made)") if moving else (RGBA, "one RGBA frame")
+
+
+SOURCE_MODELS: Mapping[str, SourceModel] = {
+    "video::colorbars": SourceModel(True, "width", _colorbars_frames, lambda params: False),
+    "video::push": SourceModel(
+        True,
+        "width",
+        lambda params: (2 * FORMAT_BYTES_PER_PIXEL[params["pixel_format"]], "the pushed frame and the one arriving"),
+        lambda params: params["pixel_format"] != "rgba8",
+    ),
+    "video::image": SourceModel(
+        False, "asset_path", lambda params: (2 * RGBA, "the decoded image and its premultiplied copy"), lambda params: False
+    ),
+    "video::file": SourceModel(
+        False, "path", lambda params: (3 * YUV420, "decoded frames (decoder, hand-off slot, the one shown)"), lambda params: True
+    ),
+    "video::capture": SourceModel(
+        True,
+        "width",
+        lambda params: (LIVE_INPUT_FRAMES * YUV420, f"{LIVE_INPUT_FRAMES} I420 frames (paced queue, decoder, shown)"),
+        lambda params: True,
+    ),
+    # A stream's size is the publisher's: counted as the caller knows it, else ASSUMED_MEDIA_SIZE.
+    "av::stream_in": SourceModel(
+        False,
+        "url",
+        lambda params: (LIVE_INPUT_FRAMES * YUV420, f"{LIVE_INPUT_FRAMES} I420 frames (paced queue, decoder, shown)"),
+        lambda params: True,
+    ),
+}
+
+
+def _source_model(kind: str) -> SourceModel:
+    model = SOURCE_MODELS.get(kind)
+    if model is None:
+        raise LocalProtocolError(f"no source cost for {kind!r}: every source kind needs an entry in SOURCE_MODELS")
+    return model
+
+
 def _source_size(
     node_id: str, kind: str, params: Mapping[str, Any], media_sizes: Mapping[str, tuple[int, int]]
 ) -> tuple[int, int]:
-    if kind in ("video::colorbars", "video::push"):
+    if _source_model(kind).size_from_params:
         return (int(params["width"]), int(params["height"]))
     return media_sizes.get(node_id, ASSUMED_MEDIA_SIZE)
 
 
 def _source_pointer(base: str, kind: str) -> str:
-    if kind == "video::image":
-        return pointer.join(base, "asset_path")
-    if kind == "video::file":
-        return pointer.join(base, "path")
-    return pointer.join(base, "width")
+    return pointer.join(base, _source_model(kind).field)
 
 
 def _source_frames(kind: str, params: Mapping[str, Any]) -> tuple[float, str]:
     """Bytes per pixel a source keeps of its own frames, and what they are."""
-    if kind == "video::colorbars":
-        moving = params.get("animated") or params.get("timestamp")
-        return (3 * RGBA, "RGBA frames (shown, uploaded, being made)") if moving else (RGBA, "one RGBA frame")
-    if kind == "video::push":
-        return (2 * FORMAT_BYTES_PER_PIXEL[params["pixel_format"]], "the pushed frame and the one arriving")
-    if kind == "video::image":
-        return (2 * RGBA, "the decoded image and its premultiplied copy")
-    if kind == "video::file":
-        return (3 * YUV420, "decoded frames (decoder, hand-off slot, the one shown)")
-    raise LocalProtocolError(f"no source cost for {kind!r}")
+    return _source_model(kind).frames(params)
 
 
 def _texture_bytes_per_pixel(kind: str, params: Mapping[str, Any]) -> float:
     """A compositor's texture of one source: RGBA, plus the planes a YUV source is uploaded through."""
-    yuv = kind == "video::file" or (kind == "video::push" and params["pixel_format"] != "rgba8")
-    return RGBA + (YUV420 if yuv else 0.0)
+    return RGBA + (YUV420 if _source_model(kind).yuv(params) else 0.0)
 
 
 def _compositor_items(

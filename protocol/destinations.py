@@ -1,11 +1,15 @@
-"""Where ``sink::stream`` may send: the operator's allowlist of network destinations.
+"""Where ``sink::stream`` may send, and where ``av::stream_in`` may pull from or listen on: the operator's
+allowlists of network destinations.
 
 A stream sink opens a connection (or sends datagrams) to the host and port of
 its URL. Without a limit, anyone with control access could make the daemon
 reach any host its network can (a port scanner, a spam relay, a way into a
 private network). So the daemon sends only to destinations the operator
 listed (``allowed_stream_destinations``, docs/OPERATIONS.md), and by default
-only to the loopback interface.
+only to the loopback interface. The same holds for what a network input
+reaches: it pulls only from sources the operator listed
+(``allowed_ingest_sources``) and listens only where it is allowed to
+(``allowed_ingest_listen``), both loopback by default.
 
 The check is pure: the URL is parsed, never resolved. A host name matches
 only a listed name, character for character (case aside); an IP literal
@@ -16,7 +20,8 @@ stream goes, so only the plain form is accepted.
 
 An allowlist entry is ``SCHEME://HOST[:PORT]``:
 
-- ``SCHEME``: ``udp``, ``tcp``, ``rtmp``, ``rtmps``, ``srt`` or ``*`` (any);
+- ``SCHEME``: ``udp``, ``tcp``, ``rtmp``, ``rtmps``, ``srt``, and for inputs
+  ``rtsp``, ``rtsps``, ``http``, ``https``, or ``*`` (any);
 - ``HOST``: a host name (``live.example.com``), an IPv4 address, an IPv6
   address in brackets, or a network in CIDR form (``10.0.0.0/8``,
   ``[fd00::]/8``);
@@ -32,8 +37,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 STREAM_SCHEMES = ("udp", "tcp", "rtmp", "rtmps", "srt")
+PULL_SCHEMES = ("rtsp", "rtsps", "http", "https")  # inputs only: FFmpeg sends no stream there
+KNOWN_SCHEMES = (*STREAM_SCHEMES, *PULL_SCHEMES)
 # Ports FFmpeg uses when the URL names none (udp, tcp and srt need one).
-DEFAULT_PORTS = {"rtmp": 1935, "rtmps": 443}
+DEFAULT_PORTS = {"rtmp": 1935, "rtmps": 443, "rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -69,12 +76,12 @@ class Destination:
         return f"{self.scheme}://{host}:{self.port}"
 
 
-def parse_stream_url(url: str) -> Destination:
+def parse_stream_url(url: str, schemes: tuple[str, ...] = STREAM_SCHEMES) -> Destination:
     """The destination of a stream URL, or ValueError saying what is wrong with it (no I/O)."""
     scheme, separator, rest = url.partition("://")
     scheme = scheme.lower()
-    if not separator or scheme not in STREAM_SCHEMES:
-        raise ValueError(f"must start with one of {', '.join(s + '://' for s in STREAM_SCHEMES)}")
+    if not separator or scheme not in schemes:
+        raise ValueError(f"must start with one of {', '.join(s + '://' for s in schemes)}")
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
     match = _AUTHORITY.fullmatch(authority)
     if match is None:
@@ -117,8 +124,8 @@ class AllowedDestination:
         if match is None:
             raise DestinationError(f"{text!r}: expected SCHEME://HOST[:PORT], e.g. udp://239.0.0.1:5000 or *://10.0.0.0/8:*")
         scheme = match.group("scheme")
-        if scheme != "*" and scheme not in STREAM_SCHEMES:
-            raise DestinationError(f"{text!r}: scheme {scheme!r} is not one of {', '.join(STREAM_SCHEMES)} or *")
+        if scheme != "*" and scheme not in KNOWN_SCHEMES:
+            raise DestinationError(f"{text!r}: scheme {scheme!r} is not one of {', '.join(KNOWN_SCHEMES)} or *")
         host = match.group("host")
         name: str | None = None
         network: IPNetwork | None = None
@@ -163,11 +170,18 @@ class StreamDestinations:
         """Entries as the operator wrote them (DestinationError for the first that cannot be read)."""
         return cls(tuple(AllowedDestination.parse(text) for text in texts if text.strip()))
 
-    def refusal(self, url: str, *, role: str = "stream destination", setting: str = "allowed_stream_destinations") -> str | None:
-        """None when ``url`` may be sent to (or, for a listening input, bound); else why not (names no more
-        than the URL's host and port, and the operator's ``setting`` that would allow it)."""
+    def refusal(
+        self,
+        url: str,
+        *,
+        role: str = "stream destination",
+        setting: str = "allowed_stream_destinations",
+        schemes: tuple[str, ...] = STREAM_SCHEMES,
+    ) -> str | None:
+        """None when ``url`` may be sent to (or, for an input, pulled from or bound); else why not (names no
+        more than the URL's host and port, and the operator's ``setting`` that would allow it)."""
         try:
-            destination = parse_stream_url(url)
+            destination = parse_stream_url(url, schemes)
         except ValueError as exc:
             return str(exc)
         if self.allow_any or any(entry.allows(destination) for entry in self.entries):

@@ -514,10 +514,13 @@ class ValidationContext:
     allow_stdout: bool = False
     stream_destinations: StreamDestinations = LOOPBACK_ONLY
     ingest_listen: StreamDestinations = LOOPBACK_ONLY  # where an av::stream_in node may listen (bind)
+    ingest_sources: StreamDestinations = LOOPBACK_ONLY  # where an av::stream_in node may pull from
 
 
 DAEMON = ValidationContext()
-ONE_SHOT = ValidationContext(allow_stdout=True, stream_destinations=ANY_DESTINATION, ingest_listen=ANY_DESTINATION)
+ONE_SHOT = ValidationContext(
+    allow_stdout=True, stream_destinations=ANY_DESTINATION, ingest_listen=ANY_DESTINATION, ingest_sources=ANY_DESTINATION
+)
 
 
 @dataclass(frozen=True)
@@ -830,12 +833,22 @@ def _check_ingest_url(params: dict[str, Any], errors: list[FieldError]) -> None:
         )
 
 
-def _check_ingest_listen(params: dict[str, Any], errors: list[FieldError], context: ValidationContext) -> None:
+def _check_ingest_reach(params: dict[str, Any], errors: list[FieldError], context: ValidationContext) -> None:
+    """An input binds only where ``allowed_ingest_listen`` allows and pulls only from ``allowed_ingest_sources``."""
     scheme = _ingest_scheme(params["url"])
-    if scheme == "udp" or (params.get("listen", False) and scheme in LISTEN_SCHEMES):
-        refusal = context.ingest_listen.refusal(params["url"], role="address to listen on", setting="allowed_ingest_listen")
-        if refusal is not None:
-            errors.append(FieldError("/url", refusal))
+    listening = params.get("listen", False)
+    if listening and scheme not in LISTEN_SCHEMES:
+        return  # refused at /listen already: neither a listener nor a pull
+    if scheme == "udp" or listening:
+        refusal = context.ingest_listen.refusal(
+            params["url"], role="address to listen on", setting="allowed_ingest_listen", schemes=INGEST_SCHEMES
+        )
+    else:
+        refusal = context.ingest_sources.refusal(
+            params["url"], role="source to pull from", setting="allowed_ingest_sources", schemes=INGEST_SCHEMES
+        )
+    if refusal is not None:
+        errors.append(FieldError("/url", refusal))
 
 
 KINDS: dict[str, NodeKind] = {}
@@ -973,11 +986,12 @@ _register(
         notes=(
             "`srt://` is refused: the FFmpeg bundled with PyAV has no SRT protocol.",
             "`udp://HOST:PORT` binds HOST:PORT and receives MPEG-TS; `listen: true` waits for an RTMP or TCP publisher."
-            " The daemon listens only where its operator allows (`allowed_ingest_listen`, docs/OPERATIONS.md; loopback by default).",
+            " The daemon listens only where its operator allows (`allowed_ingest_listen`, docs/OPERATIONS.md; loopback by default)"
+            " and pulls only from sources its operator lists (`allowed_ingest_sources`; loopback by default).",
             "The node's state is `connecting` until frames arrive, then `live`; when the peer goes away it is `connecting`"
             " again and reconnects; a failed attempt (refused, not found) is an error, tried again with backoff.",
         ),
-        policy_checks=(PolicyCheck(("url", "listen"), _check_ingest_listen),),
+        policy_checks=(PolicyCheck(("url", "listen"), _check_ingest_reach),),
     )
 )
 _PUSH = Object({**_SIZE_FIELDS, "pixel_format": Enum(("rgba8", "nv12", "i420"), default="rgba8")})

@@ -268,3 +268,32 @@ def test_sizes() -> None:
         3 << 30,
         1 << 40,
     ]
+
+
+def test_every_source_kind_has_a_cost_model() -> None:
+    # A source kind without one made every addnode of that kind an internal error.
+    from compositord.protocol.budget import SOURCE_MODELS
+    from compositord.protocol.params import KINDS, SOURCE
+
+    assert {kind for kind, node in KINDS.items() if node.role == SOURCE} == set(SOURCE_MODELS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "field"),
+    [
+        ("video::capture", {"source": "x11", "width": 7680, "height": 4320}, "width"),
+        ("av::stream_in", {"url": "udp://127.0.0.1:5000"}, "url"),
+    ],
+)
+def test_live_inputs_count_their_paced_frames(kind: str, params: dict[str, Any], field: str) -> None:
+    from compositord.protocol.budget import ASSUMED_MEDIA_SIZE, LIVE_INPUT_FRAMES, session_cost
+
+    pipeline = {"nodes": {"live": {"kind": kind, "params": params}}, "connections": []}
+    (item,) = session_cost(pipeline).items
+    width, height = (params["width"], params["height"]) if "width" in params else ASSUMED_MEDIA_SIZE
+    assert item.pointer == f"/nodes/live/params/{field}"
+    assert item.bytes == pytest.approx(width * height * LIVE_INPUT_FRAMES * 1.5)
+    # A stream whose size the engine reported is counted at that size.
+    if kind == "av::stream_in":
+        (known,) = session_cost(pipeline, media_sizes={"live": (640, 360)}).items
+        assert known.bytes == pytest.approx(640 * 360 * LIVE_INPUT_FRAMES * 1.5)

@@ -622,7 +622,9 @@ def test_stream_in_refuses_srt_and_listening_beyond_what_the_operator_allows() -
     assert [e.path for e in wide.value.errors] == ["/url"] and "allowed_ingest_listen" in wide.value.errors[0].message
     operator = ValidationContext(ingest_listen=StreamDestinations.parse(["rtmp://0.0.0.0:1935"]))
     params.validate("av::stream_in", {"url": "rtmp://0.0.0.0:1935/live/key", "listen": True}, context=operator)
-    params.validate("av::stream_in", {"url": "rtmp://203.0.113.5/live/key"})  # a pull binds nothing
+    # A pull binds nothing: the listen allowlist does not apply to it (the sources allowlist does, below).
+    pulls = ValidationContext(ingest_sources=StreamDestinations.parse(["rtmp://203.0.113.5"]))
+    params.validate("av::stream_in", {"url": "rtmp://203.0.113.5/live/key"}, context=pulls)
     with pytest.raises(RemoteProtocolError) as pull_listen:
         params.validate("av::stream_in", {"url": "https://example.com/live.m3u8", "listen": True})
     assert [e.path for e in pull_listen.value.errors] == ["/listen"]
@@ -634,3 +636,52 @@ def test_capture_names_only_local_displays_and_v4l2_devices() -> None:
         with pytest.raises(RemoteProtocolError) as refused:
             params.validate("video::capture", {field: value})
         assert [e.path for e in refused.value.errors] == [f"/{field}"]
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed_by"),
+    [
+        ("rtmp://203.0.113.5/live/key", "rtmp://203.0.113.5:1935"),
+        ("https://cdn.example.com/live/index.m3u8", "https://cdn.example.com"),
+        ("http://10.1.2.3:8080/stream.ts", "*://10.0.0.0/8:*"),
+        ("rtsp://camera.studio.lan/main", "rtsp://camera.studio.lan:554"),  # rtsp's default port
+        ("rtsps://[2001:db8::7]/main", "rtsps://[2001:db8::]/32:322"),
+        ("tcp://198.51.100.9:9000", "tcp://198.51.100.9:9000"),
+    ],
+)
+def test_a_pull_reaches_only_sources_the_operator_lists(url: str, allowed_by: str) -> None:
+    from compositord.protocol.destinations import StreamDestinations
+    from compositord.protocol.params import ONE_SHOT, ValidationContext
+
+    with pytest.raises(RemoteProtocolError) as refused:
+        params.validate("av::stream_in", {"url": url})  # the daemon's default: loopback only
+    (error,) = refused.value.errors
+    assert error.path == "/url"
+    assert "is not an allowed source to pull from" in error.message and "allowed_ingest_sources" in error.message
+    operator = ValidationContext(ingest_sources=StreamDestinations.parse([allowed_by]))
+    assert params.validate("av::stream_in", {"url": url}, context=operator)["url"] == url
+    params.validate("av::stream_in", {"url": url}, context=ONE_SHOT)  # a local user's own command reaches anything
+    # Listing where inputs may listen never opens pulls, and the reverse.
+    listen_only = ValidationContext(ingest_listen=StreamDestinations.parse([allowed_by]))
+    with pytest.raises(RemoteProtocolError):
+        params.validate("av::stream_in", {"url": url}, context=listen_only)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433/stream.ts",  # 127.0.0.1 as one decimal number: FFmpeg and this parser could disagree
+        "http://user@127.0.0.1/stream.ts",  # user info before the host
+        "https://127.0.0.1./live.m3u8",  # a trailing dot
+        "ftp://127.0.0.1/clip.ts",
+    ],
+)
+def test_a_pull_url_written_oddly_is_refused_even_from_loopback(url: str) -> None:
+    with pytest.raises(RemoteProtocolError) as refused:
+        params.validate("av::stream_in", {"url": url})
+    assert [e.path for e in refused.value.errors] == ["/url"]
+
+
+def test_loopback_pulls_are_allowed_by_default() -> None:
+    for url in ("rtmp://127.0.0.1/live/key", "http://localhost:8080/live.m3u8", "rtsp://[::1]:8554/cam"):
+        assert params.validate("av::stream_in", {"url": url})["url"] == url

@@ -111,3 +111,41 @@ def test_the_partial_message_budget_and_the_queued_bytes_bound_are_settings() ->
     assert (defaults.max_partial_bytes, defaults.limits.mailbox_bytes) == (256 << 20, 8 << 20)
     with pytest.raises(SettingsError, match="max_queued_bytes"):
         Limits(max_queued_bytes=0)
+
+
+async def test_the_ingest_source_allowlist_applies_to_every_path_that_adds_a_pull(tmp_path: Path) -> None:
+    origin = "https://cdn.example.com"
+    settings = settings_for(tmp_path / "state", SMALL_PIPELINE, allowed_ingest_sources=(origin,))
+    async with trio.open_nursery() as nursery:
+        daemon = await start_daemon(nursery, settings)
+        async with open_client(daemon.url) as client:
+            session = daemon.session_id
+            listed = {"url": f"{origin}/live/index.m3u8", "open_timeout_s": 1.0}
+            await client.add_node(session, "pull", "av::stream_in", listed)
+            for refused in (
+                client.add_node(session, "inside", "av::stream_in", {"url": "http://169.254.169.254/latest/meta-data"}),
+                client.tune(session, "pull", {"url": "rtsp://10.0.0.5/cam"}),
+                client.apply_batch(session, [AddNode(session, "other", "av::stream_in", {"url": "rtmp://203.0.113.9/live/x"})]),
+            ):
+                try:
+                    await refused
+                except CompositordError as error:
+                    assert error.code == "invalid_params" and "allowed_ingest_sources" in str(error)
+                else:
+                    raise AssertionError("a pull from a source the operator did not list was accepted")
+            nodes = (await client.get_pipeline(session))["nodes"]
+            assert nodes["pull"]["params"]["url"] == listed["url"]
+            assert "inside" not in nodes and "other" not in nodes
+        nursery.cancel_scope.cancel()
+
+
+def test_the_ingest_source_allowlist_comes_from_the_environment_and_a_bad_entry_stops_the_start() -> None:
+    import argparse
+
+    settings = Settings.from_args(
+        argparse.Namespace(), {"COMPOSITORD_ALLOWED_INGEST_SOURCES": "https://cdn.example.com, rtsp://10.0.0.0/8:554"}
+    )
+    assert settings.allowed_ingest_sources == ("https://cdn.example.com", "rtsp://10.0.0.0/8:554")
+    assert settings.validation_context().ingest_sources.refusal("rtsp://10.2.3.4/cam", schemes=("rtsp",)) is None
+    with pytest.raises(SettingsError, match="allowed_ingest_sources"):
+        Settings.from_args(argparse.Namespace(), {"COMPOSITORD_ALLOWED_INGEST_SOURCES": "gopher://example.com"})
