@@ -22,7 +22,9 @@ to size the budgets with it):
   has none), capped at :data:`MAX_TEXT_RASTER_SIDE` a side, as a texture and
   the CPU raster it is made from, once per distinct raster (overlays with the
   same text, style and size share one, as in the renderer). Image overlays:
-  the decoded image and its texture, one per asset.
+  the decoded image and its texture, one per asset. With ``scenes``: the
+  canvases a transition draws into (:data:`TRANSITION_CANVASES`); with a
+  ``preview_scene``: the preview pin's own render target and read-back.
 - Every source feeding a compositor pin: a texture of the source's size
   (RGBA, plus the planes of a YUV source) per connection.
 - Sources' own frames (:data:`SOURCE_MODELS`, one entry per source kind):
@@ -81,6 +83,7 @@ ENCODER_FRAMES = 16
 FORMAT_BYTES_PER_PIXEL: Mapping[str, float] = {"rgba8": 4.0, "nv12": 1.5, "i420": 1.5}
 RGBA = 4.0
 YUV420 = 1.5
+TRANSITION_CANVASES = 3  # daemon/engine/render/renderer.py: "outgoing", "incoming", "snapshot"
 
 # Text estimate for an overlay without a rect size: the bundled font's widest glyphs are about one em,
 # and a line is about 1.2 em plus Pillow's 4-pixel spacing.
@@ -304,6 +307,28 @@ def _compositor_items(
             per_pixel,
         )
     ]
+    if full["scenes"]:
+        # Made on demand by a transition: the outgoing and incoming scenes' canvases and the snapshot it may start from.
+        items.append(
+            CostItem(
+                pointer.join(base, "scenes"),
+                f"compositor {node_id!r}: transition canvases (outgoing, incoming, snapshot), {width}x{height} RGBA each",
+                width,
+                height,
+                TRANSITION_CANVASES * RGBA,
+            )
+        )
+    if full["preview_scene"] is not None:
+        preview_per_pixel = RGBA + DRIVER_BYTES_PER_PIXEL + (0.0 if full["output_format"] == "rgba8" else YUV420)
+        items.append(
+            CostItem(
+                pointer.join(base, "preview_scene"),
+                f"compositor {node_id!r}: the preview pin's render target and {READBACK_FRAMES} read-back frames",
+                width,
+                height,
+                preview_per_pixel + READBACK_FRAMES * output,
+            )
+        )
     rasters: set[tuple[Any, ...]] = set()
     for index, overlay in enumerate(full["text_overlays"]):
         w, h = _text_size(overlay)

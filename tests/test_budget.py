@@ -212,8 +212,10 @@ def test_the_cost_grows_with_the_canvas(width: int, height: int, grow: int, outp
 def test_the_model_matches_the_engine() -> None:
     from compositord.daemon.engine.render import text
     from compositord.daemon.engine.sinks import file, preview, stream, window, y4m
+    from compositord.daemon.engine.sources import pacing
 
     assert text.MAX_TEXT_RASTER_SIDE == budget.MAX_TEXT_RASTER_SIDE
+    assert budget.LIVE_INPUT_FRAMES == pacing.DEFAULT_CAPACITY + 2  # the paced queue, the decoder's frame, the one shown
     engine = {
         "sink::file": file.FileSink.queue_capacity,
         "sink::y4m": y4m.Y4MSink.queue_capacity,
@@ -297,3 +299,24 @@ def test_live_inputs_count_their_paced_frames(kind: str, params: dict[str, Any],
     if kind == "av::stream_in":
         (known,) = session_cost(pipeline, media_sizes={"live": (640, 360)}).items
         assert known.bytes == pytest.approx(640 * 360 * LIVE_INPUT_FRAMES * 1.5)
+
+
+def test_scenes_count_their_transition_canvases_and_a_preview_its_own_targets() -> None:
+    from compositord.protocol.budget import READBACK_FRAMES, TRANSITION_CANVASES, session_cost
+
+    def cost(extra: dict[str, Any]) -> dict[str, int]:
+        comp = {"width": 1280, "height": 720, "num_inputs": 1, "output_format": "nv12", **extra}
+        pipeline = {"nodes": {"comp": {"kind": "video::compositor", "params": comp}}, "connections": []}
+        return {item.pointer: item.bytes for item in session_cost(pipeline).items}
+
+    plain = cost({})
+    scenes = {"scenes": {"a": {"layers": {}}, "b": {"layers": {}}}, "program_scene": "a"}
+    with_scenes = cost(scenes)
+    with_preview = cost({**scenes, "preview_scene": "b"})
+    pixels = 1280 * 720
+    assert set(with_scenes) - set(plain) == {"/nodes/comp/params/scenes"}
+    assert with_scenes["/nodes/comp/params/scenes"] == TRANSITION_CANVASES * 4 * pixels
+    # The preview pin: an RGBA target, the driver's share, NV12 planes and the read-back frames.
+    assert with_preview["/nodes/comp/params/preview_scene"] == pytest.approx(
+        (4 + 4 + 1.5 + READBACK_FRAMES * 1.5) * pixels, abs=1
+    )
