@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,26 @@ from compositord.protocol import envelope, streamkit
 from compositord.protocol.causal import AckBook
 from compositord.protocol.errors import ErrorCode, RemoteProtocolError
 from compositord.protocol.params import DAEMON, ValidationContext
+
+
+@asynccontextmanager
+async def holding(lock: trio.Lock) -> AsyncIterator[None]:
+    """``async with lock``, without its schedule point when the lock is free.
+
+    trio's ``Lock.acquire`` yields once after taking a free lock, so a session's lock was held across a
+    whole round of the scheduler (every connection's reads and the frame's fan-out) for every tune:
+    the session took one tune per round or two, and at 600 tunes a second under load they queued for the
+    lock for hundreds of milliseconds (perf/README.md, control_latency with engine processes). A tune's
+    critical section does not wait for anything else, so taken at once, the lock is never contended.
+    """
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass
