@@ -332,8 +332,8 @@ class EngineProcess:
 
 def write_batch(first: _Queued, queue: trio.MemoryReceiveChannel[_Queued]) -> tuple[list[_Queued], _Queued | None]:
     """``first`` and what is queued behind it, for one write, and the message taken that must start the
-    next write, if any. Each write wakes the engine's reader: at 600 tunes a second, one write per
-    message was the control process's largest cost (perf/README.md, control_latency with engine
+    next write, if any. Each write wakes the engine's reader: at 600 tunes a second, a write per message
+    makes that send the control process's largest cost (perf/README.md, control_latency with engine
     processes). A message with a descriptor starts a write of its own, so that the descriptor arrives
     with its message's first byte; a batch stops after about ``WRITE_BATCH_BYTES``."""
     batch = [first]

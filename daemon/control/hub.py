@@ -56,9 +56,9 @@ _FORGET_LAST_FLUSH_S = 2.0
 # Held events leave after this many frame periods even when no frame ends (a stalled render loop).
 _FALLBACK_PERIODS = 2.0
 # A session from which nothing left for this many frame periods is quiet: its next event leaves at once.
-# Not one period: frame ends reach this thread with jitter, and every gap a little over a period made
-# the next tune's params change leave on its own, one more write to every connection just before the
-# frame's (at 100 clients under load, an eighth of the control process's time, which made it later still).
+# Not one period: frame ends reach this thread with jitter, and with one period every gap a little over
+# it sends the next tune's params change on its own, one more write to every connection just before the
+# frame's (at 100 clients under load, an eighth of the control process's time, making it later still).
 _QUIET_PERIODS = 2.0
 
 # The frame period in seconds of a session's output (None: do not pace it, fan out at once).

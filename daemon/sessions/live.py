@@ -30,11 +30,12 @@ from compositord.protocol.params import DAEMON, ValidationContext
 async def holding(lock: trio.Lock) -> AsyncIterator[None]:
     """``async with lock``, without its schedule point when the lock is free.
 
-    trio's ``Lock.acquire`` yields once after taking a free lock, so a session's lock was held across a
-    whole round of the scheduler (every connection's reads and the frame's fan-out) for every tune:
-    the session took one tune per round or two, and at 600 tunes a second under load they queued for the
-    lock for hundreds of milliseconds (perf/README.md, control_latency with engine processes). A tune's
-    critical section does not wait for anything else, so taken at once, the lock is never contended.
+    trio's ``Lock.acquire`` yields once after taking a free lock, so a lock taken that way is held across
+    a whole round of the scheduler (every connection's reads, the frame's fan-out): a session then takes
+    one tune per round or two, and at 600 tunes a second under load the tunes queue for its lock for
+    hundreds of milliseconds (perf/README.md, control_latency with engine processes). A tune's critical
+    section waits for nothing (inline images to write and a full store queue aside), so a lock taken at
+    once is free again before any other task runs.
     """
     try:
         lock.acquire_nowait()
