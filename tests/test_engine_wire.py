@@ -101,3 +101,34 @@ def test_a_slot_refuses_a_descriptor_smaller_than_announced() -> None:
             FrameSlot.attach(os.dup(writer.fileno()), writer.size * 4)
     finally:
         writer.close()
+
+
+async def test_queued_commands_leave_in_one_write_and_a_descriptor_starts_its_own() -> None:
+    """The control process's writer (control/engine_client.write_batch): everything queued goes to the
+    engine's socket in one write, except that a message carrying a descriptor begins the next write."""
+    import trio
+
+    from compositord.daemon.control.engine_client import WRITE_BATCH_BYTES, write_batch
+
+    slot = FrameSlot.create(64, "compositord-test-batch")
+    try:
+        send, receive = trio.open_memory_channel[tuple[bytes, Any, Any]](16)
+        for name in ("a", "b", "c"):
+            send.send_nowait((name.encode(), None, None))
+        send.send_nowait((b"slot", slot, None))
+        send.send_nowait((b"d", None, None))
+        first = receive.receive_nowait()
+        batch, held = write_batch(first, receive)
+        assert [data for data, _, _ in batch] == [b"a", b"b", b"c"]
+        assert held is not None and held[0] == b"slot" and held[1] is slot
+        batch, held = write_batch(held, receive)
+        assert [data for data, _, _ in batch] == [b"slot", b"d"] and held is None
+
+        big = b"x" * (WRITE_BATCH_BYTES // 2 + 1)
+        for _ in range(3):
+            send.send_nowait((big, None, None))
+        batch, held = write_batch(receive.receive_nowait(), receive)
+        assert len(batch) == 2 and held is None  # about WRITE_BATCH_BYTES a write; the rest waits for the next
+        assert receive.statistics().current_buffer_used == 1
+    finally:
+        slot.close()

@@ -104,6 +104,26 @@ async def test_a_frames_params_and_view_data_leave_together_once_per_frame(autoj
         nursery.cancel_scope.cancel()
 
 
+async def test_a_late_frame_end_does_not_send_the_next_tune_on_its_own(autojump_clock: trio.testing.MockClock) -> None:
+    """A frame end that reaches the hub a little over a period after the last (jitter, a busy control
+    process) does not make the session quiet: a tune then waits for the frame's end as usual, instead of
+    costing every connection one more write just before the frame's."""
+    async with trio.open_nursery() as nursery:
+        hub, a, _ = await _paced_hub(nursery, {"s": PERIOD})
+        hub.publish("p0", ("s", "n", "params"))
+        assert a.drain() == ["p0"]  # quiet before: at once
+        await trio.sleep(1.5 * PERIOD)  # the next frame end is late
+        hub.publish("p1", ("s", "n", "params"))
+        assert a.drain() == []
+        hub.publish("v1", ("s", "n", "view"))
+        hub.frame_ended("s")
+        assert a.drain() == ["p1", "v1"]  # together, in one delivery
+        await trio.sleep(2.01 * PERIOD)  # now quiet for two periods
+        hub.publish("p2", ("s", "n", "params"))
+        assert a.drain() == ["p2"]
+        nursery.cancel_scope.cancel()
+
+
 async def test_held_events_leave_after_two_periods_when_no_frame_ends(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         hub, a, _ = await _paced_hub(nursery, {"s": PERIOD})

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.daemon.state.store import (
@@ -120,6 +121,19 @@ async def test_sync_change_is_committed_before_it_returns_async_waits_for_group_
         await store.set_params("s1", "bars", {"width": 200, "height": 100}, wait_durable=False)
         await store.flush()
         assert stored_params(tmp_path, "s1", "bars") == ({"width": 200, "height": 100}, 2)
+
+
+async def test_an_async_change_is_queued_without_a_schedule_point_while_the_queue_has_room(tmp_path: Path) -> None:
+    # A tune holds its session's lock around set_params: a schedule point here held the lock across a
+    # whole round of the scheduler for every tune (perf/README.md, control_latency with engine processes).
+    async with open_store(tmp_path, commit_interval=60.0) as store:
+        await store.create_session(demo_session())
+        with trio.testing.assert_no_checkpoints():
+            for width in range(100, 110):
+                await store.set_params("s1", "bars", {"width": width, "height": 50}, wait_durable=False)
+        assert store.sessions()["s1"].nodes["bars"].params == {"width": 109, "height": 50}
+        await store.flush()
+        assert stored_params(tmp_path, "s1", "bars") == ({"width": 109, "height": 50}, 10)
 
 
 async def test_async_changes_are_group_committed_within_100_ms(tmp_path: Path) -> None:

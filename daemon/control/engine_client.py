@@ -41,6 +41,12 @@ ENGINE_MODULE = "compositord.daemon.engine.process"
 # queue means the engine stopped reading (a hang), which is trouble, not a reason to wait or drop.
 COMMAND_QUEUE_CAPACITY = 4096
 READ_SIZE = 256 * 1024
+# At most about this many bytes of queued messages go to the engine in one write.
+WRITE_BATCH_BYTES = 256 * 1024
+
+
+# A message waiting for the socket: its frame, the slot whose descriptor goes with it, a slot to close once it is sent.
+_Queued = tuple[bytes, FrameSlot | None, FrameSlot | None]
 
 
 @dataclass
@@ -56,9 +62,7 @@ class EngineProcess:
         self.session_id = config.session.session_id
         self._events = events
         self._environ = dict(os.environ if environ is None else environ)
-        self._queue_in, self._queue_out = trio.open_memory_channel[tuple[bytes, FrameSlot | None, FrameSlot | None]](
-            COMMAND_QUEUE_CAPACITY
-        )
+        self._queue_in, self._queue_out = trio.open_memory_channel[_Queued](COMMAND_QUEUE_CAPACITY)
         self.process: trio.Process | None = None
         self.spawned_at = time.monotonic()
         self.last_frame_end: float | None = None  # time.monotonic() of the last frame end reported
@@ -228,9 +232,19 @@ class EngineProcess:
     # ------------------------------------------------------------------ socket tasks
 
     async def _write_loop(self, sock: trio.socket.SocketType) -> None:
+        held: _Queued | None = None  # taken from the queue but left for the next write: it carries a descriptor
         try:
-            async for data, fd_of, close_after in self._queue_out:
-                view = memoryview(data)
+            while True:
+                if held is not None:
+                    first, held = held, None
+                else:
+                    try:
+                        first = await self._queue_out.receive()
+                    except trio.EndOfChannel:
+                        return
+                batch, held = write_batch(first, self._queue_out)
+                view = memoryview(b"".join(data for data, _fd_of, _close_after in batch))
+                fd_of = first[1]
                 if fd_of is not None:
                     sent = await sock.sendmsg(
                         [view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd_of.fileno()]))]
@@ -239,8 +253,9 @@ class EngineProcess:
                 while view:
                     sent = await sock.send(view)
                     view = view[sent:]
-                if close_after is not None:
-                    close_after.close()
+                for _data, _fd_of, close_after in batch:
+                    if close_after is not None:
+                        close_after.close()
         except OSError as exc:
             # The engine is gone or going; the read loop sees the end and the supervisor the exit.
             log.debug("session %s: writing to the engine failed: %s", self.session_id, exc)
@@ -313,6 +328,26 @@ class EngineProcess:
         self._preview_slots.clear()
         for fd in self._reader.close():
             os.close(fd)
+
+
+def write_batch(first: _Queued, queue: trio.MemoryReceiveChannel[_Queued]) -> tuple[list[_Queued], _Queued | None]:
+    """``first`` and what is queued behind it, for one write, and the message taken that must start the
+    next write, if any. Each write wakes the engine's reader: at 600 tunes a second, a write per message
+    makes that send the control process's largest cost (perf/README.md, control_latency with engine
+    processes). A message with a descriptor starts a write of its own, so that the descriptor arrives
+    with its message's first byte; a batch stops after about ``WRITE_BATCH_BYTES``."""
+    batch = [first]
+    size = len(first[0])
+    while size < WRITE_BATCH_BYTES:
+        try:
+            queued = queue.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+        if queued[1] is not None:
+            return batch, queued
+        batch.append(queued)
+        size += len(queued[0])
+    return batch, None
 
 
 # What an engine may send besides the wire's own messages (Progress stands for FrameEnded, PreviewRef for PreviewUpdated).

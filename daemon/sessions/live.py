@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,27 @@ from compositord.protocol import envelope, streamkit
 from compositord.protocol.causal import AckBook
 from compositord.protocol.errors import ErrorCode, RemoteProtocolError
 from compositord.protocol.params import DAEMON, ValidationContext
+
+
+@asynccontextmanager
+async def holding(lock: trio.Lock) -> AsyncIterator[None]:
+    """``async with lock``, without its schedule point when the lock is free.
+
+    trio's ``Lock.acquire`` yields once after taking a free lock, so a lock taken that way is held across
+    a whole round of the scheduler (every connection's reads, the frame's fan-out): a session then takes
+    one tune per round or two, and at 600 tunes a second under load the tunes queue for its lock for
+    hundreds of milliseconds (perf/README.md, control_latency with engine processes). A tune's critical
+    section waits for nothing (inline images to write and a full store queue aside), so a lock taken at
+    once is free again before any other task runs.
+    """
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass

@@ -30,7 +30,7 @@ from compositord.daemon.control.connection import Connection
 from compositord.daemon.engine import api
 from compositord.daemon.sessions.budgets import pipeline_of
 from compositord.daemon.sessions.inline_images import InlineImages
-from compositord.daemon.sessions.live import LiveSession, LiveSessions
+from compositord.daemon.sessions.live import LiveSession, LiveSessions, holding
 from compositord.daemon.sessions.refusals import Refusal, disk_full, not_found
 from compositord.daemon.sessions.senders import SenderOwners, sender_path
 from compositord.daemon.sessions.structure import Working, check_inputs_kept, committed_topology
@@ -86,7 +86,7 @@ class Tunes:
             _, live = self._live.lookup(session_id)
         except RemoteProtocolError as error:
             raise Refusal(error, stamps) from None
-        async with live.lock:
+        async with holding(live.lock):
             record, _ = self._live.lookup(session_id)
             try:
                 tune = tune_of(record.nodes)
@@ -131,7 +131,7 @@ class Tunes:
             _, live = self._live.lookup(session_id)
         except RemoteProtocolError as error:
             raise Refusal(error, stamps) from None
-        async with live.lock:
+        async with holding(live.lock):
             record, _ = self._live.lookup(session_id)
             working = Working(record, self._live.context)
             events: list[envelope.Event] = []

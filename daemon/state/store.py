@@ -519,7 +519,12 @@ class Store:
             raise LocalProtocolError("the store is not running (start Store.run first)")
         if self._fatal is not None:
             raise StoreError(f"the store writer failed: {self._fatal}") from self._fatal
-        await self._slots.acquire()  # push back while the writer queue is full
+        # Push back while the writer queue is full; otherwise no schedule point, since a caller may hold its
+        # session's lock around this (sessions/live.py, holding).
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._slots.acquire()
         try:
             if self._stopping or self._fatal is not None:
                 # The writer ends after the stop sentinel: an item queued behind it would never commit.
