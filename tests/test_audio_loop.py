@@ -4,6 +4,7 @@ silence and never delays the picture; no sound is audio=None; meters arrive in t
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Mapping
@@ -87,18 +88,26 @@ def test_kinds(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     monkeypatch.setitem(
         registry.IMPLEMENTATIONS,
         "sink::y4m",  # its params schema ({"path"}) serves; the engine makes a capturing sink instead
-        registry.SinkKind(lambda node_id, params, latch, predecessor, context: CapturingSink(node_id, params, latch, predecessor)),
+        registry.SinkKind(
+            lambda node_id, params, latch, predecessor, context: CapturingSink(node_id, params, latch, predecessor)
+        ),
     )
     monkeypatch.setitem(
-        registry.IMPLEMENTATIONS, "test::paced", registry.SourceKind(lambda params, context: PacedSource(delays), standalone=False)
+        registry.IMPLEMENTATIONS,
+        "test::paced",
+        registry.SourceKind(lambda params, context: PacedSource(delays), standalone=False),
     )
     monkeypatch.setitem(
-        registry.IMPLEMENTATIONS, "test::stalled", registry.SourceKind(lambda params, context: StalledMicrophone(), standalone=False)
+        registry.IMPLEMENTATIONS,
+        "test::stalled",
+        registry.SourceKind(lambda params, context: StalledMicrophone(), standalone=False),
     )
     return delays
 
 
-def session(*, fps: int = 60, tone: bool = True, extra: Mapping[str, str] | None = None, comp: Mapping[str, Any] | None = None) -> SessionRecord:
+def session(
+    *, fps: int = 60, tone: bool = True, extra: Mapping[str, str] | None = None, comp: Mapping[str, Any] | None = None
+) -> SessionRecord:
     """paced -> in_0, tone -> in_1 (when ``tone``), ``extra`` {node kind -> pin}; comp -> capture."""
     nodes = {
         "paced": NodeRecord("paced", "test::paced", {}),
@@ -124,7 +133,7 @@ def expected_tone(start: int, count: int) -> np.ndarray:
 def assert_contiguous_tone(items: list[SinkFrame]) -> None:
     """Every frame has a block; each starts where the one before ended and ends at the frame's slot end;
     together they are the tone's exact samples."""
-    for before, after in zip(items, items[1:], strict=False):
+    for before, after in itertools.pairwise(items):
         assert before.audio is not None and after.audio is not None
         assert after.audio.start_sample == before.audio.end_sample, (before.media_time, after.media_time)
     for item in items:
@@ -145,7 +154,7 @@ def capture_of(loop: Any) -> CapturingSink:
 async def test_a_tone_reaches_the_sink_as_contiguous_blocks_through_dropped_slots_and_an_fps_change(
     tmp_path: Path, test_kinds: list[float]
 ) -> None:
-    async with running_loop(session(fps=60), tmp_path) as (loop, recorder):
+    async with running_loop(session(fps=60), tmp_path) as (loop, _recorder):
         sink = capture_of(loop)
         await wait_until(lambda: len(sink.captured()) >= 30)
         first = sink.captured()[0]
@@ -159,7 +168,7 @@ async def test_a_tone_reaches_the_sink_as_contiguous_blocks_through_dropped_slot
         loop.submit(api.ParamsUpdate("comp", {"width": W, "height": H, "fps": 25, "num_inputs": 3}, None))
         await wait_until(lambda: sum(1 for item in sink.captured() if item.fps == 25) >= 10)
         items = sink.captured()
-    gaps = [after.media_time - before.media_time for before, after in zip(items, items[1:], strict=False)]
+    gaps = [after.media_time - before.media_time for before, after in itertools.pairwise(items)]
     assert max(gaps) > 1.5 / 60  # slots were dropped ...
     assert {item.fps for item in items} == {60, 25}  # ... and the rate changed
     assert_contiguous_tone(items)  # ... and the sound never had a gap or an overlap

@@ -3,6 +3,7 @@ clipping, 44.1 kHz without drift, mono, meters of a known sine, and the loop's p
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -216,7 +217,7 @@ def test_44100_blocks_are_contiguous_and_never_drift_over_many_frames() -> None:
         block = mixer.mix(clock.start, inputs, {"in_0": InputSettings()}, sample_rate=44100, layout="stereo")
         assert block is not None
         blocks.append(block)
-    for before, after in zip(blocks, blocks[1:], strict=False):
+    for before, after in itertools.pairwise(blocks):
         assert after.start_sample == before.end_sample
     assert {b.sample_rate for b in blocks} == {44100}
     assert blocks[-1].end_sample == output_position(clock.end, 44100)
@@ -234,7 +235,9 @@ def test_44100_blocks_are_contiguous_and_never_drift_over_many_frames() -> None:
         return best
 
     assert delay_at(44100) == delay_at(len(out) - 4410) < 100
-    residual = out[-4410:] - 0.5 * np.sin(2 * np.pi * 1000 * (np.arange(len(out) - 4410, len(out)) + start - delay_at(44100)) / 44100)
+    residual = out[-4410:] - 0.5 * np.sin(
+        2 * np.pi * 1000 * (np.arange(len(out) - 4410, len(out)) + start - delay_at(44100)) / 44100
+    )
     assert np.max(np.abs(residual)) < 0.01
 
 

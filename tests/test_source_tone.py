@@ -31,7 +31,7 @@ def test_blocks_of_any_size_join_into_the_exact_sine_of_the_loops_clock() -> Non
     source = tone(frequency_hz=997.0, level_dbfs=-6.0)
     sizes = [1600, 1601, 800, 1, 4799, 1600] * 50
     start = 480_000  # ten seconds in: the phase comes from the clock, not from the first block
-    blocks = []
+    blocks: list[np.ndarray] = []
     for size in sizes:
         source.produce_audio(start + sum(b.shape[0] for b in blocks), size)
         blocks.append(source.audio.read(size))
@@ -71,7 +71,9 @@ def test_bursts_start_at_every_period_of_the_clock_and_last_burst_ms() -> None:
     out = np.concatenate(blocks)
     # Burst n is exactly the tone over samples [n * 24000, n * 24000 + 1920) and silence follows to the next.
     sounding = np.flatnonzero(np.abs(out) > 1e-4)
-    edges = [int(k) for k, before in zip(sounding[1:], sounding[:-1], strict=True) if k - before > 48]  # longer than a period of the sine
+    edges = [
+        int(k) for k, before in zip(sounding[1:], sounding[:-1], strict=True) if k - before > 48
+    ]  # longer than a period of the sine
     assert [round(k / 24000, 2) for k in edges] == [1.0, 2.0, 3.0, 4.0]
     for n in range(5):
         burst = out[n * 24000 : n * 24000 + 1920]
@@ -137,5 +139,7 @@ def test_audio_params_default_and_normalize() -> None:
     full = params_schema.with_defaults("video::compositor", params_schema.validate("video::compositor", {}))
     assert full["audio"] == {"enabled": True, "sample_rate": 48000, "channels": "stereo"}
     assert full["layers"]["in_1"]["audio"] == {"gain_db": 0.0, "mute": False, "follow_video": False}
-    given = params_schema.validate("video::compositor", {"audio": {"sample_rate": 44100.0}, "layers": {"in_0": {"audio": {"gain_db": -3}}}})
+    given = params_schema.validate(
+        "video::compositor", {"audio": {"sample_rate": 44100.0}, "layers": {"in_0": {"audio": {"gain_db": -3}}}}
+    )
     assert given == {"audio": {"sample_rate": 44100}, "layers": {"in_0": {"audio": {"gain_db": -3.0}}}}
