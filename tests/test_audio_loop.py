@@ -225,3 +225,31 @@ async def test_meters_arrive_in_the_compositors_stats_at_10_hz_and_follow_a_tune
     assert 7 <= rate <= 11, rate
     full = [e.stats for e in recorder.stats if e.node_id == "comp" and "audio" in e.stats][-1]
     assert {"frames_rendered", "fps", "render_ms_p50", "audio_mix_ms_p50"} <= set(full)
+
+
+async def test_a_nested_compositor_hears_the_inner_compositors_mix(tmp_path: Path) -> None:
+    nodes = {
+        "tone": NodeRecord("tone", "audio::tone", TONE),
+        "inner": NodeRecord(
+            "inner",
+            "video::compositor",
+            {"width": W, "height": H, "fps": 60, "layers": {"in_0": {"audio": {"gain_db": -6.0}}}},
+        ),
+        "outer": NodeRecord("outer", "video::compositor", {"width": W, "height": H, "fps": 60}),
+        "capture": NodeRecord("capture", "sink::y4m", {"path": "-"}),
+    }
+    connections = [
+        ConnectionRecord("tone", "out", "inner", "in_0"),
+        ConnectionRecord("inner", "out", "outer", "in_0"),
+        ConnectionRecord("outer", "out", "capture", "in"),
+    ]
+    async with running_loop(SessionRecord("s1", "nested", nodes, connections), tmp_path) as (loop, recorder):
+        sink = capture_of(loop)
+        await wait_until(lambda: len(sink.captured()) >= 20)
+        items = sink.captured()
+    blocks = [item.audio for item in items]
+    assert all(block is not None for block in blocks)
+    samples = np.concatenate([block.samples for block in blocks if block is not None])
+    start = blocks[0].start_sample if blocks[0] is not None else 0
+    half = 10 ** (-6 / 20)  # the inner compositor's gain, heard through the outer one at 0 dB
+    assert np.max(np.abs(samples[:, 0] - half * expected_tone(start, samples.shape[0]))) < 1e-6
