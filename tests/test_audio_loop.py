@@ -243,7 +243,7 @@ async def test_a_nested_compositor_hears_the_inner_compositors_mix(tmp_path: Pat
         ConnectionRecord("inner", "out", "outer", "in_0"),
         ConnectionRecord("outer", "out", "capture", "in"),
     ]
-    async with running_loop(SessionRecord("s1", "nested", nodes, connections), tmp_path) as (loop, recorder):
+    async with running_loop(SessionRecord("s1", "nested", nodes, connections), tmp_path) as (loop, _recorder):
         sink = capture_of(loop)
         await wait_until(lambda: len(sink.captured()) >= 20)
         items = sink.captured()

@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seconds",
         type=float,
         default=None,
-        help="control_latency: seconds of edits per configuration (default 8, --quick 1); panel_preview: seconds per phase",
+        help="control_latency: seconds of edits per configuration (default 8, --quick 1); panel_preview: seconds per phase; mixer: seconds in a render loop (default 5)",
     )
     parser.add_argument(
         "--observers",
