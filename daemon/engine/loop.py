@@ -463,14 +463,18 @@ class RenderLoop:
                 overran_to = math.floor((finished - t0) / period) + 1
                 self._frames_dropped += overran_to - n
                 n = overran_to
-            if finished >= next_stats:
-                self._emit_stats(compositors)
+            stats_sent = finished >= next_stats
+            if stats_sent:
+                self._emit_stats(compositors)  # with the meters of compositors that mix sound
                 self._emit_source_stats(sources)
                 next_stats = finished + STATS_INTERVAL
-                next_meters = finished + METERS_INTERVAL
-            elif finished >= next_meters:
-                self._emit_meters(compositors)
-                next_meters = finished + METERS_INTERVAL
+            if finished >= next_meters:
+                if not stats_sent:
+                    self._emit_meters(compositors)
+                # On a fixed grid, so frame-period jitter does not slow the rate; never a burst after a stall.
+                next_meters += METERS_INTERVAL
+                if next_meters <= finished:
+                    next_meters = finished + METERS_INTERVAL
 
     def _latch(self, ctx: Any, compositors: dict[str, _CompositorState], sources: dict[str, FrameSource]) -> dict[str, Stamp]:
         """Take the whole inbox at once and apply it; returns the last stamp applied per node."""
