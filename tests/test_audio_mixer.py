@@ -369,3 +369,21 @@ def test_a_timed_source_is_read_at_its_play_clock_time_less_the_dropped_slots() 
     assert second_count == 4800  # slots 1 and 2 were dropped: this block has their sound too
     assert second_at == pytest.approx(10.6 - 1 / 15)  # frame(t) shows slot 3; the block starts two slots earlier
     assert source.audio.resyncs == 0  # which is where the last read ended: no jump
+
+
+@pytest.mark.parametrize("rate", [48000, 44100])
+def test_a_frame_that_mixed_nothing_is_filled_with_silence_and_a_long_pause_starts_afresh(rate: int) -> None:
+    mixer = CompositorMixer()
+    settings = {"in_0": InputSettings()}
+    first = mixer.mix(0, {"in_0": constant(0.5)}, settings, sample_rate=rate, layout="stereo")
+    # The frame at 1600 mixed nothing (its picture failed before its sound, or no input had sound).
+    third = mixer.mix(3200, {"in_0": constant(0.5)}, settings, sample_rate=rate, layout="stereo")
+    assert first is not None and third is not None
+    assert third.start_sample == first.end_sample
+    missing = output_position(3200, rate) - first.end_sample
+    assert third.count == missing + output_position(4800, rate) - output_position(3200, rate)
+    if rate == 48000:
+        assert not third.samples[:1600].any() and np.allclose(third.samples[1600:], 0.5)
+    # More than a second without sound: a new run of blocks, where the clock says.
+    later = mixer.mix(200_000, {"in_0": constant(0.5)}, settings, sample_rate=rate, layout="stereo")
+    assert later is not None and later.start_sample == output_position(200_000, rate)

@@ -63,7 +63,7 @@ from compositord.daemon.engine.render import renderer as renderer_module
 from compositord.daemon.engine.render.frames import InputFrame, OutputFrame, TextureFrame
 from compositord.daemon.engine.render.scene import resolve_scene
 from compositord.daemon.engine.render_times import RenderTimeHistogram
-from compositord.daemon.engine.scene_program import SceneProgram
+from compositord.daemon.engine.scene_program import ProgramFrame, SceneProgram
 from compositord.daemon.engine.sinks.base import Sink
 from compositord.daemon.engine.sinks.compositor_preview import CompositorPreviews
 from compositord.daemon.engine.sinks.sink_set import SinkSet
@@ -722,7 +722,7 @@ class RenderLoop:
         node_id: str,
         state: _CompositorState,
         full: Mapping[str, Any],
-        plan: Any,
+        plan: ProgramFrame,
         sources: Mapping[str, FrameSource],
         uses: OutputUses,
     ) -> str | None:

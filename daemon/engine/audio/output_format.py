@@ -16,6 +16,10 @@ delay, 16 at 48 kHz to 44.1 kHz) and hands out a sample more or less from
 block to block, so the FIFO starts with :data:`PRIME_S` of silence: it then
 never runs short, and the whole output is late by that constant (about a
 millisecond and a half), far under a video frame.
+
+Blocks stay joined when frames mixed nothing in between (a frame whose
+picture failed before its sound was mixed, inputs without sound for a
+moment): up to :data:`MAX_GAP_S` of missing sound is filled with silence.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from compositord.daemon.engine.audio.bus import BUS_DTYPE, BUS_SAMPLE_RATE, Audi
 LAYOUT_CHANNELS = {"stereo": 2, "mono": 1}
 _BUS_TIME_BASE = Fraction(1, BUS_SAMPLE_RATE)
 PRIME_S = 0.0015  # silence the FIFO starts with: more than the resampler's delay plus its block-to-block wobble
+MAX_GAP_S = 1.0  # frames that mixed nothing for up to this long are filled with silence; longer starts a new run
 MAX_FIFO_S = 0.5  # more than this waiting means the resampler runs away: drop the excess (never seen; bounded anyway)
 
 
@@ -57,11 +62,21 @@ class OutputFormat:
         self._resampler = None if sample_rate == BUS_SAMPLE_RATE else av.AudioResampler("flt", layout, sample_rate)
         self._fifo = np.zeros((round(PRIME_S * sample_rate), self.channels), dtype=BUS_DTYPE)
         self._end: int | None = None  # output position the next block starts at
-        self.padded_samples = 0  # output samples made up as silence because the resampler was short (never, once primed)
+        self._bus_end: int | None = None  # bus position the last block ended at
+        self.padded_samples = 0  # samples made up as silence: a frame that mixed nothing, a short resampler (never, once primed)
         self.dropped_samples = 0
 
     def convert(self, mix: np.ndarray, bus_start: int) -> AudioBlock:
         """The output block of bus-format ``mix`` that starts at bus sample ``bus_start``."""
+        gap = bus_start - self._bus_end if self._bus_end is not None else 0
+        if 0 < gap <= MAX_GAP_S * BUS_SAMPLE_RATE:
+            # A frame mixed nothing (its picture failed first, or no input had sound): silence keeps the blocks joined.
+            mix = np.concatenate([np.zeros((gap, mix.shape[1]), dtype=BUS_DTYPE), mix])
+            bus_start -= gap
+            self.padded_samples += gap
+        elif gap:
+            self._end = None  # a long pause, or a clock that went back: a new run of blocks
+        self._bus_end = bus_start + mix.shape[0]
         samples = downmix(mix, self.layout)
         if self._resampler is None:
             return AudioBlock(samples, bus_start, self.sample_rate)
