@@ -751,6 +751,9 @@ class RenderLoop:
                     inputs[pin] = samples
             state.audio_pins = tuple(inputs)
             mixer = state.mixer
+            if not inputs:
+                mixer.mix(frame_audio.start, inputs, {}, sample_rate=settings["sample_rate"], layout=settings["channels"])
+                return None  # the common case of a compositor without sound: no presences, no settings
             layers = plan.params["layers"]
             presences = mixer.presence.next_frame(
                 layers,
