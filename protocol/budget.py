@@ -82,6 +82,10 @@ ENCODER_FRAMES = 16
 # Bytes per pixel of the pixel formats.
 FORMAT_BYTES_PER_PIXEL: Mapping[str, float] = {"rgba8": 4.0, "nv12": 1.5, "i420": 1.5}
 RGBA = 4.0
+# A sound-only source (no frames, no texture) holds its AudioBuffer: 2 s of 48 kHz stereo float32
+# (daemon/engine/sources/tone.py BUFFER_CAPACITY_S; the bus format, daemon/engine/audio/bus.py).
+SOUND_ONLY_KINDS = ("audio::tone",)
+SOUND_BUFFER_BYTES = 2 * 48_000 * 2 * 4
 YUV420 = 1.5
 TRANSITION_CANVASES = 3  # daemon/engine/render/renderer.py: "outgoing", "incoming", "snapshot"
 
@@ -397,6 +401,8 @@ def session_cost(pipeline: Mapping[str, Any], *, media_sizes: Mapping[str, tuple
             full = full_params[node_id]
             items += _compositor_items(node_id, full, base, sinks_of.get(node_id, []), sizes)
             rates.append(RateItem(pointer.join(base, "fps"), node_id, full["width"], full["height"], full["fps"]))
+        elif kind in SOUND_ONLY_KINDS:
+            items.append(CostItem(base, f"{kind} {node_id!r}: its sound buffer (2 s)", 1, 1, SOUND_BUFFER_BYTES))
         elif KINDS[kind].role == "source":
             full = full_params[node_id]
             width, height = _source_size(node_id, kind, full, sizes)
@@ -408,6 +414,8 @@ def session_cost(pipeline: Mapping[str, Any], *, media_sizes: Mapping[str, tuple
         source, target = nodes.get(conn["from_node"]), nodes.get(conn["to_node"])
         if source is None or target is None or target["kind"] != "video::compositor" or KINDS[source["kind"]].role != "source":
             continue
+        if source["kind"] in SOUND_ONLY_KINDS:
+            continue  # no picture: no texture
         full = full_params[conn["from_node"]]
         width, height = _source_size(conn["from_node"], source["kind"], full, sizes)
         items.append(

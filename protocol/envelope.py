@@ -1362,7 +1362,8 @@ def session_destroyed_event(session_id: str) -> Event:
 
 
 def node_stats_updated(session_id: str, node_id: str, stats: Mapping[str, Any]) -> Event:
-    """``nodestatsupdated``: frames rendered, dropped, late, render ms percentiles (at most once a second)."""
+    """``nodestatsupdated``: frames rendered, dropped, late, render ms percentiles (at most once a second; a compositor
+    that mixes sound: 10 times a second, with its meters in ``audio``)."""
     return Event("nodestatsupdated", {"session_id": session_id, "node_id": node_id, "stats": dict(stats)})
 
 

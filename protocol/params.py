@@ -46,6 +46,9 @@ from compositord.protocol.errors import ErrorCode, FieldError, LocalProtocolErro
 MAX_CANVAS = 7680
 MAX_INPUTS = 16
 MAX_OVERLAYS = 32
+MIN_GAIN_DB = -60.0  # an input's gain; silence is `mute`
+MAX_GAIN_DB = 24.0
+AUDIO_SAMPLE_RATES = (48000, 44100)
 # Rect coordinates may leave the canvas (a layer sliding in), but not absurdly far.
 MAX_COORDINATE = 4 * MAX_CANVAS
 
@@ -490,6 +493,7 @@ SINK = "sink"
 COMPOSITOR_KIND = "video::compositor"
 PUSH_KIND = "video::push"
 PREVIEW_KIND = "sink::preview"
+TONE_KIND = "audio::tone"
 
 
 @dataclass(frozen=True)
@@ -603,6 +607,18 @@ _LAYER = Object(
         "crop_y": Number(0, 1, default=0.5, doc="centre of the crop, fraction of source height"),
         "crop_shape": Enum(("rect", "circle"), default="rect"),
         "visible": Bool(default=True),
+        "audio": Object(
+            {
+                "gain_db": Number(MIN_GAIN_DB, MAX_GAIN_DB, default=0.0, doc="the input's gain in the mix (dB)"),
+                "mute": Bool(default=False),
+                "follow_video": Bool(
+                    default=False,
+                    doc="gain times the layer's presence on the program output: its opacity, 0 while not visible, crossfading with scene transitions",
+                ),
+            },
+            default={},
+            doc="the input's sound in the compositor's mix (docs/AUDIO.md)",
+        ),
     }
 )
 
@@ -685,6 +701,15 @@ _COMPOSITOR = Object(
         "program_scene": _scene_name("the scene on the output pin `out`; required when `scenes` is not empty"),
         "preview_scene": _scene_name("the scene on the output pin `preview`; auto: nothing is drawn there"),
         "transition": _TRANSITION,
+        "audio": Object(
+            {
+                "enabled": Bool(default=True, doc="false: no sound on the outputs (inputs are not read)"),
+                "sample_rate": Int(min(AUDIO_SAMPLE_RATES), max(AUDIO_SAMPLE_RATES), default=48000, doc="48000 or 44100 (Hz)"),
+                "channels": Enum(("stereo", "mono"), default="stereo", doc="mono: (left + right) / 2"),
+            },
+            default={},
+            doc="the mix of the inputs' sound on the output pin `out` (docs/AUDIO.md)",
+        ),
     }
 )
 
@@ -729,6 +754,14 @@ def _check_scenes(params: dict[str, Any], errors: list[FieldError]) -> None:
                 errors.append(
                     FieldError(pointer.join("", key), f"must be empty when scenes is given: each scene has its own {key}")
                 )
+
+
+def _check_audio_format(params: dict[str, Any], errors: list[FieldError]) -> None:
+    audio = params.get("audio")
+    rate = audio.get("sample_rate") if isinstance(audio, Mapping) else None
+    if rate is not None and rate not in AUDIO_SAMPLE_RATES:
+        choices = " or ".join(str(r) for r in AUDIO_SAMPLE_RATES)
+        errors.append(FieldError("/audio/sample_rate", f"must be {choices} (Hz), not {rate}"))
 
 
 def _filled_layers(given: Mapping[str, Any], num_inputs: int) -> dict[str, Any]:
@@ -868,6 +901,7 @@ _register(
             CrossCheck(("num_inputs",), _check_layer_slots),
             CrossCheck(("scenes", "program_scene", "preview_scene", *scenes.SCENE_LAYOUT_KEYS), _check_scenes),
             _even_dimensions_check(_COMPOSITOR, "output_format"),
+            CrossCheck(("audio",), _check_audio_format),
         ),
         notes=(
             "`layers` is keyed by input pin `in_N`, N < `num_inputs` (so at most 16 layers).",
@@ -883,6 +917,9 @@ _register(
             " set both); progress counts output frames. `cut` switches in the next frame.",
             "Output pins: `out` shows `program_scene`; `preview` shows `preview_scene` (nothing without one) and is drawn only"
             " while a sink or another compositor takes it.",
+            "Sound: the compositor mixes the sound of its inputs (each layer's `audio`, read from the program scene) and hands"
+            " it to the sinks of `out` only; `preview` carries no sound. A compositor none of whose inputs has sound has no"
+            " audio on its outputs. docs/AUDIO.md.",
         ),
         fill_hook=_fill_compositor,
     )
@@ -1003,6 +1040,43 @@ _register(
         "frames pushed by a client as binary WebSocket messages (PROTOCOL.md section 6)",
         cross_checks=(_even_dimensions_check(_PUSH, "pixel_format"),),
         notes=("`pixel_format` `nv12` and `i420` need an even `width` and `height`.",),
+    )
+)
+
+
+def _check_tone_bursts(params: dict[str, Any], errors: list[FieldError]) -> None:
+    every_s = _effective(params, _TONE, "burst_every_s")
+    burst_ms = _effective(params, _TONE, "burst_ms")
+    if every_s and burst_ms >= every_s * 1000:
+        errors.append(
+            FieldError(
+                "/burst_ms",
+                f"must be shorter than burst_every_s ({_format_number(every_s)} s), so there is silence between bursts",
+            )
+        )
+
+
+_TONE = Object(
+    {
+        "frequency_hz": Number(1, 20_000, default=1000.0),
+        "level_dbfs": Number(-120, 0, default=-20.0, doc="the sine's peak level (0: full scale)"),
+        "burst_every_s": Number(
+            0, 3600, default=0.0, doc="0: a continuous tone; else a burst at the start of each period of this length"
+        ),
+        "burst_ms": Number(1, 60_000, default=100.0, doc="the length of each burst"),
+    }
+)
+_register(
+    NodeKind(
+        TONE_KIND,
+        SOURCE,
+        _TONE,
+        "a sine tone, continuous or in bursts, for line-up and sync tests (sound only: its layer draws nothing)",
+        cross_checks=(CrossCheck(("burst_every_s", "burst_ms"), _check_tone_bursts),),
+        notes=(
+            "Bursts are aligned to the render loop's clock: burst k starts at sample k * burst_every_s * 48000 of the"
+            " clock that output frames' `media_time` counts (docs/AUDIO.md), so a test can predict them.",
+        ),
     )
 )
 

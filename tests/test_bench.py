@@ -50,6 +50,18 @@ def test_compositor_only_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert "wall-clock   :" in out and "throughput   :" in out and "per-frame    :" in out
 
 
+def test_mixer_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_bench(capsys, "mixer", "--quick", "--frames", "20", "--seconds", "1.5")
+    assert code == 0
+    record = load_results(out)["mixer"]
+    assert set(record["ours"]) == {"30fps-48k-stereo", "30fps-44k1-stereo", "60fps-48k-mono", "30fps-48k-ramps"}
+    for config in record["ours"].values():
+        assert set(config) >= THROUGHPUT_KEYS and config["frames"] == 20 and config["inputs"] == 8
+        assert config["per_frame_us"]["count"] == 20 and config["per_frame_us"]["p50"] > 0
+    in_loop = record["in_loop"]
+    assert in_loop["frames_rendered"] > 0 and in_loop["audio_mix_ms_p50"] and in_loop["audio_mix_ms_p50"][0] > 0
+
+
 def test_compositor_pipeline_quick_encodes_webm(capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run_bench(capsys, "compositor_pipeline", "--quick", "--frames", "4", "--iterations", "2")
     assert code == 0

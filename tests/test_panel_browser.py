@@ -9,8 +9,8 @@ either browser's console. What is checked is what issue 13 asks:
   every animation frame), the watching tab ends at the final rect, and a frame read from a
   `sink::preview` node shows the layer there;
 - the corner and rotation handles, a text overlay edited in the inspector, a colorbars input added
-  and connected whose auto-PiP box appears, and an invalid value that shows the server's message at
-  its field and reverts;
+  and connected whose auto-PiP box appears, a layer's gain and mute set in the inspector, and an
+  invalid value that shows the server's message at its field and reverts;
 - the WebSocket cut mid-drag (through a proxy that drops its TCP connections): the dragging tab
   reconnects, and both tabs converge on the same params with the other tab's edit kept.
 """
@@ -487,6 +487,26 @@ def test_an_invalid_value_shows_the_error_at_its_field_and_reverts(daemon: Daemo
     assert "between 0 and 1" in message
     wait_until(lambda: opacity.get_attribute("value") == "1", 5, "the field back at the server's value")
     assert "opacity" not in comp_params(daemon, session_id)["layers"]["in_1"]
+
+
+def test_a_layers_sound_is_set_in_the_inspector(daemon: Daemon, tabs: tuple[Any, Any]) -> None:
+    driver, _ = tabs
+    session_id = new_session(daemon, "sound")
+    open_panel(driver, daemon.base, session_id)
+    box(driver, "layer:in_1").click()
+    gain = driver.find_element("css selector", 'input.number[data-pointer="/layers/in_1/audio/gain_db"]')
+    assert float(gain.get_attribute("value")) == 0.0  # the schema's default, shown before any edit
+    gain.clear()
+    gain.send_keys("-12.5\n")
+    driver.find_element("css selector", 'input[type="checkbox"][data-pointer="/layers/in_1/audio/mute"]').click()
+    wait_until(
+        lambda: comp_params(daemon, session_id)["layers"]["in_1"].get("audio") == {"gain_db": -12.5, "mute": True},
+        5,
+        "the gain and the mute in the server's params",
+    )
+    out = os.environ.get("COMPOSITORD_SCREENSHOT_DIR")
+    if out:  # to look at the inspector by eye
+        driver.find_element("css selector", "#inspector").screenshot(str(Path(out) / "inspector-sound.png"))
 
 
 def test_a_websocket_cut_mid_drag_converges_without_losing_the_other_tabs_edit(daemon: Daemon, tabs: tuple[Any, Any]) -> None:

@@ -385,6 +385,7 @@ def test_compositor_defaults() -> None:
         "program_scene": None,
         "preview_scene": None,
         "transition": {"kind": "cut", "duration_ms": 500, "easing": "linear", "direction": "left"},
+        "audio": {"enabled": True, "sample_rate": 48000, "channels": "stereo"},
     }
     assert list(full["layers"]) == ["in_0", "in_1"]
     assert full["layers"]["in_1"] == {
@@ -400,6 +401,7 @@ def test_compositor_defaults() -> None:
         "crop_y": 0.5,
         "crop_shape": "rect",
         "visible": True,
+        "audio": {"gain_db": 0.0, "mute": False, "follow_video": False},
     }
     assert full["layers"]["in_0"]["z_index"] == 0
 

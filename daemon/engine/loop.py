@@ -55,13 +55,15 @@ import trio
 
 from compositord.daemon.engine import api, compositor_graph, registry
 from compositord.daemon.engine.animation import Animator
+from compositord.daemon.engine.audio.frame_audio import FrameAudio
+from compositord.daemon.engine.audio.mixer import CompositorMixer, input_settings
 from compositord.daemon.engine.compositor_graph import OutputUses
 from compositord.daemon.engine.render import gl_context
 from compositord.daemon.engine.render import renderer as renderer_module
 from compositord.daemon.engine.render.frames import InputFrame, OutputFrame, TextureFrame
 from compositord.daemon.engine.render.scene import resolve_scene
 from compositord.daemon.engine.render_times import RenderTimeHistogram
-from compositord.daemon.engine.scene_program import SceneProgram
+from compositord.daemon.engine.scene_program import ProgramFrame, SceneProgram
 from compositord.daemon.engine.sinks.base import Sink
 from compositord.daemon.engine.sinks.compositor_preview import CompositorPreviews
 from compositord.daemon.engine.sinks.sink_set import SinkSet
@@ -76,6 +78,7 @@ from compositord.protocol.params import COMPOSITOR_KIND, OUTPUT_PIN, PREVIEW_PIN
 from compositord.protocol.scenes import AnimateSpec
 
 STATS_INTERVAL = 1.0  # seconds between nodestatsupdated emissions (at most)
+METERS_INTERVAL = 0.1  # a compositor that mixes sound sends its stats, with its meters, this often (at most)
 RENDER_MS_WINDOW = 1024  # render times kept for the percentiles (one stats interval at up to 240 fps, with room)
 IDLE_FPS = 1  # a pipeline with no compositor still ticks (and reports progress) this often
 SINK_CLOSE_TIMEOUT = 5.0  # seconds the render thread waits, when it ends, for sinks to finish their files
@@ -122,6 +125,10 @@ class _CompositorState:
     params_source: dict[str, Any] | None = None  # the durable params `full` was made from
     full: dict[str, Any] = field(default_factory=dict)  # with defaults
     animator: Animator = field(default_factory=Animator)
+    mixer: CompositorMixer = field(default_factory=CompositorMixer)
+    audio_pins: tuple[str, ...] = ()  # the input pins whose sound the last frame mixed
+    mix_ms: deque[float] = field(default_factory=lambda: deque(maxlen=RENDER_MS_WINDOW))
+    render_stats: dict[str, Any] = field(default_factory=dict)  # the percentiles of the last stats interval
 
     def full_params(self, durable: dict[str, Any]) -> dict[str, Any]:
         if durable is not self.params_source:
@@ -192,6 +199,7 @@ class RenderLoop:
         self._push_inlets = PushInlets()
         self._output_listeners: list[Callable[[str, OutputFrame], None]] = []
         self._media_time = 0.0  # the current frame's slot on the loop's clock (seconds), for sink timestamps
+        self._frame_audio = FrameAudio()  # render thread: this frame's block of sound, read once per source
         # Sinks report errors and previews from their own threads through the outbox.
         self._sinks = SinkSet(
             self._report_node_state,
@@ -421,6 +429,7 @@ class RenderLoop:
         n = 0  # the slot of the next frame: due at t0 + n * period
         media_base = 0.0  # the loop's clock at t0 (sums the slots of earlier fps segments)
         next_stats = t0 + STATS_INTERVAL
+        next_meters = t0 + METERS_INTERVAL
         while not self._stop.is_set():
             delay = t0 + n * period - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
@@ -436,6 +445,7 @@ class RenderLoop:
                 t0, n = time.monotonic(), 0
             self._media_time = media_base + n * period
             frame_time = time.monotonic() - started
+            self._frame_audio.next_frame(self._media_time, period, frame_time)
             pictures: dict[tuple[str, str], TextureFrame] = {}  # this frame's compositor outputs other compositors take
             for node_id in self._render_order:
                 state = compositors.get(node_id)
@@ -453,10 +463,18 @@ class RenderLoop:
                 overran_to = math.floor((finished - t0) / period) + 1
                 self._frames_dropped += overran_to - n
                 n = overran_to
-            if finished >= next_stats:
-                self._emit_stats(compositors)
+            stats_sent = finished >= next_stats
+            if stats_sent:
+                self._emit_stats(compositors)  # with the meters of compositors that mix sound
                 self._emit_source_stats(sources)
                 next_stats = finished + STATS_INTERVAL
+            if finished >= next_meters:
+                if not stats_sent:
+                    self._emit_meters(compositors)
+                # On a fixed grid, so frame-period jitter does not slow the rate; never a burst after a stall.
+                next_meters += METERS_INTERVAL
+                if next_meters <= finished:
+                    next_meters = finished + METERS_INTERVAL
 
     def _latch(self, ctx: Any, compositors: dict[str, _CompositorState], sources: dict[str, FrameSource]) -> dict[str, Stamp]:
         """Take the whole inbox at once and apply it; returns the last stamp applied per node."""
@@ -618,11 +636,13 @@ class RenderLoop:
         error: str | None = None
         outputs: dict[str, OutputFrame | None] = {}
         scene_errors: list[tuple[str, str]] = []
+        audio_error: str | None = None
         try:
             full = state.animator.next_frame(state.full_params(node.params))
             frames = self._input_frames(node_id, full, sources, pictures, t)
             renderer = state.renderer
             plan = state.program.next_frame(full, self._fps, can_snapshot=renderer.program_texture() is not None)
+            audio_error = self._mix_audio(node_id, state, full, plan, sources, uses)
             scene = resolve_scene(plan.params, frames, asset_dir=self._asset_dir)
             scene_errors += scene.errors
             transition = None
@@ -660,6 +680,13 @@ class RenderLoop:
             overlay_errors.update(getattr(state.renderer, "overlay_errors", {}) or {})
             if overlay_errors:
                 error = "; ".join(f"overlay {key}: {message}" for key, message in sorted(overlay_errors.items()))
+            if audio_error is not None:
+                error = audio_error if error is None else f"{error}; {audio_error}"
+            audio = None
+            if not uses.program_to_sinks:
+                state.mixer.discard_held()
+            elif outputs.get(OUTPUT_PIN) is not None:
+                audio = state.mixer.take()  # a failed frame's sound rides with the next frame that reaches the sinks
             for pin, output in outputs.items():
                 if output is None:
                     continue
@@ -671,7 +698,9 @@ class RenderLoop:
                         except Exception as exc:  # a sink's bug must not stop the pipeline
                             error = f"output listener {getattr(listener, '__qualname__', listener)!s} failed: {exc}"
                     self._compositor_previews.deliver(node_id, output, self._media_time, self._fps)
-                self._sinks.deliver(node_id, output, self._media_time, self._fps, pin=pin)
+                self._sinks.deliver(
+                    node_id, output, self._media_time, self._fps, pin=pin, audio=audio if pin == OUTPUT_PIN else None
+                )
             layout = scene.layout()
             if plan.scene is not None:
                 layout["scene"] = plan.scene
@@ -687,6 +716,66 @@ class RenderLoop:
         if error != state.error:
             state.error = error
             self._report_node_state(node_id, error)
+
+    def _mix_audio(
+        self,
+        node_id: str,
+        state: _CompositorState,
+        full: Mapping[str, Any],
+        plan: ProgramFrame,
+        sources: Mapping[str, FrameSource],
+        uses: OutputUses,
+    ) -> str | None:
+        """Mix this frame's sound of the compositor's inputs and hold it for its sinks; an error message or None.
+
+        Runs before the picture is drawn, so a frame that fails to draw still has its sound (it rides
+        with the next frame); a failure here leaves the picture alone."""
+        settings = full["audio"]
+        frame_audio = self._frame_audio
+        if not settings["enabled"] or frame_audio.count == 0:
+            state.audio_pins = ()
+            return None
+        started = time.perf_counter()
+        try:
+            pins = set(params_schema.input_pins(COMPOSITOR_KIND, full))
+            inputs = {}
+            for pin, conn in sorted(self._session.inputs_of(node_id).items()):
+                if pin not in pins:
+                    continue
+                source = sources.get(conn.from_node)
+                if source is not None:
+                    samples = frame_audio.of_source(conn.from_node, source)
+                else:
+                    samples = frame_audio.of_compositor(conn.from_node, conn.from_pin)
+                if samples is not None:
+                    inputs[pin] = samples
+            state.audio_pins = tuple(inputs)
+            mixer = state.mixer
+            if not inputs:
+                mixer.mix(frame_audio.start, inputs, {}, sample_rate=settings["sample_rate"], layout=settings["channels"])
+                return None  # the common case of a compositor without sound: no presences, no settings
+            layers = plan.params["layers"]
+            presences = mixer.presence.next_frame(
+                layers,
+                transition=plan.transition,
+                outgoing_layers=plan.outgoing_params["layers"] if plan.outgoing_params is not None else None,
+            )
+            block = mixer.mix(
+                frame_audio.start,
+                inputs,
+                input_settings(layers, presences),
+                sample_rate=settings["sample_rate"],
+                layout=settings["channels"],
+            )
+            if block is not None:
+                if uses.program_to_compositors and mixer.bus_mix is not None:
+                    frame_audio.put_mix(node_id, OUTPUT_PIN, mixer.bus_mix)
+                mixer.hold(block)
+        except Exception as exc:
+            return f"audio mix failed: {type(exc).__name__}: {exc}"
+        finally:
+            state.mix_ms.append((time.perf_counter() - started) * 1000.0)
+        return None
 
     def _input_frames(
         self,
@@ -720,19 +809,39 @@ class RenderLoop:
             state.render_ms.clear()
             state.render_histogram.observe(samples)
             p50, p90, p99 = np.percentile(samples, [50, 90, 99]) if samples.size else (0.0, 0.0, 0.0)
-            stats = {
-                "frames_rendered": self._frames_rendered,
-                "frames_dropped": self._frames_dropped,
-                "frames_late": self._frames_late,
-                "fps": self._fps,
+            state.render_stats = {
                 "render_ms_p50": round(float(p50), 3),
                 "render_ms_p90": round(float(p90), 3),
                 "render_ms_p99": round(float(p99), 3),
                 "render_histogram": state.render_histogram.as_stats(),
             }
-            self._emit(api.NodeStats(self.session_id, node_id, stats), node_id)
+            mix_ms = np.fromiter(state.mix_ms, dtype=float)
+            state.mix_ms.clear()
+            state.render_stats["audio_mix_ms_p50"], state.render_stats["audio_mix_ms_max"] = (
+                (round(float(np.percentile(mix_ms, 50)), 3), round(float(mix_ms.max()), 3)) if mix_ms.size else (0.0, 0.0)
+            )
+            self._emit_compositor_stats(node_id, state)
         for node_id, stats in self._sinks.stats().items():
             self._emit(api.NodeStats(self.session_id, node_id, stats), node_id)
+
+    def _emit_meters(self, compositors: Mapping[str, _CompositorState]) -> None:
+        """The stats of each compositor that mixed sound since its last stats: its meters at 10 Hz."""
+        for node_id, state in compositors.items():
+            if state.mixer.mix_meter.fed:
+                self._emit_compositor_stats(node_id, state)
+
+    def _emit_compositor_stats(self, node_id: str, state: _CompositorState) -> None:
+        stats = {
+            "frames_rendered": self._frames_rendered,
+            "frames_dropped": self._frames_dropped,
+            "frames_late": self._frames_late,
+            "fps": self._fps,
+            **state.render_stats,
+        }
+        meters = state.mixer.reading(state.audio_pins)
+        if meters is not None:
+            stats["audio"] = meters
+        self._emit(api.NodeStats(self.session_id, node_id, stats), node_id)
 
 
 def _close_source(source: Any) -> None:

@@ -27,6 +27,7 @@ from compositord.daemon.engine.sources.colorbars import ColorbarsSource
 from compositord.daemon.engine.sources.image import ImageSource
 from compositord.daemon.engine.sources.push import PushSource
 from compositord.daemon.engine.sources.stream_in import StreamInSource
+from compositord.daemon.engine.sources.tone import ToneSource
 from compositord.daemon.engine.sources.video_file import VideoFileSource
 
 
@@ -100,6 +101,7 @@ IMPLEMENTATIONS: dict[str, SourceKind | SinkKind] = {
     ),
     "video::capture": SourceKind(lambda params, context: CaptureSource(params), standalone=False),
     "av::stream_in": SourceKind(lambda params, context: StreamInSource(params), standalone=False),
+    "audio::tone": SourceKind(lambda params, context: ToneSource(params), standalone=False),
     "sink::file": SinkKind(_file),
     "sink::y4m": SinkKind(_y4m),
     "sink::stream": SinkKind(_stream),

@@ -80,6 +80,14 @@ export class Inspector {
       for (const [key, label, min, max, step] of LAYER_SLIDERS) this.root.append(this._slider(base, key, label, min, max, step));
       for (const [key, label] of LAYER_TOGGLES) this.root.append(this._toggle(base, key, label));
       this.root.append(this._circleToggle(base));
+      // The input's sound in the compositor's mix (docs/AUDIO.md); an input without sound ignores them.
+      const audio = joinPointer(base, "audio");
+      this.root.append(
+        h("h3", {}, "Sound"),
+        this._slider(audio, "gain_db", "gain dB", -60, 24, 0.5),
+        this._toggle(audio, "mute", "mute"),
+        this._toggle(audio, "follow_video", "follows the picture"),
+      );
     } else {
       if (item.kind === "text") {
         this.root.append(this._textField(base, "text", "text"), this._slider(base, "font_size", "size", 4, 256, 1), this._colorField(base, "color", "colour"));

@@ -16,7 +16,7 @@ class SessionObserver(Protocol):
         ...
 
     def node_stats(self, session_id: str, node_id: str, stats: Mapping[str, Any]) -> None:
-        """A node's statistics as its engine reported them (at most once a second per node)."""
+        """A node's statistics as its engine reported them (at most once a second per node; 10 times for a compositor with sound)."""
         ...
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from compositord.daemon.engine import registry
 from compositord.daemon.engine.api import LOOPBACK_HOSTS, PreviewImage
+from compositord.daemon.engine.audio.bus import AudioBlock
 from compositord.daemon.engine.render.frames import OutputFrame
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkFrame
 from compositord.daemon.state.model import SessionRecord
@@ -91,11 +92,21 @@ class SinkSet:
                 feeds.setdefault((upstream.from_node, upstream.from_pin), []).append(sink)
         self._feeds = {node_id: tuple(sinks) for node_id, sinks in feeds.items()}
 
-    def deliver(self, compositor_id: str, frame: OutputFrame, media_time: float, fps: int, *, pin: str = OUTPUT_PIN) -> None:
-        """A frame of a compositor's output ``pin`` (``out``: the program, or ``preview``) to the sinks it feeds."""
+    def deliver(
+        self,
+        compositor_id: str,
+        frame: OutputFrame,
+        media_time: float,
+        fps: int,
+        *,
+        pin: str = OUTPUT_PIN,
+        audio: AudioBlock | None = None,
+    ) -> None:
+        """A frame of a compositor's output ``pin`` (``out``: the program, or ``preview``) to the sinks it feeds,
+        with the compositor's sound since its previous frame there (``audio``; the program only)."""
         sinks = self._feeds.get((compositor_id, pin))
         if sinks:
-            item = SinkFrame(frame, media_time, fps)
+            item = SinkFrame(frame, media_time, fps, audio)
             for sink in sinks:
                 sink.offer(item)
 

@@ -20,7 +20,10 @@ class FrameSource(Protocol):
     ``nodestatsupdated``), ``close()`` (the node left the pipeline or the loop ends: stop threads),
     ``audio`` (an ``audio.buffer.AudioBuffer`` the source fills with bus-format sound, or None: a source
     without sound; the mixer reads it on the render thread, ``audio_time(t)`` when the source also has
-    that method (a timed source: the play-clock time of the sound that goes with ``frame(t)``)).
+    that method (a timed source: the play-clock time of the sound that goes with ``frame(t)``)),
+    ``produce_audio(start_sample, count)`` (a source whose sound is made on the render loop's clock, as
+    ``audio::tone``'s: called on the render thread just before each read of ``audio``, it writes the
+    samples ``[start_sample, start_sample + count)`` of that clock into ``audio``).
     """
 
     def configure(self, params: Mapping[str, Any]) -> None: ...
