@@ -257,7 +257,7 @@ SOURCE_MODELS: Mapping[str, SourceModel] = {
 def _source_model(kind: str) -> SourceModel:
     model = SOURCE_MODELS.get(kind)
     if model is None:
-        raise LocalProtocolError(f"no source cost for {kind!r}: every source kind needs an entry in SOURCE_MODELS")
+        raise LocalProtocolError(f"no source cost for {kind!r}: every source kind with a picture needs an entry in SOURCE_MODELS")
     return model
 
 

@@ -274,10 +274,11 @@ def test_sizes() -> None:
 
 def test_every_source_kind_has_a_cost_model() -> None:
     # A source kind without one made every addnode of that kind an internal error.
-    from compositord.protocol.budget import SOURCE_MODELS
+    from compositord.protocol.budget import SOUND_ONLY_KINDS, SOURCE_MODELS
     from compositord.protocol.params import KINDS, SOURCE
 
-    assert {kind for kind, node in KINDS.items() if node.role == SOURCE} == set(SOURCE_MODELS)
+    assert not set(SOURCE_MODELS) & set(SOUND_ONLY_KINDS)
+    assert {kind for kind, node in KINDS.items() if node.role == SOURCE} == {*SOURCE_MODELS, *SOUND_ONLY_KINDS}
 
 
 @pytest.mark.parametrize(
