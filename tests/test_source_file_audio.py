@@ -58,9 +58,7 @@ def play(source: VideoFileSource, seconds: float) -> tuple[list[tuple[float, boo
         if delay > 0:
             time.sleep(delay)
         frame = source.frame(t)
-        flash = frame is not None and is_flash(
-            i420_to_rgb(np.asarray(frame.data), frame.width, frame.height, frame.color_matrix)
-        )
+        flash = frame is not None and is_flash(i420_to_rgb(np.asarray(frame.data), frame.width, frame.height, frame.color_matrix))
         pictures.append((t, flash))
         end = samples_until(t + 1 / OUTPUT_FPS)
         buffer = source.audio

@@ -7,6 +7,14 @@ of the stream) it is ``connecting`` again and reopens at once; a failed
 attempt is an error, retried with backoff. Frames are paced by the stream's
 timestamps, ``latency_ms`` behind their arrival (``sources.pacing``). Where a
 node may listen is the schema's policy (``allowed_ingest_listen``).
+
+Sound (``audio``, default true): the stream's first audio stream is decoded
+on the receiver thread and played in arrival order ``latency_ms`` late, like
+the picture (``live_sound``); the node's ``audio`` is its buffer whenever
+the param is true, so the mixer hears silence, not nothing, while no sound
+arrives (connecting, a stream without audio): what an output records does not
+depend on whether the peer had connected when it started. ``audio: false``
+leaves the sound undemuxed and ``audio`` None.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from compositord.daemon.engine.sources.live_av import AVInput, LiveAVSource
+from compositord.daemon.engine.sources.live_sound import LiveSound
 
 
 def describe_stream_in(params: Mapping[str, Any]) -> AVInput:
@@ -43,4 +52,15 @@ def describe_stream_in(params: Mapping[str, Any]) -> AVInput:
 
 class StreamInSource(LiveAVSource):
     def __init__(self, params: Mapping[str, Any]) -> None:
-        super().__init__(params, describe_stream_in, name="stream-in")
+        self._sound = LiveSound(int(params.get("latency_ms", 100)) / 1000)
+        self._wants_audio = bool(params.get("audio", True))
+        super().__init__(params, describe_stream_in, name="stream-in", audio_consumer=self._sound if self._wants_audio else None)
+
+    def configure(self, params: Mapping[str, Any]) -> None:
+        super().configure(params)
+        self._sound.set_latency(int(params.get("latency_ms", 100)) / 1000)
+        wants_audio = bool(params.get("audio", True))
+        if wants_audio != self._wants_audio:
+            self._wants_audio = wants_audio
+            self.attach_audio(self._sound if wants_audio else None)  # reopens: the demuxed streams change
+        self.audio = self._sound.buffer if self._wants_audio else None
