@@ -316,9 +316,7 @@ def publish_with_sound(url: str, tone_hz: float, seconds: float) -> subprocess.P
     return subprocess.Popen(command, stdin=subprocess.DEVNULL)
 
 
-def listen(
-    source: StreamInSource, seconds: float, until: Callable[[], bool] = lambda: False
-) -> tuple[np.ndarray, float]:
+def listen(source: StreamInSource, seconds: float, until: Callable[[], bool] = lambda: False) -> tuple[np.ndarray, float]:
     """Read the node's sound like the mixer does (one 50 fps frame's worth at a time, live) for ``seconds``
     or until ``until()``: the sound, and the longest a read took."""
     buffer = source.audio

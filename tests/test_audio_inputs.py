@@ -1,0 +1,90 @@
+"""The pieces between a decoder and an input's AudioBuffer: BusResampler (any decoded sound to the bus,
+stamped), SeamlessWriter (timed chunks without seams), LiveSound (a live input's sound, latency_ms late)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from compositord.daemon.engine.audio.buffer import AudioBuffer
+from compositord.daemon.engine.audio.bus import BUS_CHANNELS, BUS_DTYPE, BUS_SAMPLE_RATE
+from compositord.daemon.engine.audio.resample import BusResampler
+from compositord.daemon.engine.audio.timeline import SeamlessWriter
+from compositord.daemon.engine.sources.live_sound import LiveSound
+from compositord.testing.media import sine
+
+
+def decoded(samples: np.ndarray, rate: int, pts: int | None, layout: str = "mono") -> av.AudioFrame:
+    """A frame as a decoder hands it out: packed s16, ``pts`` in 1/rate units."""
+    channels = 1 if layout == "mono" else 2
+    data = np.round(np.repeat(samples[np.newaxis, :], channels, axis=0).T.reshape(1, -1) * 32767).astype(np.int16)
+    frame = av.AudioFrame.from_ndarray(data, format="s16", layout=layout)
+    frame.sample_rate = rate
+    frame.time_base = Fraction(1, rate)
+    frame.pts = pts
+    return frame
+
+
+def test_resampler_makes_bus_format_stamped_by_samples_counted() -> None:
+    resampler = BusResampler()
+    tone = sine(44_100, 1000.0, 44_100, level=0.5)
+    chunks = []
+    for first in range(0, 44_100, 1024):
+        chunks += resampler.convert(decoded(tone[first : first + 1024], 44_100, first + 4410))  # starts at 0.1 s
+    assert all(c.samples.dtype == BUS_DTYPE and c.samples.shape[1] == BUS_CHANNELS for c in chunks)
+    assert chunks[0].time == pytest.approx(0.1)
+    running = chunks[0].time
+    for chunk in chunks:  # each chunk starts where the samples before it end, exactly
+        assert chunk.time == pytest.approx(running, abs=1e-9)
+        running += chunk.samples.shape[0] / BUS_SAMPLE_RATE
+    total = sum(c.samples.shape[0] for c in chunks)
+    assert abs(total - BUS_SAMPLE_RATE) < 64  # one second at 48 kHz, less the resampler's delay
+    sound = np.concatenate([c.samples for c in chunks])
+    assert np.array_equal(sound[:, 0], sound[:, 1])
+    assert np.abs(sound[1000:-1000, 0]).max() == pytest.approx(0.5, abs=0.01)  # mono at its own level
+
+
+def test_resampler_starts_a_new_run_at_a_gap_and_at_a_new_format() -> None:
+    resampler = BusResampler()
+    tone = sine(4096, 440.0, 48_000)
+    resampler.convert(decoded(tone[:2048], 48_000, 0))
+    # One second later than the samples counted so far: a gap, stamped by its own timestamp.
+    after_gap = resampler.convert(decoded(tone[2048:], 48_000, 48_000 + 2048))
+    assert after_gap and after_gap[0].time == pytest.approx(48_000 / 48_000 + 2048 / 48_000, abs=1e-6)
+    stereo = resampler.convert(decoded(tone[:1024], 44_100, 44_100 * 3, layout="stereo"))
+    assert stereo and stereo[0].time == pytest.approx(3.0)
+
+
+def test_seamless_writer_fills_small_gaps_cuts_small_overlaps_and_jumps_at_large_ones() -> None:
+    buffer = AudioBuffer(capacity_s=4.0)
+    writer = SeamlessWriter(buffer)
+    ones = np.ones((480, 2), dtype=np.float32)
+    writer.write(ones, at=10.0)  # 10.00 .. 10.01
+    writer.write(ones * 2, at=10.02)  # 10 ms late: 480 samples of silence go first
+    writer.write(ones * 3, at=10.025)  # 5 ms early against 10.03: its first 240 samples are cut
+    assert (writer.filled_samples, writer.trimmed_samples) == (480, 240)
+    sound = buffer.read(480 * 4, at=10.0)
+    expected = np.concatenate([np.ones(480), np.zeros(480), np.full(480, 2.0), np.full(240, 3.0), np.zeros(240)])
+    assert np.array_equal(sound[:, 0], expected)
+    assert buffer.stats()["resyncs"] == 0
+    writer.write(ones * 4, at=20.0)  # a jump: the buffer starts afresh there
+    assert np.array_equal(buffer.read(480, at=20.0)[:, 0], np.full(480, 4.0))
+
+
+def test_live_sound_starts_latency_late_and_a_reopen_clears_it() -> None:
+    sound = LiveSound(latency_s=0.1)
+    sound.opened(object())
+    tone = sine(4800, 1000.0, 48_000)
+    sound(decoded(tone, 48_000, 0))
+    buffer = sound.buffer
+    ahead = buffer.read(4800)  # 100 ms of silence, then the tone
+    assert not np.any(ahead[:4800])
+    assert np.abs(buffer.read(2400)[:, 0]).max() > 0.4
+    assert sound.stream_has_audio
+    sound.opened(None)  # reconnected to a peer without sound: nothing of the last one is left
+    assert buffer.buffered_s == 0 and not sound.stream_has_audio
+    sound.set_latency(0.5)
+    assert sound.buffer is not buffer
