@@ -15,10 +15,14 @@ from typing import Any
 import av
 import numpy as np
 import pytest
+import trio
 
 from compositord.daemon.engine.audio.bus import BUS_CHANNELS, BUS_DTYPE, BUS_SAMPLE_RATE, samples_until
+from compositord.daemon.engine.loop import RenderLoop
 from compositord.daemon.engine.sources.video_file import VideoFileSource
+from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.testing.media import i420_to_rgb, is_flash, write_clip, write_clip_with_sound
+from compositord.tests.engine_recorder import EventRecorder
 
 OUTPUT_FPS = 50
 
@@ -90,7 +94,11 @@ def test_sound_reaches_the_buffer_in_the_bus_format_at_its_frequency(tmp_path: P
     source = sources({"path": "tone.mkv"})
     wait_for_first_frame(source)
     assert source.audio is not None
+    decoded = source.frames_decoded
     _, sound = play(source, 1.0)
+    # Reading ahead for the sound does not change the pictures' pace: 25 a second, never faster (a loaded
+    # 2-core machine may deliver a few late).
+    assert 15 <= source.frames_decoded - decoded <= 27
     assert sound.dtype == BUS_DTYPE and sound.shape[1] == BUS_CHANNELS
     steady = sound[BUS_SAMPLE_RATE // 4 :]  # past the start, where the first block may lead with silence
     assert np.array_equal(steady[:, 0], steady[:, 1])  # mono to both channels
@@ -156,3 +164,34 @@ def test_the_audio_param_leaves_the_sound_out_and_back_in_without_restarting(tmp
     _, sound = play(source, 0.8)
     assert source.frames_decoded > decoded  # the same playback went on
     assert dominant_frequency(sound[BUS_SAMPLE_RATE // 2 :, 0]) == pytest.approx(440.0, abs=5.0)
+
+
+@pytest.mark.gl
+async def test_the_render_loop_reports_the_sound_buffer_in_the_file_nodes_stats(tmp_path: Path) -> None:
+    write_clip_with_sound(tmp_path / "tone.mkv", frames=25, fps=25)
+    write_clip(tmp_path / "silent.mkv", frames=5, fps=25)
+    layers = {pin: {"rect": {"x": 0, "y": 0, "width": 64, "height": 48}} for pin in ("in_0", "in_1")}
+    session = SessionRecord(
+        "s1",
+        "file",
+        {
+            "tone": NodeRecord("tone", "video::file", {"path": "tone.mkv"}),
+            "silent": NodeRecord("silent", "video::file", {"path": "silent.mkv"}),
+            "comp": NodeRecord("comp", "video::compositor", {"width": 64, "height": 48, "fps": 25, "layers": layers}),
+        },
+        [ConnectionRecord("tone", "out", "comp", "in_0"), ConnectionRecord("silent", "out", "comp", "in_1")],
+    )
+    recorder = EventRecorder()  # checks every event is plain data (what crosses to the control process)
+    loop = RenderLoop(session, recorder, trio_token=trio.lowlevel.current_trio_token(), asset_dir=tmp_path)
+    loop.start()
+    try:
+        await loop.wait_first_frame()
+        with trio.fail_after(10):
+            while not {"tone", "silent"} <= {event.node_id for event in recorder.stats}:
+                await trio.sleep(0.05)
+    finally:
+        await trio.to_thread.run_sync(loop.stop, 5.0)
+    by_node = {event.node_id: event.stats for event in recorder.stats}
+    assert by_node["tone"]["audio"]["written_samples"] > 0
+    assert "audio" not in by_node["silent"]
+    assert recorder.errors == []
