@@ -195,3 +195,17 @@ async def test_the_render_loop_reports_the_sound_buffer_in_the_file_nodes_stats(
     assert by_node["tone"]["audio"]["written_samples"] > 0
     assert "audio" not in by_node["silent"]
     assert recorder.errors == []
+
+
+def test_sound_nobody_reads_never_holds_the_pictures_and_stays_bounded(tmp_path: Path, sources: Any) -> None:
+    # No mixer reads the buffer: it fills to its capacity (2 s) and drops its oldest sound; the decoder
+    # writes without waiting, so the pictures go on at the file's rate.
+    write_clip_with_sound(tmp_path / "tone.mkv", frames=25, fps=25)
+    source = sources({"path": "tone.mkv"})
+    wait_for_first_frame(source)
+    decoded = source.frames_decoded
+    time.sleep(3.0)
+    assert source.frames_decoded - decoded >= 45  # 75 at 25 fps; a loaded machine shows fewer, never none
+    stats = source.stats()["audio"]
+    assert stats["buffered_ms"] <= 2000.0
+    assert stats["dropped_samples"] > 0
