@@ -985,8 +985,9 @@ _register(
             " The daemon listens only where its operator allows (`allowed_ingest_listen`, docs/OPERATIONS.md; loopback by default).",
             "The node's state is `connecting` until frames arrive, then `live`; when the peer goes away it is `connecting`"
             " again and reconnects; a failed attempt (refused, not found) is an error, tried again with backoff.",
-            "With `audio: true` the node always has sound for the mixer, silence while no sound arrives (a stream"
-            " without audio, a peer that went away); `audio: false` leaves the stream's sound undemuxed.",
+            "With `audio: true` the node always has sound for the mixer (played by its timestamps, in step with the"
+            " pictures), silence while no sound arrives (a stream without audio, a peer that went away);"
+            " `audio: false` leaves the stream's sound undemuxed.",
         ),
         policy_checks=(PolicyCheck(("url", "listen"), _check_ingest_listen),),
     )

@@ -1,8 +1,9 @@
 """The pieces between a decoder and an input's AudioBuffer: BusResampler (any decoded sound to the bus,
-stamped), SeamlessWriter (timed chunks without seams), LiveSound (a live input's sound, latency_ms late)."""
+stamped), SeamlessWriter (timed chunks without seams), PlayClock (audio_time), LiveSound (a live input's sound, on its pictures' clock)."""
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 
 import av
@@ -12,7 +13,7 @@ import pytest
 from compositord.daemon.engine.audio.buffer import AudioBuffer
 from compositord.daemon.engine.audio.bus import BUS_CHANNELS, BUS_DTYPE, BUS_SAMPLE_RATE
 from compositord.daemon.engine.audio.resample import BusResampler
-from compositord.daemon.engine.audio.timeline import SeamlessWriter
+from compositord.daemon.engine.audio.timeline import PlayClock, SeamlessWriter
 from compositord.daemon.engine.sources.live_sound import LiveSound
 from compositord.testing.media import sine
 
@@ -74,17 +75,42 @@ def test_seamless_writer_fills_small_gaps_cuts_small_overlaps_and_jumps_at_large
     assert np.array_equal(buffer.read(480, at=20.0)[:, 0], np.full(480, 4.0))
 
 
-def test_live_sound_starts_latency_late_and_a_reopen_clears_it() -> None:
-    sound = LiveSound(latency_s=0.1)
+def test_live_sound_is_stamped_by_the_pictures_clock_and_a_reopen_clears_it() -> None:
+    offset: list[float] = []  # the pacer's mapping: none until the first picture
+    sound = LiveSound(due_time=lambda pts: pts + offset[0] if offset else None)
     sound.opened(object())
     tone = sine(4800, 1000.0, 48_000)
-    sound(decoded(tone, 48_000, 0))
+    sound(decoded(tone, 48_000, 0))  # before any picture: nothing to keep in step with
+    assert sound.dropped_before_picture > 0 and sound.buffer.buffered_s == 0
+    offset.append(100.0)
+    sound(decoded(tone, 48_000, 4800))  # pts 0.1 s: due at 100.1 on the local clock
+    sound(decoded(tone, 48_000, 9600))
     buffer = sound.buffer
-    ahead = buffer.read(4800)  # 100 ms of silence, then the tone
-    assert not np.any(ahead[:4800])
-    assert np.abs(buffer.read(2400)[:, 0]).max() > 0.4
+    ahead = buffer.read(4800, at=100.0)  # 100.0 .. 100.1: before the sound
+    assert not np.any(ahead)
+    assert np.abs(buffer.read(4800, at=100.1)[:, 0]).max() > 0.4
     assert sound.stream_has_audio
     sound.opened(None)  # reconnected to a peer without sound: nothing of the last one is left
     assert buffer.buffered_s == 0 and not sound.stream_has_audio
-    sound.set_latency(0.5)
-    assert sound.buffer is not buffer
+
+
+def test_a_wobbling_stamp_follows_on_until_it_has_moved_past_the_tolerance() -> None:
+    buffer = AudioBuffer()
+    writer = SeamlessWriter(buffer)
+    chunk = np.ones((480, 2), dtype=np.float32)
+    writer.write(chunk, at=5.0)
+    writer.write(chunk, at=5.0101)  # 0.1 ms late: written on from 5.01, nothing inserted
+    assert writer.filled_samples == 0 and writer.trimmed_samples == 0
+    writer.write(chunk, at=5.025)  # 5 ms late: 240 samples of silence first
+    assert writer.filled_samples == 240
+
+
+def test_play_clock_follows_the_render_loops_clock_smoothly() -> None:
+    clock = PlayClock()
+    first = clock.audio_time(0.0)
+    assert first == pytest.approx(time.monotonic(), abs=0.05)
+    assert clock.audio_time(0.0) == first  # asked again in the same frame: the same answer
+    time.sleep(0.02)
+    later = clock.audio_time(0.02)
+    assert later - first == pytest.approx(0.02, abs=0.005)  # t's own steps, not the jitter of when it was asked
+    assert clock.audio_time(5.0) == pytest.approx(time.monotonic(), abs=0.05)  # a jump: measured afresh

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from compositord.daemon.engine.render.frames import SourceFrame
 from compositord.daemon.engine.sources.capture import CaptureSource
 from compositord.daemon.engine.sources.live_av import LiveAVSource
 from compositord.daemon.engine.sources.stream_in import StreamInSource
+from compositord.testing.media import i420_to_rgb, is_flash, write_clip_with_sound
 
 FFMPEG = shutil.which("ffmpeg")
 XVFB = shutil.which("Xvfb")
@@ -317,18 +319,22 @@ def publish_with_sound(url: str, tone_hz: float, seconds: float) -> subprocess.P
 
 
 def listen(source: StreamInSource, seconds: float, until: Callable[[], bool] = lambda: False) -> tuple[np.ndarray, float]:
-    """Read the node's sound like the mixer does (one 50 fps frame's worth at a time, live) for ``seconds``
-    or until ``until()``: the sound, and the longest a read took."""
+    """Read the node's sound like the mixer does (one 50 fps frame's worth at a time, at ``audio_time``) for
+    ``seconds`` or until ``until()``: the sound, and the longest a read took."""
     buffer = source.audio
     assert buffer is not None
     blocks = [np.zeros((0, 2), dtype=np.float32)]
     slowest = 0.0
-    end = time.monotonic() + seconds
-    while time.monotonic() < end and not until():
-        started = time.perf_counter()
-        blocks.append(buffer.read(960))
-        slowest = max(slowest, time.perf_counter() - started)
-        time.sleep(0.02)
+    started = time.monotonic()
+    index = 0
+    while (now := time.monotonic()) - started < seconds and not until():
+        t = index / 50
+        if started + t > now:
+            time.sleep(started + t - now)
+        began = time.perf_counter()
+        blocks.append(buffer.read(960, at=source.audio_time(started + t)))
+        slowest = max(slowest, time.perf_counter() - began)
+        index += 1
     return np.concatenate(blocks), slowest
 
 
@@ -414,3 +420,48 @@ def test_audio_false_leaves_the_sound_out() -> None:
 def test_capture_has_no_sound() -> None:
     with closing(CaptureSource({"source": "x11", "display": ":4242", "width": 64, "height": 48})) as source:
         assert source.audio is None and "audio" not in source.stats()
+
+
+@needs_ffmpeg
+def test_udp_ingest_plays_each_burst_with_its_flash_within_one_frame(tmp_path: Path) -> None:
+    # MPEG-TS sends the sound ahead of the pictures it goes with; played by timestamps on the pictures'
+    # clock, each burst still comes with its flash (in arrival order it came ~150 ms early here).
+    clip = write_clip_with_sound(
+        tmp_path / "flash.mkv", frames=30, fps=25, flash_every=10, burst_ms=60.0, sample_rate=48_000, layout="stereo"
+    )
+    port = free_port(socket.SOCK_DGRAM)
+    params = {"url": f"udp://127.0.0.1:{port}", "open_timeout_s": 3.0, "read_timeout_s": 2.0, "latency_ms": 100}
+    assert FFMPEG is not None
+    command = [FFMPEG, "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip)]
+    command += ["-c:v", "mpeg2video", "-q:v", "2", "-c:a", "mp2", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"]
+    with closing(StreamInSource(params)) as source:
+        assert isinstance(source, StreamInSource) and source.audio is not None
+        sender = start_until_live(source, lambda: subprocess.Popen(command, stdin=subprocess.DEVNULL))
+        try:
+            flashes, blocks, was_flash = [], [], False
+            started = time.monotonic()
+            for index in range(200):  # 4 s at 50 fps
+                t = index / 50
+                if started + t > time.monotonic():
+                    time.sleep(started + t - time.monotonic())
+                frame = source.frame(started + t)
+                flash = frame is not None and is_flash(
+                    i420_to_rgb(np.asarray(frame.data), frame.width, frame.height, frame.color_matrix)
+                )
+                if flash and not was_flash:
+                    flashes.append(t)
+                was_flash = flash
+                blocks.append(source.audio.read(960, at=source.audio_time(started + t)))
+        finally:
+            sender.kill()
+            sender.wait(timeout=10)
+    envelope = np.abs(np.concatenate(blocks)[:, 0]).reshape(-1, 48).max(axis=1) > 0.1  # 1 ms steps
+    bursts, quiet = [], 100
+    for step, on in enumerate(envelope):
+        if on and quiet >= 100:
+            bursts.append(step / 1000)
+        quiet = 0 if on else quiet + 1
+    settled = [b for b in bursts if b > 0.5]  # the first burst may be cut: sound before the first picture is dropped
+    assert len(settled) >= 7 and len(flashes) >= 8, (flashes, bursts)
+    offsets = [b - min(flashes, key=lambda f: abs(f - b)) for b in settled]
+    assert max(abs(o) for o in offsets) <= 1 / 25, f"burst - flash (s): {offsets}"

@@ -1,4 +1,8 @@
-"""Timed sound written without seams: what a file source puts into its ``AudioBuffer``.
+"""Timed sound: written without seams, and read on the play clock.
+
+A timed source (``video::file``, ``av::stream_in``) stamps the sound it
+writes into its ``AudioBuffer`` with the *play clock*: ``time.monotonic()``
+seconds at which it is due, the clock its pictures are shown by.
 
 A timed source stamps each chunk with the play-clock time of its first
 sample. Stamps are computed (a stream time plus the clock's anchor), so two
@@ -10,10 +14,19 @@ keeps the buffer's timeline unbroken instead: a small gap is filled with
 silence and a small overlap is cut from the new chunk, so each chunk is
 written exactly where the previous one ended. Only a jump of more than
 ``MAX_SEAM_S`` (a seek, a clock re-anchored after a stall) is written where
-its stamp says, which starts the buffer afresh.
+its stamp says, which starts the buffer afresh. A seam under
+``SEAM_TOLERANCE_S`` is not a seam at all: a stamp that wobbles (a live
+input's clock mapping follows the sender's clock in small steps) is written
+on from where the last chunk ended, and the difference is corrected only
+once it has grown past the tolerance (a few samples inserted or cut).
+
+:class:`PlayClock` gives the mixer ``audio_time(t)``: the render loop's
+time ``t`` on the play clock.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -21,6 +34,31 @@ from compositord.daemon.engine.audio.buffer import AudioBuffer
 from compositord.daemon.engine.audio.bus import silence
 
 MAX_SEAM_S = 0.5  # a gap or overlap up to this long is smoothed over; a longer one is a jump
+SEAM_TOLERANCE_S = 0.002  # a stamp this close to where the last chunk ended follows on from it
+CLOCK_SLEW = 0.05  # PlayClock follows the render loop's clock against the play clock this fast
+CLOCK_RESYNC_S = 0.1  # ... and jumps to it when further apart than this (a stall, an fps change)
+
+
+class PlayClock:
+    """The render loop's clock ``t`` on the play clock: ``t`` plus an offset measured at each new ``t``
+    and followed smoothly, so the mixer's timed reads run on without seams while the render loop's
+    timing jitters (its own cursor moves only past ``AudioBuffer``'s ``resync_s``)."""
+
+    def __init__(self) -> None:
+        self._last_t: float | None = None
+        self._offset: float | None = None
+
+    def audio_time(self, t: float) -> float:
+        if t != self._last_t:  # once per output frame, however many compositors ask
+            self._last_t = t
+            measured = time.monotonic() - t
+            offset = self._offset
+            if offset is None or abs(measured - offset) > CLOCK_RESYNC_S:
+                self._offset = measured
+            else:
+                self._offset = offset + (measured - offset) * CLOCK_SLEW
+        assert self._offset is not None
+        return t + self._offset
 
 
 class SeamlessWriter:
@@ -37,7 +75,7 @@ class SeamlessWriter:
     def write(self, samples: np.ndarray, at: float) -> None:
         rate = self.buffer.sample_rate
         if self._end is not None and abs(at - self._end) <= MAX_SEAM_S:
-            seam = round((at - self._end) * rate)
+            seam = round((at - self._end) * rate) if abs(at - self._end) > SEAM_TOLERANCE_S else 0
             if seam > 0:
                 samples = np.concatenate([silence(seam, samples.shape[1]), samples])
                 self.filled_samples += seam

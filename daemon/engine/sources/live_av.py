@@ -155,6 +155,11 @@ class LiveAVSource:
             self._thread.join(timeout)
 
     @property
+    def pacer(self) -> FramePacer[SourceFrame]:
+        """Shows the pictures on the output clock; sound keeps in step through its ``due_time``."""
+        return self._pacer
+
+    @property
     def receiver_alive(self) -> bool:
         return self._thread.is_alive()
 

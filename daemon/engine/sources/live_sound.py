@@ -1,49 +1,49 @@
-"""The sound of a live input (``av::stream_in``): decoded on the receiver thread, played in arrival order.
+"""The sound of a live input (``av::stream_in``): decoded on the receiver thread, played by its timestamps.
 
 :class:`LiveSound` is the audio consumer a :class:`~.live_av.LiveAVSource`
 hands every decoded ``av.AudioFrame``. It converts them to the bus format
-(``audio.resample``) and writes them into a live ``AudioBuffer``, which the
-mixer reads first in, first out: a producer slower than the output clock
-leaves gaps of silence (``underrun_samples``), a faster one has its backlog
-dropped beyond ``max_backlog_s`` (``dropped_samples``); that is the drift
-correction, counted in the node's stats.
+(``audio.resample``) and writes them into the node's ``AudioBuffer``, each
+chunk stamped with the local time its timestamp is due at, by the very
+mapping the pictures are shown with (``FramePacer.due_time``: the stream's
+clock, ``latency_ms`` behind arrival, following the sender's clock). The
+mixer reads it by time (the source's ``audio_time``), so sound and picture
+keep the relation the sender gave them: a stream whose sound arrives ahead
+of its pictures (MPEG-TS muxers send it early, in bursts) plays both
+together, where reading in arrival order would not.
 
-The picture of a live input is shown ``latency_s`` after it arrives (the
-pacer's jitter room); the sound keeps in step by starting ``latency_s``
-late too: whenever it starts, or starts again after the buffer ran dry, it
-is preceded by that much silence. The backlog allowed is the latency plus
-``JITTER_ROOM_S``, room for streams that deliver their sound in bursts
-(MPEG-TS packs several audio frames into one packet). Each (re)open clears
-the buffer: sound of a peer that went away never plays after the next one's.
+Drift: the mapping follows the sender's clock in small steps; the writer
+(``audio.timeline.SeamlessWriter``) writes on from where the last chunk
+ended until the stamps have moved more than its tolerance away, then
+inserts or cuts that many samples. A jump of the mapping (a reconnect, a
+timestamp jump) starts the buffer afresh. Sound that comes before the first
+picture has nothing to keep in step with and is dropped (counted in
+``dropped_before_picture``). Sound that arrives later than it is due is
+dropped by the buffer's read; a sender that stalls leaves silence
+(``underrun_samples``). Each (re)open clears the buffer: the sound of a peer
+that went away never plays after the next one's.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from compositord.daemon.engine.audio.buffer import AudioBuffer
-from compositord.daemon.engine.audio.bus import samples_until, silence
 from compositord.daemon.engine.audio.resample import BusResampler
-
-JITTER_ROOM_S = 0.25
+from compositord.daemon.engine.audio.timeline import SeamlessWriter
 
 
 class LiveSound:
-    def __init__(self, latency_s: float) -> None:
-        self._lock = threading.Lock()  # set_latency (render thread) against the receiver thread
-        self._latency_s = latency_s
-        self.buffer = AudioBuffer(max_backlog_s=latency_s + JITTER_ROOM_S)
+    def __init__(self, due_time: Callable[[float], float | None]) -> None:
+        """``due_time(pts)``: the local time a stream timestamp is due at (the pictures' pacer), or None."""
+        self._due_time = due_time
+        self._lock = threading.Lock()
+        self.buffer = AudioBuffer()
+        self._writer = SeamlessWriter(self.buffer)
         self._resampler = BusResampler()
         self.stream_has_audio = False
-
-    def set_latency(self, latency_s: float) -> None:
-        """A new latency: a new buffer (its backlog bound changes), filled from the next sound on."""
-        with self._lock:
-            if latency_s == self._latency_s:
-                return
-            self._latency_s = latency_s
-            self.buffer = AudioBuffer(max_backlog_s=latency_s + JITTER_ROOM_S)
+        self.dropped_before_picture = 0  # samples
 
     # ------------------------------------------------------------------ receiver thread
 
@@ -52,12 +52,14 @@ class LiveSound:
         with self._lock:
             self.stream_has_audio = stream is not None
             self.buffer.clear()
+            self._writer.restart()
             self._resampler.reset()
 
     def __call__(self, frame: Any) -> None:
         with self._lock:
-            buffer = self.buffer
             for chunk in self._resampler.convert(frame):
-                if buffer.buffered_s == 0 and self._latency_s > 0:
-                    buffer.write(silence(samples_until(self._latency_s)))  # start latency_s late, as the picture does
-                buffer.write(chunk.samples)
+                due = None if chunk.time is None else self._due_time(chunk.time)
+                if due is None:
+                    self.dropped_before_picture += chunk.samples.shape[0]
+                    continue
+                self._writer.write(chunk.samples, due)

@@ -77,6 +77,12 @@ class FramePacer(Generic[T]):
                 self._offset += latency_s - self._latency_s
             self._latency_s = latency_s
 
+    def due_time(self, pts: float) -> float | None:
+        """When something stamped ``pts`` on the source's clock is due on the local clock (the sound of a
+        live input keeps in step with its pictures this way); None before the first frame anchors the clock."""
+        with self._lock:
+            return None if self._offset is None else pts + self._offset
+
     # ------------------------------------------------------------------ producer thread
 
     def push(self, frame: T, pts: float) -> None:

@@ -9,12 +9,14 @@ timestamps, ``latency_ms`` behind their arrival (``sources.pacing``). Where a
 node may listen is the schema's policy (``allowed_ingest_listen``).
 
 Sound (``audio``, default true): the stream's first audio stream is decoded
-on the receiver thread and played in arrival order ``latency_ms`` late, like
-the picture (``live_sound``); the node's ``audio`` is its buffer whenever
-the param is true, so the mixer hears silence, not nothing, while no sound
-arrives (connecting, a stream without audio): what an output records does not
-depend on whether the peer had connected when it started. ``audio: false``
-leaves the sound undemuxed and ``audio`` None.
+on the receiver thread and played by its timestamps, on the same mapping
+as the pictures (``live_sound``), so the two keep the sender's relation;
+``audio_time(t)`` is the render loop's time on that clock. The node's
+``audio`` is its buffer whenever the param is true, so the mixer hears
+silence, not nothing, while no sound arrives (connecting, a stream without
+audio): what an output records does not depend on whether the peer had
+connected when it started. ``audio: false`` leaves the sound undemuxed and
+``audio`` None.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from compositord.daemon.engine.audio.timeline import PlayClock
 from compositord.daemon.engine.sources.live_av import AVInput, LiveAVSource
 from compositord.daemon.engine.sources.live_sound import LiveSound
 
@@ -52,15 +55,20 @@ def describe_stream_in(params: Mapping[str, Any]) -> AVInput:
 
 class StreamInSource(LiveAVSource):
     def __init__(self, params: Mapping[str, Any]) -> None:
-        self._sound = LiveSound(int(params.get("latency_ms", 100)) / 1000)
+        # The receiver thread calls due_time only once it runs, after LiveAVSource made the pacer.
+        self._sound = LiveSound(due_time=lambda pts: self.pacer.due_time(pts))
+        self._play_clock = PlayClock()
         self._wants_audio = bool(params.get("audio", True))
         super().__init__(params, describe_stream_in, name="stream-in", audio_consumer=self._sound if self._wants_audio else None)
 
     def configure(self, params: Mapping[str, Any]) -> None:
         super().configure(params)
-        self._sound.set_latency(int(params.get("latency_ms", 100)) / 1000)
         wants_audio = bool(params.get("audio", True))
         if wants_audio != self._wants_audio:
             self._wants_audio = wants_audio
             self.attach_audio(self._sound if wants_audio else None)  # reopens: the demuxed streams change
         self.audio = self._sound.buffer if self._wants_audio else None
+
+    def audio_time(self, t: float) -> float:
+        """The local time of the sound that goes with ``frame(t)`` (``audio.timeline.PlayClock``)."""
+        return self._play_clock.audio_time(t)

@@ -29,7 +29,7 @@ and pictures are far apart in the file: pictures are then shown on time and
 late sound is dropped by the buffer). Writing never waits: a full buffer
 drops its oldest sound. ``audio_time(t)`` is the play-clock time of the
 sound that goes with ``frame(t)``: the time the render loop asks, on the play
-clock. ``audio`` is None for a file without an audio stream (known once the
+clock (``audio.timeline.PlayClock``). ``audio`` is None for a file without an audio stream (known once the
 file is open, before its first picture is handed over) and when the node's
 ``audio`` param is false; toggling ``audio`` does not restart playback.
 
@@ -59,7 +59,7 @@ import numpy as np
 from compositord.daemon.engine.audio.buffer import DEFAULT_CAPACITY_S, AudioBuffer
 from compositord.daemon.engine.audio.bus import BUS_SAMPLE_RATE
 from compositord.daemon.engine.audio.resample import BusResampler
-from compositord.daemon.engine.audio.timeline import SeamlessWriter
+from compositord.daemon.engine.audio.timeline import PlayClock, SeamlessWriter
 from compositord.daemon.engine.render.frames import ColorMatrix, SourceFrame, chroma_size
 from compositord.daemon.engine.sandbox import SandboxError, resolve_input
 from compositord.daemon.engine.sources.handoff import LatestFrameSlot
@@ -74,8 +74,6 @@ CLOSE_JOIN_S = 0.5  # how long close() waits for the decoder thread (it never bl
 AUDIO_LEAD_S = 0.2  # sound is decoded this far ahead of the picture shown (the mixer reads up to a frame ahead)
 MAX_PENDING_FRAMES = 12  # decoded pictures held back at most while reading ahead for the sound
 STARTUP_LEAD_S = 0.1  # with sound, the first picture is due this long after the file opens, so its sound is there too
-AUDIO_CLOCK_SLEW = 0.05  # audio_time follows the render loop's clock against the play clock this fast
-AUDIO_CLOCK_RESYNC_S = 0.1  # ... and jumps to it when further apart than this (a stall, an fps change)
 
 # AVColorSpace values (libavutil/pixfmt.h) that say how the file's YUV is to be read.
 _BT709 = {1}
@@ -110,8 +108,7 @@ class VideoFileSource:
         self._sound = SeamlessWriter(AudioBuffer())
         self._file_has_audio = False  # the open file has an audio stream (decoder thread)
         self.audio: AudioBuffer | None = None  # read by the mixer; set under self._lock
-        self._audio_t: float | None = None  # the render loop's time audio_time last saw
-        self._audio_clock_offset: float | None = None  # play clock minus the render loop's clock
+        self._play_clock = PlayClock()
         self.configure(params)
         self._thread = threading.Thread(target=self._run, name=f"compositord-decode({self._current()[1].path})", daemon=True)
         self._thread.start()
@@ -146,19 +143,8 @@ class VideoFileSource:
         return self._frame
 
     def audio_time(self, t: float) -> float:
-        """The play-clock time of the sound that goes with ``frame(t)``: ``t`` (the render loop's clock) moved
-        onto the play clock by an offset that follows the two clocks smoothly, so the mixer's reads run on
-        without seams while the render loop's timing jitters."""
-        if t != self._audio_t:  # once per output frame, however many compositors ask
-            self._audio_t = t
-            measured = time.monotonic() - t
-            offset = self._audio_clock_offset
-            if offset is None or abs(measured - offset) > AUDIO_CLOCK_RESYNC_S:
-                self._audio_clock_offset = measured
-            else:
-                self._audio_clock_offset = offset + (measured - offset) * AUDIO_CLOCK_SLEW
-        assert self._audio_clock_offset is not None
-        return t + self._audio_clock_offset
+        """The play-clock time of the sound that goes with ``frame(t)`` (``audio.timeline.PlayClock``)."""
+        return self._play_clock.audio_time(t)
 
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = {"frames_decoded": self.frames_decoded, "frames_dropped": self._slot.dropped}
