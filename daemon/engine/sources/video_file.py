@@ -1,16 +1,19 @@
 """A ``video::file`` node: a video file decoded with PyAV in its own thread, looped or once, with its sound.
 
-One decoder thread per node. It paces itself: each frame is handed over when
-its presentation time comes, measured on ``time.monotonic()`` from the moment
-playback (re)started, so a 30 fps file plays at 30 fps whatever the
-compositor's rate. That clock, the *play clock* (``time.monotonic()``
-seconds: when a frame or a sample is due), runs on across loop passes: the
-next pass starts where the last one ended, one frame after its last picture
-or at the end of its sound, whichever is later. The handoff is a one-slot :class:`LatestFrameSlot`: the
-render thread takes the newest frame without ever waiting, a frame it did not
-take in time is replaced (and counted as dropped). Frames cross as I420
-planes (1.5 bytes a pixel), tightly packed: PyAV's row padding (``line_size``)
-is cut off here, on the decoder thread.
+One decoder thread per node. Each frame is due at its presentation time,
+measured on ``time.monotonic()`` from the moment playback (re)started, so a
+30 fps file plays at 30 fps whatever the compositor's rate. That clock, the
+*play clock* (``time.monotonic()`` seconds: when a frame or a sample is
+due), runs on across loop passes: the next pass starts where the last one
+ended, one frame after its last picture or at the end of its sound,
+whichever is later. The decoder runs a little ahead of the clock and queues
+each frame with its due time (a ``DueFrameQueue`` of at most
+``MAX_PENDING_FRAMES``); the render thread takes the newest frame due
+without ever waiting, so pictures change on the render tick however late
+the decoder's thread wakes; a frame overtaken before it was taken is
+counted as dropped. Frames cross as I420 planes (1.5 bytes a pixel), tightly
+packed: PyAV's row padding (``line_size``) is cut off here, on the decoder
+thread.
 
 Params apply without restarting the pipeline: ``configure`` (render thread)
 records what is wanted and wakes the decoder; a new ``path`` reopens the file,
@@ -22,12 +25,12 @@ Sound: the file's first audio stream is decoded on the same thread,
 converted to the bus format there (``audio.resample``) and written into the
 node's ``AudioBuffer`` (``audio``), each chunk stamped with the play-clock
 time it is due at (``audio.timeline`` keeps loop passes seamless). So that
-the mixer finds the sound written before it is due, the decoder reads
-``AUDIO_LEAD_S`` ahead of the picture it shows, holding at most
-``MAX_PENDING_FRAMES`` decoded pictures back (the bound when a file's sound
-and pictures are far apart in the file: pictures are then shown on time and
-late sound is dropped by the buffer). Writing never waits: a full buffer
-drops its oldest sound. ``audio_time(t)`` is the play-clock time of the
+the mixer finds the sound written before it is due, the decoder runs
+``AUDIO_LEAD_S`` ahead of the play clock when the file has sound
+(``DECODE_AHEAD_S`` without), bounded by the queue: a file whose sound and
+pictures lie far apart in it still shows its pictures on time, and sound
+that comes too late is dropped by the buffer. Writing never waits: a full
+buffer drops its oldest sound. ``audio_time(t)`` is the play-clock time of the
 sound that goes with ``frame(t)``: the time the render loop asks, on the play
 clock (``audio.timeline.PlayClock``). ``audio`` is None for a file without an audio stream (known once the
 file is open, before its first picture is handed over) and when the node's
@@ -62,7 +65,7 @@ from compositord.daemon.engine.audio.resample import BusResampler
 from compositord.daemon.engine.audio.timeline import PlayClock, SeamlessWriter
 from compositord.daemon.engine.render.frames import ColorMatrix, SourceFrame, chroma_size
 from compositord.daemon.engine.sandbox import SandboxError, resolve_input
-from compositord.daemon.engine.sources.handoff import LatestFrameSlot
+from compositord.daemon.engine.sources.handoff import DueFrameQueue
 
 log = logging.getLogger(__name__)
 _serials = itertools.count(1)
@@ -72,7 +75,8 @@ REANCHOR_AFTER_S = 0.5  # a frame this late (slow decode) restarts the clock at 
 DEFAULT_FRAME_RATE = 25.0  # for streams that name no rate and frames without timestamps
 CLOSE_JOIN_S = 0.5  # how long close() waits for the decoder thread (it never blocks the caller longer)
 AUDIO_LEAD_S = 0.2  # sound is decoded this far ahead of the picture shown (the mixer reads up to a frame ahead)
-MAX_PENDING_FRAMES = 12  # decoded pictures held back at most while reading ahead for the sound
+MAX_PENDING_FRAMES = 12  # decoded pictures queued at most (memory: 12 x 3 MB at 1080p)
+DECODE_AHEAD_S = 0.05  # without sound, pictures are still queued this far ahead, so they change on the render tick
 STARTUP_LEAD_S = 0.1  # with sound, the first picture is due this long after the file opens, so its sound is there too
 
 # AVColorSpace values (libavutil/pixfmt.h) that say how the file's YUV is to be read.
@@ -96,7 +100,7 @@ class _Wanted:
 class VideoFileSource:
     def __init__(self, params: Mapping[str, Any], asset_dir: str | os.PathLike[str] | None = None) -> None:
         self._asset_dir = Path(asset_dir) if asset_dir is not None else None
-        self._slot: LatestFrameSlot[SourceFrame] = LatestFrameSlot()
+        self._queue: DueFrameQueue[SourceFrame] = DueFrameQueue(MAX_PENDING_FRAMES)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -137,7 +141,7 @@ class VideoFileSource:
         self._wake.set()
 
     def frame(self, t: float = 0.0) -> SourceFrame | None:
-        newest = self._slot.take()
+        newest = self._queue.take(time.monotonic())
         if newest is not None:
             self._frame = newest
         return self._frame
@@ -147,7 +151,7 @@ class VideoFileSource:
         return self._play_clock.audio_time(t)
 
     def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = {"frames_decoded": self.frames_decoded, "frames_dropped": self._slot.dropped}
+        stats: dict[str, Any] = {"frames_decoded": self.frames_decoded, "frames_dropped": self._queue.dropped}
         audio = self.audio
         if audio is not None:
             stats["audio"] = audio.stats()
@@ -194,7 +198,7 @@ class VideoFileSource:
         try:
             while not self._stop.is_set():
                 generation, wanted = self._current()
-                self._slot.clear()
+                self._queue.clear()
                 self._sound.restart()
                 self._sound.buffer.clear()
                 try:
@@ -282,8 +286,6 @@ class VideoFileSource:
                     continue
                 if not playing.picture(frame):
                     return
-            if not playing.flush():
-                return
             if playing.shown == 0:
                 where = f" at or after seek_seconds {start:g}" if start > 0 else ""
                 raise InputFault(f"{self._current()[1].path}: no decodable video frames{where}")
@@ -298,8 +300,8 @@ class VideoFileSource:
             if self._superseded(generation):
                 return
 
-    def _show(self, picture: SourceFrame) -> None:
-        self._slot.put(picture)
+    def _show(self, due: float, picture: SourceFrame) -> None:
+        self._queue.put(due, picture)
         self.frames_decoded += 1
         if self.error is not None:
             self.error = None
@@ -317,11 +319,13 @@ class VideoFileSource:
 
 
 class _Pass:
-    """One pass through the file on the decoder thread: pictures held back until due, sound written ahead.
+    """One pass through the file on the decoder thread: pictures queued ahead with the time each is due,
+    sound written ahead with the same stamps.
 
-    Pictures wait in ``pending`` (decoded, converted) while the demuxer reads on for the sound that goes
-    with them; a picture is shown once the file has been read ``AUDIO_LEAD_S`` past it, or when
-    ``MAX_PENDING_FRAMES`` wait. Without sound nothing is held back.
+    The decoder runs ahead of the play clock by ``ahead_s()`` (``AUDIO_LEAD_S`` with sound, so the mixer
+    finds it written before it is due; ``DECODE_AHEAD_S`` without): before it queues a picture due at
+    ``d`` it waits until ``d - ahead_s()``. The render thread takes each picture when it is due
+    (``DueFrameQueue``), so the pictures keep their times however late this thread wakes.
     """
 
     def __init__(
@@ -333,7 +337,7 @@ class _Pass:
         sound: SeamlessWriter,
         wants_audio: Callable[[], bool],
         sleep_until: Callable[[float], bool],
-        show: Callable[[SourceFrame], None],
+        show: Callable[[float, SourceFrame], None],
     ) -> None:
         self._writer = sound
         self._wants_audio = wants_audio
@@ -342,13 +346,11 @@ class _Pass:
         self._start = start
         self._frame_period = frame_period
         self._clock = clock
-        self._pending: deque[tuple[float, SourceFrame]] = deque()
         self._early_sound: deque[tuple[np.ndarray, float]] = deque()  # decoded before the clock is anchored
         self._early_samples = 0
-        self._read_until = start  # media time of the newest thing decoded
         self._media_time = start  # of the newest picture
         self._sound_end: float | None = None
-        self.shown = 0
+        self.shown = 0  # pictures queued to be shown
 
     def sound(self, samples: np.ndarray, media_time: float | None) -> None:
         if media_time is None:
@@ -357,7 +359,6 @@ class _Pass:
         if end <= self._start:
             return  # before the seek position
         self._sound_end = end if self._sound_end is None else max(self._sound_end, end)
-        self._read_until = max(self._read_until, media_time)
         if self._clock is None:
             self._early_sound.append((samples, media_time))
             self._early_samples += samples.shape[0]
@@ -372,7 +373,6 @@ class _Pass:
         self._media_time = media_time
         if media_time < self._start - self._frame_period / 2:
             return True  # a seek lands on the key frame before the target; those frames are not shown
-        self._read_until = max(self._read_until, media_time)
         if self._clock is None:
             lead = STARTUP_LEAD_S if self._wants_audio() else 0.0
             self._clock = (time.monotonic() + lead, media_time)
@@ -380,20 +380,14 @@ class _Pass:
                 samples, sound_time = self._early_sound.popleft()
                 self._writer.write(samples, self._play_time(sound_time))
             self._early_samples = 0
-        self._pending.append((media_time, source_frame_from_av(frame)))
-        reading_ahead = self._wants_audio()
-        while self._pending and (
-            not reading_ahead or len(self._pending) > MAX_PENDING_FRAMES or self._read_until - self._pending[0][0] >= AUDIO_LEAD_S
-        ):
-            if not self._show_next():
-                return False
-        return True
-
-    def flush(self) -> bool:
-        """The end of the pass: show what waits; False when superseded."""
-        while self._pending:
-            if not self._show_next():
-                return False
+        due = self._play_time(media_time)
+        if not self._sleep_until(due - self._ahead_s()):
+            return False
+        if time.monotonic() - due > REANCHOR_AFTER_S:
+            self._clock = (time.monotonic(), media_time)  # decoding fell behind: start the clock again from here
+            due = self._play_time(media_time)
+        self._show(due, source_frame_from_av(frame))
+        self.shown += 1
         return True
 
     def next_anchor(self) -> tuple[float, float] | None:
@@ -405,21 +399,13 @@ class _Pass:
             end = max(end, self._sound_end)
         return (self._play_time(end), self._start)
 
+    def _ahead_s(self) -> float:
+        ahead = AUDIO_LEAD_S if self._wants_audio() else DECODE_AHEAD_S
+        return min(ahead, (MAX_PENDING_FRAMES - 2) * self._frame_period)  # never more than the queue holds
+
     def _play_time(self, media_time: float) -> float:
         assert self._clock is not None
         return self._clock[0] + (media_time - self._clock[1])
-
-    def _show_next(self) -> bool:
-        media_time, picture = self._pending[0]
-        due = self._play_time(media_time)
-        if not self._sleep_until(due):
-            return False
-        if time.monotonic() - due > REANCHOR_AFTER_S:
-            self._clock = (time.monotonic(), media_time)  # decoding fell behind: start the clock again from here
-        self._pending.popleft()
-        self._show(picture)
-        self.shown += 1
-        return True
 
 
 def _decode(container: Any, streams: list[Any]) -> Any:
