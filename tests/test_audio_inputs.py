@@ -15,6 +15,7 @@ from compositord.daemon.engine.audio.bus import BUS_CHANNELS, BUS_DTYPE, BUS_SAM
 from compositord.daemon.engine.audio.resample import BusResampler
 from compositord.daemon.engine.audio.timeline import PlayClock, SeamlessWriter
 from compositord.daemon.engine.sources.live_sound import LiveSound
+from compositord.daemon.engine.sources.pacing import FramePacer
 from compositord.testing.media import sine
 
 
@@ -77,7 +78,15 @@ def test_seamless_writer_fills_small_gaps_cuts_small_overlaps_and_jumps_at_large
 
 def test_live_sound_is_stamped_by_the_pictures_clock_and_a_reopen_clears_it() -> None:
     offset: list[float] = []  # the pacer's mapping: none until the first picture
-    sound = LiveSound(due_time=lambda pts: pts + offset[0] if offset else None)
+
+    class Mapping:
+        def hold_for(self, pts: float, margin_s: float) -> None:
+            pass  # the sound here comes in time (FramePacer.hold_for has its own test)
+
+        def due_time(self, pts: float) -> float | None:
+            return pts + offset[0] if offset else None
+
+    sound = LiveSound(Mapping())
     sound.opened(object())
     tone = sine(4800, 1000.0, 48_000)
     sound(decoded(tone, 48_000, 0))  # before any picture: nothing to keep in step with
@@ -114,3 +123,22 @@ def test_play_clock_follows_the_render_loops_clock_smoothly() -> None:
     later = clock.audio_time(0.02)
     assert later - first == pytest.approx(0.02, abs=0.005)  # t's own steps, not the jitter of when it was asked
     assert clock.audio_time(5.0) == pytest.approx(time.monotonic(), abs=0.05)  # a jump: measured afresh
+
+
+def test_late_sound_holds_the_pictures_mapping_back() -> None:
+    now = [100.0]
+    pacer: FramePacer[str] = FramePacer(latency_s=0.05, clock=lambda: now[0])
+    pacer.hold_for(0.0, 0.06)  # before any picture: no mapping to hold
+    assert pacer.due_time(0.0) is None
+    pacer.push("picture", 0.0)  # arrives at 100.0: due at 100.05
+    assert pacer.due_time(1.0) == pytest.approx(101.05)
+    now[0] = 100.2
+    pacer.hold_for(0.0, 0.06)  # the sound stamped 0.0 arrives 0.2 s after its picture
+    assert pacer.due_time(1.0) == pytest.approx(101.26) and pacer.holds == 1  # the pictures wait too
+    assert pacer.extra_s == pytest.approx(0.21)
+    now[0] = 100.24
+    pacer.push("next", 0.24)  # on time; the pictures' own correction keeps the extra delay: no pull back down
+    assert pacer.due_time(1.0) == pytest.approx(101.26)
+    now[0] = 110.0
+    pacer.hold_for(9.9, 0.06)  # sound with room to spare: the extra comes down slowly (2 ms a second)
+    assert pacer.extra_s == pytest.approx(0.21 - 0.002 * 9.8) and pacer.holds == 1

@@ -43,6 +43,7 @@ import av
 
 from compositord.daemon.engine.audio.buffer import AudioBuffer
 from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.sources.pacing import DEFAULT_CAPACITY as PACER_DEFAULT_CAPACITY
 from compositord.daemon.engine.sources.pacing import FramePacer
 from compositord.daemon.engine.sources.video_file import describe_av_error, source_frame_from_av
 
@@ -92,6 +93,7 @@ class LiveAVSource:
         *,
         name: str,
         audio_consumer: AudioConsumer | None = None,
+        pacer_capacity: int = PACER_DEFAULT_CAPACITY,
     ) -> None:
         self._describe = describe
         self._lock = threading.Lock()
@@ -99,7 +101,7 @@ class LiveAVSource:
         self._stop = threading.Event()
         self._generation = 0
         self._wanted: AVInput | None = None
-        self._pacer: FramePacer[SourceFrame] = FramePacer()
+        self._pacer: FramePacer[SourceFrame] = FramePacer(capacity=pacer_capacity)
         self._frame: SourceFrame | None = None
         self._taken_at: float | None = None
         self._audio_consumer = audio_consumer

@@ -28,6 +28,9 @@ from compositord.daemon.engine.audio.timeline import PlayClock
 from compositord.daemon.engine.sources.live_av import AVInput, LiveAVSource
 from compositord.daemon.engine.sources.live_sound import LiveSound
 
+# Pictures that may wait for late sound (latency_ms plus ~200 ms of MPEG-TS audio packing) at up to 60 fps.
+PACER_CAPACITY = 24
+
 
 def describe_stream_in(params: Mapping[str, Any]) -> AVInput:
     url = str(params["url"])
@@ -55,11 +58,16 @@ def describe_stream_in(params: Mapping[str, Any]) -> AVInput:
 
 class StreamInSource(LiveAVSource):
     def __init__(self, params: Mapping[str, Any]) -> None:
-        # The receiver thread calls due_time only once it runs, after LiveAVSource made the pacer.
-        self._sound = LiveSound(due_time=lambda pts: self.pacer.due_time(pts))
+        self._sound = LiveSound(_PacerOf(self))
         self._play_clock = PlayClock()
         self._wants_audio = bool(params.get("audio", True))
-        super().__init__(params, describe_stream_in, name="stream-in", audio_consumer=self._sound if self._wants_audio else None)
+        super().__init__(
+            params,
+            describe_stream_in,
+            name="stream-in",
+            audio_consumer=self._sound if self._wants_audio else None,
+            pacer_capacity=PACER_CAPACITY,
+        )
 
     def configure(self, params: Mapping[str, Any]) -> None:
         super().configure(params)
@@ -72,3 +80,17 @@ class StreamInSource(LiveAVSource):
     def audio_time(self, t: float) -> float:
         """The local time of the sound that goes with ``frame(t)`` (``audio.timeline.PlayClock``)."""
         return self._play_clock.audio_time(t)
+
+
+class _PacerOf:
+    """The pacer of a source, looked up when used: the receiver thread uses it only once it runs, after
+    ``LiveAVSource`` made the pacer."""
+
+    def __init__(self, source: LiveAVSource) -> None:
+        self._source = source
+
+    def hold_for(self, pts: float, margin_s: float) -> None:
+        self._source.pacer.hold_for(pts, margin_s)
+
+    def due_time(self, pts: float) -> float | None:
+        return self._source.pacer.due_time(pts)
