@@ -958,9 +958,14 @@ _register(
                 "path": RelativePath(max_len=4096, doc="video file inside the asset directory"),
                 "loop": Bool(default=True),
                 "seek_seconds": Number(0, 7 * 24 * 3600, default=0.0, doc="start position"),
+                "audio": Bool(default=True, doc="carry the file's sound (its first audio stream) to the mixer"),
             }
         ),
-        "a video file decoded with PyAV, looped or once",
+        "a video file decoded with PyAV, looped or once, with its sound",
+        notes=(
+            "A file without an audio stream, or `audio: false`, has no sound: a compositor with no other sound"
+            " hands its outputs none. Changing `audio` does not restart playback.",
+        ),
     )
 )
 _register(
@@ -992,6 +997,7 @@ _register(
             " `width`, `height`, `frame_rate`, `pixel_format`.",
             "The node's state is `connecting` until the first frame, then `live`; a missing or busy device is an error,"
             " tried again with backoff.",
+            "No sound: x11grab and V4L2 carry pictures only (a PulseAudio or ALSA capture is not built).",
         ),
     )
 )
@@ -1015,7 +1021,10 @@ _register(
                     0.5, 60, default=5.0, doc="each open (or wait for a publisher) gives up after this long"
                 ),
                 "read_timeout_s": Number(0.5, 60, default=3.0, doc="no data for this long: the peer is gone, reconnect"),
-                "latency_ms": Int(0, 2000, default=100, doc="delay that absorbs network jitter before frames are shown"),
+                "latency_ms": Int(
+                    0, 2000, default=100, doc="delay that absorbs network jitter before frames (and sound) are played"
+                ),
+                "audio": Bool(default=True, doc="carry the stream's sound (its first audio stream) to the mixer"),
             }
         ),
         "network ingest through PyAV: RTMP (pull or listen), MPEG-TS over UDP, RTSP, HLS, HTTP",
@@ -1027,6 +1036,9 @@ _register(
             " and pulls only from sources its operator lists (`allowed_ingest_sources`; loopback by default).",
             "The node's state is `connecting` until frames arrive, then `live`; when the peer goes away it is `connecting`"
             " again and reconnects; a failed attempt (refused, not found) is an error, tried again with backoff.",
+            "With `audio: true` the node always has sound for the mixer (played by its timestamps, in step with the"
+            " pictures), silence while no sound arrives (a stream without audio, a peer that went away);"
+            " `audio: false` leaves the stream's sound undemuxed.",
         ),
         policy_checks=(PolicyCheck(("url", "listen"), _check_ingest_reach),),
     )

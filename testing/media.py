@@ -4,6 +4,12 @@ Frame ``i`` of a clip: the top half is red on the left and blue on the right
 (orientation), the bottom half is grey at level ``grey_of(i)`` (the frame
 number modulo 30, read back with ``frame_number_of``). Flat areas keep the colours
 exact through 4:2:0 chroma subsampling.
+
+Clips with sound (``write_clip_with_sound``): a sine of known frequency, all
+along, or only in a burst at the start of each white *flash* frame (every
+``flash_every`` frames, the whole picture white, ``is_flash``), so a test can
+find the flash in the pictures and the burst in the sound and compare when
+each was played.
 """
 
 from __future__ import annotations
@@ -70,6 +76,87 @@ def write_clip(
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+WHITE = 235  # a flash frame's level (limited-range white survives every conversion unclipped)
+
+
+def is_flash(rgb: np.ndarray) -> bool:
+    """A decoded (h, w, 3+) RGB frame is a flash frame (white all over; the pattern's brightest is far darker)."""
+    return float(np.median(rgb[..., :3])) > 225
+
+
+def sine(count: int, frequency_hz: float, sample_rate: int, *, first_sample: int = 0, level: float = 0.5) -> np.ndarray:
+    """``count`` samples of a sine (float64, peak ``level``), phase continuous from sample ``first_sample``."""
+    index = np.arange(first_sample, first_sample + count, dtype=np.float64)
+    return level * np.sin(2 * np.pi * frequency_hz * index / sample_rate)
+
+
+def write_clip_with_sound(
+    path: Path,
+    *,
+    frames: int = 25,
+    fps: int = 25,
+    width: int = 64,
+    height: int = 48,
+    codec: str = "ffv1",
+    audio_codec: str = "flac",
+    sample_rate: int = 44_100,
+    layout: str = "mono",
+    tone_hz: float = 1000.0,
+    level: float = 0.5,
+    flash_every: int | None = None,
+    burst_ms: float = 40.0,
+) -> Path:
+    """A pattern clip (``write_clip``'s frames) with a sound track as long as its pictures: a sine of
+    ``tone_hz`` all along, or, with ``flash_every``, frames ``0, flash_every, ...`` white and the sine only
+    for ``burst_ms`` from the start of each of those frames (silence between)."""
+    duration_samples = round(frames * sample_rate / fps)
+    tone = sine(duration_samples, tone_hz, sample_rate, level=level)
+    if flash_every is not None:
+        gate = np.zeros(duration_samples, dtype=bool)
+        burst = round(burst_ms * sample_rate / 1000)
+        for index in range(0, frames, flash_every):
+            first = round(index * sample_rate / fps)
+            gate[first : first + burst] = True
+        tone = np.where(gate, tone, 0.0)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream(codec, rate=fps)
+        assert isinstance(video, av.VideoStream), f"{codec} is not a video codec"
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.time_base = Fraction(1, fps)
+        audio = container.add_stream(audio_codec, rate=sample_rate, layout=layout)
+        assert isinstance(audio, av.AudioStream), f"{audio_codec} is not an audio codec"
+        audio.time_base = Fraction(1, sample_rate)
+        channels = audio.layout.nb_channels
+        to_codec = av.AudioResampler(format=audio.format.name, layout=layout, rate=sample_rate)
+        chunk = audio.codec_context.frame_size or 1024
+        pictures = 0
+        for first in range(0, duration_samples, chunk):
+            samples = tone[first : first + chunk].astype(np.float32)
+            planar = np.repeat(samples[np.newaxis, :], channels, axis=0)
+            sound = av.AudioFrame.from_ndarray(planar, format="fltp", layout=layout)
+            sound.sample_rate, sound.pts, sound.time_base = sample_rate, first, Fraction(1, sample_rate)
+            for converted in to_codec.resample(sound):
+                for packet in audio.encode(converted):
+                    container.mux(packet)
+            # Pictures up to the same time, so the file interleaves them as a recording would.
+            while pictures < frames and pictures * sample_rate / fps <= first + chunk:
+                image = pattern(pictures, width, height)
+                if flash_every is not None and pictures % flash_every == 0:
+                    image[...] = WHITE
+                picture = av.VideoFrame.from_ndarray(image, format="rgb24")
+                picture.pts, picture.time_base = pictures, Fraction(1, fps)
+                for packet in video.encode(picture):
+                    container.mux(packet)
+                pictures += 1
+        for converted in to_codec.resample(None):
+            for packet in audio.encode(converted):
+                container.mux(packet)
+        for stream in (audio, video):
+            for packet in stream.encode():
+                container.mux(packet)
     return path
 
 

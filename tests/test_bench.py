@@ -231,3 +231,19 @@ def test_control_latency_can_run_both_engine_modes(capsys: pytest.CaptureFixture
     summary = {item["engine_mode"]: item for item in summarize(rows)}
     assert summary["process"]["view_ack_p99_ms"] == [20.0, 40.0] and summary["process"]["runs_meeting_target_without_drops"] == 1
     assert summary["thread"]["runs_meeting_target"] == 1 and summary["thread"]["runs_meeting_target_without_drops"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("ffmpeg") is None, reason="no ffmpeg command: the ingest scenario makes its clip and sends its stream with it"
+)
+def test_ingest_quick_measures_every_input(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_bench(capsys, "ingest", "--quick", "--seconds", "0.5")
+    assert code == 0
+    record = load_results(out)["ingest"]
+    expected = {"file", "file_no_audio", "stream_in"} | ({"capture"} if shutil.which("Xvfb") else set())
+    assert set(record["cases"]) == expected
+    for name, case in record["cases"].items():
+        assert case["frames"] > 0 and case["cpu_ms_per_frame"] is not None, name
+    assert record["cases"]["file"]["sound"] and not record["cases"]["file_no_audio"]["sound"]
+    assert record["cases"]["stream_in"]["sound"]

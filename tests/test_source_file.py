@@ -21,6 +21,7 @@ import trio
 
 from compositord.daemon.engine.loop import RenderLoop
 from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.sources.handoff import DueFrameQueue
 from compositord.daemon.engine.sources.video_file import VideoFileSource
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.testing.media import BLUE, RED, frame_number_of, grey_of, i420_to_rgb, pattern, write_clip
@@ -242,3 +243,20 @@ async def test_render_loop_composites_a_file_and_keeps_its_own_rate(tmp_path: Pa
     assert not any(t.name.startswith("compositord-decode") and t.is_alive() for t in threading.enumerate()), (
         "decoder stopped with the loop"
     )
+
+
+def test_due_frame_queue_hands_out_the_newest_frame_due_and_stays_bounded() -> None:
+    queue: DueFrameQueue[str] = DueFrameQueue(3)
+    queue.put(10.0, "a")
+    queue.put(10.1, "b")
+    queue.put(10.2, "c")
+    assert queue.take(9.9) is None  # nothing due yet
+    assert queue.take(10.15) == "b" and queue.dropped == 1  # "a" was overtaken before it was taken
+    queue.put(10.3, "d")
+    queue.put(10.4, "e")
+    queue.put(10.5, "g")  # full (c, d, e wait): the oldest goes
+    assert len(queue) == 3 and queue.dropped == 2
+    assert queue.take(11.0) == "g" and queue.dropped == 4  # d and e overtaken
+    queue.put(12.0, "f")
+    queue.clear()
+    assert queue.take(13.0) is None and len(queue) == 0

@@ -7,12 +7,14 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from compositord.daemon.engine.render.frames import SourceFrame
 from compositord.daemon.engine.sources.capture import CaptureSource
 from compositord.daemon.engine.sources.live_av import LiveAVSource
 from compositord.daemon.engine.sources.stream_in import StreamInSource
+from compositord.testing.media import i420_to_rgb, is_flash, write_clip_with_sound
 
 FFMPEG = shutil.which("ffmpeg")
 XVFB = shutil.which("Xvfb")
@@ -300,3 +303,173 @@ def test_a_refused_pull_is_an_error_retried_with_backoff() -> None:
 def test_srt_is_refused_when_the_node_is_made() -> None:
     with pytest.raises(ValueError, match="no SRT protocol"):
         StreamInSource({"url": "srt://127.0.0.1:9000"})
+
+
+# ---------------------------------------------------------------- av::stream_in, sound
+
+
+def publish_with_sound(url: str, tone_hz: float, seconds: float) -> subprocess.Popen[bytes]:
+    """MPEG-TS over UDP: pictures and a sine of ``tone_hz`` (MP2, in every FFmpeg build)."""
+    assert FFMPEG is not None
+    command = [FFMPEG, "-nostdin", "-loglevel", "error", "-re"]
+    command += ["-f", "lavfi", "-i", f"testsrc=size=160x120:rate=25:duration={seconds}"]
+    command += ["-f", "lavfi", "-i", f"sine=frequency={tone_hz}:sample_rate=44100:duration={seconds}"]
+    command += ["-c:v", "mpeg2video", "-g", "10", "-c:a", "mp2", "-b:a", "128k", "-f", "mpegts", url]
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL)
+
+
+def listen(source: StreamInSource, seconds: float, until: Callable[[], bool] = lambda: False) -> tuple[np.ndarray, float]:
+    """Read the node's sound like the mixer does (one 50 fps frame's worth at a time, at ``audio_time``) for
+    ``seconds`` or until ``until()``: the sound, and the longest a read took."""
+    buffer = source.audio
+    assert buffer is not None
+    blocks = [np.zeros((0, 2), dtype=np.float32)]
+    slowest = 0.0
+    started = time.monotonic()
+    index = 0
+    while (now := time.monotonic()) - started < seconds and not until():
+        t = index / 50
+        if started + t > now:
+            time.sleep(started + t - now)
+        began = time.perf_counter()
+        blocks.append(buffer.read(960, at=source.audio_time(started + t)))
+        slowest = max(slowest, time.perf_counter() - began)
+        index += 1
+    return np.concatenate(blocks), slowest
+
+
+def dominant_frequency(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.shape[0])))
+    return float(np.fft.rfftfreq(samples.shape[0], 1 / 48_000)[int(np.argmax(spectrum))])
+
+
+def loud(samples: np.ndarray) -> np.ndarray:
+    """The samples of 10 ms stretches that are not silence."""
+    steps = samples[: samples.shape[0] // 480 * 480, 0].reshape(-1, 480)
+    return steps[np.abs(steps).max(axis=1) > 0.01].reshape(-1)
+
+
+@needs_ffmpeg
+def test_udp_ingest_carries_its_sound_and_recovers_it_after_the_sender_comes_back() -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    params = {"url": f"udp://127.0.0.1:{port}", "open_timeout_s": 3.0, "read_timeout_s": 1.0, "latency_ms": 100}
+    url = f"udp://127.0.0.1:{port}?pkt_size=1316"
+    with closing(StreamInSource(params)) as source:
+        assert isinstance(source, StreamInSource) and source.audio is not None  # silence until sound arrives
+        first = start_until_live(source, lambda: publish_with_sound(url, 1000.0, seconds=3.0))
+        sound, _ = listen(source, 1.5)
+        heard = loud(sound)
+        assert heard.shape[0] > 48_000 // 2, source.stats()  # most of the time after the first packets
+        assert dominant_frequency(heard) == pytest.approx(1000.0, abs=10.0)
+        assert source.stats()["audio"]["written_samples"] > 48_000
+
+        # The sender's clip ends; the mixer reads on meanwhile (the sound already received plays out).
+        listen(source, 15, until=lambda: source.condition == "connecting")
+        assert source.condition == "connecting", "the node noticed the sender went away"
+        listen(source, 0.5)  # the last sound received, up to latency_ms + the jitter room
+        underruns = source.stats()["audio"]["underrun_samples"]
+        quiet, slowest = listen(source, 0.5)
+        assert not np.any(quiet), "the sound of a sender gone is silence"
+        assert source.stats()["audio"]["underrun_samples"] >= underruns + 0.4 * 48_000
+        assert slowest < 0.05
+
+        first.wait(timeout=10)
+        second = start_until_live(source, lambda: publish_with_sound(url, 500.0, seconds=30.0))
+        try:
+            sound, _ = listen(source, 1.5)
+            heard = loud(sound)
+            assert heard.shape[0] > 48_000 // 2, source.stats()
+            assert dominant_frequency(heard) == pytest.approx(500.0, abs=10.0)  # the new sender's, none of the old
+        finally:
+            second.kill()
+            second.wait(timeout=10)
+
+
+@needs_ffmpeg
+def test_a_stalled_sender_is_silence_and_never_holds_the_reader() -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    params = {"url": f"udp://127.0.0.1:{port}", "open_timeout_s": 3.0, "read_timeout_s": 2.5, "latency_ms": 100}
+    url = f"udp://127.0.0.1:{port}?pkt_size=1316"
+    with closing(StreamInSource(params)) as source:
+        assert isinstance(source, StreamInSource)
+        sender = start_until_live(source, lambda: publish_with_sound(url, 1000.0, seconds=30.0))
+        try:
+            listen(source, 1.0)
+            sender.send_signal(signal.SIGSTOP)  # the sender stalls: no packets, the stream stays open
+            listen(source, 0.5)  # what was buffered plays out
+            underruns = source.stats()["audio"]["underrun_samples"]
+            quiet, slowest = listen(source, 1.0)
+            assert source.condition == "live"  # read_timeout_s has not passed: still the same connection
+            assert not np.any(quiet)
+            assert source.stats()["audio"]["underrun_samples"] >= underruns + 0.8 * 48_000
+            assert slowest < 0.05, f"a read took {slowest * 1000:.0f} ms"
+            sender.send_signal(signal.SIGCONT)
+            sound, _ = listen(source, 1.5)
+            assert loud(sound).shape[0] > 48_000 // 3, source.stats()  # the sound comes back
+        finally:
+            sender.kill()
+            sender.wait(timeout=10)
+
+
+def test_audio_false_leaves_the_sound_out() -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    with closing(StreamInSource({"url": f"udp://127.0.0.1:{port}", "audio": False, "open_timeout_s": 1.0})) as source:
+        assert source.audio is None and "audio" not in source.stats()
+
+
+def test_capture_has_no_sound() -> None:
+    with closing(CaptureSource({"source": "x11", "display": ":4242", "width": 64, "height": 48})) as source:
+        assert source.audio is None and "audio" not in source.stats()
+
+
+@needs_ffmpeg
+def test_udp_ingest_plays_each_burst_with_its_flash_within_one_frame(tmp_path: Path) -> None:
+    if (
+        subprocess.run([FFMPEG or "ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True).stdout.find(" libx264 ")
+        < 0
+    ):
+        pytest.skip("this ffmpeg has no libx264 encoder")
+    # H.264 and AAC in MPEG-TS: the muxer packs ~100-200 ms of sound into a packet, so it arrives later
+    # than the pictures it goes with; played by timestamps on the pictures' clock, which waits for it,
+    # each burst still comes with its flash (in arrival order it was ~150 ms off).
+    clip = write_clip_with_sound(
+        tmp_path / "flash.mkv", frames=30, fps=25, flash_every=10, burst_ms=60.0, sample_rate=48_000, layout="stereo"
+    )
+    port = free_port(socket.SOCK_DGRAM)
+    params = {"url": f"udp://127.0.0.1:{port}", "open_timeout_s": 3.0, "read_timeout_s": 2.0, "latency_ms": 100}
+    assert FFMPEG is not None
+    command = [FFMPEG, "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip)]
+    command += ["-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"]
+    with closing(StreamInSource(params)) as source:
+        assert isinstance(source, StreamInSource) and source.audio is not None
+        sender = start_until_live(source, lambda: subprocess.Popen(command, stdin=subprocess.DEVNULL))
+        try:
+            flashes, blocks, was_flash = [], [], False
+            started = time.monotonic()
+            for index in range(300):  # 6 s at 50 fps
+                t = index / 50
+                if started + t > time.monotonic():
+                    time.sleep(started + t - time.monotonic())
+                frame = source.frame(started + t)
+                flash = frame is not None and is_flash(
+                    i420_to_rgb(np.asarray(frame.data), frame.width, frame.height, frame.color_matrix)
+                )
+                if flash and not was_flash:
+                    flashes.append(t)
+                was_flash = flash
+                blocks.append(source.audio.read(960, at=source.audio_time(started + t)))
+        finally:
+            sender.kill()
+            sender.wait(timeout=10)
+    envelope = np.abs(np.concatenate(blocks)[:, 0]).reshape(-1, 48).max(axis=1) > 0.1  # 1 ms steps
+    bursts, quiet = [], 100
+    for step, on in enumerate(envelope):
+        if on and quiet >= 100:
+            bursts.append(step / 1000)
+        quiet = 0 if on else quiet + 1
+    # The first second settles: sound before the first picture is dropped, and the first late sound holds
+    # the pictures back (a jump of their clock).
+    settled = [b for b in bursts if 1.5 < b < 5.9]  # (a burst in the last frames may have its flash after them)
+    assert len(settled) >= 8 and len(flashes) >= 12, (flashes, bursts)
+    offsets = [b - min(flashes, key=lambda f: abs(f - b)) for b in settled]
+    assert max(abs(o) for o in offsets) <= 1 / 25, f"burst - flash (s): {offsets}"

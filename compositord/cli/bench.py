@@ -48,6 +48,10 @@ def _runner(name: str) -> Callable[[BenchOptions], dict[str, Any]]:
         from compositord.perf import scenario_mixer
 
         return scenario_mixer.run
+    if name == "ingest":
+        from compositord.perf import scenario_ingest
+
+        return scenario_ingest.run
     from compositord.perf import scenario_scaling
 
     return scenario_scaling.run
@@ -56,10 +60,11 @@ def _runner(name: str) -> Callable[[BenchOptions], dict[str, Any]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "scenario",
-        choices=(*SCENARIOS, "all", "soak", "panel_preview", "mixer"),
+        choices=(*SCENARIOS, "all", "soak", "panel_preview", "mixer", "ingest"),
         help="what to measure (all: the five scenarios in turn; soak: perf/soak.py, long-running, not part of all; "
         "panel_preview: the web panel's preview in headless Chromium, not part of all; "
-        "mixer: a compositor's sound mixing with 8 inputs, per frame, not part of all)",
+        "mixer: a compositor's sound mixing with 8 inputs, per frame, not part of all; "
+        "ingest: CPU per frame of a file, a network stream and a screen capture input, not part of all)",
     )
     parser.add_argument(
         "--compare", action="store_true", help="also run the workload in FFmpeg / GStreamer (when installed), interleaved"
@@ -80,7 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seconds",
         type=float,
         default=None,
-        help="control_latency: seconds of edits per configuration (default 8, --quick 1); panel_preview: seconds per phase; mixer: seconds in a render loop (default 5)",
+        help="control_latency: seconds of edits per configuration (default 8, --quick 1); panel_preview: seconds per phase; "
+        "mixer: seconds in a render loop (default 5); ingest: seconds measured per input",
     )
     parser.add_argument(
         "--observers",

@@ -21,9 +21,13 @@ that only timed out (nobody published yet) is not an error: the node stays
 ``connecting``.
 
 Audio: the receiver demuxes the first audio stream too when an
-``audio_consumer`` is attached (``attach_audio``) and hands it every decoded
-``av.AudioFrame`` on this thread; without one, audio packets are not even
-demuxed. The mixer of issue #17 attaches there.
+``audio_consumer`` is attached (given to the constructor, or
+``attach_audio``): it tells the consumer at each (re)open which audio stream
+it found (``opened``), then hands it every decoded ``av.AudioFrame`` on this
+thread; without one, audio packets are not even demuxed. ``av::stream_in``
+attaches a ``live_sound.LiveSound``, whose buffer is the node's ``audio``;
+``video::capture`` attaches none (x11grab and V4L2 carry no sound): its
+``audio`` is None.
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import av
 
+from compositord.daemon.engine.audio.buffer import AudioBuffer
 from compositord.daemon.engine.render.frames import SourceFrame
+from compositord.daemon.engine.sources.pacing import DEFAULT_CAPACITY as PACER_DEFAULT_CAPACITY
 from compositord.daemon.engine.sources.pacing import FramePacer
 from compositord.daemon.engine.sources.video_file import describe_av_error, source_frame_from_av
 
@@ -67,23 +73,39 @@ class InputFault(Exception):
     """The input cannot be used as asked (no video stream...): shown as the node's error."""
 
 
-AudioConsumer = Callable[[Any], None]  # called with each av.AudioFrame on the receiver thread
+class AudioConsumer(Protocol):
+    """Takes a live input's sound on the receiver thread."""
+
+    def opened(self, stream: Any | None) -> None:
+        """Each (re)open: the audio stream that will be decoded, or None when the input has none."""
+
+    def __call__(self, frame: Any) -> None:
+        """One decoded ``av.AudioFrame``."""
 
 
 class LiveAVSource:
     """A live input; ``describe(params)`` turns the node's params into an :class:`AVInput` (ValueError: bad params)."""
 
-    def __init__(self, params: Mapping[str, Any], describe: Callable[[Mapping[str, Any]], AVInput], *, name: str) -> None:
+    def __init__(
+        self,
+        params: Mapping[str, Any],
+        describe: Callable[[Mapping[str, Any]], AVInput],
+        *,
+        name: str,
+        audio_consumer: AudioConsumer | None = None,
+        pacer_capacity: int = PACER_DEFAULT_CAPACITY,
+    ) -> None:
         self._describe = describe
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._generation = 0
         self._wanted: AVInput | None = None
-        self._pacer: FramePacer[SourceFrame] = FramePacer()
+        self._pacer: FramePacer[SourceFrame] = FramePacer(capacity=pacer_capacity)
         self._frame: SourceFrame | None = None
         self._taken_at: float | None = None
-        self._audio_consumer: AudioConsumer | None = None
+        self._audio_consumer = audio_consumer
+        self.audio: AudioBuffer | None = None  # the sound the mixer reads (a subclass that has sound sets it)
         self.error: str | None = None  # written by the receiver thread, read by the render loop
         self.condition: str = "connecting"
         self.connects = 0  # times the input went live
@@ -118,6 +140,7 @@ class LiveAVSource:
             "frames_decoded": self.frames_decoded,
             "connects": self.connects,
             "state": self.condition,
+            **({} if self.audio is None else {"audio": self.audio.stats()}),
         }
 
     def attach_audio(self, consumer: AudioConsumer | None) -> None:
@@ -132,6 +155,11 @@ class LiveAVSource:
         self._wake.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+    @property
+    def pacer(self) -> FramePacer[SourceFrame]:
+        """Shows the pictures on the output clock; sound keeps in step through its ``due_time``."""
+        return self._pacer
 
     @property
     def receiver_alive(self) -> bool:
@@ -195,6 +223,8 @@ class LiveAVSource:
                 raise InputFault("no video stream")
             video = container.streams.video[0]
             audio = container.streams.audio[0] if audio_consumer is not None and container.streams.audio else None
+            if audio_consumer is not None:
+                audio_consumer.opened(audio)
             streams: list[av.stream.Stream] = [video] if audio is None else [video, audio]
             live = False
             for packet in container.demux(*streams):

@@ -40,6 +40,7 @@ SLEW = 0.02  # fraction of the offset error corrected per frame: ~50 frames to f
 DEFAULT_CAPACITY = 8
 DEFAULT_LATENCY_S = 0.05
 DEFAULT_RESYNC_S = 0.5
+HOLD_DECAY_PER_S = 0.002  # the delay late sound added shrinks this fast (s/s) while the sound has room
 
 
 class FramePacer(Generic[T]):
@@ -66,6 +67,9 @@ class FramePacer(Generic[T]):
         self.frames_dropped = 0
         self.frames_repeated = 0
         self.resyncs = 0
+        self.holds = 0  # times hold_for made the mapping later
+        self._extra_s = 0.0  # added to the latency for sound that arrives later than its pictures
+        self._last_hold: float | None = None
 
     @property
     def latency_s(self) -> float:
@@ -77,6 +81,37 @@ class FramePacer(Generic[T]):
                 self._offset += latency_s - self._latency_s
             self._latency_s = latency_s
 
+    def hold_for(self, pts: float, margin_s: float) -> None:
+        """Something else stamped ``pts`` on the source's clock arrived now (a live input's sound, which
+        its sender may deliver later than the pictures it goes with): keep the mapping late enough that it
+        is due no sooner than ``margin_s`` from now. The shortfall is added at once to the mapping and to
+        ``extra_s``, a delay the frames' own correction then keeps (so sound and pictures stay together);
+        ``extra_s`` comes back down by ``HOLD_DECAY_PER_S`` while the sound arrives with room to spare."""
+        now = self._clock()
+        with self._lock:
+            if self._offset is None:
+                return
+            room = self._offset - (now - pts + margin_s)
+            if room < 0:
+                self._offset -= room
+                self._extra_s -= room
+                self.holds += 1
+            elif self._extra_s > 0 and self._last_hold is not None:
+                self._extra_s = max(0.0, self._extra_s - min(room, HOLD_DECAY_PER_S * (now - self._last_hold)))
+            self._last_hold = now
+
+    @property
+    def extra_s(self) -> float:
+        """The delay late sound added to ``latency_s``."""
+        with self._lock:
+            return self._extra_s
+
+    def due_time(self, pts: float) -> float | None:
+        """When something stamped ``pts`` on the source's clock is due on the local clock (the sound of a
+        live input keeps in step with its pictures this way); None before the first frame anchors the clock."""
+        with self._lock:
+            return None if self._offset is None else pts + self._offset
+
     # ------------------------------------------------------------------ producer thread
 
     def push(self, frame: T, pts: float) -> None:
@@ -84,7 +119,8 @@ class FramePacer(Generic[T]):
         now = self._clock()
         with self._lock:
             self.frames_received += 1
-            wanted = now - pts + self._latency_s  # the offset that shows this frame latency_s after its arrival
+            # The offset that shows this frame latency_s (plus the late sound's extra) after its arrival.
+            wanted = now - pts + self._latency_s + self._extra_s
             jumped = self._last_pts is not None and not (0.0 <= pts - self._last_pts <= self._resync_s)
             if self._offset is None or jumped or abs(wanted - self._offset) > self._resync_s:
                 if self._offset is not None:
@@ -113,6 +149,8 @@ class FramePacer(Generic[T]):
             self._queue.clear()
             self._offset = None
             self._last_pts = None
+            self._extra_s = 0.0
+            self._last_hold = None
 
     # ------------------------------------------------------------------ render thread
 

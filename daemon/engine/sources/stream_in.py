@@ -7,6 +7,16 @@ of the stream) it is ``connecting`` again and reopens at once; a failed
 attempt is an error, retried with backoff. Frames are paced by the stream's
 timestamps, ``latency_ms`` behind their arrival (``sources.pacing``). Where a
 node may listen is the schema's policy (``allowed_ingest_listen``).
+
+Sound (``audio``, default true): the stream's first audio stream is decoded
+on the receiver thread and played by its timestamps, on the same mapping
+as the pictures (``live_sound``), so the two keep the sender's relation;
+``audio_time(t)`` is the render loop's time on that clock. The node's
+``audio`` is its buffer whenever the param is true, so the mixer hears
+silence, not nothing, while no sound arrives (connecting, a stream without
+audio): what an output records does not depend on whether the peer had
+connected when it started. ``audio: false`` leaves the sound undemuxed and
+``audio`` None.
 """
 
 from __future__ import annotations
@@ -14,7 +24,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from compositord.daemon.engine.audio.timeline import PlayClock
 from compositord.daemon.engine.sources.live_av import AVInput, LiveAVSource
+from compositord.daemon.engine.sources.live_sound import LiveSound
+
+# Pictures that may wait for late sound (latency_ms plus ~200 ms of MPEG-TS audio packing) at up to 60 fps.
+PACER_CAPACITY = 24
 
 
 def describe_stream_in(params: Mapping[str, Any]) -> AVInput:
@@ -43,4 +58,39 @@ def describe_stream_in(params: Mapping[str, Any]) -> AVInput:
 
 class StreamInSource(LiveAVSource):
     def __init__(self, params: Mapping[str, Any]) -> None:
-        super().__init__(params, describe_stream_in, name="stream-in")
+        self._sound = LiveSound(_PacerOf(self))
+        self._play_clock = PlayClock()
+        self._wants_audio = bool(params.get("audio", True))
+        super().__init__(
+            params,
+            describe_stream_in,
+            name="stream-in",
+            audio_consumer=self._sound if self._wants_audio else None,
+            pacer_capacity=PACER_CAPACITY,
+        )
+
+    def configure(self, params: Mapping[str, Any]) -> None:
+        super().configure(params)
+        wants_audio = bool(params.get("audio", True))
+        if wants_audio != self._wants_audio:
+            self._wants_audio = wants_audio
+            self.attach_audio(self._sound if wants_audio else None)  # reopens: the demuxed streams change
+        self.audio = self._sound.buffer if self._wants_audio else None
+
+    def audio_time(self, t: float) -> float:
+        """The local time of the sound that goes with ``frame(t)`` (``audio.timeline.PlayClock``)."""
+        return self._play_clock.audio_time(t)
+
+
+class _PacerOf:
+    """The pacer of a source, looked up when used: the receiver thread uses it only once it runs, after
+    ``LiveAVSource`` made the pacer."""
+
+    def __init__(self, source: LiveAVSource) -> None:
+        self._source = source
+
+    def hold_for(self, pts: float, margin_s: float) -> None:
+        self._source.pacer.hold_for(pts, margin_s)
+
+    def due_time(self, pts: float) -> float | None:
+        return self._source.pacer.due_time(pts)
