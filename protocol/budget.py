@@ -32,7 +32,8 @@ to size the budgets with it):
   params; ``video::image``, ``video::file`` and ``av::stream_in`` by the size
   the caller knows (``media_sizes``, e.g. what the engine reported) or else
   :data:`ASSUMED_MEDIA_SIZE`: their pixels are in files or streams that only
-  the engine opens. A live input keeps :data:`LIVE_INPUT_FRAMES` frames.
+  the engine opens. A live input keeps its paced queue (:data:`CAPTURE_FRAMES`,
+  :data:`STREAM_IN_FRAMES`).
 - Every session: :data:`SESSION_OVERHEAD_BYTES` (a render thread and its GL
   context).
 
@@ -215,8 +216,10 @@ class SourceModel:
     yuv: Callable[[Mapping[str, Any]], bool]
 
 
-# A live input keeps its pacer's queue (``sources/pacing.py``: 8 frames), the frame being decoded and the one shown.
-LIVE_INPUT_FRAMES = 10
+# A live input keeps its pacer's queue (``sources/pacing.py``), the frame being decoded and the one shown. A
+# stream's queue is deeper: its pictures wait for sound that arrives later than they do (sources/stream_in.py).
+CAPTURE_FRAMES = 8 + 2
+STREAM_IN_FRAMES = 24 + 2
 
 
 def _colorbars_frames(params: Mapping[str, Any]) -> tuple[float, str]:
@@ -241,14 +244,14 @@ SOURCE_MODELS: Mapping[str, SourceModel] = {
     "video::capture": SourceModel(
         True,
         "width",
-        lambda params: (LIVE_INPUT_FRAMES * YUV420, f"{LIVE_INPUT_FRAMES} I420 frames (paced queue, decoder, shown)"),
+        lambda params: (CAPTURE_FRAMES * YUV420, f"{CAPTURE_FRAMES} I420 frames (paced queue, decoder, shown)"),
         lambda params: True,
     ),
     # A stream's size is the publisher's: counted as the caller knows it, else ASSUMED_MEDIA_SIZE.
     "av::stream_in": SourceModel(
         False,
         "url",
-        lambda params: (LIVE_INPUT_FRAMES * YUV420, f"{LIVE_INPUT_FRAMES} I420 frames (paced queue, decoder, shown)"),
+        lambda params: (STREAM_IN_FRAMES * YUV420, f"{STREAM_IN_FRAMES} I420 frames (paced queue, decoder, shown)"),
         lambda params: True,
     ),
 }

@@ -212,10 +212,12 @@ def test_the_cost_grows_with_the_canvas(width: int, height: int, grow: int, outp
 def test_the_model_matches_the_engine() -> None:
     from compositord.daemon.engine.render import text
     from compositord.daemon.engine.sinks import file, preview, stream, window, y4m
-    from compositord.daemon.engine.sources import pacing
+    from compositord.daemon.engine.sources import pacing, stream_in
 
     assert text.MAX_TEXT_RASTER_SIDE == budget.MAX_TEXT_RASTER_SIDE
-    assert budget.LIVE_INPUT_FRAMES == pacing.DEFAULT_CAPACITY + 2  # the paced queue, the decoder's frame, the one shown
+    # A live input's paced queue, plus the decoder's frame and the one shown.
+    assert budget.CAPTURE_FRAMES == pacing.DEFAULT_CAPACITY + 2
+    assert budget.STREAM_IN_FRAMES == stream_in.PACER_CAPACITY + 2
     engine = {
         "sink::file": file.FileSink.queue_capacity,
         "sink::y4m": y4m.Y4MSink.queue_capacity,
@@ -289,17 +291,18 @@ def test_every_source_kind_has_a_cost_model() -> None:
     ],
 )
 def test_live_inputs_count_their_paced_frames(kind: str, params: dict[str, Any], field: str) -> None:
-    from compositord.protocol.budget import ASSUMED_MEDIA_SIZE, LIVE_INPUT_FRAMES, session_cost
+    from compositord.protocol.budget import ASSUMED_MEDIA_SIZE, CAPTURE_FRAMES, STREAM_IN_FRAMES, session_cost
 
+    frames = CAPTURE_FRAMES if kind == "video::capture" else STREAM_IN_FRAMES
     pipeline = {"nodes": {"live": {"kind": kind, "params": params}}, "connections": []}
     (item,) = session_cost(pipeline).items
     width, height = (params["width"], params["height"]) if "width" in params else ASSUMED_MEDIA_SIZE
     assert item.pointer == f"/nodes/live/params/{field}"
-    assert item.bytes == pytest.approx(width * height * LIVE_INPUT_FRAMES * 1.5)
+    assert item.bytes == pytest.approx(width * height * frames * 1.5)
     # A stream whose size the engine reported is counted at that size.
     if kind == "av::stream_in":
         (known,) = session_cost(pipeline, media_sizes={"live": (640, 360)}).items
-        assert known.bytes == pytest.approx(640 * 360 * LIVE_INPUT_FRAMES * 1.5)
+        assert known.bytes == pytest.approx(640 * 360 * frames * 1.5)
 
 
 def test_scenes_count_their_transition_canvases_and_a_preview_its_own_targets() -> None:
