@@ -90,6 +90,7 @@ export class SceneControls {
     this.sessionId = null;
     this.nodeId = null;
     this._holding = false; // the hand is on the bar: the slider shows the hand, not the params
+    this._moved = false; // the bar moved since it was last let go of
     this._dirty = false;
     this._build();
     connection.addEventListener("shown", (event) => {
@@ -105,17 +106,19 @@ export class SceneControls {
     this.list = h("div", { class: "scene-list", role: "group", "aria-label": "scenes" });
     this.takeButton = h("button", { type: "button", class: "take", title: "preview to program with the transition", onclick: () => this.take() }, "Take");
     this.bar = h("input", { type: "range", class: "tbar", min: 0, max: 1, step: 0.001, value: 0, "aria-label": "T-bar" });
+    // Let go is a pointerup anywhere (a hand leaves the bar past its end) or a change (the keyboard); one
+    // move is let go of once, whichever of the two comes first.
     this.bar.addEventListener("pointerdown", () => {
       this._holding = true;
+      window.addEventListener("pointerup", () => this._letGo(), { once: true });
+      window.addEventListener("pointercancel", () => this._letGo(), { once: true });
     });
     this.bar.addEventListener("input", () => {
       this._holding = true;
+      this._moved = true;
       this._edit({ transition_position: barPosition(this.bar.value) });
     });
     this.bar.addEventListener("change", () => this._letGo());
-    this.bar.addEventListener("pointercancel", () => {
-      this._holding = false;
-    });
     this.bar.addEventListener("blur", () => {
       this._holding = false;
     });
@@ -241,6 +244,8 @@ export class SceneControls {
 
   _letGo() {
     this._holding = false;
+    if (!this._moved) return;
+    this._moved = false;
     const position = barPosition(this.bar.value);
     const release = barRelease(position);
     if (release === "take") this.take();
