@@ -647,7 +647,11 @@ def test_with_scenes_a_drag_edits_the_program_scene_and_another_tab_sees_it(daem
     def landed() -> dict[str, Any] | None:
         params = comp_params(daemon, session_id)
         rect = params["scenes"]["one"]["layers"]["in_1"]["rect"]
-        return params if rect != START_RECT and rect == shown_comp(dragging, session_id)["scenes"]["one"]["layers"]["in_1"]["rect"] else None
+        return (
+            params
+            if rect != START_RECT and rect == shown_comp(dragging, session_id)["scenes"]["one"]["layers"]["in_1"]["rect"]
+            else None
+        )
 
     params = wait_until(landed, 5, "the drag in scene one's params")
     final = params["scenes"]["one"]["layers"]["in_1"]["rect"]
@@ -689,15 +693,24 @@ def test_a_scene_clicked_goes_on_preview_and_take_swaps_program_and_preview(daem
     params = wait_until(lambda: (p := comp_params(daemon, session_id))["program_scene"] == "two" and p, 5, "the take stored")
     assert params["preview_scene"] == "one"
     wait_until(
-        lambda: probe_matches(daemon, session_id, TWO_RECT, LAYER_RGB) and probe_matches(daemon, session_id, START_RECT, BACKGROUND_RGB),
+        lambda: (
+            probe_matches(daemon, session_id, TWO_RECT, LAYER_RGB)
+            and probe_matches(daemon, session_id, START_RECT, BACKGROUND_RGB)
+        ),
         5,
         "scene two on the output after the fade",
     )
     wait_until(lambda: scene_row(watching, "two").get_attribute("data-program") == "true", 5, "the other tab marks two PGM")
     assert "two" in driver.find_element("id", "box-scene").text, "the boxes are two's now"
     wait_until(
-        lambda: box(driver, "layer:in_1").value_of_css_property("left") == f"{TWO_RECT['x'] * stage_scale(driver):g}px"
-        or abs(float(box(driver, "layer:in_1").value_of_css_property("left").removesuffix("px")) - TWO_RECT["x"] * stage_scale(driver)) < 1.5,
+        lambda: (
+            box(driver, "layer:in_1").value_of_css_property("left") == f"{TWO_RECT['x'] * stage_scale(driver):g}px"
+            or abs(
+                float(box(driver, "layer:in_1").value_of_css_property("left").removesuffix("px"))
+                - TWO_RECT["x"] * stage_scale(driver)
+            )
+            < 1.5
+        ),
         5,
         "the box where two puts in_1",
     )
@@ -737,8 +750,10 @@ def test_the_t_bar_held_at_the_middle_shows_the_mix_and_let_go_at_the_end_takes(
     )
     expected = (1 - position) * BACKGROUND_RGB + position * LAYER_RGB
     wait_until(
-        lambda: probe_matches(daemon, session_id, TWO_RECT, expected)
-        and probe_matches(daemon, session_id, START_RECT, position * BACKGROUND_RGB + (1 - position) * LAYER_RGB),
+        lambda: (
+            probe_matches(daemon, session_id, TWO_RECT, expected)
+            and probe_matches(daemon, session_id, START_RECT, position * BACKGROUND_RGB + (1 - position) * LAYER_RGB)
+        ),
         5,
         f"the output mixed at {position}",
     )

@@ -116,7 +116,7 @@ def test_a_take_goes_on_from_where_the_bar_stood(position: float) -> None:
         assert (plan.transition["frame"], plan.transition["frames"]) == (k, frames)
         assert plan.outgoing_params is not None and layer_x(plan.outgoing_params) == 0 and not plan.take_snapshot
         expected = position + (1 - position) * scenes.ease("ease_in", k / frames)
-        assert plan.mix == scenes.MixGeometry("fade", weight=pytest.approx(expected))
+        assert plan.mix is not None and plan.mix.kind == "fade" and plan.mix.weight == pytest.approx(expected)
         progresses.append(plan.transition["progress"])
     assert progresses[0] > position and progresses == sorted(progresses), "no jump back, no jump ahead"
     plan = frame(program, taken)
