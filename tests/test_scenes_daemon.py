@@ -210,9 +210,11 @@ async def test_a_take_under_a_held_t_bar_clears_it_and_lands_on_the_preview_scen
         await a.tune(session, "comp", {"transition": {"kind": "fade", "duration_ms": 300}, "transition_position": 1.0})
         # At the end of the bar the output is pip alone (in_1 blue full frame) while wide stays on program.
         await wait_until(lambda: pixel(loop, "out", 10, 80) == (0, 0, 255))
+        await wait_until(lambda: "transition" in a.shown(session, "comp", "view"))
         view = a.shown(session, "comp", "view")
         assert view["scene"] == "wide" and view["transition"]["manual"] is True and view["transition"]["position"] == 1.0
         await a.take(session, "comp")
+        assert "transition_position" not in a.shown(session, "comp"), "predicted cleared at once"
         params = (await a.get_pipeline(session))["nodes"]["comp"]["params"]
         assert (params["program_scene"], params["preview_scene"]) == ("pip", "wide")
         assert "transition_position" not in params, "the take clears the bar"
