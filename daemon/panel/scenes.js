@@ -186,6 +186,7 @@ export class SceneControls {
       row.dataset.preview = String(preview);
       row.querySelector(".scene-badge").textContent = program ? "PGM" : preview ? "PVW" : "";
       row.querySelector(".scene-pick").setAttribute("aria-pressed", String(preview));
+      row.querySelector(".scene-cut").disabled = program; // on program already: nothing to cut to
       return row;
     });
     if (wanted.length !== this.list.children.length || wanted.some((row, index) => this.list.children[index] !== row)) this.list.replaceChildren(...wanted);
