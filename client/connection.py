@@ -411,6 +411,8 @@ class Client:
         if preview is None:
             return state.stamp_for(take.node_id)  # nothing to predict: the server's answer will say
         predicted: dict[str, Any] = {"program_scene": preview, "preview_scene": shown.get("program_scene")}
+        if shown.get("transition_position") is not None:
+            predicted["transition_position"] = None  # the server's take clears the T-bar
         if take.transition is not None:
             predicted["transition"] = dict(take.transition)
         return state.edit_patch(take.node_id, predicted)

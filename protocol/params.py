@@ -701,6 +701,9 @@ _COMPOSITOR = Object(
         "program_scene": _scene_name("the scene on the output pin `out`; required when `scenes` is not empty"),
         "preview_scene": _scene_name("the scene on the output pin `preview`; auto: nothing is drawn there"),
         "transition": _TRANSITION,
+        "transition_position": Number(
+            0, 1, default=AUTO, doc="the T-bar: holds the output at this point of `transition` to `preview_scene`; auto: no T-bar"
+        ),
         "audio": Object(
             {
                 "enabled": Bool(default=True, doc="false: no sound on the outputs (inputs are not read)"),
@@ -915,6 +918,9 @@ _register(
             " above); the top-level ones must then be empty. Without scenes the top-level layout is the one scene.",
             "A change of `program_scene` is shown with `transition` as the params hold it after the change (so a patch may"
             " set both); progress counts output frames. `cut` switches in the next frame.",
+            "T-bar: while `transition_position` p is set and `preview_scene` names another scene, `out` shows `transition`"
+            " from `program_scene` to `preview_scene` at p, linear (`cut`: the preview scene from 0.5 on); a `take` clears it"
+            ' and runs the rest of the transition from p. Rules: docs/RENDERING.md "The T-bar".',
             "Output pins: `out` shows `program_scene`; `preview` shows `preview_scene` (nothing without one) and is drawn only"
             " while a sink or another compositor takes it.",
             "Sound: the compositor mixes the sound of its inputs (each layer's `audio`, read from the program scene) and hands"

@@ -387,3 +387,22 @@ def test_a_frame_that_mixed_nothing_is_filled_with_silence_and_a_long_pause_star
     # More than a second without sound: a new run of blocks, where the clock says.
     later = mixer.mix(200_000, {"in_0": constant(0.5)}, settings, sample_rate=rate, layout="stereo")
     assert later is not None and later.start_sample == output_position(200_000, rate)
+
+
+@pytest.mark.parametrize(
+    ("kind", "position", "expected"),
+    [
+        ("fade", 0.0, (1.0, 0.0)),
+        ("fade", 0.25, (0.75, 0.25)),
+        ("fade", 1.0, (0.0, 1.0)),
+        ("cut", 0.3, (1.0, 0.0)),
+        ("cut", 0.7, (0.0, 1.0)),
+    ],
+)
+def test_follow_video_follows_a_held_t_bar(kind: str, position: float, expected: tuple[float, float]) -> None:
+    full = two_scenes({"kind": kind, "duration_ms": 300})
+    full = {**full, "preview_scene": "b", "transition_position": position}
+    program, presence = SceneProgram(), ProgramPresence()
+    presences_over(program, presence, two_scenes({"kind": kind, "duration_ms": 300}), 1)  # a first frame without the bar
+    (held,) = presences_over(program, presence, full, 1)
+    assert (held["in_0"], held["in_1"]) == pytest.approx(expected, abs=1e-6)

@@ -83,6 +83,31 @@ PIPELINE: dict[str, Any] = {
 }
 
 
+# A compositor with two scenes over the same inputs: in_1 (magenta) top-left in "one", bottom-right in "two".
+TWO_RECT = {"x": 400, "y": 200, "width": 200, "height": 120}
+SCENES_PIPELINE: dict[str, Any] = {
+    "nodes": {
+        **{name: node for name, node in PIPELINE["nodes"].items() if name != "comp"},
+        "comp": {
+            "kind": "video::compositor",
+            "params": {
+                "width": W,
+                "height": H,
+                "fps": 30,
+                "num_inputs": 2,
+                "transition": {"kind": "fade", "duration_ms": 300},
+                "scenes": {
+                    "one": {"layers": {"in_1": {"rect": START_RECT, "aspect_fit": False}}},
+                    "two": {"layers": {"in_1": {"rect": TWO_RECT, "aspect_fit": False}}},
+                },
+                "program_scene": "one",
+            },
+        },
+    },
+    "connections": PIPELINE["connections"],
+}
+
+
 # --------------------------------------------------------------------------- the daemon, a proxy, requests
 
 
@@ -177,8 +202,8 @@ def request(daemon: Daemon, action: str, **payload: Any) -> dict[str, Any]:
     return trio.run(run)
 
 
-def new_session(daemon: Daemon, name: str) -> str:
-    created = request(daemon, "createsession", name=name, pipeline=PIPELINE)
+def new_session(daemon: Daemon, name: str, pipeline: dict[str, Any] = PIPELINE) -> str:
+    created = request(daemon, "createsession", name=name, pipeline=pipeline)
     assert created["action"] == "sessioncreated", created
     return str(created["session_id"])
 
@@ -617,3 +642,155 @@ def test_with_a_token_the_panel_asks_once_and_keeps_it_out_of_urls(tabs: tuple[A
         errors = [message for message in console_errors(driver) if "/api/v1/auth" not in message]
         assert errors == []
         driver.get("about:blank")  # before this daemon stops: the page would try to reconnect to it
+
+
+# --------------------------------------------------------------------------- scenes (studio mode)
+
+
+def scene_row(driver: Any, name: str) -> Any:
+    return driver.find_element("css selector", f'#scenes .scene[data-scene="{name}"]')
+
+
+def probe_matches(daemon: Daemon, session_id: str, rect: dict[str, int], rgb: np.ndarray) -> bool:
+    return bool(np.abs(centre_colour(probe_frame(daemon, session_id), rect) - rgb).max() < COLOUR_TOLERANCE)
+
+
+def test_with_scenes_a_drag_edits_the_program_scene_and_another_tab_sees_it(daemon: Daemon, tabs: tuple[Any, Any]) -> None:
+    dragging, watching = tabs
+    session_id = new_session(daemon, "scene-drag", SCENES_PIPELINE)
+    open_panel(dragging, daemon.base, session_id)
+    open_panel(watching, daemon.base, session_id)
+    label = dragging.find_element("id", "box-scene")
+    assert label.is_displayed() and "one" in label.text and "program" in label.text
+    drag(dragging, box(dragging, "layer:in_1"), 40, 4, 2)
+
+    def landed() -> dict[str, Any] | None:
+        params = comp_params(daemon, session_id)
+        rect = params["scenes"]["one"]["layers"]["in_1"]["rect"]
+        return (
+            params
+            if rect != START_RECT and rect == shown_comp(dragging, session_id)["scenes"]["one"]["layers"]["in_1"]["rect"]
+            else None
+        )
+
+    params = wait_until(landed, 5, "the drag in scene one's params")
+    final = params["scenes"]["one"]["layers"]["in_1"]["rect"]
+    assert final["x"] > START_RECT["x"] + 100 and final["y"] > START_RECT["y"] + 40, final
+    assert not params.get("layers"), "nothing at the top level, which the server refuses with scenes"
+    assert params["scenes"]["two"]["layers"]["in_1"]["rect"] == TWO_RECT, "the other scene is untouched"
+    wait_until(
+        lambda: shown_comp(watching, session_id)["scenes"]["one"]["layers"]["in_1"]["rect"] == final,
+        5,
+        "the watching tab to reach the final rect",
+    )
+    wait_until(lambda: probe_matches(daemon, session_id, final, LAYER_RGB), 5, "the layer rendered where it was dropped")
+
+    # The inspector edits the same scene.
+    box(dragging, "layer:in_1").click()
+    opacity = dragging.find_element("css selector", 'input.number[data-pointer="/scenes/one/layers/in_1/opacity"]')
+    opacity.clear()
+    opacity.send_keys("0.5\n")
+    wait_until(
+        lambda: comp_params(daemon, session_id)["scenes"]["one"]["layers"]["in_1"].get("opacity") == 0.5, 5, "the opacity in one"
+    )
+
+
+def test_a_scene_clicked_goes_on_preview_and_take_swaps_program_and_preview(daemon: Daemon, tabs: tuple[Any, Any]) -> None:
+    driver, watching = tabs
+    session_id = new_session(daemon, "take", SCENES_PIPELINE)
+    open_panel(driver, daemon.base, session_id)
+    open_panel(watching, daemon.base, session_id)
+    take = driver.find_element("css selector", "#scenes button.take")
+    assert scene_row(driver, "one").get_attribute("data-program") == "true"
+    assert not take.is_enabled(), "nothing on preview: nothing to take"
+    wait_until(lambda: probe_matches(daemon, session_id, START_RECT, LAYER_RGB), 5, "scene one on the output")
+
+    scene_row(driver, "two").find_element("css selector", ".scene-pick").click()
+    wait_until(lambda: comp_params(daemon, session_id).get("preview_scene") == "two", 5, "two on preview")
+    wait_until(lambda: scene_row(watching, "two").get_attribute("data-preview") == "true", 5, "the other tab marks two PVW")
+    wait_until(take.is_enabled, 5, "Take enabled")
+    take.click()
+    params = wait_until(lambda: (p := comp_params(daemon, session_id))["program_scene"] == "two" and p, 5, "the take stored")
+    assert params["preview_scene"] == "one"
+    wait_until(
+        lambda: (
+            probe_matches(daemon, session_id, TWO_RECT, LAYER_RGB)
+            and probe_matches(daemon, session_id, START_RECT, BACKGROUND_RGB)
+        ),
+        5,
+        "scene two on the output after the fade",
+    )
+    wait_until(lambda: scene_row(watching, "two").get_attribute("data-program") == "true", 5, "the other tab marks two PGM")
+    assert "two" in driver.find_element("id", "box-scene").text, "the boxes are two's now"
+    wait_until(
+        lambda: (
+            box(driver, "layer:in_1").value_of_css_property("left") == f"{TWO_RECT['x'] * stage_scale(driver):g}px"
+            or abs(
+                float(box(driver, "layer:in_1").value_of_css_property("left").removesuffix("px"))
+                - TWO_RECT["x"] * stage_scale(driver)
+            )
+            < 1.5
+        ),
+        5,
+        "the box where two puts in_1",
+    )
+
+    # Cut straight to program: one comes back at once, and the fade stays the transition for the next change.
+    scene_row(driver, "one").find_element("css selector", ".scene-cut").click()
+    wait_until(lambda: comp_params(daemon, session_id)["program_scene"] == "one", 5, "one cut to program")
+    wait_until(lambda: comp_params(daemon, session_id)["transition"].get("kind") == "fade", 5, "the fade restored after the cut")
+
+
+def test_the_t_bar_held_at_the_middle_shows_the_mix_and_let_go_at_the_end_takes(daemon: Daemon, tabs: tuple[Any, Any]) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    driver, watching = tabs
+    pipeline = json.loads(json.dumps(SCENES_PIPELINE))
+    pipeline["nodes"]["comp"]["params"]["preview_scene"] = "two"
+    session_id = new_session(daemon, "tbar", pipeline)
+    open_panel(driver, daemon.base, session_id)
+    open_panel(watching, daemon.base, session_id)
+    bar = driver.find_element("css selector", "#scenes input.tbar")
+    wait_until(bar.is_enabled, 5, "the T-bar enabled")
+    width = bar.size["width"]
+    steps = 36
+    step = (width // 2 - 2) // steps
+    # Press at the left end, slide to the middle at 60 Hz, and keep the hand on the bar.
+    ActionChains(driver, duration=16).move_to_element_with_offset(bar, -width // 2 + 2, 0).click_and_hold().perform()
+    chain = ActionChains(driver, duration=16)
+    for _ in range(steps):
+        chain = chain.move_by_offset(step, 0)
+    chain.perform()
+    in_tab = float(bar.get_attribute("value"))
+    assert 0.2 < in_tab < 0.8, f"the hand is near the middle of the bar: {in_tab}"
+    position = wait_until(
+        lambda: comp_params(daemon, session_id).get("transition_position") == in_tab and in_tab,
+        10,
+        f"the bar's position {in_tab} stored",
+    )
+    expected = (1 - position) * BACKGROUND_RGB + position * LAYER_RGB
+    wait_until(
+        lambda: (
+            probe_matches(daemon, session_id, TWO_RECT, expected)
+            and probe_matches(daemon, session_id, START_RECT, position * BACKGROUND_RGB + (1 - position) * LAYER_RGB)
+        ),
+        5,
+        f"the output mixed at {position}",
+    )
+    assert comp_params(daemon, session_id)["program_scene"] == "one", "held, not taken"
+    wait_until(
+        lambda: abs(float(watching.find_element("css selector", "#scenes input.tbar").get_attribute("value")) - position) < 0.01,
+        5,
+        "the other tab's bar where the hand is",
+    )
+    assert "T-bar" in driver.find_element("css selector", "#scenes .transition-state").text
+
+    # On to the end and let go: the take; the output already shows two, the bar goes back to 0.
+    chain = ActionChains(driver, duration=16)
+    for _ in range(steps):
+        chain = chain.move_by_offset(step + 2, 0)
+    chain.release().perform()
+    params = wait_until(lambda: (p := comp_params(daemon, session_id))["program_scene"] == "two" and p, 5, "the take at the end")
+    assert params["preview_scene"] == "one" and "transition_position" not in params
+    wait_until(lambda: probe_matches(daemon, session_id, TWO_RECT, LAYER_RGB), 5, "two on the output")
+    wait_until(lambda: float(bar.get_attribute("value")) == 0, 5, "the bar back at 0")

@@ -385,6 +385,7 @@ def test_compositor_defaults() -> None:
         "program_scene": None,
         "preview_scene": None,
         "transition": {"kind": "cut", "duration_ms": 500, "easing": "linear", "direction": "left"},
+        "transition_position": None,
         "audio": {"enabled": True, "sample_rate": 48000, "channels": "stereo"},
     }
     assert list(full["layers"]) == ["in_0", "in_1"]

@@ -194,6 +194,36 @@ async def test_take_swaps_preview_and_program_in_one_step(daemon: tuple[RunningD
         assert (info.value.code, info.value.path) == ("invalid_params", "/payload/node_id")
 
 
+async def test_a_take_under_a_held_t_bar_clears_it_and_lands_on_the_preview_scene(
+    daemon: tuple[RunningDaemon, list[RenderLoop]],
+) -> None:
+    running, loops = daemon
+    (loop,) = loops
+    session = running.session_id
+    async with open_client(running.url) as a:
+        await a.get_pipeline(session)
+        await a.tune(session, "comp", {"transition": {"kind": "fade", "duration_ms": 300}, "transition_position": 1.0})
+        # At the end of the bar the output is pip alone (in_1 blue full frame) while wide stays on program.
+        await wait_until(lambda: pixel(loop, "out", 10, 80) == (0, 0, 255))
+        await wait_until(lambda: "transition" in a.shown(session, "comp", "view"))
+        view = a.shown(session, "comp", "view")
+        assert view["scene"] == "wide" and view["transition"]["manual"] is True and view["transition"]["position"] == 1.0
+        await a.take(session, "comp")
+        assert "transition_position" not in a.shown(session, "comp"), "predicted cleared at once"
+        params = (await a.get_pipeline(session))["nodes"]["comp"]["params"]
+        assert (params["program_scene"], params["preview_scene"]) == ("pip", "wide")
+        assert "transition_position" not in params, "the take clears the bar"
+        # Nothing more to run: the output already showed pip, and goes on showing it.
+        for _ in range(10):
+            assert pixel(loop, "out", 10, 80) == (0, 0, 255)
+            await trio.sleep(0.01)
+        await wait_until(lambda: a.shown(session, "comp", "view").get("scene") == "pip")
+        assert "transition" not in a.shown(session, "comp", "view")
+        with pytest.raises(CompositordError) as info:
+            await a.tune(session, "comp", {"transition_position": -0.1})
+        assert (info.value.code, info.value.path) == ("invalid_params", "/payload/message/PatchParams/transition_position")
+
+
 async def test_an_animated_tune_is_acknowledged_at_once_and_moves_frame_by_frame(
     daemon: tuple[RunningDaemon, list[RenderLoop]],
 ) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import trio
 
 from compositord.daemon.engine import api
 from compositord.daemon.engine.loop import RenderLoop
@@ -146,6 +147,40 @@ async def test_view_data_during_a_transition(start_loop: Callable[..., Any]) -> 
     frames_then = loop.statistics().frames_rendered
     await wait_until(lambda: loop.statistics().frames_rendered >= frames_then + 5)
     assert len(recorder.views) == count
+
+
+async def test_a_held_t_bar_renders_the_mix_and_a_take_completes_it(start_loop: Callable[..., Any]) -> None:
+    recorder = EventRecorder()
+    params = scenes_params(fps=30, preview_scene="blue", transition={"kind": "fade", "duration_ms": 400})
+    loop = await start_loop(scenes_session(params), recorder)
+    await wait_until(lambda: recorder.views)
+    held = {**params, "transition_position": 0.5}
+    loop.submit(api.ParamsUpdate("comp", held, Stamp("alice", 1)))
+    await wait_until(lambda: recorder.views[-1].stamp == Stamp("alice", 1))
+    red, green, blue = centre_pixel(loop)
+    assert abs(red - 128) <= 2 and green == 0 and abs(blue - 128) <= 2, "half red, half blue"
+    transition = recorder.views[-1].layout["transition"]
+    assert (transition["manual"], transition["position"], transition["from"], transition["to"]) == (True, 0.5, "red", "blue")
+    assert recorder.views[-1].layout["scene"] == "red"
+    assert [layer["id"] for layer in recorder.views[-1].layout["layers"]] == ["in_0"], "the program scene's boxes"
+
+    # Held: frame after frame the same mix.
+    frames = loop.statistics().frames_rendered
+    await wait_until(lambda: loop.statistics().frames_rendered >= frames + 5)
+    assert abs(centre_pixel(loop)[0] - 128) <= 2
+
+    # The take (as the server stores it): the rest of the fade from one half, never back towards red.
+    reds: list[int] = []
+    taken = {**params, "program_scene": "blue", "preview_scene": "red"}
+    loop.submit(api.ParamsUpdate("comp", taken, Stamp("alice", 2)))
+    with trio.fail_after(10):
+        while not reds or reds[-1] != 0:
+            reds.append(centre_pixel(loop)[0])
+            await trio.sleep(0.005)
+    assert max(reds) <= 130 and reds == sorted(reds, reverse=True), f"no jump: {reds}"
+    assert centre_pixel(loop) == (0, 0, 255)
+    await wait_until(lambda: "transition" not in recorder.views[-1].layout)
+    assert recorder.views[-1].layout["scene"] == "blue"
 
 
 def recorded_session() -> SessionRecord:

@@ -646,11 +646,11 @@ class RenderLoop:
             scene = resolve_scene(plan.params, frames, asset_dir=self._asset_dir)
             scene_errors += scene.errors
             transition = None
+            outgoing = None
+            if plan.outgoing_params is not None:
+                outgoing = resolve_scene(plan.outgoing_params, frames, asset_dir=self._asset_dir)
+                scene_errors += outgoing.errors
             if plan.mix is not None:
-                outgoing = None
-                if plan.outgoing_params is not None:
-                    outgoing = resolve_scene(plan.outgoing_params, frames, asset_dir=self._asset_dir)
-                    scene_errors += outgoing.errors
                 transition = renderer_module.Transition(plan.mix, outgoing)
             # Read back what sinks and listeners take; a program only other compositors take stays a texture.
             read_program = uses.program_to_sinks or bool(self._output_listeners) or not uses.program_to_compositors
@@ -701,7 +701,8 @@ class RenderLoop:
                 self._sinks.deliver(
                     node_id, output, self._media_time, self._fps, pin=pin, audio=audio if pin == OUTPUT_PIN else None
                 )
-            layout = scene.layout()
+            # A held T-bar leaves the program scene on program: its boxes are what the view data shows.
+            layout = (outgoing if plan.manual and outgoing is not None else scene).layout()
             if plan.scene is not None:
                 layout["scene"] = plan.scene
             if plan.transition is not None:

@@ -19,6 +19,30 @@ Rules (PROTOCOL.md section 4, docs/RENDERING.md "Transitions"):
   what is on screen, and there is never a jump.
 - A canvas of another size ends a running transition: the new size shows the
   incoming scene at once.
+
+The T-bar (``transition_position``, a hand on the transition; RENDERING.md "The T-bar"):
+
+- Held: while ``transition_position`` p is set, ``preview_scene`` names
+  another scene than ``program_scene`` and no automatic transition runs, the
+  output is the params' transition from the program scene to the preview
+  scene at progress p, linear (the hand is the easing), both drawn live;
+  ``cut`` shows the program scene below one half and the preview scene from
+  it. p = 0 is the program scene alone. The view data keeps the program
+  scene's layout and ``scene``; its ``transition`` says ``manual`` and the
+  ``position``.
+- Taken: a change of ``program_scene`` to the scene the bar held (a ``take``,
+  which also clears the bar) finishes the change from where the bar stood: the
+  rest of the transition, progress p + (1 - p) * eased k/n over
+  n = frame_count((1 - p) * duration_ms); nothing more when the output already
+  showed the preview scene alone (p = 1, or ``cut`` from one half), so a take
+  at the end of the bar never jumps.
+- An automatic transition (any other change of ``program_scene``) started with
+  the bar set runs as usual, from a snapshot of the held mix; the bar's value
+  of that moment then no longer counts until the bar moves (another value, or
+  cleared), so the transition ends on the new program scene alone. A bar moved
+  while an automatic transition runs counts from the frame after it ends.
+- A change of ``preview_scene`` under a held bar is seen at once: the held
+  mix goes to the new preview scene, at the same position.
 """
 
 from __future__ import annotations
@@ -40,6 +64,20 @@ class RunningTransition:
     frames: int
     frame: int  # the last frame drawn, 1..frames
     canvas: tuple[int, int]
+    start: float = 0.0  # the progress of frame 0: a take from a held T-bar goes on from where the bar stood
+
+
+@dataclass(frozen=True)
+class HeldBar:
+    """What the T-bar held in the last frame: the mix from ``from_scene`` (program) to ``to_scene`` (preview)."""
+
+    from_scene: str
+    to_scene: str
+    position: float
+    spec: TransitionSpec
+
+    def shows_incoming_alone(self) -> bool:
+        return self.position >= (0.5 if self.spec.kind == "cut" else 1.0)
 
 
 @dataclass(frozen=True)
@@ -52,6 +90,7 @@ class ProgramFrame:
     outgoing_params: dict[str, Any] | None = None  # during a transition: the outgoing scene's flat params, or None: the snapshot
     take_snapshot: bool = False  # copy what the output shows before drawing (the transition starts from it)
     transition: dict[str, Any] | None = None  # during a transition: what the view data says of it
+    manual: bool = False  # the T-bar holds the mix: the view data shows the outgoing (program) scene's layout
 
 
 class SceneProgram:
@@ -61,6 +100,8 @@ class SceneProgram:
         self._started = False
         self._shown: str | None = None
         self._running: RunningTransition | None = None
+        self._held: HeldBar | None = None  # what the T-bar held in the last frame
+        self._parked_position: float | None = None  # a T-bar value that does not count until the bar moves
 
     @property
     def running(self) -> RunningTransition | None:
@@ -74,6 +115,10 @@ class SceneProgram:
         target: str | None = full["program_scene"]
         named: Mapping[str, Any] = full["scenes"]
         canvas = (int(full["width"]), int(full["height"]))
+        position: float | None = full.get("transition_position")
+        if position != self._parked_position:
+            self._parked_position = None
+        held, self._held = self._held, None
         snapshot = False
         if not self._started:
             self._started = True
@@ -81,13 +126,18 @@ class SceneProgram:
         elif target != self._shown:
             previous, self._shown = self._shown, target
             spec = TransitionSpec.from_params(full["transition"])
-            frames = scenes.frame_count(spec.duration_ms, fps)
-            live = self._running is None and previous is not None and previous in named
-            if spec.kind == "cut" or frames <= 1 or not (live or can_snapshot):
-                self._running = None
+            if held is not None and held.to_scene == target:
+                self._running = self._finish_held(held, fps, canvas)
             else:
-                snapshot = not live
-                self._running = RunningTransition(spec, previous, target, live, frames, 0, canvas)
+                if position is not None:
+                    self._parked_position = position
+                frames = scenes.frame_count(spec.duration_ms, fps)
+                live = self._running is None and held is None and previous is not None and previous in named
+                if spec.kind == "cut" or frames <= 1 or not (live or can_snapshot):
+                    self._running = None
+                else:
+                    snapshot = not live
+                    self._running = RunningTransition(spec, previous, target, live, frames, 0, canvas)
         running = self._running
         if running is not None and running.canvas != canvas:
             running = None
@@ -98,13 +148,23 @@ class SceneProgram:
         params = scenes.scene_params(full, target)
         if running is None:
             self._running = None
+            preview: str | None = full["preview_scene"]
+            if (
+                position is not None
+                and self._parked_position is None
+                and target is not None
+                and preview is not None
+                and preview != target
+                and preview in named
+            ):
+                return self._held_frame(full, HeldBar(target, preview, position, TransitionSpec.from_params(full["transition"])))
             return ProgramFrame(target, params)
         running = replace(running, frame=running.frame + 1)
         if running.frame >= running.frames:
             self._running = None
             return ProgramFrame(target, params)
         self._running = running
-        eased = scenes.ease(running.spec.easing, running.frame / running.frames)
+        eased = running.start + (1.0 - running.start) * scenes.ease(running.spec.easing, running.frame / running.frames)
         spec = running.spec
         return ProgramFrame(
             target,
@@ -122,4 +182,43 @@ class SceneProgram:
                 "frames": running.frames,
                 "progress": round(eased, 6),
             },
+        )
+
+    def _finish_held(self, held: HeldBar, fps: float, canvas: tuple[int, int]) -> RunningTransition | None:
+        """The rest of the held transition, from where the bar stood (None: the output already shows its end)."""
+        if held.shows_incoming_alone() or held.spec.kind == "cut":
+            return None
+        frames = scenes.frame_count((1.0 - held.position) * held.spec.duration_ms, fps)
+        if frames <= 1:
+            return None
+        return RunningTransition(held.spec, held.from_scene, held.to_scene, True, frames, 0, canvas, start=held.position)
+
+    def _held_frame(self, full: Mapping[str, Any], held: HeldBar) -> ProgramFrame:
+        """The frame of a held T-bar: the mix from the program scene to the preview scene at the bar's position."""
+        self._held = held
+        spec = held.spec
+        program = scenes.scene_params(full, held.from_scene)
+        transition = {
+            "kind": spec.kind,
+            "direction": spec.direction,
+            "easing": "linear",
+            "from": held.from_scene,
+            "to": held.to_scene,
+            "manual": True,
+            "position": held.position,
+            "progress": held.position,
+        }
+        if held.position <= 0.0 or (spec.kind == "cut" and not held.shows_incoming_alone()):
+            return ProgramFrame(held.from_scene, program, transition=transition, manual=True)
+        incoming = scenes.scene_params(full, held.to_scene)
+        if held.shows_incoming_alone():
+            return ProgramFrame(held.from_scene, incoming, outgoing_params=program, transition=transition, manual=True)
+        width, height = int(full["width"]), int(full["height"])
+        return ProgramFrame(
+            held.from_scene,
+            incoming,
+            mix=scenes.mix_geometry(spec, held.position, width, height),
+            outgoing_params=program,
+            transition=transition,
+            manual=True,
         )

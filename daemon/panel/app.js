@@ -1,15 +1,16 @@
-// The web panel: sessions, the pipeline graph, the compositor view and the inspector, over one control
+// The web panel: sessions, the pipeline graph, the compositor view, its scene controls and the inspector, over one control
 // connection (control.js). Served by the daemon at "/", same origin as the WebSocket.
 //
 // The bearer token, when the daemon has one, is asked for once and kept in sessionStorage (this tab only);
 // it is sent in the Authorization header of the one HTTP check below and as a WebSocket subprotocol, never
 // in a URL. The shown session is in the page's fragment (#session=ID), which browsers never send.
 
-import { CompositorView } from "./compositor.js";
+import { CompositorView, scopedPatch } from "./compositor.js";
 import { CONTROL_PATH, ControlConnection } from "./control.js";
 import { h, clear } from "./dom.js";
 import { PipelineGraph } from "./graph.js";
 import { Inspector } from "./inspector.js";
+import { SceneControls } from "./scenes.js";
 
 const TOKEN_KEY = "compositord.token";
 const AUTH_PATH = "/api/v1/auth";
@@ -89,7 +90,9 @@ class Panel {
       boxes: $("#boxes"),
       empty: $("#stage-empty"),
       statsLabel: $("#preview-stats"),
+      sceneLabel: $("#box-scene"),
     });
+    this.scenes = new SceneControls({ connection: this.connection, root: $("#scenes") });
     this.inspector = new Inspector({ connection: this.connection, root: $("#inspector"), title: $("#inspector-title"), view: this.view, schema: this.schema });
     this.graph = new PipelineGraph({ connection: this.connection, root: $("#graph"), addForm: $("#add-node"), connectForm: $("#connect"), schema: this.schema });
     this.graph.addEventListener("selectnode", (event) => {
@@ -185,6 +188,7 @@ class Panel {
 
   _showCompositor(nodeId) {
     this.view.show(nodeId ? this.sessionId : null, nodeId);
+    this.scenes.show(nodeId ? this.sessionId : null, nodeId);
     $("#compositor-select").value = nodeId ?? "";
     $("#add-text").disabled = !nodeId;
     $("#add-image").disabled = !nodeId || this.inspector.assets.length === 0;
@@ -262,9 +266,9 @@ class Panel {
   }
 
   _addOverlay(kind) {
-    const params = this.view.params();
+    const scene = this.view.scene();
     const listKey = kind === "text" ? "text_overlays" : "image_overlays";
-    const list = [...(params?.[listKey] ?? [])];
+    const list = [...(this.view.layout()?.[listKey] ?? [])];
     const taken = new Set(list.map((overlay) => overlay.id));
     let number = list.length + 1;
     while (taken.has(`${kind}-${number}`)) number += 1;
@@ -273,7 +277,7 @@ class Panel {
       kind === "text"
         ? { id, text: "Text", font_size: 48, rect: { x: 40, y: 40 } }
         : { id, asset_path: this.inspector.assets[0], rect: { x: 40, y: 40 } };
-    this.connection.edit(this.view.sessionId, this.view.nodeId, { [listKey]: [...list, overlay] });
+    this.connection.edit(this.view.sessionId, this.view.nodeId, scopedPatch(scene, { [listKey]: [...list, overlay] }));
     requestAnimationFrame(() => this.view.select(`${kind}:${id}`));
   }
 }

@@ -7,11 +7,16 @@
 // its size from the view data's measured size when the params leave it out. Every box is positioned in
 // canvas pixels scaled to the stage.
 //
+// Scenes: on a compositor with `scenes` the top-level layout is empty (the server refuses edits to it), so
+// the boxes are the program scene's (the scene the output shows) and every edit patches
+// `scenes/<program scene>/...`; a drag keeps the scene it began in, should program change under it.
+//
 // Editing: drag moves, corner handles resize (Shift keeps the aspect of the rect as the drag began), the
 // handle above the box rotates (Shift snaps to 15 degrees), arrow keys nudge by 1 px (10 with Shift). Each
 // change is one PatchParams through the connection (stamped, masked, sent at once). Overlays are list
 // items: a merge patch replaces a list whole, so an overlay edit sends its whole list.
 
+import { isObject, joinPointer } from "./causal.js";
 import { h } from "./dom.js";
 
 export const PREVIEW_WIDTH = 640;
@@ -20,25 +25,49 @@ const STATS_WINDOW_MS = 2000;
 const LATENCY_SAMPLES = 600;
 const ROTATE_SNAP_DEGREES = 15;
 
-/** The items with a box: `{key, kind, id, index, rect, rotation, hidden}` in canvas pixels. */
+/** The scene whose layout the boxes show and edit: the program scene when the params have scenes, else null. */
+export function layoutScene(params) {
+  const named = params?.scenes;
+  const program = params?.program_scene;
+  return isObject(named) && typeof program === "string" && isObject(named[program]) ? program : null;
+}
+
+/** The object that holds `layers`, `text_overlays` and `image_overlays` of `scene` (null: the top level). */
+export function sceneLayout(params, scene) {
+  return scene === null ? (params ?? {}) : (params?.scenes?.[scene] ?? {});
+}
+
+/** The params pointer of `scene`'s layout: "" (the top level) or "/scenes/NAME". */
+export function layoutPointer(scene) {
+  return scene === null ? "" : joinPointer("/scenes", scene);
+}
+
+/** A merge patch of a layout, put where `scene`'s layout lives in the params. */
+export function scopedPatch(scene, patch) {
+  return scene === null ? patch : { scenes: { [scene]: patch } };
+}
+
+/** The items with a box: `{key, kind, id, index, rect, rotation, hidden, scene}` in canvas pixels. */
 export function boxItems(params, view) {
   const items = [];
-  const layers = params?.layers ?? {};
+  const scene = layoutScene(params);
+  const layout = sceneLayout(params, scene);
+  const layers = layout?.layers ?? {};
   const seen = new Set();
   for (const layer of view?.layers ?? []) {
     seen.add(layer.id);
     const rect = layers[layer.id]?.rect ?? { x: layer.x, y: layer.y, width: layer.width, height: layer.height };
-    items.push({ key: `layer:${layer.id}`, kind: "layer", id: layer.id, rect, rotation: layers[layer.id]?.rotation_degrees ?? 0, hidden: false });
+    items.push({ key: `layer:${layer.id}`, kind: "layer", id: layer.id, rect, rotation: layers[layer.id]?.rotation_degrees ?? 0, hidden: false, scene });
   }
   for (const [pin, layer] of Object.entries(layers)) {
     // An invisible layer is left out of the view data; with a rect it still has a (dashed) box to find it by.
     if (!seen.has(pin) && layer?.visible === false && layer.rect) {
-      items.push({ key: `layer:${pin}`, kind: "layer", id: pin, rect: layer.rect, rotation: layer.rotation_degrees ?? 0, hidden: true });
+      items.push({ key: `layer:${pin}`, kind: "layer", id: pin, rect: layer.rect, rotation: layer.rotation_degrees ?? 0, hidden: true, scene });
     }
   }
   for (const [kind, listKey] of [["text", "text_overlays"], ["image", "image_overlays"]]) {
     const measured = new Map((view?.[listKey] ?? []).map((item) => [item.id, item]));
-    (params?.[listKey] ?? []).forEach((overlay, index) => {
+    (layout?.[listKey] ?? []).forEach((overlay, index) => {
       const seenBox = measured.get(overlay.id);
       const rect = {
         x: overlay.rect?.x ?? 0,
@@ -46,22 +75,23 @@ export function boxItems(params, view) {
         width: overlay.rect?.width ?? seenBox?.width ?? 0,
         height: overlay.rect?.height ?? seenBox?.height ?? 0,
       };
-      items.push({ key: `${kind}:${overlay.id}`, kind, id: overlay.id, index, rect, rotation: overlay.rotation_degrees ?? 0, hidden: false });
+      items.push({ key: `${kind}:${overlay.id}`, kind, id: overlay.id, index, rect, rotation: overlay.rotation_degrees ?? 0, hidden: false, scene });
     });
   }
   return items;
 }
 
-/** The merge patch that gives `item` the rect (and rotation) `change`, against the shown params. */
+/** The merge patch that gives `item` the rect (and rotation) `change`, against the shown params (in the item's scene). */
 export function geometryPatch(params, item, change) {
+  const scene = item.scene ?? null;
   if (item.kind === "layer") {
     const layer = {};
     if (change.rect) layer.rect = roundRect(change.rect);
     if (change.rotation !== undefined) layer.rotation_degrees = change.rotation;
-    return { layers: { [item.id]: layer } };
+    return scopedPatch(scene, { layers: { [item.id]: layer } });
   }
   const listKey = item.kind === "text" ? "text_overlays" : "image_overlays";
-  const list = (params?.[listKey] ?? []).map((overlay) => ({ ...overlay }));
+  const list = (sceneLayout(params, scene)?.[listKey] ?? []).map((overlay) => ({ ...overlay }));
   const overlay = list[item.index];
   if (!overlay) return null;
   if (change.rect) {
@@ -69,7 +99,7 @@ export function geometryPatch(params, item, change) {
     overlay.rect = change.resized ? rect : { ...(overlay.rect ?? {}), x: rect.x, y: rect.y };
   }
   if (change.rotation !== undefined) overlay.rotation_degrees = change.rotation;
-  return { [listKey]: list };
+  return scopedPatch(scene, { [listKey]: list });
 }
 
 function roundRect(rect) {
@@ -109,8 +139,9 @@ export function rotationToward(centre, point, snap) {
 }
 
 export class CompositorView extends EventTarget {
-  constructor({ connection, stage, canvas, boxes, empty, statsLabel }) {
+  constructor({ connection, stage, canvas, boxes, empty, statsLabel, sceneLabel = null }) {
     super();
+    this.sceneLabel = sceneLabel;
     this.connection = connection;
     this.stage = stage;
     this.canvas = canvas;
@@ -174,6 +205,16 @@ export class CompositorView extends EventTarget {
 
   view() {
     return this.sessionId && this.nodeId ? this.connection.shown(this.sessionId, this.nodeId, "view") : {};
+  }
+
+  /** The scene the boxes belong to (null: the compositor has no scenes). */
+  scene() {
+    return layoutScene(this.params());
+  }
+
+  /** The shown layout the boxes are drawn from: the top-level params, or the program scene's. */
+  layout() {
+    return sceneLayout(this.params(), this.scene());
   }
 
   canvasSize() {
@@ -241,6 +282,12 @@ export class CompositorView extends EventTarget {
         this._items.delete(key);
       }
     }
+    if (this.sceneLabel) {
+      const scene = this.nodeId ? this.scene() : null;
+      this.sceneLabel.textContent = scene === null ? "" : `boxes: scene ${scene} (program)`;
+      this.sceneLabel.hidden = scene === null;
+      this.sceneLabel.title = scene === null ? "" : `the boxes are the layout of scene ${scene}, the one on program; edits change that scene`;
+    }
     this.dispatchEvent(new CustomEvent("rendered"));
   }
 
@@ -280,6 +327,7 @@ export class CompositorView extends EventTarget {
       startX: event.clientX,
       startY: event.clientY,
       start: { ...item.rect },
+      item, // kind, id, list index and scene as the drag began
       stageRect,
       scale: stageRect.width / this.canvasSize().width,
       last: null,
@@ -306,7 +354,7 @@ export class CompositorView extends EventTarget {
     const signature = JSON.stringify(change.rect ? roundRect(change.rect) : change.rotation);
     if (signature === drag.last) return; // nothing new to send for this pointer step
     drag.last = signature;
-    this.change(item, change);
+    this.change(drag.item, change);
   }
 
   _endDrag(event) {

@@ -154,11 +154,15 @@ export class ControlConnection extends EventTarget {
 
   // ------------------------------------------------------------------ requests
 
-  /** Send a request; resolves with the reply's payload, rejects on `error` (with `.payload`) or a lost connection. */
-  request(action, payload = {}) {
+  /**
+   * Send a request; resolves with the reply's payload, rejects on `error` (with `.payload`) or a lost connection.
+   * `stampedFor`: the session of a stamped request, whose refusal uncovers its masked values (rule S6).
+   */
+  request(action, payload = {}, { stampedFor = null } = {}) {
     const ws = this._ws;
     if (!ws || ws.readyState !== 1) return Promise.reject(new Error("not connected"));
     const correlationId = `r${++this._counter}`;
+    if (stampedFor !== null) this._rememberTune(correlationId, stampedFor);
     ws.send(JSON.stringify({ type: "request", correlation_id: correlationId, payload: { action, ...payload } }));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -229,10 +233,31 @@ export class ControlConnection extends EventTarget {
     this._changed(sessionId, nodeId);
   }
 
-  _send(sessionId, nodeId, body, stamp, replace) {
-    const correlationId = `t${++this._counter}`;
+  /**
+   * A `take` (PROTOCOL.md section 3): the preview scene to program, the program scene to preview. What it
+   * will do (`predicted`, a merge patch: the scenes exchanged, the T-bar cleared) is shown at once, masked
+   * under the take's stamp until acknowledged; null predicts nothing. Sent only while open (a take is a
+   * decision of the moment); a prediction still undecided at a reconnect is resolved by rule C4 like any
+   * edit (re-sent as the patch it predicts when the server did not process it). Resolves once stored.
+   */
+  take(sessionId, nodeId, predicted, transition = null) {
+    if (this.status !== "open") return Promise.reject(new Error("not connected: take is not sent"));
+    const state = this.state(sessionId);
+    const stamp = predicted ? state.editPatch(nodeId, predicted) : state.stampFor(nodeId);
+    this._changed(sessionId, nodeId);
+    const payload = { session_id: sessionId, node_id: nodeId, ...stamp.toJSON() };
+    if (transition) payload.transition = transition;
+    return this.request("take", payload, { stampedFor: sessionId });
+  }
+
+  _rememberTune(correlationId, sessionId) {
     this._tunes.set(correlationId, sessionId);
     if (this._tunes.size > MAX_TUNES_IN_FLIGHT) this._tunes.delete(this._tunes.keys().next().value);
+  }
+
+  _send(sessionId, nodeId, body, stamp, replace) {
+    const correlationId = `t${++this._counter}`;
+    this._rememberTune(correlationId, sessionId);
     this._ws?.send(JSON.stringify(tuneRequest(sessionId, nodeId, body, stamp, { replace, correlationId })));
   }
 

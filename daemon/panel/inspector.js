@@ -7,6 +7,7 @@
 // pointer names, and the control returns to the server's value (causal.js drops the refused entry).
 
 import { joinPointer, resolvePointer } from "./causal.js";
+import { layoutPointer, sceneLayout, scopedPatch } from "./compositor.js";
 import { h, clear } from "./dom.js";
 import { clearFieldErrors, kindForm, showFieldError } from "./forms.js";
 
@@ -66,7 +67,7 @@ export class Inspector {
   showBox(key) {
     const item = this.view.selectedItem();
     if (!item) return;
-    this.target = { type: "box", key, kind: item.kind, id: item.id };
+    this.target = { type: "box", key, kind: item.kind, id: item.id, scene: item.scene ?? null };
     this._controls = [];
     clear(this.root);
     this.title.textContent = item.kind === "layer" ? `Layer ${item.id}` : `${item.kind === "text" ? "Text" : "Image"} ${item.id}`;
@@ -101,14 +102,16 @@ export class Inspector {
     this.refresh();
   }
 
+  /** The pointer of the item in the params: under its scene's layout when the compositor has scenes. */
   _base(item) {
-    if (item.kind === "layer") return joinPointer("/layers", item.id);
-    return joinPointer(item.kind === "text" ? "/text_overlays" : "/image_overlays", String(this._indexOf(item)));
+    const layout = layoutPointer(item.scene ?? null);
+    if (item.kind === "layer") return joinPointer(layout, "layers", item.id);
+    return joinPointer(layout, item.kind === "text" ? "text_overlays" : "image_overlays", String(this._indexOf(item)));
   }
 
   _indexOf(item) {
     const listKey = item.kind === "text" ? "text_overlays" : "image_overlays";
-    return (this.view.params()?.[listKey] ?? []).findIndex((overlay) => overlay.id === item.id);
+    return (sceneLayout(this.view.params(), item.scene ?? null)?.[listKey] ?? []).findIndex((overlay) => overlay.id === item.id);
   }
 
   /** The default of a compositor param at `pointer` (list indices and layer pins map to their item schema). */
@@ -133,12 +136,15 @@ export class Inspector {
   _set(pointer, value) {
     const item = this.view.selectedItem();
     if (!item) return;
-    const [, top, key, ...rest] = pointer.split("/");
+    const scene = item.scene ?? null;
+    const base = layoutPointer(scene);
+    if (!pointer.startsWith(base + "/")) return; // a control of a scene no longer shown
+    const [, top, key, ...rest] = pointer.slice(base.length).split("/");
     let patch;
     if (top === "layers") {
       patch = { layers: { [key]: nest(rest, value) } };
     } else {
-      const list = (this.view.params()?.[top] ?? []).map((overlay) => ({ ...overlay }));
+      const list = (sceneLayout(this.view.params(), scene)?.[top] ?? []).map((overlay) => ({ ...overlay }));
       const index = Number(key);
       if (!list[index]) return;
       // A list is replaced whole by a merge patch, so "back to the default" is the key left out of the item.
@@ -146,7 +152,7 @@ export class Inspector {
       patch = { [top]: list };
     }
     clearFieldErrors(this.root);
-    this.connection.edit(this.view.sessionId, this.view.nodeId, patch);
+    this.connection.edit(this.view.sessionId, this.view.nodeId, scopedPatch(scene, patch));
   }
 
   _row(pointer, label, ...inputs) {
@@ -289,8 +295,9 @@ export class Inspector {
 
   _removeOverlay(item) {
     const listKey = item.kind === "text" ? "text_overlays" : "image_overlays";
-    const list = (this.view.params()?.[listKey] ?? []).filter((overlay) => overlay.id !== item.id);
-    this.connection.edit(this.view.sessionId, this.view.nodeId, { [listKey]: list });
+    const scene = item.scene ?? null;
+    const list = (sceneLayout(this.view.params(), scene)?.[listKey] ?? []).filter((overlay) => overlay.id !== item.id);
+    this.connection.edit(this.view.sessionId, this.view.nodeId, scopedPatch(scene, { [listKey]: list }));
     this.view.select(null);
   }
 
@@ -299,6 +306,10 @@ export class Inspector {
     if (this.target?.type !== "box") return;
     const item = this.view.selectedItem();
     if (!item || item.key !== this.target.key) return;
+    if ((item.scene ?? null) !== this.target.scene) {
+      this.showBox(item.key); // another scene went on program: its controls point into that scene
+      return;
+    }
     for (const control of this._controls) {
       if (!control.editing() && control.input._show) control.input._show();
     }

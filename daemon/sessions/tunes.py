@@ -292,4 +292,6 @@ def _take_tune(nodes: Mapping[str, NodeRecord], take: envelope.Take) -> _Tune:
     patch: dict[str, Any] = {"program_scene": preview, "preview_scene": node.params.get("program_scene")}
     if take.transition is not None:
         patch["transition"] = dict(take.transition)
+    if node.params.get("transition_position") is not None:
+        patch["transition_position"] = None  # the take finishes what the T-bar held
     return _Tune(envelope.TuneNode(take.session_id, take.node_id, envelope.PATCH, patch, take.stamp), "/payload")

@@ -4,9 +4,10 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { boxItems, geometryPatch, resizedRect, rotationToward } from "../../daemon/panel/compositor.js";
+import { boxItems, geometryPatch, layoutPointer, layoutScene, resizedRect, rotationToward, scopedPatch } from "../../daemon/panel/compositor.js";
 import { ControlConnection, SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX, paramsPointerOf, tokenSubprotocol } from "../../daemon/panel/control.js";
 import { inputPins, statsLine } from "../../daemon/panel/graph.js";
+import { barPosition, barRelease, canTake, cutPatches, sceneList, takePrediction, transitionState } from "../../daemon/panel/scenes.js";
 
 const VIEW = {
   canvas_width: 640,
@@ -45,6 +46,80 @@ test("edits: a layer gets a whole rounded rect, an overlay its whole list (merge
   assert.deepEqual(resized.text_overlays[1].rect, { x: 0, y: 0, width: 50, height: 20 });
   assert.deepEqual(params.text_overlays[0].rect, { x: 1, y: 2 }, "the shown params are not changed in place");
   assert.equal(geometryPatch(params, { kind: "image", id: "gone", index: 3 }, { rotation: 1 }), null);
+});
+
+const SCENE_PARAMS = {
+  scenes: {
+    wide: { layers: { in_1: { rect: { x: 5, y: 6, width: 70, height: 80 } } }, text_overlays: [{ id: "title", rect: { x: 1, y: 2 } }] },
+    pip: { layers: { in_1: { rect: { x: 300, y: 200, width: 10, height: 10 } } } },
+  },
+  program_scene: "wide",
+  preview_scene: "pip",
+  transition: { kind: "fade", duration_ms: 400 },
+};
+
+test("scenes: the boxes are the program scene's, and their edits patch that scene", () => {
+  assert.equal(layoutScene(SCENE_PARAMS), "wide");
+  assert.equal(layoutScene({ layers: {} }), null, "no scenes: the top-level layout");
+  assert.equal(layoutScene({ scenes: {}, program_scene: null }), null);
+  assert.equal(layoutPointer("wide"), "/scenes/wide");
+  assert.equal(layoutPointer("a/b"), "/scenes/a~1b", "a name is one pointer token");
+  assert.deepEqual(scopedPatch(null, { layers: {} }), { layers: {} });
+  const items = Object.fromEntries(boxItems(SCENE_PARAMS, VIEW).map((item) => [item.key, item]));
+  assert.deepEqual(items["layer:in_1"].rect, { x: 5, y: 6, width: 70, height: 80 }, "wide's rect, not pip's");
+  assert.equal(items["layer:in_1"].scene, "wide");
+  assert.deepEqual(items["text:title"].rect, { x: 1, y: 2, width: 90, height: 30 });
+  assert.deepEqual(geometryPatch(SCENE_PARAMS, items["layer:in_1"], { rect: { x: 9, y: 9, width: 70, height: 80 } }), {
+    scenes: { wide: { layers: { in_1: { rect: { x: 9, y: 9, width: 70, height: 80 } } } } },
+  });
+  assert.deepEqual(geometryPatch(SCENE_PARAMS, items["text:title"], { rect: { x: 30, y: 40, width: 90, height: 30 } }), {
+    scenes: { wide: { text_overlays: [{ id: "title", rect: { x: 30, y: 40 } }] } },
+  });
+  // An item keeps the scene it was drawn from: a drag that began in wide goes on editing wide.
+  const onPip = { ...SCENE_PARAMS, program_scene: "pip" };
+  assert.deepEqual(Object.keys(geometryPatch(onPip, items["layer:in_1"], { rotation: 5 }).scenes), ["wide"]);
+});
+
+test("studio mode: the scene list, what a take and a cut send", () => {
+  assert.deepEqual(sceneList(SCENE_PARAMS), [
+    { name: "wide", program: true, preview: false },
+    { name: "pip", program: false, preview: true },
+  ]);
+  assert.deepEqual(sceneList({ layers: {} }), []);
+  assert.equal(canTake(SCENE_PARAMS), true);
+  assert.equal(canTake({ ...SCENE_PARAMS, preview_scene: "wide" }), false, "the program scene on preview: nothing to take");
+  assert.equal(canTake({ ...SCENE_PARAMS, preview_scene: null }), false);
+  assert.deepEqual(takePrediction(SCENE_PARAMS), { program_scene: "pip", preview_scene: "wide" });
+  assert.deepEqual(takePrediction({ ...SCENE_PARAMS, transition_position: 0.4 }), {
+    program_scene: "pip",
+    preview_scene: "wide",
+    transition_position: null,
+  }, "a take clears the T-bar, as the server does");
+  assert.equal(takePrediction({ ...SCENE_PARAMS, preview_scene: null }), null);
+  // A cut: the scene with a cut, then the transition as it was (a tune naming a transition keeps it).
+  const other = { ...SCENE_PARAMS, scenes: { ...SCENE_PARAMS.scenes, split: {} } };
+  assert.deepEqual(cutPatches(other, "split"), { cut: { program_scene: "split", transition: { kind: "cut" } }, restore: { transition: { kind: "fade" } } });
+  assert.deepEqual(cutPatches({ ...other, transition_position: 0.5 }, "pip").cut, {
+    program_scene: "pip",
+    transition: { kind: "cut" },
+    preview_scene: "wide",
+    transition_position: null,
+  }, "from preview: the two trade places, and the bar is let go");
+  assert.equal(cutPatches({ ...other, transition: {} }, "split").restore, null, "already a cut: nothing to restore");
+});
+
+test("the T-bar: positions, letting go, and what the view data says", () => {
+  assert.equal(barPosition("0.12345"), 0.123);
+  assert.equal(barPosition(-1), 0);
+  assert.equal(barPosition(7), 1);
+  assert.equal(barPosition("x"), 0);
+  assert.equal(barRelease(1), "take");
+  assert.equal(barRelease(0.985), "take", "a hand at the end is at the end");
+  assert.equal(barRelease(0.5), "hold");
+  assert.equal(barRelease(0.01), "clear");
+  assert.equal(transitionState({}), "");
+  assert.equal(transitionState({ transition: { manual: true, progress: 0.25, from: "wide", to: "pip" } }), "T-bar 25 %: wide → pip");
+  assert.equal(transitionState({ transition: { kind: "fade", progress: 0.5, from: "wide", to: "pip", frame: 6, frames: 12 } }), "fade 50 %: wide → pip");
 });
 
 test("resize keeps the opposite corner, and with Shift the aspect", () => {
@@ -167,6 +242,26 @@ test("an edit is shown at once, sent stamped, and a refusal uncovers the value b
   assert.equal(refusals[0].pointer, "/layers/in_1/opacity");
   assert.equal(refusals[0].sessionId, "s");
   connection.close();
+});
+
+test("a take is stamped, shown as predicted at once, and a refusal uncovers the scenes before it", async () => {
+  const { connection, socket } = await connected();
+  connection.state("s").onEvent("comp", "params", { ...SCENE_PARAMS, transition_position: 0.6 });
+  const taking = connection.take("s", "comp", takePrediction(connection.shown("s", "comp")));
+  assert.equal(connection.shown("s", "comp").program_scene, "pip");
+  assert.equal(connection.shown("s", "comp").transition_position, undefined, "the bar cleared as predicted");
+  const [take] = socket.requests("take");
+  assert.deepEqual(take.payload, { action: "take", session_id: "s", node_id: "comp", _sender: connection.nonce, _rev: 1 });
+  socket.receive({
+    type: "response",
+    correlation_id: take.correlation_id,
+    payload: { action: "error", code: "invalid_params", message: "no preview_scene to take", path: "/payload/node_id", _sender: connection.nonce, _rev: 1, node_id: "comp" },
+  });
+  await assert.rejects(taking, /no preview_scene/);
+  assert.equal(connection.shown("s", "comp").program_scene, "wide", "refused: back to what the server holds");
+  assert.equal(connection.shown("s", "comp").transition_position, 0.6);
+  connection.close();
+  await assert.rejects(connection.take("s", "comp", null), /not connected/, "never sent while not open");
 });
 
 test("reconnect: resync first, re-send what the server did not process, then the edits made meanwhile (C4)", async () => {

@@ -81,7 +81,8 @@ class ProgramPresence:
     eased progress (whatever its kind: a wipe moves a layer off as a fade
     does); when the outgoing picture is a snapshot (no outgoing scene to read),
     the outgoing presences are the ones of the frame before the transition
-    started.
+    started. A held T-bar (``manual``) crossfades by its position as a
+    transition does by its progress.
     """
 
     def __init__(self) -> None:
@@ -97,12 +98,14 @@ class ProgramPresence:
         outgoing_layers: Mapping[str, Any] | None = None,
     ) -> dict[str, float]:
         incoming = {pin: layer_presence(layer) for pin, layer in layers.items()}
-        if transition is None:
+        manual = bool(transition is not None and transition.get("manual"))
+        if transition is None or (manual and outgoing_layers is None):
+            # No transition, or a T-bar that shows the program scene alone (at 0, a cut before half way).
             self._running = None
             result = incoming
         else:
             key = (transition["from"], transition["to"])
-            if key != self._running or transition["frame"] <= 1:
+            if key != self._running or transition.get("frame", 0) <= 1:
                 self._running = key
                 self._snapshot = dict(self._last)
             if outgoing_layers is not None:
@@ -110,6 +113,8 @@ class ProgramPresence:
             else:
                 outgoing = self._snapshot
             progress = float(transition["progress"])
+            if manual and transition.get("kind") == "cut":
+                progress = 1.0  # a held cut past half way shows the preview scene alone
             result = {pin: (1.0 - progress) * outgoing.get(pin, 0.0) + progress * value for pin, value in incoming.items()}
         self._last = result
         return result
