@@ -30,6 +30,8 @@ to size the budgets with it):
   (``media_sizes``, e.g. what the engine reported) or else
   :data:`ASSUMED_MEDIA_SIZE`: their pixels are in files that only the engine
   opens.
+- Sources of sound only (kinds ``audio::*``): :data:`AUDIO_SOURCE_BYTES`
+  each, a fixed cost (their buffers do not depend on any param); no texture.
 - Every session: :data:`SESSION_OVERHEAD_BYTES` (a render thread and its GL
   context).
 
@@ -50,7 +52,7 @@ from typing import Any
 
 from compositord.protocol import pointer
 from compositord.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from compositord.protocol.params import KINDS, with_defaults
+from compositord.protocol.params import AUDIO_KIND_PREFIX, KINDS, with_defaults
 
 MAX_TEXT_RASTER_SIDE = 8192
 """The renderer clips a text raster to this many pixels a side (daemon/engine/render/text.py uses it)."""
@@ -60,6 +62,10 @@ ASSUMED_MEDIA_SIZE = (1920, 1080)
 
 SESSION_OVERHEAD_BYTES = 8 * 1024 * 1024
 """A session's render thread and GL context, before any canvas."""
+
+AUDIO_SOURCE_BYTES = 2 * 1024 * 1024
+"""A source of sound: its bus-format buffer (2 s of 48 kHz stereo float, 750 KiB), what waits for its
+converter thread (at most 1 MiB) and the resampler (daemon/engine/audio/push.py; a test keeps this above them)."""
 
 # Frames a sink's queue may hold (daemon/engine/sinks: ``queue_capacity``; a test keeps them equal).
 SINK_QUEUE_FRAMES: Mapping[str, int] = {
@@ -113,6 +119,7 @@ class CostItem:
     width: int
     height: int
     bytes_per_pixel: float
+    fixed: bool = False  # no size of the field makes it smaller (a source of sound): nothing "would fit"
 
     @property
     def pixels(self) -> int:
@@ -327,6 +334,8 @@ def session_cost(pipeline: Mapping[str, Any], *, media_sizes: Mapping[str, tuple
             full = full_params[node_id]
             items += _compositor_items(node_id, full, base, sinks_of.get(node_id, []), sizes)
             rates.append(RateItem(pointer.join(base, "fps"), node_id, full["width"], full["height"], full["fps"]))
+        elif kind.startswith(AUDIO_KIND_PREFIX):
+            items.append(CostItem(base, f"{kind} {node_id!r}: its sound buffers", AUDIO_SOURCE_BYTES, 1, 1.0, fixed=True))
         elif KINDS[kind].role == "source":
             full = full_params[node_id]
             width, height = _source_size(node_id, kind, full, sizes)
@@ -338,6 +347,8 @@ def session_cost(pipeline: Mapping[str, Any], *, media_sizes: Mapping[str, tuple
         source, target = nodes.get(conn["from_node"]), nodes.get(conn["to_node"])
         if source is None or target is None or target["kind"] != "video::compositor" or KINDS[source["kind"]].role != "source":
             continue
+        if source["kind"].startswith(AUDIO_KIND_PREFIX):
+            continue  # sound only: no texture
         full = full_params[conn["from_node"]]
         width, height = _source_size(conn["from_node"], source["kind"], full, sizes)
         items.append(
@@ -387,10 +398,13 @@ def _blame(cost: SessionCost, previous: SessionCost | None) -> CostItem | None:
         first.width,
         first.height,
         sum(item.bytes for item in parts) / first.pixels,
+        fixed=all(item.fixed for item in parts),
     )
 
 
 def _what_fits(item: CostItem, room: int, budget: int) -> str:
+    if item.fixed:
+        return "its cost is fixed: remove the node or reduce the rest"
     size = item.fitting(room)
     if size is None:
         return f"even without it, {format_bytes(budget - room)} is more than the budget: reduce the rest first"

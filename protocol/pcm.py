@@ -124,9 +124,7 @@ def parse_audio_header(data: bytes | bytearray | memoryview, *, max_bytes: int =
     return AudioHeader(hashed, sample_format, channels, sample_rate, sample_count, pts_us, version)
 
 
-def pack_audio_header(
-    node_id: str, sample_format: str, channels: int, sample_rate: int, sample_count: int, pts_us: int
-) -> bytes:
+def pack_audio_header(node_id: str, sample_format: str, channels: int, sample_rate: int, sample_count: int, pts_us: int) -> bytes:
     """The 32 header bytes for PCM of ``node_id``; append the interleaved samples to send it."""
     if sample_format not in SAMPLE_FORMATS:
         raise LocalProtocolError(f"unknown sample format {sample_format!r}; known: {', '.join(SAMPLE_FORMATS)}")
