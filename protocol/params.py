@@ -1017,7 +1017,11 @@ _register(
         Object(
             {
                 "sample_rate": Int(
-                    8000, 96000, default=AUTO, doc="auto: any rate the header allows; else audio at another rate is refused"
+                    8000,
+                    96000,
+                    default=AUTO,
+                    doc="one of 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000: audio at another"
+                    " rate is refused; auto: any of them",
                 ),
                 "channels": Int(1, 2, default=AUTO, doc="auto: mono or stereo; else audio with another count is refused"),
                 "latency_ms": Int(

@@ -10,10 +10,11 @@ import pytest
 
 from compositord.daemon.engine.api import PushedAudio
 from compositord.daemon.engine.audio.bus import BUS_SAMPLE_RATE
-from compositord.daemon.engine.audio.push import PushedAudioInlet, to_bus_layout
+from compositord.daemon.engine.audio.push import CAPACITY_S, MAX_PENDING_BYTES, PushedAudioInlet, to_bus_layout
 from compositord.daemon.engine.sources.audio_push import AudioPushSource
 from compositord.daemon.engine.sources.push import PushInlets
-from compositord.protocol import params, pcm
+from compositord.protocol import budget, params, pcm
+from compositord.protocol.errors import RemoteProtocolError
 
 
 def sine(frequency: float, rate: int, count: int, amplitude: float = 0.5, start: int = 0) -> np.ndarray:
@@ -174,3 +175,42 @@ def test_the_source_has_no_picture_and_its_audio_is_the_inlets_buffer() -> None:
     finally:
         inlets.close(5.0)
     assert inlets.audio("mic") is None  # after the loop ended, pushed audio has nowhere to go
+
+
+def test_audio_push_params_are_checked_naming_the_field() -> None:
+    assert params.validate("audio::push", {"sample_rate": 44100, "channels": 2, "latency_ms": 0}) == {
+        "sample_rate": 44100,
+        "channels": 2,
+        "latency_ms": 0,
+    }
+    assert params.with_defaults("audio::push", {}) == {"sample_rate": None, "channels": None, "latency_ms": 50}
+    with pytest.raises(RemoteProtocolError) as caught:
+        params.validate("audio::push", {"sample_rate": 44000, "channels": 3, "latency_ms": 1001})
+    found = {error.path: error.message for error in caught.value.errors}
+    assert set(found) == {"/sample_rate", "/channels", "/latency_ms"}
+    assert "must be one of 8000" in found["/sample_rate"] and "got 44000" in found["/sample_rate"]
+    assert params.output_pins("audio::push") == ("out",) and params.role("audio::push") == "source"
+
+
+def test_a_sound_source_costs_its_buffers_and_no_texture() -> None:
+    pipeline = params.validate_pipeline(
+        {
+            "nodes": {
+                "mic": {"kind": "audio::push", "params": {}},
+                "comp": {"kind": "video::compositor", "params": {"width": 64, "height": 32}},
+            },
+            "connections": [{"from_node": "mic", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"}],
+        }
+    )
+    cost = budget.session_cost(pipeline)
+    sound = [item for item in cost.items if item.pointer == "/nodes/mic/params"]
+    assert [item.bytes for item in sound] == [budget.AUDIO_SOURCE_BYTES]  # no texture for the compositor
+    # The fixed cost covers what the engine holds per node: the buffer and what waits for the converter.
+    bus_buffer = round(CAPACITY_S * BUS_SAMPLE_RATE) * 2 * 4
+    assert bus_buffer + MAX_PENDING_BYTES <= budget.AUDIO_SOURCE_BYTES
+    limits = budget.BudgetLimits(cost.bytes - 1, 2**40, 16, 10**12)
+    without = params.validate_pipeline({"nodes": {"comp": pipeline["nodes"]["comp"]}, "connections": []})
+    with pytest.raises(RemoteProtocolError) as caught:
+        budget.check_session(pipeline, limits=limits, previous=budget.session_cost(without))
+    assert caught.value.path == "/nodes/mic/params"
+    assert "its cost is fixed: remove the node or reduce the rest" in str(caught.value)
