@@ -214,3 +214,31 @@ def test_a_sound_source_costs_its_buffers_and_no_texture() -> None:
         budget.check_session(pipeline, limits=limits, previous=budget.session_cost(without))
     assert caught.value.path == "/nodes/mic/params"
     assert "its cost is fixed: remove the node or reduce the rest" in str(caught.value)
+
+
+async def test_audio_waiting_for_an_engine_process_is_bounded_and_never_looks_like_a_hang() -> None:
+    """Nothing reads this engine's socket (it never started): audio past the in-flight bounds is dropped
+    and counted, and the command queue, whose overflow means a hung engine, is not filled by it."""
+    from compositord.daemon.control import engine_client
+    from compositord.daemon.engine import wire
+    from compositord.daemon.state.model import SessionRecord
+    from compositord.tests.engine_recorder import EventRecorder
+
+    process = engine_client.EngineProcess(
+        wire.EngineConfig(SessionRecord("s", "s", {}, []), "/nonexistent", None), EventRecorder()
+    )
+    try:
+        small = PushedAudio("mic", "s16le", 1, 48000, 0, memoryview(bytes(96)))
+        for _ in range(engine_client.AUDIO_IN_FLIGHT_MESSAGES + 40):
+            process.push_audio(small)
+        assert process.audio_not_pushed == 40 and process.trouble is None
+        large = PushedAudio("mic", "f32le", 2, 96000, 0, bytes(19200 * 8))
+        fresh = engine_client.EngineProcess(
+            wire.EngineConfig(SessionRecord("t", "t", {}, []), "/nonexistent", None), EventRecorder()
+        )
+        for _ in range(100):
+            fresh.push_audio(large)
+        assert fresh.audio_not_pushed == 100 - engine_client.AUDIO_IN_FLIGHT_BYTES // (19200 * 8)
+        assert fresh.trouble is None
+    finally:
+        process.kill()
