@@ -242,3 +242,13 @@ async def test_audio_waiting_for_an_engine_process_is_bounded_and_never_looks_li
         assert fresh.trouble is None
     finally:
         process.kill()
+
+
+def test_the_audio_budget_is_a_setting_that_reaches_each_connection() -> None:
+    from compositord.daemon.config import Limits, Settings, SettingsError
+
+    limits = Limits.from_environ({"COMPOSITORD_MAX_AUDIO_BYTES_PER_SECOND": "1M"})
+    assert Settings(limits=limits).server_options().limits.audio_bytes_per_second == 1 << 20
+    assert Settings().server_options().limits.audio_bytes_per_second == 2 << 20
+    with pytest.raises(SettingsError, match="max_audio_bytes_per_second"):
+        Limits(max_audio_bytes_per_second=0)
