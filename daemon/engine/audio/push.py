@@ -210,11 +210,21 @@ class PushedAudioInlet:
 
     def _convert(self, audio: PushedAudio, buffer: AudioBuffer) -> None:
         samples = to_bus_layout(audio.data, audio.sample_format, audio.channels)
+        try:
+            self._place(audio, samples, buffer)
+        finally:
+            # Counted once handled, so a reader that sees the count also sees the sound in the buffer.
+            self.messages_received += 1
+            self.samples_received += samples.shape[0]
+            self.input_format = {
+                "sample_format": audio.sample_format,
+                "channels": audio.channels,
+                "sample_rate": audio.sample_rate,
+            }
+
+    def _place(self, audio: PushedAudio, samples: np.ndarray, buffer: AudioBuffer) -> None:
         count = samples.shape[0]
         rate = audio.sample_rate
-        self.messages_received += 1
-        self.samples_received += count
-        self.input_format = {"sample_format": audio.sample_format, "channels": audio.channels, "sample_rate": rate}
         out: list[np.ndarray] = []
         if self._converter is None or self._converter.rate != rate:
             if self._converter is not None:
