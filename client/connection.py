@@ -55,7 +55,7 @@ from compositord.client.errors import (
 )
 from compositord.client.events import RESYNCED, ClientEvent, EventBuffer, EventStream
 from compositord.client.session_state import SessionStates
-from compositord.protocol import envelope, frames
+from compositord.protocol import envelope, frames, pcm
 from compositord.protocol.causal import PARAMS_CHANNEL, Stamp, leaves_to_patch, strip_private
 from compositord.protocol.envelope import (
     PATCH,
@@ -367,6 +367,53 @@ class Client:
             raise RequestTimedOut(f"could not send a frame within {self.options.request_timeout} s") from exc
         except ConnectionClosed as exc:
             raise ConnectionLost("the connection dropped while sending a frame") from exc
+
+    async def push_audio(
+        self,
+        node_id: str,
+        samples: Any,
+        sample_rate: int,
+        channels: int | None = None,
+        pts_us: int = 0,
+        *,
+        sample_format: str | None = None,
+    ) -> None:
+        """Send PCM to the ``audio::push`` node ``node_id`` (PROTOCOL.md section 6.1); fire and forget.
+
+        ``samples`` is a NumPy array, ``(count,)`` mono or ``(count, channels)``
+        interleaved, of int16 (s16le), int32 (s32le) or float32 (f32le, in
+        [-1, 1]); or bytes-like, interleaved little-endian, with ``sample_format``
+        and ``channels`` given. ``pts_us`` is the first sample's time on the
+        client's clock: consecutive calls should continue it (``pts_us +
+        count * 1_000_000 / sample_rate``); a jump is a gap the node fills with
+        silence. Sound longer than one message may hold (200 ms) goes as several
+        messages with consecutive pts. The daemon answers only a refused message,
+        with an ``error`` event; a format the header cannot carry raises
+        :class:`LocalProtocolError` before anything is sent.
+        """
+        data, sample_format, channels = _pcm_bytes(samples, channels, sample_format)
+        frame_bytes = channels * pcm.BYTES_PER_SAMPLE[sample_format]
+        total = len(data) // frame_bytes
+        if total == 0:
+            raise LocalProtocolError("no samples to push")
+        step = pcm.max_sample_count(sample_rate) if sample_rate in pcm.SAMPLE_RATES else total
+        messages = []
+        for start in range(0, total, step):
+            count = min(step, total - start)
+            header = pcm.pack_audio_header(
+                node_id, sample_format, channels, sample_rate, count, pts_us + round(start * 1_000_000 / sample_rate)
+            )
+            messages.append(header + data[start * frame_bytes : (start + count) * frame_bytes])
+        try:
+            with trio.fail_after(self.options.request_timeout):
+                ws = await self._wait_ready()
+                async with self._send_lock:
+                    for message in messages:
+                        await ws.send_message(message)
+        except trio.TooSlowError as exc:
+            raise RequestTimedOut(f"could not send audio within {self.options.request_timeout} s") from exc
+        except ConnectionClosed as exc:
+            raise ConnectionLost("the connection dropped while sending audio") from exc
 
     async def aclose(self) -> None:
         """Close the connection (1000) and stop reconnecting; idempotent."""
@@ -696,6 +743,41 @@ class Client:
                         patch = leaves_to_patch(values)
                         messages.append(TuneNode(session_id, node_id, PATCH, patch, state.edit_patch(node_id, patch), False))
         return messages
+
+
+_PCM_DTYPES = {("i", 2): "s16le", ("i", 4): "s32le", ("f", 4): "f32le"}
+
+
+def _pcm_bytes(samples: Any, channels: int | None, sample_format: str | None) -> tuple[bytes, str, int]:
+    """Interleaved little-endian PCM bytes, its format and channel count, from an array or bytes-like samples."""
+    dtype = getattr(samples, "dtype", None)
+    if dtype is not None:  # a NumPy array: its dtype and shape say the format and the channels
+        found = _PCM_DTYPES.get((dtype.kind, dtype.itemsize))
+        if found is None:
+            raise LocalProtocolError(f"samples of dtype {dtype} cannot be pushed; use int16, int32 or float32")
+        if sample_format is not None and sample_format != found:
+            raise LocalProtocolError(f"samples of dtype {dtype} are {found}, not {sample_format}")
+        if samples.ndim not in (1, 2):
+            raise LocalProtocolError(f"samples must be (count,) or (count, channels), not {samples.shape}")
+        shape_channels = 1 if samples.ndim == 1 else int(samples.shape[1])
+        if channels is not None and channels != shape_channels:
+            raise LocalProtocolError(f"samples of shape {samples.shape} have {shape_channels} channel(s), not {channels}")
+        if dtype.byteorder == ">":
+            samples = samples.astype(dtype.newbyteorder("<"))
+        channels, sample_format = shape_channels, found
+        data = bytes(samples.tobytes())  # C order: interleaved
+    else:
+        if sample_format is None or channels is None:
+            raise LocalProtocolError("bytes-like samples need sample_format and channels")
+        data = _frame_bytes(samples)
+    if sample_format not in pcm.SAMPLE_FORMATS:
+        raise LocalProtocolError(f"unknown sample format {sample_format!r}; known: {', '.join(pcm.SAMPLE_FORMATS)}")
+    if channels not in pcm.CHANNELS:
+        raise LocalProtocolError(f"channels must be 1 or 2, got {channels}")
+    frame_bytes = channels * pcm.BYTES_PER_SAMPLE[sample_format]
+    if len(data) % frame_bytes:
+        raise LocalProtocolError(f"{len(data)} bytes are not whole samples of {channels} channel(s) {sample_format}")
+    return data, sample_format, channels
 
 
 def _frame_bytes(data: Any) -> bytes:

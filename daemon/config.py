@@ -166,6 +166,7 @@ LIMITS_ENVIRONMENT: Mapping[str, str] = {
     "COMPOSITORD_MIN_FREE_DISK_BYTES": "min_free_disk_bytes",
     "COMPOSITORD_MAX_PARTIAL_BYTES": "max_partial_bytes",
     "COMPOSITORD_MAX_QUEUED_BYTES": "max_queued_bytes",
+    "COMPOSITORD_MAX_AUDIO_BYTES_PER_SECOND": "max_audio_bytes_per_second",
 }
 _COUNTS = frozenset({"max_sessions", "max_total_pixels_per_second"})
 
@@ -183,6 +184,8 @@ class Limits:
     send_timeout: float = 5.0
     # Waiting for one client that reads too slowly (besides at most 4,096 messages; past it: closed, 1008).
     max_queued_bytes: int = 8 * 1024 * 1024
+    # Pushed audio per connection (PROTOCOL.md section 6.1): about five streams of 48 kHz stereo float.
+    max_audio_bytes_per_second: int = 2 * 1024 * 1024
     # Rule S7 (docs/PROTOCOL-EXTENSIONS.md): a closed connection's params acks stay in getpipeline's
     # retired_acks this long, at most this many per node, so a reconnecting client re-sends only what was not processed.
     retired_acks_grace_s: float = 300.0
@@ -203,6 +206,7 @@ class Limits:
             "max_total_pixels_per_second",
             "max_partial_bytes",
             "max_queued_bytes",
+            "max_audio_bytes_per_second",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name}: must be at least 1")
@@ -431,5 +435,6 @@ class Settings:
                 messages_per_second=self.limits.messages_per_second,
                 send_timeout=self.limits.send_timeout,
                 mailbox_bytes=self.limits.max_queued_bytes,
+                audio_bytes_per_second=self.limits.max_audio_bytes_per_second,
             ),
         )

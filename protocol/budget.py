@@ -34,6 +34,8 @@ to size the budgets with it):
   :data:`ASSUMED_MEDIA_SIZE`: their pixels are in files or streams that only
   the engine opens. A live input keeps its paced queue (:data:`CAPTURE_FRAMES`,
   :data:`STREAM_IN_FRAMES`).
+- Sources of sound only (kinds ``audio::*``): :data:`AUDIO_SOURCE_BYTES`
+  each, a fixed cost (their buffers do not depend on any param); no texture.
 - Every session: :data:`SESSION_OVERHEAD_BYTES` (a render thread and its GL
   context).
 
@@ -54,7 +56,7 @@ from typing import Any
 
 from compositord.protocol import pointer
 from compositord.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from compositord.protocol.params import KINDS, with_defaults
+from compositord.protocol.params import AUDIO_KIND_PREFIX, KINDS, with_defaults
 
 MAX_TEXT_RASTER_SIDE = 8192
 """The renderer clips a text raster to this many pixels a side (daemon/engine/render/text.py uses it)."""
@@ -64,6 +66,10 @@ ASSUMED_MEDIA_SIZE = (1920, 1080)
 
 SESSION_OVERHEAD_BYTES = 8 * 1024 * 1024
 """A session's render thread and GL context, before any canvas."""
+
+AUDIO_SOURCE_BYTES = 2 * 1024 * 1024
+"""A source of sound: its bus-format buffer (2 s of 48 kHz stereo float, 750 KiB), what waits for its
+converter thread (at most 1 MiB) and the resampler (daemon/engine/audio/push.py; a test keeps this above them)."""
 
 # Frames a sink's queue may hold (daemon/engine/sinks: ``queue_capacity``; a test keeps them equal).
 SINK_QUEUE_FRAMES: Mapping[str, int] = {
@@ -83,10 +89,6 @@ ENCODER_FRAMES = 16
 # Bytes per pixel of the pixel formats.
 FORMAT_BYTES_PER_PIXEL: Mapping[str, float] = {"rgba8": 4.0, "nv12": 1.5, "i420": 1.5}
 RGBA = 4.0
-# A sound-only source (no frames, no texture) holds its AudioBuffer: 2 s of 48 kHz stereo float32
-# (daemon/engine/sources/tone.py BUFFER_CAPACITY_S; the bus format, daemon/engine/audio/bus.py).
-SOUND_ONLY_KINDS = ("audio::tone",)
-SOUND_BUFFER_BYTES = 2 * 48_000 * 2 * 4
 YUV420 = 1.5
 TRANSITION_CANVASES = 3  # daemon/engine/render/renderer.py: "outgoing", "incoming", "snapshot"
 
@@ -122,6 +124,7 @@ class CostItem:
     width: int
     height: int
     bytes_per_pixel: float
+    fixed: bool = False  # no size of the field makes it smaller (a source of sound): nothing "would fit"
 
     @property
     def pixels(self) -> int:
@@ -404,8 +407,8 @@ def session_cost(pipeline: Mapping[str, Any], *, media_sizes: Mapping[str, tuple
             full = full_params[node_id]
             items += _compositor_items(node_id, full, base, sinks_of.get(node_id, []), sizes)
             rates.append(RateItem(pointer.join(base, "fps"), node_id, full["width"], full["height"], full["fps"]))
-        elif kind in SOUND_ONLY_KINDS:
-            items.append(CostItem(base, f"{kind} {node_id!r}: its sound buffer (2 s)", 1, 1, SOUND_BUFFER_BYTES))
+        elif kind.startswith(AUDIO_KIND_PREFIX):
+            items.append(CostItem(base, f"{kind} {node_id!r}: its sound buffers", AUDIO_SOURCE_BYTES, 1, 1.0, fixed=True))
         elif KINDS[kind].role == "source":
             full = full_params[node_id]
             width, height = _source_size(node_id, kind, full, sizes)
@@ -417,8 +420,8 @@ def session_cost(pipeline: Mapping[str, Any], *, media_sizes: Mapping[str, tuple
         source, target = nodes.get(conn["from_node"]), nodes.get(conn["to_node"])
         if source is None or target is None or target["kind"] != "video::compositor" or KINDS[source["kind"]].role != "source":
             continue
-        if source["kind"] in SOUND_ONLY_KINDS:
-            continue  # no picture: no texture
+        if source["kind"].startswith(AUDIO_KIND_PREFIX):
+            continue  # sound only: no texture
         full = full_params[conn["from_node"]]
         width, height = _source_size(conn["from_node"], source["kind"], full, sizes)
         items.append(
@@ -468,10 +471,13 @@ def _blame(cost: SessionCost, previous: SessionCost | None) -> CostItem | None:
         first.width,
         first.height,
         sum(item.bytes for item in parts) / first.pixels,
+        fixed=all(item.fixed for item in parts),
     )
 
 
 def _what_fits(item: CostItem, room: int, budget: int) -> str:
+    if item.fixed:
+        return "its cost is fixed: remove the node or reduce the rest"
     size = item.fitting(room)
     if size is None:
         return f"even without it, {format_bytes(budget - room)} is more than the budget: reduce the rest first"

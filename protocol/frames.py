@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from compositord.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 FRAME_MAGIC = b"CFRM"
+# The other kind of binary message, pushed audio (section 6.1, protocol/pcm.py): the magic tells them apart.
+AUDIO_MAGIC = b"CPCM"
 FRAME_VERSION = 1
 HEADER = struct.Struct("<4sBBHQIIq")
 HEADER_SIZE = HEADER.size  # 32
@@ -83,7 +85,9 @@ def parse_frame_header(data: bytes | bytearray | memoryview, *, max_bytes: int =
         raise _refuse("", f"message of {size} bytes is shorter than the {HEADER_SIZE}-byte header")
     magic, version, format_code, reserved, hashed, width, height, pts_us = HEADER.unpack_from(data, 0)
     if magic != FRAME_MAGIC:
-        raise _refuse("/magic", f"must be {FRAME_MAGIC!r}, got {bytes(magic)!r}")
+        raise _refuse(
+            "/magic", f"must be {FRAME_MAGIC!r} (a frame) or {AUDIO_MAGIC!r} (audio, section 6.1), got {bytes(magic)!r}"
+        )
     if version != FRAME_VERSION:
         raise _refuse("/version", f"unsupported version {version}; this daemon speaks {FRAME_VERSION}")
     if format_code >= len(PIXEL_FORMATS):

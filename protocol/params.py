@@ -492,6 +492,9 @@ SINK = "sink"
 # The kinds other modules name: the one compositor kind, the input that takes pushed frames, the thumbnail sink.
 COMPOSITOR_KIND = "video::compositor"
 PUSH_KIND = "video::push"
+AUDIO_PUSH_KIND = "audio::push"  # takes pushed audio (PROTOCOL.md section 6.1)
+# Kinds named audio::* make sound and no picture: no texture, no pixels in the budgets.
+AUDIO_KIND_PREFIX = "audio::"
 PREVIEW_KIND = "sink::preview"
 TONE_KIND = "audio::tone"
 
@@ -1094,6 +1097,56 @@ _register(
         notes=(
             "Bursts are aligned to the render loop's clock: burst k starts at sample k * burst_every_s * 48000 of the"
             " clock that output frames' `media_time` counts (docs/AUDIO.md), so a test can predict them.",
+        ),
+    )
+)
+
+
+# The rates a pushed-audio header may carry (protocol/pcm.py); params cannot import it (pcm imports frames only,
+# and this module stays free of the binary formats), so a test keeps the two lists equal.
+PUSHED_AUDIO_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
+
+
+def _check_pushed_audio_rate(params: dict[str, Any], errors: list[FieldError]) -> None:
+    rate = params.get("sample_rate")
+    if rate is not None and rate not in PUSHED_AUDIO_RATES:
+        errors.append(
+            FieldError(
+                "/sample_rate", f"must be one of {', '.join(map(str, PUSHED_AUDIO_RATES))} Hz (or absent: any), got {rate}"
+            )
+        )
+
+
+_register(
+    NodeKind(
+        AUDIO_PUSH_KIND,
+        SOURCE,
+        Object(
+            {
+                "sample_rate": Int(
+                    8000,
+                    96000,
+                    default=AUTO,
+                    doc="one of 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000: audio at another"
+                    " rate is refused; auto: any of them",
+                ),
+                "channels": Int(1, 2, default=AUTO, doc="auto: mono or stereo; else audio with another count is refused"),
+                "latency_ms": Int(
+                    0,
+                    1000,
+                    default=50,
+                    doc="jitter cushion: silence played ahead of the first sound, and again after the buffer ran dry",
+                ),
+            }
+        ),
+        "PCM pushed by a client as binary WebSocket messages (PROTOCOL.md section 6.1); sound only, no picture",
+        cross_checks=(CrossCheck(("sample_rate",), _check_pushed_audio_rate),),
+        notes=(
+            "Connect it to a compositor input like any source: its layer draws nothing; the compositor mixes its sound.",
+            "Sound is converted to the bus format (48 kHz stereo float) on the node's own thread; mono is copied to both"
+            " channels at its level.",
+            "Sound more than `latency_ms` + 250 ms ahead of the output is dropped (oldest first): push in real time, in"
+            " messages of at most 200 ms. Gaps in `pts_us` are filled with silence (docs/OPERATIONS.md, `audio::push`).",
         ),
     )
 )

@@ -112,21 +112,21 @@ async def test_queued_commands_leave_in_one_write_and_a_descriptor_starts_its_ow
 
     slot = FrameSlot.create(64, "compositord-test-batch")
     try:
-        send, receive = trio.open_memory_channel[tuple[bytes, Any, Any]](16)
+        send, receive = trio.open_memory_channel[tuple[bytes, Any, Any, int]](16)
         for name in ("a", "b", "c"):
-            send.send_nowait((name.encode(), None, None))
-        send.send_nowait((b"slot", slot, None))
-        send.send_nowait((b"d", None, None))
+            send.send_nowait((name.encode(), None, None, 0))
+        send.send_nowait((b"slot", slot, None, 0))
+        send.send_nowait((b"d", None, None, 0))
         first = receive.receive_nowait()
         batch, held = write_batch(first, receive)
-        assert [data for data, _, _ in batch] == [b"a", b"b", b"c"]
+        assert [queued[0] for queued in batch] == [b"a", b"b", b"c"]
         assert held is not None and held[0] == b"slot" and held[1] is slot
         batch, held = write_batch(held, receive)
-        assert [data for data, _, _ in batch] == [b"slot", b"d"] and held is None
+        assert [queued[0] for queued in batch] == [b"slot", b"d"] and held is None
 
         big = b"x" * (WRITE_BATCH_BYTES // 2 + 1)
         for _ in range(3):
-            send.send_nowait((big, None, None))
+            send.send_nowait((big, None, None, 0))
         batch, held = write_batch(receive.receive_nowait(), receive)
         assert len(batch) == 2 and held is None  # about WRITE_BATCH_BYTES a write; the rest waits for the next
         assert receive.statistics().current_buffer_used == 1

@@ -70,6 +70,9 @@ class RecordingLoop:
     def push_frame(self, frame: api.PushedFrame) -> None:
         pass
 
+    def push_audio(self, audio: api.PushedAudio) -> None:
+        pass
+
     def statistics(self) -> api.EngineStatistics:
         return api.EngineStatistics(0, 0, 0, 0)  # renders nothing: the hub does not pace by it
 

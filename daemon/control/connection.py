@@ -44,6 +44,7 @@ from compositord.daemon.control.websocket import (  # noqa: F401  (close codes: 
     ServerWebSocket,
     TextOverLimit,
 )
+from compositord.protocol import pcm
 from compositord.protocol.envelope import MAX_TEXT_BYTES
 from compositord.protocol.errors import ErrorCode, RemoteProtocolError
 from compositord.protocol.message_head import MessageHead, read_head
@@ -69,6 +70,9 @@ class ConnectionLimits:
     mailbox_capacity: int = 4096
     mailbox_bytes: int = 8 * 1024 * 1024  # what may wait for a client that reads too slowly, in bytes (mailbox.py)
     close_timeout: float = 2.0
+    # Pushed audio (PROTOCOL.md section 6.1), bytes a second, saved up for at most a second; the default is
+    # about five streams of 48 kHz stereo float.
+    audio_bytes_per_second: float = 2 * 1024 * 1024
 
 
 class Dispatcher(Protocol):
@@ -79,7 +83,7 @@ class Dispatcher(Protocol):
         """Handle one request; every answer goes through ``connection.send``."""
 
     def handle_binary(self, connection: Connection, data: bytes) -> None:
-        """Handle one binary message (pushed frames, PROTOCOL.md section 6)."""
+        """Handle one binary message (pushed frames and audio, PROTOCOL.md section 6)."""
 
     def refuse(self, connection: Connection, error: RemoteProtocolError, head: MessageHead) -> None:
         """Answer a message that never reached the session logic (too large, rate limited); ``head`` is
@@ -103,6 +107,11 @@ class Connection:
         self._websocket = websocket
         self._limits = limits
         self._bucket = TokenBucket(limits.messages_per_second)
+        # Bytes of pushed audio this connection may still send (sessions/pushed_audio.py takes from it). The
+        # burst holds at least the largest message, which would otherwise never pass.
+        self.audio_budget = TokenBucket(
+            limits.audio_bytes_per_second, max(limits.audio_bytes_per_second, float(pcm.MAX_MESSAGE_BYTES))
+        )
         self._nursery_scope: trio.CancelScope | None = None
         self._reader_scope: trio.CancelScope | None = None
         self._sending = False

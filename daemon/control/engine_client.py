@@ -7,6 +7,11 @@ events in through a task that reads them and hands each to the
 ``api.EngineEvents`` sink on the trio thread. Pushed frames go into a
 shared-memory slot per ``video::push`` node (``engine.frame_slots``), and only
 a reference to them crosses the socket; preview JPEGs come back the same way.
+Pushed audio crosses the socket whole, in order (``engine.wire`` says why);
+what of it waits for the socket is bounded per engine
+(:data:`AUDIO_IN_FLIGHT_MESSAGES`, :data:`AUDIO_IN_FLIGHT_BYTES`): past it a
+message is dropped and counted (``audio_not_pushed``), so a flood of audio
+never fills the command queue, whose overflow means a hung engine.
 
 Nothing here waits on the engine while handling a call: ``submit`` and
 ``push_frame`` queue and return. When the queue is full the engine has stopped
@@ -19,6 +24,7 @@ plain-data modules (``api``, ``wire``, ``frame_slots``): no GL, no media.
 from __future__ import annotations
 
 import array
+import dataclasses
 import logging
 import os
 import signal
@@ -43,10 +49,14 @@ COMMAND_QUEUE_CAPACITY = 4096
 READ_SIZE = 256 * 1024
 # At most about this many bytes of queued messages go to the engine in one write.
 WRITE_BATCH_BYTES = 256 * 1024
+# Pushed audio waiting for the socket, per engine: about 2.5 s of 48 kHz stereo float from 8 clients at once.
+AUDIO_IN_FLIGHT_MESSAGES = 512
+AUDIO_IN_FLIGHT_BYTES = 8 * 1024 * 1024
 
 
-# A message waiting for the socket: its frame, the slot whose descriptor goes with it, a slot to close once it is sent.
-_Queued = tuple[bytes, FrameSlot | None, FrameSlot | None]
+# A message waiting for the socket: its frame, the slot whose descriptor goes with it, a slot to close once it is
+# sent, and the bytes of pushed audio it carries (0 for anything else).
+_Queued = tuple[bytes, FrameSlot | None, FrameSlot | None, int]
 
 
 @dataclass
@@ -74,6 +84,9 @@ class EngineProcess:
         self.trouble: str | None = None  # why it must be ended although it may still run
         self.trouble_event = trio.Event()
         self.frames_not_pushed = 0  # pushed frames dropped because the engine was not reachable
+        self.audio_not_pushed = 0  # pushed audio dropped: the engine was not reachable, or too much waited for it
+        self._audio_in_flight = 0  # messages of pushed audio queued, not written yet
+        self._audio_in_flight_bytes = 0
         self._previews: dict[str, api.PreviewImage] = {}
         self._push_slots: dict[str, _PushSlot] = {}
         self._preview_slots: dict[int, FrameSlot] = {}
@@ -198,6 +211,26 @@ class EngineProcess:
             )
         )
 
+    def push_audio(self, audio: api.PushedAudio) -> None:
+        """Queue the PCM for the socket, unless the engine is unreachable or too much audio waits already."""
+        size = len(audio.data)
+        if (
+            self._closed
+            or self.trouble is not None
+            or self._audio_in_flight >= AUDIO_IN_FLIGHT_MESSAGES
+            or self._audio_in_flight_bytes + size > AUDIO_IN_FLIGHT_BYTES
+        ):
+            self.audio_not_pushed += 1
+            return
+        if isinstance(audio.data, memoryview):
+            audio = dataclasses.replace(audio, data=bytes(audio.data))  # pickle takes bytes, not a view
+        self._audio_in_flight += 1
+        self._audio_in_flight_bytes += size
+        if not self._enqueue(wire.encode(audio), audio_bytes=size):
+            self._audio_in_flight -= 1
+            self._audio_in_flight_bytes -= size
+            self.audio_not_pushed += 1
+
     def preview(self, node_id: str) -> api.PreviewImage | None:
         return self._previews.get(node_id)
 
@@ -209,20 +242,26 @@ class EngineProcess:
         self._next_slot_id += 1
         return self._next_slot_id - 1
 
-    def _enqueue(self, data: bytes, *, fd_of: FrameSlot | None = None, close_after: FrameSlot | None = None) -> None:
+    def _enqueue(
+        self, data: bytes, *, fd_of: FrameSlot | None = None, close_after: FrameSlot | None = None, audio_bytes: int = 0
+    ) -> bool:
+        """Queue one message for the socket; False when it was not queued."""
         if self._closed or self.trouble is not None:
             if close_after is not None:
                 close_after.close()
-            return
+            return False
         try:
-            self._queue_in.send_nowait((data, fd_of, close_after))
+            self._queue_in.send_nowait((data, fd_of, close_after, audio_bytes))
         except trio.WouldBlock:
             if close_after is not None:
                 close_after.close()
             self._declare_trouble(f"it stopped reading its commands ({COMMAND_QUEUE_CAPACITY} waiting)")
+            return False
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             if close_after is not None:
                 close_after.close()
+            return False
+        return True
 
     def _declare_trouble(self, reason: str) -> None:
         if self.trouble is None:
@@ -243,7 +282,7 @@ class EngineProcess:
                     except trio.EndOfChannel:
                         return
                 batch, held = write_batch(first, self._queue_out)
-                view = memoryview(b"".join(data for data, _fd_of, _close_after in batch))
+                view = memoryview(b"".join(queued[0] for queued in batch))
                 fd_of = first[1]
                 if fd_of is not None:
                     sent = await sock.sendmsg(
@@ -253,9 +292,12 @@ class EngineProcess:
                 while view:
                     sent = await sock.send(view)
                     view = view[sent:]
-                for _data, _fd_of, close_after in batch:
+                for _data, _fd_of, close_after, audio_bytes in batch:
                     if close_after is not None:
                         close_after.close()
+                    if audio_bytes:
+                        self._audio_in_flight -= 1
+                        self._audio_in_flight_bytes -= audio_bytes
         except OSError as exc:
             # The engine is gone or going; the read loop sees the end and the supervisor the exit.
             log.debug("session %s: writing to the engine failed: %s", self.session_id, exc)

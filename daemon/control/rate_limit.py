@@ -1,4 +1,5 @@
-"""A token bucket: the per-connection message rate limit of PROTOCOL.md section 1."""
+"""A token bucket: the per-connection message rate limit of PROTOCOL.md section 1, and the per-connection
+budget of pushed audio bytes (section 6.1)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Callable
 
 
 class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up; one token per message.
+    """``rate`` tokens per second, at most ``burst`` saved up; one token per message (or ``amount`` tokens:
+    bytes of pushed audio).
 
     Plain and clock-injected, so it is tested without sleeping.
     """
@@ -21,11 +23,15 @@ class TokenBucket:
         self._tokens = self._burst
         self._last = clock()
 
-    def try_take(self) -> bool:
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    def try_take(self, amount: float = 1.0) -> bool:
         now = self._clock()
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= amount:
+            self._tokens -= amount
             return True
         return False

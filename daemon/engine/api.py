@@ -17,8 +17,9 @@ that the same conversation can run over a local socket to an engine process:
   :meth:`Engine.last_progress`) answer from what the engine last reported, so a
   proxy can answer them from the events it relayed, without a round trip;
 - a pushed frame is a header plus its bytes (:class:`PushedFrame`); over a
-  socket the bytes would travel through shared memory and the header alone
-  through the socket.
+  socket the bytes travel through shared memory and the header alone
+  through the socket. Pushed audio (:class:`PushedAudio`) travels whole
+  through the socket, in order with the commands.
 
 This module imports nothing from the rest of ``engine/`` and nothing that
 draws or decodes, so the control side may import it freely.
@@ -118,6 +119,25 @@ class PushedFrame:
     width: int
     height: int
     pixel_format: str  # "rgba8", "nv12" or "i420"
+    pts_us: int
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class PushedAudio:
+    """Checked pushed PCM (PROTOCOL.md section 6.1) for one ``audio::push`` node: the header's fields and the
+    interleaved samples (``data``: exactly ``sample_count * channels`` samples of ``sample_format``).
+
+    Unlike a frame it crosses to an engine process inline, with the command socket's ordering: every
+    message counts (sound is a stream, not "the latest picture"), and a second of the largest format is
+    under 1 MB. ``data`` may be a memoryview of the received message; the engine copies it before it
+    returns from :meth:`Engine.push_audio`.
+    """
+
+    node_id: str
+    sample_format: str  # "s16le", "f32le" or "s32le"
+    channels: int  # 1 or 2
+    sample_rate: int
     pts_us: int
     data: bytes | memoryview
 
@@ -294,6 +314,11 @@ class Engine(Protocol):
     def push_frame(self, frame: PushedFrame) -> None:
         """A checked pushed frame (any thread): it waits in the node's one-frame slot, replacing (and
         counting as dropped) one not rendered yet."""
+        ...
+
+    def push_audio(self, audio: PushedAudio) -> None:
+        """Checked pushed PCM (any thread): queued for the node's converter, in order; dropped and counted
+        when too much waits already (the node's stats say so)."""
         ...
 
     def statistics(self) -> EngineStatistics: ...

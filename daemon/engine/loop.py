@@ -1,7 +1,7 @@
 """One render thread per pipeline: latch the inbox, resolve, draw, emit view data.
 
 ``RenderLoop`` is the in-process ``api.Engine``: commands come in through
-``submit`` and ``push_frame``, events go out to one ``api.EngineEvents`` sink.
+``submit``, ``push_frame`` and ``push_audio``, events go out to one ``api.EngineEvents`` sink.
 
 The render thread is the only thread that touches GL: it makes its context
 (``render.gl_context.create_context``), draws with ``render.renderer.Renderer``
@@ -55,6 +55,7 @@ import trio
 
 from compositord.daemon.engine import api, compositor_graph, registry
 from compositord.daemon.engine.animation import Animator
+from compositord.daemon.engine.audio.buffer import AudioBuffer
 from compositord.daemon.engine.audio.frame_audio import FrameAudio
 from compositord.daemon.engine.audio.mixer import CompositorMixer, input_settings
 from compositord.daemon.engine.compositor_graph import OutputUses
@@ -74,7 +75,7 @@ from compositord.protocol import params as params_schema
 from compositord.protocol import scenes
 from compositord.protocol.causal import AckBook, Stamp
 from compositord.protocol.errors import RemoteProtocolError
-from compositord.protocol.params import COMPOSITOR_KIND, OUTPUT_PIN, PREVIEW_PIN, PUSH_KIND
+from compositord.protocol.params import AUDIO_PUSH_KIND, COMPOSITOR_KIND, OUTPUT_PIN, PREVIEW_PIN, PUSH_KIND
 from compositord.protocol.scenes import AnimateSpec
 
 STATS_INTERVAL = 1.0  # seconds between nodestatsupdated emissions (at most)
@@ -291,6 +292,13 @@ class RenderLoop:
         node's one-frame slot, replacing (and counting as dropped) one not rendered yet."""
         self._push_inlets.slot(frame.node_id).push(source_frame_from_pushed(frame), frame.pts_us / 1_000_000)
 
+    def push_audio(self, audio: api.PushedAudio) -> None:
+        """Checked pushed PCM for its ``audio::push`` node (any thread; never blocks): queued, copied, for the
+        node's converter thread (``audio.push``); dropped and counted when too much waits already."""
+        inlet = self._push_inlets.audio(audio.node_id)
+        if inlet is not None:
+            inlet.put(audio)
+
     def last_progress(self) -> float:
         """``time.monotonic()`` of the last completed frame (start() time before the first)."""
         return self._last_progress
@@ -327,6 +335,12 @@ class RenderLoop:
     def sink(self, node_id: str) -> Sink | None:
         """The running sink of a sink node, or None; any thread may call it."""
         return self._sinks.get(node_id)
+
+    def pushed_audio(self, node_id: str) -> AudioBuffer | None:
+        """The buffer an ``audio::push`` node's sound goes into once converted, or None before any arrived;
+        any thread may read it (the mixer reads it too: a test reads a node no compositor takes)."""
+        inlet = self._push_inlets.existing_audio(node_id)
+        return inlet.buffer if inlet is not None else None
 
     def add_output_listener(self, listener: Callable[[str, OutputFrame], None]) -> None:
         """``listener(node_id, frame)`` runs on the render thread after every frame: it must not
@@ -411,6 +425,7 @@ class RenderLoop:
                     traceback.print_exc()
             for source in sources.values():
                 _close_source(source)
+            self._push_inlets.close(SINK_CLOSE_TIMEOUT)
             self._sinks.close_all(SINK_CLOSE_TIMEOUT)  # files get their trailers before the loop counts as stopped
             self._compositor_previews.close_all(SINK_CLOSE_TIMEOUT)
             if ctx is not None:
@@ -560,7 +575,7 @@ class RenderLoop:
             del self._source_errors[node_id]  # a node added again under this id starts without a reported error
         for node_id in [n for n in self._source_conditions if n not in nodes]:
             del self._source_conditions[node_id]
-        self._push_inlets.retain(n for n, node in nodes.items() if node.kind == PUSH_KIND)
+        self._push_inlets.retain(n for n, node in nodes.items() if node.kind in (PUSH_KIND, AUDIO_PUSH_KIND))
         fps_values = []
         for node_id, node in nodes.items():
             if node.kind == COMPOSITOR_KIND:

@@ -17,7 +17,8 @@ Threads, and why nothing here can hold up the render thread:
   older ones in the outbox, exactly as on a busy trio thread in-process;
 - the *main thread* reads the socket: commands go to ``RenderLoop.submit``
   (its inbox coalesces them), pushed frames are copied out of their slot into
-  the node's one-frame handoff (``RenderLoop.push_frame``).
+  the node's one-frame handoff (``RenderLoop.push_frame``), pushed audio is
+  queued for its node's converter thread (``RenderLoop.push_audio``).
 
 The engine stops, finishing its sinks' files, on ``api.Stop``, when the
 control process closes the socket (it exited or was killed), or on SIGTERM
@@ -222,6 +223,8 @@ class EngineMain:
             loop.push_frame(
                 api.PushedFrame(message.node_id, message.width, message.height, message.pixel_format, message.pts_us, data)
             )
+        elif isinstance(message, api.PushedAudio):
+            loop.push_audio(message)
         elif isinstance(message, wire.SlotOpened):
             self._push_slots[message.slot_id] = FrameSlot.attach(self._reader.take_fd(), message.size)
         elif isinstance(message, wire.SlotClosed):

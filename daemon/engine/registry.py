@@ -21,6 +21,7 @@ from typing import Any
 
 from compositord.daemon.engine.api import LOOPBACK_HOSTS, PreviewImage
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink
+from compositord.daemon.engine.sources.audio_push import AudioPushSource
 from compositord.daemon.engine.sources.base import SourceFactory
 from compositord.daemon.engine.sources.capture import CaptureSource
 from compositord.daemon.engine.sources.colorbars import ColorbarsSource
@@ -98,6 +99,9 @@ IMPLEMENTATIONS: dict[str, SourceKind | SinkKind] = {
     "video::file": SourceKind(lambda params, context: VideoFileSource(params, context.asset_dir), standalone=False),
     "video::push": SourceKind(
         lambda params, context: PushSource(params, context.push_inlets.slot(context.node_id)), standalone=False
+    ),
+    "audio::push": SourceKind(
+        lambda params, context: AudioPushSource(params, context.push_inlets.audio(context.node_id)), standalone=False
     ),
     "video::capture": SourceKind(lambda params, context: CaptureSource(params), standalone=False),
     "av::stream_in": SourceKind(lambda params, context: StreamInSource(params), standalone=False),

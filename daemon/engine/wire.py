@@ -20,6 +20,17 @@ preview's JPEG (engine -> control) is written into a shared-memory slot
 file descriptor goes over the socket once, as ``SCM_RIGHTS`` ancillary data
 beside the :class:`SlotOpened` message that names it.
 
+Pushed audio is the exception: an ``api.PushedAudio`` is framed whole, PCM
+included. A slot holds the latest of something and lets the reader skip what
+it missed, which suits pictures; sound is a stream in which every message
+counts, in order, and it is small (200 ms of the largest format the header
+allows is 150 KB, a second of 48 kHz stereo float 384 KB, against tens of MB
+for a second of video), so the ordered socket carries it and a ring of
+shared memory with its own flow control would buy nothing. The control side
+bounds what waits for the socket (``engine_client``: messages and bytes of
+audio in flight per engine), so a flood is dropped there, counted, and never
+fills the command queue.
+
 This module is plain data and the standard library: the control process
 imports it (through the layering rule's allowed list) without GL or media.
 """
@@ -40,7 +51,8 @@ from compositord.protocol.causal import Stamp
 from compositord.protocol.scenes import AnimateSpec
 
 LENGTH = struct.Struct(">I")
-# Messages hold params, layouts and stats, never pixels; a frame longer than this is a broken peer.
+# Messages hold params, layouts, stats and pushed audio (at most 150 KB each), never pixels; a frame longer
+# than this is a broken peer.
 MAX_MESSAGE_BYTES = 16 * 2**20
 # At most this many descriptors arrive with one read (one per SlotOpened in it).
 MAX_FDS_PER_READ = 16
@@ -128,7 +140,9 @@ class SlotClosed:
     slot_id: int
 
 
-Message = api.Command | api.Event | EngineConfig | PushedFrameRef | Progress | PreviewRef | SlotOpened | SlotClosed
+Message = (
+    api.Command | api.Event | api.PushedAudio | EngineConfig | PushedFrameRef | Progress | PreviewRef | SlotOpened | SlotClosed
+)
 
 _ALLOWED_CLASSES: dict[tuple[str, str], type] = {
     (cls.__module__, cls.__qualname__): cls
@@ -137,6 +151,7 @@ _ALLOWED_CLASSES: dict[tuple[str, str], type] = {
         *typing.get_args(api.Event),
         api.EngineStatistics,
         api.PreviewImage,
+        api.PushedAudio,
         EngineConfig,
         PushedFrameRef,
         Progress,

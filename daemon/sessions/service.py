@@ -6,6 +6,7 @@ through ``engine.api``: it makes one per session with its ``EngineFactory`` and
 hands each the same ``EngineEvents`` sink. The work itself is done by
 ``dispatch`` (parse, route, error replies), ``tunes`` (tunes and params acks),
 ``structure`` (session and node changes), ``previews``, ``pushed_frames``,
+``pushed_audio`` (binary messages, told apart by their magic),
 ``engine_events`` (what engines report, as protocol events) and ``queries``;
 ``live`` holds what they share.
 """
@@ -32,6 +33,7 @@ from compositord.daemon.sessions.inline_images import InlineImages
 from compositord.daemon.sessions.live import LiveSessions
 from compositord.daemon.sessions.observer import NoObserver, SessionObserver
 from compositord.daemon.sessions.previews import Previews
+from compositord.daemon.sessions.pushed_audio import PushedAudioRouter
 from compositord.daemon.sessions.pushed_frames import PushedFrames
 from compositord.daemon.sessions.reverts import StoreReverts
 from compositord.daemon.sessions.senders import SenderOwners
@@ -39,7 +41,7 @@ from compositord.daemon.sessions.structure import Structure
 from compositord.daemon.sessions.tunes import Tunes
 from compositord.daemon.state.model import SessionRecord
 from compositord.daemon.state.store import Store
-from compositord.protocol import causal
+from compositord.protocol import causal, pcm
 from compositord.protocol.budget import BudgetLimits
 from compositord.protocol.causal import AckBook
 from compositord.protocol.errors import RemoteProtocolError
@@ -82,6 +84,7 @@ class SessionService:
         self._engine_events = EngineEventHandler(self._live, self._previews, observer)
         self._tunes = Tunes(self._live, images, SenderOwners(grace_s=retired_acks_grace_s))
         self._pushed_frames = PushedFrames(self._live)
+        self._pushed_audio = PushedAudioRouter(self._live)
         structure = Structure(self._live, self.open_session, images)
         self._dispatch = Dispatch(self._live, self._tunes, structure, self._previews, observer, asset_dir)
 
@@ -147,7 +150,10 @@ class SessionService:
         await self._dispatch.handle_text(connection, text)
 
     def handle_binary(self, connection: Connection, data: bytes) -> None:
-        self._pushed_frames.handle(connection, data)
+        if pcm.is_audio_message(data):
+            self._pushed_audio.handle(connection, data)
+        else:
+            self._pushed_frames.handle(connection, data)
 
     def refuse(self, connection: Connection, error: RemoteProtocolError, head: MessageHead) -> None:
         self._dispatch.refuse(connection, error, head)

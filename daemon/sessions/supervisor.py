@@ -155,6 +155,11 @@ class SupervisedEngine:
         if current is not None and current.started and not current.ended.is_set():
             current.push_frame(frame)
 
+    def push_audio(self, audio: api.PushedAudio) -> None:
+        current = self._current
+        if current is not None and current.started and not current.ended.is_set():
+            current.push_audio(audio)
+
     def statistics(self) -> api.EngineStatistics:
         current = self._current
         if current is not None and current.started and not current.ended.is_set():

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from compositord.daemon.engine.api import PushedFrame
+from compositord.daemon.engine.audio.push import PushedAudioInlet
 from compositord.daemon.engine.render.frames import SourceFrame, as_pixel_format
 from compositord.daemon.engine.sources.pacing import FramePacer
 
@@ -42,11 +43,14 @@ def source_frame_from_pushed(frame: PushedFrame) -> SourceFrame:
 
 
 class PushInlets:
-    """Per push node, the pacer its frames wait in; shared by the loop's inbox (push) and the render thread (take)."""
+    """Per push node, the pacer its frames wait in (``video::push``) or the inlet its sound waits in
+    (``audio::push``, ``audio.push``); shared by the loop's inbox (push) and the render thread (take)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._slots: dict[str, FramePacer[SourceFrame]] = {}
+        self._audio: dict[str, PushedAudioInlet] = {}
+        self._closed = False
 
     def slot(self, node_id: str) -> FramePacer[SourceFrame]:
         """The node's pacer, made on first use (a frame may arrive before the render thread made the source)."""
@@ -56,12 +60,37 @@ class PushInlets:
                 found = self._slots[node_id] = FramePacer(latency_s=PUSH_LATENCY_S)
             return found
 
+    def audio(self, node_id: str) -> PushedAudioInlet | None:
+        """The node's audio inlet, made on first use; None once the loop has ended (pushed audio is dropped)."""
+        with self._lock:
+            if self._closed:
+                return None
+            found = self._audio.get(node_id)
+            if found is None:
+                found = self._audio[node_id] = PushedAudioInlet(node_id)
+            return found
+
+    def existing_audio(self, node_id: str) -> PushedAudioInlet | None:
+        with self._lock:
+            return self._audio.get(node_id)
+
     def retain(self, node_ids: Iterable[str]) -> None:
-        """Drop the slots of nodes no longer in the pipeline (bounds the map by the push nodes there are)."""
+        """Drop the slots and inlets of nodes no longer in the pipeline (bounds the maps by the push nodes there are)."""
         keep = set(node_ids)
         with self._lock:
             for node_id in [n for n in self._slots if n not in keep]:
                 del self._slots[node_id]
+            gone = [self._audio.pop(n) for n in [n for n in self._audio if n not in keep]]
+        for inlet in gone:
+            inlet.close()
+
+    def close(self, timeout: float) -> None:
+        """The loop ends: stop every audio converter (each waited for up to ``timeout``)."""
+        with self._lock:
+            self._closed = True
+            inlets, self._audio = list(self._audio.values()), {}
+        for inlet in inlets:
+            inlet.close(timeout)
 
 
 class PushSource:
