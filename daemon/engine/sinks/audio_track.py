@@ -85,7 +85,10 @@ class AudioTrack:
         self._planar = encoder == "aac"
         stream.format = "fltp" if self._planar else "flt"
         stream.bit_rate = int(bitrate_kbps) * 1000
-        stream.time_base = Fraction(1, first.sample_rate)
+        # Frames are stamped in samples. Not in ``stream.time_base``: the muxer may change that once it writes
+        # its header (MPEG-TS to 1/90000, Matroska to 1/1000), and PyAV rescales from the frame's own.
+        self._time_base = Fraction(1, first.sample_rate)
+        stream.time_base = self._time_base
         stream.codec_context.open()
         self._stream = stream
         self._frame_size = int(stream.codec_context.frame_size) or 1024
@@ -98,14 +101,18 @@ class AudioTrack:
         self.samples_cut = 0
         self.gaps_left = 0
 
-    def write(self, block: AudioBlock) -> int:
-        """Queue ``block``'s sound and encode every whole encoder frame; the encoded byte count."""
+    def check(self, block: AudioBlock) -> None:
+        """SinkError when ``block`` cannot go into this stream (checked before its frame's picture is encoded)."""
         if block.sample_rate != self.sample_rate or block.channels != self.channels:
             raise SinkError(
                 f"the compositor's sound changed from {self.sample_rate} Hz {LAYOUTS[self.channels]} to"
                 f" {block.sample_rate} Hz {LAYOUTS.get(block.channels, f'{block.channels} channels')};"
                 " send the node's params again to start a new output"
             )
+
+    def write(self, block: AudioBlock) -> int:
+        """Queue ``block``'s sound and encode every whole encoder frame; the encoded byte count."""
+        self.check(block)
         samples, start = block.samples, block.start_sample
         if start < self._next:  # sound from before the origin, or overlapping what was queued
             cut = min(self._next - start, len(samples))
@@ -170,7 +177,7 @@ class AudioTrack:
             )
         frame.sample_rate = self.sample_rate
         frame.pts = start_sample - self._origin
-        frame.time_base = self._stream.time_base
+        frame.time_base = self._time_base
         packets = self._stream.encode(frame)
         self._container.mux(packets)
         self.samples_encoded += len(chunk)

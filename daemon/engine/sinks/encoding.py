@@ -130,6 +130,8 @@ class EncoderSink(Sink):
                 f"the output size changed from {size[0]}x{size[1]} to {frame.width}x{frame.height}; "
                 "send the node's params again to start a new output"
             )
+        if item.audio is not None and self._audio is not None:
+            self._audio.check(item.audio)
         video = convert.to_yuv420p(frame)
         rate = self._stream.time_base.denominator
         pts = max(self._last_pts + 1, round((item.media_time - first_time) * rate))
