@@ -343,3 +343,37 @@ def test_y4m_with_sound_offered_writes_valid_y4m_and_says_the_sound_is_not_recor
         frames = list(container.decode(video=0))
     assert len(frames) == 12
     assert frames[0].to_ndarray(format="gray").mean() > 200  # frame 0 is a flash
+
+
+# ------------------------------------------------------------------ the measurement itself
+
+
+ENCODE_REFERENCE = ("-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac")
+
+
+def ffmpeg_flashes(path: Path, seconds: int, audio_delay_ms: float = 0.0) -> None:
+    """A file made by FFmpeg alone: a white flash for 0.1 s every second, a 1 kHz burst on the same samples
+    (per-sample ``aevalsrc``, so the onset is exact), the sound optionally delayed."""
+    flash = f"color=black:s=160x96:r=30:d={seconds},drawbox=x=0:y=0:w=iw:h=ih:color=white:t=fill:enable='lt(mod(t\\,1)\\,0.1)'"
+    tone = f"aevalsrc='0.5*sin(2*PI*1000*t)*lt(mod(t\\,1)\\,0.1)':s=48000:c=stereo:d={seconds}"
+    if audio_delay_ms:
+        tone += f",adelay={audio_delay_ms}:all=1"
+    inputs = ["-f", "lavfi", "-i", flash, "-f", "lavfi", "-i", tone]
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *inputs, *ENCODE_REFERENCE, "-t", str(seconds), str(path)],
+        check=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg command line tool to make the reference file")
+def test_the_measurement_finds_ffmpegs_own_file_in_sync_and_a_priming_sized_shift_out_of_it(tmp_path: Path) -> None:
+    """Checks the tool, not a sink: a file FFmpeg made measures in sync; the same with its sound 21.3 ms late
+    (one AAC frame, what ignoring the priming would cost) measures 21.3 ms, over the 5 ms limit."""
+    ffmpeg_flashes(tmp_path / "ffmpeg.mp4", 4)
+    offsets = measure(tmp_path / "ffmpeg.mp4").offsets()
+    assert len(offsets) == 4 and all(abs(offset) < 0.001 for offset in offsets), offsets
+    ffmpeg_flashes(tmp_path / "late.mp4", 4, audio_delay_ms=1024 / 48)
+    late = measure(tmp_path / "late.mp4").offsets()
+    assert len(late) == 4 and all(abs(offset - 1024 / 48_000) < 0.001 for offset in late), late
+    assert all(abs(offset) > SYNC_LIMIT_S for offset in late)
