@@ -513,7 +513,7 @@ def _run(options: BenchOptions, settings: Vp9Settings) -> dict[str, Any]:
         f"nice values {pipeline.thread_nice}",
         ours.summary(),
         f"{settings.container} bytes per iteration: {sizes}",
-        f"last WebM decoded: {verified['decoded_frames']} frames; PSNR against the composited frames >= "
+        f"last {settings.container} file decoded: {verified['decoded_frames']} frames; PSNR against the composited frames >= "
         f"{verified['psnr_db_min']} dB (whole frame), {verified['pip_psnr_db_min']} dB (PiP box)",
     )
     if settings.audio is not None:
