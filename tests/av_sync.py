@@ -141,6 +141,8 @@ def measure(path_or_url: str | Path, *, open_options: dict[str, Any] | None = No
         try:
             for packet in container.demux(*streams):
                 for frame in packet.decode():
+                    if frame.time is None:
+                        raise ValueError(f"a decoded frame without a timestamp in {path_or_url}: nothing to place it by")
                     if isinstance(frame, av.VideoFrame):
                         white = _luma_mean(frame) > (BLACK_Y + WHITE_Y) / 2
                         video_times.append(float(frame.time))

@@ -27,8 +27,10 @@ import numpy as np
 import pytest
 
 from compositord.daemon.engine.audio.bus import AudioBlock
+from compositord.daemon.engine.frame_slots import FrameSlot
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkFrame
 from compositord.daemon.engine.sinks.file import FileSink
+from compositord.daemon.engine.sinks.helper import AUDIO_ALLOWANCE, MAX_AUDIO_PER_FRAME_S, audio_from_slot, audio_in_slot
 from compositord.daemon.engine.sinks.stream import StreamOutput
 from compositord.daemon.engine.sinks.y4m import AUDIO_NOT_RECORDED, Y4MSink
 from compositord.protocol import params as schema
@@ -377,3 +379,27 @@ def test_the_measurement_finds_ffmpegs_own_file_in_sync_and_a_priming_sized_shif
     late = measure(tmp_path / "late.mp4").offsets()
     assert len(late) == 4 and all(abs(offset - 1024 / 48_000) < 0.001 for offset in late), late
     assert all(abs(offset) > SYNC_LIMIT_S for offset in late)
+
+
+# ------------------------------------------------------------------ the stream helper's slot
+
+
+def test_sound_rides_in_the_frame_slot_after_the_pixels_and_a_long_block_keeps_its_latest_part() -> None:
+    pixels = bytes(range(256)) * 90
+    slot = FrameSlot.create(len(pixels) + AUDIO_ALLOWANCE)
+    try:
+        rng = np.random.default_rng(7)
+        short = AudioBlock(rng.uniform(-1, 1, (1600, 2)).astype(np.float32), 48_000, 48_000)
+        long = AudioBlock(rng.uniform(-1, 1, (96_000, 2)).astype(np.float32), 96_000, 48_000)  # 2 s: over the bound
+        for block, kept in ((short, 1600), (long, int(MAX_AUDIO_PER_FRAME_S * 48_000))):
+            sound, description = audio_in_slot(block, len(pixels))
+            buffer, seq = slot.write(pixels, sound)
+            data = slot.read(buffer, seq, len(pixels) + len(sound))
+            assert data is not None and data[: len(pixels)] == pixels
+            back = audio_from_slot(data, description)
+            assert back is not None and back.count == kept and back.sample_rate == 48_000
+            assert back.end_sample == block.end_sample  # the latest sound, in its place
+            assert np.array_equal(back.samples, block.samples[-kept:])
+        assert audio_in_slot(None, len(pixels)) == (b"", None)
+    finally:
+        slot.close()

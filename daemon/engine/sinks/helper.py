@@ -133,7 +133,7 @@ class HelperSink(Sink):
             raise SinkError(
                 f"the output size changed to {frame.width}x{frame.height}; send the node's params again to start a new output"
             )
-        sound, audio = _audio_part(item.audio, len(frame.data))
+        sound, audio = audio_in_slot(item.audio, len(frame.data))
         self._wait_for_copy(self._slot.next_buffer)
         buffer, seq = self._slot.write(frame.data, sound)
         with self._state_lock:
@@ -277,7 +277,7 @@ class HelperSink(Sink):
         return stats
 
 
-def _audio_part(block: AudioBlock | None, offset: int) -> tuple[bytes | memoryview, dict[str, int] | None]:
+def audio_in_slot(block: AudioBlock | None, offset: int) -> tuple[bytes | memoryview, dict[str, int] | None]:
     """A frame's sound as it rides in the slot after ``offset`` bytes of pixels, and its description."""
     if block is None:
         return b"", None
@@ -288,11 +288,11 @@ def _audio_part(block: AudioBlock | None, offset: int) -> tuple[bytes | memoryvi
         samples = samples[-most:]
     data = np.ascontiguousarray(samples, dtype=np.float32)
     description = {"offset": offset, "count": len(data), "channels": block.channels, "rate": block.sample_rate, "start": start}
-    return memoryview(data).cast("B"), description
+    return data.data.cast("B"), description
 
 
-def _audio_block(data: bytes, description: Mapping[str, Any] | None) -> AudioBlock | None:
-    """The helper's side of :func:`_audio_part`."""
+def audio_from_slot(data: bytes, description: Mapping[str, Any] | None) -> AudioBlock | None:
+    """The helper's side of :func:`audio_in_slot`."""
     if description is None:
         return None
     offset, count, channels = int(description["offset"]), int(description["count"]), int(description["channels"])
@@ -361,7 +361,7 @@ def helper_main(fd: int) -> int:
                 reference["matrix"],
                 int(reference["frame_number"]),
             )
-            item = SinkFrame(frame, float(reference["media_time"]), int(reference["fps"]), _audio_block(pixels, audio))
+            item = SinkFrame(frame, float(reference["media_time"]), int(reference["fps"]), audio_from_slot(pixels, audio))
             if not opened:
                 encoder.open(item)  # the call that may block, GIL and all: only this process waits
                 opened = True
