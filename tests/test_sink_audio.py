@@ -403,3 +403,20 @@ def test_sound_rides_in_the_frame_slot_after_the_pixels_and_a_long_block_keeps_i
         assert audio_in_slot(None, len(pixels)) == (b"", None)
     finally:
         slot.close()
+
+
+def test_frames_without_sound_in_an_output_with_sound_keep_the_track_running(tmp_path: Path) -> None:
+    """The compositor loses its last input with sound for a second and gets it back: silence in between,
+    and the bursts after it in their place."""
+    errors = Errors()
+    sink = file_sink(tmp_path, errors, path="gap.mp4")
+    pattern = SyncPattern()
+    frames = [pattern.frame(i) for i in range(100)]
+    frames[30:60] = [SinkFrame(f.frame, f.media_time, f.fps, None) for f in frames[30:60]]
+    record(sink, frames)
+    assert sink.stats()["audio"]["silence_filled_seconds"] == pytest.approx(1.0, abs=0.001)
+    measured = measure(tmp_path / "gap.mp4")
+    assert abs(measured.audio_duration - measured.video_duration(1 / pattern.fps)) < 1 / pattern.fps
+    assert len(measured.video_onsets) == 4 and len(measured.audio_onsets) == 3  # the flash at 1 s has no burst
+    offsets = measured.offsets()
+    assert [abs(offset) < SYNC_LIMIT_S for offset in offsets] == [True, False, True, True], offsets

@@ -21,6 +21,9 @@ Blocks of one compositor are contiguous. A frame that never reached the
 encoder (a full sink queue, a helper that was not reading) takes its sound
 with it: the gap is filled with silence, so later sound keeps its place
 (MP4 players ignore audio timestamp gaps and would play it early).
+A frame without sound in an output that has an audio stream (the compositor
+lost its last input with sound) gets silence for its slot, so the track runs
+on beside the picture and sound that comes back lands in its place.
 A gap over :data:`MAX_SILENCE_FILL_S` is not filled (that many seconds of
 silence would hold up the sink's thread): the pts jump instead. Sound from
 before the previous block's end (or before the first frame) is cut.
@@ -135,6 +138,15 @@ class AudioTrack:
                 self._next = start
         self._append(samples)
         return written + self._encode_pending(final=False)
+
+    def fill_until(self, end_sample: int) -> int:
+        """Silence up to ``end_sample`` (a frame without sound: its slot stays silent); the encoded byte count."""
+        gap = end_sample - self._next
+        if gap <= 0:
+            return 0
+        self.silence_filled_samples += gap
+        self._append(silence(gap, self.channels))
+        return self._encode_pending(final=False)
 
     def finish(self) -> int:
         """Encode what is queued (a short last frame) and drain the encoder; the encoded byte count."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import av
 
+from compositord.daemon.engine.audio.bus import samples_until
 from compositord.daemon.engine.sinks import convert
 from compositord.daemon.engine.sinks.audio_track import DEFAULT_AUDIO_BITRATE_KBPS, AudioTrack, resolve_audio_codec
 from compositord.daemon.engine.sinks.base import Sink, SinkError, SinkFrame
@@ -146,6 +147,8 @@ class EncoderSink(Sink):
                 written += self._audio.write(item.audio)
             else:
                 self.audio_blocks_ignored += 1
+        elif self._audio is not None:
+            written += self._audio.fill_until(samples_until(item.media_time + 1 / item.fps, self._audio.sample_rate))
         self.wrote(written)
 
     def wrote(self, count: int) -> None:
