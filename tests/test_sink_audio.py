@@ -420,3 +420,18 @@ def test_frames_without_sound_in_an_output_with_sound_keep_the_track_running(tmp
     assert len(measured.video_onsets) == 4 and len(measured.audio_onsets) == 3  # the flash at 1 s has no burst
     offsets = measured.offsets()
     assert [abs(offset) < SYNC_LIMIT_S for offset in offsets] == [True, False, True, True], offsets
+
+
+def test_opus_takes_44k1_sound_resampled_to_48k_in_sync(tmp_path: Path) -> None:
+    errors = Errors()
+    sink = file_sink(tmp_path, errors, path="resampled.webm", codec="vp9")
+    pattern = SyncPattern(sample_rate=44_100)
+    record(sink, pattern.frames(100))
+    assert errors.last is None, errors.messages
+    stats = sink.stats()["audio"]
+    assert (stats["sample_rate"], stats["encoder_sample_rate"]) == (44_100, 48_000)
+    measured = measure(tmp_path / "resampled.webm")
+    assert (measured.audio_codec, measured.sample_rate) in {("opus", 48_000), ("libopus", 48_000)}
+    assert abs(measured.audio_duration - measured.video_duration(1 / pattern.fps)) < 1 / pattern.fps
+    assert measured.dominant_frequency(measured.audio_onsets[0] + 0.01, 0.08) == pytest.approx(pattern.tone_hz, abs=15)
+    assert_in_sync(measured, pattern, 100)

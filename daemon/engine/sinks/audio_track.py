@@ -24,6 +24,10 @@ with it: the gap is filled with silence, so later sound keeps its place
 A frame without sound in an output that has an audio stream (the compositor
 lost its last input with sound) gets silence for its slot, so the track runs
 on beside the picture and sound that comes back lands in its place.
+Opus encodes at 48 kHz (or 24, 16, 12, 8): sound at another rate (a
+compositor at 44.1 kHz) is resampled to 48 kHz here (PyAV's
+``AudioResampler``, libswresample), after gaps are filled, so the stream it
+resamples is contiguous and its output is stamped by counting samples.
 A gap over :data:`MAX_SILENCE_FILL_S` is not filled (that many seconds of
 silence would hold up the sink's thread): the pts jump instead. Sound from
 before the previous block's end (or before the first frame) is cut.
@@ -52,6 +56,8 @@ MUXER_AUDIO_CODECS = {
     "flv": ("aac",),
 }
 LAYOUTS = {1: "mono", 2: "stereo"}
+OPUS_RATES = (48_000, 24_000, 16_000, 12_000, 8_000)
+OPUS_RESAMPLE_RATE = 48_000
 MAX_SILENCE_FILL_S = 10.0
 DEFAULT_AUDIO_BITRATE_KBPS = 128
 
@@ -82,7 +88,14 @@ class AudioTrack:
         self.sample_rate = first.sample_rate
         self.channels = first.channels
         self._container = container
-        stream = container.add_stream(encoder, rate=first.sample_rate)
+        # The rate the encoder runs at: the sound's own, except for Opus, which takes only a few.
+        self.encoder_rate = OPUS_RESAMPLE_RATE if codec == "opus" and first.sample_rate not in OPUS_RATES else first.sample_rate
+        self._resampler = (
+            av.AudioResampler(format="flt", layout=LAYOUTS[first.channels], rate=self.encoder_rate)
+            if self.encoder_rate != first.sample_rate
+            else None
+        )
+        stream = container.add_stream(encoder, rate=self.encoder_rate)
         stream.layout = LAYOUTS[first.channels]
         # The encoder's own sample format, so PyAV has nothing to convert: AAC planar float, Opus packed float.
         self._planar = encoder == "aac"
@@ -90,15 +103,15 @@ class AudioTrack:
         stream.bit_rate = int(bitrate_kbps) * 1000
         # Frames are stamped in samples. Not in ``stream.time_base``: the muxer may change that once it writes
         # its header (MPEG-TS to 1/90000, Matroska to 1/1000), and PyAV rescales from the frame's own.
-        self._time_base = Fraction(1, first.sample_rate)
+        self._time_base = Fraction(1, self.encoder_rate)
         stream.time_base = self._time_base
         stream.codec_context.open()
         self._stream = stream
         self._frame_size = int(stream.codec_context.frame_size) or 1024
         self._origin = samples_until(origin_time, first.sample_rate)
-        self._next = self._origin  # the render loop's sample the next encoded sample is
-        self._pending = silence(0, self.channels)
-        self._pending_start = self._origin
+        self._next = self._origin  # the render loop's sample (at the sound's rate) the next one queued is
+        self._pending = silence(0, self.channels)  # at the encoder's rate
+        self._pending_start = 0  # the pts of the first pending sample (encoder rate, from the origin)
         self.samples_encoded = 0
         self.silence_filled_samples = 0
         self.samples_cut = 0
@@ -130,11 +143,10 @@ class AudioTrack:
                 self.silence_filled_samples += gap
                 self._append(silence(gap, self.channels))
             else:
-                # Only an encoder's last frame may be short: what is queued is padded to a whole frame.
-                self._append(silence(-len(self._pending) % self._frame_size, self.channels))
+                self._pad_to_frame()
                 written += self._encode_pending(final=False)
                 self.gaps_left += 1  # the pts jump
-                self._pending_start = start
+                self._pending_start = round((start - self._origin) * self.encoder_rate / self.sample_rate)
                 self._next = start
         self._append(samples)
         return written + self._encode_pending(final=False)
@@ -150,6 +162,8 @@ class AudioTrack:
 
     def finish(self) -> int:
         """Encode what is queued (a short last frame) and drain the encoder; the encoded byte count."""
+        if self._resampler is not None:
+            self._queue(self._resampled(None))  # what the resampler still holds
         written = self._encode_pending(final=True)
         packets = self._stream.encode(None)
         self._container.mux(packets)
@@ -160,14 +174,34 @@ class AudioTrack:
             "codec": self.codec,
             "sample_rate": self.sample_rate,
             "channels": self.channels,
-            "seconds_encoded": round(self.samples_encoded / self.sample_rate, 3),
+            "encoder_sample_rate": self.encoder_rate,
+            "seconds_encoded": round(self.samples_encoded / self.encoder_rate, 3),
             "silence_filled_seconds": round(self.silence_filled_samples / self.sample_rate, 3),
             "gaps_left": self.gaps_left,
         }
 
     def _append(self, samples: np.ndarray) -> None:
-        self._pending = np.concatenate((self._pending, samples)) if len(self._pending) else samples
+        """Queue sound at its own rate (resampled for the encoder when it runs at another)."""
         self._next += len(samples)
+        self._queue(self._resampled(samples) if self._resampler is not None else samples)
+
+    def _queue(self, samples: np.ndarray) -> None:
+        self._pending = np.concatenate((self._pending, samples)) if len(self._pending) else samples
+
+    def _pad_to_frame(self) -> None:
+        """Only an encoder's last frame may be short: before the pts jump, what is queued is padded to a whole frame."""
+        self._queue(silence(-len(self._pending) % self._frame_size, self.channels))
+
+    def _resampled(self, samples: np.ndarray | None) -> np.ndarray:
+        assert self._resampler is not None
+        frame = None
+        if samples is not None:
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(samples, dtype=np.float32).reshape(1, -1), format="flt", layout=LAYOUTS[self.channels]
+            )
+            frame.sample_rate = self.sample_rate
+        out = [f.to_ndarray().reshape(-1, self.channels) for f in self._resampler.resample(frame)]
+        return np.concatenate(out) if out else silence(0, self.channels)
 
     def _encode_pending(self, *, final: bool) -> int:
         size = self._frame_size
@@ -179,7 +213,7 @@ class AudioTrack:
         self._pending_start += whole
         return written
 
-    def _encode(self, chunk: np.ndarray, start_sample: int) -> int:
+    def _encode(self, chunk: np.ndarray, pts: int) -> int:
         chunk = np.asarray(chunk, dtype=np.float32)
         if self._planar:
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk.T), format="fltp", layout=LAYOUTS[self.channels])
@@ -187,8 +221,8 @@ class AudioTrack:
             frame = av.AudioFrame.from_ndarray(
                 np.ascontiguousarray(chunk).reshape(1, -1), format="flt", layout=LAYOUTS[self.channels]
             )
-        frame.sample_rate = self.sample_rate
-        frame.pts = start_sample - self._origin
+        frame.sample_rate = self.encoder_rate
+        frame.pts = pts
         frame.time_base = self._time_base
         packets = self._stream.encode(frame)
         self._container.mux(packets)
