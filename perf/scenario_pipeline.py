@@ -18,6 +18,15 @@ a benchmark of an encoder that wrote nothing useful would measure nothing.
 Peer: FFmpeg with the same frames (raw NV12 from /dev/shm), the same overlay geometry and the same libvpx
 settings, writing WebM to /dev/null. Both sides read the same pre-made frames, so the encoder sees the
 same content (VP9's cost depends on it).
+
+compositor_pipeline_aac (``run_aac``): the same, plus a 1 kHz stereo tone encoded as AAC (FFmpeg's
+``aac``, 128 kbit/s) beside the video, into Matroska (WebM holds no AAC). Our compositing thread hands
+the encoder thread each frame's ``AudioBlock`` as the mixer would (contiguous, ``samples_until`` of the
+frame's slot; cut from a pre-made second of tone, so the mixer's own cost is not in it: that is the
+mixer's benchmark), and the encoder thread encodes it with the sinks' ``AudioTrack``. FFmpeg's side:
+``-f lavfi -i sine=frequency=1000:sample_rate=48000:duration=...`` upmixed to stereo, ``-c:a aac -b:a 128k``.
+The last iteration's file is checked for its sound too (AAC, 48 kHz stereo, as long as the video within
+a frame, 1 kHz).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from compositord.perf import peers, sources, vp9_encoder
 from compositord.perf.harness import CompositorRun, compositor_params, gl_context
 from compositord.perf.measure import Timing
 from compositord.perf.options import BenchOptions
-from compositord.perf.vp9_encoder import EncoderThread, Vp9Settings
+from compositord.perf.vp9_encoder import AudioSettings, EncoderThread, Vp9Settings
 from compositord.protocol.layout import auto_pip_rect
 
 NAME = "compositor_pipeline"
@@ -57,6 +66,18 @@ SETTINGS = Vp9Settings(
     bit_rate=int(BITRATE.rstrip("M")) * 1_000_000,
     threads=ENCODER_THREADS,
     options=dict(VPX_OPTIONS),
+)
+NAME_AAC = "compositor_pipeline_aac"
+SETTINGS_AAC = Vp9Settings(
+    WIDTH,
+    HEIGHT,
+    fps=FPS,
+    gop=GOP,
+    bit_rate=SETTINGS.bit_rate,
+    threads=ENCODER_THREADS,
+    options=dict(VPX_OPTIONS),
+    container="matroska",
+    audio=AudioSettings(),
 )
 REFERENCE_FRAMES = 8  # composited frames kept at each end of the last iteration to check the decoded WebM against
 MIN_PSNR_DB = 30.0  # measured: 55 dB over the frame, 46 dB over the PiP box; with the PiP missing: 22 and 14 dB
@@ -110,16 +131,67 @@ def verify_webm(webm: bytes, frames: int, reference_nv12: dict[int, Any], pip_bo
     }
 
 
-def _iteration(run_: CompositorRun, encoder: EncoderThread, frames: int, keep: int = 0) -> tuple[float, bytes, dict[int, Any]]:
-    """One timed pass: open the encoder, composite and hand over ``frames`` frames, close the WebM.
-    Returns (wall seconds, the WebM, the first and the last ``keep`` composited frames by number; the last
+class ToneBlocks:
+    """The sound of each frame as the compositor's mixer hands it to sinks: contiguous ``AudioBlock``s from
+    ``samples_until(n / fps)`` to ``samples_until((n + 1) / fps)``, cut from one pre-made second of tone."""
+
+    def __init__(self, audio: AudioSettings, fps: int) -> None:
+        from compositord.daemon.engine.audio.bus import AudioBlock, samples_until
+
+        self._block, self._until = AudioBlock, samples_until
+        self.rate, self.fps = audio.sample_rate, fps
+        seconds = np.arange(2 * audio.sample_rate) / audio.sample_rate
+        tone = (0.5 * np.sin(2 * np.pi * audio.tone_hz * seconds)).astype(np.float32)
+        self._table = np.repeat(tone[:, None], audio.channels, axis=1)  # two seconds: a block never wraps
+
+    def block(self, index: int) -> Any:
+        start, end = self._until(index / self.fps, self.rate), self._until((index + 1) / self.fps, self.rate)
+        offset = start % self.rate  # a whole number of periods per second: the tone runs on seamlessly
+        return self._block(self._table[offset : offset + end - start], start, self.rate)
+
+
+def verify_audio(data: bytes, frames: int, audio: AudioSettings) -> dict[str, Any]:
+    """The sound track of the last iteration: the codec, rate and layout asked for, as long as the video
+    within a frame, and the tone's frequency. Raises VerificationFailed; returns the figures."""
+    import av
+
+    with av.open(io.BytesIO(data), mode="r") as container:
+        if not container.streams.audio:
+            raise VerificationFailed("the file has no audio stream")
+        stream = container.streams.audio[0]
+        name, rate, channels = (
+            stream.codec_context.name,
+            stream.codec_context.sample_rate,
+            stream.codec_context.layout.nb_channels,
+        )
+        decoded = np.concatenate([frame.to_ndarray()[0] for frame in container.decode(stream)])
+    if (name, rate, channels) != (audio.codec, audio.sample_rate, audio.channels):
+        raise VerificationFailed(
+            f"audio is {name} {rate} Hz {channels} ch, expected {audio.codec} {audio.sample_rate} Hz {audio.channels} ch"
+        )
+    seconds, video_seconds = len(decoded) / rate, frames / FPS
+    if abs(seconds - video_seconds) >= 1 / FPS:
+        raise VerificationFailed(f"{seconds:.3f} s of sound beside {video_seconds:.3f} s of video")
+    window = decoded[rate // 2 : rate // 2 + rate // 10] if len(decoded) > rate else decoded
+    spectrum = np.abs(np.fft.rfft(window * np.hanning(len(window))))
+    peak = float(np.fft.rfftfreq(len(window), 1 / rate)[int(np.argmax(spectrum))])
+    if abs(peak - audio.tone_hz) > 20:
+        raise VerificationFailed(f"the sound peaks at {peak:.0f} Hz, expected {audio.tone_hz:g} Hz")
+    return {"audio_seconds": round(seconds, 4), "video_seconds": round(video_seconds, 4), "tone_hz": round(peak, 1)}
+
+
+def _iteration(
+    run_: CompositorRun, encoder: EncoderThread, frames: int, keep: int = 0, sound: ToneBlocks | None = None
+) -> tuple[float, bytes, dict[int, Any]]:
+    """One timed pass: open the encoder, composite and hand over ``frames`` frames (and their sound), close the
+    file. Returns (wall seconds, the file, the first and the last ``keep`` composited frames by number; the last
     ones are encoded from libvpx's look-ahead queue at the flush)."""
     kept: dict[int, Any] = {}
     started = time.perf_counter()
     encoder.begin()
     for index in range(frames):
         data = run_.frame().data
-        encoder.put(data)
+        encoder.put(data, sound.block(index) if sound is not None else None)
         if index < keep or index >= frames - keep:
             kept[index] = data  # the readback's own bytes, never written again
     webm = encoder.finish()
@@ -131,12 +203,24 @@ def _pip_box() -> tuple[int, int, int, int]:
     return round(rect.x), round(rect.y), round(rect.width), round(rect.height)
 
 
-def _ffmpeg(background: str, pip: str) -> peers.Peer:
+def _ffmpeg(background: str, pip: str, settings: Vp9Settings = SETTINGS) -> peers.Peer:
     x, y, w, h = _pip_box()
     w, h = w + (w % 2), h + (h % 2)
-    graph = f"[1]scale={w}:{h}[pip];[0][pip]overlay={x}:{y}:format=yuv420"
-    # The encoder options come from SETTINGS, which our encoder thread uses too: the same by construction.
-    vpx_options = [arg for name, value in SETTINGS.options.items() for arg in (f"-{name}", value)]
+    graph = f"[1]scale={w}:{h}[pip];[0][pip]overlay={x}:{y}:format=yuv420[v]"
+    # The encoder options come from the settings our encoder thread uses too: the same by construction.
+    vpx_options = [arg for name, value in settings.options.items() for arg in (f"-{name}", value)]
+    audio = settings.audio
+
+    def sound_input(frames: int) -> list[str]:
+        if audio is None:
+            return []
+        tone = f"sine=frequency={audio.tone_hz:g}:sample_rate={audio.sample_rate}:duration={frames / settings.fps:.6f}"
+        return ["-f", "lavfi", "-i", tone]
+
+    def sound_output() -> list[str]:
+        if audio is None:
+            return []
+        return ["-map", "2:a", "-c:a", audio.codec, "-b:a", f"{audio.bit_rate_kbps}k", "-ac", str(audio.channels)]
 
     def command(frames: int) -> list[str]:
         return [
@@ -154,7 +238,7 @@ def _ffmpeg(background: str, pip: str) -> peers.Peer:
             "-s",
             f"{WIDTH}x{HEIGHT}",
             "-r",
-            str(SETTINGS.fps),
+            str(settings.fps),
             "-i",
             background,
             "-stream_loop",
@@ -166,26 +250,30 @@ def _ffmpeg(background: str, pip: str) -> peers.Peer:
             "-s",
             f"{PIP_W}x{PIP_H}",
             "-r",
-            str(SETTINGS.fps),
+            str(settings.fps),
             "-i",
             pip,
+            *sound_input(frames),
             "-filter_complex",
             graph,
+            "-map",
+            "[v]",
+            *sound_output(),
             "-frames:v",
             str(frames),
             "-c:v",
             "libvpx-vp9",
             *vpx_options,
             "-threads",
-            str(SETTINGS.threads),
+            str(settings.threads),
             "-b:v",
-            str(SETTINGS.bit_rate),
+            str(settings.bit_rate),
             "-g",
-            str(SETTINGS.gop),
+            str(settings.gop),
             "-pix_fmt",
             "yuv420p",
             "-f",
-            "webm",
+            settings.container,
             "-y",
             "/dev/null",
         ]
@@ -200,7 +288,12 @@ COMPOSITING_NICE = (
 
 
 def _our_pipeline_main(
-    conn: Connection, bg_cycle: list[np.ndarray], pip_cycle: list[np.ndarray], lp_threads: int | None, profile_frames: int | None
+    conn: Connection,
+    bg_cycle: list[np.ndarray],
+    pip_cycle: list[np.ndarray],
+    lp_threads: int | None,
+    profile_frames: int | None,
+    settings: Vp9Settings = SETTINGS,
 ) -> None:
     """The child process of OurPipeline: the compositor and the encoder thread, serving its requests."""
     if lp_threads is not None:
@@ -211,7 +304,8 @@ def _our_pipeline_main(
 
     try:
         params = compositor_params({"width": WIDTH, "height": HEIGHT, "num_inputs": 2, "output_format": "nv12"})
-        with EncoderThread(SETTINGS) as encoder, gl_context() as ctx:
+        sound = ToneBlocks(settings.audio, settings.fps) if settings.audio is not None else None
+        with EncoderThread(settings) as encoder, gl_context() as ctx:
             # This thread only (Linux: a thread's own nice value); the encoder thread, made before, and the
             # libvpx thread it starts keep theirs. Lowering one's own priority needs no privilege.
             this_thread = threading.get_native_id()
@@ -236,11 +330,13 @@ def _our_pipeline_main(
                 while True:
                     request = conn.recv()
                     if request[0] == "startup":
-                        conn.send(("startup", statistics.median(_iteration(run_, encoder, 1)[0] for _ in range(3))))
+                        conn.send(("startup", statistics.median(_iteration(run_, encoder, 1, sound=sound)[0] for _ in range(3))))
                     elif request[0] == "iteration":
                         _, frames, verify = request
-                        wall, webm, reference = _iteration(run_, encoder, frames, REFERENCE_FRAMES if verify else 0)
+                        wall, webm, reference = _iteration(run_, encoder, frames, REFERENCE_FRAMES if verify else 0, sound)
                         verified = verify_webm(webm, frames, reference, _pip_box()) if verify else None
+                        if verified is not None and settings.audio is not None:
+                            verified.update(verify_audio(webm, frames, settings.audio))
                         conn.send(("iteration", wall, len(webm), verified))
                     else:
                         return
@@ -288,7 +384,15 @@ class OurPipeline:
     context was; each ``iteration`` is timed inside it, so the pipe adds nothing to the figures.
     """
 
-    def __init__(self, bg_cycle: list[np.ndarray], pip_cycle: list[np.ndarray], *, profile_frames: int | None, say: Any) -> None:
+    def __init__(
+        self,
+        bg_cycle: list[np.ndarray],
+        pip_cycle: list[np.ndarray],
+        *,
+        profile_frames: int | None,
+        say: Any,
+        settings: Vp9Settings = SETTINGS,
+    ) -> None:
         import multiprocessing
 
         self._say = say
@@ -298,7 +402,7 @@ class OurPipeline:
         self._conn, child = context.Pipe()
         self._process = context.Process(
             target=_our_pipeline_main,
-            args=(child, bg_cycle, pip_cycle, lp_threads, profile_frames),
+            args=(child, bg_cycle, pip_cycle, lp_threads, profile_frames, settings),
             name="bench-compositor-pipeline",
             daemon=True,
         )
@@ -352,11 +456,25 @@ class OurPipeline:
 
 
 def run(options: BenchOptions) -> dict[str, Any]:
+    return _run(options, SETTINGS)
+
+
+def run_aac(options: BenchOptions) -> dict[str, Any]:
+    """compositor_pipeline_aac: the same with an AAC track beside the video, into Matroska."""
+    return _run(options, SETTINGS_AAC)
+
+
+def _run(options: BenchOptions, settings: Vp9Settings) -> dict[str, Any]:
     frames = options.frames_or(300, 30)
     iterations = options.iterations_or(3, 1)
-    options.say(
-        f"== {NAME}: {WIDTH}x{HEIGHT} NV12 bars + auto-PiP bars, VP9 realtime into WebM in memory, {frames} frames x {iterations}"
-    )
+    if settings.audio is None:
+        what = f"{NAME}: {WIDTH}x{HEIGHT} NV12 bars + auto-PiP bars, VP9 realtime into WebM in memory"
+    else:
+        what = (
+            f"{NAME_AAC}: {WIDTH}x{HEIGHT} NV12 bars + auto-PiP bars, VP9 realtime + AAC {settings.audio.bit_rate_kbps} kbit/s"
+            f" {settings.audio.sample_rate} Hz stereo into Matroska in memory"
+        )
+    options.say(f"== {what}, {frames} frames x {iterations}")
     bg_cycle = [sources.rgba_to_nv12(f) for f in sources.rgba_cycle(WIDTH, HEIGHT)]
     pip_cycle = [sources.rgba_to_nv12(f) for f in sources.rgba_cycle(PIP_W, PIP_H, pattern="ramp")]
     notes: list[str] = []
@@ -367,7 +485,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
             scratch = sources.scratch_dir()
             bg_file, _ = sources.write_raw_cycle(scratch, "bg", bg_cycle, "nv12")
             pip_file, _ = sources.write_raw_cycle(scratch, "pip", pip_cycle, "nv12")
-            peer_list.append(_ffmpeg(str(bg_file), str(pip_file)))
+            peer_list.append(_ffmpeg(str(bg_file), str(pip_file), settings))
         else:
             notes.append("ffmpeg not installed")
     ours = Timing("compositord", frames)
@@ -376,7 +494,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     verified: dict[str, Any] | None = None
     profile_frames = options.frames_or(120, 20) if options.profile else None
     try:
-        with OurPipeline(bg_cycle, pip_cycle, profile_frames=profile_frames, say=options.say) as pipeline:
+        with OurPipeline(bg_cycle, pip_cycle, profile_frames=profile_frames, say=options.say, settings=settings) as pipeline:
             startup = pipeline.startup() if options.startup_correction else 0.0
             for iteration in range(iterations):
                 wall, size, verified = pipeline.iteration(frames, verify=iteration == iterations - 1)
@@ -394,10 +512,14 @@ def run(options: BenchOptions) -> dict[str, Any]:
         f"-- compositord{label}; LP_NUM_THREADS={pipeline.lp_num_threads} ({pipeline.llvmpipe_threads} llvmpipe threads); "
         f"nice values {pipeline.thread_nice}",
         ours.summary(),
-        f"webm bytes per iteration: {sizes}",
-        f"last WebM decoded: {verified['decoded_frames']} frames; PSNR against the composited frames >= "
+        f"{settings.container} bytes per iteration: {sizes}",
+        f"last {settings.container} file decoded: {verified['decoded_frames']} frames; PSNR against the composited frames >= "
         f"{verified['psnr_db_min']} dB (whole frame), {verified['pip_psnr_db_min']} dB (PiP box)",
     )
+    if settings.audio is not None:
+        options.say(
+            f"its sound: {verified['audio_seconds']} s of AAC beside {verified['video_seconds']} s of video, peak {verified['tone_hz']} Hz"
+        )
     result: dict[str, Any] = {
         "ours": {
             **ours.as_dict(),

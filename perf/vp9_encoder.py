@@ -1,7 +1,9 @@
-"""VP9 into WebM in memory with PyAV, as the compositor_pipeline benchmark runs it.
+"""VP9 into WebM in memory with PyAV, as the compositor_pipeline benchmark runs it (with an AAC track
+into Matroska for compositor_pipeline_aac).
 
 ``Vp9Settings`` are the encoder options both sides use (the FFmpeg peer's command line is built from
-them); ``Vp9Session`` writes one WebM; ``EncoderThread`` runs sessions on a thread of their own, fed
+them); ``Vp9Session`` writes one WebM (its sound, when the settings have ``audio``, through the
+sinks' own ``AudioTrack``, fed the blocks handed over with the frames); ``EncoderThread`` runs sessions on a thread of their own, fed
 through a bounded queue, so compositing (this thread) and encoding overlap. ``encode`` releases the
 GIL for the libvpx work (PyAV's ``avcodec_send_frame`` / ``receive_packet`` run ``nogil``); only
 the few Python lines around it need the GIL.
@@ -32,10 +34,23 @@ class Vp9Settings:
     bit_rate: int = 2_000_000
     threads: int = 2
     options: dict[str, str] = field(default_factory=lambda: {"deadline": "realtime", "cpu-used": "8", "row-mt": "1"})
+    container: str = "webm"
+    audio: AudioSettings | None = None  # a sound track beside the video (compositor_pipeline_aac)
 
     @property
     def nv12_bytes(self) -> int:
         return self.width * self.height * 3 // 2
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    """The sound track of compositor_pipeline_aac: FFmpeg's ``aac`` encoder on both sides."""
+
+    codec: str = "aac"
+    sample_rate: int = 48_000
+    channels: int = 2
+    bit_rate_kbps: int = 128
+    tone_hz: float = 1000.0
 
 
 class EncoderFailed(RuntimeError):
@@ -80,7 +95,7 @@ class Vp9Session:
 
         self.settings = settings
         self.buffer = io.BytesIO()
-        self.container = av.open(self.buffer, mode="w", format="webm")
+        self.container = av.open(self.buffer, mode="w", format=settings.container)
         stream = self.container.add_stream("libvpx-vp9", rate=settings.fps)
         stream.width, stream.height, stream.pix_fmt = settings.width, settings.height, "yuv420p"
         stream.bit_rate = settings.bit_rate
@@ -88,6 +103,14 @@ class Vp9Session:
         stream.codec_context.thread_count = settings.threads
         stream.options = dict(settings.options)
         self.stream = stream
+        self.audio: Any = None
+        if settings.audio is not None:
+            from compositord.daemon.engine.audio.bus import AudioBlock, silence
+            from compositord.daemon.engine.sinks.audio_track import AudioTrack
+
+            sound = settings.audio
+            empty = AudioBlock(silence(0, sound.channels), 0, sound.sample_rate)
+            self.audio = AudioTrack(self.container, sound.codec, empty, 0.0, sound.bit_rate_kbps)
         self.pts = 0
         self.packets = 0
         # Two frames filled in turn: libvpx copies a frame into its look-ahead queue during ``encode``, so
@@ -107,8 +130,13 @@ class Vp9Session:
             self.container.mux(packet)
             self.packets += 1
 
+    def encode_audio(self, block: Any) -> None:
+        self.audio.write(block)
+
     def finish(self) -> tuple[bytes, int]:
         self.encode(None)
+        if self.audio is not None:
+            self.audio.finish()
         self.container.close()
         return self.buffer.getvalue(), self.packets
 
@@ -140,7 +168,8 @@ class EncoderThread:
     def begin(self) -> None:
         self._queue.put(self._BEGIN)  # the session is made on the encoder thread, where libvpx runs
 
-    def put(self, nv12: Any) -> None:
+    def put(self, nv12: Any, audio: Any = None) -> None:
+        """Hand over a frame (and, with audio settings, the ``AudioBlock`` that goes with it)."""
         nbytes = memoryview(nv12).nbytes
         if nbytes != self.settings.nv12_bytes:
             raise ValueError(
@@ -149,7 +178,7 @@ class EncoderThread:
         if not self._thread.is_alive():
             raise EncoderFailed("the encoder thread has stopped")
         self._places.acquire()
-        self._queue.put(nv12)
+        self._queue.put((nv12, audio))
 
     def finish(self) -> bytes:
         """Flush the encoder and close the container; the WebM's bytes."""
@@ -177,16 +206,19 @@ class EncoderThread:
                         self._results.put(session.finish())
                     session = None
                 else:
+                    nv12, audio = message
                     frame = None
                     try:
                         if error is None:
                             assert session is not None, "a frame before begin"
-                            frame = session.convert(message)
+                            frame = session.convert(nv12)
                     finally:
                         self._places.release()
                     if frame is not None:
                         assert session is not None
                         session.encode(frame)
+                        if audio is not None:
+                            session.encode_audio(audio)
             except BaseException as exc:
                 error = error or exc
             if message is self._FINISH and error is not None:

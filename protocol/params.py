@@ -801,6 +801,15 @@ _PRESET = Enum(
     doc="speed/quality trade-off, mapped to each encoder's own scale",
 )
 _OUTPUT_PATH = RelativePath(max_len=4096, doc="inside the daemon's output directory (`--output-dir`)")
+# The audio codecs each container holds here (daemon/engine/sinks/audio_track.py MUXER_AUDIO_CODECS; the
+# first is what `auto` means). Opus in MP4 is refused: most MP4 players cannot play it.
+_CONTAINER_AUDIO = {"mp4": ("aac",), "mkv": ("aac", "opus"), "webm": ("opus",)}
+_AUDIO_BITRATE = Int(16, 512, default=128, doc="the audio encoder's bit rate, in kbit/s")
+_AUDIO_RULE = (
+    "The output has sound when the first frame it writes carries sound (its compositor mixes an input with sound):"
+    " sample rate and layout are the compositor's. A first frame without sound makes a video-only output; sound that"
+    " comes later is not recorded (stats `audio_blocks_ignored`): send the node's params again to start a new output."
+)
 
 
 def _check_sink_file_container(params: dict[str, Any], errors: list[FieldError]) -> None:
@@ -820,6 +829,15 @@ def _check_sink_file_container(params: dict[str, Any], errors: list[FieldError])
     codec = params.get("codec", _CODEC.default)
     if container in _CONTAINER_CODECS and codec in _CODEC.choices and codec not in _CONTAINER_CODECS[container]:
         errors.append(FieldError("/codec", f"{container} cannot hold {codec}; use {' or '.join(_CONTAINER_CODECS[container])}"))
+    audio_codec = params.get("audio_codec", "auto")
+    held = _CONTAINER_AUDIO.get(container, ())
+    if held and audio_codec not in ("auto", "none", *held):
+        why = {
+            "mp4": "most MP4 players cannot play Opus",
+            "webm": "WebM holds only Vorbis and Opus audio",
+        }.get(container, f"{container} holds {' or '.join(held)}")
+        choices = " or ".join((*held, "none"))
+        errors.append(FieldError("/audio_codec", f"{container} cannot hold {audio_codec} here ({why}); use {choices}"))
 
 
 STDOUT_PATH = "-"
@@ -1167,13 +1185,21 @@ _register(
                     default="new_name",
                     doc="new_name: a file already at `path` (an earlier recording) is kept and this one is written to `name-1.ext`, `name-2.ext`...",
                 ),
+                "audio_codec": Enum(
+                    ("auto", "aac", "opus", "none"),
+                    default="auto",
+                    doc="auto: AAC in MP4 and MKV, Opus in WebM; none: video only",
+                ),
+                "audio_bitrate_kbps": _AUDIO_BITRATE,
             }
         ),
-        "encode with PyAV (H.264, VP9, AV1 where the build has them) into MP4 / WebM / MKV",
-        cross_checks=(CrossCheck(("path", "codec", "container"), _check_sink_file_container),),
+        "encode with PyAV (H.264, VP9, AV1 where the build has them; AAC or Opus sound) into MP4 / WebM / MKV",
+        cross_checks=(CrossCheck(("path", "codec", "container", "audio_codec"), _check_sink_file_container),),
         notes=(
             "Without `container`, the path must end in `.mp4`, `.webm` or `.mkv`.",
             "`webm` holds `vp9` or `av1` only.",
+            "Sound: AAC in `mp4`, AAC or Opus in `mkv`, Opus in `webm`.",
+            _AUDIO_RULE,
             "New params restart the recording (a new file, finished separately from the old one), as does a daemon restart;"
             " with `if_exists` `new_name` neither overwrites an earlier recording. The node's stats say where it writes"
             " (`path_written`).",
@@ -1192,8 +1218,12 @@ _register(
                 )
             }
         ),
-        "raw frames as YUV4MPEG2 to a file or FIFO",
-        notes=('The daemon refuses `"-"`: its standard output is its log (the journal under systemd), not a video pipe.',),
+        "raw frames as YUV4MPEG2 to a file or FIFO (video only: no sound)",
+        notes=(
+            'The daemon refuses `"-"`: its standard output is its log (the journal under systemd), not a video pipe.',
+            "YUV4MPEG2 carries pictures only: a compositor's sound is not written (stats `audio_blocks_ignored`);"
+            " record sound with `sink::file` or `sink::stream`.",
+        ),
         policy_checks=(PolicyCheck(("path",), _check_y4m_stdout),),
     )
 )
@@ -1213,13 +1243,16 @@ _register(
                 "codec": Enum(("h264",), default="h264"),
                 "bitrate_kbps": Int(100, 100_000, default=2500),
                 "preset": _PRESET,
+                "audio_codec": Enum(("auto", "aac", "none"), default="auto", doc="auto: AAC; none: video only"),
+                "audio_bitrate_kbps": _AUDIO_BITRATE,
             }
         ),
-        "MPEG-TS over UDP / SRT / RTMP through PyAV",
+        "MPEG-TS over UDP / SRT / RTMP through PyAV (H.264, AAC sound)",
         cross_checks=(CrossCheck(("url", "format"), _check_stream_format),),
         notes=(
             "`srt://` validates but puts the node in the error state: the FFmpeg bundled with PyAV has no SRT protocol.",
             "`rtmp://` and `rtmps://` need `format` `flv`.",
+            _AUDIO_RULE,
             "The URL names its host as a name or an IP literal and its port (`HOST:PORT`; rtmp 1935 and rtmps 443 by"
             " default); the daemon sends only to destinations its operator allows (`allowed_stream_destinations`,"
             " docs/OPERATIONS.md; loopback by default).",

@@ -72,6 +72,14 @@ def test_compositor_pipeline_quick_encodes_webm(capsys: pytest.CaptureFixture[st
     assert record["ours"]["verified"]["decoded_frames"] == 4  # and it decodes to the composited frames
 
 
+def test_compositor_pipeline_aac_quick_encodes_sound_beside_the_video(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_bench(capsys, "compositor_pipeline_aac", "--quick", "--frames", "45", "--iterations", "1")
+    assert code == 0
+    verified = load_results(out)["compositor_pipeline_aac"]["ours"]["verified"]
+    assert verified["decoded_frames"] == 45
+    assert abs(verified["audio_seconds"] - 1.5) < 1 / 30 and verified["tone_hz"] == pytest.approx(1000, abs=20)
+
+
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed: --compare has no peer to run")
 def test_compare_with_ffmpeg_gives_a_ratio_per_repetition(capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run_bench(

@@ -6,6 +6,7 @@ No timings: these check that what the benchmark times is real work with a correc
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import threading
 
@@ -126,6 +127,25 @@ def test_the_ffmpeg_peer_gets_the_encoder_settings_we_use() -> None:
     assert {name: after(f"-{name}") for name in settings.options} == {"deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
     assert (after("-threads"), after("-b:v"), after("-g"), after("-pix_fmt")) == ("2", "2000000", "120", "yuv420p")
     assert after("-frames:v") == "300" and after("-f") == "webm"
+
+
+def test_the_aac_variant_gives_ffmpeg_a_tone_and_the_same_audio_encoder() -> None:
+    argv = scenario_pipeline._ffmpeg("bg.nv12", "pip.nv12", scenario_pipeline.SETTINGS_AAC).command(300)
+    audio = scenario_pipeline.SETTINGS_AAC.audio
+    assert audio is not None
+    assert "sine=frequency=1000:sample_rate=48000:duration=10.000000" in argv
+    assert argv[argv.index("-c:a") + 1] == audio.codec == "aac" and argv[argv.index("-b:a") + 1] == "128k"
+    assert argv[argv.index("-ac") + 1] == "2" and argv[argv.index("-f", argv.index("-c:v")) + 1] == "matroska"
+
+
+def test_tone_blocks_are_contiguous_and_continuous() -> None:
+    assert scenario_pipeline.SETTINGS_AAC.audio is not None
+    tone = scenario_pipeline.ToneBlocks(scenario_pipeline.SETTINGS_AAC.audio, 30)
+    blocks = [tone.block(index) for index in range(61)]
+    assert all(b.start_sample == a.end_sample for a, b in itertools.pairwise(blocks))
+    joined = np.concatenate([block.samples[:, 0] for block in blocks])
+    expected = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(len(joined)) / 48_000)
+    assert np.allclose(joined, expected, atol=1e-5)  # no seam where a block wraps to the table's start
 
 
 # -- verify_webm: the scenario's check of its own output ------------------------------------------

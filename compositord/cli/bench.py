@@ -28,6 +28,10 @@ def _runner(name: str) -> Callable[[BenchOptions], dict[str, Any]]:
         from compositord.perf import scenario_pipeline
 
         return scenario_pipeline.run
+    if name == "compositor_pipeline_aac":
+        from compositord.perf import scenario_pipeline
+
+        return scenario_pipeline.run_aac
     if name == "compositor_only":
         from compositord.perf import scenario_compositor_only
 
@@ -60,11 +64,12 @@ def _runner(name: str) -> Callable[[BenchOptions], dict[str, Any]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "scenario",
-        choices=(*SCENARIOS, "all", "soak", "panel_preview", "mixer", "ingest"),
+        choices=(*SCENARIOS, "all", "soak", "panel_preview", "mixer", "ingest", "compositor_pipeline_aac"),
         help="what to measure (all: the five scenarios in turn; soak: perf/soak.py, long-running, not part of all; "
         "panel_preview: the web panel's preview in headless Chromium, not part of all; "
         "mixer: a compositor's sound mixing with 8 inputs, per frame, not part of all; "
-        "ingest: CPU per frame of a file, a network stream and a screen capture input, not part of all)",
+        "ingest: CPU per frame of a file, a network stream and a screen capture input, not part of all; "
+        "compositor_pipeline_aac: compositor_pipeline with an AAC track, not part of all)",
     )
     parser.add_argument(
         "--compare", action="store_true", help="also run the workload in FFmpeg / GStreamer (when installed), interleaved"

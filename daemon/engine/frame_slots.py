@@ -82,9 +82,10 @@ class FrameSlot:
         """The buffer the next :meth:`write` goes into."""
         return self._writes % BUFFERS
 
-    def write(self, data: bytes | bytearray | memoryview) -> tuple[int, int]:
-        """Copy ``data`` into the next buffer; ``(buffer, seq)`` to announce to the reader."""
-        length = len(data)
+    def write(self, data: bytes | bytearray | memoryview, tail: bytes | bytearray | memoryview = b"") -> tuple[int, int]:
+        """Copy ``data`` then ``tail`` (e.g. a frame's sound after its pixels, without joining them first) into
+        the next buffer; ``(buffer, seq)`` to announce to the reader, who reads ``len(data) + len(tail)`` bytes."""
+        length = len(data) + len(tail)
         if length > self.capacity:
             raise ValueError(f"{length} bytes do not fit a slot of {self.capacity}")
         buffer = self.next_buffer
@@ -92,7 +93,10 @@ class FrameSlot:
         (previous,) = _HEADER.unpack_from(self._map, base)
         seq = previous + 2
         _HEADER.pack_into(self._map, base, seq - 1)  # odd: being written
-        self._map[base + _HEADER.size : base + _HEADER.size + length] = data
+        start = base + _HEADER.size
+        self._map[start : start + len(data)] = data
+        if len(tail):
+            self._map[start + len(data) : start + length] = tail
         _HEADER.pack_into(self._map, base, seq)
         self._writes += 1
         return buffer, seq

@@ -5,6 +5,10 @@ pts is its slot on the render loop's clock (``SinkFrame.media_time``) counted
 from the first frame this sink wrote, so dropped slots leave gaps and
 timestamps never go backwards. ``finish`` flushes the encoder and writes the
 container trailer (the MP4 ``moov`` box): a file finished this way plays.
+
+Sound goes beside the picture when the first frame written carries it
+(``sinks/audio_track.py``: the rule, the timestamps, gaps); the audio
+encoder is flushed before the container is closed.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from typing import Any
 
 import av
 
+from compositord.daemon.engine.audio.bus import samples_until
 from compositord.daemon.engine.sinks import convert
+from compositord.daemon.engine.sinks.audio_track import DEFAULT_AUDIO_BITRATE_KBPS, AudioTrack, resolve_audio_codec
 from compositord.daemon.engine.sinks.base import Sink, SinkError, SinkFrame
 
 # codec param -> FFmpeg encoder name
@@ -68,6 +74,8 @@ class EncoderSink(Sink):
         self._first_time: float | None = None
         self._last_pts = -1
         self._size: tuple[int, int] | None = None
+        self._audio: AudioTrack | None = None
+        self.audio_blocks_ignored = 0  # sound offered to an output opened without an audio stream
 
     # subclass hooks
     def target(self) -> tuple[str, str, dict[str, str]]:
@@ -76,6 +84,14 @@ class EncoderSink(Sink):
 
     def codec(self) -> str:
         return str(self.params.get("codec", "h264"))
+
+    def stats(self) -> dict[str, Any]:
+        audio = self._audio
+        return {
+            **super().stats(),
+            "audio": audio.stats() if audio is not None else None,
+            "audio_blocks_ignored": self.audio_blocks_ignored,
+        }
 
     def open(self, first: SinkFrame) -> None:
         codec = self.codec()
@@ -101,6 +117,10 @@ class EncoderSink(Sink):
         self._stream = stream
         self._size = (frame.width, frame.height)
         self._first_time = first.media_time
+        audio_codec = resolve_audio_codec(str(self.params.get("audio_codec", "auto")), format_name)
+        if first.audio is not None and audio_codec is not None:
+            bitrate = int(self.params.get("audio_bitrate_kbps", DEFAULT_AUDIO_BITRATE_KBPS))
+            self._audio = AudioTrack(self._container, audio_codec, first.audio, first.media_time, bitrate)
 
     def write(self, item: SinkFrame) -> None:
         size, first_time = self._size, self._first_time
@@ -111,6 +131,8 @@ class EncoderSink(Sink):
                 f"the output size changed from {size[0]}x{size[1]} to {frame.width}x{frame.height}; "
                 "send the node's params again to start a new output"
             )
+        if item.audio is not None and self._audio is not None:
+            self._audio.check(item.audio)
         video = convert.to_yuv420p(frame)
         rate = self._stream.time_base.denominator
         pts = max(self._last_pts + 1, round((item.media_time - first_time) * rate))
@@ -119,7 +141,15 @@ class EncoderSink(Sink):
         self._last_pts = pts
         packets = self._stream.encode(video)
         self._container.mux(packets)
-        self.wrote(sum(packet.size for packet in packets))
+        written = sum(packet.size for packet in packets)
+        if item.audio is not None:
+            if self._audio is not None:
+                written += self._audio.write(item.audio)
+            else:
+                self.audio_blocks_ignored += 1
+        elif self._audio is not None:
+            written += self._audio.fill_until(samples_until(item.media_time + 1 / item.fps, self._audio.sample_rate))
+        self.wrote(written)
 
     def wrote(self, count: int) -> None:
         """``count`` encoded bytes went to the output (a file sink watches its disk with it)."""
@@ -131,5 +161,7 @@ class EncoderSink(Sink):
         try:
             if self._stream is not None:
                 container.mux(self._stream.encode(None))  # drain the encoder's delayed frames
+            if self._audio is not None:
+                self._audio.finish()
         finally:
             container.close()  # writes the trailer

@@ -12,7 +12,13 @@ Engine side (:class:`HelperSink`, a ``Sink`` whose worker thread feeds the
 helper): frames go into a two-buffer shared-memory slot (``frame_slots``) and a
 reference to each goes over a ``SOCK_SEQPACKET`` socket pair as one JSON
 datagram (JSON: the helper talks to network peers, and nothing it sends back
-is more than numbers and a message). Before overwriting a buffer the worker
+is more than numbers and a message). A frame's sound (``SinkFrame.audio``)
+rides in the same buffer right after the pixels, as float32 samples the
+datagram describes (``audio``: offset, sample count, channels, rate, start
+sample); the slot has room for :data:`MAX_AUDIO_PER_FRAME_S` of it beside
+the first frame's pixels, and a longer block (sound the render loop held for
+slots it dropped) keeps its latest part: the helper's encoder fills the cut
+head with silence, so later sound keeps its place. Before overwriting a buffer the worker
 waits, briefly, for the helper to have copied the frame in it; a helper that is
 still connecting is not waited for (its frames are dropped and counted, the
 latest wins). The node's stats say ``connecting`` until the helper has written
@@ -47,6 +53,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
+from compositord.daemon.engine.audio.bus import BUS_CHANNELS, BUS_SAMPLE_RATE, AudioBlock
 from compositord.daemon.engine.frame_slots import FrameSlot
 from compositord.daemon.engine.render.frames import OutputFrame
 from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkError, SinkFrame, describe
@@ -57,6 +66,9 @@ STALL_TIMEOUT_S = 10.0
 FINISH_TIMEOUT_S = 5.0
 COPY_WAIT_S = 0.5  # how long the worker waits for a connected helper to take the frame it would overwrite
 DATAGRAM_MAX = 64 * 1024
+MAX_AUDIO_PER_FRAME_S = 0.5
+AUDIO_BYTES_PER_SAMPLE = 4  # float32, the bus format
+AUDIO_ALLOWANCE = int(MAX_AUDIO_PER_FRAME_S * BUS_SAMPLE_RATE) * BUS_CHANNELS * AUDIO_BYTES_PER_SAMPLE
 PR_SET_PDEATHSIG = 1
 
 
@@ -72,6 +84,7 @@ class HelperSink(Sink):
         self._process: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._slot: FrameSlot | None = None
+        self._pixel_bytes = 0  # the first frame's size: the slot holds that much picture and AUDIO_ALLOWANCE of sound
         self._reports: threading.Thread | None = None
         self._state_lock = threading.Condition()
         self._connected = False
@@ -82,6 +95,8 @@ class HelperSink(Sink):
         self._last_progress = time.monotonic()
         self._sent_at: float | None = None  # when the first frame went to the helper
         self.frames_dropped_by_helper = 0
+        self.audio: dict[str, Any] | None = None  # the helper's audio stream, as its encoder reports it
+        self.audio_blocks_ignored = 0
 
     def check(self) -> None:
         """Raise SinkError when the params cannot work (runs in the engine, before any helper is started)."""
@@ -91,7 +106,8 @@ class HelperSink(Sink):
     def open(self, first: SinkFrame) -> None:
         self.check()
         frame = first.frame
-        self._slot = FrameSlot.create(len(frame.data), f"compositord-{self.kind}-{self.node_id}")
+        self._pixel_bytes = len(frame.data)
+        self._slot = FrameSlot.create(self._pixel_bytes + AUDIO_ALLOWANCE, f"compositord-{self.kind}-{self.node_id}")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._process = subprocess.Popen(
@@ -113,18 +129,19 @@ class HelperSink(Sink):
         assert self._slot is not None and self._sock is not None
         self._check_helper()
         frame = item.frame
-        if len(frame.data) > self._slot.capacity:
+        if len(frame.data) > self._pixel_bytes:
             raise SinkError(
                 f"the output size changed to {frame.width}x{frame.height}; send the node's params again to start a new output"
             )
+        sound, audio = audio_in_slot(item.audio, len(frame.data))
         self._wait_for_copy(self._slot.next_buffer)
-        buffer, seq = self._slot.write(frame.data)
+        buffer, seq = self._slot.write(frame.data, sound)
         with self._state_lock:
             self._written_seq[buffer] = seq
         reference = {
             "buffer": buffer,
             "seq": seq,
-            "length": len(frame.data),
+            "length": len(frame.data) + len(sound),
             "format": frame.pixel_format,
             "width": frame.width,
             "height": frame.height,
@@ -132,6 +149,7 @@ class HelperSink(Sink):
             "frame_number": frame.frame_number,
             "media_time": item.media_time,
             "fps": item.fps,
+            "audio": audio,
         }
         try:
             self._sock.send(json.dumps(reference).encode(), socket.MSG_DONTWAIT)
@@ -238,6 +256,9 @@ class HelperSink(Sink):
                 self.frames_written = int(report["written"])
                 self._last_progress = time.monotonic()
                 self._connected = True
+            if "audio" in report:
+                self.audio = report["audio"]
+                self.audio_blocks_ignored = int(report.get("audio_blocks_ignored", 0))
             if "dropped" in report:
                 self.frames_dropped_by_helper = int(report["dropped"])
             if "error" in report and self._helper_error is None:
@@ -249,9 +270,34 @@ class HelperSink(Sink):
     def stats(self) -> dict[str, Any]:
         stats = super().stats()
         stats["frames_dropped"] += self.frames_dropped_by_helper
+        stats["audio"] = self.audio
+        stats["audio_blocks_ignored"] = self.audio_blocks_ignored
         if stats["state"] != "error":
             stats["state"] = "running" if self._connected else ("connecting" if self._opened or self._process else "starting")
         return stats
+
+
+def audio_in_slot(block: AudioBlock | None, offset: int) -> tuple[bytes | memoryview, dict[str, int] | None]:
+    """A frame's sound as it rides in the slot after ``offset`` bytes of pixels, and its description."""
+    if block is None:
+        return b"", None
+    most = AUDIO_ALLOWANCE // (block.channels * AUDIO_BYTES_PER_SAMPLE)
+    samples, start = block.samples, block.start_sample
+    if len(samples) > most:  # keep the latest sound; the encoder fills the head with silence
+        start += len(samples) - most
+        samples = samples[-most:]
+    data = np.ascontiguousarray(samples, dtype=np.float32)
+    description = {"offset": offset, "count": len(data), "channels": block.channels, "rate": block.sample_rate, "start": start}
+    return data.data.cast("B"), description
+
+
+def audio_from_slot(data: bytes, description: Mapping[str, Any] | None) -> AudioBlock | None:
+    """The helper's side of :func:`audio_in_slot`."""
+    if description is None:
+        return None
+    offset, count, channels = int(description["offset"]), int(description["count"]), int(description["channels"])
+    samples = np.frombuffer(data, dtype=np.float32, count=count * channels, offset=offset).reshape(count, channels)
+    return AudioBlock(samples, int(description["start"]), int(description["rate"]))
 
 
 # --------------------------------------------------------------------------- the helper process
@@ -305,21 +351,24 @@ def helper_main(fd: int) -> int:
                 dropped += 1  # overwritten while this helper was busy: a newer frame follows
                 report(dropped=dropped)
                 continue
+            audio = reference.get("audio")
+            picture_length = int(audio["offset"]) if audio else len(pixels)
             frame = OutputFrame(
                 reference["format"],
                 int(reference["width"]),
                 int(reference["height"]),
-                pixels,
+                pixels[:picture_length],
                 reference["matrix"],
                 int(reference["frame_number"]),
             )
-            item = SinkFrame(frame, float(reference["media_time"]), int(reference["fps"]))
+            item = SinkFrame(frame, float(reference["media_time"]), int(reference["fps"]), audio_from_slot(pixels, audio))
             if not opened:
                 encoder.open(item)  # the call that may block, GIL and all: only this process waits
                 opened = True
             encoder.write(item)
             written += 1
-            report(written=written)
+            encoded = encoder.stats()
+            report(written=written, audio=encoded.get("audio"), audio_blocks_ignored=encoded.get("audio_blocks_ignored", 0))
         encoder.finish()
         return 0
     except Exception as exc:

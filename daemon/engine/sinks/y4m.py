@@ -17,6 +17,12 @@ render loop). A reader that goes away (``EPIPE``: CPython ignores SIGPIPE, so
 the write raises) puts the node into its error state; send its params again to wait
 for the next reader. A regular file stops with a node error before free
 space on its disk falls under ``min_free_disk_bytes`` (``sinks/disk_floor.py``).
+
+YUV4MPEG2 carries pictures only: a compositor's sound (``SinkFrame.audio``)
+is not written. The stats say so (``audio``: ``"not recorded"`` once a frame
+with sound came, and ``audio_blocks_ignored``), so an operator who expected
+sound in the pipe learns why there is none; ``sink::file`` and
+``sink::stream`` record it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from compositord.daemon.engine.sinks.disk_floor import DiskFloor
 
 STDOUT = "-"
 STALLED_READER_TIMEOUT = 2.0  # seconds a closing sink waits for a reader that no longer reads
+AUDIO_NOT_RECORDED = "not recorded: YUV4MPEG2 carries video only"
 
 
 def y4m_header(width: int, height: int, fps: int, color_matrix: str) -> bytes:
@@ -51,6 +58,14 @@ class Y4MSink(Sink):
         self._owns_fd = False
         self._size: tuple[int, int] | None = None
         self._floor: DiskFloor | None = None
+        self.audio_blocks_ignored = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **super().stats(),
+            "audio": AUDIO_NOT_RECORDED if self.audio_blocks_ignored else None,
+            "audio_blocks_ignored": self.audio_blocks_ignored,
+        }
 
     def where(self) -> str | None:
         path = self.params.get("path")
@@ -101,6 +116,8 @@ class Y4MSink(Sink):
         fd = self._fd
         if fd is None:
             return
+        if item.audio is not None:
+            self.audio_blocks_ignored += 1
         frame = item.frame
         if (frame.width, frame.height) != self._size:
             raise SinkError(f"the output size changed to {frame.width}x{frame.height}; a Y4M stream has one size")
