@@ -132,3 +132,44 @@ async def test_queued_commands_leave_in_one_write_and_a_descriptor_starts_its_ow
         assert receive.statistics().current_buffer_used == 1
     finally:
         slot.close()
+
+
+def test_a_pushed_frame_overwritten_before_the_engine_reads_it_counts_as_received_and_dropped() -> None:
+    """Three pushes in a row into a two-buffer slot: the first is gone before the engine copies it out. The node
+    must still count it (received, and dropped as an overtaken frame is), or a client sees frames vanish."""
+    import array
+
+    from compositord.daemon.engine.process import EngineMain
+    from compositord.daemon.engine.sources.pacing import FramePacer
+
+    class RecordingLoop:
+        def __init__(self) -> None:
+            self.pacer: FramePacer[bytes] = FramePacer()
+
+        def push_frame(self, frame: Any) -> None:
+            self.pacer.push(bytes(frame.data), frame.pts_us / 1e6)
+
+        def push_frame_lost(self, node_id: str) -> None:
+            assert node_id == "cam"
+            self.pacer.lost()
+
+    control, engine = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    slot = FrameSlot.create(16, "compositord-test-lost")
+    try:
+        control.sendmsg(
+            [wire.encode(wire.SlotOpened(7, slot.size))],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [slot.fileno()]))],
+        )
+        announced = [slot.write(bytes([index]) * 16) for index in range(3)]  # the third overwrites the first
+        for index, (buffer, seq) in enumerate(announced):
+            control.sendall(wire.encode(wire.PushedFrameRef("cam", 2, 2, "rgba8", index * 33_333, 7, buffer, seq, 16)))
+        control.sendall(wire.encode(api.Stop()))
+        main, loop = EngineMain(engine), RecordingLoop()
+        main.serve(loop)  # type: ignore[arg-type]  # the loop's push surface is all serve() uses
+        stats = loop.pacer.stats()
+        assert stats["frames_received"] == 3 and stats["frames_dropped"] >= 1
+        assert main.frames_unreadable == 1
+    finally:
+        slot.close()
+        control.close()
+        engine.close()

@@ -292,6 +292,11 @@ class RenderLoop:
         node's one-frame slot, replacing (and counting as dropped) one not rendered yet."""
         self._push_inlets.slot(frame.node_id).push(source_frame_from_pushed(frame), frame.pts_us / 1_000_000)
 
+    def push_frame_lost(self, node_id: str) -> None:
+        """A frame pushed to ``node_id`` that a newer one overwrote before the engine could read it (an engine
+        process's push slot): counted in the node's stats as received and dropped (any thread)."""
+        self._push_inlets.slot(node_id).lost()
+
     def push_audio(self, audio: api.PushedAudio) -> None:
         """Checked pushed PCM for its ``audio::push`` node (any thread; never blocks): queued, copied, for the
         node's converter thread (``audio.push``); dropped and counted when too much waits already."""

@@ -219,6 +219,7 @@ class EngineMain:
             data = slot.read(message.buffer, message.seq, message.length) if slot is not None else None
             if data is None:
                 self.frames_unreadable += 1
+                loop.push_frame_lost(message.node_id)
                 return
             loop.push_frame(
                 api.PushedFrame(message.node_id, message.width, message.height, message.pixel_format, message.pts_us, data)

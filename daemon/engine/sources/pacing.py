@@ -114,6 +114,13 @@ class FramePacer(Generic[T]):
 
     # ------------------------------------------------------------------ producer thread
 
+    def lost(self) -> None:
+        """A frame that arrived but was overtaken on its way here (a newer one took its place before it could be
+        read): counted as received and dropped, as one overtaken in this queue is."""
+        with self._lock:
+            self.frames_received += 1
+            self.frames_dropped += 1
+
     def push(self, frame: T, pts: float) -> None:
         """A frame stamped ``pts`` seconds on its source's clock, arriving now."""
         now = self._clock()
