@@ -62,7 +62,8 @@ def decoded_onsets(path: Path) -> tuple[list[float], list[float], dict[str, Any]
     sound: list[tuple[float, np.ndarray]] = []
     with av.open(str(path)) as container:
         video, audio = container.streams.video[0], container.streams.audio[0]
-        info = {"audio_codec": audio.codec_context.name, "sample_rate": audio.codec_context.sample_rate}
+        rate = int(audio.codec_context.sample_rate)
+        info: dict[str, Any] = {"audio_codec": audio.codec_context.name, "sample_rate": rate}
         for packet in container.demux(video, audio):
             for frame in packet.decode():
                 if isinstance(frame, av.VideoFrame):
@@ -76,7 +77,6 @@ def decoded_onsets(path: Path) -> tuple[list[float], list[float], dict[str, Any]
                         samples.mean(axis=0) if frame.format.is_planar else samples.reshape(-1, frame.layout.nb_channels).mean(1)
                     )
                     sound.append((frame.time, np.abs(mono)))
-    rate = int(info["sample_rate"])
     sample_times = np.concatenate([start + np.arange(len(level)) / rate for start, level in sound])
     levels = np.concatenate([level for _start, level in sound])
     flashes = onsets(np.array(frame_times), np.array(white), quiet_s=0.3)
