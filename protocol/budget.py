@@ -339,38 +339,42 @@ def _compositor_items(
                 preview_per_pixel + READBACK_FRAMES * output,
             )
         )
+    # Overlays of every layout: the top level and each scene (any of them may be on program, preview or in a
+    # transition, and a text raster stays cached), each distinct raster and asset counted once.
+    layouts = [(base, full)] + [(pointer.join(base, "scenes", name), scene) for name, scene in full["scenes"].items()]
     rasters: set[tuple[Any, ...]] = set()
-    for index, overlay in enumerate(full["text_overlays"]):
-        w, h = _text_size(overlay)
-        raster = (overlay["text"], overlay["color"], round(overlay["font_size"]), overlay["font"], w, h)
-        if raster in rasters:
-            continue  # the renderer keeps one texture per distinct raster
-        rasters.add(raster)
-        items.append(
-            CostItem(
-                _text_pointer(base, index, overlay),
-                f"compositor {node_id!r}: text overlay {overlay.get('id')!r}, a {w}x{h} raster and its texture",
-                w,
-                h,
-                2 * RGBA,
-            )
-        )
     seen_assets: set[str] = set()
-    for index, overlay in enumerate(full["image_overlays"]):
-        asset = str(overlay["asset_path"])
-        if asset in seen_assets:
-            continue  # one texture per asset
-        seen_assets.add(asset)
-        w, h = media_sizes.get(asset, ASSUMED_MEDIA_SIZE)
-        items.append(
-            CostItem(
-                pointer.join(base, "image_overlays", index, "asset_path"),
-                f"compositor {node_id!r}: image overlay {asset!r} ({w}x{h}), decoded and as a texture",
-                w,
-                h,
-                2 * RGBA,
+    for layout_base, layout in layouts:
+        for index, overlay in enumerate(layout["text_overlays"]):
+            w, h = _text_size(overlay)
+            raster = (overlay["text"], overlay["color"], round(overlay["font_size"]), overlay["font"], w, h)
+            if raster in rasters:
+                continue  # the renderer keeps one texture per distinct raster
+            rasters.add(raster)
+            items.append(
+                CostItem(
+                    _text_pointer(layout_base, index, overlay),
+                    f"compositor {node_id!r}: text overlay {overlay.get('id')!r}, a {w}x{h} raster and its texture",
+                    w,
+                    h,
+                    2 * RGBA,
+                )
             )
-        )
+        for index, overlay in enumerate(layout["image_overlays"]):
+            asset = str(overlay["asset_path"])
+            if asset in seen_assets:
+                continue  # one texture per asset
+            seen_assets.add(asset)
+            w, h = media_sizes.get(asset, ASSUMED_MEDIA_SIZE)
+            items.append(
+                CostItem(
+                    pointer.join(layout_base, "image_overlays", index, "asset_path"),
+                    f"compositor {node_id!r}: image overlay {asset!r} ({w}x{h}), decoded and as a texture",
+                    w,
+                    h,
+                    2 * RGBA,
+                )
+            )
     return items
 
 

@@ -325,3 +325,20 @@ def test_scenes_count_their_transition_canvases_and_a_preview_its_own_targets() 
     assert with_preview["/nodes/comp/params/preview_scene"] == pytest.approx(
         (4 + 4 + 1.5 + READBACK_FRAMES * 1.5) * pixels, abs=1
     )
+
+
+def test_the_overlays_of_every_scene_count() -> None:
+    # Scenes hold their own overlays (the top-level lists must then be empty): a budget that read only the top
+    # level let 32 scenes of 8192x8192 text rasters through.
+    from compositord.protocol.budget import session_cost
+
+    big_text = {"id": "t", "text": "x", "rect": {"x": 0, "y": 0, "width": 8192, "height": 8192}}
+    scenes = {f"s{index}": {"text_overlays": [{**big_text, "text": f"scene {index}"}]} for index in range(3)}
+    comp = {"width": 640, "height": 360, "num_inputs": 1, "scenes": scenes, "program_scene": "s0"}
+    pipeline = {"nodes": {"comp": {"kind": "video::compositor", "params": comp}}, "connections": []}
+    texts = [item for item in session_cost(pipeline).items if "text overlay" in item.what]
+    assert [item.pointer for item in texts] == [f"/nodes/comp/params/scenes/s{index}/text_overlays/0/rect" for index in range(3)]
+    assert all(item.bytes == 8192 * 8192 * 8 for item in texts)
+    error = refused(pipeline)
+    assert error.code == ErrorCode.RESOURCE_LIMIT
+    assert (error.path or "").startswith("/nodes/comp/params/scenes/s") and "text overlay" in error.message
