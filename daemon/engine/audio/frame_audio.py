@@ -12,6 +12,13 @@ two pins, fed by one source hear the same samples; reading its live buffer
 twice would give each half of it), and only when a compositor with audio
 asks: a source nobody mixes is not read.
 
+A timed source's picture (a file's, a stream's) is shown at the first output
+frame at or after it is due: late by up to one output period, half of one on
+average, whatever the phase between the source's frames and the output's
+slots. Its sound is read that half period late too (:data:`PICTURE_LAG_PERIODS`),
+so picture and sound stay within half an output frame of each other as the
+phase slides, instead of the sound running up to a whole frame early.
+
 Reading never blocks: an ``AudioBuffer`` read takes its lock for a copy and
 pads what has not arrived with silence, so a stalled input is silent and the
 picture goes on.
@@ -25,6 +32,8 @@ import numpy as np
 
 from compositord.daemon.engine.audio.bus import BUS_SAMPLE_RATE, samples_until
 
+PICTURE_LAG_PERIODS = 0.5  # how late, on average, an output frame shows a timed source's picture
+
 
 class FrameAudio:
     """Render thread only."""
@@ -35,6 +44,7 @@ class FrameAudio:
         self._next: int | None = None
         self._media_time = 0.0
         self._frame_time = 0.0
+        self._period = 0.0
         self._reads: dict[tuple[str, str], np.ndarray | None] = {}
 
     @property
@@ -48,6 +58,7 @@ class FrameAudio:
         self._next = self.end
         self._media_time = media_time
         self._frame_time = frame_time
+        self._period = period
         self._reads = {}
 
     def of_source(self, node_id: str, source: Any) -> np.ndarray | None:
@@ -79,4 +90,4 @@ class FrameAudio:
         # The sound that goes with frame(t) starts at this frame's slot; a block that starts earlier
         # (after dropped slots) starts that much earlier in the source's play clock too.
         lead = self._media_time - self.start / BUS_SAMPLE_RATE
-        return buffer.read(self.count, at=audio_time(self._frame_time) - lead)
+        return buffer.read(self.count, at=audio_time(self._frame_time) - lead - PICTURE_LAG_PERIODS * self._period)
