@@ -395,8 +395,11 @@ class _Pass:
         if self._clock is None:
             return None
         end = self._media_time + self._frame_period
-        if self._sound_end is not None:
-            end = max(end, self._sound_end)
+        if self._sound_end is not None and self._sound_end - end > self._frame_period:
+            # Sound that really outlasts the pictures plays out before the next pass. A tail under a frame
+            # (codec and resampler padding) is cut by the writer instead: were each pass that much longer,
+            # the pictures would slide against the output's frame slots and skip a frame every few minutes.
+            end = self._sound_end
         return (self._play_time(end), self._start)
 
     def _ahead_s(self) -> float:
