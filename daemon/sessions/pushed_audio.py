@@ -9,18 +9,16 @@ the sending connection only, with the header field as its path; it is dropped an
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Mapping
+from typing import Any
 
 from compositord.daemon.control.connection import Connection
 from compositord.daemon.engine import api
 from compositord.daemon.sessions.live import LiveSessions
-from compositord.protocol import envelope, frames, pcm
-from compositord.protocol import params as node_params
+from compositord.daemon.sessions.push_targets import push_targets
+from compositord.protocol import envelope, pcm
 from compositord.protocol.errors import ErrorCode, RemoteProtocolError
 from compositord.protocol.params import AUDIO_PUSH_KIND
-
-# Audio comes in small messages (10-20 ms each), so each node id is hashed often.
-_node_id_hash = functools.lru_cache(maxsize=4096)(frames.node_id_hash)
 
 
 class PushedAudioRouter:
@@ -49,36 +47,13 @@ class PushedAudioRouter:
             )
 
     def _targets(self, header: pcm.AudioHeader) -> list[tuple[api.Engine, str]]:
-        """The audio::push nodes a message goes to: the node id may be used in several sessions (each gets it)."""
-        targets: list[tuple[api.Engine, str]] = []
-        for session_id, record in self._live.store.sessions().items():
-            live = self._live.get(session_id)
-            if live is None:
-                continue
-            for node_id, node in record.nodes.items():
-                if _node_id_hash(node_id) != header.node_id_hash:
-                    continue
-                where = f"node {node_id!r} of session {session_id!r}"
-                if node.kind != AUDIO_PUSH_KIND:
-                    raise RemoteProtocolError(
-                        ErrorCode.INVALID_PARAMS,
-                        f"audio header /node_id_hash: {where} is a {node.kind}; only {AUDIO_PUSH_KIND} nodes take pushed audio",
-                        "/node_id_hash",
-                    )
-                expected = node_params.with_defaults(AUDIO_PUSH_KIND, node.params)
-                for field_name, got, unit in (("sample_rate", header.sample_rate, " Hz"), ("channels", header.channels, "")):
-                    wanted = expected[field_name]
-                    if wanted is not None and wanted != got:
-                        raise RemoteProtocolError(
-                            ErrorCode.INVALID_PARAMS,
-                            f"audio header /{field_name}: {where} takes {field_name} {wanted}{unit}, got {got}{unit}",
-                            f"/{field_name}",
-                        )
-                targets.append((live.engine, node_id))
-        if not targets:
-            raise RemoteProtocolError(
-                ErrorCode.NOT_FOUND,
-                f"audio header /node_id_hash: no node of a running session has the id hash {header.node_id_hash:#018x}",
-                "/node_id_hash",
-            )
-        return targets
+        def mismatch(expected: Mapping[str, Any], where: str) -> tuple[str, str] | None:
+            for field_name, got, unit in (("sample_rate", header.sample_rate, " Hz"), ("channels", header.channels, "")):
+                wanted = expected[field_name]
+                if wanted is not None and wanted != got:
+                    return field_name, f"{where} takes {field_name} {wanted}{unit}, got {got}{unit}"
+            return None
+
+        return push_targets(
+            self._live, header.node_id_hash, kind=AUDIO_PUSH_KIND, header="audio header", takes="pushed audio", mismatch=mismatch
+        )
