@@ -394,11 +394,14 @@ class _Pass:
         """The play clock's anchor for the next pass: it starts where this one ends."""
         if self._clock is None:
             return None
-        end = self._media_time + self._frame_period
+        # A whole number of frame periods: timestamps rounded by the container (Matroska keeps milliseconds,
+        # 1.167 s for a last frame due at 1.1667) would otherwise lengthen every pass, and the pictures would
+        # slide against the output's frame slots and skip a frame every few minutes.
+        frames = max(1, round((self._media_time + self._frame_period - self._start) / self._frame_period))
+        end = self._start + frames * self._frame_period
         if self._sound_end is not None and self._sound_end - end > self._frame_period:
-            # Sound that really outlasts the pictures plays out before the next pass. A tail under a frame
-            # (codec and resampler padding) is cut by the writer instead: were each pass that much longer,
-            # the pictures would slide against the output's frame slots and skip a frame every few minutes.
+            # Sound that really outlasts the pictures plays out before the next pass; a tail under a frame
+            # (codec and resampler padding) is cut by the writer instead, for the same reason as above.
             end = self._sound_end
         return (self._play_time(end), self._start)
 
