@@ -752,6 +752,9 @@ def test_the_t_bar_held_at_the_middle_shows_the_mix_and_let_go_at_the_end_takes(
     open_panel(watching, daemon.base, session_id)
     bar = driver.find_element("css selector", "#scenes input.tbar")
     wait_until(bar.is_enabled, 5, "the T-bar enabled")
+    # The scene controls sit under the output, near the bottom of the window: a pointer outside the viewport
+    # moves nothing.
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", bar)
     width = bar.size["width"]
     steps = 36
     step = (width // 2 - 2) // steps

@@ -210,7 +210,7 @@ def test_the_context_reaches_addnode_createsession_and_batches() -> None:
 
 
 @pytest.mark.parametrize(
-    "entry", ["udp://", "http://x:1", "udp://10.0.0.1/33", "udp://10.0.0.1/8", "udp://x:5-4", "udp://x:70000", "udp://a b"]
+    "entry", ["udp://", "gopher://x:1", "udp://10.0.0.1/33", "udp://10.0.0.1/8", "udp://x:5-4", "udp://x:70000", "udp://a b"]
 )
 def test_bad_allowlist_entries_are_named(entry: str) -> None:
     with pytest.raises(DestinationError) as info:
