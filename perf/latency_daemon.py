@@ -94,6 +94,9 @@ def main(argv: list[str]) -> int:
         engine=engine,
     )
     engines = _probed_engines(settings, probe_file, probe_row) if mode == "thread" else None
+    from compositord.daemon.heap import freeze_startup_objects
+
+    freeze_startup_objects()  # as compositord run does
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

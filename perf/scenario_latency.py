@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compositord.daemon.heap import freeze_startup_objects
 from compositord.perf.latency_daemon import PROBE_COLOR
 from compositord.perf.measure import percentiles
 from compositord.perf.options import BenchOptions
@@ -348,6 +349,7 @@ def run_config(
     watchers_nice: int = 0,
     engine_mode: str = "process",
     jitter: bool = False,
+    tune_log: str | None = None,
 ) -> dict[str, Any]:
     import trio
     import yaml
@@ -381,7 +383,12 @@ def run_config(
                 raise RuntimeError(f"latency daemon did not start: {line!r} {daemon.stderr.read() if daemon.stderr else ''}")
             url = f"ws://127.0.0.1:{int(line.split()[1])}/api/v1/control"
             time.sleep(IDLE_SECONDS)
+            # The editors' process is the harness: a full collection of its imports (about 27 ms at
+            # this load) would be measured as the daemon's latency.
+            freeze_startup_objects()
             log = trio.run(_drive, url, clients, editing, seconds, daemon.pid, observers, watchers_nice, jitter)
+            if tune_log is not None:
+                _append_tune_log(Path(tune_log), log, clients, editing, engine_mode)
         finally:
             daemon.terminate()
             try:
@@ -447,6 +454,16 @@ def run_config(
     }
 
 
+def _append_tune_log(path: Path, log: RunLog, clients: int, editing: int, engine_mode: str) -> None:
+    """One JSON line per tune: when it was sent and when each ack was read (monotonic seconds, null: never)."""
+    with path.open("a") as out:
+        for index, editor in enumerate(log.editors):
+            for rev, sent in sorted(editor.sent.items()):
+                row = {"clients": clients, "editing": editing, "engine_mode": engine_mode, "editor": index, "rev": rev}
+                row.update(sent=sent.t, params_ack=sent.ack_t.get("params"), view_ack=sent.ack_t.get("view"))
+                out.write(json.dumps(row) + "\n")
+
+
 def run(options: BenchOptions) -> dict[str, Any]:
     seconds = options.seconds if options.seconds is not None else (1.0 if options.quick else 8.0)
     configs = QUICK_CONFIGS if options.quick else (options.latency_configs or CONFIGS)
@@ -463,7 +480,16 @@ def run(options: BenchOptions) -> dict[str, Any]:
         for clients, editing in configs:
             for mode in modes:  # interleaved, so both modes see the same machine
                 try:
-                    row = run_config(clients, editing, seconds, options.observers, options.watchers_nice, mode, options.jitter)
+                    row = run_config(
+                        clients,
+                        editing,
+                        seconds,
+                        options.observers,
+                        options.watchers_nice,
+                        mode,
+                        options.jitter,
+                        options.tune_log,
+                    )
                 except Exception as exc:  # one configuration that fails (the daemon cut a client) ends no other
                     failures.append({"clients": clients, "editing": editing, "engine_mode": mode, "error": _last_line(exc)})
                     options.say(f"-- ({clients}, {editing}) [{mode} engines]: failed: {failures[-1]['error']}")

@@ -80,6 +80,9 @@ def main(args: argparse.Namespace) -> int:
                 print(line, file=sys.stderr)
             return 1
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    from compositord.daemon.heap import freeze_startup_objects
+
+    freeze_startup_objects()  # the imports are done and no session exists yet
 
     async def run() -> None:
         # serve() is awaited, not nursery.start()ed: a SIGTERM before the first frame ends it

@@ -47,6 +47,7 @@ from typing import Any
 from compositord.daemon.engine import api, wire
 from compositord.daemon.engine.frame_slots import FrameSlot
 from compositord.daemon.engine.loop import SINK_CLOSE_TIMEOUT, DeliveryClosed, RenderLoop
+from compositord.daemon.heap import freeze_startup_objects
 
 log = logging.getLogger("compositord.engine")
 
@@ -321,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     sock = socket.socket(fileno=int(args[0]))
     started = time.monotonic()
+    freeze_startup_objects()  # the imports are done and no session exists yet
     try:
         return run_engine(sock)
     except _Terminated:
