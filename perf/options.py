@@ -21,6 +21,7 @@ class BenchOptions:
     engine_mode: str = "process"  # control_latency: the daemon's engine mode, or "both" (interleaved, same run)
     sessions: tuple[int, ...] = (1, 2, 4, 8)  # sessions: the session counts to run
     jitter: bool = False  # control_latency: each edit at a random point of its period
+    tune_log: str | None = None  # control_latency: append every tune's send and ack times here (JSON lines)
     latency_configs: tuple[tuple[int, int], ...] = ()  # control_latency: (clients, editing) to run; () = the scenario's
     out: TextIO = field(default_factory=lambda: sys.stdout)
 

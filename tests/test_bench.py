@@ -6,6 +6,7 @@ checked by running it (perf/README.md), never in CI.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -91,12 +92,17 @@ def test_compare_with_ffmpeg_gives_a_ratio_per_repetition(capsys: pytest.Capture
     assert "ratio compositord/ffmpeg fps per repetition" in out
 
 
-def test_control_latency_quick(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = run_bench(capsys, "control_latency", "--quick", "--watchers-nice", "3")
+def test_control_latency_quick(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    tune_log = tmp_path / "tunes.jsonl"
+    code, out = run_bench(capsys, "control_latency", "--quick", "--watchers-nice", "3", "--tune-log", str(tune_log))
     assert code == 0
     record = load_results(out)["control_latency"]
     rows = {(row["clients"], row["editing"]): row for row in record["rows"]}
     assert set(rows) == {(1, 1), (10, 5)}
+    # --tune-log: one line per tune sent, each acknowledged on both channels after it was sent.
+    logged = [json.loads(line) for line in tune_log.read_text().splitlines()]
+    assert len(logged) == sum(row["tunes_sent"] for row in rows.values())
+    assert all(line["sent"] < line["params_ack"] and line["sent"] < line["view_ack"] for line in logged)
     # The five watchers run in their own process (perf/latency_watchers.py) and read every event too.
     assert rows[(10, 5)]["watchers_connected"] == 5
     assert rows[(10, 5)]["watchers_niceness"] == min(19, os.nice(0) + 3)  # --watchers-nice reached their process

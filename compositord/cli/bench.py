@@ -118,6 +118,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="control_latency: send each edit at a random point of its period (compares runs without the luck of one phase)",
     )
     parser.add_argument(
+        "--tune-log",
+        default=None,
+        metavar="FILE",
+        help="control_latency: append each tune's send and ack times to FILE (JSON lines), to see when a tail happened",
+    )
+    parser.add_argument(
         "--configs",
         default=None,
         metavar="CxE,...",
@@ -196,6 +202,7 @@ def main(args: argparse.Namespace) -> int:
         sessions=sessions,
         latency_configs=latency_configs,
         jitter=args.jitter,
+        tune_log=args.tune_log,
     )
     from compositord.perf.measure import json_line
 
