@@ -50,7 +50,7 @@ that they grow as the allocations do, so the budget bounds them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -376,6 +376,23 @@ def _compositor_items(
                 )
             )
     return items
+
+
+# The top-level params of a kind that no cost reads: a change of only these leaves the session's cost as it
+# was, so a tune that moves, fades or cuts layers (a drag: one tune a frame) is not costed again. A field not
+# listed may change the cost: a new field is costed until it is added here, with a case in the test that
+# proves it neutral (tests/test_budget.py).
+COST_NEUTRAL_FIELDS: Mapping[str, frozenset[str]] = {
+    "video::compositor": frozenset(
+        {"layers", "background", "color_matrix", "program_scene", "transition", "transition_position"}
+    ),
+}
+
+
+def cost_unchanged_by(kind: str, changed_fields: Iterable[str]) -> bool:
+    """Whether changing only these top-level params of a ``kind`` node leaves the session's cost as it was."""
+    neutral = COST_NEUTRAL_FIELDS.get(kind)
+    return neutral is not None and all(field in neutral for field in changed_fields)
 
 
 def session_cost(pipeline: Mapping[str, Any], *, media_sizes: Mapping[str, tuple[int, int]] | None = None) -> SessionCost:

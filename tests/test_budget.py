@@ -342,3 +342,69 @@ def test_the_overlays_of_every_scene_count() -> None:
     error = refused(pipeline)
     assert error.code == ErrorCode.RESOURCE_LIMIT
     assert (error.path or "").startswith("/nodes/comp/params/scenes/s") and "text overlay" in error.message
+
+
+# Every field declared cost-neutral, with values it may take: changing it must leave the cost as it was (the
+# daemon then skips the check for a tune of only these, tests of that below). A field added to
+# COST_NEUTRAL_FIELDS without a case here fails test_every_neutral_field_has_a_case.
+_NEUTRAL_CASES: dict[str, list[Any]] = {
+    "layers": [
+        {},
+        {"in_0": {"rect": {"x": 10, "y": 20, "width": 64, "height": 48}, "opacity": 0.25, "rotation_degrees": 30}},
+        {"in_0": {"visible": False}, "in_1": {"rect": {"x": 0, "y": 0, "width": 8192, "height": 8192}, "z_index": 5}},
+    ],
+    "background": ["#FF0000FF", "#00000000"],
+    "color_matrix": ["bt601"],
+    "program_scene": ["b"],
+    "transition": [{"kind": "fade", "duration_ms": 2000, "easing": "ease_in_out"}, {"kind": "wipe", "direction": "up"}],
+    "transition_position": [0.0, 0.5, 1.0],
+}
+
+
+def _neutral_base(field: str) -> dict[str, Any]:
+    """A compositor with two inputs, overlays and a sink; with scenes where ``field`` needs them."""
+    text = {"id": "t", "text": "hello", "rect": {"x": 0, "y": 0}}
+    comp: dict[str, Any] = {"width": 1280, "height": 720, "num_inputs": 2, "output_format": "nv12"}
+    if field in {"program_scene", "transition", "transition_position"}:
+        comp["scenes"] = {"a": {"layers": {"in_0": {}}, "text_overlays": [text]}, "b": {"layers": {"in_1": {}}}}
+        comp["program_scene"] = "a"
+        if field == "transition_position":
+            comp["preview_scene"] = "b"
+    else:
+        comp["text_overlays"] = [text]
+    nodes = {
+        "bars": {"kind": "video::colorbars", "params": {"width": 640, "height": 360}},
+        "push": {"kind": "video::push", "params": {"width": 320, "height": 240, "pixel_format": "nv12"}},
+        "comp": {"kind": COMP, "params": comp},
+        "rec": {"kind": "sink::file", "params": {"path": "out.mp4"}},
+    }
+    connections = [
+        {"from_node": "bars", "from_pin": "out", "to_node": "comp", "to_pin": "in_0"},
+        {"from_node": "push", "from_pin": "out", "to_node": "comp", "to_pin": "in_1"},
+        {"from_node": "comp", "from_pin": "out", "to_node": "rec", "to_pin": "in"},
+    ]
+    return params.validate_pipeline({"nodes": nodes, "connections": connections})
+
+
+def test_every_neutral_field_has_a_case() -> None:
+    assert set(budget.COST_NEUTRAL_FIELDS) == {COMP}
+    assert set(_NEUTRAL_CASES) == set(budget.COST_NEUTRAL_FIELDS[COMP])
+    assert set(_NEUTRAL_CASES) <= set(params.defaults(COMP))  # each is a field of the compositor
+
+
+@pytest.mark.parametrize("field", sorted(_NEUTRAL_CASES))
+def test_a_neutral_field_leaves_the_cost_as_it_was(field: str) -> None:
+    base = _neutral_base(field)
+    before = budget.session_cost(base)
+    assert budget.cost_unchanged_by(COMP, [field])
+    for value in _NEUTRAL_CASES[field]:
+        changed = {**base, "nodes": {**base["nodes"]}}
+        comp = changed["nodes"]["comp"]
+        changed["nodes"]["comp"] = {**comp, "params": params.validate(COMP, {**comp["params"], field: value})}
+        assert budget.session_cost(changed) == before, f"{field} = {value!r} changed the cost"
+
+
+@pytest.mark.parametrize("fields", [["width"], ["layers", "text_overlays"], ["scenes"], ["audio"], ["num_inputs"]])
+def test_other_fields_are_costed_again(fields: list[str]) -> None:
+    assert not budget.cost_unchanged_by(COMP, fields)
+    assert not budget.cost_unchanged_by("video::colorbars", ["animated"])  # sources: always costed

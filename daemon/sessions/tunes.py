@@ -34,10 +34,11 @@ from compositord.daemon.sessions.live import LiveSession, LiveSessions, holding
 from compositord.daemon.sessions.refusals import Refusal, disk_full, not_found
 from compositord.daemon.sessions.senders import SenderOwners, sender_path
 from compositord.daemon.sessions.structure import Working, check_inputs_kept, committed_topology
-from compositord.daemon.state.model import NodeRecord
+from compositord.daemon.state.model import NodeRecord, SessionRecord
 from compositord.daemon.state.store import StoreFull
-from compositord.protocol import causal, envelope, pointer, streamkit
+from compositord.protocol import budget, causal, envelope, pointer, streamkit
 from compositord.protocol import params as node_params
+from compositord.protocol.budget import SessionCost
 from compositord.protocol.causal import AckBook, Stamp
 from compositord.protocol.errors import ErrorCode, RemoteProtocolError
 
@@ -92,12 +93,7 @@ class Tunes:
                 tune = tune_of(record.nodes)
                 node = _tuned_node(record.nodes, live, tune, None, self._live.context)
                 check_inputs_kept(node, record.connections, tune.body_path)
-                cost = self._live.budgets.check(
-                    session_id,
-                    pipeline_of({**record.nodes, node.node_id: node}, record.connections),
-                    params_paths={node.node_id: tune.body_path},
-                    request_path=tune.body_path,
-                )
+                cost = self._cost_after(session_id, record, node, tune)
                 await self._images.store(tune.action.images, tune.body_path)
             except RemoteProtocolError as error:
                 self.refuse_stamps(connection, session_id, stamps)
@@ -219,6 +215,21 @@ class Tunes:
                 for book in live.acks.values():
                     book.retire(sender, now)
                 live.engine.submit(api.ForgetSender(sender))
+
+    def _cost_after(self, session_id: str, record: SessionRecord, node: NodeRecord, tune: _Tune) -> SessionCost:
+        """The session's cost with the tuned node, checked against the budgets; a patch of fields no cost reads
+        (a layer dragged, a T-bar moved) keeps the cost the session has."""
+        current = self._live.budgets.cost(session_id)
+        action = tune.action
+        patch_only = action.mode == envelope.PATCH and not tune.merge_updates
+        if current is not None and patch_only and budget.cost_unchanged_by(node.kind, action.params):
+            return current
+        return self._live.budgets.check(
+            session_id,
+            pipeline_of({**record.nodes, node.node_id: node}, record.connections),
+            params_paths={node.node_id: tune.body_path},
+            request_path=tune.body_path,
+        )
 
     def _publish_params(
         self, session_id: str, live: LiveSession, node_id: str, params: Mapping[str, Any], seq: int, stamp: Stamp | None

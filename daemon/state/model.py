@@ -77,15 +77,22 @@ class SessionRecord:
 
 def private_key_paths(value: Any, path: str = "") -> Iterator[str]:
     """JSON pointers of every key that starts with ``_``, at any depth."""
+    # Every stored change is walked: a pointer is joined only for a key found, not for every key on the way.
+    for tokens in _private_key_tokens(value, ()):
+        yield pointer.join(path, *tokens)
+
+
+def _private_key_tokens(value: Any, prefix: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:
     if isinstance(value, Mapping):
         for key, item in value.items():
-            here = pointer.join(path, str(key))
             if isinstance(key, str) and key.startswith("_"):
-                yield here
-            yield from private_key_paths(item, here)
+                yield (*prefix, key)
+            if isinstance(item, (Mapping, list, tuple)):
+                yield from _private_key_tokens(item, (*prefix, str(key)))
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            yield from private_key_paths(item, pointer.join(path, index))
+            if isinstance(item, (Mapping, list, tuple)):
+                yield from _private_key_tokens(item, (*prefix, index))
 
 
 def refuse_private_keys(value: Any, where: str) -> None:
