@@ -173,3 +173,31 @@ def test_a_pushed_frame_overwritten_before_the_engine_reads_it_counts_as_receive
         slot.close()
         control.close()
         engine.close()
+
+
+def test_a_deliverys_events_leave_in_one_write_at_its_end() -> None:
+    from compositord.daemon.engine.process import SocketDelivery, SocketEvents
+
+    engine_end, control_end = socket.socketpair()
+    control_end.setblocking(False)
+    try:
+        events = SocketEvents(engine_end, lambda: api.EngineStatistics(10, 0, 0, 60))
+        delivery = SocketDelivery(after_round=events.flush)
+
+        def deliver_a_frame() -> None:
+            events.on_event(api.ViewData("s1", "comp", {"layers": []}, None, {"a": 1}, 1, 0.0))
+            events.on_event(api.FrameEnded("s1"))
+            with pytest.raises(BlockingIOError):
+                control_end.recv(1 << 16)  # nothing written while the round runs
+
+        delivery.run_sync_soon(deliver_a_frame)
+        delivery.close()
+        delivery.run()  # the writer thread's loop, here: one round, then closed
+        data = control_end.recv(1 << 16)
+        messages = wire.FrameReader().feed(data)
+        assert [type(message) for message in messages] == [api.ViewData, wire.Progress]  # both, in order, one read
+        progress = messages[1]
+        assert isinstance(progress, wire.Progress) and progress.statistics.frames_rendered == 10
+    finally:
+        engine_end.close()
+        control_end.close()

@@ -61,10 +61,11 @@ PREVIEW_SLOT_MIN = 256 * 1024  # bytes; a preview slot grows (a new slot) when a
 class SocketDelivery:
     """The render loop's ``Delivery`` in an engine process: runs the handed-over function on the writer thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, after_round: Callable[[], object] | None = None) -> None:
         self._cond = threading.Condition()
         self._pending: list[Callable[[], object]] = []  # at most one per loop: the loop schedules one delivery at a time
         self._closed = False
+        self._after_round = after_round  # runs once everything handed over in a round has run
 
     def run_sync_soon(self, sync_fn: Callable[[], object]) -> None:
         with self._cond:
@@ -88,16 +89,23 @@ class SocketDelivery:
                 closed = self._closed
             for fn in pending:
                 fn()
+            if self._after_round is not None:
+                self._after_round()
             if closed and not pending:
                 return
 
 
 class SocketEvents:
-    """The loop's ``EngineEvents`` sink: events become frames on the socket (writer thread only)."""
+    """The loop's ``EngineEvents`` sink: events become frames on the socket (writer thread only).
+
+    A delivery's events (a frame's view data, stats and its end) leave in one write at :meth:`flush`: each
+    write wakes the control process, and one wake-up per frame is what it needs.
+    """
 
     def __init__(self, sock: socket.socket, statistics: Callable[[], api.EngineStatistics]) -> None:
         self._sock = sock
         self._statistics = statistics
+        self._unsent: list[bytes] = []
         self._broken = False
         self.failed = False  # the loop reported api.Failed
         self._preview_slots: dict[str, tuple[int, FrameSlot]] = {}  # node -> (slot id, slot)
@@ -116,11 +124,27 @@ class SocketEvents:
             if isinstance(event, api.Failed):
                 # The render thread is gone for good: stop reading commands, so the main thread ends the process.
                 self.failed = True
+                self.flush()
                 self._sock.shutdown(socket.SHUT_RD)
         except OSError as exc:
-            # The control process is gone: nothing to tell any more. The main thread sees EOF and stops the loop.
-            self._broken = True
-            log.warning("engine: cannot write to the control process: %s", exc)
+            self._lost(exc)
+
+    def flush(self) -> None:
+        """Write what the events of this delivery made, in one write."""
+        if not self._unsent or self._broken:
+            return
+        data = b"".join(self._unsent)
+        self._unsent.clear()
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            self._lost(exc)
+
+    def _lost(self, exc: OSError) -> None:
+        # The control process is gone: nothing to tell any more. The main thread sees EOF and stops the loop.
+        self._broken = True
+        self._unsent.clear()
+        log.warning("engine: cannot write to the control process: %s", exc)
 
     def _send_preview(self, event: api.PreviewUpdated) -> None:
         image = event.image
@@ -153,7 +177,10 @@ class SocketEvents:
     def _send(self, message: wire.Message, fd: int | None = None) -> None:
         data = wire.encode(message)
         if fd is None:
-            self._sock.sendall(data)
+            self._unsent.append(data)
+            return
+        self.flush()  # what came before goes first; a descriptor travels with its message's first byte
+        if self._broken:
             return
         sent = self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
         if sent < len(data):
@@ -259,9 +286,9 @@ def run_engine(sock: socket.socket) -> int:
     """The engine's whole life on an open socket; the exit status."""
     main = EngineMain(sock)
     config = main.read_config()
-    delivery = SocketDelivery()
     loop_holder: list[RenderLoop] = []
     events = SocketEvents(sock, lambda: loop_holder[0].statistics())
+    delivery = SocketDelivery(after_round=events.flush)
     loop = RenderLoop(
         config.session,
         events,
