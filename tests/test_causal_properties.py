@@ -48,9 +48,11 @@ run. Set ``COMPOSITORD_HYPOTHESIS_EXPLORE=1`` to draw fresh random histories
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, find, given, settings
@@ -389,3 +391,37 @@ def test_reconnect_after_the_ack_was_lost_does_not_overwrite_a_newer_edit() -> N
     world.quiesce()
     world.check_quiescent()
     assert world.server.params["width"] == world.own_writes[1]["/width"][-1]  # B's edit is not lost
+
+
+# --- shown(): one merge of independent pointers is the same as laying them one by one -------------------------
+
+_TOKENS = st.sampled_from(["a", "b", "c"])
+_POINTERS = st.lists(_TOKENS, min_size=1, max_size=3).map(lambda tokens: "/" + "/".join(tokens))
+_LEAF_VALUES: st.SearchStrategy[Any] = st.one_of(st.none(), st.integers(0, 3), st.just({}), st.just({"a": 1}), st.just([1, 2]))
+_DOCUMENTS = st.recursive(
+    st.one_of(st.integers(0, 3), st.just([0])), lambda children: st.dictionaries(_TOKENS, children, max_size=3), max_leaves=8
+)
+
+
+@causal_settings(max_examples=500)
+@given(
+    server=st.dictionaries(_TOKENS, _DOCUMENTS, max_size=3),
+    edits=st.lists(st.dictionaries(_POINTERS, _LEAF_VALUES, min_size=1, max_size=3), min_size=1, max_size=4),
+    retired=st.booleans(),
+)
+def test_shown_lays_pending_values_over_the_state_as_one_by_one(
+    server: dict[str, Any], edits: list[dict[str, Any]], retired: bool
+) -> None:
+    mask = causal.NodeMask(causal.PARAMS_CHANNEL, server_state=server)
+    for rev, leaves in enumerate(edits, start=1):
+        if retired and rev == 2:
+            mask.retire_pending("old-sender")  # the first edit waits under a retired nonce (C4)
+        mask.edit(leaves, rev)
+    expected: Any = server
+    for entries in [entries for _sender, entries in mask.retired] + [mask.pending]:
+        newest = sorted(((values[-1][0], ptr, values[-1][1]) for ptr, values in entries.items()), key=lambda item: item[0])
+        for _rev, ptr, value in newest:
+            expected = causal._set_merging(expected, ptr, value)
+    before = copy.deepcopy(server)
+    assert mask.shown() == expected
+    assert server == before  # the server's state is never changed in place
