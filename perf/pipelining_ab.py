@@ -6,14 +6,15 @@ the machine's drift hits them alike. Figures and verdicts are in perf/README.md,
 
     .venv/bin/python -m compositord.perf.pipelining_ab --frames 50 --reps 30 base,pipelined
     .venv/bin/python -m compositord.perf.pipelining_ab --check      # every variant's frames against base's
+    .venv/bin/python -m compositord.perf.pipelining_ab --upload-times --frames 30 --reps 10 base,double_sources
 
 Variants (``+1 frame``: frame N's pixels come out only after frame N+1's inputs went in):
 
 - ``base``: ``Renderer.render``, what the daemon's render loop and the bench do.
 - ``pbo_upload1`` / ``pbo_upload2``: every RGBA upload copied into one pixel-unpack buffer (or a pair, in
   turn) per texture, then ``glTexSubImage2D`` from it.
-- ``double_sources``: two textures per source, each upload into the one the previous frame's draws read
-  not, so an upload never waits on a draw.
+- ``double_sources``: two textures per source, each upload into the one the previous frame's draws did
+  not read, so an upload never waits on a draw.
 - ``pbo_readback_pair`` (+1 frame): frame N read into one of two pixel-pack buffers, frame N-1's mapped.
 - ``pipelined`` (+1 frame): two renderers in turn (double-buffered targets and source textures): frame N
   uploaded, drawn and flushed, then frame N-1 read back.
@@ -43,7 +44,7 @@ from compositord.perf.scenario_compositor_only import HEIGHT, WIDTH, scene_param
 from compositord.protocol.scenes import scene_params as program_params
 
 GL_PIXEL_UNPACK_BUFFER = 0x88EC
-Run = Callable[[int], list[bytes]]  # renders n frames, returns the frames that came out
+Run = Callable[[int, bool], list[bytes]]  # renders n frames; with keep, returns the frames that came out (else none)
 
 
 def _inputs() -> Callable[[], tuple[ResolvedScene, dict[str, SourceFrame]]]:
@@ -115,7 +116,7 @@ class _SourcePair:
 
 
 def _renderer(ctx: Any, *, pairs: bool = False, direct: bool = True) -> Any:
-    """A renderer of the scene with its first frame drawn (sources made: with ``pairs``, as _SourcePair)."""
+    """A renderer of the scene with its first frame drawn (its sources made as _SourcePair with ``pairs``)."""
     renderer: Any = renderer_module.Renderer(ctx, WIDTH, HEIGHT, "rgba8", "bt709")
     if not direct:
         renderer._can_write_directly = lambda *_: False
@@ -141,13 +142,15 @@ def _submit(renderer: Any, scene: ResolvedScene, frames: dict[str, SourceFrame])
 def _plain(renderer: Any, upload: Callable[..., None] | None = None) -> Run:
     inputs = _inputs()
 
-    def run(n: int) -> list[bytes]:
+    def run(n: int, keep: bool = False) -> list[bytes]:
         out = []
         if upload is not None:
             raw_gl.upload_rgba = upload
         try:
             for _ in range(n):
-                out.append(renderer.render(*inputs()).data)
+                data = renderer.render(*inputs()).data
+                if keep:
+                    out.append(data)
         finally:
             raw_gl.upload_rgba = _UPLOAD
         return out
@@ -160,7 +163,7 @@ def _pbo_readback_pair(ctx: Any) -> Run:
     buffers = [ctx.buffer(reserve=WIDTH * HEIGHT * 4) for _ in range(2)]
     state = {"frame": 0}
 
-    def run(n: int) -> list[bytes]:
+    def run(n: int, keep: bool = False) -> list[bytes]:
         out = []
         for _ in range(n):
             index = state["frame"]
@@ -168,7 +171,9 @@ def _pbo_readback_pair(ctx: Any) -> Run:
             _submit(renderer, *inputs())
             raw_gl.read_rgba_into(renderer._targets.frame_fbo, WIDTH, HEIGHT, buffers[index % 2], 0)
             if index > 0:
-                out.append(buffers[(index - 1) % 2].read())
+                data = buffers[(index - 1) % 2].read()
+                if keep:
+                    out.append(data)
         return out
 
     return run
@@ -178,14 +183,16 @@ def _pipelined(ctx: Any) -> Run:
     renderers, inputs = [_renderer(ctx), _renderer(ctx)], _inputs()
     state = {"frame": 0}
 
-    def run(n: int) -> list[bytes]:
+    def run(n: int, keep: bool = False) -> list[bytes]:
         out = []
         for _ in range(n):
             index = state["frame"]
             state["frame"] += 1
             _submit(renderers[index % 2], *inputs())
             if index > 0:
-                out.append(renderers[(index - 1) % 2]._readback.read())
+                data = renderers[(index - 1) % 2]._readback.read()
+                if keep:
+                    out.append(data)
         return out
 
     return run
@@ -195,7 +202,7 @@ def _prefetch(ctx: Any) -> Run:
     renderer, inputs = _renderer(ctx, pairs=True, direct=False), _inputs()
     state = {"started": False}
 
-    def run(n: int) -> list[bytes]:
+    def run(n: int, keep: bool = False) -> list[bytes]:
         out = []
         for _ in range(n):
             if not state["started"]:
@@ -204,7 +211,9 @@ def _prefetch(ctx: Any) -> Run:
             scene, frames = inputs()
             for pin, frame in frames.items():
                 renderer._sources[pin].prefetch(frame)
-            out.append(renderer._readback.read())
+            data = renderer._readback.read()
+            if keep:
+                out.append(data)
             _submit(renderer, scene, frames)
         return out
 
@@ -227,25 +236,53 @@ VARIANTS: dict[str, Callable[[Any], Run]] = {
 def check(ctx: Any, frames: int = 12) -> None:
     """Every variant's frames, from a fresh start, byte for byte against base's (same inputs, same order):
     a pipelined variant's k-th frame out must be the k-th frame in."""
-    reference = VARIANTS["base"](ctx)(frames)
+    reference = VARIANTS["base"](ctx)(frames, True)
     for name, make in VARIANTS.items():
-        out = make(ctx)(frames)
+        out = make(ctx)(frames, True)
         same = [a == b for a, b in zip(out, reference[: len(out)], strict=True)]
         print(f"{name:18s} {sum(same)}/{len(same)} frames identical to base's")
         if not all(same):
             raise SystemExit(f"{name}: frames differ from base's")
 
 
+def upload_times(ctx: Any, names: list[str], frames: int, reps: int) -> None:
+    """How long each of a frame's four RGBA uploads keeps the render thread (median and p90 ms, per variant)."""
+    times: dict[tuple[str, int], list[float]] = {}
+    turn: dict[str, Any] = {"name": "", "upload": 0}
+
+    def timed(texture: Any, data: Any) -> None:
+        started = time.perf_counter()
+        _UPLOAD(texture, data)
+        times.setdefault((turn["name"], turn["upload"] % 4), []).append((time.perf_counter() - started) * 1000.0)
+        turn["upload"] += 1
+
+    runs = {name: VARIANTS[name](ctx) for name in names}
+    for run in runs.values():
+        run(10, False)
+    for _ in range(reps):
+        for name, run in runs.items():
+            turn["name"], turn["upload"] = name, 0
+            raw_gl.upload_rgba = timed
+            try:
+                run(frames, False)
+            finally:
+                raw_gl.upload_rgba = _UPLOAD
+    for (name, upload), values in sorted(times.items()):
+        print(
+            f"{name:18s} upload {upload}: median {statistics.median(values):.3f} ms, p90 {statistics.quantiles(values, n=10)[-1]:.3f} ms"
+        )
+
+
 def measure(ctx: Any, names: list[str], frames: int, reps: int) -> None:
     runs = {name: VARIANTS[name](ctx) for name in names}
     for run in runs.values():
-        run(10)
+        run(10, False)
     fps: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(reps):
         for name, run in runs.items():
             wall, used = time.perf_counter(), time.process_time()
-            run(frames)
+            run(frames, False)
             fps[name].append(frames / (time.perf_counter() - wall))
             cpu[name].append((time.process_time() - used) / frames * 1000.0)
     for name in names:
@@ -254,7 +291,11 @@ def measure(ctx: Any, names: list[str], frames: int, reps: int) -> None:
         )
         if name != names[0]:
             ratios = [a / b for a, b in zip(fps[name], fps[names[0]], strict=True)]
-            line += f"  ratio to {names[0]} median {statistics.median(ratios):.3f} [{min(ratios):.2f}..{max(ratios):.2f}]"
+            quartiles = statistics.quantiles(ratios, n=4)
+            line += (
+                f"  ratio to {names[0]} median {statistics.median(ratios):.3f}"
+                f" (quartiles {quartiles[0]:.2f}..{quartiles[2]:.2f}, ahead in {sum(r > 1 for r in ratios)}/{len(ratios)})"
+            )
         print(line)
 
 
@@ -266,10 +307,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--check", action="store_true", help="compare every variant's frames with base's, measure nothing")
+    parser.add_argument("--upload-times", action="store_true", help="time each upload of a frame instead of whole frames")
     args = parser.parse_args()
     with gl_context() as ctx:
         if args.check:
             check(ctx)
+        elif args.upload_times:
+            upload_times(ctx, args.variants.split(","), args.frames, args.reps)
         else:
             measure(ctx, args.variants.split(","), args.frames, args.reps)
 
