@@ -299,45 +299,6 @@ def test_sources_upload_only_when_serial_changes(gl_ctx: moderngl.Context) -> No
         renderer.release()
 
 
-@pytest.mark.parametrize("pixel_format", ["rgba8", "nv12"])
-def test_every_new_source_frame_is_drawn_while_its_textures_alternate(gl_ctx: moderngl.Context, pixel_format: str) -> None:
-    # A source's frames go into two texture sets in turn (source_textures.SourceTexture): each output
-    # must show that frame's pixels, never the previous one's still in the other set.
-    size, x, y = 32, 10, 12
-    params = full(canvas(layers={"in_0": {"rect": rect(x, y, size, size)}}))
-    renderer = Renderer(gl_ctx, W, H)
-    textures = []
-    try:
-        for serial in range(1, 6):
-            pixels = np.roll(gradient(size, size), serial * 7, axis=1)
-            if pixel_format == "rgba8":
-                source = frame(pixels, serial=serial)
-            else:
-                ycbcr = rgb_to_ycbcr_limited(pixels[..., :3].astype(np.float64) / 255.0, "bt709")
-                luma = np.rint(ycbcr[..., 0]).astype(np.uint8)
-                chroma = np.rint(subsample_2x2(ycbcr[..., 1:])).astype(np.uint8)
-                source = SourceFrame("nv12", size, size, luma.tobytes() + chroma.tobytes(), serial)
-                # What the YUV frame holds, as RGBA (as in test_yuv_input_is_converted_to_rgba).
-                u, v = np.meshgrid((np.arange(size) + 0.5) / size, (np.arange(size) + 0.5) / size)
-                upsampled = sample_bilinear(chroma.astype(np.float64), u, v)
-                rgb = ycbcr_limited_to_rgb(np.concatenate([luma[..., None].astype(np.float64), upsampled], axis=-1), "bt709")
-                pixels = np.concatenate([rgb, np.ones((size, size, 1))], axis=-1) * 255.0
-            frames = {"in_0": source}
-            output = renderer.render(resolve_scene(params, frames), frames).as_array()
-            inside = output[y + 3 : y + size - 3, x + 3 : x + size - 3].astype(int)
-            want = pixels[3:-3, 3:-3].astype(np.float64)
-            assert np.abs(inside - want).max() <= TOLERANCE + 0.5, f"frame {serial}"
-            if serial > 1:
-                assert np.abs(inside - previous).max() > 10 * TOLERANCE, f"frame {serial} looks like frame {serial - 1}"
-            previous = want
-            textures.append(renderer._sources["in_0"].rgba)
-        assert renderer.stats.source_uploads == 5
-        glos = [texture.glo for texture in textures]
-        assert glos[0] != glos[1] and glos[0::2] == [glos[0]] * 3 and glos[1::2] == [glos[1]] * 2
-    finally:
-        renderer.release()
-
-
 def test_opaque_full_frame_bottom_layer_is_written_straight_into_the_target(gl_ctx: moderngl.Context) -> None:
     pixels = gradient(W, H)
     frames = {"in_0": frame(pixels), "in_1": frame(gradient(20, 20))}

@@ -22,59 +22,20 @@ def as_buffer(data: bytes | np.ndarray) -> bytes | memoryview:
     return data
 
 
-class _TextureSet:
-    """One copy of a source's textures: the RGBA texture layers are drawn from and, for a YUV frame, its
-    plane textures and the framebuffer that converts them into it."""
-
-    def __init__(self, ctx: moderngl.Context, shape: tuple[str, int, int]) -> None:
-        pixel_format, width, height = shape
-        self.rgba = ctx.texture((width, height), 4)
-        raw_gl.allocate_rgba(self.rgba)
-        configure_sampling(self.rgba)
-        self.planes: list[moderngl.Texture] = []
-        self.fbo: moderngl.Framebuffer | None = None
-        if pixel_format != "rgba8":
-            for plane_w, plane_h, components in plane_shapes(pixel_format, width, height):
-                plane = ctx.texture((plane_w, plane_h), components)
-                configure_sampling(plane)
-                self.planes.append(plane)
-            self.fbo = ctx.framebuffer(color_attachments=[self.rgba])
-
-    def release(self) -> None:
-        if self.fbo is not None:
-            self.fbo.release()
-            self.fbo = None
-        for plane in self.planes:
-            plane.release()
-        self.planes = []
-        self.rgba.release()
-
-
 class SourceTexture:
-    """One input's RGBA texture; YUV frames go through their plane textures and the conversion pass.
-
-    Double-buffered: each new frame goes into the other of two texture sets, the one the previous
-    frame's draws did not read. Writing a texture that llvmpipe still counts as used by an earlier
-    batch of drawing makes the upload wait for the rasterization of everything flushed so far in this
-    frame, which undoes the overlap of uploads with rasterization (``Renderer._compose``).
-    """
+    """One input's RGBA texture; YUV frames go through their plane textures and the conversion pass."""
 
     def __init__(self, ctx: moderngl.Context, yuv_pass: YuvInputPass) -> None:
         self._ctx = ctx
         self._yuv_pass = yuv_pass
         self._shape: tuple[str, int, int] | None = None
         self._serial: int | None = None
-        self._sets: list[_TextureSet | None] = [None, None]
-        self._current = 0  # the set holding the frame of ``_serial``
+        self.rgba: moderngl.Texture | None = None
+        self._planes: list[moderngl.Texture] = []
+        self._fbo: moderngl.Framebuffer | None = None
         self.premultiplied = False
         self.opaque = False
         self.uploads = 0
-
-    @property
-    def rgba(self) -> moderngl.Texture | None:
-        """The texture holding the last frame uploaded (None before the first)."""
-        current = self._sets[self._current]
-        return None if current is None else current.rgba
 
     def needs_upload(self, frame: SourceFrame) -> bool:
         """Whether ``update(frame)`` would upload: a new serial or a new shape."""
@@ -87,34 +48,49 @@ class SourceTexture:
         shape = (frame.pixel_format, frame.width, frame.height)
         if shape != self._shape:
             self._release_textures()
-            self._shape = shape
-        self._current ^= 1
-        target = self._sets[self._current]
-        if target is None:
-            target = self._sets[self._current] = _TextureSet(self._ctx, shape)
+            self._allocate(shape)
         self._serial = frame.serial
         self.premultiplied = frame.premultiplied or frame.pixel_format != "rgba8"
         self.opaque = frame.opaque or frame.pixel_format != "rgba8"
         data = as_buffer(frame.data)
+        assert self.rgba is not None
         if frame.pixel_format == "rgba8":
-            raw_gl.upload_rgba(target.rgba, data)
+            raw_gl.upload_rgba(self.rgba, data)
         else:
             view = memoryview(data).cast("B")
             offset = 0
-            for plane in target.planes:
+            for plane in self._planes:
                 size = plane.width * plane.height * plane.components
                 plane.write(view[offset : offset + size])
                 offset += size
-            assert target.fbo is not None
-            self._yuv_pass.convert(frame.pixel_format, target.planes, target.fbo, (frame.width, frame.height), frame.color_matrix)
+            assert self._fbo is not None
+            self._yuv_pass.convert(frame.pixel_format, self._planes, self._fbo, (frame.width, frame.height), frame.color_matrix)
         self.uploads += 1
         return True
 
+    def _allocate(self, shape: tuple[str, int, int]) -> None:
+        pixel_format, width, height = shape
+        self.rgba = self._ctx.texture((width, height), 4)
+        raw_gl.allocate_rgba(self.rgba)
+        configure_sampling(self.rgba)
+        if pixel_format != "rgba8":
+            for plane_w, plane_h, components in plane_shapes(pixel_format, width, height):
+                plane = self._ctx.texture((plane_w, plane_h), components)
+                configure_sampling(plane)
+                self._planes.append(plane)
+            self._fbo = self._ctx.framebuffer(color_attachments=[self.rgba])
+        self._shape = shape
+
     def _release_textures(self) -> None:
-        for index, texture_set in enumerate(self._sets):
-            if texture_set is not None:
-                texture_set.release()
-                self._sets[index] = None
+        if self._fbo is not None:
+            self._fbo.release()
+            self._fbo = None
+        for plane in self._planes:
+            plane.release()
+        self._planes = []
+        if self.rgba is not None:
+            self.rgba.release()
+            self.rgba = None
         self._shape = None
         self._serial = None
 
