@@ -19,11 +19,9 @@ from typing import Any
 import av
 import numpy as np
 
-from compositord.daemon.engine import api
-from compositord.daemon.engine.loop import RenderLoop
 from compositord.daemon.state.model import ConnectionRecord, NodeRecord, SessionRecord
 from compositord.testing.media import write_clip_with_sound
-from compositord.tests.sink_helpers import running_loop, wait_frames_written, wait_until
+from compositord.tests.sink_helpers import running_loop, wait_frames_written
 
 FPS = 30
 # CI records 6 s; docs/RELIABILITY.md's long figure comes from COMPOSITORD_SYNC_SECONDS=600 (in real time).
@@ -41,11 +39,6 @@ def session(*, recording: bool) -> SessionRecord:
         nodes["rec"] = NodeRecord("rec", "sink::file", {"path": "out.mp4", "preset": "ultrafast"})
         connections.append(ConnectionRecord("comp", "out", "rec", "in"))
     return SessionRecord("s1", "sync", nodes, connections)
-
-
-def file_is_playing(loop: RenderLoop) -> bool:
-    output = loop.latest_output("comp")
-    return output is not None and int(output.as_array()[..., :3].max()) > 30  # the clip's colours, not the black background
 
 
 def onsets(times: np.ndarray, loud: np.ndarray, quiet_s: float) -> list[float]:
@@ -95,11 +88,9 @@ async def test_a_files_bursts_stay_on_its_flashes_through_the_mixer_and_the_reco
     write_clip_with_sound(
         tmp_path / "clip.mkv", frames=36, fps=FPS, width=64, height=48, flash_every=18, burst_ms=60.0, level=0.5
     )
-    # The recording starts once the file plays: an output has sound when its first frame has, and a file's
-    # sound exists only once its decoder thread has opened it (a known gap, docs/AUDIO.md).
-    async with running_loop(session(recording=False), tmp_path) as (loop, _recorder):
-        await wait_until(lambda: file_is_playing(loop), 30)
-        loop.submit(api.TopologyUpdate(session(recording=True)))
+    # The recording is in the pipeline from its start, before the file is open: the file's sound is
+    # announced until then, so the output has a track for it (an output has sound when its first frame has).
+    async with running_loop(session(recording=True), tmp_path) as (loop, _recorder):
         await wait_frames_written(loop, "rec", FPS * SECONDS, timeout=60 + 2 * SECONDS)
     flashes, bursts, info = decoded_onsets(tmp_path / "out.mp4")
     assert info["audio_codec"] == "aac" and info["sample_rate"] == 48_000

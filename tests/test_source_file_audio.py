@@ -8,6 +8,7 @@ mixer's rule), so the sound read is what an output would carry beside the pictur
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,36 @@ def test_a_file_without_sound_has_no_audio(tmp_path: Path, sources: Any) -> None
     wait_for_first_frame(source)
     assert source.audio is None
     assert "audio" not in source.stats()
+
+
+@pytest.mark.parametrize("has_sound", [True, False])
+def test_the_sound_is_announced_until_the_file_is_open(
+    tmp_path: Path, sources: Any, monkeypatch: pytest.MonkeyPatch, has_sound: bool
+) -> None:
+    # An output has sound when its first frame has: a recording whose first frame comes before the file is
+    # open must still get a track for the file's sound. Opening is held here until the test lets it go.
+    if has_sound:
+        write_clip_with_sound(tmp_path / "clip.mkv", frames=25, fps=25, tone_hz=440.0)
+    else:
+        write_clip(tmp_path / "clip.mkv", frames=25, fps=25)
+    may_open = threading.Event()
+    real_open = VideoFileSource._open
+
+    def held_open(self: VideoFileSource, path: str) -> Any:
+        assert may_open.wait(10.0)
+        return real_open(self, path)
+
+    monkeypatch.setattr(VideoFileSource, "_open", held_open)
+    source = sources({"path": "clip.mkv"})
+    try:
+        assert source.audio is not None  # not open yet: announced
+        assert source.audio.read(480, at=0.0).shape == (480, BUS_CHANNELS)  # silence meanwhile, never a wait
+    finally:
+        may_open.set()  # a failure above must not leave the decoder held for the fixture's close
+    wait_for_first_frame(source)
+    assert (source.audio is not None) == has_sound  # known once open
+    source.configure({"path": "clip.mkv", "loop": True, "seek_seconds": 0.0, "audio": False})
+    assert source.audio is None  # the param still decides
 
 
 def test_the_audio_param_leaves_the_sound_out_and_back_in_without_restarting(tmp_path: Path, sources: Any) -> None:

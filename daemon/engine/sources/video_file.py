@@ -33,8 +33,9 @@ that comes too late is dropped by the buffer. Writing never waits: a full
 buffer drops its oldest sound. ``audio_time(t)`` is the play-clock time of the
 sound that goes with ``frame(t)``: the time the render loop asks, on the play
 clock (``audio.timeline.PlayClock``). ``audio`` is None for a file without an audio stream (known once the
-file is open, before its first picture is handed over) and when the node's
-``audio`` param is false; toggling ``audio`` does not restart playback.
+file is open, before its first picture is handed over; until then the sound
+is announced, silent) and when the node's ``audio`` param is false; toggling
+``audio`` does not restart playback.
 
 Faults (a missing file, data PyAV cannot decode, no video stream, nothing at
 or after ``seek_seconds``) put the node in the error state (``error``, polled
@@ -110,7 +111,10 @@ class VideoFileSource:
         self.error: str | None = None  # written by the decoder thread, read by the render loop
         self.frames_decoded = 0
         self._sound = SeamlessWriter(AudioBuffer())
-        self._file_has_audio = False  # the open file has an audio stream (decoder thread)
+        # Whether the open file has an audio stream (decoder thread); None until the decoder has opened it:
+        # the sound is announced meanwhile, so that an output whose first frame comes before the file is
+        # open still has a track for it (an output has sound when its first frame has).
+        self._file_has_audio: bool | None = None
         self.audio: AudioBuffer | None = None  # read by the mixer; set under self._lock
         self._play_clock = PlayClock()
         self.configure(params)
@@ -136,6 +140,8 @@ class VideoFileSource:
             # The same params sent again while failing retry (the file may be there now).
             if failed or old is None or (old.path, old.seek_seconds) != (wanted.path, wanted.seek_seconds):
                 self._generation += 1
+            if old is not None and (failed or old.path != wanted.path):
+                self._file_has_audio = None  # another file (or this one again): not known until it is open
             self._wanted = wanted
             self._publish_audio()
         self._wake.set()
@@ -179,9 +185,10 @@ class VideoFileSource:
         return self._stop.is_set() or self._current()[0] != generation
 
     def _publish_audio(self) -> None:
-        """Under self._lock: ``audio`` is the buffer when the file has sound and the params want it."""
+        """Under self._lock: ``audio`` is the buffer when the params want sound and the file has it, or is
+        not open yet."""
         assert self._wanted is not None
-        self.audio = self._sound.buffer if self._file_has_audio and self._wanted.audio else None
+        self.audio = self._sound.buffer if self._file_has_audio is not False and self._wanted.audio else None
 
     def _set_file_has_audio(self, has_audio: bool) -> None:
         with self._lock:
