@@ -370,3 +370,44 @@ async def test_image_input_from_the_asset_dir_and_a_missing_one_reported(start_l
     assert (logo["source_width"], logo["source_height"]) == (40, 30)
     assert [item["id"] for item in recorder.views[0].layout["layers"]] == ["in_0", "in_1"]  # in_2 has no frame
     assert recorder.errors[0][0] == "gone" and "missing.png" in (recorder.errors[0][1] or "")
+
+
+async def test_a_frames_events_are_handed_over_together_at_its_end(tmp_path: Path) -> None:
+    # Each hand-over wakes the receiver (trio, or an engine's socket writer): a frame's view data waits for
+    # the frame's end and leaves with it, in one hand-over.
+    rounds: list[list[type]] = []
+    current: list[type] = []
+
+    class InlineDelivery:
+        def run_sync_soon(self, sync_fn: Callable[[], object]) -> None:
+            current.clear()
+            sync_fn()  # at once, on the render thread: what was handed over is what this round delivers
+            rounds.append(list(current))
+
+    class Events:
+        def on_event(self, event: api.Event) -> None:
+            current.append(type(event))
+
+    loop = RenderLoop(make_session(fps=60), Events(), delivery=InlineDelivery(), asset_dir=tmp_path)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 20
+        while loop.statistics().frames_rendered < 3:
+            assert time.monotonic() < deadline, "no frames"
+            time.sleep(0.01)
+        rect = {"x": 0, "y": 0, "width": 40, "height": 30}
+        for rev in range(1, 11):  # a stamped update each frame or so: view data in most frames
+            rect = {**rect, "x": rev}
+            loop.submit(
+                api.ParamsUpdate(
+                    "comp", {"width": W, "height": H, "fps": 60, "layers": {"in_0": {"rect": rect}}}, Stamp("alice", rev)
+                )
+            )
+            time.sleep(1 / 60)
+        time.sleep(0.1)
+    finally:
+        loop.stop()
+    with_view = [kinds for kinds in rounds if api.ViewData in kinds]
+    assert len(with_view) >= 3
+    # Every round that carried view data ended with its frame's end: never a view data on its own.
+    assert all(api.FrameEnded in kinds[kinds.index(api.ViewData) :] for kinds in with_view), rounds

@@ -176,6 +176,10 @@ class RenderLoop:
         self._animated_nodes: set[str] = set()
         self._outbox: dict[tuple[type, str], api.Event] = {}  # (event type, node id) -> the latest undelivered
         self._delivery_scheduled = False  # a _deliver is pending on the trio thread
+        # Render thread: from a frame's start to its end (stats included) its events wait in the outbox and
+        # are handed over together: the receiver then wakes once a frame, and takes the view data with the
+        # frame's end, which is when the hub sends them anyway.
+        self._holding_outbox = False
         self._outbox_lock = threading.Lock()
         self._frame_ended = api.FrameEnded(self.session_id)  # immutable: the same one every frame
 
@@ -363,9 +367,21 @@ class RenderLoop:
         with self._outbox_lock:
             self._outbox.pop(key, None)  # a replaced event moves to the back: delivered after what came before it
             self._outbox[key] = event
-            if self._delivery_scheduled:
+            if self._delivery_scheduled or (self._holding_outbox and threading.current_thread() is self._thread):
                 return
             self._delivery_scheduled = True
+        self._hand_over()
+
+    def _release_outbox(self) -> None:
+        """Render thread, at a frame's end: hand over what the frame emitted."""
+        self._holding_outbox = False
+        with self._outbox_lock:
+            if self._delivery_scheduled or not self._outbox:
+                return
+            self._delivery_scheduled = True
+        self._hand_over()
+
+    def _hand_over(self) -> None:
         try:
             # One hand-over for everything emitted meanwhile: each run_sync_soon writes trio's wake-up
             # socket, and that system call gives the GIL away, which costs the render thread up to a
@@ -421,6 +437,7 @@ class RenderLoop:
             for node_id in compositors or [n for n, node in self._session.nodes.items() if node.kind == COMPOSITOR_KIND]:
                 self._report_node_state(node_id, f"render loop stopped: {failure}")
         finally:
+            self._release_outbox()  # a frame that raised: what it emitted goes out with what follows
             for state in compositors.values():
                 try:
                     state.renderer.release()
@@ -454,6 +471,7 @@ class RenderLoop:
             delay = t0 + n * period - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 break
+            self._holding_outbox = True
             applied_stamps = self._latch(ctx, compositors, sources)
             for source_id, source in sources.items():
                 self._set_source_error(source_id, getattr(source, "error", None), getattr(source, "condition", None))
@@ -495,6 +513,7 @@ class RenderLoop:
                 next_meters += METERS_INTERVAL
                 if next_meters <= finished:
                     next_meters = finished + METERS_INTERVAL
+            self._release_outbox()
 
     def _latch(self, ctx: Any, compositors: dict[str, _CompositorState], sources: dict[str, FrameSource]) -> dict[str, Stamp]:
         """Take the whole inbox at once and apply it; returns the last stamp applied per node."""
