@@ -176,9 +176,9 @@ class RenderLoop:
         self._animated_nodes: set[str] = set()
         self._outbox: dict[tuple[type, str], api.Event] = {}  # (event type, node id) -> the latest undelivered
         self._delivery_scheduled = False  # a _deliver is pending on the trio thread
-        # Render thread: from a frame's start to its end (stats included) its events wait in the outbox and
-        # are handed over together: the receiver then wakes once a frame, and takes the view data with the
-        # frame's end, which is when the hub sends them anyway.
+        # Render thread: from a frame's latch to its end its events wait in the outbox and are handed over
+        # together: the receiver then wakes once a frame, and takes the view data with the frame's end,
+        # which is when the hub sends them anyway. (The stats after it, once a second, go on their own.)
         self._holding_outbox = False
         self._outbox_lock = threading.Lock()
         self._frame_ended = api.FrameEnded(self.session_id)  # immutable: the same one every frame
@@ -490,6 +490,7 @@ class RenderLoop:
                 if state is not None:
                     self._render_compositor(node_id, state, sources, pictures, applied_stamps.get(node_id), frame_time)
             self._emit(self._frame_ended)  # after this frame's view data: the hub sends them together
+            self._release_outbox()  # the frame's events, its end last, in one hand-over
             finished = time.monotonic()
             self._frames_rendered += 1
             self._last_progress = finished
@@ -513,7 +514,6 @@ class RenderLoop:
                 next_meters += METERS_INTERVAL
                 if next_meters <= finished:
                     next_meters = finished + METERS_INTERVAL
-            self._release_outbox()
 
     def _latch(self, ctx: Any, compositors: dict[str, _CompositorState], sources: dict[str, FrameSource]) -> dict[str, Stamp]:
         """Take the whole inbox at once and apply it; returns the last stamp applied per node."""
