@@ -158,9 +158,9 @@ def _plain(renderer: Any, upload: Callable[..., None] | None = None) -> Run:
     return run
 
 
-def _pbo_readback_pair(ctx: Any) -> Run:
-    renderer, inputs = _renderer(ctx), _inputs()
-    buffers = [ctx.buffer(reserve=WIDTH * HEIGHT * 4) for _ in range(2)]
+def _one_frame_behind(start: Callable[[int], None], finish: Callable[[int], bytes]) -> Run:
+    """A +1 frame variant: ``start(index)`` uploads, draws and flushes frame ``index``; ``finish(index)`` then
+    reads back the frame before it, so frame N comes out after frame N+1 went in."""
     state = {"frame": 0}
 
     def run(n: int, keep: bool = False) -> list[bytes]:
@@ -168,34 +168,32 @@ def _pbo_readback_pair(ctx: Any) -> Run:
         for _ in range(n):
             index = state["frame"]
             state["frame"] += 1
-            _submit(renderer, *inputs())
-            raw_gl.read_rgba_into(renderer._targets.frame_fbo, WIDTH, HEIGHT, buffers[index % 2], 0)
+            start(index)
             if index > 0:
-                data = buffers[(index - 1) % 2].read()
+                data = finish(index - 1)
                 if keep:
                     out.append(data)
         return out
 
     return run
+
+
+def _pbo_readback_pair(ctx: Any) -> Run:
+    renderer, inputs = _renderer(ctx), _inputs()
+    buffers = [ctx.buffer(reserve=WIDTH * HEIGHT * 4) for _ in range(2)]
+
+    def start(index: int) -> None:
+        _submit(renderer, *inputs())
+        raw_gl.read_rgba_into(renderer._targets.frame_fbo, WIDTH, HEIGHT, buffers[index % 2], 0)
+
+    return _one_frame_behind(start, lambda index: buffers[index % 2].read())
 
 
 def _pipelined(ctx: Any) -> Run:
     renderers, inputs = [_renderer(ctx), _renderer(ctx)], _inputs()
-    state = {"frame": 0}
-
-    def run(n: int, keep: bool = False) -> list[bytes]:
-        out = []
-        for _ in range(n):
-            index = state["frame"]
-            state["frame"] += 1
-            _submit(renderers[index % 2], *inputs())
-            if index > 0:
-                data = renderers[(index - 1) % 2]._readback.read()
-                if keep:
-                    out.append(data)
-        return out
-
-    return run
+    return _one_frame_behind(
+        lambda index: _submit(renderers[index % 2], *inputs()), lambda index: renderers[index % 2]._readback.read()
+    )
 
 
 def _prefetch(ctx: Any) -> Run:
@@ -245,6 +243,14 @@ def check(ctx: Any, frames: int = 12) -> None:
             raise SystemExit(f"{name}: frames differ from base's")
 
 
+def _warmed(ctx: Any, names: list[str]) -> dict[str, Run]:
+    """The named variants, each past its first ten frames (shaders compiled, buffers made)."""
+    runs = {name: VARIANTS[name](ctx) for name in names}
+    for run in runs.values():
+        run(10, False)
+    return runs
+
+
 def upload_times(ctx: Any, names: list[str], frames: int, reps: int) -> None:
     """How long each of a frame's four RGBA uploads keeps the render thread (median and p90 ms, per variant)."""
     times: dict[tuple[str, int], list[float]] = {}
@@ -256,9 +262,7 @@ def upload_times(ctx: Any, names: list[str], frames: int, reps: int) -> None:
         times.setdefault((turn["name"], turn["upload"] % 4), []).append((time.perf_counter() - started) * 1000.0)
         turn["upload"] += 1
 
-    runs = {name: VARIANTS[name](ctx) for name in names}
-    for run in runs.values():
-        run(10, False)
+    runs = _warmed(ctx, names)
     for _ in range(reps):
         for name, run in runs.items():
             turn["name"], turn["upload"] = name, 0
@@ -274,9 +278,7 @@ def upload_times(ctx: Any, names: list[str], frames: int, reps: int) -> None:
 
 
 def measure(ctx: Any, names: list[str], frames: int, reps: int) -> None:
-    runs = {name: VARIANTS[name](ctx) for name in names}
-    for run in runs.values():
-        run(10, False)
+    runs = _warmed(ctx, names)
     fps: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(reps):
