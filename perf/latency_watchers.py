@@ -67,8 +67,8 @@ class _Watcher:
             except OSError:
                 data = b""
             if not data:
-                self.open = False
-                return
+                self.open = False  # what came before the end is still handled below
+                break
             self.connection.receive_data(data)
             if len(data) < 1 << 16:
                 break
