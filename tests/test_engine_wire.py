@@ -143,6 +143,8 @@ def test_a_pushed_frame_overwritten_before_the_engine_reads_it_counts_as_receive
     from compositord.daemon.engine.sources.pacing import FramePacer
 
     class RecordingLoop:
+        frame_interval = 1.0  # a slow loop: the main thread reads everything itself
+
         def __init__(self) -> None:
             self.pacer: FramePacer[bytes] = FramePacer()
 

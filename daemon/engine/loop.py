@@ -153,8 +153,12 @@ class RenderLoop:
         device_index: int | None = None,
         min_free_disk_bytes: int | None = None,
         listen_hosts: tuple[str, ...] = api.LOOPBACK_HOSTS,
+        before_latch: Callable[[], object] | None = None,
     ) -> None:
         self.session_id = session.session_id
+        # Render thread, at each frame's start before the inbox is taken: an engine process reads what waits
+        # on its socket (engine/process.py says why).
+        self._before_latch = before_latch
         self._session = session.copy()
         self._events = events
         # Events reach the sink on trio's thread (``trio_token``) or on another receiving thread (``delivery``).
@@ -357,6 +361,11 @@ class RenderLoop:
         self._output_listeners = [*self._output_listeners, listener]
 
     @property
+    def frame_interval(self) -> float:
+        """Seconds from one frame to the next at the current rate (any thread)."""
+        return 1.0 / self._fps
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
@@ -471,6 +480,8 @@ class RenderLoop:
             delay = t0 + n * period - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 break
+            if self._before_latch is not None:
+                self._before_latch()
             self._holding_outbox = True
             applied_stamps = self._latch(ctx, compositors, sources)
             for source_id, source in sources.items():

@@ -20,6 +20,21 @@ Threads, and why nothing here can hold up the render thread:
   the node's one-frame handoff (``RenderLoop.push_frame``), pushed audio is
   queued for its node's converter thread (``RenderLoop.push_audio``).
 
+What arrives waits in the socket until a thread takes it, and while frames
+come at least every :data:`READ_AT_FRAME_START_MAX_INTERVAL` it is the *render
+thread* that does, at each frame's start, before it takes its inbox
+(``EngineMain.read_waiting``, the loop's ``before_latch``): the main thread
+then waits only for the end of the stream (``POLLRDHUP``), which data does not
+wake. Why: everything a frame can use is whatever arrived before it starts,
+and reading it there costs no wake-up per command and no hand-over of the GIL.
+A reader thread woken by each command needed the GIL, which the render thread
+takes at a frame's start; a command that arrived just before a frame then
+waited for the next one (at (1, 1), 2-3 % of the tunes, each a frame period
+late), and at 600 tunes a second each one woke the engine. A slower loop (no
+compositor: ``IDLE_FPS``) would keep a command waiting, so then the main thread
+reads as it arrives. Both threads read without blocking and under one lock, so
+messages are handled in the order they came.
+
 The engine stops, finishing its sinks' files, on ``api.Stop``, when the
 control process closes the socket (it exited or was killed), or on SIGTERM
 (systemd's ``KillMode=control-group`` sends it to every process of the
@@ -35,6 +50,7 @@ import array
 import importlib
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -54,6 +70,10 @@ log = logging.getLogger("compositord.engine")
 CONFIG_TIMEOUT = 30.0  # seconds to wait for the first message before giving up
 STOP_DEADLINE = int(SINK_CLOSE_TIMEOUT) + 5  # seconds from the start of a stop to the kernel ending the process
 READ_SIZE = 256 * 1024
+READS_BEFORE_LATCH = 16  # at most this many reads of READ_SIZE at a frame's start; the next frame takes the rest
+# While frames come at least this often (seconds), the render thread reads the socket at each frame's start.
+READ_AT_FRAME_START_MAX_INTERVAL = 0.05
+POLL_RECHECK_MS = 250  # the main thread looks again at the frame rate this often
 GIL_SWITCH_INTERVAL_S = 0.001
 PREVIEW_SLOT_MIN = 256 * 1024  # bytes; a preview slot grows (a new slot) when a thumbnail does not fit
 
@@ -193,18 +213,26 @@ class SocketEvents:
 
 
 class EngineMain:
-    """The main thread's part: read the socket, feed the loop, stop it."""
+    """The main thread's part: read the socket, feed the loop, stop it. The render thread reads too, at each
+    frame's start (:meth:`read_waiting`); the read lock keeps the messages in order."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._reader = wire.FrameReader()
         self._push_slots: dict[int, FrameSlot] = {}
         self._pending: list[wire.Message] = []
+        # Held while a thread reads the socket and hands what it read to the loop: messages are handled in the
+        # order they came, whichever thread read them.
+        self._read_lock = threading.Lock()
+        self._ended = False  # under the read lock: Stop or the end of the stream was read
+        self._read_failure: Exception | None = None  # what the render thread's read raised, for the main thread
         self.frames_unreadable = 0  # pushed frames overwritten before they were copied out (latest wins)
 
-    def _read_messages(self) -> list[wire.Message] | None:
+    def _read_messages(self, flags: int = 0) -> list[wire.Message] | None:
         """The next messages from the socket; None at end of file."""
-        data, ancillary, _flags, _address = self._sock.recvmsg(READ_SIZE, socket.CMSG_SPACE(wire.MAX_FDS_PER_READ * 4))
+        data, ancillary, _flags, _address = self._sock.recvmsg(
+            READ_SIZE, socket.CMSG_SPACE(wire.MAX_FDS_PER_READ * 4), flags
+        )
         fds: list[int] = []
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -232,14 +260,64 @@ class EngineMain:
 
     def serve(self, loop: RenderLoop) -> None:
         """Until Stop or end of file: every message to the loop."""
-        messages: list[wire.Message] | None = self._pending
-        self._pending = []
-        while messages is not None:
-            for message in messages:
-                if isinstance(message, api.Stop):
-                    return
-                self._handle(loop, message)
-            messages = self._read_messages()
+        with self._read_lock:
+            self._handle_all(loop, self._pending)
+            self._pending = []
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        while True:
+            with self._read_lock:
+                if self._ended:
+                    break
+            render_thread_reads = loop.frame_interval <= READ_AT_FRAME_START_MAX_INTERVAL
+            poller.modify(self._sock, select.POLLRDHUP if render_thread_reads else select.POLLIN)
+            if not poller.poll(POLL_RECHECK_MS):  # the GIL is free meanwhile
+                continue
+            with self._read_lock:
+                if not self._ended:
+                    self._read_and_handle(loop)
+        if self._read_failure is not None:
+            raise self._read_failure
+
+    def read_waiting(self, loop: RenderLoop) -> None:
+        """Render thread, at a frame's start: hand the loop what waits in the socket (the module's docstring says why)."""
+        with self._read_lock:
+            try:
+                for _ in range(READS_BEFORE_LATCH):
+                    if self._ended or not self._read_and_handle(loop):
+                        return
+            except (OSError, wire.WireError) as exc:
+                # The main thread ends the engine as if it had read this itself.
+                self._read_failure = exc
+                self._end()
+
+    def _read_and_handle(self, loop: RenderLoop) -> bool:
+        """One read without waiting, handled (read lock held); False when nothing waited or the stream ended."""
+        try:
+            messages = self._read_messages(socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False  # the other thread took it
+        if messages is None:
+            self._ended = True
+            return False
+        return self._handle_all(loop, messages)
+
+    def _handle_all(self, loop: RenderLoop, messages: list[wire.Message]) -> bool:
+        """Every message to the loop, up to a Stop (then nothing more is read); False after a Stop."""
+        for message in messages:
+            if isinstance(message, api.Stop):
+                self._end()
+                return False
+            self._handle(loop, message)
+        return True
+
+    def _end(self) -> None:
+        """Stop reading (read lock held). Shutting the socket's reading side wakes the main thread's poll."""
+        self._ended = True
+        try:
+            self._sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass  # already closed or shut: the main thread sees the end anyway
 
     def _handle(self, loop: RenderLoop, message: wire.Message) -> None:
         if isinstance(message, wire.PushedFrameRef):
@@ -293,6 +371,7 @@ def run_engine(sock: socket.socket) -> int:
         config.session,
         events,
         delivery=delivery,
+        before_latch=lambda: main.read_waiting(loop_holder[0]),
         asset_dir=Path(config.asset_dir),
         output_dir=Path(config.output_dir) if config.output_dir is not None else None,
         device_index=config.device_index,
