@@ -192,14 +192,170 @@ def test_a_deliverys_events_leave_in_one_write_at_its_end() -> None:
             with pytest.raises(BlockingIOError):
                 control_end.recv(1 << 16)  # nothing written while the round runs
 
-        delivery.run_sync_soon(deliver_a_frame)
-        delivery.close()
-        delivery.run()  # the writer thread's loop, here: one round, then closed
-        data = control_end.recv(1 << 16)
+        delivery.run_sync_soon(deliver_a_frame)  # the writer is idle: the round runs here, at once
+        data = control_end.recv(1 << 16)  # written before run_sync_soon returned, with no writer thread running
         messages = wire.FrameReader().feed(data)
         assert [type(message) for message in messages] == [api.ViewData, wire.Progress]  # both, in order, one read
         progress = messages[1]
         assert isinstance(progress, wire.Progress) and progress.statistics.frames_rendered == 10
+        delivery.close()
+        delivery.run()  # the writer thread's loop: nothing left, so it returns
     finally:
         engine_end.close()
         control_end.close()
+
+
+def test_a_round_the_socket_cannot_take_is_finished_by_the_writer_and_later_rounds_wait_behind_it() -> None:
+    """The render thread's round never waits for a busy control process: what the socket does not take is
+    written by the writer thread, before any later round, and a preview slot's descriptor still arrives with
+    its message although the slot was replaced meanwhile."""
+    import threading
+
+    from compositord.daemon.engine.process import SocketDelivery, SocketEvents
+
+    engine_end, control_end = socket.socketpair()
+    try:
+        filler = 0
+        engine_end.setblocking(False)
+        try:
+            while True:
+                filler += engine_end.send(b"\0" * 65536)
+        except BlockingIOError:
+            pass
+        engine_end.setblocking(True)  # as in an engine: the writer's writes wait
+        events = SocketEvents(engine_end, lambda: api.EngineStatistics(1, 0, 0, 60))
+        delivery = SocketDelivery(after_round=events.flush)
+        image = api.PreviewImage(b"\xff\xd8jpeg", 2, 2, 1, 0.0, 0.0)
+        small_then_big = [image, api.PreviewImage(b"\xff" * (300 * 1024), 2, 2, 2, 0.0, 0.0)]
+
+        def frame(number: int) -> Any:
+            def deliver() -> None:
+                events.on_event(api.ViewData("s1", "comp", {"frame": number}, None, {}, number, 0.0))
+                if number <= 2:
+                    events.on_event(api.PreviewUpdated("s1", "thumb", small_then_big[number - 1]))
+                events.on_event(api.FrameEnded("s1"))
+
+            return deliver
+
+        delivery.run_sync_soon(frame(1))  # returns although the socket is full
+        delivery.run_sync_soon(frame(2))  # waits behind frame 1's unwritten bytes; its preview replaces the slot
+        writer = threading.Thread(target=delivery.run, daemon=True)
+        writer.start()
+        received = bytearray()
+        fds: list[int] = []
+        reader = wire.FrameReader()
+        messages: list[Any] = []
+        control_end.settimeout(5.0)
+        while len(received) < filler:
+            received += control_end.recv(filler - len(received))
+        while sum(isinstance(message, wire.Progress) for message in messages) < 2:
+            data, ancillary, _flags, _address = control_end.recvmsg(1 << 20, socket.CMSG_SPACE(4 * wire.MAX_FDS_PER_READ))
+            for _level, _kind, payload in ancillary:
+                fds.extend(_received_ints(payload))
+            messages += reader.feed(data, fds)
+            fds = []
+        kinds = [type(message).__name__ for message in messages]
+        assert kinds == [
+            "ViewData",
+            "SlotOpened",
+            "PreviewRef",
+            "Progress",
+            "ViewData",
+            "SlotClosed",
+            "SlotOpened",
+            "PreviewRef",
+            "Progress",
+        ]
+        assert [message.seq for message in messages if isinstance(message, api.ViewData)] == [1, 2]
+        for _ in range(2):  # each SlotOpened came with a descriptor that still maps its slot
+            slot = FrameSlot.attach(reader.take_fd(), 256 * 1024)
+            slot.close()
+        delivery.close()
+        writer.join(5.0)
+        assert not writer.is_alive()
+    finally:
+        engine_end.close()
+        control_end.close()
+
+
+def _received_ints(payload: bytes) -> list[int]:
+    import array
+
+    received = array.array("i")
+    received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+    return list(received)
+
+
+class _CommandLoop:
+    """What ``EngineMain`` hands commands to: records them, at the frame rate the test sets."""
+
+    def __init__(self, frame_interval: float) -> None:
+        self.frame_interval = frame_interval
+        self.submitted: list[api.Command] = []
+
+    def submit(self, command: api.Command) -> None:
+        self.submitted.append(command)
+
+
+def _tune(rev: int) -> api.ParamsUpdate:
+    from compositord.protocol.causal import Stamp
+
+    return api.ParamsUpdate("comp", {"x": rev}, Stamp("editor", rev))
+
+
+def test_at_60_fps_commands_wait_in_the_socket_for_the_render_threads_read_at_a_frames_start() -> None:
+    """The main thread is not woken by commands while frames come often: what waits in the socket is taken by
+    ``read_waiting`` (the render thread, just before it latches), in order; a Stop read there ends ``serve``."""
+    import threading
+    import time
+
+    from compositord.daemon.engine.process import EngineMain
+
+    control, engine = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    main, loop = EngineMain(engine), _CommandLoop(frame_interval=1 / 60)
+    served = threading.Thread(target=main.serve, args=(loop,), daemon=True)
+    try:
+        served.start()
+        control.sendall(wire.encode(_tune(1)) + wire.encode(_tune(2)))
+        time.sleep(0.3)
+        assert loop.submitted == []  # left in the socket for the frame's start
+        main.read_waiting(loop)  # type: ignore[arg-type]  # submit and frame_interval are all it uses
+        assert [command.stamp.rev for command in loop.submitted if isinstance(command, api.ParamsUpdate) and command.stamp] == [
+            1,
+            2,
+        ]
+        main.read_waiting(loop)  # type: ignore[arg-type]
+        assert len(loop.submitted) == 2  # nothing more waited
+        control.sendall(wire.encode(_tune(3)) + wire.encode(api.Stop()) + wire.encode(_tune(4)))
+        main.read_waiting(loop)  # type: ignore[arg-type]
+        served.join(5.0)
+        assert not served.is_alive()  # the Stop, read by the render thread, ended the main thread's serve
+        assert len(loop.submitted) == 3  # nothing after the Stop
+    finally:
+        control.close()
+        engine.close()
+
+
+def test_a_slow_loop_does_not_keep_a_command_waiting_for_its_next_frame() -> None:
+    """At 1 fps (no compositor) a command would wait up to a second in the socket: the main thread reads it at once."""
+    import threading
+    import time
+
+    from compositord.daemon.engine.process import EngineMain
+
+    control, engine = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    main, loop = EngineMain(engine), _CommandLoop(frame_interval=1.0)
+    served = threading.Thread(target=main.serve, args=(loop,), daemon=True)
+    try:
+        served.start()
+        control.sendall(wire.encode(_tune(1)))
+        deadline = time.monotonic() + 2.0
+        while not loop.submitted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(loop.submitted) == 1
+        control.close()  # the control process is gone: serve ends
+        served.join(5.0)
+        assert not served.is_alive()
+    finally:
+        control.close()
+        engine.close()

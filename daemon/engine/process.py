@@ -10,11 +10,15 @@ Threads, and why nothing here can hold up the render thread:
 
 - the *render thread* is the in-process ``RenderLoop``, unchanged: it emits
   into its bounded, coalescing outbox (the latest event per node and kind) and
-  hands the outbox over with ``SocketDelivery.run_sync_soon``, which only sets
-  a flag and wakes the writer;
-- the *writer thread* takes the whole outbox and writes it to the socket.
-  While a write blocks (the control process is busy), newer events replace
-  older ones in the outbox, exactly as on a busy trio thread in-process;
+  hands the outbox over with ``SocketDelivery.run_sync_soon``. When nothing
+  else is being written, that writes the outbox itself, without waiting
+  (``MSG_DONTWAIT``): a frame's events then leave at its end, with no thread
+  to wake and no hand-over of the GIL. What the socket does not take at once
+  (the control process is busy) is left to the writer thread;
+- the *writer thread* finishes those writes, and takes the outbox while one is
+  in progress, waiting for the socket as long as it must. While a write
+  blocks, newer events replace older ones in the outbox, exactly as on a busy
+  trio thread in-process;
 - the *main thread* reads the socket: commands go to ``RenderLoop.submit``
   (its inbox coalesces them), pushed frames are copied out of their slot into
   the node's one-frame handoff (``RenderLoop.push_frame``), pushed audio is
@@ -29,7 +33,7 @@ wake. Why: everything a frame can use is whatever arrived before it starts,
 and reading it there costs no wake-up per command and no hand-over of the GIL.
 A reader thread woken by each command needed the GIL, which the render thread
 takes at a frame's start; a command that arrived just before a frame then
-waited for the next one (at (1, 1), 2-3 % of the tunes, each a frame period
+waited for the next one (at (1, 1), 1-3 % of the tunes, each a frame period
 late), and at 600 tunes a second each one woke the engine. A slower loop (no
 compositor: ``IDLE_FPS``) would keep a command waiting, so then the main thread
 reads as it arrives. Both threads read without blocking and under one lock, so
@@ -47,6 +51,7 @@ process that did not finish in time, whatever its threads are stuck in.
 from __future__ import annotations
 
 import array
+import contextlib
 import importlib
 import logging
 import os
@@ -79,20 +84,42 @@ PREVIEW_SLOT_MIN = 256 * 1024  # bytes; a preview slot grows (a new slot) when a
 
 
 class SocketDelivery:
-    """The render loop's ``Delivery`` in an engine process: runs the handed-over function on the writer thread."""
+    """The render loop's ``Delivery`` in an engine process: a round (the handed-over function, then
+    ``after_round``) runs at once on the caller's thread when no other round is running or unfinished,
+    and otherwise on the writer thread (:meth:`run`), in the order handed over.
 
-    def __init__(self, after_round: Callable[[], object] | None = None) -> None:
+    ``after_round(wait)`` writes what the round made. On the caller's thread it gets ``wait=False``: it must
+    not block, and returns False when the socket did not take everything; the writer thread then finishes
+    (``after_round(True)``) before any later round runs.
+    """
+
+    def __init__(self, after_round: Callable[[bool], bool] | None = None) -> None:
         self._cond = threading.Condition()
         self._pending: list[Callable[[], object]] = []  # at most one per loop: the loop schedules one delivery at a time
         self._closed = False
-        self._after_round = after_round  # runs once everything handed over in a round has run
+        self._busy = False  # a round is running, on the writer thread or on a caller's
+        self._unfinished = False  # a caller's round left bytes the socket did not take: the writer writes them first
+        self._after_round = after_round
 
     def run_sync_soon(self, sync_fn: Callable[[], object]) -> None:
         with self._cond:
             if self._closed:
                 raise DeliveryClosed("the control process is gone")
-            self._pending.append(sync_fn)
-            self._cond.notify()
+            if self._busy or self._pending or self._unfinished:
+                self._pending.append(sync_fn)  # behind what is being written
+                self._cond.notify()
+                return
+            self._busy = True
+        finished = False
+        try:
+            sync_fn()
+            finished = self._after_round is None or self._after_round(False)
+        finally:
+            with self._cond:
+                self._busy = False
+                self._unfinished = not finished
+                if self._unfinished or self._pending or self._closed:
+                    self._cond.notify()  # only then: an idle writer is not woken by every frame
 
     def close(self) -> None:
         with self._cond:
@@ -103,20 +130,27 @@ class SocketDelivery:
         """The writer thread: run what was handed over until closed (then once more, for the last events)."""
         while True:
             with self._cond:
-                while not self._pending and not self._closed:
+                while self._busy or not (self._pending or self._unfinished or self._closed):
                     self._cond.wait()
                 pending, self._pending = self._pending, []
+                self._unfinished = False
                 closed = self._closed
-            for fn in pending:
-                fn()
-            if self._after_round is not None:
-                self._after_round()
+                self._busy = True
+            try:
+                for fn in pending:
+                    fn()
+                if self._after_round is not None:
+                    self._after_round(True)
+            finally:
+                with self._cond:
+                    self._busy = False
             if closed and not pending:
                 return
 
 
 class SocketEvents:
-    """The loop's ``EngineEvents`` sink: events become frames on the socket (writer thread only).
+    """The loop's ``EngineEvents`` sink: events become frames on the socket (one delivery round at a time,
+    ``SocketDelivery`` sees to that).
 
     A delivery's events (a frame's view data, stats and its end) leave in one write at :meth:`flush`: each
     write wakes the control process, and one wake-up per frame is what it needs.
@@ -125,7 +159,9 @@ class SocketEvents:
     def __init__(self, sock: socket.socket, statistics: Callable[[], api.EngineStatistics]) -> None:
         self._sock = sock
         self._statistics = statistics
-        self._unsent: list[bytes] = []
+        # Frames not written yet, in order, each with the descriptor that goes with its first byte (or None): a
+        # duplicate, ours to close once sent, so that the slot may be replaced meanwhile.
+        self._unsent: list[tuple[bytes, int | None]] = []
         self._broken = False
         self.failed = False  # the loop reported api.Failed
         self._preview_slots: dict[str, tuple[int, FrameSlot]] = {}  # node -> (slot id, slot)
@@ -142,28 +178,49 @@ class SocketEvents:
             else:
                 self._send(event)
             if isinstance(event, api.Failed):
-                # The render thread is gone for good: stop reading commands, so the main thread ends the process.
+                # The render thread is gone for good: stop reading commands, so the main thread ends the process
+                # (reading only: the round's flush still writes this).
                 self.failed = True
-                self.flush()
                 self._sock.shutdown(socket.SHUT_RD)
         except OSError as exc:
             self._lost(exc)
 
-    def flush(self) -> None:
-        """Write what the events of this delivery made, in one write."""
-        if not self._unsent or self._broken:
-            return
-        data = b"".join(self._unsent)
-        self._unsent.clear()
-        try:
-            self._sock.sendall(data)
-        except OSError as exc:
-            self._lost(exc)
+    def flush(self, wait: bool = True) -> bool:
+        """Write what this delivery's events made, in one write where no descriptor goes with it. Without
+        ``wait``, only what the socket takes now; False when some is left for a flush that waits."""
+        flags = 0 if wait else socket.MSG_DONTWAIT
+        while self._unsent and not self._broken:
+            data, fd = self._unsent[0]
+            if fd is None:
+                plain = 1  # the run of frames without a descriptor goes in one write
+                while plain < len(self._unsent) and self._unsent[plain][1] is None:
+                    plain += 1
+                if plain > 1:
+                    data = b"".join(chunk for chunk, _ in self._unsent[:plain])
+                    self._unsent[:plain] = [(data, None)]
+            try:
+                if fd is None:
+                    sent = self._sock.send(data, flags)
+                else:
+                    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+                    sent = self._sock.sendmsg([data], rights, flags)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                self._lost(exc)
+                break
+            if fd is not None:
+                os.close(fd)  # it went with the first byte
+            if sent < len(data):
+                self._unsent[0] = (data[sent:], None)
+            else:
+                del self._unsent[0]
+        return True
 
     def _lost(self, exc: OSError) -> None:
         # The control process is gone: nothing to tell any more. The main thread sees EOF and stops the loop.
         self._broken = True
-        self._unsent.clear()
+        self._drop_unsent()
         log.warning("engine: cannot write to the control process: %s", exc)
 
     def _send_preview(self, event: api.PreviewUpdated) -> None:
@@ -195,18 +252,16 @@ class SocketEvents:
         )
 
     def _send(self, message: wire.Message, fd: int | None = None) -> None:
-        data = wire.encode(message)
-        if fd is None:
-            self._unsent.append(data)
-            return
-        self.flush()  # what came before goes first; a descriptor travels with its message's first byte
-        if self._broken:
-            return
-        sent = self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-        if sent < len(data):
-            self._sock.sendall(data[sent:])
+        self._unsent.append((wire.encode(message), None if fd is None else os.dup(fd)))
+
+    def _drop_unsent(self) -> None:
+        for _, fd in self._unsent:
+            if fd is not None:
+                os.close(fd)
+        self._unsent.clear()
 
     def close(self) -> None:
+        self._drop_unsent()
         for _, slot in self._preview_slots.values():
             slot.close()
         self._preview_slots.clear()
@@ -230,9 +285,7 @@ class EngineMain:
 
     def _read_messages(self, flags: int = 0) -> list[wire.Message] | None:
         """The next messages from the socket; None at end of file."""
-        data, ancillary, _flags, _address = self._sock.recvmsg(
-            READ_SIZE, socket.CMSG_SPACE(wire.MAX_FDS_PER_READ * 4), flags
-        )
+        data, ancillary, _flags, _address = self._sock.recvmsg(READ_SIZE, socket.CMSG_SPACE(wire.MAX_FDS_PER_READ * 4), flags)
         fds: list[int] = []
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -314,10 +367,8 @@ class EngineMain:
     def _end(self) -> None:
         """Stop reading (read lock held). Shutting the socket's reading side wakes the main thread's poll."""
         self._ended = True
-        try:
+        with contextlib.suppress(OSError):  # already closed or shut: the main thread sees the end anyway
             self._sock.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass  # already closed or shut: the main thread sees the end anyway
 
     def _handle(self, loop: RenderLoop, message: wire.Message) -> None:
         if isinstance(message, wire.PushedFrameRef):
