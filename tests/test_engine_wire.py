@@ -29,6 +29,8 @@ WIRE_SAMPLES: list[Any] = [
     wire.PreviewRef("thumbs", 1, 0, 2, 1234, 160, 90, 41, 1.5, 1_700_000_000.0),
     wire.SlotOpened(3, 4096),
     wire.SlotClosed(3),
+    wire.CommandComing(),
+    wire.CommandSettled(),
 ]
 
 
@@ -357,5 +359,53 @@ def test_a_slow_loop_does_not_keep_a_command_waiting_for_its_next_frame() -> Non
         served.join(5.0)
         assert not served.is_alive()
     finally:
+        control.close()
+        engine.close()
+
+
+def test_a_frames_start_waits_for_an_announced_command_and_no_longer_than_its_bound() -> None:
+    """``CommandComing`` makes the frame's read wait for the tune's command (here sent 20 ms later, with a 60 ms
+    bound patched in), which settles it; a ``CommandSettled`` (a refusal) does too. An announcement whose
+    command does not come in time costs that frame the bound and is then forgotten."""
+    import threading
+    import time
+
+    from compositord.daemon.engine import process
+    from compositord.daemon.engine.process import EngineMain
+
+    control, engine = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    main, loop = EngineMain(engine), _CommandLoop(frame_interval=1.0)
+    bound = pytest.MonkeyPatch()
+    bound.setattr(process, "COMING_WAIT_MAX_S", 0.06)
+    try:
+        control.sendall(wire.encode(wire.CommandComing()))
+        later = threading.Timer(0.02, lambda: control.sendall(wire.encode(_tune(1))))
+        later.start()
+        started = time.monotonic()
+        main.read_waiting(loop)  # type: ignore[arg-type]
+        waited = time.monotonic() - started
+        later.join()
+        assert [command.stamp.rev for command in loop.submitted if isinstance(command, api.ParamsUpdate) and command.stamp] == [1]
+        assert 0.015 < waited < 0.055  # until the command came, not until the bound
+
+        started = time.monotonic()
+        main.read_waiting(loop)  # type: ignore[arg-type]  # settled: nothing announced any more
+        assert time.monotonic() - started < 0.015
+
+        control.sendall(wire.encode(wire.CommandComing()) + wire.encode(wire.CommandSettled()))  # announced, refused
+        started = time.monotonic()
+        main.read_waiting(loop)  # type: ignore[arg-type]
+        assert time.monotonic() - started < 0.015
+
+        control.sendall(wire.encode(wire.CommandComing()))  # its command late: the bound ends the wait
+        started = time.monotonic()
+        main.read_waiting(loop)  # type: ignore[arg-type]
+        waited = time.monotonic() - started
+        assert 0.055 < waited < 0.5 and len(loop.submitted) == 1
+        started = time.monotonic()
+        main.read_waiting(loop)  # type: ignore[arg-type]  # the next frame does not wait for it again
+        assert time.monotonic() - started < 0.015
+    finally:
+        bound.undo()
         control.close()
         engine.close()

@@ -7,8 +7,9 @@ session logic hands to it; tests/test_daemon_e2e.py runs the real one.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,17 @@ class RecordingLoop:
     batch_topologies: list[SessionRecord | None] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
     stopped: bool = False
+    announced: list[str] = field(default_factory=list)  # "coming", "params", "done" / "refused": what a tune did
+
+    @contextlib.contextmanager
+    def _announcing(self) -> Iterator[None]:
+        self.announced.append("coming")
+        try:
+            yield
+        except BaseException:
+            self.announced.append("refused")
+            raise
+        self.announced.append("done")
 
     def start(self) -> None:
         pass
@@ -57,6 +69,7 @@ class RecordingLoop:
     def submit(self, command: api.Command) -> None:
         if isinstance(command, api.ParamsUpdate):
             self.params.append((command.node_id, command.params, command.stamp))
+            self.announced.append("params")
         elif isinstance(command, api.BatchUpdate):
             self.batches.append([(update.node_id, update.params, update.stamp) for update in command.updates])
             self.batch_topologies.append(command.topology)
@@ -66,6 +79,9 @@ class RecordingLoop:
             self.forgotten.append(command.sender)
         elif isinstance(command, api.Stop):
             self.stopped = True
+
+    def preparing_command(self) -> contextlib.AbstractContextManager[None]:
+        return self._announcing()
 
     def push_frame(self, frame: api.PushedFrame) -> None:
         pass
@@ -218,6 +234,21 @@ async def test_patch_then_replace_store_route_and_notify(harness: Harness) -> No
         await client.tune("comp", {"layers": {"in_0": {"opacity": 0.25}}})
         await client.tune("comp", {"layers": None})
         assert "layers" not in harness.store.sessions()["s1"].nodes["comp"].params
+
+
+async def test_a_tune_is_announced_to_the_engine_before_it_is_checked_and_a_refusal_leaves_it_by_an_exception(
+    harness: Harness,
+) -> None:
+    """An engine process's frame waits for an announced tune (engine/process.py): the tune's command settles
+    it, so it must be submitted inside the announcement, and a refusal must leave it by an exception (the
+    supervised engine then tells the engine)."""
+    loop = harness.loops["s1"]
+    async with connected(harness) as client:
+        assert (await client.tune("comp", {"layers": {"in_0": {"opacity": 0.5}}})) == {"action": "success"}
+        assert loop.announced == ["coming", "params", "done"]
+        reply = await client.tune("comp", {"layers": {"in_0": {"opacity": 7}}})
+        assert reply["code"] == "invalid_params"
+        assert loop.announced == ["coming", "params", "done", "coming", "refused"]
 
 
 async def test_invalid_params_change_nothing_and_name_the_path(harness: Harness) -> None:

@@ -54,6 +54,9 @@ AUDIO_IN_FLIGHT_MESSAGES = 512
 AUDIO_IN_FLIGHT_BYTES = 8 * 1024 * 1024
 
 
+_COMMAND_COMING = wire.encode(wire.CommandComing())
+_COMMAND_SETTLED = wire.encode(wire.CommandSettled())
+
 # A message waiting for the socket: its frame, the slot whose descriptor goes with it, a slot to close once it is
 # sent, and the bytes of pushed audio it carries (0 for anything else).
 _Queued = tuple[bytes, FrameSlot | None, FrameSlot | None, int]
@@ -194,6 +197,12 @@ class EngineProcess:
 
     def submit(self, command: api.Command) -> None:
         self._enqueue(wire.encode(command))
+
+    def command_coming(self) -> None:
+        self._enqueue(_COMMAND_COMING)
+
+    def command_settled(self) -> None:
+        self._enqueue(_COMMAND_SETTLED)
 
     def push_frame(self, frame: api.PushedFrame) -> None:
         """Copy the pixels into the node's slot (made, or made bigger, on demand) and queue the reference."""

@@ -28,6 +28,7 @@ draws or decodes, so the control side may import it freely.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -309,6 +310,12 @@ class Engine(Protocol):
 
     def submit(self, command: Command) -> None:
         """Hand over a command; latched at the next frame start (a batch never lands split over two frames)."""
+        ...
+
+    def preparing_command(self) -> AbstractContextManager[None]:
+        """Around the preparation of a tune (parsed, checked, stored, then its ``ParamsUpdate`` submitted, or
+        refused with an exception): a frame that starts meanwhile waits a little for it (an engine process: ``engine/process.py``; the
+        in-process loop does so by itself, its frame waiting for the GIL the preparation holds)."""
         ...
 
     def push_frame(self, frame: PushedFrame) -> None:

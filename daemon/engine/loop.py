@@ -40,6 +40,7 @@ rendered later: no catch-up bursts). A change of fps starts a new ``t0``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -262,6 +263,11 @@ class RenderLoop:
             self._stop.set()
         else:
             raise TypeError(f"not an engine command: {command!r}")
+
+    def preparing_command(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to announce in-process: a frame that starts while the trio thread prepares a command waits
+        for the GIL anyway."""
+        return contextlib.nullcontext()
 
     def _set_topology(self, snapshot: SessionRecord) -> None:
         self._inbox.topology = snapshot

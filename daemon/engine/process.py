@@ -39,6 +39,18 @@ compositor: ``IDLE_FPS``) would keep a command waiting, so then the main thread
 reads as it arrives. Both threads read without blocking and under one lock, so
 messages are handled in the order they came.
 
+A command being prepared is waited for. The control process announces each
+tune before it parses the tune's params, checks them and stores them
+(``wire.CommandComing``); its ``ParamsUpdate`` settles it, and a refusal sends
+``wire.CommandSettled``. A frame that starts meanwhile waits for it, at most
+:data:`COMING_WAIT_MAX_S` or a sixteenth of its frame interval, polling the
+socket (the GIL is free meanwhile); then it forgets what is still announced, so
+an announcement whose command comes late costs one wait, never more. The in-process loop does the
+same by itself: its frame waits for the GIL while the trio thread prepares the
+command. Without it a tune had to have gone through the whole preparation
+(about 0.7 ms at (1, 1) here) before the frame's start, and the engine
+process added that much to tune -> view ack compared with the in-process loop.
+
 The engine stops, finishing its sinks' files, on ``api.Stop``, when the
 control process closes the socket (it exited or was killed), or on SIGTERM
 (systemd's ``KillMode=control-group`` sends it to every process of the
@@ -79,6 +91,8 @@ READS_BEFORE_LATCH = 16  # at most this many reads of READ_SIZE at a frame's sta
 # While frames come at least this often (seconds), the render thread reads the socket at each frame's start.
 READ_AT_FRAME_START_MAX_INTERVAL = 0.05
 POLL_RECHECK_MS = 250  # the main thread looks again at the frame rate this often
+# A frame's start waits at most this long (and at most a sixteenth of the frame interval) for announced commands.
+COMING_WAIT_MAX_S = 0.001
 GIL_SWITCH_INTERVAL_S = 0.001
 PREVIEW_SLOT_MIN = 256 * 1024  # bytes; a preview slot grows (a new slot) when a thumbnail does not fit
 
@@ -280,6 +294,9 @@ class EngineMain:
         # order they came, whichever thread read them.
         self._read_lock = threading.Lock()
         self._ended = False  # under the read lock: Stop or the end of the stream was read
+        self._coming = 0  # under the read lock: commands announced (wire.CommandComing) and not settled yet
+        self._frame_start_poller = select.poll()  # the render thread's, for the wait for announced commands
+        self._frame_start_poller.register(sock, select.POLLIN)
         self._read_failure: Exception | None = None  # what the render thread's read raised, for the main thread
         self.frames_unreadable = 0  # pushed frames overwritten before they were copied out (latest wins)
 
@@ -333,12 +350,21 @@ class EngineMain:
             raise self._read_failure
 
     def read_waiting(self, loop: RenderLoop) -> None:
-        """Render thread, at a frame's start: hand the loop what waits in the socket (the module's docstring says why)."""
+        """Render thread, at a frame's start: hand the loop what waits in the socket, and what is announced and
+        arrives within the wait (the module's docstring says why)."""
+        deadline = time.monotonic() + min(COMING_WAIT_MAX_S, loop.frame_interval / 16)
         with self._read_lock:
             try:
                 for _ in range(READS_BEFORE_LATCH):
-                    if self._ended or not self._read_and_handle(loop):
+                    if self._ended:
                         return
+                    if self._read_and_handle(loop):
+                        continue
+                    wait_ms = (deadline - time.monotonic()) * 1000.0
+                    if not self._coming or wait_ms <= 0:
+                        break
+                    self._frame_start_poller.poll(wait_ms)
+                self._coming = 0
             except (OSError, wire.WireError) as exc:
                 # The main thread ends the engine as if it had read this itself.
                 self._read_failure = exc
@@ -381,6 +407,10 @@ class EngineMain:
             loop.push_frame(
                 api.PushedFrame(message.node_id, message.width, message.height, message.pixel_format, message.pts_us, data)
             )
+        elif isinstance(message, wire.CommandComing):
+            self._coming += 1
+        elif isinstance(message, wire.CommandSettled):
+            self._coming = max(0, self._coming - 1)
         elif isinstance(message, api.PushedAudio):
             loop.push_audio(message)
         elif isinstance(message, wire.SlotOpened):
@@ -390,6 +420,8 @@ class EngineMain:
             if closed is not None:
                 closed.close()
         elif isinstance(message, api.Command) and not isinstance(message, api.Stop):
+            if isinstance(message, api.ParamsUpdate):
+                self._coming = max(0, self._coming - 1)  # an announced tune's command settles it
             loop.submit(message)
         else:
             raise wire.WireError(f"an engine does not take a {type(message).__name__}")

@@ -95,6 +95,17 @@ class PushedFrameRef:
     length: int
 
 
+@dataclass(frozen=True, slots=True)
+class CommandComing:
+    """The control process has begun to prepare a command (a tune): a frame that starts before the matching
+    :class:`CommandSettled` arrives waits a little for it (``engine/process.py`` says why and how long)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSettled:
+    """The tune a :class:`CommandComing` announced was refused (one that was not settles it with its ``ParamsUpdate``)."""
+
+
 # --------------------------------------------------------------------------- engine -> control
 
 
@@ -141,7 +152,17 @@ class SlotClosed:
 
 
 Message = (
-    api.Command | api.Event | api.PushedAudio | EngineConfig | PushedFrameRef | Progress | PreviewRef | SlotOpened | SlotClosed
+    api.Command
+    | api.Event
+    | api.PushedAudio
+    | EngineConfig
+    | PushedFrameRef
+    | CommandComing
+    | CommandSettled
+    | Progress
+    | PreviewRef
+    | SlotOpened
+    | SlotClosed
 )
 
 _ALLOWED_CLASSES: dict[tuple[str, str], type] = {
@@ -154,6 +175,8 @@ _ALLOWED_CLASSES: dict[tuple[str, str], type] = {
         api.PushedAudio,
         EngineConfig,
         PushedFrameRef,
+        CommandComing,
+        CommandSettled,
         Progress,
         PreviewRef,
         SlotOpened,

@@ -29,11 +29,12 @@ untouched throughout: each engine is a process of its own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import trio
@@ -149,6 +150,22 @@ class SupervisedEngine:
         current = self._current
         if current is not None and not current.ended.is_set():
             current.submit(command)
+
+    @contextlib.contextmanager
+    def preparing_command(self) -> Iterator[None]:
+        """Tell the engine process a command is coming: a frame that starts meanwhile waits a little for it
+        (``engine/process.py``). Its ``ParamsUpdate`` settles it; a refusal (an exception) is told. Both go to
+        the same process: a restarted engine gets neither."""
+        current = self._current
+        if current is None or current.ended.is_set():
+            yield
+            return
+        current.command_coming()
+        try:
+            yield
+        except BaseException:
+            current.command_settled()
+            raise
 
     def push_frame(self, frame: api.PushedFrame) -> None:
         current = self._current

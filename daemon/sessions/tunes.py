@@ -87,6 +87,22 @@ class Tunes:
             _, live = self._live.lookup(session_id)
         except RemoteProtocolError as error:
             raise Refusal(error, stamps) from None
+        with live.engine.preparing_command():
+            submitted = await self._tune_locked(connection, session_id, live, stamps, tune_of)
+        if not submitted.sync:
+            return None
+        await self._committed(stamps)  # answered once the change is committed
+        return envelope.success(cid)
+
+    async def _tune_locked(
+        self,
+        connection: Connection,
+        session_id: str,
+        live: LiveSession,
+        stamps: list[tuple[str, Stamp]],
+        tune_of: Callable[[Mapping[str, NodeRecord]], _Tune],
+    ) -> envelope.TuneNode:
+        """Under the session's lock: check, store and submit the change; returns the action submitted."""
         async with holding(live.lock):
             record, _ = self._live.lookup(session_id)
             try:
@@ -105,10 +121,7 @@ class Tunes:
                 live.book(node.node_id).record(action.stamp)
             live.engine.submit(api.ParamsUpdate(node.node_id, node.params, action.stamp, action.animate))
             self._publish_params(session_id, live, node.node_id, node.params, seq, action.stamp)
-        if not action.sync:
-            return None
-        await self._committed(stamps)  # answered once the change is committed
-        return envelope.success(cid)
+        return action
 
     async def applybatch(self, connection: Connection, action: envelope.ApplyBatch, cid: str | None) -> envelope.Response:
         """Every operation checked on a working copy, then one transaction and one frame."""
