@@ -766,19 +766,36 @@ def test_the_t_bar_held_at_the_middle_shows_the_mix_and_let_go_at_the_end_takes(
     # was a moment ago misses it, and the drag moves nothing (seen once in a CI run under load).
     wait_until(lambda: _stays_put(bar), 5, "the T-bar laid out")
     pressed_at = bar.rect
+    # What the bar saw of the gesture, for the message if the hand is not where the test put it.
+    driver.execute_script(
+        """const bar = arguments[0]; window.__barLog = [];
+        for (const kind of ["pointerdown", "pointerup", "pointercancel", "lostpointercapture", "input", "change", "blur"])
+          bar.addEventListener(kind, () => window.__barLog.push(kind + ":" + bar.value));""",
+        bar,
+    )
     width = bar.size["width"]
     steps = 36
     step = (width // 2 - 2) // steps
-    # Press at the left end, slide to the middle at 60 Hz, and keep the hand on the bar.
-    ActionChains(driver, duration=16).move_to_element_with_offset(bar, -width // 2 + 2, 0).click_and_hold().perform()
-    chain = ActionChains(driver, duration=16)
-    for _ in range(steps):
-        chain = chain.move_by_offset(step, 0)
-    chain.perform()
-    in_tab = float(bar.get_attribute("value"))
+    for attempt in range(3):
+        driver.execute_script("window.__barLog.length = 0")
+        # Press at the left end, slide to the middle at 60 Hz, and keep the hand on the bar.
+        ActionChains(driver, duration=16).move_to_element_with_offset(bar, -width // 2 + 2, 0).click_and_hold().perform()
+        chain = ActionChains(driver, duration=16)
+        for _ in range(steps):
+            chain = chain.move_by_offset(step, 0)
+        chain.perform()
+        in_tab = float(bar.get_attribute("value"))
+        log = driver.execute_script("return window.__barLog.join(' ')")
+        # Under load Chrome sometimes ends a slider's drag right after the press (lostpointercapture, no input
+        # event, no DOM change near the bar: seen in about one run in five with the CPU busy); that gesture never
+        # reached the panel, so let go and press again.
+        if in_tab == 0.0 and log.startswith("pointerdown:0 lostpointercapture:0") and "input" not in log and attempt < 2:
+            ActionChains(driver, duration=16).release().perform()
+            continue
+        break
     focused = driver.execute_script("return document.activeElement && document.activeElement.className")
     assert 0.2 < in_tab < 0.8, (
-        f"the hand is near the middle of the bar: {in_tab} (bar {pressed_at} -> {bar.rect}, focus {focused!r})"
+        f"the hand is near the middle of the bar: {in_tab} (bar {pressed_at} -> {bar.rect}, focus {focused!r}, events {log})"
     )
     position = wait_until(
         lambda: comp_params(daemon, session_id).get("transition_position") == in_tab and in_tab,
