@@ -547,7 +547,7 @@ class Client:
         if isinstance(text, bytes):
             return  # binary frames are pushed video (section 6): nothing a control client reads
         try:
-            message = envelope.parse_message(text)
+            message = envelope.parse_message(text, strict=False)  # our server's text: the envelope is checked
             if isinstance(message, Response):
                 self._handle_response(message)
             elif isinstance(message, Event):

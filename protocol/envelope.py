@@ -210,17 +210,22 @@ def _check_string(text: str, path: str) -> None:
         raise RemoteProtocolError(ErrorCode.BAD_JSON, f"{path or '/'}: lone UTF-16 surrogate escape", path) from None
 
 
-def load_json(data: str | bytes | bytearray | memoryview, *, max_bytes: int = MAX_TEXT_BYTES) -> Any:
-    """Strict JSON: what :func:`parse_message` reads before it looks at the envelope."""
+def load_json(data: str | bytes | bytearray | memoryview, *, max_bytes: int = MAX_TEXT_BYTES, strict: bool = True) -> Any:
+    """Strict JSON: what :func:`parse_message` reads before it looks at the envelope.
+
+    ``strict=False`` (a client reading its server) leaves out the checks that take a Python call per number
+    and per object (duplicate keys, integer lengths, infinite floats), as a browser's ``JSON.parse`` does:
+    they guard the daemon against its clients, and in a client they took half of the parse's time (43 -> 23 µs for
+    a view data event of 0.7 KB; the parse was 12 % of an editing client's CPU in control_latency).
+    ``NaN`` and ``Infinity`` spelled out, the size, the encoding, the depth and lone surrogates are checked
+    either way.
+    """
     text = _decode(data, max_bytes)
+    hooks: dict[str, Any] = (
+        {"parse_int": _parse_int, "parse_float": _parse_float, "object_pairs_hook": _unique_object} if strict else {}
+    )
     try:
-        document = json.loads(
-            text,
-            parse_constant=_refuse_constant,
-            parse_int=_parse_int,
-            parse_float=_parse_float,
-            object_pairs_hook=_unique_object,
-        )
+        document = json.loads(text, parse_constant=_refuse_constant, **hooks)
     except _Refused as exc:
         raise RemoteProtocolError(ErrorCode.BAD_JSON, f"not JSON: {exc}") from None
     except RecursionError:
@@ -235,9 +240,10 @@ def load_json(data: str | bytes | bytearray | memoryview, *, max_bytes: int = MA
     return document
 
 
-def parse_message(data: str | bytes | bytearray | memoryview, *, max_bytes: int = MAX_TEXT_BYTES) -> Message:
-    """One text message of a peer as :class:`Request`, :class:`Response` or :class:`Event`."""
-    return message_from_json(load_json(data, max_bytes=max_bytes))
+def parse_message(data: str | bytes | bytearray | memoryview, *, max_bytes: int = MAX_TEXT_BYTES, strict: bool = True) -> Message:
+    """One text message of a peer as :class:`Request`, :class:`Response` or :class:`Event` (``strict``: see
+    :func:`load_json`)."""
+    return message_from_json(load_json(data, max_bytes=max_bytes, strict=strict))
 
 
 def message_from_json(document: Any) -> Message:

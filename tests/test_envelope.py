@@ -119,6 +119,26 @@ def test_malformed_text_is_a_typed_error(data: Any, fragment: str) -> None:
     assert fragment in str(err)
 
 
+def test_a_client_reading_its_server_skips_only_the_checks_that_guard_the_server() -> None:
+    """``strict=False`` (the client library's parse of server messages): duplicate keys, long integers and
+    1e400 pass as ``json.loads`` reads them; ``NaN``, bad encodings, depth and lone surrogates are still refused."""
+    assert E.load_json('{"a":1,"a":2}', strict=False) == {"a": 2}
+    assert E.load_json('{"a":' + "9" * 31 + "}", strict=False) == {"a": int("9" * 31)}
+    assert E.load_json('{"a":1e400}', strict=False) == {"a": float("inf")}
+    cases: list[tuple[str | bytes, str]] = [
+        ('{"a":NaN}', "NaN is not a JSON value"),
+        (b"\xff{}", "not UTF-8"),
+        ("[" * 65 + "]" * 65, "nested deeper than 64"),
+        ('"\\ud800"', "lone UTF-16 surrogate"),
+        ('{"a":1} x', "Extra data"),
+    ]
+    for data, fragment in cases:
+        with pytest.raises(RemoteProtocolError, match=fragment):
+            E.load_json(data, strict=False)
+    event = E.parse_message('{"type":"event","payload":{"event":"nodestatsupdated"}}', strict=False)
+    assert isinstance(event, E.Event)
+
+
 def test_depth_limit_is_exact() -> None:
     at_limit = "[" * 64 + "]" * 64
     assert E.load_json(at_limit) is not None
