@@ -244,7 +244,6 @@ def test_a_round_the_socket_cannot_take_is_finished_by_the_writer_and_later_roun
         writer = threading.Thread(target=delivery.run, daemon=True)
         writer.start()
         received = bytearray()
-        fds: list[int] = []
         reader = wire.FrameReader()
         messages: list[Any] = []
         control_end.settimeout(5.0)
@@ -252,10 +251,7 @@ def test_a_round_the_socket_cannot_take_is_finished_by_the_writer_and_later_roun
             received += control_end.recv(filler - len(received))
         while sum(isinstance(message, wire.Progress) for message in messages) < 2:
             data, ancillary, _flags, _address = control_end.recvmsg(1 << 20, socket.CMSG_SPACE(4 * wire.MAX_FDS_PER_READ))
-            for _level, _kind, payload in ancillary:
-                fds.extend(_received_ints(payload))
-            messages += reader.feed(data, fds)
-            fds = []
+            messages += reader.feed(data, wire.received_fds(ancillary))
         kinds = [type(message).__name__ for message in messages]
         assert kinds == [
             "ViewData",
@@ -278,14 +274,6 @@ def test_a_round_the_socket_cannot_take_is_finished_by_the_writer_and_later_roun
     finally:
         engine_end.close()
         control_end.close()
-
-
-def _received_ints(payload: bytes) -> list[int]:
-    import array
-
-    received = array.array("i")
-    received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
-    return list(received)
 
 
 class _CommandLoop:

@@ -347,7 +347,7 @@ class EngineProcess:
             except OSError as exc:
                 log.debug("session %s: reading from the engine failed: %s", self.session_id, exc)
                 return
-            fds = _received_fds(ancillary)
+            fds = wire.received_fds(ancillary)
             if not data and not fds:
                 return
             try:
@@ -432,13 +432,3 @@ def write_batch(first: _Queued, queue: trio.MemoryReceiveChannel[_Queued]) -> tu
 # What an engine may send besides the wire's own messages (Progress stands for FrameEnded, PreviewRef for PreviewUpdated).
 # A compositor preview's JPEG (a few KB at panel sizes) comes over the socket with its event.
 _ENGINE_EVENTS = (api.ViewData, api.NodeStats, api.NodeState, api.CompositorPreviewUpdated, api.Started, api.Failed)
-
-
-def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            received = array.array("i")
-            received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
-            fds.extend(received)
-    return fds

@@ -303,12 +303,7 @@ class EngineMain:
     def _read_messages(self, flags: int = 0) -> list[wire.Message] | None:
         """The next messages from the socket; None at end of file."""
         data, ancillary, _flags, _address = self._sock.recvmsg(READ_SIZE, socket.CMSG_SPACE(wire.MAX_FDS_PER_READ * 4), flags)
-        fds: list[int] = []
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                received = array.array("i")
-                received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
-                fds.extend(received)
+        fds = wire.received_fds(ancillary)
         if not data and not fds:
             return None
         return self._reader.feed(data, fds)

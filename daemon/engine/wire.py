@@ -37,8 +37,10 @@ imports it (through the layering rule's allowed list) without GL or media.
 
 from __future__ import annotations
 
+import array
 import io
 import pickle
+import socket
 import struct
 import typing
 from collections import deque
@@ -223,6 +225,17 @@ def decode(body: bytes | memoryview) -> Message:
     if type(message) not in _ALLOWED_CLASSES.values():
         raise WireError(f"not a message: a {type(message).__name__}")
     return message  # type: ignore[no-any-return,unused-ignore]
+
+
+def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors in ``recvmsg``'s ancillary data (``SCM_RIGHTS``), in order."""
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+            fds.extend(received)
+    return fds
 
 
 class FrameReader:
