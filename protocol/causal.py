@@ -192,11 +192,19 @@ def strip_private(value: Any) -> Any:
 
     Never mutates its input; containers are always copied, scalars shared.
     """
-    if isinstance(value, Mapping):
-        return {key: strip_private(child) for key, child in value.items() if not (isinstance(key, str) and key.startswith("_"))}
+    # A client strips every event's whole state: scalars (most values) are taken without a call.
+    if pointer.is_object(value):
+        return {
+            key: child if type(child) in _SCALARS else strip_private(child)
+            for key, child in value.items()
+            if not (isinstance(key, str) and key[:1] == "_")
+        }
     if isinstance(value, list):
-        return [strip_private(item) for item in value]
+        return [item if type(item) in _SCALARS else strip_private(item) for item in value]
     return value
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 # --------------------------------------------------------------------------- merge patch
@@ -208,9 +216,9 @@ def merge_patch(target: Any, patch: Any) -> Any:
     Subtrees of ``target`` that the patch does not touch are shared with the
     result; values taken from ``patch`` are copied.
     """
-    if not isinstance(patch, Mapping):
+    if not pointer.is_object(patch):
         return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, Mapping) else {}
+    result = dict(target) if pointer.is_object(target) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
@@ -375,6 +383,14 @@ def _independent(pointers: Iterable[str]) -> bool:
 PendingEntries = dict[str, list[tuple[int, Any]]]
 
 
+def _on_path(document: Any, tokens: list[str]) -> Any:
+    """``document`` with, in each object on the way to ``tokens``, only the key on the way (the rest shared)."""
+    if not tokens or not pointer.is_object(document):
+        return document
+    head = tokens[0]
+    return {head: _on_path(document[head], tokens[1:])} if head in document else {}
+
+
 def _entries_after(entries: PendingEntries, ack: int) -> PendingEntries:
     """The entries above ``ack`` (C1), pointers left without any dropped."""
     kept = {ptr: [entry for entry in values if entry[0] > ack] for ptr, values in entries.items()}
@@ -443,18 +459,32 @@ class NodeMask:
 
     def shown(self) -> Any:
         """The server state with the newest entry of each pointer laid over it, retired nonces first (C3)."""
+        return self._shown_over(self.server_state)
+
+    def shown_at(self, ptr: str, default: Any = None) -> Any:
+        """``pointer.resolve(self.shown(), ptr, default)``, without making the whole shown document.
+
+        In the params channel every overlay is a merge patch, which changes an object key by key: what
+        lies beside the path to ``ptr`` never changes what lies on it, so the overlays are laid over
+        the server state cut down to that path (a client asks this for every edit it predicts).
+        """
+        if self.channel != PARAMS_CHANNEL:
+            return pointer.resolve(self.shown(), ptr, default)
+        return pointer.resolve(self._shown_over(_on_path(self.server_state, pointer.split(ptr))), ptr, default)
+
+    def _shown_over(self, state: Any) -> Any:
         overlays: list[tuple[str, Any]] = []
         for entries in [entries for _sender, entries in self.retired] + [self.pending]:
             newest = [(values[-1][0], ptr, values[-1][1]) for ptr, values in entries.items()]
             overlays += [(ptr, value) for _rev, ptr, value in sorted(newest, key=lambda item: item[0])]
         if not overlays:
-            return self.server_state
+            return state
         if self.channel == PARAMS_CHANNEL and _independent(ptr for ptr, _value in overlays):
             # Merge patches of pointers that neither repeat nor contain one another commute: one patch of
             # them all does what laying them one by one does, copying each container on the way once
             # instead of once per pointer (a client does this for every event while it drags).
-            return merge_patch(self.server_state, leaves_to_patch(dict(overlays)))
-        document = self.server_state
+            return merge_patch(state, leaves_to_patch(dict(overlays)))
+        document = state
         setter = _set_merging if self.channel == PARAMS_CHANNEL else _set_by_pointer
         for ptr, value in overlays:
             document = setter(document, ptr, value)
@@ -642,7 +672,7 @@ class ClientCausalState:
         if not isinstance(layers, list):
             return
         index_of = {layer.get("id"): i for i, layer in enumerate(layers) if isinstance(layer, Mapping)}
-        shown_params = self.mask(node_id, PARAMS_CHANNEL).shown()
+        params = self.mask(node_id, PARAMS_CHANNEL)
         predicted: dict[str, Any] = {}
         for ptr, value in leaves.items():
             tokens = pointer.split(ptr)
@@ -653,8 +683,8 @@ class ClientCausalState:
                 continue
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            aspect_fit = pointer.resolve(shown_params, pointer.join("/layers", pin, "aspect_fit"), None)
-            leaf_aspect = leaves.get(pointer.join("/layers", pin, "aspect_fit"), aspect_fit)
+            aspect_fit_ptr = pointer.join("/layers", pin, "aspect_fit")
+            leaf_aspect = leaves[aspect_fit_ptr] if aspect_fit_ptr in leaves else params.shown_at(aspect_fit_ptr)
             if leaf_aspect is not False:
                 continue
             predicted[pointer.join("/layers", index_of[pin], field)] = value

@@ -16,7 +16,10 @@ _MISSING = object()
 
 
 def escape(token: str | int) -> str:
-    return str(token).replace("~", "~0").replace("/", "~1")
+    text = token if isinstance(token, str) else str(token)
+    if "~" in text or "/" in text:
+        return text.replace("~", "~0").replace("/", "~1")
+    return text
 
 
 def unescape(token: str) -> str:
@@ -25,22 +28,26 @@ def unescape(token: str) -> str:
 
 def join(base: str, *tokens: str | int) -> str:
     """``join("/layers", "in_1", "opacity") == "/layers/in_1/opacity"``."""
-    return base + "".join("/" + escape(t) for t in tokens)
+    for token in tokens:
+        base += "/" + escape(token)
+    return base
 
 
 def split(pointer: str) -> list[str]:
     if pointer == "":
         return []
-    if not pointer.startswith("/"):
+    if pointer[0] != "/":
         raise LocalProtocolError(f"not a JSON pointer: {pointer!r}")
-    return [unescape(t) for t in pointer[1:].split("/")]
+    tokens = pointer[1:].split("/")
+    # Only a pointer with a "~" has escapes; the others (nearly all) need no pass over their tokens.
+    return [unescape(t) for t in tokens] if "~" in pointer else tokens
 
 
 def resolve(document: Any, pointer: str, default: Any = _MISSING) -> Any:
     """The value at ``pointer``; ``default`` (or KeyError) when any step is missing."""
     node = document
     for token in split(pointer):
-        if isinstance(node, Mapping) and token in node:
+        if is_object(node) and token in node:
             node = node[token]
         elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
             node = node[int(token)]
@@ -56,17 +63,31 @@ def with_value(document: Any, pointer: str, value: Any) -> Any:
 
     Only the containers on the path are copied; everything else is shared.
     """
-    tokens = split(pointer)
-    if not tokens:
+    return _with_value(document, split(pointer), 0, value)
+
+
+def _with_value(document: Any, tokens: list[str], index: int, value: Any) -> Any:
+    if index == len(tokens):
         return value
-    head, rest = tokens[0], join("", *tokens[1:])
+    head = tokens[index]
     if isinstance(document, list) and head.isdigit() and int(head) < len(document):
         copy = list(document)
-        copy[int(head)] = with_value(document[int(head)], rest, value)
+        copy[int(head)] = _with_value(document[int(head)], tokens, index + 1, value)
         return copy
-    copy_map = dict(document) if isinstance(document, Mapping) else {}
-    copy_map[head] = with_value(copy_map.get(head), rest, value)
+    copy_map = dict(document) if is_object(document) else {}
+    copy_map[head] = _with_value(copy_map.get(head), tokens, index + 1, value)
     return copy_map
+
+
+def is_object(value: Any) -> bool:
+    """A JSON object (a mapping)."""
+    # The exact types first: an ABC's isinstance check costs a Python call, and documents are plain dicts,
+    # lists and scalars.
+    kind = type(value)
+    return kind is dict or (kind not in _NOT_OBJECTS and isinstance(value, Mapping))
+
+
+_NOT_OBJECTS = frozenset({str, int, float, bool, type(None), list})
 
 
 def leaves(document: Any, base: str = "") -> Iterator[tuple[str, Any]]:
@@ -74,7 +95,7 @@ def leaves(document: Any, base: str = "") -> Iterator[tuple[str, Any]]:
 
     A merge patch flattened this way names each value it sets (``None`` meaning delete).
     """
-    if isinstance(document, Mapping) and document:
+    if is_object(document) and document:
         for key, child in document.items():
             yield from leaves(child, join(base, key))
     else:

@@ -58,7 +58,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 
-from compositord.protocol import causal
+from compositord.protocol import causal, pointer
 from compositord.tests.causal_world import (
     EDIT_VALUE_KINDS,
     LIMIT,
@@ -425,3 +425,27 @@ def test_shown_lays_pending_values_over_the_state_as_one_by_one(
     before = copy.deepcopy(server)
     assert mask.shown() == expected
     assert server == before  # the server's state is never changed in place
+
+
+@causal_settings(max_examples=500)
+@given(
+    server=st.dictionaries(_TOKENS, _DOCUMENTS, max_size=3),
+    edits=st.lists(st.dictionaries(_POINTERS, _LEAF_VALUES, min_size=1, max_size=3), max_size=4),
+    replace_first=st.booleans(),
+    retired=st.booleans(),
+    asked=st.one_of(
+        _POINTERS, st.lists(st.sampled_from(["a", "0", "1"]), min_size=1, max_size=4).map(lambda t: "/" + "/".join(t))
+    ),
+)
+def test_shown_at_a_pointer_is_what_the_whole_shown_document_has_there(
+    server: dict[str, Any], edits: list[dict[str, Any]], replace_first: bool, retired: bool, asked: str
+) -> None:
+    mask = causal.NodeMask(causal.PARAMS_CHANNEL, server_state=server)
+    if replace_first:
+        edits = [{"": {"a": {"b": 1}, "c": [2, 3]}}, *edits]  # a replace pending at the root, patches over it
+    for rev, leaves in enumerate(edits, start=1):
+        if retired and rev == 2:
+            mask.retire_pending("old-sender")
+        mask.edit(leaves, rev)
+    missing = object()
+    assert mask.shown_at(asked, missing) == pointer.resolve(mask.shown(), asked, missing)
