@@ -92,7 +92,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -391,6 +391,11 @@ def _on_path(document: Any, tokens: list[str]) -> Any:
     return {head: _on_path(document[head], tokens[1:])} if head in document else {}
 
 
+def _on_same_path(ptr: str, other: str) -> bool:
+    """One pointer is the other or lies inside it: a merge patch at one can change what is at the other."""
+    return ptr == other or other.startswith(ptr + "/") or ptr.startswith(other + "/") or not ptr or not other
+
+
 def _entries_after(entries: PendingEntries, ack: int) -> PendingEntries:
     """The entries above ``ack`` (C1), pointers left without any dropped."""
     kept = {ptr: [entry for entry in values if entry[0] > ack] for ptr, values in entries.items()}
@@ -470,12 +475,14 @@ class NodeMask:
         """
         if self.channel != PARAMS_CHANNEL:
             return pointer.resolve(self.shown(), ptr, default)
-        return pointer.resolve(self._shown_over(_on_path(self.server_state, pointer.split(ptr))), ptr, default)
+        state = _on_path(self.server_state, pointer.split(ptr))
+        return pointer.resolve(self._shown_over(state, lambda pending: _on_same_path(pending, ptr)), ptr, default)
 
-    def _shown_over(self, state: Any) -> Any:
+    def _shown_over(self, state: Any, laid: Callable[[str], bool] | None = None) -> Any:
+        """``state`` with the newest entry of each pointer laid over it (only the pointers ``laid`` keeps)."""
         overlays: list[tuple[str, Any]] = []
         for entries in [entries for _sender, entries in self.retired] + [self.pending]:
-            newest = [(values[-1][0], ptr, values[-1][1]) for ptr, values in entries.items()]
+            newest = [(values[-1][0], ptr, values[-1][1]) for ptr, values in entries.items() if laid is None or laid(ptr)]
             overlays += [(ptr, value) for _rev, ptr, value in sorted(newest, key=lambda item: item[0])]
         if not overlays:
             return state
