@@ -258,3 +258,46 @@ async def test_an_event_replaced_in_the_hub_is_never_encoded(autojump_clock: tri
         assert a.drain() == ["p9"] and b.drain() == ["p9"]
         assert encoded == [0, 9]  # once each, for both connections
         nursery.cancel_scope.cancel()
+
+
+class OrderedConnection(FakeConnection):
+    """Notes, in one list shared by all, which connection each fan-out reached in which order."""
+
+    def __init__(self, name: str, reached: list[str]) -> None:
+        super().__init__()
+        self.name = name
+        self.reached = reached
+
+    def deliver(self, messages: Sequence[tuple[Hashable | None, Outgoing]]) -> None:
+        self.reached.append(self.name)
+        super().deliver(messages)
+
+
+async def test_connections_that_edit_are_served_first_and_only_while_they_edit(autojump_clock: trio.testing.MockClock) -> None:
+    from compositord.daemon.control.hub import EDITING_WINDOW_S
+
+    reached: list[str] = []
+    hub = Hub()
+    connections = [OrderedConnection(f"c{i}", reached) for i in range(20)]
+    for connection in connections:
+        hub.subscribe(connection)
+    editors = [connections[17], connections[3]]
+    for editor in editors:
+        hub.edited_by(editor)
+    hub.publish("after the edits")
+    assert reached[:2] == ["c17", "c3"]  # in the order they last edited
+    assert sorted(reached) == sorted(c.name for c in connections)  # everyone, once
+    assert all(c.drain() == ["after the edits"] for c in connections)
+
+    hub.unsubscribe(connections[3])  # gone: never served again, editing or not
+    hub.edited_by(connections[3])
+    reached.clear()
+    hub.publish("after one left")
+    assert reached[0] == "c17" and "c3" not in reached and len(reached) == 19
+
+    await trio.sleep(EDITING_WINDOW_S + 0.01)  # c17 stopped editing: a watcher like the rest
+    hub.edited_by(connections[5])
+    reached.clear()
+    hub.publish("later")
+    assert reached[0] == "c5" and reached.count("c17") == 1
+    assert hub.subscribers()[0] is connections[5] and len(hub.subscribers()) == 19

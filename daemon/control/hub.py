@@ -38,6 +38,18 @@ pass through the hub (``Connection.send``): they are never held or coalesced.
 
 Pacing is on only while :meth:`Hub.run` runs (the daemon runs it); without it
 every event is fanned out at once.
+
+Whom first. A fan-out writes to every connection in turn, and on a busy
+machine the clients woken by the first writes take the CPU from those written
+last. A person dragging a slider waits for the ack of each edit (rule C1
+masks it meanwhile, but the view follows only with the ack); a tally display
+or a console that only watches waits for nobody. So the connections that
+edited in the last ``EDITING_WINDOW_S`` (:meth:`Hub.edited_by`, told by the
+tune path) are written first, then the rest. Only the order across
+connections changes; each connection gets the same messages in the same
+order. At (100 connected, 10 editing) on 2 cores this is the difference
+between the editors' reads waiting behind 90 watchers' or not
+(perf/README.md, control_latency).
 """
 
 from __future__ import annotations
@@ -60,6 +72,9 @@ _FALLBACK_PERIODS = 2.0
 # it sends the next tune's params change on its own, one more write to every connection just before the
 # frame's (at 100 clients under load, an eighth of the control process's time, making it later still).
 _QUIET_PERIODS = 2.0
+# A connection that edited within this many seconds is served first in a fan-out (a drag pauses for a
+# moment and goes on; one that stopped editing a second ago is a watcher again).
+EDITING_WINDOW_S = 1.0
 
 # The frame period in seconds of a session's output (None: do not pace it, fan out at once).
 FramePeriod = Callable[[Hashable], "float | None"]
@@ -79,6 +94,7 @@ class Subscriber(Protocol):
 class Hub:
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
+        self._last_edit: dict[Subscriber, float] = {}  # subscriber -> trio time of its last edit
         self.published = 0
         self.held_replaced = 0  # events replaced in the hub by a newer one before a flush (statistics)
         self.flushes = 0  # session flushes (each fans out one or more held events)
@@ -96,9 +112,23 @@ class Hub:
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
+        self._last_edit.pop(subscriber, None)
+
+    def edited_by(self, subscriber: Subscriber) -> None:
+        """``subscriber`` sent an edit: it is served first in fan-outs for ``EDITING_WINDOW_S``."""
+        if subscriber in self._subscribers:
+            self._last_edit[subscriber] = trio.current_time()
 
     def subscribers(self) -> list[Subscriber]:
-        return list(self._subscribers)
+        """Every subscriber, in the order a fan-out serves them: those editing first."""
+        if not self._last_edit:
+            return list(self._subscribers)
+        since = trio.current_time() - EDITING_WINDOW_S
+        editing = [subscriber for subscriber, at in self._last_edit.items() if at >= since]
+        if len(editing) < len(self._last_edit):
+            self._last_edit = {subscriber: self._last_edit[subscriber] for subscriber in editing}
+        first = set(editing)
+        return editing + [subscriber for subscriber in self._subscribers if subscriber not in first]
 
     def held(self) -> int:
         """How many events wait for their session's next flush."""
@@ -189,9 +219,9 @@ class Hub:
         self._fan_out(list(events.items()))
 
     def _fan_out(self, messages: list[tuple[Hashable | None, Broadcast]]) -> None:
-        for subscriber in list(self._subscribers):
+        for subscriber in self.subscribers():
             try:
                 subscriber.deliver(messages)
             except MailboxFull as exc:
-                self._subscribers.discard(subscriber)
+                self.unsubscribe(subscriber)
                 subscriber.close_for_policy(f"too slow: {exc}")

@@ -120,6 +120,7 @@ class Tunes:
             if action.stamp is not None:
                 live.book(node.node_id).record(action.stamp)
             live.engine.submit(api.ParamsUpdate(node.node_id, node.params, action.stamp, action.animate))
+            self._live.hub.edited_by(connection)  # its acks go out first (hub.py, "Whom first")
             self._publish_params(session_id, live, node.node_id, node.params, seq, action.stamp)
         return action
 
@@ -181,6 +182,8 @@ class Tunes:
             topology = committed_topology(self._live, live, working) if working.structure_changed else None
             if tuned or topology is not None:
                 live.engine.submit(api.BatchUpdate(tuple(tuned), topology))
+            if tuned:
+                self._live.hub.edited_by(connection)
             for event in events:
                 self._live.publish(event)
             stored = self._live.store.sessions()[session_id]
