@@ -3,144 +3,131 @@
 ``python -m compositord.perf.latency_watchers URL COUNT`` opens COUNT WebSocket connections to URL,
 prints ``CONNECTED <n>`` once every handshake is done (the bench starts its edits only then: a
 connection storm during the edits would be measured as latency), and reads every message on each,
-parsing each with the protocol's parser, until its standard input is closed. Then it prints one JSON
-line: events read, the time from a frame's end to its view data being read (as the editing clients
-measure it), and the CPU this process used.
+parsing each, until its standard input is closed. Then it prints one JSON line: events read, the
+time from a frame's end to its view data being read (as the editing clients measure it), and the
+CPU this process used.
 
 Why a process and a lean client: in deployment the watchers of a compositor are other machines
-(operators' consoles, tally displays). On this 2-core machine they share the CPU with the daemon,
-and with 90 of them in the editing clients' process their per-message work (trio-websocket's reader
-task and memory channel per message) delayed the editors' own reads, so the editors' latencies
-measured the harness more than the daemon. Here each watcher is a non-blocking socket plus wsproto, and
-one ``selectors`` loop serves them all: one ``recv`` of up to 64 KiB yields every frame in it. The
-first version ran a trio task per watcher; its scheduling for 90 connections woken 60 times a second
-cost this process a quarter of its CPU (0.55 of a core at (100, 10), now 0.35-0.44). Every message is still decoded
-(see below), and how late the watchers read is part of the result, so a backlog on their side
-shows instead of hiding. Each message is decoded with ``json.loads`` and its envelope checked
-(``message_from_json``), as a browser console would (``JSON.parse``); the protocol's strict parser
-(duplicate keys, number ranges: a server's guard against untrusted input) took twice as long per event
-and, for 90 watchers, a third of a core that the daemon could not use.
+(operators' consoles, tally displays), each reading its WebSocket with a native implementation (a
+browser's). On this 2-core machine they share the CPU with the daemon, so what they spend per message
+is taken from the daemon and shows as its latency: the bench would measure its own load generator.
+So the watchers are as cheap as a Python process can make them while still reading and decoding
+every message:
+
+- picows (WebSocket frames parsed in compiled code, one callback per frame, no task per
+  connection or per message) on one asyncio loop. Before it, wsproto on a ``selectors`` loop parsed
+  the frames in Python: 0.45-0.52 of a core at (100, 10), about a third of it in wsproto; the same
+  bench then showed a view-ack p99 of 61 ms against 39 ms with a compiled frame parser (interleaved,
+  4 pairs of 3 runs; perf/README.md). A trio task per connection before that cost 0.55.
+- Every message is decoded with ``json.loads`` and its envelope checked (``message_from_json``), as a
+  browser console would (``JSON.parse``); the protocol's strict parser (duplicate keys, number
+  ranges: a server's guard against untrusted input) took twice as long per event.
+- How late the watchers read is part of the result, so a backlog on their side shows instead of
+  hiding.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-import selectors
-import socket
 import sys
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from compositord.perf.measure import percentiles
 
+# picows is the bench's extra (pip install 'compositord[bench]'); imported here, at the top, so a machine
+# without it fails at once with the name of what is missing, before any connection is made.
+try:
+    from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+except ImportError as exc:  # pragma: no cover - the bench's extra is installed by scripts/dev and CI
+    raise SystemExit(f"control_latency's watchers need picows: pip install 'compositord[bench]' ({exc})") from exc
 
-class _Watcher:
-    """One connection: a non-blocking socket and its wsproto state machine."""
 
-    def __init__(self, url: str, record: dict[str, Any]) -> None:
-        from wsproto import ConnectionType, WSConnection
-        from wsproto.events import Request
+class _Watcher(WSListener):
+    """One connection: picows calls ``on_ws_frame`` for each frame it parsed."""
 
-        parts = urlsplit(url)
-        assert parts.hostname is not None and parts.port is not None
+    def __init__(self, record: dict[str, Any]) -> None:
+        super().__init__()
         self.record = record
-        self.connection = WSConnection(ConnectionType.CLIENT)
-        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
-        self.sock.sendall(self.connection.send(Request(host=parts.netloc, target=parts.path or "/")))
-        self.sock.setblocking(False)
         self.pieces: list[str] = []
-        self.open = True
 
-    def on_readable(self) -> None:
-        """Read everything the socket holds and handle every message in it."""
-        from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, RejectConnection
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.record["connected"] += 1
 
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if not self.record["stopping"]:
+            self.record["closed"] += 1  # by the daemon (a watcher too slow for its mailbox, say)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         from compositord.protocol.envelope import Event, message_from_json
 
-        while True:
-            try:
-                data = self.sock.recv(1 << 16)
-            except BlockingIOError:
-                break
-            except OSError:
-                data = b""
-            if not data:
-                self.open = False  # what came before the end is still handled below
-                break
-            self.connection.receive_data(data)
-            if len(data) < 1 << 16:
-                break
-        record = self.record
-        for event in self.connection.events():
-            if isinstance(event, Message):
-                self.pieces.append(event.data)  # text: the daemon sends no binary
-                if not event.message_finished:
-                    continue
-                message = message_from_json(json.loads("".join(self.pieces)))
-                self.pieces.clear()
-                record["events"] += 1
-                if isinstance(message, Event) and message.event == "nodeviewdataupdated":
-                    stamp = message.payload.get("timestamp")
-                    if isinstance(stamp, (int, float)):
-                        record["view_delivery_ms"].append((time.time() - stamp) * 1000.0)
-            elif isinstance(event, Ping):
-                self.sock.setblocking(True)  # a pong is a few bytes: it goes at once
-                self.sock.sendall(self.connection.send(event.response()))
-                self.sock.setblocking(False)
-            elif isinstance(event, (CloseConnection, RejectConnection)):
-                record["closed"] += 1
-                self.open = False
+        kind = frame.msg_type
+        if kind == WSMsgType.TEXT or kind == WSMsgType.CONTINUATION:
+            # The frame points into picows's buffer: its text is copied out before anything else.
+            self.pieces.append(frame.get_payload_as_utf8_text())
+            if not frame.fin:
                 return
-            elif isinstance(event, AcceptConnection):
-                record["connected"] += 1
+            message = message_from_json(json.loads("".join(self.pieces)))
+            self.pieces.clear()
+            record = self.record
+            record["events"] += 1
+            if isinstance(message, Event) and message.event == "nodeviewdataupdated":
+                stamp = message.payload.get("timestamp")
+                if isinstance(stamp, (int, float)):
+                    record["view_delivery_ms"].append((time.time() - stamp) * 1000.0)
+        elif kind == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+        # PING: picows answers it (enable_auto_pong); the daemon sends no binary frames to a watcher.
 
 
-def _watch_all(url: str, count: int) -> dict[str, Any]:
+async def _watch_all(url: str, count: int) -> dict[str, Any]:
     """Connect ``count`` watchers, say so once all are connected, and read until standard input closes."""
-    record: dict[str, Any] = {"count": count, "events": 0, "connected": 0, "closed": 0, "view_delivery_ms": []}
-    watchers = [_Watcher(url, record) for _ in range(count)]
-    selector = selectors.DefaultSelector()
-    for watcher in watchers:
-        selector.register(watcher.sock, selectors.EVENT_READ, watcher)
-    stdin_key = object()
-    selector.register(sys.stdin.fileno(), selectors.EVENT_READ, stdin_key)
-    announced = False
-    connect_deadline = time.monotonic() + 60
+    record: dict[str, Any] = {"count": count, "events": 0, "connected": 0, "closed": 0, "stopping": False, "view_delivery_ms": []}
+    loop = asyncio.get_running_loop()
+    transports: list[WSTransport] = []
     try:
-        while True:
-            for key, _mask in selector.select(timeout=1.0):
-                if key.data is stdin_key:
-                    if not os.read(sys.stdin.fileno(), 1 << 12):
-                        return record  # the bench closed it: the run is over
-                    continue
-                watcher = key.data
-                watcher.on_readable()
-                if not watcher.open:
-                    selector.unregister(watcher.sock)
-            if not announced:
-                if record["connected"] == count:
-                    print(f"CONNECTED {record['connected']}", flush=True)
-                    announced = True
-                elif time.monotonic() > connect_deadline:
-                    raise TimeoutError(f"{record['connected']} of {count} watchers connected in 60 s")
+        async with asyncio.timeout(60):
+            for _ in range(count):
+                transport, _listener = await ws_connect(
+                    lambda: _Watcher(record), url, websocket_handshake_timeout=30, max_frame_size=1 << 26
+                )
+                transports.append(transport)
+    except TimeoutError:
+        raise TimeoutError(f"{record['connected']} of {count} watchers connected in 60 s") from None
+    print(f"CONNECTED {record['connected']}", flush=True)
+
+    stdin_closed = asyncio.Event()
+
+    def on_stdin() -> None:
+        if not os.read(sys.stdin.fileno(), 1 << 12):
+            stdin_closed.set()  # the bench closed it: the run is over
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
+    try:
+        await stdin_closed.wait()
     finally:
-        selector.close()
-        for watcher in watchers:
-            watcher.sock.close()
+        loop.remove_reader(sys.stdin.fileno())
+        record["stopping"] = True
+        for transport in transports:
+            transport.disconnect()
+    return record
 
 
 def main(argv: list[str]) -> int:
     import resource
 
     from compositord.daemon.heap import freeze_startup_objects
+    from compositord.protocol import envelope  # noqa: F401  (imported before the freeze, not in the first frame)
 
     url, count = argv[0], int(argv[1])
     freeze_startup_objects()  # a full collection's pause would show as the daemon's latency
-    record = _watch_all(url, count)
+    record = asyncio.run(_watch_all(url, count))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     delivery = record.pop("view_delivery_ms")
+    del record["stopping"]
     summary = {
         **record,
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
