@@ -19,6 +19,7 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
+from compositord.daemon.control.connection import Connection
 from compositord.daemon.control.hub import Hub
 from compositord.daemon.control.server import CONTROL_PATH, ControlServer, ServerOptions
 from compositord.daemon.engine import api
@@ -106,10 +107,11 @@ class RecordingLoop:
 
 
 class Harness:
-    def __init__(self, url: str, store: Store, loops: dict[str, RecordingLoop]) -> None:
+    def __init__(self, url: str, store: Store, loops: dict[str, RecordingLoop], hub: Hub | None = None) -> None:
         self.url = url
         self.store = store
         self.loops = loops
+        self.hub = hub
 
 
 class Client:
@@ -169,13 +171,14 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     async with trio.open_nursery() as nursery:
         store = Store(tmp_path)
         await nursery.start(store.run)
-        service = SessionService(store, Hub(), factory)
+        hub = Hub()
+        service = SessionService(store, hub, factory)
         record = SessionRecord.from_pipeline("s1", "test", node_params.validate_pipeline(PIPELINE))
         await store.create_session(record)
         await service.open_session(store.sessions()["s1"])
         server = ControlServer(ServerOptions(host="127.0.0.1", port=0), service)
         host, port = await nursery.start(server.run)
-        yield Harness(f"ws://{host}:{port}{CONTROL_PATH}", store, loops)
+        yield Harness(f"ws://{host}:{port}{CONTROL_PATH}", store, loops, hub)
         nursery.cancel_scope.cancel()
 
 
@@ -481,6 +484,31 @@ async def test_applybatch_is_atomic(harness: Harness) -> None:
         topology = loop.batch_topologies[0]
         assert topology is not None and "extra" in topology.nodes and len(topology.connections) == 2
         assert loop.batches[0][-1][1] == record.nodes["comp"].params
+
+
+async def test_the_connections_that_tune_are_served_first(harness: Harness) -> None:
+    assert harness.hub is not None
+    hub = harness.hub
+
+    def editing() -> list[set[str]]:
+        return [connection.senders for connection in hub.editing() if isinstance(connection, Connection)]
+
+    async with connected(harness) as watcher, connected(harness) as tuner, connected(harness) as batcher:
+        await watcher.request({"action": "listsessions"})  # a request that edits nothing
+        assert len(hub.subscribers()) == 3 and editing() == []
+        refused = await batcher.tune("comp", {"fps": 0, "_sender": "refused", "_rev": 1})
+        assert refused["code"] == "invalid_params"
+        assert editing() == []  # a refused edit is none
+        reply = await tuner.tune("comp", {"fps": 25, "_sender": "tuner", "_rev": 1})
+        assert reply == {"action": "success"}
+        assert editing() == [{"tuner"}]
+        ops = [
+            {"action": "tunenode", "node_id": "comp", "message": {"PatchParams": {"fps": 24, "_sender": "batcher", "_rev": 1}}}
+        ]
+        reply = await batcher.request({"action": "applybatch", "session_id": "s1", "operations": ops})
+        assert reply["action"] == "batchapplied"
+        assert editing() == [{"tuner"}, {"refused", "batcher"}]
+        assert [c.senders for c in hub.subscribers() if isinstance(c, Connection)] == [{"tuner"}, {"refused", "batcher"}, set()]
 
 
 async def test_no_private_keys_reach_the_database(harness: Harness) -> None:

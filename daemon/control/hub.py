@@ -119,14 +119,21 @@ class Hub:
         if subscriber in self._subscribers:
             self._last_edit[subscriber] = trio.current_time()
 
-    def subscribers(self) -> list[Subscriber]:
-        """Every subscriber, in the order a fan-out serves them: those editing first."""
+    def editing(self) -> list[Subscriber]:
+        """The subscribers that edited in the last ``EDITING_WINDOW_S``, in the order they started."""
         if not self._last_edit:
-            return list(self._subscribers)
+            return []
         since = trio.current_time() - EDITING_WINDOW_S
         editing = [subscriber for subscriber, at in self._last_edit.items() if at >= since]
         if len(editing) < len(self._last_edit):
             self._last_edit = {subscriber: self._last_edit[subscriber] for subscriber in editing}
+        return editing
+
+    def subscribers(self) -> list[Subscriber]:
+        """Every subscriber, in the order a fan-out serves them: those editing first."""
+        editing = self.editing()
+        if not editing:
+            return list(self._subscribers)
         first = set(editing)
         return editing + [subscriber for subscriber in self._subscribers if subscriber not in first]
 
