@@ -350,6 +350,7 @@ def run_config(
     engine_mode: str = "process",
     jitter: bool = False,
     tune_log: str | None = None,
+    daemon_session: str = "own",
 ) -> dict[str, Any]:
     import trio
     import yaml
@@ -375,7 +376,13 @@ def run_config(
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            # As deployed (a systemd service, or a terminal of its own), the daemon is not in its clients'
+            # session: with the kernel's autogroups (sched_autogroup_enabled) the scheduler then shares the
+            # CPU between the daemon's processes and the bench's as two groups, as it would between a service
+            # and the programs of a user. "shared" measures it inside the bench's group (perf/README.md).
+            start_new_session=daemon_session == "own",
         )
+        own_session = os.getsid(daemon.pid) != os.getsid(0)
         try:
             assert daemon.stdout is not None
             line = daemon.stdout.readline()
@@ -423,6 +430,8 @@ def run_config(
         "observers": observers,
         "watchers_nice": watchers_nice,
         "watchers_niceness": log.watchers.get("nice"),  # as the watchers' process saw it
+        "daemon_session": daemon_session,
+        "daemon_own_session": own_session,  # as the kernel had it
         "seconds": seconds,
         "tunes_sent": tunes,
         "tunes_per_second": round(tunes / seconds, 1),
@@ -471,6 +480,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         f"== {NAME}: daemon at {FPS} fps, {WIDTH}x{HEIGHT}; tunes at {EDIT_HZ} Hz per editing client, {seconds:g} s per config; "
         f"watching clients: {options.observers}"
         + (f", their process {options.watchers_nice} nice steps down" if options.watchers_nice else "")
+        + ("; the daemon in a session of its own" if options.daemon_session == "own" else "; the daemon in the bench's session")
     )
     modes = ("process", "thread") if options.engine_mode == "both" else (options.engine_mode,)
     repetitions = options.iterations_or(1, 1)
@@ -489,6 +499,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
                         mode,
                         options.jitter,
                         options.tune_log,
+                        options.daemon_session,
                     )
                 except Exception as exc:  # one configuration that fails (the daemon cut a client) ends no other
                     failures.append({"clients": clients, "editing": editing, "engine_mode": mode, "error": _last_line(exc)})

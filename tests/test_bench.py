@@ -106,6 +106,8 @@ def test_control_latency_quick(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     # The five watchers run in their own process (perf/latency_watchers.py) and read every event too.
     assert rows[(10, 5)]["watchers_connected"] == 5
     assert rows[(10, 5)]["watchers_niceness"] == min(19, os.nice(0) + 3)  # --watchers-nice reached their process
+    # As a service is started: the daemon in a session (and so a scheduler autogroup) of its own.
+    assert all(row["daemon_session"] == "own" and row["daemon_own_session"] for row in rows.values())
     assert rows[(10, 5)]["watchers_events_read"] >= 5 * rows[(10, 5)]["frames_in_window"] // 2
     for row in rows.values():
         assert row["tunes_sent"] > 0
@@ -261,3 +263,11 @@ def test_ingest_quick_measures_every_input(capsys: pytest.CaptureFixture[str]) -
         assert case["frames"] > 0 and case["cpu_ms_per_frame"] is not None, name
     assert record["cases"]["file"]["sound"] and not record["cases"]["file_no_audio"]["sound"]
     assert record["cases"]["stream_in"]["sound"]
+
+
+def test_control_latency_can_keep_the_daemon_in_the_bench_session() -> None:
+    from compositord.perf.scenario_latency import run_config
+
+    row = run_config(1, 1, 1.0, daemon_session="shared")
+    assert row["daemon_session"] == "shared" and row["daemon_own_session"] is False
+    assert row["tunes_sent"] > 0 and row["view_acks_missing"] == 0

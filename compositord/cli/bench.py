@@ -107,6 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="control_latency: run the watching clients' process N nice steps down (they stand in for other machines)",
     )
     parser.add_argument(
+        "--daemon-session",
+        choices=("own", "shared"),
+        default="own",
+        help="control_latency: start the daemon in a session of its own, as systemd or a terminal does (own, default), "
+        "or in the bench's, sharing the scheduler's group with its clients (shared)",
+    )
+    parser.add_argument(
         "--engine-mode",
         choices=("process", "thread", "both"),
         default="process",
@@ -198,6 +205,7 @@ def main(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         observers=args.observers,
         watchers_nice=args.watchers_nice,
+        daemon_session=args.daemon_session,
         engine_mode=args.engine_mode,
         sessions=sessions,
         latency_configs=latency_configs,
