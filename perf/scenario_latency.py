@@ -11,12 +11,13 @@ client reading all events, the p50 / p99 / max of:
   never shown; those are counted, not timed.
 
 and the render loop's frame intervals (from the probe log) and render times (``nodestatsupdated``),
-with the frames it dropped during the load. The daemon runs in its own process (as deployed); all
+with the frames it dropped during the load (its own count, from its stats around the edits) and the
+frames that ended late (intervals of 1.5 frame periods or more in the probe log). The daemon runs in its own process (as deployed); all
 clients share this process's trio loop. Times are ``time.monotonic()`` in both processes.
 
 Editing clients use the client library (stamps, masking). Watching clients read and decode every event
-(``json.loads`` and the envelope check), in a process of their own over plain wsproto (``--observers
-raw``, the default; ``perf/latency_watchers.py`` says why), or through the client library in this process
+(``json.loads``), in a process of their own over picows (``--observers raw``, the default;
+``perf/latency_watchers.py`` says why), or through the client library in this process
 (``--observers client``). The CPU each process used during the edits is part of the result, as is the
 time from a frame's end to its view data being read, by the editors and by the watchers, so the
 figures say where the time went.
@@ -253,8 +254,10 @@ async def _drive(
             line = await trio.to_thread.run_sync(watchers.stdout.readline)
         if not line.startswith("CONNECTED"):
             raise RuntimeError(f"the watchers did not connect: {line!r}")
-    # The edits start once every client is connected and the daemon has settled.
-    start_at = time.monotonic() + 1.0 + (editing if watchers is not None else clients) * 0.02
+    # The edits start once every client is connected and the daemon has settled, and after the render
+    # loop's stats (once a second) reached the first client at least once: its count of dropped frames
+    # before the edits.
+    start_at = time.monotonic() + 1.3 + (editing if watchers is not None else clients) * 0.02
     stop_at = start_at + seconds
     log.editors = [EditorLog(phase=index / max(1, editing), jitter=jitter) for index in range(editing)]  # out of phase
     log.window = (start_at, stop_at)
@@ -276,6 +279,11 @@ async def _drive(
         await trio.sleep(max(0.0, stop_at - time.monotonic()))
         with trio.move_on_after(ACK_WAIT_SECONDS):
             while not all(editor.all_acked() for editor in log.editors):
+                await trio.sleep(0.02)
+        # The render loop's own count of dropped frames comes with its stats, once a second: wait (bounded)
+        # for the first stats after the edits, so the count brackets them.
+        with trio.move_on_after(1.5):
+            while not any(stat["t"] > stop_at for stat in log.stats):
                 await trio.sleep(0.02)
         await trio.sleep(0.2)  # a little more for the stats
         log.finished.set()
@@ -419,8 +427,17 @@ def run_config(
     idle = [t for t, _ in frames if t < start_at - 1.0]
     idle_intervals = [(b - a) * 1000.0 for a, b in itertools.pairwise(idle)]
     period_ms = 1000.0 / FPS
-    dropped_load = sum(max(0, round(i / period_ms) - 1) for i in intervals)
+    # Dropped: the slots the render loop skipped (its own count, loop.py: a frame that ends after the next
+    # one's due time drops the slots it overran), from its stats just before and just after the edits.
+    # Late: gaps between two frames' ends of 1.5 periods or more in the probe log (a frame that was late
+    # but not dropped shows as one long interval and one short). Without stats around the window, the
+    # late frames stand in for the dropped ones (the estimate the scenario made before the loop's count).
+    late_load = sum(max(0, round(i / period_ms) - 1) for i in intervals)
     dropped_idle = sum(max(0, round(i / period_ms) - 1) for i in idle_intervals)
+    before = [stat for stat in log.stats if stat["t"] <= start_at and "frames_dropped" in stat]
+    after = [stat for stat in log.stats if stat["t"] > stop_at and "frames_dropped" in stat]
+    counted = bool(before and after)
+    dropped_load = int(after[0]["frames_dropped"]) - int(before[-1]["frames_dropped"]) if counted else late_load
     load_stats = [s for s in log.stats if start_at + 1.0 <= s["t"] <= stop_at + 0.5]
     return {
         "clients": clients,
@@ -456,6 +473,8 @@ def run_config(
         "frames_in_window": len(in_window),
         "frames_expected": round(seconds * FPS),
         "frames_dropped_under_load": dropped_load,
+        "frames_dropped_counted_by": "render loop" if counted else "probe intervals",
+        "frames_late_under_load": late_load,
         "frames_dropped_idle": dropped_idle,
         "render_ms_p50": [s.get("render_ms_p50") for s in load_stats],
         "render_ms_p99": [s.get("render_ms_p99") for s in load_stats],
@@ -580,6 +599,7 @@ def format_row(row: dict[str, Any]) -> str:
         f"   view data frame -> read: {_fmt(row['view_delivery_ms'])}; by the watchers: {_fmt(row['watchers_view_delivery_ms'] or {})}\n"
         f"   (c) tune -> on screen  : {_fmt(row['c_frame_shown_ms'])}; overtaken before shown: {row['tunes_never_shown']}\n"
         f"   frame interval         : {_fmt(row['frame_interval_ms'])}; frames {row['frames_in_window']}/{row['frames_expected']}, "
-        f"dropped under load {row['frames_dropped_under_load']} (idle {row['frames_dropped_idle']})\n"
+        f"dropped under load {row['frames_dropped_under_load']} (idle {row['frames_dropped_idle']}; "
+        f"counted by the {row['frames_dropped_counted_by']}), late {row['frames_late_under_load']}\n"
         f"   render ms p50/p99 per second: {row['render_ms_p50']} / {row['render_ms_p99']}"
     )

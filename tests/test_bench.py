@@ -118,6 +118,8 @@ def test_control_latency_quick(capsys: pytest.CaptureFixture[str], tmp_path: Pat
         assert row["a_params_ack_ms"]["count"] == row["tunes_sent"]
         assert row["c_frame_shown_ms"]["count"] > 0
         assert row["frames_in_window"] > 0
+        # Dropped frames are the render loop's own count, read from its stats before and after the edits.
+        assert row["frames_dropped_counted_by"] == "render loop" and row["frames_dropped_under_load"] >= 0
 
 
 def test_scaling_quick(capsys: pytest.CaptureFixture[str]) -> None:
