@@ -128,6 +128,7 @@ class RunLog:
     window: tuple[float, float] = (0.0, 0.0)  # monotonic start and stop of the edits
     # Cores used during the edits: (the daemon's own process, this process, the watchers' process, the daemon's engine processes).
     cpu: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    steal_seconds: float | None = None  # CPU time the hypervisor gave to others during the edits (None: not known)
     watchers: dict[str, Any] = field(default_factory=dict)  # what perf.latency_watchers reported
     view_delivery_ms: list[float] = field(default_factory=list)  # frame end (view data "timestamp") -> read by an editor
     finished: Any = None  # trio.Event: the run is over (edits done, last acks in or given up)
@@ -192,6 +193,17 @@ def cpu_seconds(pid: int | None = None) -> float:
         return usage.ru_utime + usage.ru_stime
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def steal_seconds() -> float | None:
+    """CPU seconds, all CPUs together, that the hypervisor ran something else while this machine had work
+    (``steal`` in /proc/stat); None where the kernel does not say. On a virtual machine, bursts of it
+    are stalls of every process at once, which no code here causes or can avoid."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def descendants(pid: int) -> list[int]:
@@ -268,11 +280,13 @@ async def _drive(
 
     async def cpu_meter() -> None:
         await trio.sleep(max(0.0, start_at - time.monotonic()))
-        before = cpu_now()
+        before, steal_before = cpu_now(), steal_seconds()
         await trio.sleep(max(0.0, stop_at - time.monotonic()))
-        after = cpu_now()
+        after, steal_after = cpu_now(), steal_seconds()
         daemon, ours, watchers_cpu, engines = ((a - b) / seconds for a, b in zip(after, before, strict=True))
         log.cpu = (daemon, ours, watchers_cpu, engines)
+        if steal_before is not None and steal_after is not None:
+            log.steal_seconds = steal_after - steal_before
 
     async def finish() -> None:
         """After the edits, wait (bounded) until every editor has both acks of its last tune."""
@@ -458,6 +472,7 @@ def run_config(
         "cpu_cores_engines": round(log.cpu[3], 2),
         "cpu_cores_clients": round(log.cpu[1], 2),
         "cpu_cores_watchers": round(log.cpu[2], 2),
+        "host_steal_seconds": None if log.steal_seconds is None else round(log.steal_seconds, 2),
         "watchers_connected": log.watchers.get("connected", 0),
         "watchers_events_read": log.watchers.get("events", 0),
         "watchers_view_delivery_ms": log.watchers.get("view_delivery_ms"),
@@ -564,6 +579,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ),
                 "runs": len(group),
                 "frames_dropped_under_load": [row["frames_dropped_under_load"] for row in group],
+                "host_steal_seconds": [row.get("host_steal_seconds") for row in group],
                 "target_ms": target,
             }
         )
@@ -578,7 +594,7 @@ def format_summary(summary: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"-- ({item['clients']}, {item['editing']}) {item['engine_mode']:7s}: p99 {item['view_ack_p99_ms']} ms; "
             f"{item['runs_meeting_target_without_drops']}/{item['runs']} runs meet {item['target_ms']} ms without drops "
-            f"(drops under load {item['frames_dropped_under_load']})"
+            f"(drops under load {item['frames_dropped_under_load']}; seconds stolen by the host {item['host_steal_seconds']})"
         )
     return lines
 
@@ -593,7 +609,8 @@ def format_row(row: dict[str, Any]) -> str:
     return (
         f"-- ({row['clients']}, {row['editing']}): {row['tunes_sent']} tunes ({row['tunes_per_second']}/s), {row['events_read']} events read; "
         f"[{row['engine_mode']} engines] CPU cores used: daemon {row['cpu_cores_daemon']}, its engines {row['cpu_cores_engines']}, "
-        f"clients {row['cpu_cores_clients']}, watchers {row['cpu_cores_watchers']}\n"
+        f"clients {row['cpu_cores_clients']}, watchers {row['cpu_cores_watchers']}; "
+        f"stolen by the host {row['host_steal_seconds'] if row['host_steal_seconds'] is not None else '?'} s\n"
         f"   (a) tune -> params ack : {_fmt(row['a_params_ack_ms'])}\n"
         f"   (b) tune -> view ack   : {_fmt(row['b_view_ack_ms'])}   [target p99 <= {row['b_p99_target_ms']} ms]\n"
         f"   view data frame -> read: {_fmt(row['view_delivery_ms'])}; by the watchers: {_fmt(row['watchers_view_delivery_ms'] or {})}\n"
