@@ -446,8 +446,8 @@ def run_config(
     # Late: gaps between two frames' ends of 1.5 periods or more in the probe log (a frame that was late
     # but not dropped shows as one long interval and one short). Without stats around the window, the
     # late frames stand in for the dropped ones (the estimate the scenario made before the loop's count).
-    late_load = sum(max(0, round(i / period_ms) - 1) for i in intervals)
-    dropped_idle = sum(max(0, round(i / period_ms) - 1) for i in idle_intervals)
+    late_load = _frames_missing_between(intervals, period_ms)
+    dropped_idle = _frames_missing_between(idle_intervals, period_ms)
     before = [stat for stat in log.stats if stat["t"] <= start_at and "frames_dropped" in stat]
     after = [stat for stat in log.stats if stat["t"] > stop_at and "frames_dropped" in stat]
     counted = bool(before and after)
@@ -495,6 +495,11 @@ def run_config(
         "render_ms_p99": [s.get("render_ms_p99") for s in load_stats],
         "b_p99_target_ms": round(2 * period_ms, 2),
     }
+
+
+def _frames_missing_between(intervals_ms: list[float], period_ms: float) -> int:
+    """Frame slots with no frame end in the probe log: a gap of 1.5 periods or more counts one per period past the first."""
+    return sum(max(0, round(interval / period_ms) - 1) for interval in intervals_ms)
 
 
 def _append_tune_log(path: Path, log: RunLog, clients: int, editing: int, engine_mode: str) -> None:
