@@ -139,39 +139,42 @@ async def test_the_three_freezing_nodes_no_longer_freeze_anything(tmp_path: Path
         async with open_client(daemon.url) as client:
             other = await client.create_session("other", copy.deepcopy(SMALL_PIPELINE))
             observer = Observer(client)
-            nursery.start_soon(observer.run, [daemon.session_id, other])
-            nursery.start_soon(observer.collect)
-            before = await observer.fresh_stats(daemon.session_id, "comp")
-            other_before = await observer.fresh_stats(other, "comp")
-            added_at = time.monotonic()
-            for node_id, node in freezing_nodes(free_tcp_port(), silent_port).items():
-                await client.add_node(daemon.session_id, node_id, node["kind"], node["params"])
-                await client.connect(daemon.session_id, "comp", "out", node_id, "in")
-            # The FIFO: refused at once, before FFmpeg would open it.
-            await wait_for(lambda: isinstance(observer.state(daemon.session_id, "fifo"), dict), 10, "the FIFO's error")
-            assert "FIFO" in observer.state(daemon.session_id, "fifo")["error"]
-            # The listener: connecting, as long as nobody connects; the node itself is fine.
-            with trio.fail_after(10):
-                while (await observer.fresh_stats(daemon.session_id, "listening"))["state"] != "connecting":
-                    pass
-            assert observer.state(daemon.session_id, "listening") == "ok"
-            # The silent RTMP peer: an error once the connect timeout has run out.
-            await wait_for(
-                lambda: isinstance(observer.state(daemon.session_id, "silent"), dict),
-                CONNECT_TIMEOUT_S + 10,
-                "the silent peer's error",
-            )
-            assert "no answer" in observer.state(daemon.session_id, "silent")["error"]
-            assert time.monotonic() - added_at >= CONNECT_TIMEOUT_S - 1
-            # Meanwhile the session's own compositor rendered on, at its rate, and so did the other session.
-            after = await observer.fresh_stats(daemon.session_id, "comp")
-            other_after = await observer.fresh_stats(other, "comp")
-            elapsed = time.monotonic() - added_at
-            assert after["frames_rendered"] - before["frames_rendered"] >= 30 * elapsed * 0.6
-            assert after["frames_dropped"] - before["frames_dropped"] <= 30 * elapsed * 0.2
-            assert other_after["frames_rendered"] - other_before["frames_rendered"] >= 30 * elapsed * 0.6
-            assert observer.replies > 50 and observer.slowest < CONTROL_REPLY_BUDGET_S
-            assert observer.pipelines[daemon.session_id]["state"] == "running"
+            # The observer's tasks use the client, so they end inside its block, before it closes.
+            async with trio.open_nursery() as watching:
+                watching.start_soon(observer.run, [daemon.session_id, other])
+                watching.start_soon(observer.collect)
+                before = await observer.fresh_stats(daemon.session_id, "comp")
+                other_before = await observer.fresh_stats(other, "comp")
+                added_at = time.monotonic()
+                for node_id, node in freezing_nodes(free_tcp_port(), silent_port).items():
+                    await client.add_node(daemon.session_id, node_id, node["kind"], node["params"])
+                    await client.connect(daemon.session_id, "comp", "out", node_id, "in")
+                # The FIFO: refused at once, before FFmpeg would open it.
+                await wait_for(lambda: isinstance(observer.state(daemon.session_id, "fifo"), dict), 10, "the FIFO's error")
+                assert "FIFO" in observer.state(daemon.session_id, "fifo")["error"]
+                # The listener: connecting, as long as nobody connects; the node itself is fine.
+                with trio.fail_after(10):
+                    while (await observer.fresh_stats(daemon.session_id, "listening"))["state"] != "connecting":
+                        pass
+                assert observer.state(daemon.session_id, "listening") == "ok"
+                # The silent RTMP peer: an error once the connect timeout has run out.
+                await wait_for(
+                    lambda: isinstance(observer.state(daemon.session_id, "silent"), dict),
+                    CONNECT_TIMEOUT_S + 10,
+                    "the silent peer's error",
+                )
+                assert "no answer" in observer.state(daemon.session_id, "silent")["error"]
+                assert time.monotonic() - added_at >= CONNECT_TIMEOUT_S - 1
+                # Meanwhile the session's own compositor rendered on, at its rate, and so did the other session.
+                after = await observer.fresh_stats(daemon.session_id, "comp")
+                other_after = await observer.fresh_stats(other, "comp")
+                elapsed = time.monotonic() - added_at
+                assert after["frames_rendered"] - before["frames_rendered"] >= 30 * elapsed * 0.6
+                assert after["frames_dropped"] - before["frames_dropped"] <= 30 * elapsed * 0.2
+                assert other_after["frames_rendered"] - other_before["frames_rendered"] >= 30 * elapsed * 0.6
+                assert observer.replies > 50 and observer.slowest < CONTROL_REPLY_BUDGET_S
+                assert observer.pipelines[daemon.session_id]["state"] == "running"
+                watching.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
 
 
