@@ -126,17 +126,18 @@ class RunLog:
     events_dropped: int = 0
     refused: int = 0
     window: tuple[float, float] = (0.0, 0.0)  # monotonic start and stop of the edits
+    # The render loop's stats read while the first client was the only one connected: its drops without load.
+    idle_stats: tuple[dict[str, Any], dict[str, Any]] | None = None
     # Cores used during the edits: (the daemon's own process, this process, the watchers' process, the daemon's engine processes).
     cpu: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     steal_seconds: float | None = None  # CPU time the hypervisor gave to others during the edits (None: not known)
     watchers: dict[str, Any] = field(default_factory=dict)  # what perf.latency_watchers reported
     view_delivery_ms: list[float] = field(default_factory=list)  # frame end (view data "timestamp") -> read by an editor
+    go: Any = None  # trio.Event: every client is connected and ``window`` is set
     finished: Any = None  # trio.Event: the run is over (edits done, last acks in or given up)
 
 
-async def _client(
-    url: str, log: RunLog, editor: EditorLog | None, x_counter: itertools.count, start_at: float, stop_at: float, stats: bool
-) -> None:
+async def _client(url: str, log: RunLog, editor: EditorLog | None, x_counter: itertools.count, stats: bool) -> None:
     import trio
 
     from compositord.client import open_client
@@ -167,7 +168,9 @@ async def _client(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read)
+            await log.go.wait()
             if editor is not None:
+                start_at, stop_at = log.window
                 period = 1.0 / EDIT_HZ
                 next_at = start_at + period * editor.phase
                 jitter = random.Random(editor.phase) if editor.jitter else None
@@ -250,35 +253,34 @@ async def _drive(
 ) -> RunLog:
     import trio
 
-    log = RunLog()
+    log = RunLog(go=trio.Event(), finished=trio.Event())
     counter = itertools.count()
-    watchers = None
-    if observers == "raw" and clients > editing:
+    log.editors = [EditorLog(phase=index / max(1, editing), jitter=jitter) for index in range(editing)]  # out of phase
+    watchers: subprocess.Popen[str] | None = None
+
+    async def start_watchers() -> subprocess.Popen[str] | None:
+        if observers != "raw" or clients <= editing:
+            return None
         niced = ["nice", "-n", str(watchers_nice)] if watchers_nice else []
-        watchers = subprocess.Popen(
+        process = subprocess.Popen(
             [*niced, sys.executable, "-m", "compositord.perf.latency_watchers", url, str(clients - editing)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert watchers.stdout is not None
+        assert process.stdout is not None
         with trio.fail_after(90):
-            line = await trio.to_thread.run_sync(watchers.stdout.readline)
+            line = await trio.to_thread.run_sync(process.stdout.readline)
         if not line.startswith("CONNECTED"):
             raise RuntimeError(f"the watchers did not connect: {line!r}")
-    # The edits start once every client is connected and the daemon has settled, and after the render
-    # loop's stats (once a second) reached the first client at least once: its count of dropped frames
-    # before the edits.
-    start_at = time.monotonic() + 1.3 + (editing if watchers is not None else clients) * 0.02
-    stop_at = start_at + seconds
-    log.editors = [EditorLog(phase=index / max(1, editing), jitter=jitter) for index in range(editing)]  # out of phase
-    log.window = (start_at, stop_at)
+        return process
 
     def cpu_now() -> tuple[float, float, float, float]:
         control, engines = tree_cpu_seconds(daemon_pid)
         return (control, cpu_seconds(), cpu_seconds(watchers.pid) if watchers is not None else 0.0, engines)
 
     async def cpu_meter() -> None:
+        start_at, stop_at = log.window
         await trio.sleep(max(0.0, start_at - time.monotonic()))
         before, steal_before = cpu_now(), steal_seconds()
         await trio.sleep(max(0.0, stop_at - time.monotonic()))
@@ -290,6 +292,7 @@ async def _drive(
 
     async def finish() -> None:
         """After the edits, wait (bounded) until every editor has both acks of its last tune."""
+        stop_at = log.window[1]
         await trio.sleep(max(0.0, stop_at - time.monotonic()))
         with trio.move_on_after(ACK_WAIT_SECONDS):
             while not all(editor.all_acked() for editor in log.editors):
@@ -302,15 +305,36 @@ async def _drive(
         await trio.sleep(0.2)  # a little more for the stats
         log.finished.set()
 
-    log.finished = trio.Event()
+    async def read_idle_stats() -> None:
+        """Two of the render loop's stats, IDLE_SECONDS apart, while the first client is alone."""
+        with trio.move_on_after(IDLE_SECONDS + 3.0):
+            while not log.stats:
+                await trio.sleep(0.02)
+            first = log.stats[-1]
+            while log.stats[-1]["t"] < first["t"] + IDLE_SECONDS - 0.1:
+                await trio.sleep(0.02)
+            if "frames_dropped" in first and "frames_dropped" in log.stats[-1]:
+                log.idle_stats = (first, log.stats[-1])
+
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(cpu_meter)
-            nursery.start_soon(finish)
-            for index in range(clients):
+            # The first client connects alone and reads the render loop's stats (once a second) with no
+            # other client and no edits: the loop's own count of the frames it drops without control traffic.
+            nursery.start_soon(_client, url, log, log.editors[0] if editing else None, counter, True)
+            await read_idle_stats()
+            watchers = await start_watchers()
+            for index in range(1, clients):
                 editor = log.editors[index] if index < editing else None
                 if editor is not None or watchers is None:
-                    nursery.start_soon(_client, url, log, editor, counter, start_at, stop_at, index == 0)
+                    nursery.start_soon(_client, url, log, editor, counter, False)
+            # The edits start once every client is connected and the daemon has settled, and after the
+            # render loop's stats reached the first client at least once more: its count before the edits.
+            start_at = time.monotonic() + 1.3 + (editing if watchers is not None else clients) * 0.02
+            stop_at = start_at + seconds
+            log.window = (start_at, stop_at)
+            nursery.start_soon(cpu_meter)
+            nursery.start_soon(finish)
+            log.go.set()
         if watchers is not None:
             await trio.sleep(max(0.0, stop_at + 0.5 - time.monotonic()))
             out, _ = await trio.to_thread.run_sync(watchers.communicate, "")  # closing its stdin stops it
@@ -411,7 +435,6 @@ def run_config(
             if not line.startswith("READY"):
                 raise RuntimeError(f"latency daemon did not start: {line!r} {daemon.stderr.read() if daemon.stderr else ''}")
             url = f"ws://127.0.0.1:{int(line.split()[1])}/api/v1/control"
-            time.sleep(IDLE_SECONDS)
             # The editors' process is the harness: a full collection of its imports (about 27 ms at
             # this load) would be measured as the daemon's latency.
             freeze_startup_objects()
@@ -438,16 +461,21 @@ def run_config(
     tunes = sum(len(e.sent) for e in log.editors)
     in_window = [t for t, _ in frames if start_at <= t <= stop_at]
     intervals = [(b - a) * 1000.0 for a, b in itertools.pairwise(in_window)]
-    idle = [t for t, _ in frames if t < start_at - 1.0]
+    idle_from, idle_to = (log.idle_stats[0]["t"], log.idle_stats[1]["t"]) if log.idle_stats else (0.0, start_at - 1.0)
+    idle = [t for t, _ in frames if idle_from <= t <= idle_to]
     idle_intervals = [(b - a) * 1000.0 for a, b in itertools.pairwise(idle)]
     period_ms = 1000.0 / FPS
     # Dropped: the slots the render loop skipped (its own count, loop.py: a frame that ends after the next
-    # one's due time drops the slots it overran), from its stats just before and just after the edits.
-    # Late: gaps between two frames' ends of 1.5 periods or more in the probe log (a frame that was late
+    # one's due time drops the slots it overran), from its stats just before and just after the edits, and
+    # idle from two of its stats while the first client was alone. Late: gaps between two frames' ends of 1.5 periods or more in the probe log (a frame that was late
     # but not dropped shows as one long interval and one short). Without stats around the window, the
     # late frames stand in for the dropped ones (the estimate the scenario made before the loop's count).
     late_load = _frames_missing_between(intervals, period_ms)
-    dropped_idle = _frames_missing_between(idle_intervals, period_ms)
+    late_idle = _frames_missing_between(idle_intervals, period_ms)
+    if log.idle_stats is not None:
+        dropped_idle = int(log.idle_stats[1]["frames_dropped"]) - int(log.idle_stats[0]["frames_dropped"])
+    else:
+        dropped_idle = late_idle
     before = [stat for stat in log.stats if stat["t"] <= start_at and "frames_dropped" in stat]
     after = [stat for stat in log.stats if stat["t"] > stop_at and "frames_dropped" in stat]
     counted = bool(before and after)
@@ -491,6 +519,9 @@ def run_config(
         "frames_dropped_counted_by": "render loop" if counted else "probe intervals",
         "frames_late_under_load": late_load,
         "frames_dropped_idle": dropped_idle,
+        "frames_dropped_idle_counted_by": "render loop" if log.idle_stats is not None else "probe intervals",
+        "frames_late_idle": late_idle,
+        "idle_seconds": round(idle_to - idle_from, 2) if log.idle_stats is not None else None,
         "render_ms_p50": [s.get("render_ms_p50") for s in load_stats],
         "render_ms_p99": [s.get("render_ms_p99") for s in load_stats],
         "b_p99_target_ms": round(2 * period_ms, 2),
@@ -621,7 +652,8 @@ def format_row(row: dict[str, Any]) -> str:
         f"   view data frame -> read: {_fmt(row['view_delivery_ms'])}; by the watchers: {_fmt(row['watchers_view_delivery_ms'] or {})}\n"
         f"   (c) tune -> on screen  : {_fmt(row['c_frame_shown_ms'])}; overtaken before shown: {row['tunes_never_shown']}\n"
         f"   frame interval         : {_fmt(row['frame_interval_ms'])}; frames {row['frames_in_window']}/{row['frames_expected']}, "
-        f"dropped under load {row['frames_dropped_under_load']} (idle {row['frames_dropped_idle']}; "
-        f"counted by the {row['frames_dropped_counted_by']}), late {row['frames_late_under_load']}\n"
+        f"dropped under load {row['frames_dropped_under_load']} (counted by the {row['frames_dropped_counted_by']}), "
+        f"late {row['frames_late_under_load']}; idle: dropped {row['frames_dropped_idle']} "
+        f"(counted by the {row['frames_dropped_idle_counted_by']}), late {row['frames_late_idle']}\n"
         f"   render ms p50/p99 per second: {row['render_ms_p50']} / {row['render_ms_p99']}"
     )

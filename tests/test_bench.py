@@ -120,6 +120,9 @@ def test_control_latency_quick(capsys: pytest.CaptureFixture[str], tmp_path: Pat
         assert row["frames_in_window"] > 0
         # Dropped frames are the render loop's own count, read from its stats before and after the edits.
         assert row["frames_dropped_counted_by"] == "render loop" and row["frames_dropped_under_load"] >= 0
+        # So are the drops without load it is compared with: two stats read while the first client was alone.
+        assert row["frames_dropped_idle_counted_by"] == "render loop" and row["frames_dropped_idle"] >= 0
+        assert 0.8 <= row["idle_seconds"] <= 1.5
         assert row["host_steal_seconds"] is not None and row["host_steal_seconds"] >= 0  # Linux says, VM or not
 
 
