@@ -32,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from compositord.perf.measure import percentiles
@@ -46,20 +48,44 @@ except ImportError as exc:  # pragma: no cover - the bench's extra is installed 
     raise SystemExit(f"control_latency's watchers need picows: pip install 'compositord[bench]' ({exc})") from exc
 
 
+@dataclass
+class _Tally:
+    """What every watcher adds to, on the one asyncio loop."""
+
+    count: int
+    events: int = 0
+    connected: int = 0
+    closed: int = 0  # by the daemon (a watcher too slow for its mailbox, say), not by the watchers stopping
+    stopping: bool = False
+    view_delivery_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "count": self.count,
+            "events": self.events,
+            "connected": self.connected,
+            "closed": self.closed,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "nice": os.nice(0),
+            "view_delivery_ms": percentiles(self.view_delivery_ms),
+        }
+
+
 class _Watcher(WSListener):
     """One connection: picows calls ``on_ws_frame`` for each frame it parsed."""
 
-    def __init__(self, record: dict[str, Any]) -> None:
+    def __init__(self, tally: _Tally) -> None:
         super().__init__()
-        self.record = record
+        self.tally = tally
         self.pieces: list[str] = []
 
     def on_ws_connected(self, transport: WSTransport) -> None:
-        self.record["connected"] += 1
+        self.tally.connected += 1
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        if not self.record["stopping"]:
-            self.record["closed"] += 1  # by the daemon (a watcher too slow for its mailbox, say)
+        if not self.tally.stopping:
+            self.tally.closed += 1
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
@@ -70,34 +96,34 @@ class _Watcher(WSListener):
                 return
             message = json.loads("".join(self.pieces))
             self.pieces.clear()
-            record = self.record
-            record["events"] += 1
+            tally = self.tally
+            tally.events += 1
             payload = message["payload"]  # a message without one is the daemon's bug: the watchers stop on it
             if message["type"] == "event" and payload.get("event") == "nodeviewdataupdated":
                 stamp = payload.get("timestamp")
                 if isinstance(stamp, (int, float)):
-                    record["view_delivery_ms"].append((time.time() - stamp) * 1000.0)
+                    tally.view_delivery_ms.append((time.time() - stamp) * 1000.0)
         elif kind == WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
         # PING: picows answers it (enable_auto_pong); the daemon sends no binary frames to a watcher.
 
 
-async def _watch_all(url: str, count: int) -> dict[str, Any]:
+async def _watch_all(url: str, count: int) -> _Tally:
     """Connect ``count`` watchers, say so once all are connected, and read until standard input closes."""
-    record: dict[str, Any] = {"count": count, "events": 0, "connected": 0, "closed": 0, "stopping": False, "view_delivery_ms": []}
+    tally = _Tally(count)
     loop = asyncio.get_running_loop()
     transports: list[WSTransport] = []
     try:
         async with asyncio.timeout(60):
             for _ in range(count):
                 transport, _listener = await ws_connect(
-                    lambda: _Watcher(record), url, websocket_handshake_timeout=30, max_frame_size=1 << 26
+                    lambda: _Watcher(tally), url, websocket_handshake_timeout=30, max_frame_size=1 << 26
                 )
                 transports.append(transport)
     except TimeoutError:
-        raise TimeoutError(f"{record['connected']} of {count} watchers connected in 60 s") from None
-    print(f"CONNECTED {record['connected']}", flush=True)
+        raise TimeoutError(f"{tally.connected} of {count} watchers connected in 60 s") from None
+    print(f"CONNECTED {tally.connected}", flush=True)
 
     stdin_closed = asyncio.Event()
 
@@ -110,30 +136,19 @@ async def _watch_all(url: str, count: int) -> dict[str, Any]:
         await stdin_closed.wait()
     finally:
         loop.remove_reader(sys.stdin.fileno())
-        record["stopping"] = True
+        tally.stopping = True
         for transport in transports:
             transport.disconnect()
-    return record
+    return tally
 
 
 def main(argv: list[str]) -> int:
-    import resource
-
     from compositord.daemon.heap import freeze_startup_objects
 
     url, count = argv[0], int(argv[1])
     freeze_startup_objects()  # a full collection's pause would show as the daemon's latency
-    record = asyncio.run(_watch_all(url, count))
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    delivery = record.pop("view_delivery_ms")
-    del record["stopping"]
-    summary = {
-        **record,
-        "cpu_seconds": usage.ru_utime + usage.ru_stime,
-        "nice": os.nice(0),
-        "view_delivery_ms": percentiles(delivery),
-    }
-    print(json.dumps(summary), flush=True)
+    tally = asyncio.run(_watch_all(url, count))
+    print(json.dumps(tally.summary()), flush=True)
     return 0
 
 
