@@ -6,8 +6,10 @@ A sink that cannot keep up drops and counts frames instead of slowing the loop."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,11 @@ import pytest
 import trio
 
 from compositord.daemon.engine import api
+from compositord.daemon.engine.render.frames import OutputFrame
 from compositord.daemon.engine.sinks import base as sink_base
-from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkFrame
+from compositord.daemon.engine.sinks.base import ErrorLatch, Sink, SinkError, SinkFrame
 from compositord.daemon.engine.sinks.file import FileSink
+from compositord.daemon.engine.sinks.helper import HelperSink
 from compositord.daemon.engine.sinks.y4m import Y4MSink
 from compositord.daemon.state.model import NodeRecord
 from compositord.tests.disk_helpers import CannotMount, small_tmpfs
@@ -296,3 +300,41 @@ async def test_a_reader_that_stops_reading_costs_frames_not_the_loop(tmp_path: P
         assert "stopped reading" in (recorder.error_of("pipe") or "")
     finally:
         os.close(reader_fd)
+
+
+class _ReportsHeldBack(HelperSink):
+    """A helper sink whose reports thread starts reading only once a write has found the helper gone: the
+    order in which a helper's error report and its exit can reach the engine."""
+
+    helper_kind = "sink::none"  # the helper has no encoder of that kind: it reports so and exits
+
+    def __init__(self) -> None:
+        super().__init__("out", {}, ErrorLatch("out", lambda _node, _message: None))
+        self.reports_may_start = threading.Event()
+        self.found_gone = False
+
+    def _read_reports(self) -> None:
+        self.reports_may_start.wait(10)
+        super()._read_reports()
+
+    def _why_gone(self, failure: str) -> str:
+        self.found_gone = True
+        self.reports_may_start.set()
+        return super()._why_gone(failure)
+
+
+def test_a_write_that_finds_the_helper_gone_says_what_the_helper_reported() -> None:
+    sink = _ReportsHeldBack()
+    item = SinkFrame(OutputFrame("rgba8", 4, 4, bytes(64)), 0.0, 30)
+    sink.open(item)
+    try:
+        with pytest.raises(SinkError) as failure:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                sink.write(item)  # queued until the helper has exited, then EPIPE
+                time.sleep(0.02)
+        assert sink.found_gone, "the write, not the reports thread, found the helper gone"
+        assert str(failure.value) == "no helper encoder for sink::none", "the helper's own error, not 'Broken pipe'"
+    finally:
+        with contextlib.suppress(SinkError):
+            sink.finish()

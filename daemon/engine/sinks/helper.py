@@ -65,6 +65,8 @@ CONNECT_TIMEOUT_S = 10.0
 STALL_TIMEOUT_S = 10.0
 FINISH_TIMEOUT_S = 5.0
 COPY_WAIT_S = 0.5  # how long the worker waits for a connected helper to take the frame it would overwrite
+# A helper that failed sends its error, then exits: how long a write that found it gone waits for that report.
+LAST_REPORT_WAIT_S = 1.0
 DATAGRAM_MAX = 64 * 1024
 MAX_AUDIO_PER_FRAME_S = 0.5
 AUDIO_BYTES_PER_SAMPLE = 4  # float32, the bus format
@@ -158,9 +160,18 @@ class HelperSink(Sink):
                 self.frames_dropped += 1  # the helper is not reading (connecting): the latest frame will do
             return
         except OSError as exc:
-            raise SinkError(f"the helper process is gone: {describe(exc)}") from None
+            raise SinkError(self._why_gone(describe(exc))) from None
         if self._sent_at is None:
             self._sent_at = time.monotonic()
+
+    def _why_gone(self, failure: str) -> str:
+        """Why the helper went: its own error, when it sent one before it exited (the reports thread reads
+        what is left in the socket, then its end), else ``failure``, what the write ran into."""
+        if self._reports is not None:
+            self._reports.join(LAST_REPORT_WAIT_S)
+        with self._state_lock:
+            error = self._helper_error
+        return error if error is not None else f"the helper process is gone: {failure}"
 
     def _wait_for_copy(self, buffer: int) -> None:
         """A connected helper gets a moment to copy the frame this write would overwrite."""
