@@ -78,6 +78,7 @@ from compositord.protocol.envelope import (
     TuneNode,
 )
 from compositord.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from compositord.protocol.params import validate_transition_patch
 from compositord.protocol.scenes import AnimateSpec, parse_animate
 
 log = logging.getLogger(__name__)
@@ -287,6 +288,7 @@ class Client:
         replace: bool = False,
         sync: bool = True,
         animate: AnimateSpec | Mapping[str, Any] | None = None,
+        transition: Mapping[str, Any] | None = None,
     ) -> Stamp:
         """Change a node's params: a merge patch (``PatchParams``), or the whole params with ``replace=True``.
 
@@ -296,23 +298,36 @@ class Client:
         sent and a refusal only drops the pending value (and shows up as the
         shown state falling back). ``animate`` (``{"duration_ms", "easing"}``,
         a compositor's params): the numbers it changes move there over the
-        duration (PROTOCOL.md section 3, animated edits). Returns the stamp.
+        duration (PROTOCOL.md section 3, animated edits). ``transition`` (a patch of a compositor's
+        ``transition``): how the change of ``program_scene`` this tune makes is shown, this once; the
+        params keep their own (``_transition``). Returns the stamp.
         """
         body = strip_private(dict(patch))
         spec = parse_animate(animate, "/animate") if isinstance(animate, Mapping) else animate
-        operation = TuneNode(session_id, node_id, UPDATE if replace else PATCH, body, None, sync, animate=spec)
+        once = validate_transition_patch(transition, "/transition") if transition is not None else None
+        operation = TuneNode(session_id, node_id, UPDATE if replace else PATCH, body, None, sync, animate=spec, transition=once)
         stamp: Stamp = await self._request(operation, "success" if sync else None)
         return stamp
 
     async def set_program_scene(
-        self, session_id: str, node_id: str, scene: str, *, transition: Mapping[str, Any] | None = None, sync: bool = True
+        self,
+        session_id: str,
+        node_id: str,
+        scene: str,
+        *,
+        transition: Mapping[str, Any] | None = None,
+        keep_transition: bool = True,
+        sync: bool = True,
     ) -> Stamp:
         """Put a compositor's scene on program; ``transition`` (``{"kind", "duration_ms", "easing",
-        "direction"}``, a patch of the params' ``transition``) is how it is shown, and stays the default."""
+        "direction"}``, a patch of the params' ``transition``) is how it is shown. It stays the default for
+        the next change, or with ``keep_transition=False`` counts for this change only (a cut to program
+        that leaves the fade set up for the next take)."""
         patch: dict[str, Any] = {"program_scene": scene}
-        if transition is not None:
+        if transition is not None and keep_transition:
             patch["transition"] = dict(transition)
-        return await self.tune(session_id, node_id, patch, sync=sync)
+            return await self.tune(session_id, node_id, patch, sync=sync)
+        return await self.tune(session_id, node_id, patch, sync=sync, transition=transition)
 
     async def set_preview_scene(self, session_id: str, node_id: str, scene: str | None, *, sync: bool = True) -> Stamp:
         """Put a compositor's scene on its ``preview`` output (None: nothing there)."""

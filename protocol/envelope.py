@@ -55,7 +55,7 @@ from compositord.protocol.frames import frame_size as frame_size
 from compositord.protocol.frames import node_id_hash as node_id_hash
 from compositord.protocol.frames import pack_frame_header as pack_frame_header
 from compositord.protocol.frames import parse_frame_header as parse_frame_header
-from compositord.protocol.scenes import ANIMATE_KEY, AnimateSpec, parse_animate
+from compositord.protocol.scenes import ANIMATE_KEY, TRANSITION_ONCE_KEY, AnimateSpec, parse_animate
 
 PROTOCOL_VERSION = 1
 PREVIEW_CONTENT_TYPE = "image/jpeg"
@@ -528,7 +528,9 @@ class TuneNode:
 
     ``params`` has every ``_`` key stripped at any depth; ``stamp`` is the
     ``(_sender, _rev)`` taken out of the message, or None; ``animate`` the
-    message's ``_animate`` (an animated edit, protocol/scenes.py), or None.
+    message's ``_animate`` (an animated edit, protocol/scenes.py), or None;
+    ``transition`` the message's ``_transition`` (how the change of
+    ``program_scene`` it makes is shown, this once), or None.
     """
 
     ACTION: ClassVar[str] = "tunenode"
@@ -540,6 +542,7 @@ class TuneNode:
     sync: bool = True
     images: tuple[streamkit.InlineImage, ...] = ()  # inline images of the params, to store first
     animate: AnimateSpec | None = None
+    transition: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in (UPDATE, PATCH):
@@ -556,6 +559,8 @@ class TuneNode:
         body.update(self.params)
         if self.animate is not None:
             body[ANIMATE_KEY] = self.animate.to_json()
+        if self.transition is not None:
+            body[TRANSITION_ONCE_KEY] = dict(self.transition)
         return {"node_id": self.node_id, "message": {self.variant: body}}
 
     def to_request(self, correlation_id: str | None = None) -> Request:
@@ -879,7 +884,14 @@ def _parse_tune(payload: Mapping[str, Any], base: str, session_id: str | None = 
     stamp, stripped = take_stamp(body, path=body_path)
     canonical = streamkit.canonical_params(stripped, path=body_path)
     animate = parse_animate(body[ANIMATE_KEY], pointer.join(body_path, ANIMATE_KEY)) if ANIMATE_KEY in body else None
-    return TuneNode(session, node_id, TUNE_VARIANTS[variant], canonical.params, stamp, sync, canonical.images, animate)
+    transition = (
+        node_params.validate_transition_patch(body[TRANSITION_ONCE_KEY], pointer.join(body_path, TRANSITION_ONCE_KEY))
+        if TRANSITION_ONCE_KEY in body
+        else None
+    )
+    return TuneNode(
+        session, node_id, TUNE_VARIANTS[variant], canonical.params, stamp, sync, canonical.images, animate, transition
+    )
 
 
 def _parse_tune_async(payload: Mapping[str, Any], base: str) -> TuneNode:

@@ -1327,6 +1327,16 @@ def validate(kind: str, params: Any, *, context: ValidationContext = DAEMON) -> 
     return result
 
 
+def validate_transition_patch(patch: Any, path: str) -> dict[str, Any]:
+    """A patch of a compositor's ``transition`` (some of kind, duration_ms, easing, direction), checked
+    field by field at ``path``; :class:`RemoteProtocolError` (``invalid_params``) listing every problem."""
+    errors: list[FieldError] = []
+    result = _TRANSITION.check(patch, path, errors)
+    if errors:
+        raise RemoteProtocolError.from_field_errors(ErrorCode.INVALID_PARAMS, errors)
+    return dict(result)
+
+
 def _kind(kind: str) -> NodeKind:
     try:
         return KINDS[kind]

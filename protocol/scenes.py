@@ -44,6 +44,8 @@ EASINGS = ("linear", "ease_in", "ease_out", "ease_in_out")
 MAX_DURATION_MS = 60_000
 
 ANIMATE_KEY = "_animate"
+# A tune's transition for the change of program_scene it makes, this once (the params keep their own).
+TRANSITION_ONCE_KEY = "_transition"
 # The last segment of a pointer whose number may move over an animation (a layer's or an overlay's).
 ANIMATABLE_FIELDS = frozenset({"opacity", "rotation_degrees", "crop_zoom", "crop_x", "crop_y"})
 ANIMATABLE_RECT_FIELDS = frozenset({"x", "y", "width", "height"})

@@ -44,6 +44,7 @@ SAMPLES: list[Any] = [
     ),
     api.ParamsUpdate("bars", {"pattern": "ramp"}, None),
     api.ParamsUpdate("comp", {"layers": {"in_0": {"opacity": 0.2}}}, Stamp("a", 9), AnimateSpec(400, "ease_out")),
+    api.ParamsUpdate("comp", {"program_scene": "pip"}, Stamp("a", 10), transition={"kind": "cut"}),
     api.BatchUpdate((api.ParamsUpdate("comp", {"width": 320}, Stamp("a", 8)), api.ParamsUpdate("bars", {}, None)), SESSION),
     api.BatchUpdate((api.ParamsUpdate("comp", {"fps": 60}, None),)),
     api.TopologyUpdate(SESSION),

@@ -735,10 +735,12 @@ def test_a_scene_clicked_goes_on_preview_and_take_swaps_program_and_preview(daem
         "the box where two puts in_1",
     )
 
-    # Cut straight to program: one comes back at once, and the fade stays the transition for the next change.
+    # Cut straight to program: one comes back at once, and the fade stays the transition for the next change:
+    # the cut goes with the change (`_transition`), never into the params.
     scene_row(driver, "one").find_element("css selector", ".scene-cut").click()
-    wait_until(lambda: comp_params(daemon, session_id)["program_scene"] == "one", 5, "one cut to program")
-    wait_until(lambda: comp_params(daemon, session_id)["transition"].get("kind") == "fade", 5, "the fade restored after the cut")
+    params = wait_until(lambda: (p := comp_params(daemon, session_id))["program_scene"] == "one" and p, 5, "one cut to program")
+    assert params["transition"] == SCENES_PIPELINE["nodes"]["comp"]["params"]["transition"]
+    assert params["preview_scene"] == "two", "cut from preview: the two traded places"
 
 
 def _stays_put(element: Any) -> bool:

@@ -51,6 +51,36 @@ def test_a_bad_animate_is_refused_with_its_path_and_counts_as_processed() -> Non
     assert envelope.stamps_of(request) == [("comp", Stamp("me", 4))]
 
 
+def test_a_transition_for_this_change_travels_in_the_message_and_never_in_the_params() -> None:
+    action = tune({"program_scene": "pip", "_sender": "me", "_rev": 5, "_transition": {"kind": "cut"}})
+    assert action.transition == {"kind": "cut"} and action.params == {"program_scene": "pip"}
+    assert tune({"program_scene": "pip"}).transition is None
+    assert action.operation()["message"]["PatchParams"]["_transition"] == {"kind": "cut"}
+    assert tune(action.operation()["message"]["PatchParams"]) == action
+
+
+@pytest.mark.parametrize(
+    ("transition", "path"),
+    [
+        ({"kind": "dissolve"}, "/payload/message/PatchParams/_transition/kind"),
+        ({"duration_ms": -1}, "/payload/message/PatchParams/_transition/duration_ms"),
+        ({"speed": 2}, "/payload/message/PatchParams/_transition/speed"),
+        ("cut", "/payload/message/PatchParams/_transition"),
+    ],
+)
+def test_a_bad_transition_for_this_change_is_refused_with_its_path(transition: Any, path: str) -> None:
+    payload = {
+        "session_id": "s",
+        "node_id": "comp",
+        "message": {"PatchParams": {"_sender": "me", "_rev": 6, "_transition": transition}},
+    }
+    request = envelope.Request("tunenode", payload)
+    with pytest.raises(RemoteProtocolError) as info:
+        envelope.parse_action(request)
+    assert info.value.code is ErrorCode.INVALID_PARAMS and info.value.path == path
+    assert envelope.stamps_of(request) == [("comp", Stamp("me", 6))], "refused, its stamp still known (S6)"
+
+
 # --- take ----------------------------------------------------------------------------------------
 
 

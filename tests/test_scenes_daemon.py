@@ -24,6 +24,7 @@ from compositord.client import Client, CompositordError, open_client
 from compositord.daemon.engine.api import EngineEvents
 from compositord.daemon.engine.loop import RenderLoop
 from compositord.daemon.state.model import SessionRecord
+from compositord.protocol.errors import RemoteProtocolError
 from compositord.testing.plugin import RunningDaemon, settings_for, start_daemon
 from compositord.tests.sink_helpers import wait_until
 
@@ -312,7 +313,51 @@ async def test_ctl_scene_and_take(daemon: tuple[RunningDaemon, list[RenderLoop]]
     found = await params()
     assert (found["program_scene"], found["preview_scene"], found["transition"]["kind"]) == ("wide", "pip", "cut")
     assert (await ctl("scene", session, "comp", "missing"))[0] == 1, "a refusal exits 1"
+    # --once: the transition goes with this change only; the params keep their cut.
+    assert (await ctl("scene", session, "comp", "pip", "--transition", "fade", "--ms", "100", "--once"))[0] == 0
+    found = await params()
+    assert (found["program_scene"], found["transition"]["kind"]) == ("pip", "cut")
     status, _ = await ctl(
         "tune", session, "comp", '{"scenes": {"wide": {"layers": {"in_1": {"opacity": 0.5}}}}}', "--animate", "200"
     )
     assert status == 0 and (await params())["scenes"]["wide"]["layers"]["in_1"]["opacity"] == 0.5
+
+
+async def test_a_tune_s_transition_counts_for_its_change_only(daemon: tuple[RunningDaemon, list[RenderLoop]]) -> None:
+    running, loops = daemon
+    (loop,) = loops
+    session = running.session_id
+    fade = {"kind": "fade", "duration_ms": 2000}
+    async with open_client(running.url) as a:
+        await a.get_pipeline(session)
+        await a.tune(session, "comp", {"transition": fade})
+        views: list[dict[str, Any]] = []
+
+        async def watch() -> None:
+            async for event in a.events():
+                if event.name == "nodeviewdataupdated" and event.node_id == "comp":
+                    views.append(dict(event.payload["data"]))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            # A cut to program this once: the output switches in the frame the change is latched.
+            await a.set_program_scene(session, "comp", "pip", transition={"kind": "cut"}, keep_transition=False)
+            await wait_until(lambda: views and views[-1].get("scene") == "pip")
+            assert not any("transition" in view for view in views), "a cut: no frame of a transition"
+            await wait_until(lambda: pixel(loop, "out", 10, 80) == (0, 0, 255))
+            # The params keep their fade, and the next change runs it.
+            params = (await a.get_pipeline(session))["nodes"]["comp"]["params"]
+            assert params["transition"] == fade and params["program_scene"] == "pip"
+            await a.set_program_scene(session, "comp", "wide")
+            await wait_until(lambda: "transition" in views[-1])
+            assert views[-1]["transition"]["kind"] == "fade" and views[-1]["transition"]["to"] == "wide"
+            nursery.cancel_scope.cancel()
+
+        # Refused, naming the field: a node that is not a compositor, and a kind there is none of.
+        with pytest.raises(CompositordError) as info:
+            await a.tune(session, "bars", {"color": "#00FF00"}, transition={"kind": "cut"})
+        assert (info.value.code, info.value.path) == ("invalid_params", "/payload/message/PatchParams/_transition")
+        await a.tune(session, "bars", {"color": "#00FF00"})  # the same change without it is fine
+        with pytest.raises(RemoteProtocolError) as checked:  # the client checks it before sending, as `animate`
+            await a.tune(session, "comp", {"program_scene": "pip"}, transition={"kind": "dissolve"})
+        assert checked.value.path == "/transition/kind"

@@ -159,3 +159,28 @@ def test_the_position_is_checked_where_it_is() -> None:
         protocol_params.validate("video::compositor", {"transition_position": 1.5})
     assert info.value.path == "/transition_position" and "between 0 and 1" in str(info.value)
     assert protocol_params.with_defaults("video::compositor", {})["transition_position"] is None
+
+
+def test_a_transition_given_with_a_change_counts_for_that_change_only() -> None:
+    program = started(full("a", "b", None))
+    # A cut this once (a tune's `_transition`): the new scene alone in the frame of the change.
+    plan = program.next_frame(full("c", "b", None), FPS, can_snapshot=True, transition={"kind": "cut"})
+    assert plan.mix is None and plan.transition is None and layer_x(plan.params) == 100
+    # Given in a frame with no change of program, it counts for nothing, now or later.
+    program.next_frame(full("c", "b", None), FPS, can_snapshot=True, transition={"kind": "cut"})
+    plan = frame(program, full("a", "b", None))
+    assert plan.transition is not None and plan.transition["kind"] == "fade", "the next change runs the params' fade"
+    # A patch: the params' transition with what it names laid over it.
+    program = started(full("a", "b", None))
+    plan = program.next_frame(full("b", "a", None), FPS, can_snapshot=True, transition={"kind": "wipe", "duration_ms": 100})
+    assert plan.transition is not None and (plan.transition["kind"], plan.transition["easing"]) == ("wipe", "ease_in")
+    assert plan.transition["frames"] == scenes.frame_count(100, FPS)
+
+
+def test_a_cut_of_the_scene_a_held_bar_mixes_in_is_a_cut() -> None:
+    program = started(full("a", "b", None))
+    frame(program, full("a", "b", 0.4))
+    # What the panel's cut from preview sends: the scenes exchanged, the bar let go, a cut this once.
+    plan = program.next_frame(full("b", "a", None), FPS, can_snapshot=True, transition={"kind": "cut"})
+    assert plan.mix is None and plan.transition is None and layer_x(plan.params) == 50, "not the rest of the fade"
+    assert frame(program, full("b", "a", None)).mix is None

@@ -3,7 +3,7 @@
     compositord ctl [--url URL] [--token T] sessions
     compositord ctl get SESSION
     compositord ctl tune SESSION NODE JSON [--replace] [--async] [--animate MS [--easing E]]
-    compositord ctl scene SESSION NODE NAME [--preview] [--transition KIND] [--ms N] [--easing E] [--direction D]
+    compositord ctl scene SESSION NODE NAME [--preview] [--transition KIND] [--ms N] [--easing E] [--direction D] [--once]
     compositord ctl take SESSION NODE [--transition KIND] [--ms N] [--easing E] [--direction D]
     compositord ctl watch [SESSION]
 
@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scene.add_argument("scene", metavar="NAME")
     scene.add_argument("--preview", action="store_true", help="on the preview output instead (no transition)")
     _transition_arguments(scene)
+    scene.add_argument("--once", action="store_true", help="the transition for this change only: the params keep theirs")
     take = commands.add_parser("take", help="studio mode: the preview scene to program, the program scene to preview")
     take.add_argument("session", metavar="SESSION")
     take.add_argument("node", metavar="NODE")
@@ -113,7 +114,9 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
                 if args.preview:
                     stamp = await client.set_preview_scene(args.session, args.node, args.scene)
                 else:
-                    stamp = await client.set_program_scene(args.session, args.node, args.scene, transition=transition_of(args))
+                    stamp = await client.set_program_scene(
+                        args.session, args.node, args.scene, transition=transition_of(args), keep_transition=not args.once
+                    )
                 _print(out, {"action": "success", **stamp.to_json()})
             elif args.ctl_command == "take":
                 stamp = await client.take(args.session, args.node, transition=transition_of(args))

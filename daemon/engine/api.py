@@ -49,12 +49,15 @@ class ParamsUpdate:
 
     ``animate`` (an animated edit, a compositor's only): the numbers this update changes move there over
     its duration instead of jumping (``protocol.scenes``); None: they jump, ending any animation of them.
+    ``transition`` (a compositor's only, a checked patch of its params' ``transition``): how the change of
+    ``program_scene`` that the frame latching this update makes is shown, that once; None: as the params say.
     """
 
     node_id: str
     params: dict[str, Any]
     stamp: Stamp | None  # None: the change has no sender (a structure change, the server itself)
     animate: AnimateSpec | None = None
+    transition: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

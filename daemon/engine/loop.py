@@ -109,6 +109,8 @@ class _Inbox:
     previews: list[api.StartCompositorPreview | api.StopCompositorPreview] = field(default_factory=list)
     # node -> JSON pointer -> how its latest change asked to be shown (None: at once); bounded by the params' leaves
     animations: dict[str, dict[str, AnimateSpec | None]] = field(default_factory=dict)
+    # node -> the transition its latest update asked for its next program change, this once (the last asked wins)
+    transitions: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not (self.params or self.stamps or self.topology is not None or self.forget or self.previews)
@@ -131,6 +133,7 @@ class _CompositorState:
     audio_pins: tuple[str, ...] = ()  # the input pins whose sound the last frame mixed
     mix_ms: deque[float] = field(default_factory=lambda: deque(maxlen=RENDER_MS_WINDOW))
     render_stats: dict[str, Any] = field(default_factory=dict)  # the percentiles of the last stats interval
+    transition_once: Mapping[str, Any] | None = None  # for the program change of the next frame only (api.ParamsUpdate)
 
     def full_params(self, durable: dict[str, Any]) -> dict[str, Any]:
         if durable is not self.params_source:
@@ -293,6 +296,8 @@ class RenderLoop:
                 marks[path] = update.animate
         self._submitted[update.node_id] = update.params
         inbox.params[update.node_id] = dict(update.params)
+        if update.transition is not None:
+            inbox.transitions[update.node_id] = update.transition
         stamp = update.stamp
         if stamp is not None:
             senders = inbox.stamps.setdefault(update.node_id, {})
@@ -576,6 +581,9 @@ class RenderLoop:
                 after = animated.full_params(self._session.nodes[node_id].params)
                 for path, spec in marks.items():
                     animated.animator.edited(path, spec, before, after, self._fps)
+        for node_id, transition in inbox.transitions.items():
+            if (once := compositors.get(node_id)) is not None:
+                once.transition_once = transition
         applied: dict[str, Stamp] = {}
         for node_id, senders in inbox.stamps.items():
             stamped = compositors.get(node_id)
@@ -697,7 +705,10 @@ class RenderLoop:
             full = state.animator.next_frame(state.full_params(node.params))
             frames = self._input_frames(node_id, full, sources, pictures, t)
             renderer = state.renderer
-            plan = state.program.next_frame(full, self._fps, can_snapshot=renderer.program_texture() is not None)
+            transition_once, state.transition_once = state.transition_once, None
+            plan = state.program.next_frame(
+                full, self._fps, can_snapshot=renderer.program_texture() is not None, transition=transition_once
+            )
             audio_error = self._mix_audio(node_id, state, full, plan, sources, uses)
             scene = resolve_scene(plan.params, frames, asset_dir=self._asset_dir)
             scene_errors += scene.errors

@@ -17,6 +17,11 @@ Rules (PROTOCOL.md section 4, docs/RENDERING.md "Transitions"):
   implicit scene), the transition starts from a snapshot of what the output
   showed in the frame before: a transition interrupted by another starts from
   what is on screen, and there is never a jump.
+- A tune's ``_transition`` (``transition``, a patch of the params' one) is the
+  transition of the change of ``program_scene`` in the frame that latches it,
+  that once; the params keep theirs for the next change. Without a change in
+  that frame it counts for nothing. A cut this way from the scene a T-bar
+  holds is a cut: the held mix is left, not finished.
 - A canvas of another size ends a running transition: the new size shows the
   incoming scene at once.
 
@@ -107,10 +112,15 @@ class SceneProgram:
     def running(self) -> RunningTransition | None:
         return self._running
 
-    def next_frame(self, full: Mapping[str, Any], fps: float, *, can_snapshot: bool) -> ProgramFrame:
+    def next_frame(
+        self, full: Mapping[str, Any], fps: float, *, can_snapshot: bool, transition: Mapping[str, Any] | None = None
+    ) -> ProgramFrame:
         """The next frame of the output for ``full`` params (with defaults) at the loop's ``fps``.
 
         ``can_snapshot``: the renderer holds a picture of the previous frame to start a transition from.
+        ``transition``: a patch of the params' ``transition`` for a change of ``program_scene`` in this
+        frame (a tune's ``_transition``); a T-bar held towards the new scene is then not finished but left,
+        as an automatic transition leaves it. Without a change in this frame it counts for nothing.
         """
         target: str | None = full["program_scene"]
         named: Mapping[str, Any] = full["scenes"]
@@ -125,8 +135,8 @@ class SceneProgram:
             self._shown = target
         elif target != self._shown:
             previous, self._shown = self._shown, target
-            spec = TransitionSpec.from_params(full["transition"])
-            if held is not None and held.to_scene == target:
+            spec = TransitionSpec.from_params({**full["transition"], **transition} if transition else full["transition"])
+            if held is not None and held.to_scene == target and transition is None:
                 self._running = self._finish_held(held, fps, canvas)
             else:
                 if position is not None:

@@ -590,15 +590,17 @@ export class ClientCausalState {
 // --------------------------------------------------------------------------- wire messages
 
 /** The `message` of a tune: `{"PatchParams": {...patch, _sender, _rev}}` (`UpdateParams` with `replace`). */
-export function tuneMessage(body, stamp, { replace = false } = {}) {
-  return { [replace ? "UpdateParams" : "PatchParams"]: { ...stripPrivate(body), ...stamp.toJSON() } };
+export function tuneMessage(body, stamp, { replace = false, transition = null } = {}) {
+  const message = { ...stripPrivate(body), ...stamp.toJSON() };
+  if (transition) message._transition = transition; // this change's transition, this once (PROTOCOL.md section 3)
+  return { [replace ? "UpdateParams" : "PatchParams"]: message };
 }
 
 /** A `tunenodeasync` request envelope (a `correlation_id` makes a refusal come back as an `error`). */
-export function tuneRequest(sessionId, nodeId, body, stamp, { replace = false, correlationId = undefined, sync = false } = {}) {
+export function tuneRequest(sessionId, nodeId, body, stamp, { replace = false, correlationId = undefined, sync = false, transition = null } = {}) {
   const request = {
     type: "request",
-    payload: { action: sync ? "tunenode" : "tunenodeasync", session_id: sessionId, node_id: nodeId, message: tuneMessage(body, stamp, { replace }) },
+    payload: { action: sync ? "tunenode" : "tunenodeasync", session_id: sessionId, node_id: nodeId, message: tuneMessage(body, stamp, { replace, transition }) },
   };
   if (correlationId !== undefined) request.correlation_id = correlationId;
   return request;

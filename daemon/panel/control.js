@@ -223,11 +223,25 @@ export class ControlConnection extends EventTarget {
 
   /** A PatchParams edit: shown at once, sent now (or, while resyncing, right after it). */
   edit(sessionId, nodeId, patch) {
+    this._edit(sessionId, nodeId, patch, null);
+  }
+
+  /**
+   * A change of a compositor's program scene (in `patch`) shown with `transition` (a patch of the params'
+   * `transition`) this once, the params keeping theirs (`_transition`, PROTOCOL.md section 3). Sent only
+   * while open, as a take is: a re-send after a reconnect would carry the patch without the transition.
+   */
+  editWithTransition(sessionId, nodeId, patch, transition) {
+    if (this.status !== "open") throw new Error("not connected: the change is not sent");
+    this._edit(sessionId, nodeId, patch, transition);
+  }
+
+  _edit(sessionId, nodeId, patch, transition) {
     if (this.status === "resyncing") {
       this.held.push({ sessionId, nodeId, patch });
     } else {
       const stamp = this.state(sessionId).editPatch(nodeId, patch);
-      if (this.status === "open") this._send(sessionId, nodeId, patch, stamp, false);
+      if (this.status === "open") this._send(sessionId, nodeId, patch, stamp, false, transition);
       // Offline: stamped and masked, not sent; the reconnect's resync re-sends it (rule C4).
     }
     this._changed(sessionId, nodeId);
@@ -255,10 +269,10 @@ export class ControlConnection extends EventTarget {
     if (this._tunes.size > MAX_TUNES_IN_FLIGHT) this._tunes.delete(this._tunes.keys().next().value);
   }
 
-  _send(sessionId, nodeId, body, stamp, replace) {
+  _send(sessionId, nodeId, body, stamp, replace, transition = null) {
     const correlationId = `t${++this._counter}`;
     this._rememberTune(correlationId, sessionId);
-    this._ws?.send(JSON.stringify(tuneRequest(sessionId, nodeId, body, stamp, { replace, correlationId })));
+    this._ws?.send(JSON.stringify(tuneRequest(sessionId, nodeId, body, stamp, { replace, correlationId, transition })));
   }
 
   _changed(sessionId, nodeId) {

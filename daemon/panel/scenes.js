@@ -8,9 +8,8 @@
 // bar takes (the server finishes the change with nothing left to run); letting go at 0 clears the bar;
 // anywhere else the bar stays where it was left, holding the mix, as a vision mixer's lever does.
 //
-// A cut straight to program must not change the transition the params keep for the next change (a tune
-// that names a transition keeps it as the default), so it is two edits: the scene with a cut, and once the
-// view data shows that scene on program, the transition as it was (unless someone changed it meanwhile).
+// A cut straight to program must not change the transition the params keep for the next change: it is one
+// edit of the scenes that carries its cut as `_transition`, for that change only (PROTOCOL.md section 3).
 
 import { h, clear } from "./dom.js";
 
@@ -20,7 +19,6 @@ export const MOVING_KINDS = new Set(["slide", "push", "wipe"]);
 export const MAX_DURATION_MS = 60_000;
 // A bar let go this close to an end is at that end (a hand never lands on 1.000 exactly).
 export const BAR_END_MARGIN = 0.02;
-const CUT_RESTORE_TIMEOUT_MS = 5_000;
 
 /** Whether a compositor's params have scenes (studio mode applies). */
 export function hasScenes(params) {
@@ -46,18 +44,18 @@ export function takePrediction(params) {
   return patch;
 }
 
+/** The transition of a cut straight to program, sent as the edit's `_transition`: the params keep theirs. */
+export const CUT = Object.freeze({ kind: "cut" });
+
 /**
- * A cut of `name` straight to program: `{cut, restore}`, the two patches to send (restore after the cut is
- * shown; null when the params' transition is a cut already). A scene cut from preview trades places with the
- * program scene, as a take does; the T-bar is let go.
+ * The patch of a cut of `name` straight to program (shown with {@link CUT}, this once). A scene cut from
+ * preview trades places with the program scene, as a take does; the T-bar is let go.
  */
-export function cutPatches(params, name) {
-  const before = params?.transition ?? {};
-  const cut = { program_scene: name, transition: { kind: "cut" } };
+export function cutPatch(params, name) {
+  const cut = { program_scene: name };
   if (params?.preview_scene === name) cut.preview_scene = params.program_scene ?? null;
   if (params?.transition_position !== undefined && params?.transition_position !== null) cut.transition_position = null;
-  const restore = (before.kind ?? "cut") === "cut" ? null : { transition: { kind: before.kind } };
-  return { cut, restore };
+  return cut;
 }
 
 /** A bar value from the slider: clamped to 0..1, three decimals (a thousand steps over the bar). */
@@ -225,21 +223,14 @@ export class SceneControls {
     }
   }
 
-  async cutToProgram(name) {
-    const sessionId = this.sessionId;
-    const nodeId = this.nodeId;
-    const { cut, restore } = cutPatches(this.params(), name);
-    this._edit(cut);
-    if (!restore) return;
-    const deadline = performance.now() + CUT_RESTORE_TIMEOUT_MS;
-    while (performance.now() < deadline) {
-      await new Promise((resolve) => setTimeout(resolve, 30));
-      const shownParams = this.connection.shown(sessionId, nodeId, "params");
-      if (shownParams?.transition?.kind !== "cut" || shownParams?.program_scene !== name) return; // someone else changed it
-      if (this.connection.shown(sessionId, nodeId, "view")?.scene === name) {
-        this.connection.edit(sessionId, nodeId, restore);
-        return;
-      }
+  cutToProgram(name) {
+    if (!this.sessionId || !this.nodeId) return;
+    this._holding = false;
+    this._error("");
+    try {
+      this.connection.editWithTransition(this.sessionId, this.nodeId, cutPatch(this.params(), name), { ...CUT });
+    } catch (error) {
+      this._error(error.message);
     }
   }
 

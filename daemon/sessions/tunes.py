@@ -36,7 +36,7 @@ from compositord.daemon.sessions.senders import SenderOwners, sender_path
 from compositord.daemon.sessions.structure import Working, check_inputs_kept, committed_topology
 from compositord.daemon.state.model import NodeRecord, SessionRecord
 from compositord.daemon.state.store import StoreFull
-from compositord.protocol import budget, causal, envelope, pointer, streamkit
+from compositord.protocol import budget, causal, envelope, pointer, scenes, streamkit
 from compositord.protocol import params as node_params
 from compositord.protocol.budget import SessionCost
 from compositord.protocol.causal import AckBook, Stamp
@@ -119,7 +119,7 @@ class Tunes:
                 seq = await self._live.store.set_params(session_id, node.node_id, node.params, wait_durable=False)
             if action.stamp is not None:
                 live.book(node.node_id).record(action.stamp)
-            live.engine.submit(api.ParamsUpdate(node.node_id, node.params, action.stamp, action.animate))
+            live.engine.submit(_update_of(node, action))
             self._live.hub.edited_by(connection)  # its acks go out first (hub.py, "Whom first")
             self._publish_params(session_id, live, node.node_id, node.params, seq, action.stamp)
         return action
@@ -157,7 +157,7 @@ class Tunes:
                         check_inputs_kept(node, working.connections, tune.body_path)
                         working.set_params(node.node_id, node.params)
                         params_paths[node.node_id] = tune.body_path
-                        tuned.append(api.ParamsUpdate(node.node_id, node.params, op.stamp, op.animate))
+                        tuned.append(_update_of(node, op))
                         await self._images.store(op.images, tune.body_path)
                     else:
                         events += working.apply(op, path)
@@ -271,6 +271,11 @@ def _tuned_node(
     if node is None:
         node_path = pointer.join(tune.body_path.rsplit("/message/", 1)[0], "node_id")
         raise not_found(f"no node {action.node_id!r} in this session", node_path)
+    if action.transition is not None and node.kind != node_params.COMPOSITOR_KIND:
+        path = pointer.join(tune.body_path, scenes.TRANSITION_ONCE_KEY)
+        raise RemoteProtocolError(
+            ErrorCode.INVALID_PARAMS, f"{path}: {action.node_id!r} is a {node.kind}: only a compositor has transitions", path
+        )
     if action.stamp is not None:
         # S2: a rev at or below the node's ack, or at or below one taken earlier in this batch, is a replay.
         # The batch's own book first: when it has the sender, its rev is the higher floor, the one to name.
@@ -291,6 +296,12 @@ def _tuned_node(
     except RemoteProtocolError as error:
         raise envelope.prefixed_error(error, tune.body_path) from None
     return NodeRecord(node.node_id, node.kind, validated, node.seq + 1)
+
+
+def _update_of(node: NodeRecord, tune: envelope.TuneNode) -> api.ParamsUpdate:
+    """What the engine gets of an accepted tune: the node's new params and how the tune asked them shown."""
+    transition = dict(tune.transition) if tune.transition is not None else None
+    return api.ParamsUpdate(node.node_id, node.params, tune.stamp, tune.animate, transition)
 
 
 def _merges_updates(connection: Connection) -> bool:

@@ -179,6 +179,10 @@ test("after a reconnect: resync, then the resend messages in order, stamped unde
     payload: { action: "tunenodeasync", session_id: "s", node_id: "comp", message: { PatchParams: { a: 1, _sender: "new", _rev: 2 } } },
   });
   assert.equal(tuneRequest("s", "comp", {}, messages[1].stamp, { sync: true }).payload.action, "tunenode");
+  // A transition for this change only rides beside the stamp; a private key of the body never does.
+  assert.deepEqual(tuneMessage({ program_scene: "b", _transition: { kind: "fade" } }, messages[1].stamp, { transition: { kind: "cut" } }), {
+    PatchParams: { program_scene: "b", _sender: "new", _rev: 2, _transition: { kind: "cut" } },
+  });
   state.onRefused("comp", 2);
   assert.deepEqual(state.shown("comp"), { width: 20 });
   assert.deepEqual(state.takeResendMessages(), []);

@@ -7,7 +7,7 @@ import { test } from "node:test";
 import { boxItems, geometryPatch, layoutPointer, layoutScene, resizedRect, rotationToward, scopedPatch } from "../../daemon/panel/compositor.js";
 import { ControlConnection, SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX, paramsPointerOf, tokenSubprotocol } from "../../daemon/panel/control.js";
 import { inputPins, statsLine } from "../../daemon/panel/graph.js";
-import { barPosition, barRelease, canTake, cutPatches, sceneList, takePrediction, transitionState } from "../../daemon/panel/scenes.js";
+import { CUT, barPosition, barRelease, canTake, cutPatch, sceneList, takePrediction, transitionState } from "../../daemon/panel/scenes.js";
 
 const VIEW = {
   canvas_width: 640,
@@ -96,16 +96,15 @@ test("studio mode: the scene list, what a take and a cut send", () => {
     transition_position: null,
   }, "a take clears the T-bar, as the server does");
   assert.equal(takePrediction({ ...SCENE_PARAMS, preview_scene: null }), null);
-  // A cut: the scene with a cut, then the transition as it was (a tune naming a transition keeps it).
+  // A cut: one patch of the scenes; the cut itself goes as the edit's `_transition`, so the params keep their fade.
   const other = { ...SCENE_PARAMS, scenes: { ...SCENE_PARAMS.scenes, split: {} } };
-  assert.deepEqual(cutPatches(other, "split"), { cut: { program_scene: "split", transition: { kind: "cut" } }, restore: { transition: { kind: "fade" } } });
-  assert.deepEqual(cutPatches({ ...other, transition_position: 0.5 }, "pip").cut, {
+  assert.deepEqual(cutPatch(other, "split"), { program_scene: "split" });
+  assert.deepEqual(cutPatch({ ...other, transition_position: 0.5 }, "pip"), {
     program_scene: "pip",
-    transition: { kind: "cut" },
     preview_scene: "wide",
     transition_position: null,
   }, "from preview: the two trade places, and the bar is let go");
-  assert.equal(cutPatches({ ...other, transition: {} }, "split").restore, null, "already a cut: nothing to restore");
+  assert.deepEqual(CUT, { kind: "cut" });
 });
 
 test("the T-bar: positions, letting go, and what the view data says", () => {
