@@ -324,10 +324,12 @@ class Client:
         the next change, or with ``keep_transition=False`` counts for this change only (a cut to program
         that leaves the fade set up for the next take)."""
         patch: dict[str, Any] = {"program_scene": scene}
+        once = None
         if transition is not None and keep_transition:
             patch["transition"] = dict(transition)
-            return await self.tune(session_id, node_id, patch, sync=sync)
-        return await self.tune(session_id, node_id, patch, sync=sync, transition=transition)
+        else:
+            once = transition
+        return await self.tune(session_id, node_id, patch, sync=sync, transition=once)
 
     async def set_preview_scene(self, session_id: str, node_id: str, scene: str | None, *, sync: bool = True) -> Stamp:
         """Put a compositor's scene on its ``preview`` output (None: nothing there)."""

@@ -582,8 +582,8 @@ class RenderLoop:
                 for path, spec in marks.items():
                     animated.animator.edited(path, spec, before, after, self._fps)
         for node_id, transition in inbox.transitions.items():
-            if (once := compositors.get(node_id)) is not None:
-                once.transition_once = transition
+            if (latched := compositors.get(node_id)) is not None:
+                latched.transition_once = transition
         applied: dict[str, Stamp] = {}
         for node_id, senders in inbox.stamps.items():
             stamped = compositors.get(node_id)

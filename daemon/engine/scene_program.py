@@ -135,7 +135,7 @@ class SceneProgram:
             self._shown = target
         elif target != self._shown:
             previous, self._shown = self._shown, target
-            spec = TransitionSpec.from_params({**full["transition"], **transition} if transition else full["transition"])
+            spec = TransitionSpec.from_params(full["transition"] if transition is None else {**full["transition"], **transition})
             if held is not None and held.to_scene == target and transition is None:
                 self._running = self._finish_held(held, fps, canvas)
             else:

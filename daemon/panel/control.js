@@ -223,7 +223,14 @@ export class ControlConnection extends EventTarget {
 
   /** A PatchParams edit: shown at once, sent now (or, while resyncing, right after it). */
   edit(sessionId, nodeId, patch) {
-    this._edit(sessionId, nodeId, patch, null);
+    if (this.status === "resyncing") {
+      this.held.push({ sessionId, nodeId, patch });
+    } else {
+      const stamp = this.state(sessionId).editPatch(nodeId, patch);
+      if (this.status === "open") this._send(sessionId, nodeId, patch, stamp, false);
+      // Offline: stamped and masked, not sent; the reconnect's resync re-sends it (rule C4).
+    }
+    this._changed(sessionId, nodeId);
   }
 
   /**
@@ -233,17 +240,7 @@ export class ControlConnection extends EventTarget {
    */
   editWithTransition(sessionId, nodeId, patch, transition) {
     if (this.status !== "open") throw new Error("not connected: the change is not sent");
-    this._edit(sessionId, nodeId, patch, transition);
-  }
-
-  _edit(sessionId, nodeId, patch, transition) {
-    if (this.status === "resyncing") {
-      this.held.push({ sessionId, nodeId, patch });
-    } else {
-      const stamp = this.state(sessionId).editPatch(nodeId, patch);
-      if (this.status === "open") this._send(sessionId, nodeId, patch, stamp, false, transition);
-      // Offline: stamped and masked, not sent; the reconnect's resync re-sends it (rule C4).
-    }
+    this._send(sessionId, nodeId, patch, this.state(sessionId).editPatch(nodeId, patch), false, transition);
     this._changed(sessionId, nodeId);
   }
 
