@@ -17,6 +17,7 @@ class BenchOptions:
     profile: bool = False
     seconds: float | None = None  # control_latency: seconds of edits per config (None: the scenario's default)
     observers: str = "raw"  # control_latency: clients that only watch read "raw" (parse only) or through the "client" library
+    editors: str = "raw"  # control_latency: editing clients in a process of their own over picows ("raw") or trio ("client")
     watchers_nice: int = 0  # control_latency: nice steps down for the watching clients' process
     daemon_session: str = "own"  # control_latency: the daemon in a session of its own (as a service) or the bench's ("shared")
     engine_mode: str = "process"  # control_latency: the daemon's engine mode, or "both" (interleaved, same run)

@@ -15,7 +15,9 @@ with the frames it dropped during the load (its own count, from its stats around
 frames that ended late (intervals of 1.5 frame periods or more in the probe log). The daemon runs in its own process (as deployed); all
 clients share this process's trio loop. Times are ``time.monotonic()`` in both processes.
 
-Editing clients use the client library (stamps, masking). Watching clients read and decode every event
+Editing clients use the client library's stamps and masking: in a process of their own over picows
+(``--editors raw``, the default; ``perf/latency_editors.py`` says why), or as the trio client library in
+this process (``--editors client``). Watching clients read and decode every event
 (``json.loads``), in a process of their own over picows (``--observers raw``, the default;
 ``perf/latency_watchers.py`` says why), or through the client library in this process
 (``--observers client``). The CPU each process used during the edits is part of the result, as is the
@@ -74,7 +76,7 @@ def pipeline() -> dict[str, Any]:
                     "fps": FPS,
                     "num_inputs": 2,
                     "output_format": "rgba8",
-                    "layers": {"in_1": {"rect": _rect(0), "aspect_fit": False}},
+                    "layers": {"in_1": {"rect": probe_rect(0), "aspect_fit": False}},
                     "text_overlays": [{"id": "title", "text": "compositord", "rect": {"x": 40, "y": 40}}],
                 },
             },
@@ -86,7 +88,7 @@ def pipeline() -> dict[str, Any]:
     }
 
 
-def _rect(x: int) -> dict[str, int]:
+def probe_rect(x: int) -> dict[str, int]:
     return {"x": x, "y": PROBE_Y, "width": PROBE_SIZE, "height": PROBE_SIZE}
 
 
@@ -179,7 +181,7 @@ async def _client(url: str, log: RunLog, editor: EditorLog | None, x_counter: it
                     await trio.sleep(max(0.0, send_at - time.monotonic()))
                     x = 16 + next(x_counter) % X_VALUES
                     sent_t = time.monotonic()
-                    stamp = await client.tune(SESSION, NODE, {"layers": {"in_1": {"rect": _rect(x)}}}, sync=False)
+                    stamp = await client.tune(SESSION, NODE, {"layers": {"in_1": {"rect": probe_rect(x)}}}, sync=False)
                     editor.sent[stamp.rev] = Sent(sent_t, x)
                     next_at += period
             await log.finished.wait()  # every editor's last acks arrived (or ACK_WAIT_SECONDS passed)
@@ -250,6 +252,7 @@ async def _drive(
     observers: str = "raw",
     watchers_nice: int = 0,
     jitter: bool = False,
+    editors: str = "raw",
 ) -> RunLog:
     import trio
 
@@ -257,6 +260,7 @@ async def _drive(
     counter = itertools.count()
     log.editors = [EditorLog(phase=index / max(1, editing), jitter=jitter) for index in range(editing)]  # out of phase
     watchers: subprocess.Popen[str] | None = None
+    editors_process: subprocess.Popen[str] | None = None
 
     async def start_watchers() -> subprocess.Popen[str] | None:
         if observers != "raw" or clients <= editing:
@@ -277,7 +281,8 @@ async def _drive(
 
     def cpu_now() -> tuple[float, float, float, float]:
         control, engines = tree_cpu_seconds(daemon_pid)
-        return (control, cpu_seconds(), cpu_seconds(watchers.pid) if watchers is not None else 0.0, engines)
+        clients_cpu = cpu_seconds() + (cpu_seconds(editors_process.pid) if editors_process is not None else 0.0)
+        return (control, clients_cpu, cpu_seconds(watchers.pid) if watchers is not None else 0.0, engines)
 
     async def cpu_meter() -> None:
         start_at, stop_at = log.window
@@ -316,7 +321,9 @@ async def _drive(
             if "frames_dropped" in first and "frames_dropped" in log.stats[-1]:
                 log.idle_stats = (first, log.stats[-1])
 
-    try:
+    async def edit_here() -> None:
+        """The editors (and with ``--observers client`` the watchers) as trio clients of the library, in this process."""
+        nonlocal watchers
         async with trio.open_nursery() as nursery:
             # The first client connects alone and reads the render loop's stats (once a second) with no
             # other client and no edits: the loop's own count of the frames it drops without control traffic.
@@ -330,21 +337,90 @@ async def _drive(
             # The edits start once every client is connected and the daemon has settled, and after the
             # render loop's stats reached the first client at least once more: its count before the edits.
             start_at = time.monotonic() + 1.3 + (editing if watchers is not None else clients) * 0.02
-            stop_at = start_at + seconds
-            log.window = (start_at, stop_at)
+            log.window = (start_at, start_at + seconds)
             nursery.start_soon(cpu_meter)
             nursery.start_soon(finish)
             log.go.set()
+
+    async def edit_in_own_process() -> None:
+        """The editors in perf/latency_editors.py: the same steps as below, over its standard input and output."""
+        nonlocal watchers, editors_process
+        editors_process = subprocess.Popen(
+            [sys.executable, "-m", "compositord.perf.latency_editors", url, str(editing), *(["--jitter"] if jitter else [])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        stdin, stdout = editors_process.stdin, editors_process.stdout
+        assert stdin is not None and stdout is not None
+
+        async def expect(prefix: str, timeout: float) -> str:
+            with trio.fail_after(timeout):
+                line = await trio.to_thread.run_sync(stdout.readline)
+            if not line.startswith(prefix):
+                raise RuntimeError(f"the editors' process said {line!r}, not {prefix}")
+            return line
+
+        def tell(line: str) -> None:
+            stdin.write(line + "\n")
+            stdin.flush()
+
+        await expect("IDLE", 90 + IDLE_SECONDS)
+        watchers = await start_watchers()
+        async with trio.open_nursery() as nursery:
+            if watchers is None:  # --observers client: the watching clients run the client library here
+                for _ in range(editing, clients):
+                    nursery.start_soon(_client, url, log, None, counter, False)
+            tell("CONNECT")
+            await expect("CONNECTED", 90)
+            start_at = time.monotonic() + 1.3 + (editing if watchers is not None else clients) * 0.02
+            log.window = (start_at, start_at + seconds)
+            tell(f"GO {start_at!r} {start_at + seconds!r}")
+            nursery.start_soon(cpu_meter)
+            log.go.set()
+            report = json.loads(await expect("{", 1.3 + seconds + ACK_WAIT_SECONDS + 30))
+            log.finished.set()
+        _read_editors_report(log, report)
+
+    try:
+        if editors == "raw" and editing:
+            await edit_in_own_process()
+        else:
+            await edit_here()
+        stop_at = log.window[1]
         if watchers is not None:
             await trio.sleep(max(0.0, stop_at + 0.5 - time.monotonic()))
             out, _ = await trio.to_thread.run_sync(watchers.communicate, "")  # closing its stdin stops it
             log.watchers = json.loads(out.strip().splitlines()[-1])
             log.events_read += int(log.watchers["events"])
     finally:
-        if watchers is not None and watchers.poll() is None:
-            watchers.kill()
-            watchers.wait()
+        for process in (watchers, editors_process):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
     return log
+
+
+def _read_editors_report(log: RunLog, report: dict[str, Any]) -> None:
+    """What perf/latency_editors.py printed, laid into the run's log as the trio editors would have filled it."""
+    for editor, tunes in zip(log.editors, report["tunes"], strict=True):
+        for rev, sent_t, x, params_ack, view_ack in tunes:
+            sent = editor.sent[rev] = Sent(sent_t, x)
+            for channel, ack_t in (("params", params_ack), ("view", view_ack)):
+                if ack_t is not None:
+                    sent.ack_t[channel] = ack_t
+    log.stats = list(report["stats"])
+    if report["idle_stats"] is not None:
+        first, last = report["idle_stats"]
+        if "frames_dropped" in first and "frames_dropped" in last:
+            log.idle_stats = (first, last)
+    log.view_delivery_ms = list(report["view_delivery_ms"])
+    log.events_read += int(report["events_read"])
+    log.refused += int(report["refused"])
+    if report["closed"] or report["malformed"]:
+        raise RuntimeError(
+            f"the editors' process: {report['closed']} connections closed by the daemon, {report['malformed']} malformed messages"
+        )
 
 
 def _frames(probe_file: Path) -> list[tuple[float, int]]:
@@ -397,6 +473,7 @@ def run_config(
     jitter: bool = False,
     tune_log: str | None = None,
     daemon_session: str = "own",
+    editors: str = "raw",
 ) -> dict[str, Any]:
     import trio
     import yaml
@@ -438,7 +515,7 @@ def run_config(
             # The editors' process is the harness: a full collection of its imports (about 27 ms at
             # this load) would be measured as the daemon's latency.
             freeze_startup_objects()
-            log = trio.run(_drive, url, clients, editing, seconds, daemon.pid, observers, watchers_nice, jitter)
+            log = trio.run(_drive, url, clients, editing, seconds, daemon.pid, observers, watchers_nice, jitter, editors)
             if tune_log is not None:
                 _append_tune_log(Path(tune_log), log, clients, editing, engine_mode)
         finally:
@@ -487,6 +564,7 @@ def run_config(
         "engine_mode": engine_mode,
         "jitter": jitter,
         "observers": observers,
+        "editors": editors if editing else None,
         "watchers_nice": watchers_nice,
         "watchers_niceness": log.watchers.get("nice"),  # as the watchers' process saw it
         "daemon_session": daemon_session,
@@ -548,7 +626,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     configs = QUICK_CONFIGS if options.quick else (options.latency_configs or CONFIGS)
     options.say(
         f"== {NAME}: daemon at {FPS} fps, {WIDTH}x{HEIGHT}; tunes at {EDIT_HZ} Hz per editing client, {seconds:g} s per config; "
-        f"watching clients: {options.observers}"
+        f"editing clients: {options.editors}; watching clients: {options.observers}"
         + (f", their process {options.watchers_nice} nice steps down" if options.watchers_nice else "")
         + ("; the daemon in a session of its own" if options.daemon_session == "own" else "; the daemon in the bench's session")
     )
@@ -570,6 +648,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
                         options.jitter,
                         options.tune_log,
                         options.daemon_session,
+                        options.editors,
                     )
                 except Exception as exc:  # one configuration that fails (the daemon cut a client) ends no other
                     failures.append({"clients": clients, "editing": editing, "engine_mode": mode, "error": _last_line(exc)})

@@ -103,6 +103,8 @@ def test_control_latency_quick(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     logged = [json.loads(line) for line in tune_log.read_text().splitlines()]
     assert len(logged) == sum(row["tunes_sent"] for row in rows.values())
     assert all(line["sent"] < line["params_ack"] and line["sent"] < line["view_ack"] for line in logged)
+    # The editors run the client library's stamps and masking in a process of their own (perf/latency_editors.py).
+    assert all(row["editors"] == "raw" and row["cpu_cores_clients"] > 0 for row in rows.values())
     # The five watchers run in their own process (perf/latency_watchers.py) and read every event too.
     assert rows[(10, 5)]["watchers_connected"] == 5
     assert rows[(10, 5)]["watchers_niceness"] == min(19, os.nice(0) + 3)  # --watchers-nice reached their process
@@ -271,9 +273,10 @@ def test_ingest_quick_measures_every_input(capsys: pytest.CaptureFixture[str]) -
     assert record["cases"]["stream_in"]["sound"]
 
 
-def test_control_latency_can_keep_the_daemon_in_the_bench_session() -> None:
+def test_control_latency_can_keep_the_daemon_and_the_editors_in_the_bench_session() -> None:
     from compositord.perf.scenario_latency import run_config
 
-    row = run_config(1, 1, 1.0, daemon_session="shared")
+    row = run_config(1, 1, 1.0, daemon_session="shared", editors="client")
     assert row["daemon_session"] == "shared" and row["daemon_own_session"] is False
+    assert row["editors"] == "client"  # the trio client library, in the bench's process
     assert row["tunes_sent"] > 0 and row["view_acks_missing"] == 0

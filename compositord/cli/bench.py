@@ -100,6 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="control_latency: watching clients parse every event (raw, default) or also run the client library's causal masking (client)",
     )
     parser.add_argument(
+        "--editors",
+        choices=("raw", "client"),
+        default="raw",
+        help="control_latency: editing clients run the client library's stamps and masking in a process of their own over "
+        "picows (raw, default) or are the trio client library in the bench's process (client)",
+    )
+    parser.add_argument(
         "--watchers-nice",
         type=int,
         default=0,
@@ -204,6 +211,7 @@ def main(args: argparse.Namespace) -> int:
         profile=args.profile,
         seconds=args.seconds,
         observers=args.observers,
+        editors=args.editors,
         watchers_nice=args.watchers_nice,
         daemon_session=args.daemon_session,
         engine_mode=args.engine_mode,
