@@ -10,13 +10,17 @@ writes it under the test's temporary directory.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shlex
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,6 +131,46 @@ def test_ctl_watch_prints_events_as_json_lines(daemon_url: str) -> None:
         finally:
             watcher.send_signal(signal.SIGINT)
             watcher.wait(timeout=30)
+    assert watcher.returncode == 0  # Ctrl-C is how a watch ends
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctl_watch_ends_on_a_signal_while_its_reader_has_stopped_reading(daemon_url: str, stop: signal.Signals) -> None:
+    # A reader that stops reading (a pager, a full pipe) blocks the watch's writes; a signal must still end it.
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # full after a few events
+    command = [DEV, "exec", *shlex.split(_using("compositord ctl watch demo"))]
+    try:
+        with subprocess.Popen(command, cwd=REPO, env=_environment(daemon_url), stdout=write_end) as watcher:
+            os.close(write_end)
+            write_end = -1
+            try:
+                # Tune until the pipe stops filling: the watch's next line no longer fits, so its write blocks.
+                deadline, waiting, unchanged = time.monotonic() + 60, -1, 0
+                while unchanged < 3:
+                    assert time.monotonic() < deadline, f"the pipe still fills after 60 s ({waiting} bytes)"
+                    tuned = _exec(
+                        'compositord ctl tune demo compositor \'{"layers": {"in_1": {"opacity": 0.7}}}\'', url=daemon_url
+                    )
+                    assert tuned.returncode == 0, tuned.stderr
+                    time.sleep(0.2)
+                    now_waiting = _bytes_waiting(read_end)
+                    unchanged = unchanged + 1 if now_waiting == waiting and waiting > 0 else 0
+                    waiting = now_waiting
+                time.sleep(0.5)
+                watcher.send_signal(stop)
+                assert watcher.wait(timeout=15) == 0
+            finally:
+                if watcher.poll() is None:
+                    watcher.kill()
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
+def _bytes_waiting(fd: int) -> int:
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 def test_check_config_accepts_the_example() -> None:

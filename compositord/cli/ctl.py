@@ -17,13 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
-from collections.abc import Mapping
-from typing import Any, TextIO
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
 from compositord.protocol.scenes import DIRECTIONS, EASINGS, TRANSITION_KINDS
+
+if TYPE_CHECKING:
+    from compositord.client import Client
 
 DEFAULT_URL = "ws://127.0.0.1:4545/api/v1/control"
 
@@ -122,9 +126,7 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
                 stamp = await client.take(args.session, args.node, transition=transition_of(args))
                 _print(out, {"action": "success", **stamp.to_json()})
             elif args.ctl_command == "watch":
-                async for event in client.events():
-                    if args.session is None or event.session_id == args.session:
-                        _print(out, {"event": event.name, **event.payload})
+                await _watch(client, args.session, out)
     except CompositordError as exc:
         error: dict[str, Any] = {"code": exc.code, "message": exc.message}
         if exc.path is not None:
@@ -140,6 +142,61 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
         print(f"compositord ctl: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _watch(client: Client, session: str | None, out: TextIO) -> None:
+    """Print every event (of ``session``) as a JSON line until SIGINT or SIGTERM, or until the reader goes away.
+
+    A reader that stops reading (a pager, a full pipe) blocks the write. The writes therefore run on a
+    worker thread, which such a reader stalls instead of trio's, and a signal ends the watch at once with
+    status 0; a write still blocked then is abandoned. A closed pipe (``ctl watch | head``) ends it quietly.
+    """
+    write = _line_writer(out)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for _signal in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            try:
+                async for event in client.events():
+                    if session is None or event.session_id == session:
+                        line = json.dumps({"event": event.name, **event.payload}, ensure_ascii=False, default=_jsonable)
+                        await trio.to_thread.run_sync(write, line + "\n", abandon_on_cancel=True)
+            except BrokenPipeError:
+                pass  # nobody is left to read what we print
+            nursery.cancel_scope.cancel()
+
+
+def _line_writer(out: TextIO) -> Callable[[str], None]:
+    """How ``watch`` writes a line from its worker thread.
+
+    To a real file the bytes go straight to its descriptor: a write abandoned while blocked then holds no
+    lock of Python's buffered writer, which the interpreter's exit would wait for. Anything else (a
+    ``StringIO`` in a test) is written through ``out``.
+    """
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        fd = None
+    if fd is None:
+
+        def write_text(line: str) -> None:
+            out.write(line)
+            out.flush()
+
+        return write_text
+    out.flush()
+
+    def write_bytes(line: str) -> None:
+        data = memoryview(line.encode())
+        while data:
+            data = data[os.write(fd, data) :]
+
+    return write_bytes
 
 
 def _print(out: TextIO, value: Any, *, indent: int | None = None) -> None:
