@@ -33,6 +33,7 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the bench's extra is installed by scripts/dev and CI
     raise SystemExit(f"control_latency's editors need picows: pip install 'compositord[bench]' ({exc})") from exc
 
-# The scenario's constants, imported lazily there; repeated names would drift, so they come from it.
+# The session, node, probe rect and timings are the scenario's own, so the two cannot drift apart.
 from compositord.perf import scenario_latency as scenario
 
 CONNECT_TIMEOUT_S = 60.0
@@ -72,7 +73,7 @@ class _Run:
     malformed: int = 0
     closed: int = 0  # connections the daemon closed during the run
     stopping: bool = False
-    x_counter: itertools.count = field(default_factory=itertools.count)
+    x_counter: itertools.count[int] = field(default_factory=itertools.count)
 
 
 class _Editor(WSListener):
@@ -187,7 +188,7 @@ async def _connect(url: str, run: _Run, reads_stats: bool) -> _Editor:
     return editor
 
 
-async def _wait_until(condition: Any, timeout: float) -> bool:
+async def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
     """Poll ``condition`` every 20 ms until it holds or ``timeout`` passes; whether it held."""
     try:
         async with asyncio.timeout(timeout):
