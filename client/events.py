@@ -66,7 +66,17 @@ class EventBuffer:
         self._wake()
 
     async def get(self) -> ClientEvent:
-        """The oldest event; :class:`trio.EndOfChannel` once closed and drained."""
+        """The oldest event; :class:`trio.EndOfChannel` once closed and drained.
+
+        A checkpoint even when an event is waiting, as trio's own channels do: a loop over a full buffer
+        then still lets other tasks run, and a cancellation or Ctrl-C reach it, between two events. A
+        cancellation is taken only before the event is taken out, so none is lost.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._items:
+            item = self._items.popleft()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return item
         while not self._items:
             if self._closed:
                 raise trio.EndOfChannel

@@ -18,6 +18,7 @@ from compositord.client import (
     UnexpectedResponse,
     open_client,
 )
+from compositord.client.events import EventBuffer, EventStream
 from compositord.protocol import envelope
 from compositord.protocol.causal import VIEW_CHANNEL, Stamp
 from compositord.protocol.envelope import PATCH, AddNode, Request, TuneNode, serialize
@@ -332,6 +333,37 @@ async def test_event_buffer_is_bounded(server: FakeServer) -> None:
         kept = await collect(client.events())
         assert len(kept) == 4  # the oldest were dropped, the newest kept
         assert [e.shown["fps"] for e in kept if e.name == "nodeparamschanged"][-1] == 19
+
+
+async def test_a_loop_over_waiting_events_lets_other_tasks_run_between_them() -> None:
+    buffer = EventBuffer(16)
+    for index in range(10):
+        buffer.put_nowait(ClientEvent("e", {"i": index}))
+    waiting_when_other_ran: list[int] = []
+
+    async def other() -> None:
+        waiting_when_other_ran.append(len(buffer))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        read = [event.payload["i"] async for event in _first(EventStream(buffer), 10)]
+    assert read == list(range(10))
+    # It ran at one of the first reads (trio may run either task first), not after the loop had drained the buffer.
+    assert len(waiting_when_other_ran) == 1 and waiting_when_other_ran[0] >= 8
+
+
+async def test_a_cancelled_wait_for_an_event_takes_none_out() -> None:
+    buffer = EventBuffer(4)
+    buffer.put_nowait(ClientEvent("e", {}))
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await buffer.get()
+    assert scope.cancelled_caught and len(buffer) == 1
+
+
+async def _first(stream: EventStream, count: int) -> AsyncIterator[ClientEvent]:
+    for _ in range(count):
+        yield await stream.__anext__()
 
 
 async def test_malformed_server_messages_are_counted_not_fatal(server: FakeServer) -> None:
