@@ -598,10 +598,7 @@ class Client:
     def _apply_refusal(self, reply: ErrorReply, session_id: str | None) -> None:
         if session_id is None:
             return
-        refused = list(reply.refused)
-        if reply.stamp is not None and reply.node_id is not None:
-            refused.append((reply.node_id, reply.stamp))
-        for node_id, stamp in refused:
+        for node_id, stamp in reply.refused_stamps():
             if stamp.sender == self._states.nonce:
                 self._states.refused(session_id, node_id, stamp.rev)
                 self._events.put_nowait(

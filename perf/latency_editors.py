@@ -55,14 +55,6 @@ STATS_AFTER_WINDOW_S = 1.5  # the render loop sends its stats once a second
 
 
 @dataclass
-class _Tune:
-    t: float
-    x: int
-    params_ack: float | None = None
-    view_ack: float | None = None
-
-
-@dataclass
 class _Run:
     """What every editor adds to, on the one asyncio loop."""
 
@@ -86,8 +78,7 @@ class _Editor(WSListener):
         self.states = SessionStates()
         self.transport: WSTransport | None = None
         self.pieces: list[str] = []
-        self.tunes: dict[int, _Tune] = {}  # rev -> the tune
-        self.acked = {"params": 0, "view": 0}  # channel -> highest rev acknowledged
+        self.log = scenario.EditorLog()  # every tune's send and ack times, as the trio editors keep them
         self.correlation_ids = itertools.count(1)
 
     # -- picows callbacks
@@ -144,24 +135,12 @@ class _Editor(WSListener):
 
     def _refused(self, reply: ErrorReply) -> None:
         self.run.refused += 1
-        refused = list(reply.refused)
-        if reply.stamp is not None and reply.node_id is not None:
-            refused.append((reply.node_id, reply.stamp))
-        for node_id, stamp in refused:
+        for node_id, stamp in reply.refused_stamps():
             if stamp.sender == self.states.nonce:
                 self.states.refused(scenario.SESSION, node_id, stamp.rev)
 
     def _read_ack(self, channel: str, state: dict[str, Any], now: float) -> None:
-        ack = int(state.get("_acks", {}).get(self.states.nonce, 0))
-        for rev in range(self.acked[channel] + 1, ack + 1):
-            tune = self.tunes.get(rev)
-            if tune is not None:
-                setattr(tune, f"{channel}_ack", now)
-        self.acked[channel] = max(self.acked[channel], ack)
-
-    def all_acked(self) -> bool:
-        last = max(self.tunes, default=0)
-        return all(acked >= last for acked in self.acked.values())
+        self.log.read_ack(channel, int(state.get("_acks", {}).get(self.states.nonce, 0)), now)
 
     # -- one tune, stamped and masked as Client.tune(..., sync=False) does
 
@@ -174,10 +153,10 @@ class _Editor(WSListener):
         operation = TuneNode(scenario.SESSION, scenario.NODE, PATCH, patch, stamp, False)
         text = envelope.serialize(operation.to_request(f"c{next(self.correlation_ids)}"))
         self.transport.send(WSMsgType.TEXT, text.encode())
-        self.tunes[stamp.rev] = _Tune(sent_t, x)
+        self.log.sent[stamp.rev] = scenario.Sent(sent_t, x)
 
     def report(self) -> list[list[Any]]:
-        return [[rev, t.t, t.x, t.params_ack, t.view_ack] for rev, t in sorted(self.tunes.items())]
+        return [[rev, s.t, s.x, s.ack_t.get("params"), s.ack_t.get("view")] for rev, s in sorted(self.log.sent.items())]
 
 
 async def _connect(url: str, run: _Run, reads_stats: bool) -> _Editor:
@@ -254,7 +233,7 @@ async def _run_editors(url: str, count: int, jitter: bool) -> dict[str, Any]:
         raise SystemExit("expected GO <start> <stop>")
     start_at, stop_at = float(start), float(stop)
     await asyncio.gather(*(_edit(editor, index / count, jitter, start_at, stop_at) for index, editor in enumerate(editors)))
-    await _wait_until(lambda: all(editor.all_acked() for editor in editors), scenario.ACK_WAIT_SECONDS)
+    await _wait_until(lambda: all(editor.log.all_acked() for editor in editors), scenario.ACK_WAIT_SECONDS)
     await _wait_until(lambda: any(stat["t"] > stop_at for stat in run.stats), STATS_AFTER_WINDOW_S)
     await asyncio.sleep(0.2)  # a little more for the stats, as the trio editors wait
     usage = resource.getrusage(resource.RUSAGE_SELF)

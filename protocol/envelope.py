@@ -1189,6 +1189,13 @@ class ErrorReply:
             refused.append((item["node_id"], each))
         return cls(code, message, path, tuple(errors), stamp, node_id, tuple(refused))
 
+    def refused_stamps(self) -> list[tuple[str, Stamp]]:
+        """Every ``(node_id, stamp)`` this error refuses: the ``refused`` list and the error's own stamp."""
+        refused = list(self.refused)
+        if self.stamp is not None and self.node_id is not None:
+            refused.append((self.node_id, self.stamp))
+        return refused
+
 
 def pipeline_response(
     correlation_id: str | None,

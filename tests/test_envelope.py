@@ -532,6 +532,13 @@ def test_error_response_without_stamp_and_with_a_refused_batch() -> None:
     )
     assert batch.payload["refused"] == [{"node_id": "a", "_sender": "n", "_rev": 2}, {"node_id": "b", "_sender": "n", "_rev": 3}]
     assert E.ErrorReply.from_response(batch).refused == (("a", Stamp("n", 2)), ("b", Stamp("n", 3)))
+    # What a client drops: the refused list and the error's own stamp, and nothing where there is neither.
+    assert E.ErrorReply.from_response(batch).refused_stamps() == [
+        ("a", Stamp("n", 2)),
+        ("b", Stamp("n", 3)),
+        ("b", Stamp("n", 3)),
+    ]
+    assert reply.refused_stamps() == []
 
 
 @pytest.mark.parametrize(
