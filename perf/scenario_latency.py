@@ -321,6 +321,13 @@ async def _drive(
             if "frames_dropped" in first and "frames_dropped" in log.stats[-1]:
                 log.idle_stats = (first, log.stats[-1])
 
+    def open_window() -> float:
+        """When the edits start: once every client is connected and the daemon has settled, and after the
+        render loop's stats reached the first client at least once more (its count before the edits)."""
+        start_at = time.monotonic() + 1.3 + (editing if watchers is not None else clients) * 0.02
+        log.window = (start_at, start_at + seconds)
+        return start_at
+
     async def edit_here() -> None:
         """The editors (and with ``--observers client`` the watchers) as trio clients of the library, in this process."""
         nonlocal watchers
@@ -334,10 +341,7 @@ async def _drive(
                 editor = log.editors[index] if index < editing else None
                 if editor is not None or watchers is None:
                     nursery.start_soon(_client, url, log, editor, counter, False)
-            # The edits start once every client is connected and the daemon has settled, and after the
-            # render loop's stats reached the first client at least once more: its count before the edits.
-            start_at = time.monotonic() + 1.3 + (editing if watchers is not None else clients) * 0.02
-            log.window = (start_at, start_at + seconds)
+            open_window()
             nursery.start_soon(cpu_meter)
             nursery.start_soon(finish)
             log.go.set()
@@ -373,9 +377,8 @@ async def _drive(
                     nursery.start_soon(_client, url, log, None, counter, False)
             tell("CONNECT")
             await expect("CONNECTED", 90)
-            start_at = time.monotonic() + 1.3 + (editing if watchers is not None else clients) * 0.02
-            log.window = (start_at, start_at + seconds)
-            tell(f"GO {start_at!r} {start_at + seconds!r}")
+            start_at = open_window()
+            tell(f"GO {start_at!r} {log.window[1]!r}")
             nursery.start_soon(cpu_meter)
             log.go.set()
             report = json.loads(await expect("{", 1.3 + seconds + ACK_WAIT_SECONDS + 30))
