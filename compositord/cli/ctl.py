@@ -164,8 +164,8 @@ async def _watch(client: Client, session: str | None, out: TextIO) -> None:
             try:
                 async for event in client.events():
                     if session is None or event.session_id == session:
-                        line = json.dumps({"event": event.name, **event.payload}, ensure_ascii=False, default=_jsonable)
-                        await trio.to_thread.run_sync(write, line + "\n", abandon_on_cancel=True)
+                        line = _json_text({"event": event.name, **event.payload})
+                        await trio.to_thread.run_sync(write, line, abandon_on_cancel=True)
             except BrokenPipeError:
                 pass  # nobody is left to read what we print
             nursery.cancel_scope.cancel()
@@ -200,10 +200,15 @@ def _line_writer(out: TextIO) -> Callable[[str], None]:
 
 
 def _print(out: TextIO, value: Any, *, indent: int | None = None) -> None:
+    out.write(_json_text(value, indent=indent))
+    out.flush()
+
+
+def _json_text(value: Any, *, indent: int | None = None) -> str:
+    """``value`` as the JSON that ``ctl`` prints, newline included."""
     if isinstance(value, Mapping):
         value = dict(value)
-    out.write(json.dumps(value, indent=indent, ensure_ascii=False, default=_jsonable) + "\n")
-    out.flush()
+    return json.dumps(value, indent=indent, ensure_ascii=False, default=_jsonable) + "\n"
 
 
 def _jsonable(value: Any) -> Any:
