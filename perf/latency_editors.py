@@ -43,12 +43,13 @@ from compositord.protocol.envelope import PATCH, ErrorReply, Event, Response, Tu
 from compositord.protocol.errors import RemoteProtocolError
 
 try:
-    from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+    from picows import WSMsgType, WSTransport, ws_connect
 except ImportError as exc:  # pragma: no cover - the bench's extra is installed by scripts/dev and CI
     raise SystemExit(f"control_latency's editors need picows: pip install 'compositord[bench]' ({exc})") from exc
 
 # The session, node, probe rect and timings are the scenario's own, so the two cannot drift apart.
 from compositord.perf import scenario_latency as scenario
+from compositord.perf.latency_watchers import TextMessages
 
 CONNECT_TIMEOUT_S = 60.0
 STATS_AFTER_WINDOW_S = 1.5  # the render loop sends its stats once a second
@@ -68,7 +69,7 @@ class _Run:
     x_counter: itertools.count[int] = field(default_factory=itertools.count)
 
 
-class _Editor(WSListener):
+class _Editor(TextMessages):
     """One editing connection: the client library's causal state over a picows transport."""
 
     def __init__(self, run: _Run, reads_stats: bool) -> None:
@@ -77,7 +78,6 @@ class _Editor(WSListener):
         self.reads_stats = reads_stats
         self.states = SessionStates()
         self.transport: WSTransport | None = None
-        self.pieces: list[str] = []
         self.log = scenario.EditorLog()  # every tune's send and ack times, as the trio editors keep them
         self.correlation_ids = itertools.count(1)
 
@@ -90,21 +90,9 @@ class _Editor(WSListener):
         if not self.run.stopping:
             self.run.closed += 1
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        kind = frame.msg_type
-        if kind == WSMsgType.TEXT or kind == WSMsgType.CONTINUATION:
-            self.pieces.append(frame.get_payload_as_utf8_text())  # copied out of picows's buffer first
-            if frame.fin:
-                text = "".join(self.pieces)
-                self.pieces.clear()
-                self._on_message(text)
-        elif kind == WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code())
-            transport.disconnect()
-
     # -- what the client library does with each message
 
-    def _on_message(self, text: str) -> None:
+    def on_text(self, text: str) -> None:
         now = time.monotonic()
         try:
             message = envelope.parse_message(text, strict=False)  # our server's text, as Client reads it

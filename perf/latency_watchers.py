@@ -72,13 +72,40 @@ class _Tally:
         }
 
 
-class _Watcher(WSListener):
-    """One connection: picows calls ``on_ws_frame`` for each frame it parsed."""
+class TextMessages(WSListener):
+    """A picows connection that hands each whole text message to :meth:`on_text` and answers a close.
+
+    picows calls ``on_ws_frame`` for each frame it parsed; PING is answered by picows (enable_auto_pong),
+    and the daemon sends no binary frames to these clients.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pieces: list[str] = []
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind == WSMsgType.TEXT or kind == WSMsgType.CONTINUATION:
+            # The frame points into picows's buffer: its text is copied out before anything else.
+            self.pieces.append(frame.get_payload_as_utf8_text())
+            if frame.fin:
+                text = "".join(self.pieces)
+                self.pieces.clear()
+                self.on_text(text)
+        elif kind == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+    def on_text(self, text: str) -> None:
+        raise NotImplementedError
+
+
+class _Watcher(TextMessages):
+    """One watching connection: every message decoded, the view data's delivery timed."""
 
     def __init__(self, tally: _Tally) -> None:
         super().__init__()
         self.tally = tally
-        self.pieces: list[str] = []
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.tally.connected += 1
@@ -87,26 +114,15 @@ class _Watcher(WSListener):
         if not self.tally.stopping:
             self.tally.closed += 1
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        kind = frame.msg_type
-        if kind == WSMsgType.TEXT or kind == WSMsgType.CONTINUATION:
-            # The frame points into picows's buffer: its text is copied out before anything else.
-            self.pieces.append(frame.get_payload_as_utf8_text())
-            if not frame.fin:
-                return
-            message = json.loads("".join(self.pieces))
-            self.pieces.clear()
-            tally = self.tally
-            tally.events += 1
-            payload = message["payload"]  # a message without one is the daemon's bug: the watchers stop on it
-            if message["type"] == "event" and payload.get("event") == "nodeviewdataupdated":
-                stamp = payload.get("timestamp")
-                if isinstance(stamp, (int, float)):
-                    tally.view_delivery_ms.append((time.time() - stamp) * 1000.0)
-        elif kind == WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code())
-            transport.disconnect()
-        # PING: picows answers it (enable_auto_pong); the daemon sends no binary frames to a watcher.
+    def on_text(self, text: str) -> None:
+        message = json.loads(text)
+        tally = self.tally
+        tally.events += 1
+        payload = message["payload"]  # a message without one is the daemon's bug: the watchers stop on it
+        if message["type"] == "event" and payload.get("event") == "nodeviewdataupdated":
+            stamp = payload.get("timestamp")
+            if isinstance(stamp, (int, float)):
+                tally.view_delivery_ms.append((time.time() - stamp) * 1000.0)
 
 
 async def _watch_all(url: str, count: int) -> _Tally:
